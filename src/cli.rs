@@ -1,0 +1,274 @@
+//! The command line: `mongo-adls --config FILE...` runs a pipeline,
+//! `validate` checks configuration (and, unless `--no-environment`, builds
+//! components and runs healthchecks), `list` prints component types.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+use futures::FutureExt;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::{
+    config::{self, EXIT_CONFIG},
+    shutdown::ShutdownSignal,
+    topology::{Outcome, Topology},
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mongo-adls",
+    version,
+    about = "Streams MongoDB change events into Azure Data Lake Storage Gen2 as partitioned JSON Lines."
+)]
+pub struct Opts {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Configuration files (TOML); several are merged. Also
+    /// MONGO_ADLS_CONFIG, comma-separated.
+    #[arg(
+        short,
+        long = "config",
+        env = "MONGO_ADLS_CONFIG",
+        value_delimiter = ',',
+        global = true
+    )]
+    config: Vec<PathBuf>,
+
+    /// Log line format, written to stderr.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        env = "MONGO_ADLS_LOG_FORMAT",
+        global = true
+    )]
+    log_format: LogFormat,
+
+    /// More logging (-v debug, -vv trace).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+
+    /// Less logging (-q warnings, -qq errors).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    quiet: u8,
+
+    /// Seconds to let in-flight events drain into sinks after SIGINT or
+    /// SIGTERM before exiting anyway.
+    #[arg(
+        long,
+        default_value_t = 60,
+        env = "MONGO_ADLS_GRACEFUL_SHUTDOWN_LIMIT_SECS"
+    )]
+    graceful_shutdown_limit_secs: u64,
+
+    /// Exit when a healthcheck fails at start instead of running on.
+    #[arg(long, env = "MONGO_ADLS_REQUIRE_HEALTHY")]
+    require_healthy: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check configuration files; exit 78 on errors.
+    Validate {
+        /// Only parse and check the files: build no components and run no
+        /// healthchecks (nothing outside the files is touched).
+        #[arg(long)]
+        no_environment: bool,
+    },
+    /// List the available component types.
+    List,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> i32 {
+    let opts = Opts::parse();
+    init_logging(&opts);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("mongo-adls")
+        .build()
+        .expect("tokio runtime starts");
+    let code = runtime.block_on(async move {
+        match &opts.command {
+            Some(Command::List) => list(),
+            Some(Command::Validate { no_environment }) => validate(&opts, *no_environment).await,
+            None => run(&opts).await,
+        }
+    });
+    // Do not wait for blocking tasks (stdin readers, DNS) at exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+fn init_logging(opts: &Opts) {
+    let level = match (opts.verbose as i8) - (opts.quiet as i8) {
+        i8::MIN..=-2 => "error",
+        -1 => "warn",
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let default = format!("{level},mongodb=warn,azure_core=warn,hyper=warn,reqwest=warn");
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MONGO_ADLS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match opts.log_format {
+        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn list() -> i32 {
+    println!("Sources:");
+    for name in ["demo_events", "mongodb_change_stream"] {
+        println!("  {name}");
+    }
+    println!("Sinks:");
+    for name in ["adls_partitioned_jsonl", "console"] {
+        println!("  {name}");
+    }
+    0
+}
+
+fn load(opts: &Opts, interpolate_env: bool) -> Result<config::Config, i32> {
+    config::load_from_paths(&opts.config, interpolate_env).map_err(|errors| {
+        for e in &errors.0 {
+            eprintln!(
+                "Configuration error: {}",
+                crate::redact::text(&e.to_string())
+            );
+        }
+        EXIT_CONFIG
+    })
+}
+
+async fn validate(opts: &Opts, no_environment: bool) -> i32 {
+    let config = match load(opts, true) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if no_environment {
+        println!("Configuration is valid ({} file(s)).", opts.config.len());
+        return 0;
+    }
+    let mut topology = match Topology::build(&config).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("Configuration error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let failed = topology.healthchecks().await;
+    if failed.is_empty() {
+        println!("Configuration is valid and healthchecks passed.");
+        0
+    } else {
+        for f in failed {
+            eprintln!("Healthcheck failed: {f}");
+        }
+        EXIT_CONFIG
+    }
+}
+
+fn install_metrics() -> Option<PrometheusHandle> {
+    let buckets = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+        .ok()?
+        .install_recorder()
+        .map_err(|e| tracing::warn!("Metrics recorder not installed: {e}"))
+        .ok()
+}
+
+async fn run(opts: &Opts) -> i32 {
+    let config = match load(opts, true) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let metrics = install_metrics();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        sources = config.sources.len(),
+        sinks = config.sinks.len(),
+        "Starting mongo-adls."
+    );
+
+    let api_shutdown = ShutdownSignal::new();
+    if let (Some(address), Some(handle)) = (config.global.api.address, metrics) {
+        let shutdown = api_shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::api::serve(address, handle, shutdown).await {
+                tracing::error!("API server on {address} failed: {e}");
+            }
+        });
+    }
+
+    let mut topology = match Topology::build(&config).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("Configuration error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let failed = topology.healthchecks().await;
+    if !failed.is_empty() && (opts.require_healthy || config.global.healthchecks.require_healthy) {
+        for f in &failed {
+            eprintln!("Healthcheck failed: {f}");
+        }
+        return EXIT_CONFIG;
+    }
+
+    let (first, second) = signals();
+    let outcome = topology
+        .run(
+            first.boxed(),
+            second.boxed(),
+            Duration::from_secs(opts.graceful_shutdown_limit_secs),
+        )
+        .await;
+    api_shutdown.cancel();
+    match outcome {
+        Outcome::Clean => 0,
+        Outcome::Failed => 1,
+    }
+}
+
+/// Two futures: the first resolves on the first SIGINT/SIGTERM, the second
+/// on the one after it.
+fn signals() -> (
+    impl std::future::Future<Output = ()> + Send + 'static,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let (second_tx, second_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        let _ = first_tx.send(());
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        let _ = second_tx.send(());
+    });
+    (
+        async move {
+            let _ = first_rx.await;
+        },
+        async move {
+            if second_rx.await.is_err() {
+                futures::future::pending::<()>().await;
+            }
+        },
+    )
+}

@@ -1,0 +1,3 @@
+//! Encoders shared by sinks.
+
+pub mod json;

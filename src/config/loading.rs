@@ -1,0 +1,302 @@
+//! Reading, interpolating, parsing and merging configuration files.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use snafu::Snafu;
+use toml::de::{DeTable, DeValue};
+
+use super::{graph, vars, Config, ConfigFile, GlobalOptions, Location, SinkEntry, SourceOuter};
+
+/// One thing wrong with the configuration, with where it is.
+#[derive(Debug, Snafu)]
+pub enum ConfigError {
+    #[snafu(display("{}: could not read the file: {source}", path.display()))]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[snafu(display("{}:{line}: {message}", path.display()))]
+    Interpolation {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[snafu(display("{}:{line}: {}{message}", path.display(), key_prefix(key)))]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        /// The dotted key path, e.g. `sinks.lake.batch.max_bytes`.
+        key: String,
+        message: String,
+    },
+    #[snafu(display("{location}: {message}"))]
+    Invalid { location: Location, message: String },
+    #[snafu(display("{message}"))]
+    Global { message: String },
+}
+
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() || key == "." {
+        String::new()
+    } else {
+        format!("`{key}`: ")
+    }
+}
+
+/// Every error found; loading reports them all at once.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Loads and merges `paths`. With `interpolate_env` false (`--no-environment`
+/// style checks of files alone), variables resolve against an empty
+/// environment.
+pub fn load_from_paths(paths: &[PathBuf], interpolate_env: bool) -> Result<Config, ConfigErrors> {
+    let env: HashMap<String, String> = if interpolate_env {
+        std::env::vars().collect()
+    } else {
+        HashMap::new()
+    };
+    let mut errors = Vec::new();
+    let mut config = Config::default();
+    let mut global_seen: HashMap<&'static str, PathBuf> = HashMap::new();
+
+    if paths.is_empty() {
+        errors.push(ConfigError::Global {
+            message: "no configuration file given: pass --config FILE".into(),
+        });
+    }
+
+    for path in paths {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(source) => {
+                errors.push(ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                });
+                continue;
+            }
+        };
+        let text = match vars::interpolate(&text, &env) {
+            Ok(t) => t,
+            Err(errs) => {
+                errors.extend(errs.into_iter().map(|e| ConfigError::Interpolation {
+                    path: path.clone(),
+                    line: e.line,
+                    message: e.message,
+                }));
+                continue;
+            }
+        };
+        let file = match parse_file(path, &text) {
+            Ok(f) => f,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        merge_file(
+            &mut config,
+            &mut global_seen,
+            path,
+            &text,
+            file,
+            &mut errors,
+        );
+    }
+
+    if errors.is_empty() {
+        graph::check(&config, &mut errors);
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
+    let deserializer =
+        toml::Deserializer::parse(text).map_err(|e| parse_error(path, text, "", &e))?;
+    serde_path_to_error::deserialize::<_, ConfigFile>(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        parse_error(path, text, &key, e.inner())
+    })
+}
+
+fn parse_error(path: &Path, text: &str, key: &str, e: &toml::de::Error) -> ConfigError {
+    // An unknown key is best shown at the key itself; anything else at the
+    // span toml reported, which points at the offending value.
+    let message = e.message().trim_end();
+    let unknown_key = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+        .map(|field| {
+            if key.is_empty() || key == "." {
+                field.to_string()
+            } else {
+                format!("{key}.{field}")
+            }
+        });
+    let key = unknown_key.clone().unwrap_or_else(|| key.to_string());
+    let line = unknown_key
+        .and_then(|k| key_span(text, &k))
+        .or_else(|| e.span())
+        .or_else(|| key_span(text, &key))
+        .map(|s| line_of(text, s.start))
+        .unwrap_or(1);
+    ConfigError::Parse {
+        path: path.to_path_buf(),
+        line,
+        key,
+        message: message.to_string(),
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The span of a dotted key (`sinks.lake.batch`) in the file, if present.
+fn key_span(text: &str, dotted: &str) -> Option<std::ops::Range<usize>> {
+    if dotted.is_empty() || dotted == "." {
+        return None;
+    }
+    let root = DeTable::parse(text).ok()?;
+    let mut table = root.get_ref();
+    let mut span = None;
+    let parts: Vec<&str> = dotted.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let (k, v) = table.iter().find(|(k, _)| k.get_ref().as_ref() == *part)?;
+        span = Some(k.span());
+        match v.get_ref() {
+            DeValue::Table(t) => table = t,
+            _ if i + 1 == parts.len() => break,
+            _ => break,
+        }
+    }
+    span
+}
+
+fn merge_file(
+    config: &mut Config,
+    global_seen: &mut HashMap<&'static str, PathBuf>,
+    path: &Path,
+    text: &str,
+    file: ConfigFile,
+    errors: &mut Vec<ConfigError>,
+) {
+    let at = |key: &str| Location {
+        path: path.to_path_buf(),
+        line: key_span(text, key)
+            .map(|s| line_of(text, s.start))
+            .unwrap_or(1),
+    };
+    let mut set_global = |name: &'static str, errors: &mut Vec<ConfigError>| -> bool {
+        if let Some(first) = global_seen.get(name) {
+            errors.push(ConfigError::Invalid {
+                location: at(name),
+                message: format!(
+                    "`{name}` is already set in {}; set it in one file only",
+                    first.display()
+                ),
+            });
+            false
+        } else {
+            global_seen.insert(name, path.to_path_buf());
+            true
+        }
+    };
+    let GlobalOptions {
+        data_dir,
+        acknowledgements,
+        api,
+        healthchecks,
+    } = &mut config.global;
+    if let Some(v) = file.data_dir {
+        if set_global("data_dir", errors) {
+            *data_dir = Some(v);
+        }
+    }
+    if let Some(v) = file.acknowledgements {
+        if set_global("acknowledgements", errors) {
+            *acknowledgements = v;
+        }
+    }
+    if let Some(v) = file.api {
+        if set_global("api", errors) {
+            *api = v;
+        }
+    }
+    if let Some(v) = file.healthchecks {
+        if set_global("healthchecks", errors) {
+            *healthchecks = v;
+        }
+    }
+
+    for id in file.transforms.keys() {
+        errors.push(ConfigError::Invalid {
+            location: at(&format!("transforms.{id}")),
+            message: format!(
+                "transform `{id}`: no transform types are built in yet; filter or redact with the source's `pipeline` option"
+            ),
+        });
+    }
+
+    for (id, inner) in file.sources {
+        let location = at(&format!("sources.{id}"));
+        if let Some(dup) = duplicate(config, &id) {
+            errors.push(ConfigError::Invalid {
+                location,
+                message: format!("duplicate component id `{id}`: already declared at {dup}"),
+            });
+            continue;
+        }
+        config.sources.insert(id, SourceOuter { inner, location });
+    }
+    for (id, outer) in file.sinks {
+        let location = at(&format!("sinks.{id}"));
+        if let Some(dup) = duplicate(config, &id) {
+            errors.push(ConfigError::Invalid {
+                location,
+                message: format!("duplicate component id `{id}`: already declared at {dup}"),
+            });
+            continue;
+        }
+        let inputs_location = at(&format!("sinks.{id}.inputs"));
+        config.sinks.insert(
+            id,
+            SinkEntry {
+                outer,
+                location,
+                inputs_location,
+            },
+        );
+    }
+}
+
+fn duplicate(config: &Config, id: &str) -> Option<Location> {
+    config
+        .sources
+        .get(id)
+        .map(|s| s.location.clone())
+        .or_else(|| config.sinks.get(id).map(|s| s.location.clone()))
+}

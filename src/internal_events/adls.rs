@@ -1,0 +1,1 @@
+//! Internal events of the `adls_partitioned_jsonl` sink.

@@ -1,0 +1,1 @@
+//! Internal events of the `mongodb_change_stream` source.

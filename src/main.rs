@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(mongo_adls::cli::main());
+}

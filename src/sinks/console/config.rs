@@ -1,0 +1,53 @@
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    codecs::json::ExtendedJsonMode,
+    sinks::{Healthcheck, SinkConfig, SinkContext, StreamSink},
+};
+
+use super::sink::ConsoleSink;
+
+/// Where the console sink writes.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    #[default]
+    Stdout,
+    Stderr,
+}
+
+/// `encoding.*` of the console sink.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleEncoding {
+    /// How BSON values are written: `relaxed` (default), `canonical` or
+    /// `simplified` (see the `adls_partitioned_jsonl` sink).
+    #[serde(default)]
+    pub extended_json: ExtendedJsonMode,
+}
+
+/// Options of the `console` sink.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSinkConfig {
+    /// `stdout` (default) or `stderr`.
+    #[serde(default)]
+    pub target: Target,
+    /// How events are encoded.
+    #[serde(default)]
+    pub encoding: ConsoleEncoding,
+}
+
+#[async_trait]
+#[typetag::serde(name = "console")]
+impl SinkConfig for ConsoleSinkConfig {
+    async fn build(&self, cx: SinkContext) -> crate::Result<(Box<dyn StreamSink>, Healthcheck)> {
+        let sink = ConsoleSink::new(self.target, self.encoding.extended_json, &cx.tags);
+        Ok((Box::new(sink), Box::pin(async { Ok(()) })))
+    }
+
+    fn component_type(&self) -> &'static str {
+        "console"
+    }
+}

@@ -1,0 +1,46 @@
+//! Sinks: where events leave the topology.
+//!
+//! `build` returns the running sink and its healthcheck. A sink consumes a
+//! stream of events and must finalize every event it takes: `Delivered`
+//! once the data is durable, `Errored`/`Rejected` otherwise.
+
+pub mod console;
+
+use async_trait::async_trait;
+use futures::{future::BoxFuture, stream::BoxStream};
+
+use crate::{config::GlobalOptions, event::Event, internal_events::ComponentTags};
+
+/// Checks at start that the sink can reach and write its destination. The
+/// error text says what is wrong and must not contain secrets.
+pub type Healthcheck = BoxFuture<'static, Result<(), String>>;
+
+/// A running sink.
+#[async_trait]
+pub trait StreamSink: Send {
+    /// Consumes events until the input ends, then flushes and returns.
+    async fn run(self: Box<Self>, input: BoxStream<'static, Event>) -> Result<(), ()>;
+}
+
+/// Everything a sink needs from the runtime.
+pub struct SinkContext {
+    /// The component id (`[sinks.<id>]`).
+    pub key: String,
+    pub globals: GlobalOptions,
+    pub tags: ComponentTags,
+}
+
+#[async_trait]
+#[typetag::serde(tag = "type")]
+pub trait SinkConfig: std::fmt::Debug + Send + Sync {
+    /// Creates the running sink and its healthcheck.
+    async fn build(&self, cx: SinkContext) -> crate::Result<(Box<dyn StreamSink>, Healthcheck)>;
+
+    /// Whether the sink keeps state under `data_dir`.
+    fn needs_data_dir(&self) -> bool {
+        false
+    }
+
+    /// The `type` name, for metrics tags.
+    fn component_type(&self) -> &'static str;
+}

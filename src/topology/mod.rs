@@ -1,0 +1,261 @@
+//! Builds the component graph from a [`Config`] and runs it: one task per
+//! component, a bounded buffer on every edge into a sink, healthchecks at
+//! start, and an orderly shutdown (sources stop, sinks drain, sources flush
+//! their checkpoints) within the graceful shutdown limit.
+
+pub mod buffer;
+mod source_sender;
+
+use std::{collections::HashMap, time::Duration};
+
+use futures::{future::BoxFuture, FutureExt, StreamExt};
+use snafu::Snafu;
+use tokio::task::JoinSet;
+
+pub use source_sender::SourceSender;
+
+use crate::{
+    config::Config,
+    internal_events::{healthcheck_result, ComponentTags, EventsReceived},
+    shutdown::ShutdownSignal,
+    sinks::{Healthcheck, SinkContext, StreamSink},
+    sources::{Source, SourceContext},
+};
+
+#[derive(Debug, Snafu)]
+pub enum TopologyError {
+    #[snafu(display("{kind} `{id}` could not be built: {message}"))]
+    Build {
+        kind: &'static str,
+        id: String,
+        message: String,
+    },
+    #[snafu(display("healthchecks failed: {}", failed.join("; ")))]
+    Unhealthy { failed: Vec<String> },
+}
+
+/// A built topology, not yet running.
+pub struct Topology {
+    sources: Vec<(String, Source)>,
+    sinks: Vec<(
+        String,
+        Box<dyn StreamSink>,
+        buffer::BufferReceiver,
+        ComponentTags,
+    )>,
+    healthchecks: Vec<(String, Healthcheck)>,
+    source_shutdown: ShutdownSignal,
+}
+
+/// How a run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every component stopped cleanly.
+    Clean,
+    /// A component failed or the shutdown limit ran out.
+    Failed,
+}
+
+impl Topology {
+    /// Builds every component. Buffers are created first so each source
+    /// gets a sender for every sink that reads it.
+    pub async fn build(config: &Config) -> Result<Self, TopologyError> {
+        let acknowledgements = config.global.acknowledgements.enabled;
+        let source_shutdown = ShutdownSignal::new();
+
+        let mut senders: HashMap<String, buffer::BufferSender> = HashMap::new();
+        let mut sinks = Vec::new();
+        let mut healthchecks = Vec::new();
+        for (id, entry) in &config.sinks {
+            let tags = ComponentTags::new(id, "sink", entry.outer.inner.component_type());
+            let (tx, rx) = buffer::memory(&entry.outer.buffer, &tags);
+            let cx = SinkContext {
+                key: id.clone(),
+                globals: config.global.clone(),
+                tags: tags.clone(),
+            };
+            let (sink, healthcheck) =
+                entry
+                    .outer
+                    .inner
+                    .build(cx)
+                    .await
+                    .map_err(|e| TopologyError::Build {
+                        kind: "sink",
+                        id: id.clone(),
+                        message: crate::redact::error(&e),
+                    })?;
+            if config.global.healthchecks.enabled && entry.outer.healthcheck.enabled {
+                healthchecks.push((id.clone(), healthcheck));
+            }
+            senders.insert(id.clone(), tx);
+            sinks.push((id.clone(), sink, rx, tags));
+        }
+
+        let mut sources = Vec::new();
+        for (id, source) in &config.sources {
+            let outputs: Vec<_> = config
+                .sinks_of(id)
+                .map(|sink| senders[sink].clone())
+                .collect();
+            if outputs.is_empty() {
+                continue;
+            }
+            let tags = ComponentTags::new(id, "source", source.inner.component_type());
+            let cx = SourceContext {
+                key: id.clone(),
+                globals: config.global.clone(),
+                shutdown: source_shutdown.clone(),
+                out: SourceSender::new(outputs, &tags),
+                acknowledgements,
+                tags,
+            };
+            let running = source
+                .inner
+                .build(cx)
+                .await
+                .map_err(|e| TopologyError::Build {
+                    kind: "source",
+                    id: id.clone(),
+                    message: crate::redact::error(&e),
+                })?;
+            sources.push((id.clone(), running));
+        }
+
+        Ok(Self {
+            sources,
+            sinks,
+            healthchecks,
+            source_shutdown,
+        })
+    }
+
+    /// Runs every healthcheck concurrently (10 s each) and returns the
+    /// failures as `"<id>: <reason>"`.
+    pub async fn healthchecks(&mut self) -> Vec<String> {
+        let checks = std::mem::take(&mut self.healthchecks);
+        run_healthchecks(checks).await
+    }
+
+    /// Runs until every source has finished or `shutdown` resolves, then
+    /// drains. `force` resolving during the drain (a second signal) abandons
+    /// it at once.
+    pub async fn run(
+        self,
+        shutdown: BoxFuture<'static, ()>,
+        force: BoxFuture<'static, ()>,
+        graceful_limit: Duration,
+    ) -> Outcome {
+        let Topology {
+            sources,
+            sinks,
+            source_shutdown,
+            ..
+        } = self;
+
+        let mut tasks: JoinSet<(String, &'static str, Result<(), ()>)> = JoinSet::new();
+        for (id, sink, rx, tags) in sinks {
+            let received = EventsReceived::register(&tags);
+            let input = rx
+                .inspect(move |e| {
+                    if matches!(e, crate::event::Event::Log(_)) {
+                        received.emit(1, e.size_of());
+                    }
+                })
+                .boxed();
+            tasks.spawn(async move { (id, "sink", sink.run(input).await) });
+        }
+        let mut sources_running = sources.len();
+        for (id, source) in sources {
+            tasks.spawn(async move { (id, "source", source.await) });
+        }
+
+        let mut failed = false;
+        let mut shutdown = shutdown.fuse();
+        // Phase 1: normal running, until a signal, all sources done, or a
+        // component failing.
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!("Shutting down: sources stop, in-flight events drain into sinks.");
+                    break;
+                }
+                done = tasks.join_next() => match done {
+                    None => return if failed { Outcome::Failed } else { Outcome::Clean },
+                    Some(Ok((id, kind, result))) => {
+                        if result.is_err() {
+                            tracing::error!("{kind} `{id}` failed; shutting down.");
+                            failed = true;
+                            break;
+                        }
+                        if kind == "source" {
+                            sources_running -= 1;
+                            tracing::info!("Source `{id}` finished.");
+                            if sources_running == 0 {
+                                break;
+                            }
+                        } else {
+                            // A sink's input ends only when its sources ended.
+                            tracing::debug!("Sink `{id}` finished.");
+                        }
+                    }
+                    Some(Err(join)) => {
+                        tracing::error!("A component panicked: {join}; shutting down.");
+                        failed = true;
+                        break;
+                    }
+                },
+            }
+        }
+
+        // Phase 2: drain within the limit.
+        source_shutdown.cancel();
+        let drain = async {
+            while let Some(done) = tasks.join_next().await {
+                match done {
+                    Ok((id, kind, Ok(()))) => tracing::debug!("{kind} `{id}` stopped."),
+                    Ok((id, kind, Err(()))) => {
+                        tracing::error!("{kind} `{id}` failed while stopping.");
+                        failed = true;
+                    }
+                    Err(join) => {
+                        tracing::error!("A component panicked while stopping: {join}");
+                        failed = true;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = drain => {
+                if failed { Outcome::Failed } else {
+                    tracing::info!("Shutdown complete.");
+                    Outcome::Clean
+                }
+            }
+            _ = tokio::time::sleep(graceful_limit) => {
+                tracing::error!(
+                    "Components did not stop within the graceful shutdown limit of {}s; exiting. Unacknowledged events will be replayed on the next start.",
+                    graceful_limit.as_secs()
+                );
+                Outcome::Failed
+            }
+            _ = force => {
+                tracing::warn!("Second signal: exiting without waiting. Unacknowledged events will be replayed on the next start.");
+                Outcome::Failed
+            }
+        }
+    }
+}
+
+async fn run_healthchecks(checks: Vec<(String, Healthcheck)>) -> Vec<String> {
+    let results = futures::future::join_all(checks.into_iter().map(|(id, check)| async move {
+        let result = match tokio::time::timeout(Duration::from_secs(10), check).await {
+            Ok(r) => r,
+            Err(_) => Err("timed out after 10s".to_string()),
+        };
+        healthcheck_result(&id, &result);
+        result.err().map(|e| format!("{id}: {e}"))
+    }))
+    .await;
+    results.into_iter().flatten().collect()
+}

@@ -1,0 +1,269 @@
+//! The `mongo-adls` binary as a user runs it: configuration errors, the
+//! example configs, signals, `kill -9` and restart, and `/metrics`.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mongo-adls"));
+    cmd.env_remove("MONGO_ADLS_CONFIG");
+    cmd
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn config_errors_name_key_and_line_and_exit_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "bad.toml",
+        "data_dir = \"/tmp/x\"\n\n[sources.demo]\ntype = \"demo_events\"\n\n[sinks.out]\ntype = \"console\"\ninputs = [\"demo\"]\nbuffer.max_evnts = 10\n",
+    );
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.toml:9"), "{stderr}");
+    assert!(stderr.contains("max_evnts"), "{stderr}");
+
+    let path = write(
+        dir.path(),
+        "missing_input.toml",
+        "[sources.demo]\ntype = \"demo_events\"\n[sinks.out]\ntype = \"console\"\ninputs = [\"nope\"]\n",
+    );
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("missing_input.toml:5") && stderr.contains("`nope`"),
+        "{stderr}"
+    );
+
+    // A duplicate id across merged files names both places.
+    let a = write(
+        dir.path(),
+        "a.toml",
+        "[sources.demo]\ntype = \"demo_events\"\n",
+    );
+    let b = write(
+        dir.path(),
+        "b.toml",
+        "[sources.demo]\ntype = \"demo_events\"\n[sinks.out]\ntype = \"console\"\ninputs = [\"demo\"]\n",
+    );
+    let out = bin()
+        .args(["validate", "-c"])
+        .arg(&a)
+        .arg("-c")
+        .arg(&b)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("b.toml:1") && stderr.contains("a.toml:1"),
+        "{stderr}"
+    );
+
+    // A required variable that is unset.
+    let path = write(
+        dir.path(),
+        "env.toml",
+        "data_dir = \"${MONGO_ADLS_TEST_UNSET:?set it}\"\n",
+    );
+    let out = bin().args(["validate", "-c"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("env.toml:1"));
+}
+
+#[test]
+fn every_example_config_validates() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config-examples")).unwrap()
+    {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = bin()
+                .args(["validate", "--no-environment", "-c"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
+}
+
+fn demo_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    write(
+        dir,
+        "demo.toml",
+        &format!(
+            "data_dir = \"{}/data\"\n{extra}\n[sources.demo]\ntype = \"demo_events\"\ninterval_secs = 0.0005\n[sinks.out]\ntype = \"console\"\ninputs = [\"demo\"]\n",
+            dir.display()
+        ),
+    )
+}
+
+fn seqs(stdout: &[u8]) -> Vec<u64> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["fullDocument"]["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn acknowledged(dir: &Path) -> u64 {
+    let text = std::fs::read_to_string(dir.join("data/demo/checkpoint.json")).unwrap();
+    serde_json::from_str::<serde_json::Value>(&text).unwrap()["acknowledged"]
+        .as_u64()
+        .unwrap()
+}
+
+fn sigterm(pid: u32) {
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+}
+
+#[test]
+fn sigterm_drains_and_kill_9_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_config(dir.path(), "");
+
+    // Run 1: SIGTERM. Every printed event is acknowledged, and only those.
+    let child = bin()
+        .arg("-c")
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    sigterm(child.id());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let first = seqs(&out.stdout);
+    assert!(!first.is_empty());
+    assert_eq!(first, (1..=first.len() as u64).collect::<Vec<_>>());
+    assert_eq!(acknowledged(dir.path()), first.len() as u64);
+
+    // Run 2: kill -9. It starts right after run 1's last event.
+    let mut child = bin()
+        .arg("-c")
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let second = seqs(&out.stdout);
+    assert_eq!(
+        second.first(),
+        Some(&(first.len() as u64 + 1)),
+        "nothing acknowledged is sent again"
+    );
+    let committed = acknowledged(dir.path());
+    assert!(
+        committed <= *second.last().unwrap(),
+        "checkpoint never ahead of output"
+    );
+
+    // Run 3: resumes after the checkpoint, so nothing unacknowledged is lost.
+    let child = bin()
+        .arg("-c")
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    sigterm(child.id());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let third = seqs(&out.stdout);
+    assert_eq!(third.first(), Some(&(committed + 1)));
+}
+
+#[test]
+fn metrics_endpoint_shows_tagged_component_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = demo_config(dir.path(), &format!("api.address = \"127.0.0.1:{port}\""));
+    let child = bin()
+        .arg("-c")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let get = |path: &str| -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        if let Some(body) = get("/metrics") {
+            if body.contains("component_sent_events_total{component_id=\"out\"") {
+                break body;
+            }
+        }
+        assert!(Instant::now() < deadline, "metrics never appeared");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(get("/health").unwrap().contains("200 OK"));
+    sigterm(child.id());
+    child.wait_with_output().unwrap();
+
+    for needle in [
+        r#"component_sent_events_total{component_id="demo",component_kind="source",component_type="demo_events"}"#,
+        r#"component_received_events_total{component_id="out",component_kind="sink",component_type="console"}"#,
+        r#"component_received_event_bytes_total{component_id="out",component_kind="sink",component_type="console"}"#,
+        r#"component_sent_event_bytes_total{component_id="out",component_kind="sink",component_type="console"}"#,
+        r#"buffer_events{component_id="out",component_kind="sink",component_type="console"}"#,
+        r#"buffer_byte_size{component_id="out",component_kind="sink",component_type="console"}"#,
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
+    }
+}
