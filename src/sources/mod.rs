@@ -5,6 +5,7 @@
 //! [`ShutdownSignal`] fires, sending events through [`SourceSender`].
 
 pub mod demo_events;
+pub mod mongodb_change_stream;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;

@@ -1,0 +1,173 @@
+//! The source's position bookkeeping.
+//!
+//! The checkpoint is the resume token of the newest event that, together
+//! with every earlier event, all sinks reported durable; on an idle stream it
+//! is the post-batch resume token (the server's "nothing before this is
+//! pending"). It never moves past an event that was not delivered.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    checkpoint::{StateFile, StateFileError},
+    event::BatchStatus,
+};
+
+/// What `data_dir/<id>/checkpoint.json` holds.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// `_id._data` of the resume token (KeyString hex).
+    pub resume_token: String,
+    /// The token's cluster time, for people reading the file.
+    #[serde(default)]
+    pub cluster_time: Option<String>,
+}
+
+/// The cluster time inside a resume token: KeyString type byte `0x82`
+/// (Timestamp) followed by seconds and increment, big-endian. The layout is
+/// undocumented but stable since 4.2; Debezium and the Kafka connector read
+/// it the same way.
+pub fn token_cluster_time(hex: &str) -> Option<bson::Timestamp> {
+    let bytes = hex.as_bytes();
+    if bytes.len() < 18 || !hex[..2].eq_ignore_ascii_case("82") {
+        return None;
+    }
+    let time = u32::from_str_radix(&hex[2..10], 16).ok()?;
+    let increment = u32::from_str_radix(&hex[10..18], 16).ok()?;
+    Some(bson::Timestamp { time, increment })
+}
+
+/// Tracks emitted and acknowledged events and decides what to commit.
+pub struct Acks {
+    state: StateFile,
+    /// Events emitted and not yet resolved.
+    outstanding: u64,
+    /// The position to commit next (if it differs from `written`).
+    committed: Option<String>,
+    written: Option<String>,
+    last_write: Instant,
+    interval: Duration,
+    /// Set after a failed delivery: nothing is committed past it until restart.
+    failed: bool,
+}
+
+impl Acks {
+    pub fn new(state: StateFile, initial: Option<String>, interval: Duration) -> Self {
+        Self {
+            state,
+            outstanding: 0,
+            committed: initial.clone(),
+            written: initial,
+            last_write: Instant::now(),
+            interval,
+            failed: false,
+        }
+    }
+
+    pub fn emitted(&mut self) {
+        self.outstanding += 1;
+    }
+
+    pub fn committed(&self) -> Option<&str> {
+        self.committed.as_deref()
+    }
+
+    /// Records one resolved acknowledgement, in emission order.
+    pub fn resolved(&mut self, status: BatchStatus, token: String) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        match status {
+            BatchStatus::Delivered if !self.failed => self.committed = Some(token),
+            BatchStatus::Delivered => {}
+            other => {
+                if !self.failed {
+                    tracing::error!(
+                        "An event was not delivered ({other:?}); the checkpoint stays at its last delivered position and later events will be replayed on restart. Resume token: {token}"
+                    );
+                }
+                self.failed = true;
+            }
+        }
+    }
+
+    /// On an idle stream with nothing outstanding, the post-batch resume
+    /// token may be committed: every event before it was delivered.
+    pub fn idle(&mut self, post_batch_token: Option<String>) {
+        if self.outstanding == 0 && !self.failed {
+            if let Some(t) = post_batch_token {
+                if self.committed.as_deref().is_none_or(|c| c < t.as_str()) {
+                    self.committed = Some(t);
+                }
+            }
+        }
+    }
+
+    /// Commits without acknowledgements (`acknowledgements.enabled = false`).
+    pub fn sent_unacknowledged(&mut self, token: String) {
+        self.committed = Some(token);
+    }
+
+    /// Writes the checkpoint if it changed and the interval passed (or `force`).
+    pub fn flush(&mut self, force: bool) -> Result<bool, StateFileError> {
+        if self.committed == self.written || (!force && self.last_write.elapsed() < self.interval) {
+            return Ok(false);
+        }
+        let Some(token) = self.committed.clone() else {
+            return Ok(false);
+        };
+        let cluster_time =
+            token_cluster_time(&token).map(|t| format!("{}.{}", t.time, t.increment));
+        self.state.save(&Checkpoint {
+            resume_token: token,
+            cluster_time,
+        })?;
+        self.written = self.committed.clone();
+        self.last_write = Instant::now();
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_time_from_token() {
+        // A real 6.0 token: Timestamp(1723316400, 3) = 0x66B7B8B0, 0x00000003.
+        let t = token_cluster_time("8266B7B8B0000000032B022C0100296E5A1004").unwrap();
+        assert_eq!(
+            t,
+            bson::Timestamp {
+                time: 0x66B7_B8B0,
+                increment: 3
+            }
+        );
+        assert_eq!(token_cluster_time("01AB"), None);
+    }
+
+    #[test]
+    fn commits_in_order_and_stops_at_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateFile::new(dir.path(), "checkpoint.json").unwrap();
+        let mut acks = Acks::new(state.clone(), None, Duration::ZERO);
+        for _ in 0..3 {
+            acks.emitted();
+        }
+        acks.idle(Some("9".into()));
+        assert_eq!(
+            acks.committed(),
+            None,
+            "idle token ignored while events are outstanding"
+        );
+        acks.resolved(BatchStatus::Delivered, "1".into());
+        acks.resolved(BatchStatus::Errored, "2".into());
+        acks.resolved(BatchStatus::Delivered, "3".into());
+        acks.idle(Some("9".into()));
+        assert_eq!(acks.committed(), Some("1"));
+        assert!(acks.flush(false).unwrap());
+        assert_eq!(
+            state.load::<Checkpoint>().unwrap().unwrap().resume_token,
+            "1"
+        );
+    }
+}

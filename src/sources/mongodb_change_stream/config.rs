@@ -1,0 +1,311 @@
+use async_trait::async_trait;
+use bson::Document;
+use serde::{Deserialize, Serialize};
+use snafu::Snafu;
+
+use crate::sources::{Source, SourceConfig, SourceContext};
+
+/// `full_document`: what an update event carries in `fullDocument`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum FullDocument {
+    /// Only the delta (`updateDescription`).
+    Default,
+    /// The current majority-committed document, looked up after the update.
+    #[default]
+    UpdateLookup,
+    /// The post-image if `changeStreamPreAndPostImages` is on, else null.
+    WhenAvailable,
+    /// The post-image; fails the stream when it is missing.
+    Required,
+}
+
+/// `full_document_before_change`: the pre-image in `fullDocumentBeforeChange`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum FullDocumentBeforeChange {
+    Off,
+    /// The pre-image when the collection has `changeStreamPreAndPostImages`.
+    #[default]
+    WhenAvailable,
+    Required,
+}
+
+/// What to do when the checkpoint is no longer in the oplog.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnHistoryLost {
+    /// Stop with an error that explains how to recover (default).
+    #[default]
+    Fail,
+    /// Continue from now; the gap is logged as an error and counted in
+    /// `mongodb_change_stream_data_gaps_total`.
+    ResetToNow,
+}
+
+/// Extra aggregation stages: a JSON / Extended JSON string, or a TOML array
+/// of tables.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum PipelineConfig {
+    Json(String),
+    Stages(Vec<toml::Table>),
+}
+
+/// Options of the `mongodb_change_stream` source.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoDbChangeStreamConfig {
+    /// Connection string, e.g. `mongodb://user:pass@host:27017/?replicaSet=rs0`.
+    /// Change streams need a replica set or sharded cluster. The password is
+    /// masked in every log line and error.
+    pub uri: String,
+    /// Watch one database. Unset (and no `collection`): the whole deployment.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// Watch one collection of `database`.
+    #[serde(default)]
+    pub collection: Option<String>,
+    /// Watch several collections of `database` through one database-level
+    /// stream, filtered on the server.
+    #[serde(default)]
+    pub collections: Option<Vec<String>>,
+    /// Extra stages appended after the source's own, e.g. `$match` to filter
+    /// or `$unset`/`$project` to redact fields. Never remove `_id` (the
+    /// resume token), `operationType`, `ns` or `clusterTime`.
+    #[serde(default)]
+    pub pipeline: Option<PipelineConfig>,
+    /// `default`, `updateLookup` (default), `whenAvailable`, `required`.
+    #[serde(default)]
+    pub full_document: FullDocument,
+    /// `off`, `whenAvailable` (default), `required`.
+    #[serde(default)]
+    pub full_document_before_change: FullDocumentBeforeChange,
+    /// Also emit DDL events such as `create` and `createIndexes` (6.0+).
+    #[serde(default)]
+    pub show_expanded_events: bool,
+    /// Events per server batch.
+    #[serde(default)]
+    pub batch_size: Option<u32>,
+    /// How long the server waits for new events before answering an empty
+    /// batch; also how often an idle stream advances its checkpoint and
+    /// watermark.
+    #[serde(default = "default_max_await_time_ms")]
+    pub max_await_time_ms: u64,
+    /// `checkpoint_or_now` (default), `now`, an RFC 3339 time
+    /// (`startAtOperationTime`), or a resume token's `_data` hex. Used only
+    /// when there is no checkpoint, except `now`, which ignores it.
+    #[serde(default = "default_start_at")]
+    pub start_at: String,
+    /// `fail` (default) or `reset_to_now`.
+    #[serde(default)]
+    pub on_history_lost: OnHistoryLost,
+    /// Most consecutive `reset_to_now` recoveries before giving up.
+    #[serde(default = "default_max_recoveries")]
+    pub max_consecutive_recoveries: u32,
+    /// Coalesce checkpoint writes to at most one per interval.
+    #[serde(default = "default_checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+}
+
+fn default_max_await_time_ms() -> u64 {
+    1000
+}
+fn default_start_at() -> String {
+    "checkpoint_or_now".into()
+}
+fn default_max_recoveries() -> u32 {
+    3
+}
+fn default_checkpoint_interval_ms() -> u64 {
+    1000
+}
+
+#[derive(Debug, Snafu)]
+pub enum ConfigError {
+    #[snafu(display("`collection` needs `database`"))]
+    CollectionWithoutDatabase,
+    #[snafu(display("`collections` needs `database`"))]
+    CollectionsWithoutDatabase,
+    #[snafu(display("set `collection` or `collections`, not both"))]
+    CollectionAndCollections,
+    #[snafu(display("`pipeline` is not valid: {reason}"))]
+    Pipeline { reason: String },
+    #[snafu(display(
+        "`start_at` = {value:?} is not `checkpoint_or_now`, `now`, an RFC 3339 time or a resume token hex string"
+    ))]
+    StartAt { value: String },
+}
+
+/// Where to start when there is no checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    CheckpointOrNow,
+    Now,
+    Time(bson::Timestamp),
+    Token(String),
+}
+
+/// What the stream watches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Deployment,
+    Database(String),
+    Collection(String, String),
+    Collections(String, Vec<String>),
+}
+
+impl MongoDbChangeStreamConfig {
+    pub fn scope(&self) -> Result<Scope, ConfigError> {
+        match (&self.database, &self.collection, &self.collections) {
+            (None, Some(_), _) => Err(ConfigError::CollectionWithoutDatabase),
+            (None, _, Some(_)) => Err(ConfigError::CollectionsWithoutDatabase),
+            (Some(_), Some(_), Some(_)) => Err(ConfigError::CollectionAndCollections),
+            (None, None, None) => Ok(Scope::Deployment),
+            (Some(db), None, None) => Ok(Scope::Database(db.clone())),
+            (Some(db), Some(c), None) => Ok(Scope::Collection(db.clone(), c.clone())),
+            (Some(db), None, Some(cs)) => Ok(Scope::Collections(db.clone(), cs.clone())),
+        }
+    }
+
+    /// The user's stages as BSON documents.
+    pub fn user_pipeline(&self) -> Result<Vec<Document>, ConfigError> {
+        let json = match &self.pipeline {
+            None => return Ok(Vec::new()),
+            Some(PipelineConfig::Json(s)) => {
+                serde_json::from_str::<serde_json::Value>(s).map_err(|e| ConfigError::Pipeline {
+                    reason: format!("not JSON: {e}"),
+                })?
+            }
+            Some(PipelineConfig::Stages(tables)) => {
+                serde_json::to_value(tables).map_err(|e| ConfigError::Pipeline {
+                    reason: e.to_string(),
+                })?
+            }
+        };
+        let serde_json::Value::Array(stages) = json else {
+            return Err(ConfigError::Pipeline {
+                reason: "expected an array of stages".into(),
+            });
+        };
+        stages
+            .into_iter()
+            .map(|stage| match bson::Bson::try_from(stage) {
+                Ok(bson::Bson::Document(d)) => Ok(d),
+                Ok(other) => Err(ConfigError::Pipeline {
+                    reason: format!("each stage must be a document, got {other}"),
+                }),
+                Err(e) => Err(ConfigError::Pipeline {
+                    reason: e.to_string(),
+                }),
+            })
+            .collect()
+    }
+
+    pub fn start(&self) -> Result<StartAt, ConfigError> {
+        let v = self.start_at.trim();
+        match v {
+            "checkpoint_or_now" => Ok(StartAt::CheckpointOrNow),
+            "now" => Ok(StartAt::Now),
+            _ => {
+                if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
+                    let secs = u32::try_from(t.timestamp()).map_err(|_| ConfigError::StartAt {
+                        value: v.to_string(),
+                    })?;
+                    Ok(StartAt::Time(bson::Timestamp {
+                        time: secs,
+                        increment: 0,
+                    }))
+                } else if !v.is_empty()
+                    && v.len().is_multiple_of(2)
+                    && v.bytes().all(|b| b.is_ascii_hexdigit())
+                {
+                    Ok(StartAt::Token(v.to_ascii_uppercase()))
+                } else {
+                    Err(ConfigError::StartAt {
+                        value: v.to_string(),
+                    })
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+#[typetag::serde(name = "mongodb_change_stream")]
+impl SourceConfig for MongoDbChangeStreamConfig {
+    async fn build(&self, cx: SourceContext) -> crate::Result<Source> {
+        self.scope()?;
+        self.user_pipeline()?;
+        self.start()?;
+        let source = super::stream::ChangeStreamSource::new(self.clone(), cx).await?;
+        Ok(Box::pin(source.run()))
+    }
+
+    fn needs_data_dir(&self) -> bool {
+        true
+    }
+
+    fn component_type(&self) -> &'static str {
+        "mongodb_change_stream"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> MongoDbChangeStreamConfig {
+        toml::from_str(&format!("uri = \"mongodb://h\"\n{extra}")).unwrap()
+    }
+
+    #[test]
+    fn scopes() {
+        assert_eq!(config("").scope().unwrap(), Scope::Deployment);
+        assert_eq!(
+            config("database = \"a\"").scope().unwrap(),
+            Scope::Database("a".into())
+        );
+        assert!(config("collection = \"c\"").scope().is_err());
+        assert_eq!(
+            config("database = \"a\"\ncollections = [\"x\", \"y\"]")
+                .scope()
+                .unwrap(),
+            Scope::Collections("a".into(), vec!["x".into(), "y".into()])
+        );
+    }
+
+    #[test]
+    fn pipeline_forms() {
+        let json = config(
+            r#"pipeline = '[{"$match": {"operationType": "insert"}}, {"$unset": "fullDocument.ssn"}]'"#,
+        );
+        assert_eq!(json.user_pipeline().unwrap().len(), 2);
+        let tables = config("[[pipeline]]\n\"$match\" = { operationType = \"insert\" }\n");
+        assert_eq!(
+            tables.user_pipeline().unwrap(),
+            vec![bson::doc! { "$match": { "operationType": "insert" } }]
+        );
+        assert!(config("pipeline = '{\"a\":1}'").user_pipeline().is_err());
+        assert!(config("pipeline = '[1]'").user_pipeline().is_err());
+    }
+
+    #[test]
+    fn start_positions() {
+        assert_eq!(config("").start().unwrap(), StartAt::CheckpointOrNow);
+        assert_eq!(
+            config("start_at = \"2024-08-10T19:00:00Z\"")
+                .start()
+                .unwrap(),
+            StartAt::Time(bson::Timestamp {
+                time: 1_723_316_400,
+                increment: 0
+            })
+        );
+        assert_eq!(
+            config("start_at = \"8266b7\"").start().unwrap(),
+            StartAt::Token("8266B7".into())
+        );
+        assert!(config("start_at = \"yesterday\"").start().is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! `mongodb_change_stream` source: MongoDB change streams (deployment,
+//! database, collection or a list of collections) with checkpoints that
+//! resume exactly where delivered data ends.
+//!
+//! - `config.rs`: the user-facing options.
+//! - `stream.rs`: opening the stream, reading raw events, reconnecting.
+//! - `checkpoint.rs`: positions, the checkpoint file, and acknowledgement
+//!   bookkeeping (commit only what every sink made durable).
+
+mod checkpoint;
+mod config;
+mod stream;
+
+pub use checkpoint::{token_cluster_time, Checkpoint};
+pub use config::MongoDbChangeStreamConfig;

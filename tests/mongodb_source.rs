@@ -1,0 +1,407 @@
+//! The `mongodb_change_stream` source against a real `mongod` replica set,
+//! through the `mongo-adls` binary with the `console` sink (whose stdout
+//! shows exactly what was delivered).
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use mongodb::bson::{doc, Document};
+use serde_json::Value;
+use support::{eventually, Mongod};
+
+struct Agent {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Agent {
+    fn start(config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+            .arg("--config")
+            .arg(config)
+            .env("MONGO_ADLS_LOG", "info,mongo_adls=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout: ChildStdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // After SIGKILL the last line can be cut short; it was never
+                // acknowledged, so it is replayed and can be ignored here.
+                if let Ok(value) = serde_json::from_str(&line) {
+                    sink.lock().unwrap().push(value);
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, n: usize) -> Vec<Value> {
+        eventually(Duration::from_secs(60), async || {
+            let e = self.events();
+            (e.len() >= n).then_some(e)
+        })
+        .await
+    }
+
+    fn stop(mut self, signal: i32) -> (Option<i32>, Vec<Value>) {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let status = self.child.wait().unwrap();
+        self.reader.take().unwrap().join().unwrap();
+        (status.code(), self.events())
+    }
+}
+
+fn config(dir: &Path, uri: &str, scope: &str) -> PathBuf {
+    let path = dir.join("agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+data_dir = "{data}"
+
+[sources.mongo]
+type = "mongodb_change_stream"
+uri = "{uri}"
+{scope}
+max_await_time_ms = 200
+checkpoint_interval_ms = 100
+
+[sinks.out]
+type = "console"
+inputs = ["mongo"]
+encoding.extended_json = "canonical"
+"#,
+            data = dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn checkpoint(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("data/mongo/checkpoint.json")).ok()?;
+    serde_json::from_str::<Value>(&text).unwrap()["resume_token"]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn token(event: &Value) -> String {
+    event["_id"]["_data"].as_str().unwrap().to_string()
+}
+
+fn summary(event: &Value) -> String {
+    format!(
+        "{} {}.{}",
+        event["operationType"].as_str().unwrap(),
+        event["ns"]["db"].as_str().unwrap_or("-"),
+        event["ns"]["coll"].as_str().unwrap_or("-"),
+    )
+}
+
+/// Waits until the source has opened its stream (its first idle
+/// checkpoint), so writes made afterwards are seen.
+async fn wait_started(dir: &Path) {
+    eventually(Duration::from_secs(60), async || checkpoint(dir)).await;
+}
+
+#[tokio::test]
+async fn each_scope_delivers_exactly_its_changes() {
+    let mongo = Mongod::start().await;
+    let client = mongo.client().await;
+    // Pre-images need the collection option.
+    client
+        .database("shop")
+        .run_command(
+            doc! { "create": "orders", "changeStreamPreAndPostImages": { "enabled": true } },
+        )
+        .await
+        .unwrap();
+
+    let scopes = [
+        ("", vec!["shop.orders", "shop.users", "crm.leads"]),
+        ("database = \"shop\"", vec!["shop.orders", "shop.users"]),
+        (
+            "database = \"shop\"\ncollection = \"orders\"",
+            vec!["shop.orders"],
+        ),
+        (
+            "database = \"shop\"\ncollections = [\"users\"]",
+            vec!["shop.users"],
+        ),
+    ];
+    let mut agents = Vec::new();
+    for (i, (scope, _)) in scopes.iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &mongo.uri(), scope);
+        let agent = Agent::start(&cfg);
+        wait_started(dir.path()).await;
+        agents.push((i, dir, agent));
+    }
+
+    let orders = client.database("shop").collection::<Document>("orders");
+    orders
+        .insert_one(doc! { "_id": 1, "total": 10 })
+        .await
+        .unwrap();
+    orders
+        .update_one(doc! { "_id": 1 }, doc! { "$set": { "total": 11 } })
+        .await
+        .unwrap();
+    orders
+        .replace_one(doc! { "_id": 1 }, doc! { "total": 12, "replaced": true })
+        .await
+        .unwrap();
+    orders.delete_one(doc! { "_id": 1 }).await.unwrap();
+    client
+        .database("shop")
+        .collection::<Document>("users")
+        .insert_one(doc! { "_id": "u1" })
+        .await
+        .unwrap();
+    client
+        .database("crm")
+        .collection::<Document>("leads")
+        .insert_one(doc! { "_id": "l1" })
+        .await
+        .unwrap();
+
+    for (i, _dir, agent) in agents {
+        let ns = scopes[i].1.as_slice();
+        let mut wanted: Vec<String> = Vec::new();
+        if ns.contains(&"shop.orders") {
+            for op in ["insert", "update", "replace", "delete"] {
+                wanted.push(format!("{op} shop.orders"));
+            }
+        }
+        if ns.contains(&"shop.users") {
+            wanted.push("insert shop.users".into());
+        }
+        if ns.contains(&"crm.leads") {
+            wanted.push("insert crm.leads".into());
+        }
+        agent.wait_for(wanted.len()).await;
+        // Give stray events a moment to show up before comparing.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (code, events) = agent.stop(libc::SIGTERM);
+        assert_eq!(code, Some(0));
+        let got: Vec<String> = events
+            .iter()
+            .filter(|e| e["operationType"] != "create")
+            .map(summary)
+            .collect();
+        assert_eq!(got, wanted, "scope {:?}", scopes[i].0);
+        if scopes[i].1.contains(&"shop.orders") {
+            let update = events
+                .iter()
+                .find(|e| e["operationType"] == "update")
+                .unwrap();
+            assert_eq!(
+                update["fullDocument"]["total"],
+                serde_json::json!({"$numberInt": "11"}),
+                "updateLookup"
+            );
+            assert_eq!(
+                update["fullDocumentBeforeChange"]["total"],
+                serde_json::json!({"$numberInt": "10"}),
+                "pre-image"
+            );
+            assert_eq!(
+                update["updateDescription"]["updatedFields"]["total"],
+                serde_json::json!({"$numberInt": "11"})
+            );
+        }
+        let _ = events;
+    }
+}
+
+async fn insert_range(client: &mongodb::Client, from: i64, to: i64) {
+    let coll = client.database("app").collection::<Document>("items");
+    let docs: Vec<Document> = (from..to).map(|i| doc! { "_id": i, "seq": i }).collect();
+    for chunk in docs.chunks(500) {
+        coll.insert_many(chunk.to_vec()).await.unwrap();
+    }
+}
+
+fn seqs(events: &[Value]) -> Vec<i64> {
+    events
+        .iter()
+        .filter(|e| e["operationType"] == "insert")
+        .map(|e| {
+            e["documentKey"]["_id"]["$numberLong"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn restarts_replay_only_unacknowledged_events() {
+    let mut mongo = Mongod::start().await;
+    let client = mongo.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &mongo.uri(), "database = \"app\"");
+    let mut all: Vec<Value> = Vec::new();
+
+    // Run 1, stopped by SIGTERM mid-stream.
+    let agent = Agent::start(&cfg);
+    wait_started(dir.path()).await;
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move { insert_range(&client, 0, 3000).await })
+    };
+    agent.wait_for(500).await;
+    let (code, events) = agent.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0));
+    let committed = checkpoint(dir.path()).unwrap();
+    assert_eq!(
+        token(events.last().unwrap()),
+        committed,
+        "SIGTERM drains and commits all printed events"
+    );
+    all.extend(events);
+
+    // Run 2, killed with SIGKILL mid-stream; the checkpoint may trail.
+    let agent = Agent::start(&cfg);
+    let events = agent.wait_for(200).await;
+    assert!(
+        token(&events[0]) > committed,
+        "nothing acknowledged is delivered again"
+    );
+    let (_, events) = agent.stop(libc::SIGKILL);
+    let before = committed;
+    let committed = checkpoint(dir.path()).unwrap();
+    // The checkpoint is the old one, a delivered event, or an idle token
+    // past everything delivered: never a position with undelivered events
+    // before it.
+    assert!(
+        committed == before
+            || events.iter().any(|e| token(e) == committed)
+            || committed > token(events.last().unwrap()),
+        "checkpoint {committed} is not a delivered position"
+    );
+    all.extend(events.into_iter().filter(|e| token(e) <= committed));
+    writer.await.unwrap();
+
+    // Run 3 with a mongod restart in the middle of more writes.
+    let agent = Agent::start(&cfg);
+    let first = agent.wait_for(1).await;
+    assert!(token(&first[0]) > committed);
+    mongo.restart().await;
+    let client = mongo.client().await;
+    insert_range(&client, 3000, 4000).await;
+    let seen = agent.wait_for(1).await.len();
+    let expected_more = 4000 - seqs(&all).len();
+    let _ = seen;
+    agent.wait_for(expected_more).await;
+    let (code, events) = agent.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0));
+    all.extend(events);
+
+    let got = seqs(&all);
+    assert_eq!(
+        got,
+        (0..4000).collect::<Vec<_>>(),
+        "every insert exactly once, in order"
+    );
+}
+
+#[tokio::test]
+async fn failing_sink_keeps_the_checkpoint() {
+    let mongo = Mongod::start().await;
+    let client = mongo.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &mongo.uri(), "database = \"app\"");
+    // Stdout whose reader is gone: every write fails with EPIPE.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    wait_started(dir.path()).await;
+    let before = checkpoint(dir.path()).unwrap();
+    insert_range(&client, 0, 10).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    assert_eq!(
+        checkpoint(dir.path()).unwrap(),
+        before,
+        "undelivered events are not committed"
+    );
+
+    // A working sink then gets all of them.
+    let agent = Agent::start(&cfg);
+    agent.wait_for(10).await;
+    let (_, events) = agent.stop(libc::SIGTERM);
+    assert_eq!(seqs(&events), (0..10).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn lost_history_follows_the_policy() {
+    let mut mongo = Mongod::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &mongo.uri(), "database = \"app\"");
+    let agent = Agent::start(&cfg);
+    wait_started(dir.path()).await;
+    insert_range(&mongo.client().await, 0, 5).await;
+    agent.wait_for(5).await;
+    agent.stop(libc::SIGTERM);
+
+    // A new deployment on the same address: the checkpoint is not in its oplog.
+    mongo.recreate().await;
+    // The server notices the missing resume point when the stream reaches
+    // an event after it.
+    insert_range(&mongo.client().await, 50, 51).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no longer in the oplog"), "{stderr}");
+    assert!(
+        stderr.contains("reset_to_now"),
+        "the message says how to recover: {stderr}"
+    );
+
+    // reset_to_now continues from now and reports the gap.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "checkpoint_interval_ms = 100",
+        "checkpoint_interval_ms = 100\non_history_lost = \"reset_to_now\"",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let agent = Agent::start(&cfg);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    insert_range(&mongo.client().await, 100, 103).await;
+    agent.wait_for(3).await;
+    let (code, events) = agent.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0));
+    assert_eq!(seqs(&events), vec![100, 101, 102]);
+}
