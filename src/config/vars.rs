@@ -3,6 +3,10 @@
 //! (unset), `${VAR:?message}` / `${VAR?message}` (fail), and `$$` for a
 //! literal `$`.
 //!
+//! One difference from Vector: the bare form `$VAR` applies only to
+//! upper-case names, so MongoDB operators in pipelines (`$match`, `$in`,
+//! `$unset`) need no escaping.
+//!
 //! Interpolation is textual, before TOML parsing, as in Vector. A value that
 //! contains a newline is refused: it could inject TOML keys, and it would
 //! shift the line numbers that error messages point at.
@@ -13,7 +17,7 @@ use regex::{Captures, Regex};
 
 static VAR: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"\$\$|\$([A-Za-z_][A-Za-z0-9_.]*)|\$\{([A-Za-z_][A-Za-z0-9_.]*)(?:(:?-|:?\?)([^}]*))?\}",
+        r"\$\$|\$([A-Z_][A-Z0-9_]*)\b|\$\{([A-Za-z_][A-Za-z0-9_.]*)(?:(:?-|:?\?)([^}]*))?\}",
     )
     .unwrap()
 });
@@ -113,6 +117,12 @@ mod tests {
         assert_eq!(interpolate("${NOPE:-d} ${NOPE-e}", &v).unwrap(), "d e");
         assert_eq!(interpolate("cost $$5 $${A}", &v).unwrap(), "cost $5 ${A}");
         assert_eq!(interpolate("${NOPE}", &v).unwrap(), "");
+    }
+
+    #[test]
+    fn mongodb_operators_are_not_variables() {
+        let text = r#"pipeline = '[{"$match": {"operationType": {"$in": ["insert"]}}}]'"#;
+        assert_eq!(interpolate(text, &vars()).unwrap(), text);
     }
 
     #[test]
