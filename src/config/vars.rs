@@ -16,10 +16,8 @@ use std::{collections::HashMap, sync::LazyLock};
 use regex::{Captures, Regex};
 
 static VAR: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(
-        r"\$\$|\$([A-Z_][A-Z0-9_]*)\b|\$\{([A-Za-z_][A-Za-z0-9_.]*)(?:(:?-|:?\?)([^}]*))?\}",
-    )
-    .unwrap()
+    Regex::new(r"\$\$|\$([A-Z_][A-Z0-9_]*)\b|\$\{([A-Za-z_][A-Za-z0-9_.]*)(?:(:?-|:?\?)([^}]*))?\}")
+        .unwrap()
 });
 
 /// A problem found while interpolating, with the 1-based line it is on.
