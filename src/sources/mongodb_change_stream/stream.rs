@@ -212,6 +212,7 @@ impl ChangeStreamSource {
 
         'outer: loop {
             let opened = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break 'outer,
                 r = self.open(&at) => r,
             };
@@ -223,29 +224,12 @@ impl ChangeStreamSource {
                     attempt = 0;
                     s
                 }
-                Err(e) => match self.classify(&e) {
-                    Failure::Retry => {
-                        attempt += 1;
-                        if !self.pause(attempt, &e).await {
-                            break 'outer;
-                        }
+                Err(e) => match self.recover(&e, &mut attempt, &mut recoveries, &at).await {
+                    Some(next) => {
+                        at = next;
                         continue;
                     }
-                    Failure::HistoryLost => match self.history_lost(&at, &mut recoveries, &e) {
-                        Some(next) => {
-                            at = next;
-                            continue;
-                        }
-                        None => {
-                            result = Err(());
-                            break 'outer;
-                        }
-                    },
-                    Failure::Fatal => {
-                        self.error(
-                            "stream_failed",
-                            &format!("Change stream cannot be opened: {}", redact::error(&e)),
-                        );
+                    None => {
                         result = Err(());
                         break 'outer;
                     }
@@ -348,29 +332,12 @@ impl ChangeStreamSource {
                         );
                         continue 'outer;
                     }
-                    Err(e) => match self.classify(&e) {
-                        Failure::Retry => {
-                            attempt += 1;
-                            if !self.pause(attempt, &e).await {
-                                break 'outer;
-                            }
+                    Err(e) => match self.recover(&e, &mut attempt, &mut recoveries, &at).await {
+                        Some(next) => {
+                            at = next;
                             continue 'outer;
                         }
-                        Failure::HistoryLost => match self.history_lost(&at, &mut recoveries, &e) {
-                            Some(next) => {
-                                at = next;
-                                continue 'outer;
-                            }
-                            None => {
-                                result = Err(());
-                                break 'outer;
-                            }
-                        },
-                        Failure::Fatal => {
-                            self.error(
-                                "stream_failed",
-                                &format!("Change stream failed: {}", redact::error(&e)),
-                            );
+                        None => {
                             result = Err(());
                             break 'outer;
                         }
@@ -411,6 +378,34 @@ impl ChangeStreamSource {
         .emit(&self.cx.tags);
     }
 
+    /// Decides how to go on after `e`: `Some(position)` to reopen there
+    /// (after a pause for transient errors), `None` to stop the source.
+    /// A `None` on shutdown during the pause is not an error, so it returns
+    /// the current position and lets the shutdown check end the loop.
+    async fn recover(
+        &self,
+        e: &mongodb::error::Error,
+        attempt: &mut u32,
+        recoveries: &mut u32,
+        at: &OpenAt,
+    ) -> Option<OpenAt> {
+        match self.classify(e) {
+            Failure::Retry => {
+                *attempt += 1;
+                self.pause(*attempt, e).await;
+                Some(at.clone())
+            }
+            Failure::HistoryLost => self.history_lost(at, recoveries, e),
+            Failure::Fatal => {
+                self.error(
+                    "stream_failed",
+                    &format!("Change stream failed: {}", redact::error(e)),
+                );
+                None
+            }
+        }
+    }
+
     fn classify(&self, e: &mongodb::error::Error) -> Failure {
         match e.kind.as_ref() {
             ErrorKind::Command(c) => match c.code {
@@ -431,8 +426,8 @@ impl ChangeStreamSource {
     }
 
     /// Waits before reopening: exponential backoff with jitter, 0.5 s to
-    /// 30 s. Returns false on shutdown.
-    async fn pause(&self, attempt: u32, e: &mongodb::error::Error) -> bool {
+    /// 30 s, cut short by shutdown (the open loop then sees it and stops).
+    async fn pause(&self, attempt: u32, e: &mongodb::error::Error) {
         let base = 0.5_f64 * 2f64.powi(attempt.min(6) as i32 - 1);
         let delay = base.min(30.0) * rand::rng().random_range(0.5..1.0);
         StreamInterrupted {
@@ -441,8 +436,8 @@ impl ChangeStreamSource {
         }
         .emit(&self.cx.tags);
         tokio::select! {
-            _ = self.cx.shutdown.cancelled() => false,
-            _ = tokio::time::sleep(Duration::from_secs_f64(delay)) => true,
+            _ = self.cx.shutdown.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_secs_f64(delay)) => {}
         }
     }
 
