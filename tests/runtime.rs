@@ -261,6 +261,11 @@ static RECORDER: OnceLock<metrics_util::debugging::Snapshotter> = OnceLock::new(
 
 /// The value of `component_sent_events_total` for one component.
 fn sent_events(component_id: &str) -> u64 {
+    counter("component_sent_events_total", component_id)
+}
+
+/// The value of a counter for one component, from the test recorder.
+fn counter(name: &str, component_id: &str) -> u64 {
     let snapshotter = RECORDER.get_or_init(|| {
         let recorder = metrics_util::debugging::DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
@@ -272,7 +277,7 @@ fn sent_events(component_id: &str) -> u64 {
         .into_vec()
         .into_iter()
         .filter(|(key, ..)| {
-            key.key().name() == "component_sent_events_total"
+            key.key().name() == name
                 && key
                     .key()
                     .labels()
@@ -334,8 +339,9 @@ buffer.when_full = "block"
     assert_eq!(checkpoint_of(dir.path(), "bp"), 200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_newest_discards_and_acknowledges_what_it_drops() {
+    counter("component_discarded_events_total", "dropper");
     let dir = tempfile::tempdir().unwrap();
     let mut held = channel("dropping");
     let config = load(
@@ -347,7 +353,7 @@ data_dir = "{}/data"
 type = "demo_events"
 count = 300
 interval_secs = 0
-[sinks.hold]
+[sinks.dropper]
 type = "test_hold"
 inputs = ["demo"]
 name = "dropping"
@@ -378,6 +384,11 @@ buffer.when_full = "drop_newest"
     assert!(
         seen.windows(2).all(|w| w[0] < w[1]),
         "kept events stay in order"
+    );
+    assert_eq!(
+        counter("component_discarded_events_total", "dropper"),
+        300 - seen.len() as u64,
+        "every dropped event is counted"
     );
     // Dropped on purpose counts as done, so the source moves past them.
     assert_eq!(checkpoint(dir.path()), 300);
