@@ -115,7 +115,11 @@ fn init_logging(opts: &Opts) {
         1 => "debug",
         _ => "trace",
     };
-    let default = format!("{level},mongodb=warn,azure_core=warn,hyper=warn,reqwest=warn");
+    // The SDKs log request URLs at info (a SAS query among them): keep them
+    // at warn unless asked.
+    let default = format!(
+        "{level},mongodb=warn,azure_core=warn,azure_storage_blob=warn,azure_identity=warn,typespec_client_core=warn,hyper=warn,reqwest=warn"
+    );
     let filter = tracing_subscriber::EnvFilter::try_from_env("MONGO_ADLS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()

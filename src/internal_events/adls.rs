@@ -1,1 +1,100 @@
 //! Internal events of the `adls_partitioned_jsonl` sink.
+
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram};
+
+use super::{ComponentError, ComponentTags, Stage};
+
+/// Sink-specific metrics, registered once.
+#[derive(Clone)]
+pub struct SinkMetrics {
+    files_sealed: Counter,
+    bytes_written: Counter,
+    open_files: Gauge,
+    request_seconds: Histogram,
+    retries: Counter,
+    skipped: Counter,
+}
+
+impl SinkMetrics {
+    pub fn register(tags: &ComponentTags) -> Self {
+        Self {
+            files_sealed: tags.counter("adls_files_sealed_total"),
+            bytes_written: tags.counter("adls_bytes_written_total"),
+            open_files: tags.gauge("adls_open_files"),
+            request_seconds: tags.histogram("adls_request_duration_seconds"),
+            retries: tags.counter("adls_request_retries_total"),
+            skipped: tags.counter("adls_replayed_events_skipped_total"),
+        }
+    }
+
+    pub fn block_written(&self, bytes: usize, took: Duration) {
+        self.bytes_written.increment(bytes as u64);
+        self.request_seconds.record(took.as_secs_f64());
+    }
+
+    pub fn request(&self, took: Duration) {
+        self.request_seconds.record(took.as_secs_f64());
+    }
+
+    pub fn open_files(&self, n: usize) {
+        self.open_files.set(n as f64);
+    }
+
+    pub fn replayed_skipped(&self, n: u64) {
+        self.skipped.increment(n);
+    }
+
+    pub fn file_sealed(&self, object: &str, events: u64, bytes: u64) {
+        tracing::info!(object, events, bytes, "File sealed.");
+        self.files_sealed.increment(1);
+    }
+
+    pub fn retry(&self, tags: &ComponentTags, what: &str, error: &str, delay: Duration) {
+        tracing::warn!(
+            component_id = %tags.id,
+            "{what} failed ({error}); retrying in {:.1}s.",
+            delay.as_secs_f64()
+        );
+        self.retries.increment(1);
+    }
+}
+
+/// A write that failed for good: its events are reported as not delivered.
+pub struct WriteFailed<'a> {
+    pub object: &'a str,
+    pub events: usize,
+    pub error: &'a str,
+    pub permanent: bool,
+}
+
+impl WriteFailed<'_> {
+    pub fn emit(&self, tags: &ComponentTags) {
+        ComponentError {
+            error_type: if self.permanent { "request_rejected" } else { "request_failed" },
+            stage: Stage::Sending,
+            message: &format!(
+                "Writing {} events to {} failed: {}. They are not acknowledged, so the source will replay them after a restart; later events of this window are held back until then.",
+                self.events, self.object, self.error
+            ),
+        }
+        .emit(tags);
+    }
+}
+
+/// An event that cannot be encoded (malformed BSON) is rejected.
+pub struct EncodeFailed<'a> {
+    pub error: &'a str,
+}
+
+impl EncodeFailed<'_> {
+    pub fn emit(&self, tags: &ComponentTags) {
+        ComponentError {
+            error_type: "encoder_failed",
+            stage: Stage::Processing,
+            message: &format!("Event rejected: {}.", self.error),
+        }
+        .emit(tags);
+    }
+}

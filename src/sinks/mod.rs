@@ -5,6 +5,7 @@
 //! once the data is durable, `Errored`/`Rejected` otherwise.
 
 pub mod adls_partitioned_jsonl;
+pub mod azure_common;
 pub mod console;
 
 use async_trait::async_trait;

@@ -1,15 +1,19 @@
-//! `adls_partitioned_jsonl` sink (in progress): change events as
-//! time-partitioned JSON Lines in ADLS Gen2.
+//! `adls_partitioned_jsonl` sink: change events as time-partitioned JSON
+//! Lines in ADLS Gen2 (or a local `file://` lake), every event exactly once,
+//! and by default no file visible before it is complete.
 //!
-//! Done so far, and used by the rest when it lands:
-//! - `partition.rs`: the path template, time windows, file names, and safe
-//!   namespace segments.
-//! - `encode.rs`: one change event to one JSON line in the lake's record
-//!   format, and the event's partition time.
-//!
-//! Still to come (see the issue): `config.rs`, `storage.rs` (Blob endpoint
-//! and `file://`), `state.rs` (open files, staged blocks, high-water
-//! positions), `roll.rs` and `sink.rs`.
+//! - `config.rs`: the user-facing options.
+//! - `partition.rs`: path templates, time windows, safe namespace segments.
+//! - `encode.rs`: one change event to one JSON line.
+//! - `storage/`: the Blob endpoint and `file://` backends, and retries.
+//! - `state.rs`: open files, staged blocks and high-water positions.
+//! - `sink.rs`: batching, writing, acknowledging and sealing.
 
+mod config;
 pub mod encode;
 pub mod partition;
+mod sink;
+pub mod state;
+pub mod storage;
+
+pub use config::AdlsPartitionedJsonlConfig;

@@ -1,0 +1,895 @@
+//! The sink's event loop: route each event to its file (namespace and time
+//! window), batch per file, write batches as staged blocks with bounded
+//! concurrency (strictly one request at a time per file), acknowledge once
+//! a block and the state that lists it are durable, and seal files when
+//! their window closes, they reach `roll.max_bytes`, or they get too old.
+
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use futures::{stream::BoxStream, stream::FuturesUnordered, FutureExt, StreamExt};
+
+use super::{
+    config::{AdlsPartitionedJsonlConfig, BatchConfig, Commit, Compression, Mode, RollConfig},
+    encode,
+    partition::{object_name, Template, Windows},
+    state::{Block, FileKey, OpenFile, SinkState},
+    storage::{
+        azure::AzureStorage, local::LocalStorage, with_retries, Created, RetryPolicy, Storage,
+        StorageError,
+    },
+};
+use crate::{
+    checkpoint::StateFile,
+    codecs::json::ExtendedJsonMode,
+    event::{Event, EventFinalizers, EventStatus, LogEvent, Position},
+    internal_events::{
+        adls::{EncodeFailed, SinkMetrics, WriteFailed},
+        ComponentError, ComponentTags, EventsSent, Stage,
+    },
+    sinks::{Healthcheck, SinkContext, StreamSink},
+};
+
+/// Azure allows 50,000 committed blocks per blob; seal before that.
+const MAX_BLOCKS_PER_FILE: usize = 49_000;
+/// How often batch timeouts and seal conditions are checked.
+const TICK: Duration = Duration::from_millis(200);
+
+pub async fn build(
+    config: &AdlsPartitionedJsonlConfig,
+    cx: SinkContext,
+) -> crate::Result<(Box<dyn StreamSink>, Healthcheck)> {
+    let prefix = Template::parse(&config.path_prefix).map_err(|e| format!("`path_prefix`: {e}"))?;
+    let file_name = Template::parse(&config.file_name).map_err(|e| format!("`file_name`: {e}"))?;
+    let tz: Tz = config.timezone.parse().map_err(|_| {
+        format!(
+            "`timezone` {:?} is not an IANA time zone name",
+            config.timezone
+        )
+    })?;
+    if config.roll.window_secs == 0 {
+        return Err("`roll.window_secs` must be at least 1".into());
+    }
+    if config.request.concurrency == 0
+        || config.batch.max_events == 0
+        || config.batch.max_bytes == 0
+    {
+        return Err(
+            "`request.concurrency`, `batch.max_events` and `batch.max_bytes` must be at least 1"
+                .into(),
+        );
+    }
+    check_names_distinguish_windows(&prefix, &file_name, config.roll.window_secs as i64, tz)?;
+    let storage: Arc<dyn Storage> = if config.account_url.starts_with("file:") {
+        Arc::new(LocalStorage::new(
+            &config.account_url,
+            &config.filesystem,
+            config.create_filesystem,
+        )?)
+    } else {
+        Arc::new(AzureStorage::new(config)?)
+    };
+    let dir = cx
+        .globals
+        .component_data_dir(&cx.key)
+        .ok_or("the global `data_dir` must be set")?;
+    let state = SinkState::load(StateFile::new(&dir, "state.json")?)?;
+    let healthcheck = {
+        let storage = Arc::clone(&storage);
+        async move { storage.healthcheck().await }.boxed()
+    };
+    tracing::info!(sink = %cx.key, "Writing to {}.", storage.describe());
+    let extension = match config.compression {
+        Compression::None => ".jsonl",
+        Compression::Gzip => ".jsonl.gz",
+    };
+    let sink = AdlsSink {
+        storage,
+        state,
+        prefix,
+        file_name,
+        windows: Windows {
+            window_secs: config.roll.window_secs as i64,
+            tz,
+        },
+        mode: config.mode,
+        commit: config.commit,
+        compression: config.compression,
+        json_mode: config.encoding.extended_json,
+        batch: config.batch.clone(),
+        batch_timeout: Duration::from_secs_f64(config.batch.timeout_secs.max(0.0)),
+        roll: config.roll.clone(),
+        retry: RetryPolicy {
+            attempts: config.request.retry_attempts,
+            initial_backoff: Duration::from_secs_f64(
+                config.request.retry_initial_backoff_secs.max(0.0),
+            ),
+            max_backoff: Duration::from_secs_f64(config.request.retry_max_backoff_secs.max(0.0)),
+            timeout: Duration::from_secs_f64(config.request.timeout_secs.max(0.001)),
+        },
+        concurrency: config.request.concurrency,
+        extension,
+        sent: EventsSent::register(&cx.tags),
+        metrics: SinkMetrics::register(&cx.tags),
+        tags: cx.tags,
+        run_id: uuid::Uuid::new_v4().simple().to_string(),
+        block_seq: 0,
+        keys: HashMap::new(),
+        watermarks: HashMap::new(),
+    };
+    Ok((Box::new(sink), healthcheck))
+}
+
+/// Two windows must never map to one file name: with `roll.window_secs`
+/// shorter than an hour, the default hourly name would make every window of
+/// an hour collide. Checked on a day of consecutive windows.
+fn check_names_distinguish_windows(
+    prefix: &Template,
+    file_name: &Template,
+    window_secs: i64,
+    tz: Tz,
+) -> Result<(), String> {
+    let windows = Windows { window_secs, tz };
+    let start = windows.start_of(DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default());
+    let mut seen = std::collections::HashSet::new();
+    let count = (86_400 / window_secs).clamp(2, 2000);
+    for i in 0..count {
+        let t = windows
+            .start_of(start.with_timezone(&Utc) + chrono::Duration::seconds(i * window_secs));
+        let name = format!(
+            "{}{}",
+            prefix.render("db", "coll", &t),
+            file_name.render("db", "coll", &t)
+        );
+        if !seen.insert(name.clone()) {
+            return Err(format!(
+                "`path_prefix` and `file_name` give two {window_secs}-second windows the same name ({name}); add finer time fields, e.g. file_name = \"events-%Y%m%d-%H%M%S\""
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Events waiting to be written to one file.
+struct Pending {
+    data: Vec<u8>,
+    events: usize,
+    finalizers: Vec<EventFinalizers>,
+    high_water: Option<Position>,
+    since: Instant,
+}
+
+/// Per-window runtime flags (not persisted).
+#[derive(Default)]
+struct KeyRuntime {
+    buffer: Option<Pending>,
+    /// A request for this window is in flight.
+    busy: bool,
+    /// Seal as soon as the window is idle (size roll).
+    seal_wanted: bool,
+    /// A write failed: hold back every later event of this window so a
+    /// replay after restart cannot be skipped past the lost ones.
+    poisoned: bool,
+    /// After a failed seal, when to try again.
+    seal_retry_at: Option<Instant>,
+}
+
+enum Done {
+    Staged {
+        key: FileKey,
+        part: u32,
+        object: String,
+        block: Block,
+        high_water: Option<Position>,
+        finalizers: Vec<EventFinalizers>,
+    },
+    Committed {
+        key: FileKey,
+        upto: usize,
+        finalizers: Vec<EventFinalizers>,
+        events: usize,
+        bytes: u64,
+    },
+    Sealed {
+        key: FileKey,
+        result: Result<(), StorageError>,
+    },
+    Failed {
+        key: Option<FileKey>,
+        object: String,
+        error: StorageError,
+        finalizers: Vec<EventFinalizers>,
+    },
+    Put {
+        finalizers: EventFinalizers,
+        bytes: usize,
+    },
+}
+
+type Request = Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
+
+pub struct AdlsSink {
+    storage: Arc<dyn Storage>,
+    state: SinkState,
+    prefix: Template,
+    file_name: Template,
+    windows: Windows,
+    mode: Mode,
+    commit: Commit,
+    compression: Compression,
+    json_mode: ExtendedJsonMode,
+    batch: BatchConfig,
+    batch_timeout: Duration,
+    roll: RollConfig,
+    retry: RetryPolicy,
+    concurrency: usize,
+    extension: &'static str,
+    tags: ComponentTags,
+    sent: EventsSent,
+    metrics: SinkMetrics,
+    /// Part of every block id, so ids from a crashed run are never reused.
+    run_id: String,
+    block_seq: u64,
+    keys: HashMap<FileKey, KeyRuntime>,
+    /// Event-time progress per source (watermarks and event times).
+    watermarks: HashMap<Arc<str>, DateTime<Utc>>,
+}
+
+#[async_trait]
+impl StreamSink for AdlsSink {
+    async fn run(mut self: Box<Self>, input: BoxStream<'static, Event>) -> Result<(), ()> {
+        if let Err(e) = self.recover().await {
+            ComponentError {
+                error_type: "recovery_failed",
+                stage: Stage::Sending,
+                message: &format!("Could not finish the commits of the previous run: {e}"),
+            }
+            .emit(&self.tags);
+            return Err(());
+        }
+        let mut input = input.fuse();
+        let mut input_done = false;
+        let mut inflight: FuturesUnordered<Request> = FuturesUnordered::new();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let accept = !input_done && inflight.len() < self.concurrency && !self.buffers_full();
+            tokio::select! {
+                biased;
+                Some(done) = inflight.next(), if !inflight.is_empty() => {
+                    if self.on_done(done, &mut inflight).is_err() {
+                        return Err(());
+                    }
+                }
+                event = input.next(), if accept => match event {
+                    Some(event) => self.on_event(event, &mut inflight),
+                    None => input_done = true,
+                },
+                _ = tick.tick() => {}
+            }
+            self.schedule(&mut inflight, input_done);
+            if input_done && inflight.is_empty() && self.keys.values().all(|k| k.buffer.is_none()) {
+                break;
+            }
+        }
+        if let Err(e) = self.state.save(now_secs()) {
+            self.state_error(&e.to_string());
+            return Err(());
+        }
+        tracing::info!(
+            open_files = self.state.open.len(),
+            "Sink stopped; open files continue on the next start."
+        );
+        Ok(())
+    }
+}
+
+fn now_secs() -> i64 {
+    Utc::now().timestamp()
+}
+
+fn finalize_all(finalizers: Vec<EventFinalizers>, status: EventStatus) {
+    for f in finalizers {
+        f.finalize(status);
+    }
+}
+
+/// `db`, `coll` of an event; events without a namespace (e.g. `invalidate`)
+/// go to `_none`.
+fn namespace(event: &LogEvent) -> (String, String) {
+    let ns = event.payload.get_document("ns").ok();
+    let part = |k: &str| {
+        ns.and_then(|n| n.get_str(k).ok())
+            .unwrap_or("_none")
+            .to_string()
+    };
+    (part("db"), part("coll"))
+}
+
+impl AdlsSink {
+    fn buffers_full(&self) -> bool {
+        self.keys.values().any(|k| {
+            k.buffer.as_ref().is_some_and(|b| {
+                b.data.len() >= self.batch.max_bytes.saturating_mul(2)
+                    || b.events >= self.batch.max_events.saturating_mul(2)
+            })
+        })
+    }
+
+    fn window_start(&self, key: &FileKey) -> DateTime<Tz> {
+        self.windows
+            .tz
+            .timestamp_opt(key.window_start, 0)
+            .earliest()
+            .unwrap_or_else(|| Utc::now().with_timezone(&self.windows.tz))
+    }
+
+    fn object_for(&self, key: &FileKey, part: u32) -> String {
+        let start = self.window_start(key);
+        object_name(
+            &self.prefix.render(&key.db, &key.coll, &start),
+            &self.file_name.render(&key.db, &key.coll, &start),
+            part,
+            self.extension,
+        )
+    }
+
+    fn next_block_id(&mut self) -> String {
+        self.block_seq += 1;
+        // Fixed length: Azure requires equal-length ids within a blob.
+        format!("{}{:08x}", self.run_id, self.block_seq)
+    }
+
+    fn compress(&self, data: Vec<u8>) -> Bytes {
+        match self.compression {
+            Compression::None => Bytes::from(data),
+            Compression::Gzip => {
+                let mut gz = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(data.len() / 4),
+                    flate2::Compression::default(),
+                );
+                gz.write_all(&data).expect("writing to a Vec cannot fail");
+                Bytes::from(gz.finish().expect("writing to a Vec cannot fail"))
+            }
+        }
+    }
+
+    fn effective_watermark(&self) -> Option<DateTime<Utc>> {
+        self.watermarks.values().min().copied()
+    }
+
+    fn advance_watermark(&mut self, source: &Arc<str>, time: DateTime<Utc>) {
+        let entry = self.watermarks.entry(Arc::clone(source)).or_insert(time);
+        if time > *entry {
+            *entry = time;
+        }
+    }
+
+    fn state_error(&self, message: &str) {
+        ComponentError {
+            error_type: "state_write_failed",
+            stage: Stage::Sending,
+            message: &format!("Could not save sink state ({message}); stopping so nothing is acknowledged that is not recorded."),
+        }
+        .emit(&self.tags);
+    }
+
+    /// Finishes what a previous run left half done: `every_batch` files
+    /// whose last staged blocks were not committed yet.
+    async fn recover(&mut self) -> Result<(), StorageError> {
+        if self.commit != Commit::EveryBatch {
+            return Ok(());
+        }
+        let pending: Vec<OpenFile> = self
+            .state
+            .open
+            .values()
+            .filter(|f| f.committed < f.blocks.len())
+            .cloned()
+            .collect();
+        for file in pending {
+            let ids = file.block_ids();
+            let storage = Arc::clone(&self.storage);
+            let object = file.object.clone();
+            with_retries(
+                &self.retry,
+                || storage.commit_blocks(&object, &ids, false),
+                |e, d| {
+                    self.metrics
+                        .retry(&self.tags, "Put Block List", &e.message, d)
+                },
+            )
+            .await?;
+            if let Some(f) = self.state.open.get_mut(&file.key) {
+                f.committed = f.blocks.len();
+            }
+        }
+        self.state
+            .save(now_secs())
+            .map_err(|e| StorageError::permanent(e.to_string()))
+    }
+
+    fn on_event(&mut self, event: Event, inflight: &mut FuturesUnordered<Request>) {
+        let mut log = match event {
+            Event::Watermark(w) => {
+                self.advance_watermark(&w.source_id, w.time);
+                return;
+            }
+            Event::Log(log) => log,
+        };
+        let time = encode::partition_time(&log.payload, Utc::now());
+        self.advance_watermark(&log.metadata.source_id, time);
+        let finalizers = log.take_finalizers();
+
+        if self.mode == Mode::PerEvent {
+            self.put_event(log, time, finalizers, inflight);
+            return;
+        }
+
+        let (db, coll) = namespace(&log);
+        let key = FileKey {
+            db,
+            coll,
+            window_start: self.windows.start_of(time).with_timezone(&Utc).timestamp(),
+        };
+        let position = log.metadata.position.clone();
+        if let (Some(p), Some(hw)) = (&position, self.state.high_water(&key)) {
+            if p <= hw {
+                // Replayed after a restart and already in a file.
+                self.metrics.replayed_skipped(1);
+                finalizers.finalize(EventStatus::Delivered);
+                return;
+            }
+        }
+        let runtime = self.keys.entry(key).or_default();
+        if runtime.poisoned {
+            finalizers.finalize(EventStatus::Errored);
+            return;
+        }
+        let buffer = runtime.buffer.get_or_insert_with(|| Pending {
+            data: Vec::with_capacity(64 * 1024),
+            events: 0,
+            finalizers: Vec::new(),
+            high_water: None,
+            since: Instant::now(),
+        });
+        match encode::encode_record(&log.payload, self.json_mode, time, &mut buffer.data) {
+            Ok(()) => {
+                buffer.events += 1;
+                buffer.finalizers.push(finalizers);
+                if position.is_some() {
+                    buffer.high_water = position;
+                }
+            }
+            Err(e) => {
+                EncodeFailed {
+                    error: &e.to_string(),
+                }
+                .emit(&self.tags);
+                finalizers.finalize(EventStatus::Rejected);
+            }
+        }
+    }
+
+    /// `mode = "per_event"`: one object per event, named by position,
+    /// operation and a hash of the document key, written only if absent.
+    fn put_event(
+        &mut self,
+        log: LogEvent,
+        time: DateTime<Utc>,
+        finalizers: EventFinalizers,
+        inflight: &mut FuturesUnordered<Request>,
+    ) {
+        let mut data = Vec::with_capacity(log.payload.as_bytes().len() + 256);
+        if let Err(e) = encode::encode_record(&log.payload, self.json_mode, time, &mut data) {
+            EncodeFailed {
+                error: &e.to_string(),
+            }
+            .emit(&self.tags);
+            finalizers.finalize(EventStatus::Rejected);
+            return;
+        }
+        let (db, coll) = namespace(&log);
+        let start = self.windows.start_of(time);
+        let op = log.payload.get_str("operationType").unwrap_or("unknown");
+        let key_hash = log
+            .payload
+            .get_document("documentKey")
+            .map(|d| fnv1a(d.as_bytes()))
+            .unwrap_or(0);
+        let position = log
+            .metadata
+            .position
+            .as_ref()
+            .map_or_else(|| format!("t{}", time.timestamp_millis()), |p| p.0.clone());
+        let name = format!(
+            "{}event-{position}-{op}-{key_hash:016x}{}",
+            self.prefix.render(&db, &coll, &start),
+            self.extension
+        );
+        let body = self.compress(data);
+        let bytes = body.len();
+        let storage = Arc::clone(&self.storage);
+        let retry = self.retry.clone();
+        let (metrics, tags) = (self.metrics.clone(), self.tags.clone());
+        inflight.push(Box::pin(async move {
+            let started = Instant::now();
+            let result = with_retries(
+                &retry,
+                || storage.put_if_absent(&name, body.clone()),
+                |e, d| metrics.retry(&tags, "Put Blob", &e.message, d),
+            )
+            .await;
+            metrics.request(started.elapsed());
+            match result {
+                Ok(_) => Done::Put { finalizers, bytes },
+                Err(error) => Done::Failed {
+                    key: None,
+                    object: name,
+                    error,
+                    finalizers: vec![finalizers],
+                },
+            }
+        }));
+    }
+
+    /// Starts writes and seals that are due, within the concurrency limit.
+    fn schedule(&mut self, inflight: &mut FuturesUnordered<Request>, input_done: bool) {
+        let now = Instant::now();
+        let watermark = self.effective_watermark();
+        let wall = now_secs();
+        let mut flushes = Vec::new();
+        let mut seals = Vec::new();
+        for (key, rt) in &mut self.keys {
+            if rt.busy {
+                continue;
+            }
+            let window_closed = watermark.is_some_and(|w| {
+                key.window_start + self.windows.window_secs + self.roll.grace_secs as i64
+                    <= w.timestamp()
+            });
+            if let Some(buf) = &rt.buffer {
+                if input_done
+                    || rt.seal_wanted
+                    || window_closed
+                    || buf.data.len() >= self.batch.max_bytes
+                    || buf.events >= self.batch.max_events
+                    || now.duration_since(buf.since) >= self.batch_timeout
+                {
+                    flushes.push(key.clone());
+                }
+                continue;
+            }
+            let Some(file) = self.state.open.get(key) else {
+                continue;
+            };
+            let too_old = wall - file.opened_at >= self.roll.max_age_secs as i64;
+            let retry_ok = rt.seal_retry_at.is_none_or(|t| now >= t);
+            if (rt.seal_wanted || window_closed || too_old) && retry_ok {
+                seals.push(key.clone());
+            }
+        }
+        // Windows with open files but no runtime entry (after a restart).
+        for (key, file) in &self.state.open {
+            if self.keys.contains_key(key) {
+                continue;
+            }
+            let window_closed = watermark.is_some_and(|w| {
+                key.window_start + self.windows.window_secs + self.roll.grace_secs as i64
+                    <= w.timestamp()
+            });
+            if window_closed || wall - file.opened_at >= self.roll.max_age_secs as i64 {
+                seals.push(key.clone());
+            }
+        }
+        for key in flushes {
+            if inflight.len() >= self.concurrency {
+                return;
+            }
+            self.flush(key, inflight);
+        }
+        for key in seals {
+            if inflight.len() >= self.concurrency {
+                return;
+            }
+            self.seal(key, inflight);
+        }
+    }
+
+    fn flush(&mut self, key: FileKey, inflight: &mut FuturesUnordered<Request>) {
+        let Some(buffer) = self.keys.get_mut(&key).and_then(|rt| rt.buffer.take()) else {
+            return;
+        };
+        if let Some(rt) = self.keys.get_mut(&key) {
+            rt.busy = true;
+        }
+        let (part, object) = match self.state.open.get(&key) {
+            Some(f) => (f.part, f.object.clone()),
+            None => {
+                let part = self.state.next_part(&key);
+                (part, self.object_for(&key, part))
+            }
+        };
+        let id = self.next_block_id();
+        let events = buffer.events as u64;
+        let body = self.compress(buffer.data);
+        let bytes = body.len() as u64;
+        let storage = Arc::clone(&self.storage);
+        let retry = self.retry.clone();
+        let (metrics, tags) = (self.metrics.clone(), self.tags.clone());
+        let Pending {
+            finalizers,
+            high_water,
+            ..
+        } = buffer;
+        inflight.push(Box::pin(async move {
+            let started = Instant::now();
+            let result = with_retries(
+                &retry,
+                || storage.stage_block(&object, &id, body.clone()),
+                |e, d| metrics.retry(&tags, "Put Block", &e.message, d),
+            )
+            .await;
+            match result {
+                Ok(()) => {
+                    metrics.block_written(bytes as usize, started.elapsed());
+                    Done::Staged {
+                        key,
+                        part,
+                        object,
+                        block: Block { id, bytes, events },
+                        high_water,
+                        finalizers,
+                    }
+                }
+                Err(error) => Done::Failed {
+                    key: Some(key),
+                    object,
+                    error,
+                    finalizers,
+                },
+            }
+        }));
+    }
+
+    fn seal(&mut self, key: FileKey, inflight: &mut FuturesUnordered<Request>) {
+        let Some(file) = self.state.open.get(&key) else {
+            return;
+        };
+        self.keys.entry(key.clone()).or_default().busy = true;
+        let ids = file.block_ids();
+        let object = file.object.clone();
+        // every_batch files are already committed up to date: sealing only
+        // stops writing to them.
+        let already_visible =
+            self.commit == Commit::EveryBatch && file.committed == file.blocks.len();
+        let storage = Arc::clone(&self.storage);
+        let retry = self.retry.clone();
+        let (metrics, tags) = (self.metrics.clone(), self.tags.clone());
+        let create_only = self.commit == Commit::OnSeal;
+        inflight.push(Box::pin(async move {
+            if already_visible {
+                return Done::Sealed { key, result: Ok(()) };
+            }
+            let started = Instant::now();
+            let result = with_retries(
+                &retry,
+                || storage.commit_blocks(&object, &ids, create_only),
+                |e, d| metrics.retry(&tags, "Put Block List", &e.message, d),
+            )
+            .await;
+            metrics.request(started.elapsed());
+            let result = match result {
+                Ok(Created::Created) => Ok(()),
+                Ok(Created::AlreadyExists) => {
+                    // Our own commit whose response was lost, or a foreign
+                    // object under our name: compare the block lists.
+                    match with_retries(&retry, || storage.committed_blocks(&object), |_, _| {}).await {
+                        Ok(Some(existing)) if existing == ids => Ok(()),
+                        Ok(_) => Err(StorageError::permanent(format!(
+                            "{object} already exists with other content; it was not written by this sink's current state (was data_dir reset?). Move it away to let this file be sealed"
+                        ))),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            Done::Sealed { key, result }
+        }));
+    }
+
+    fn on_done(&mut self, done: Done, inflight: &mut FuturesUnordered<Request>) -> Result<(), ()> {
+        match done {
+            Done::Staged {
+                key,
+                part,
+                object,
+                block,
+                high_water,
+                finalizers,
+            } => {
+                let wall = now_secs();
+                let file = self
+                    .state
+                    .open
+                    .entry(key.clone())
+                    .or_insert_with(|| OpenFile {
+                        key: key.clone(),
+                        part,
+                        object: object.clone(),
+                        blocks: Vec::new(),
+                        committed: 0,
+                        bytes: 0,
+                        events: 0,
+                        high_water: None,
+                        opened_at: wall,
+                    });
+                file.bytes += block.bytes;
+                file.events += block.events;
+                if high_water.is_some() {
+                    file.high_water = high_water;
+                }
+                let events = block.events as usize;
+                let bytes = block.bytes;
+                file.blocks.push(block);
+                let roll =
+                    file.bytes >= self.roll.max_bytes || file.blocks.len() >= MAX_BLOCKS_PER_FILE;
+                let upto = file.blocks.len();
+                let ids = file.block_ids();
+                if let Err(e) = self.state.save(wall) {
+                    self.state_error(&e.to_string());
+                    finalize_all(finalizers, EventStatus::Errored);
+                    return Err(());
+                }
+                self.metrics.open_files(self.state.open.len());
+                let rt = self.keys.entry(key.clone()).or_default();
+                rt.seal_wanted |= roll;
+                match self.commit {
+                    Commit::OnSeal => {
+                        rt.busy = false;
+                        self.sent.emit(events, bytes as usize);
+                        finalize_all(finalizers, EventStatus::Delivered);
+                    }
+                    Commit::EveryBatch => {
+                        let storage = Arc::clone(&self.storage);
+                        let retry = self.retry.clone();
+                        let (metrics, tags) = (self.metrics.clone(), self.tags.clone());
+                        inflight.push(Box::pin(async move {
+                            let started = Instant::now();
+                            let result = with_retries(
+                                &retry,
+                                || storage.commit_blocks(&object, &ids, false),
+                                |e, d| metrics.retry(&tags, "Put Block List", &e.message, d),
+                            )
+                            .await;
+                            metrics.request(started.elapsed());
+                            match result {
+                                Ok(_) => Done::Committed {
+                                    key,
+                                    upto,
+                                    finalizers,
+                                    events,
+                                    bytes,
+                                },
+                                Err(error) => Done::Failed {
+                                    key: Some(key),
+                                    object,
+                                    error,
+                                    finalizers,
+                                },
+                            }
+                        }));
+                    }
+                }
+            }
+            Done::Committed {
+                key,
+                upto,
+                finalizers,
+                events,
+                bytes,
+            } => {
+                if let Some(f) = self.state.open.get_mut(&key) {
+                    f.committed = f.committed.max(upto);
+                }
+                if let Some(rt) = self.keys.get_mut(&key) {
+                    rt.busy = false;
+                }
+                self.sent.emit(events, bytes as usize);
+                finalize_all(finalizers, EventStatus::Delivered);
+            }
+            Done::Sealed { key, result } => {
+                let rt = self.keys.entry(key.clone()).or_default();
+                rt.busy = false;
+                match result {
+                    Ok(()) => {
+                        rt.seal_wanted = false;
+                        rt.seal_retry_at = None;
+                        let wall = now_secs();
+                        if let Some(file) = self.state.sealed(&key, wall) {
+                            if let Err(e) = self.state.save(wall) {
+                                self.state_error(&e.to_string());
+                                return Err(());
+                            }
+                            self.metrics
+                                .file_sealed(&file.object, file.events, file.bytes);
+                            let storage = Arc::clone(&self.storage);
+                            tokio::spawn(async move { storage.release(&file.object).await });
+                        }
+                        self.metrics.open_files(self.state.open.len());
+                        if self
+                            .keys
+                            .get(&key)
+                            .is_some_and(|rt| rt.buffer.is_none() && !rt.poisoned)
+                        {
+                            self.keys.remove(&key);
+                        }
+                    }
+                    Err(e) => {
+                        rt.seal_retry_at = Some(Instant::now() + Duration::from_secs(30));
+                        ComponentError {
+                            error_type: "seal_failed",
+                            stage: Stage::Sending,
+                            message: &format!("Sealing failed, retrying in 30s: {e}"),
+                        }
+                        .emit(&self.tags);
+                    }
+                }
+            }
+            Done::Failed {
+                key,
+                object,
+                error,
+                finalizers,
+            } => {
+                let events = finalizers.len();
+                WriteFailed {
+                    object: &object,
+                    events,
+                    error: &error.message,
+                    permanent: !error.retriable,
+                }
+                .emit(&self.tags);
+                if let Some(key) = key {
+                    let rt = self.keys.entry(key).or_default();
+                    rt.busy = false;
+                    rt.poisoned = true;
+                    if let Some(buffer) = rt.buffer.take() {
+                        finalize_all(buffer.finalizers, EventStatus::Errored);
+                    }
+                }
+                let status = if error.retriable {
+                    EventStatus::Errored
+                } else {
+                    EventStatus::Rejected
+                };
+                finalize_all(finalizers, status);
+            }
+            Done::Put { finalizers, bytes } => {
+                self.metrics.block_written(bytes, Duration::ZERO);
+                self.sent.emit(1, bytes);
+                finalizers.finalize(EventStatus::Delivered);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// FNV-1a, for short stable names from document keys.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}

@@ -1,0 +1,393 @@
+//! The Blob endpoint of a storage account, through the official SDK
+//! (`azure_storage_blob`). ADLS Gen2 accounts with a hierarchical namespace
+//! accept Put Block / Put Block List on the Blob endpoint (multi-protocol
+//! access), and a `dfs` account URL is mapped to its `blob` twin.
+//!
+//! The SDK's own retries are off: [`super::with_retries`] retries every
+//! operation with one policy. Blob URLs are built here with literal `/`
+//! between path segments (the SDK's `blob_client` would send `%2F`).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use azure_core::{
+    credentials::{Secret, TokenCredential},
+    error::ErrorKind,
+    http::{Etag, RetryOptions, Url},
+};
+use azure_identity::{
+    AzureCliCredential, ClientSecretCredential, ManagedIdentityCredential,
+    ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
+};
+use azure_storage_blob::{
+    models::{
+        BlockBlobClientCommitBlockListOptions, BlockBlobClientUploadOptions, BlockListType,
+        BlockLookupList,
+    },
+    BlobContainerClient, BlobContainerClientOptions, BlockBlobClient, BlockBlobClientOptions,
+};
+use bytes::Bytes;
+
+use super::{retriable_status, Created, Storage, StorageError};
+use crate::{
+    redact,
+    sinks::{
+        adls_partitioned_jsonl::config::{AdlsPartitionedJsonlConfig, AuthConfig},
+        azure_common::shared_key::SharedKeyPolicy,
+    },
+};
+
+pub struct AzureStorage {
+    /// `<service>/<filesystem>`, with the SAS query when one is used.
+    container_url: Url,
+    credential: Option<Arc<dyn TokenCredential>>,
+    options: BlockBlobClientOptions,
+    container: BlobContainerClient,
+    create_filesystem: bool,
+    describe: String,
+}
+
+/// The service URL and account name for an `account_url`.
+fn service_url(account_url: &str) -> Result<(Url, String), String> {
+    let mut url = Url::parse(account_url.trim_end_matches('/'))
+        .map_err(|e| format!("`account_url` {account_url:?} is not a URL: {e}"))?;
+    let host = url.host_str().unwrap_or_default().to_string();
+    if let Some(account) = host
+        .strip_suffix(".dfs.core.windows.net")
+        .or_else(|| host.strip_suffix(".blob.core.windows.net"))
+    {
+        let account = account.to_string();
+        url.set_host(Some(&format!("{account}.blob.core.windows.net")))
+            .map_err(|e| e.to_string())?;
+        url.set_path("");
+        return Ok((url, account));
+    }
+    // An emulator or custom endpoint: http(s)://host:port/<account>.
+    let segments: Vec<&str> = url
+        .path_segments()
+        .map(|s| s.filter(|p| !p.is_empty()).collect())
+        .unwrap_or_default();
+    match segments.as_slice() {
+        [account] => {
+            let account = account.to_string();
+            Ok((url, account))
+        }
+        _ => Err(format!(
+            "`account_url` {account_url:?} must be https://<account>.dfs.core.windows.net, https://<account>.blob.core.windows.net, or an emulator URL http://host:port/<account>"
+        )),
+    }
+}
+
+impl AzureStorage {
+    pub fn new(config: &AdlsPartitionedJsonlConfig) -> Result<Self, String> {
+        let (service, account) = service_url(&config.account_url)?;
+        let mut container_url = service.clone();
+        container_url
+            .path_segments_mut()
+            .map_err(|_| "`account_url` cannot hold a path".to_string())?
+            .pop_if_empty()
+            .push(&config.filesystem);
+
+        let mut client_options = azure_core::http::ClientOptions {
+            retry: RetryOptions::none(),
+            ..Default::default()
+        };
+        let auth = &config.auth;
+        let chosen = [
+            auth.sas_token.is_some(),
+            auth.shared_key.is_some(),
+            auth.client_secret.is_some(),
+            auth.managed_identity,
+            auth.workload_identity,
+            auth.azure_cli,
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if chosen != 1 {
+            return Err(format!(
+                "choose exactly one of `auth.sas_token`, `auth.shared_key`, `auth.client_secret` (with `auth.client_id` and `auth.tenant_id`), `auth.managed_identity`, `auth.workload_identity`, `auth.azure_cli` ({chosen} set)"
+            ));
+        }
+        let mut credential: Option<Arc<dyn TokenCredential>> = None;
+        if let Some(sas) = &auth.sas_token {
+            container_url.set_query(Some(sas.trim().trim_start_matches('?')));
+        } else if let Some(key) = &auth.shared_key {
+            let policy = SharedKeyPolicy::new(&account, key)?;
+            client_options.per_try_policies.push(Arc::new(policy));
+        } else {
+            credential = Some(token_credential(auth)?);
+            if container_url.scheme() != "https" {
+                return Err("Microsoft Entra credentials need an https `account_url`".into());
+            }
+        }
+
+        let container = BlobContainerClient::new(
+            container_url.clone(),
+            credential.clone(),
+            Some(BlobContainerClientOptions {
+                client_options: client_options.clone(),
+                ..Default::default()
+            }),
+        )
+        .map_err(|e| redact::error(&e))?;
+        let mut describe = container_url.clone();
+        describe.set_query(None);
+        let describe = describe.to_string();
+        Ok(Self {
+            container_url,
+            credential,
+            options: BlockBlobClientOptions {
+                client_options,
+                ..Default::default()
+            },
+            container,
+            create_filesystem: config.create_filesystem,
+            describe,
+        })
+    }
+
+    fn blob(&self, name: &str) -> Result<BlockBlobClient, StorageError> {
+        let mut url = self.container_url.clone();
+        url.path_segments_mut()
+            .map_err(|_| StorageError::permanent("invalid container URL"))?
+            .extend(name.split('/'));
+        BlockBlobClient::new(url, self.credential.clone(), Some(self.options.clone()))
+            .map_err(|e| StorageError::permanent(redact::error(&e)))
+    }
+}
+
+fn token_credential(auth: &AuthConfig) -> Result<Arc<dyn TokenCredential>, String> {
+    let cred: Arc<dyn TokenCredential> = if let Some(secret) = &auth.client_secret {
+        let (Some(client_id), Some(tenant)) = (&auth.client_id, &auth.tenant_id) else {
+            return Err("`auth.client_secret` needs `auth.client_id` and `auth.tenant_id`".into());
+        };
+        ClientSecretCredential::new(tenant, client_id.clone(), Secret::new(secret.clone()), None)
+            .map_err(|e| redact::error(&e))?
+    } else if auth.managed_identity {
+        let options = ManagedIdentityCredentialOptions {
+            user_assigned_id: auth.client_id.clone().map(UserAssignedId::ClientId),
+            ..Default::default()
+        };
+        ManagedIdentityCredential::new(Some(options)).map_err(|e| redact::error(&e))?
+    } else if auth.workload_identity {
+        WorkloadIdentityCredential::new(None).map_err(|e| redact::error(&e))?
+    } else {
+        AzureCliCredential::new(None).map_err(|e| redact::error(&e))?
+    };
+    Ok(cred)
+}
+
+/// Maps an SDK error to a retriable or permanent storage error.
+fn map_error(what: &str, e: azure_core::Error) -> StorageError {
+    match e.kind() {
+        ErrorKind::HttpResponse {
+            status,
+            error_code,
+            raw_response,
+        } => {
+            let code = u16::from(*status);
+            let retry_after = raw_response.as_ref().and_then(|r| {
+                let h = r.headers();
+                h.get_optional_str(&azure_core::http::headers::HeaderName::from_static(
+                    "x-ms-retry-after-ms",
+                ))
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(std::time::Duration::from_millis)
+                .or_else(|| {
+                    h.get_optional_str(&azure_core::http::headers::RETRY_AFTER)
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(std::time::Duration::from_secs)
+                })
+            });
+            StorageError {
+                retriable: retriable_status(code),
+                retry_after,
+                status: Some(code),
+                message: format!(
+                    "{what}: HTTP {code} {}",
+                    error_code.as_deref().unwrap_or("(no error code)")
+                ),
+            }
+        }
+        ErrorKind::Connection | ErrorKind::Io => {
+            StorageError::transient(format!("{what}: {}", redact::text(&error_chain(&e))))
+        }
+        _ => StorageError::permanent(format!("{what}: {}", redact::text(&error_chain(&e)))),
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+fn already_exists(e: &azure_core::Error) -> bool {
+    matches!(e.kind(), ErrorKind::HttpResponse { status, error_code, .. }
+        if u16::from(*status) == 409 && error_code.as_deref() == Some("BlobAlreadyExists"))
+}
+
+fn decode_id(id: &str) -> Vec<u8> {
+    id.as_bytes().to_vec()
+}
+
+#[async_trait]
+impl Storage for AzureStorage {
+    async fn stage_block(
+        &self,
+        name: &str,
+        block_id: &str,
+        data: Bytes,
+    ) -> Result<(), StorageError> {
+        let blob = self.blob(name)?;
+        let len = data.len() as u64;
+        blob.stage_block(&decode_id(block_id), len, data.into(), None)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_error(&format!("Put Block {name}"), e))
+    }
+
+    async fn commit_blocks(
+        &self,
+        name: &str,
+        block_ids: &[String],
+        create_only: bool,
+    ) -> Result<Created, StorageError> {
+        let blob = self.blob(name)?;
+        let list = BlockLookupList {
+            latest: Some(block_ids.iter().map(|id| decode_id(id)).collect()),
+            ..Default::default()
+        };
+        let content = list
+            .try_into()
+            .map_err(|e: azure_core::Error| StorageError::permanent(e.to_string()))?;
+        let options = BlockBlobClientCommitBlockListOptions {
+            if_none_match: create_only.then(|| Etag::from("*")),
+            ..Default::default()
+        };
+        match blob.commit_block_list(content, Some(options)).await {
+            Ok(_) => Ok(Created::Created),
+            Err(e) if create_only && already_exists(&e) => Ok(Created::AlreadyExists),
+            Err(e) => Err(map_error(&format!("Put Block List {name}"), e)),
+        }
+    }
+
+    async fn committed_blocks(&self, name: &str) -> Result<Option<Vec<String>>, StorageError> {
+        let blob = self.blob(name)?;
+        match blob.get_block_list(BlockListType::Committed, None).await {
+            Ok(rsp) => {
+                let list = rsp
+                    .into_model()
+                    .map_err(|e| StorageError::transient(e.to_string()))?;
+                Ok(Some(
+                    list.committed_blocks
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|b| b.name.map(|n| String::from_utf8_lossy(&n).into_owned()))
+                        .collect(),
+                ))
+            }
+            Err(e) if e.http_status().map(u16::from) == Some(404) => Ok(None),
+            Err(e) => Err(map_error(&format!("Get Block List {name}"), e)),
+        }
+    }
+
+    async fn put_if_absent(&self, name: &str, data: Bytes) -> Result<Created, StorageError> {
+        let blob = self.blob(name)?;
+        let options = BlockBlobClientUploadOptions {
+            // One Put Blob request whatever the size (below 256 MiB).
+            partition_size: std::num::NonZero::new(256 * 1024 * 1024),
+            ..Default::default()
+        }
+        .if_not_exists();
+        match blob.upload(data.into(), Some(options)).await {
+            Ok(_) => Ok(Created::Created),
+            Err(e) if already_exists(&e) => Ok(Created::AlreadyExists),
+            Err(e) => Err(map_error(&format!("Put Blob {name}"), e)),
+        }
+    }
+
+    async fn healthcheck(&self) -> Result<(), String> {
+        let explain = |e: azure_core::Error| -> String {
+            match e.kind() {
+                ErrorKind::HttpResponse {
+                    status, error_code, ..
+                } => {
+                    let code = u16::from(*status);
+                    let ec = error_code.as_deref().unwrap_or("");
+                    match (code, ec) {
+                        (403, _) => format!("credentials were rejected by {} (HTTP 403 {ec}); check the key, SAS token (permissions and expiry) or role assignment", self.describe),
+                        (404, "ContainerNotFound") => format!("filesystem {} does not exist; create it or set create_filesystem = true", self.describe),
+                        _ => format!("{}: HTTP {code} {ec}", self.describe),
+                    }
+                }
+                ErrorKind::Connection => format!(
+                    "cannot reach {} (DNS or connection failure): {}",
+                    self.describe,
+                    redact::text(&error_chain(&e))
+                ),
+                ErrorKind::Credential => format!(
+                    "could not get a token for {}: {}",
+                    self.describe,
+                    redact::text(&error_chain(&e))
+                ),
+                _ => format!("{}: {}", self.describe, redact::text(&error_chain(&e))),
+            }
+        };
+        if self.create_filesystem {
+            match self.container.create(None).await {
+                Ok(_) => tracing::info!("Created filesystem {}.", self.describe),
+                Err(e) if matches!(e.kind(), ErrorKind::HttpResponse { status, .. } if u16::from(*status) == 409) =>
+                    {}
+                Err(e) => return Err(explain(e)),
+            }
+        }
+        // Stage an uncommitted block on a scratch name: proves write access
+        // without creating anything visible (Azure drops it within 7 days).
+        let blob = self
+            .blob("_mongo_adls_healthcheck")
+            .map_err(|e| e.message)?;
+        blob.stage_block(b"healthcheck", 2, Bytes::from_static(b"ok").into(), None)
+            .await
+            .map(|_| ())
+            .map_err(explain)
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_urls() {
+        let (u, a) = service_url("https://acct.dfs.core.windows.net").unwrap();
+        assert_eq!(
+            (u.as_str(), a.as_str()),
+            ("https://acct.blob.core.windows.net/", "acct")
+        );
+        let (u, a) = service_url("https://acct.blob.core.windows.net/").unwrap();
+        assert_eq!(
+            (u.as_str(), a.as_str()),
+            ("https://acct.blob.core.windows.net/", "acct")
+        );
+        let (u, a) = service_url("http://127.0.0.1:10000/devstoreaccount1").unwrap();
+        assert_eq!(
+            (u.as_str(), a.as_str()),
+            (
+                "http://127.0.0.1:10000/devstoreaccount1",
+                "devstoreaccount1"
+            )
+        );
+        assert!(service_url("https://example.com").is_err());
+    }
+}

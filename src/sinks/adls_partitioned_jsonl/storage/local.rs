@@ -1,0 +1,234 @@
+//! `file:///abs/path`: the lake on local disk with the same guarantees as
+//! the Blob endpoint. A staged block is a fsynced file under
+//! `<root>/.mongo-adls-staging/`; a commit concatenates blocks into a
+//! temporary file, fsyncs it and links it to its final name (a hard link
+//! fails if the name exists, which gives `If-None-Match: *`), so a file
+//! matching `events-*.jsonl` is complete the moment it appears.
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{Created, Storage, StorageError};
+
+#[derive(Clone)]
+pub struct LocalStorage {
+    /// `<root>/<filesystem>`: where the files appear.
+    base: PathBuf,
+    /// `<root>/.mongo-adls-staging/<filesystem>`: blocks and commit manifests.
+    staging: PathBuf,
+    create_filesystem: bool,
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> StorageError {
+    // Local I/O errors (disk full, permissions) will not fix themselves on
+    // retry in milliseconds, but may after a while: treat them as transient
+    // so the batch is retried with backoff rather than rejected.
+    StorageError::transient(format!("{what} {}: {e}", path.display()))
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+impl LocalStorage {
+    pub fn new(
+        account_url: &str,
+        filesystem: &str,
+        create_filesystem: bool,
+    ) -> Result<Self, String> {
+        let url = url::Url::parse(account_url).map_err(|e| format!("`account_url`: {e}"))?;
+        let root = url
+            .to_file_path()
+            .map_err(|_| format!("`account_url` {account_url:?} must be file:///absolute/path"))?;
+        if filesystem.is_empty() || filesystem.contains(['/', '\\']) || filesystem.starts_with('.')
+        {
+            return Err(format!(
+                "`filesystem` {filesystem:?} must be a plain folder name"
+            ));
+        }
+        Ok(Self {
+            base: root.join(filesystem),
+            staging: root.join(".mongo-adls-staging").join(filesystem),
+            create_filesystem,
+        })
+    }
+
+    fn final_path(&self, name: &str) -> PathBuf {
+        self.base.join(name)
+    }
+
+    fn block_dir(&self, name: &str) -> PathBuf {
+        self.staging.join(name)
+    }
+
+    fn write_file(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
+        let mut f = fs::File::create(path)?;
+        for p in parts {
+            f.write_all(p)?;
+        }
+        f.sync_all()
+    }
+
+    fn commit_sync(
+        &self,
+        name: &str,
+        block_ids: &[String],
+        create_only: bool,
+    ) -> Result<Created, StorageError> {
+        let target = self.final_path(name);
+        if create_only && target.exists() {
+            return Ok(Created::AlreadyExists);
+        }
+        let dir = target.parent().unwrap_or(&self.base).to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
+        let file_name = target.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = dir.join(format!(".{file_name}.mongo-adls-tmp"));
+        {
+            let mut out = fs::File::create(&tmp).map_err(|e| io_err("create", &tmp, e))?;
+            for id in block_ids {
+                let block = self.block_dir(name).join(id);
+                let mut f = fs::File::open(&block).map_err(|e| io_err("read block", &block, e))?;
+                std::io::copy(&mut f, &mut out).map_err(|e| io_err("write", &tmp, e))?;
+            }
+            out.sync_all().map_err(|e| io_err("fsync", &tmp, e))?;
+        }
+        // The manifest is written before the file becomes visible, so a
+        // crash right after can still be recognised as our own commit.
+        let manifest = self.block_dir(name).join(".committed");
+        fs::create_dir_all(self.block_dir(name)).map_err(|e| io_err("create", &manifest, e))?;
+        crate::checkpoint::write_atomic(&manifest, block_ids.join("\n").as_bytes())
+            .map_err(|e| io_err("write", &manifest, e))?;
+        if create_only {
+            match fs::hard_link(&tmp, &target) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let _ = fs::remove_file(&tmp);
+                    return Ok(Created::AlreadyExists);
+                }
+                Err(e) => return Err(io_err("link", &target, e)),
+            }
+            fs::remove_file(&tmp).map_err(|e| io_err("remove", &tmp, e))?;
+        } else {
+            fs::rename(&tmp, &target).map_err(|e| io_err("rename", &target, e))?;
+        }
+        sync_dir(&dir).map_err(|e| io_err("fsync", &dir, e))?;
+        Ok(Created::Created)
+    }
+}
+
+#[async_trait]
+impl Storage for LocalStorage {
+    async fn stage_block(
+        &self,
+        name: &str,
+        block_id: &str,
+        data: Bytes,
+    ) -> Result<(), StorageError> {
+        let dir = self.block_dir(name);
+        let id = block_id.to_string();
+        tokio::task::spawn_blocking(move || {
+            fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
+            let tmp = dir.join(format!("{id}.tmp"));
+            Self::write_file(&tmp, &[&data]).map_err(|e| io_err("write", &tmp, e))?;
+            let path = dir.join(&id);
+            fs::rename(&tmp, &path).map_err(|e| io_err("rename", &path, e))?;
+            sync_dir(&dir).map_err(|e| io_err("fsync", &dir, e))
+        })
+        .await
+        .map_err(|e| StorageError::transient(e.to_string()))?
+    }
+
+    async fn commit_blocks(
+        &self,
+        name: &str,
+        block_ids: &[String],
+        create_only: bool,
+    ) -> Result<Created, StorageError> {
+        let this = self.clone();
+        let (name, ids) = (name.to_string(), block_ids.to_vec());
+        tokio::task::spawn_blocking(move || this.commit_sync(&name, &ids, create_only))
+            .await
+            .map_err(|e| StorageError::transient(e.to_string()))?
+    }
+
+    async fn committed_blocks(&self, name: &str) -> Result<Option<Vec<String>>, StorageError> {
+        if !self.final_path(name).exists() {
+            return Ok(None);
+        }
+        let manifest = self.block_dir(name).join(".committed");
+        match fs::read_to_string(&manifest) {
+            Ok(text) => Ok(Some(
+                text.lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(Vec::new())),
+            Err(e) => Err(io_err("read", &manifest, e)),
+        }
+    }
+
+    async fn put_if_absent(&self, name: &str, data: Bytes) -> Result<Created, StorageError> {
+        let target = self.final_path(name);
+        tokio::task::spawn_blocking(move || {
+            if target.exists() {
+                return Ok(Created::AlreadyExists);
+            }
+            let dir = target
+                .parent()
+                .expect("object names have a parent")
+                .to_path_buf();
+            fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
+            let tmp = dir.join(format!(
+                ".{}.mongo-adls-tmp",
+                target.file_name().unwrap_or_default().to_string_lossy()
+            ));
+            Self::write_file(&tmp, &[&data]).map_err(|e| io_err("write", &tmp, e))?;
+            let created = match fs::hard_link(&tmp, &target) {
+                Ok(()) => Created::Created,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Created::AlreadyExists,
+                Err(e) => return Err(io_err("link", &target, e)),
+            };
+            let _ = fs::remove_file(&tmp);
+            sync_dir(&dir).map_err(|e| io_err("fsync", &dir, e))?;
+            Ok(created)
+        })
+        .await
+        .map_err(|e| StorageError::transient(e.to_string()))?
+    }
+
+    async fn release(&self, name: &str) {
+        let _ = fs::remove_dir_all(self.block_dir(name));
+    }
+
+    async fn healthcheck(&self) -> Result<(), String> {
+        if !self.base.exists() {
+            if self.create_filesystem {
+                fs::create_dir_all(&self.base)
+                    .map_err(|e| format!("cannot create {}: {e}", self.base.display()))?;
+            } else {
+                return Err(format!(
+                    "filesystem folder {} does not exist; create it or set create_filesystem = true",
+                    self.base.display()
+                ));
+            }
+        }
+        fs::create_dir_all(&self.staging)
+            .map_err(|e| format!("cannot create {}: {e}", self.staging.display()))?;
+        let probe = self.staging.join(".healthcheck");
+        Self::write_file(&probe, &[b"ok"])
+            .map_err(|e| format!("cannot write to {}: {e}", self.staging.display()))?;
+        let _ = fs::remove_file(probe);
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("file://{}", self.base.display())
+    }
+}

@@ -1,0 +1,230 @@
+//! The storage the sink writes to, behind one small interface that has the
+//! semantics of Azure block blobs: staged blocks are durable and invisible,
+//! a commit makes a chosen list of them the object's content, and a commit
+//! or put can be made conditional on the object not existing yet.
+//!
+//! - `azure.rs`: the Blob endpoint of an ADLS Gen2 (or any) storage account.
+//! - `local.rs`: a `file://` directory with the same guarantees.
+//!
+//! Retries live here too ([`with_retries`]), so both backends and every
+//! operation share one policy.
+
+pub mod azure;
+pub mod local;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rand::Rng;
+
+/// A failed storage request.
+#[derive(Debug, Clone)]
+pub struct StorageError {
+    /// Whether the same request may succeed later.
+    pub retriable: bool,
+    /// The server's `Retry-After`, if any.
+    pub retry_after: Option<Duration>,
+    /// HTTP status, if there was a response.
+    pub status: Option<u16>,
+    /// What went wrong, already free of secrets.
+    pub message: String,
+}
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl StorageError {
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            retriable: false,
+            retry_after: None,
+            status: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            retriable: true,
+            ..Self::permanent(message)
+        }
+    }
+}
+
+/// The result of a conditional create.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Created {
+    Created,
+    /// The object already existed and was left alone.
+    AlreadyExists,
+}
+
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// Stores `data` as an uncommitted block of `name`.
+    async fn stage_block(
+        &self,
+        name: &str,
+        block_id: &str,
+        data: Bytes,
+    ) -> Result<(), StorageError>;
+
+    /// Makes `block_ids` (in order) the content of `name`. With
+    /// `create_only` the commit fails with `AlreadyExists` when `name`
+    /// exists (`If-None-Match: *`).
+    async fn commit_blocks(
+        &self,
+        name: &str,
+        block_ids: &[String],
+        create_only: bool,
+    ) -> Result<Created, StorageError>;
+
+    /// The committed block ids of `name`, or `None` when it does not exist.
+    async fn committed_blocks(&self, name: &str) -> Result<Option<Vec<String>>, StorageError>;
+
+    /// Writes a whole object if it does not exist yet.
+    async fn put_if_absent(&self, name: &str, data: Bytes) -> Result<Created, StorageError>;
+
+    /// Forgets the blocks of a sealed object (local staging files; a no-op
+    /// on Azure, which drops them itself).
+    async fn release(&self, _name: &str) {}
+
+    /// Checks that the filesystem is reachable and writable; the error says why not.
+    async fn healthcheck(&self) -> Result<(), String>;
+
+    /// Where the files go, for logs (no secrets).
+    fn describe(&self) -> String;
+}
+
+/// Retry settings, from `request.*`.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub timeout: Duration,
+}
+
+/// Runs `op` until it succeeds, fails permanently, or runs out of retries.
+/// Each attempt is bounded by the request timeout; `on_retry` is told about
+/// every failure that will be retried (for logs and metrics).
+pub async fn with_retries<T, F, Fut>(
+    policy: &RetryPolicy,
+    mut op: F,
+    mut on_retry: impl FnMut(&StorageError, Duration),
+) -> Result<T, StorageError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StorageError>>,
+{
+    let mut attempt: u32 = 0;
+    loop {
+        let result = match tokio::time::timeout(policy.timeout, op()).await {
+            Ok(r) => r,
+            Err(_) => Err(StorageError::transient(format!(
+                "request timed out after {:.0}s",
+                policy.timeout.as_secs_f64()
+            ))),
+        };
+        match result {
+            Ok(v) => return Ok(v),
+            Err(e) if e.retriable && attempt < policy.attempts => {
+                let backoff = policy
+                    .initial_backoff
+                    .mul_f64(2f64.powi(attempt.min(16) as i32))
+                    .min(policy.max_backoff)
+                    .mul_f64(rand::rng().random_range(0.5..1.0));
+                // The server's Retry-After wins when it asks for longer.
+                let delay = e.retry_after.map_or(backoff, |ra| ra.max(backoff));
+                on_retry(&e, delay);
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Is this HTTP status worth retrying?
+pub fn retriable_status(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn policy(attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            attempts,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+            timeout: Duration::from_millis(200),
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_transient_then_succeeds() {
+        let calls = AtomicU32::new(0);
+        let mut retries = 0;
+        let r = with_retries(
+            &policy(5),
+            || async {
+                if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                    Err(StorageError::transient("503"))
+                } else {
+                    Ok(7)
+                }
+            },
+            |_, _| retries += 1,
+        )
+        .await;
+        assert_eq!(r.unwrap(), 7);
+        assert_eq!(retries, 2);
+    }
+
+    #[tokio::test]
+    async fn permanent_and_exhausted_fail() {
+        let r: Result<(), _> = with_retries(
+            &policy(5),
+            || async { Err(StorageError::permanent("403")) },
+            |_, _| {},
+        )
+        .await;
+        assert!(!r.unwrap_err().retriable);
+        let calls = AtomicU32::new(0);
+        let r: Result<(), _> = with_retries(
+            &policy(2),
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(StorageError::transient("503"))
+            },
+            |_, _| {},
+        )
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn timeouts_are_retried() {
+        let calls = AtomicU32::new(0);
+        let r = with_retries(
+            &policy(3),
+            || async {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                Ok(1)
+            },
+            |_, _| {},
+        )
+        .await;
+        assert_eq!(r.unwrap(), 1);
+    }
+}

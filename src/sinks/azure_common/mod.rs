@@ -1,0 +1,3 @@
+//! Azure plumbing shared by sinks.
+
+pub mod shared_key;
