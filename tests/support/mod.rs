@@ -74,6 +74,11 @@ impl Mongod {
                 "log=(prealloc=false,file_max=20MB)",
                 "--setParameter",
                 "diagnosticDataCollectionEnabled=false",
+                // Idle replica sets advance their cluster time with a no-op
+                // every 10 s by default; 1 s makes watermarks, and so file
+                // sealing, quick in tests.
+                "--setParameter",
+                "periodicNoopIntervalSecs=1",
                 "--oplogSize",
                 "990",
             ])
@@ -195,9 +200,8 @@ impl Azurite {
         let child = Command::new(azurite)
             .args(["--blobHost", "127.0.0.1", "--blobPort"])
             .arg(port.to_string())
-            .arg("--location")
-            .arg(dir.path())
             .args(["--inMemoryPersistence", "--skipApiVersionCheck", "--silent"])
+            .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -239,4 +243,305 @@ pub async fn eventually<T>(timeout: Duration, mut f: impl AsyncFnMut() -> Option
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Reads a filesystem (container) of an Azurite account through the
+/// official SDK, signed with the account key.
+pub struct Lake {
+    container_url: azure_core::http::Url,
+    options: azure_storage_blob::BlobClientOptions,
+    container: azure_storage_blob::BlobContainerClient,
+}
+
+/// One listed object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    pub etag: String,
+    pub size: u64,
+}
+
+impl Lake {
+    pub fn new(azurite: &Azurite, filesystem: &str) -> Self {
+        use std::sync::Arc;
+        let policy = mongo_adls::sinks::azure_common::shared_key::SharedKeyPolicy::new(
+            AZURITE_ACCOUNT,
+            AZURITE_KEY,
+        )
+        .unwrap();
+        let client_options = azure_core::http::ClientOptions {
+            per_try_policies: vec![Arc::new(policy)],
+            ..Default::default()
+        };
+        let container_url =
+            azure_core::http::Url::parse(&format!("{}/{filesystem}", azurite.account_url()))
+                .unwrap();
+        let container = azure_storage_blob::BlobContainerClient::new(
+            container_url.clone(),
+            None,
+            Some(azure_storage_blob::BlobContainerClientOptions {
+                client_options: client_options.clone(),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        Self {
+            container_url,
+            options: azure_storage_blob::BlobClientOptions {
+                client_options,
+                ..Default::default()
+            },
+            container,
+        }
+    }
+
+    pub async fn create(&self) {
+        self.container.create(None).await.unwrap();
+    }
+
+    /// Every committed object, sorted by name (an empty list when the
+    /// container does not exist yet).
+    pub async fn list(&self) -> Vec<Listed> {
+        use futures::TryStreamExt;
+        let mut out = Vec::new();
+        let Ok(mut pager) = self.container.list_blobs(None) else {
+            return out;
+        };
+        loop {
+            match pager.try_next().await {
+                Ok(Some(item)) => {
+                    let props = item.properties.unwrap_or_default();
+                    out.push(Listed {
+                        name: item.name.unwrap_or_default(),
+                        etag: props.etag.map(|e| e.to_string()).unwrap_or_default(),
+                        size: props.content_length.unwrap_or_default(),
+                    });
+                }
+                Ok(None) => break,
+                Err(_) => return Vec::new(),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub async fn read(&self, name: &str) -> Vec<u8> {
+        let mut url = self.container_url.clone();
+        url.path_segments_mut().unwrap().extend(name.split('/'));
+        let blob =
+            azure_storage_blob::BlobClient::new(url, None, Some(self.options.clone())).unwrap();
+        blob.download(None)
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .to_vec()
+    }
+
+    /// The lines of an object, gunzipped when its name ends in `.gz`.
+    pub async fn lines(&self, name: &str) -> Vec<serde_json::Value> {
+        use std::io::Read;
+        let raw = self.read(name).await;
+        let text = if name.ends_with(".gz") {
+            let mut s = String::new();
+            flate2::read::MultiGzDecoder::new(&raw[..])
+                .read_to_string(&mut s)
+                .unwrap();
+            s
+        } else {
+            String::from_utf8(raw).unwrap()
+        };
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// An account SAS for Azurite (service version 2019-12-12 signing rules).
+pub fn account_sas(permissions: &str) -> String {
+    use base64::Engine as _;
+    use hmac::Mac;
+    let (sv, ss, srt, se, spr) = (
+        "2019-12-12",
+        "b",
+        "sco",
+        "2099-01-01T00:00:00Z",
+        "https,http",
+    );
+    let to_sign = format!("{AZURITE_ACCOUNT}\n{permissions}\n{ss}\n{srt}\n\n{se}\n\n{spr}\n{sv}\n");
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(AZURITE_KEY)
+        .unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(to_sign.as_bytes());
+    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    let sig: String = url::form_urlencoded::byte_serialize(sig.as_bytes()).collect();
+    format!("sv={sv}&ss={ss}&srt={srt}&sp={permissions}&se={se}&spr={spr}&sig={sig}")
+}
+
+/// Which failures [`FaultProxy`] injects: every `every`-th request gets the
+/// next fault of `kinds` in turn, so each kind is sure to happen.
+#[derive(Clone, Debug)]
+pub struct Faults {
+    pub every: u64,
+    pub kinds: Vec<Fault>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Answer 503 Server Busy without forwarding.
+    Unavailable,
+    /// Answer 429 with `Retry-After: 1` without forwarding.
+    Throttled,
+    /// Reset the connection without forwarding.
+    Reset,
+    /// Forward, then drop the response: the write happened, the client does
+    /// not know.
+    LoseResponse,
+    /// Hold the request for 5 s (past the client's timeout), then close.
+    Stall,
+}
+
+/// An HTTP proxy in front of Azurite that injects failures. This is the
+/// one fake in the suite: real Azurite cannot be made to fail on demand.
+/// It handles one request per connection and answers `Connection: close`.
+pub struct FaultProxy {
+    pub port: u16,
+    pub stats: std::sync::Arc<std::sync::Mutex<HashMap<&'static str, u64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+use std::collections::HashMap;
+
+impl FaultProxy {
+    pub async fn start(upstream: u16, faults: Faults) -> Self {
+        use std::sync::{Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stats: Arc<Mutex<HashMap<&'static str, u64>>> = Arc::default();
+        let task = {
+            let stats = Arc::clone(&stats);
+            tokio::spawn(async move {
+                let mut n: u64 = 0;
+                loop {
+                    let Ok((conn, _)) = listener.accept().await else {
+                        break;
+                    };
+                    n += 1;
+                    let fault = (n % faults.every == 0 && !faults.kinds.is_empty())
+                        .then(|| faults.kinds[((n / faults.every) as usize) % faults.kinds.len()]);
+                    let stats = Arc::clone(&stats);
+                    tokio::spawn(async move {
+                        let action = proxy_one(conn, upstream, fault).await;
+                        *stats.lock().unwrap().entry(action).or_default() += 1;
+                    });
+                }
+            })
+        };
+        Self { port, stats, task }
+    }
+
+    pub fn account_url(&self) -> String {
+        format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", self.port)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// SO_LINGER 0 is exactly what is wanted: a reset instead of a clean close.
+#[allow(deprecated)]
+async fn proxy_one(
+    mut conn: tokio::net::TcpStream,
+    upstream: u16,
+    fault: Option<Fault>,
+) -> &'static str {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Read the request head and its Content-Length body.
+    let mut buf = Vec::new();
+    let head_end = loop {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return "client_closed",
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let mut chunk = vec![0u8; 64 * 1024];
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return "client_closed",
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+
+    match fault {
+        Some(Fault::Unavailable) => {
+            let _ = conn
+                .write_all(b"HTTP/1.1 503 Server Busy\r\nx-ms-error-code: ServerBusy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await;
+            return "503";
+        }
+        Some(Fault::Throttled) => {
+            let _ = conn
+                .write_all(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await;
+            return "429";
+        }
+        Some(Fault::Reset) => {
+            let _ = conn.set_linger(Some(Duration::ZERO));
+            return "reset";
+        }
+        Some(Fault::Stall) => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            return "stall";
+        }
+        Some(Fault::LoseResponse) | None => {}
+    }
+    let lose = matches!(fault, Some(Fault::LoseResponse));
+
+    // Forward with `Connection: close` and relay the whole response.
+    let mut request = String::new();
+    for line in head.split("\r\n").filter(|l| !l.is_empty()) {
+        if line.to_ascii_lowercase().starts_with("connection:") {
+            continue;
+        }
+        request.push_str(line);
+        request.push_str("\r\n");
+    }
+    request.push_str("Connection: close\r\n\r\n");
+    let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+        return "upstream_down";
+    };
+    if up.write_all(request.as_bytes()).await.is_err()
+        || up.write_all(&buf[head_end..]).await.is_err()
+    {
+        return "upstream_down";
+    }
+    let mut response = Vec::new();
+    let _ = up.read_to_end(&mut response).await;
+    if lose {
+        let _ = conn.set_linger(Some(Duration::ZERO));
+        return "lost_response";
+    }
+    let _ = conn.write_all(&response).await;
+    let _ = conn.shutdown().await;
+    "forwarded"
 }

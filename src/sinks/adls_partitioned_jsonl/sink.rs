@@ -383,38 +383,51 @@ impl AdlsSink {
         .emit(&self.tags);
     }
 
-    /// Finishes what a previous run left half done: `every_batch` files
-    /// whose last staged blocks were not committed yet.
+    /// Finishes what a previous run left half done: files whose seal was
+    /// committed just before a crash (recorded as sealed now, so no late
+    /// block is added to a visible file), and `every_batch` files whose last
+    /// staged blocks were not committed yet.
     async fn recover(&mut self) -> Result<(), StorageError> {
-        if self.commit != Commit::EveryBatch {
-            return Ok(());
-        }
-        let pending: Vec<OpenFile> = self
-            .state
-            .open
-            .values()
-            .filter(|f| f.committed < f.blocks.len())
-            .cloned()
-            .collect();
-        for file in pending {
+        let open: Vec<OpenFile> = self.state.open.values().cloned().collect();
+        let now = now_secs();
+        for file in open {
             let ids = file.block_ids();
             let storage = Arc::clone(&self.storage);
             let object = file.object.clone();
-            with_retries(
-                &self.retry,
-                || storage.commit_blocks(&object, &ids, false),
-                |e, d| {
-                    self.metrics
-                        .retry(&self.tags, "Put Block List", &e.message, d)
-                },
-            )
-            .await?;
-            if let Some(f) = self.state.open.get_mut(&file.key) {
-                f.committed = f.blocks.len();
+            if self.commit == Commit::OnSeal {
+                let existing = with_retries(
+                    &self.retry,
+                    || storage.committed_blocks(&object),
+                    |e, d| {
+                        self.metrics
+                            .retry(&self.tags, "Get Block List", &e.message, d)
+                    },
+                )
+                .await?;
+                if existing.as_ref() == Some(&ids) {
+                    tracing::info!(
+                        object,
+                        "File was sealed just before the last stop; recording it."
+                    );
+                    self.state.sealed(&file.key, now);
+                }
+            } else if file.committed < file.blocks.len() {
+                with_retries(
+                    &self.retry,
+                    || storage.commit_blocks(&object, &ids, false),
+                    |e, d| {
+                        self.metrics
+                            .retry(&self.tags, "Put Block List", &e.message, d)
+                    },
+                )
+                .await?;
+                if let Some(f) = self.state.open.get_mut(&file.key) {
+                    f.committed = f.blocks.len();
+                }
             }
         }
         self.state
-            .save(now_secs())
+            .save(now)
             .map_err(|e| StorageError::permanent(e.to_string()))
     }
 

@@ -1,0 +1,566 @@
+//! The `adls_partitioned_jsonl` sink end to end: real `mongod` changes into
+//! a real Azurite, read back through the official Blob SDK.
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use mongodb::bson::{doc, oid::ObjectId, Decimal128, Document};
+use serde_json::Value;
+use support::{eventually, Azurite, Lake, Listed, Mongod, AZURITE_KEY};
+
+struct Agent(Child);
+
+impl Agent {
+    fn start(config: &Path) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    fn stop(mut self) -> Option<i32> {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        self.0.wait().unwrap().code()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn agent_config(
+    dir: &Path,
+    name: &str,
+    mongo_uri: &str,
+    account_url: &str,
+    sink_options: &str,
+) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+data_dir = "{data}"
+
+[sources.mongo]
+type = "mongodb_change_stream"
+uri = "{mongo_uri}"
+database = "shop"
+max_await_time_ms = 200
+checkpoint_interval_ms = 100
+
+[sinks.lake]
+type = "adls_partitioned_jsonl"
+inputs = ["mongo"]
+account_url = "{account_url}"
+filesystem = "{name}"
+create_filesystem = true
+file_name = "events-%Y%m%d-%H%M%S"
+roll.window_secs = 2
+roll.grace_secs = 0
+batch.timeout_secs = 0.3
+request.retry_initial_backoff_secs = 0.05
+request.retry_max_backoff_secs = 1
+{sink_options}
+"#,
+            data = dir.join(format!("data-{name}")).display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn shared_key() -> String {
+    format!("auth.shared_key = \"{AZURITE_KEY}\"")
+}
+
+/// Inserts, updates, replaces and deletes: 480 change events in all.
+async fn workload(client: &mongodb::Client) -> usize {
+    let orders = client.database("shop").collection::<Document>("orders");
+    let users = client.database("shop").collection::<Document>("users");
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        let id = ObjectId::new();
+        ids.push(id);
+        orders
+            .insert_one(doc! {
+                "_id": id, "seq": i as i64, "price": "9.99".parse::<Decimal128>().unwrap(),
+                "at": mongodb::bson::DateTime::from_millis(1_723_316_400_123), "tags": ["a", { "n": [1, 2] }],
+            })
+            .await
+            .unwrap();
+        if i % 60 == 0 {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+    }
+    for id in &ids[..50] {
+        orders
+            .update_one(doc! { "_id": id }, doc! { "$inc": { "seq": 1000 } })
+            .await
+            .unwrap();
+    }
+    for id in &ids[50..60] {
+        orders
+            .replace_one(doc! { "_id": id }, doc! { "replaced": true })
+            .await
+            .unwrap();
+    }
+    for id in &ids[60..80] {
+        orders.delete_one(doc! { "_id": id }).await.unwrap();
+    }
+    for i in 0..100 {
+        users
+            .insert_one(doc! { "_id": i, "name": format!("user {i}") })
+            .await
+            .unwrap();
+    }
+    480
+}
+
+fn rolling_name_ok(name: &str, ext: &str) -> bool {
+    let re = regex::Regex::new(&format!(
+        r"^shop/(orders|users)/year=\d{{4}}/month=\d\d/day=\d\d/hour=\d\d/events-\d{{8}}-\d{{6}}(-part-\d{{4}})?{}$",
+        regex::escape(ext)
+    ))
+    .unwrap();
+    re.is_match(name)
+}
+
+/// Every line of every object, by object name.
+async fn read_all(lake: &Lake) -> BTreeMap<String, Vec<Value>> {
+    let mut out = BTreeMap::new();
+    for o in lake.list().await {
+        if o.name.starts_with("_mongo_adls") {
+            continue;
+        }
+        out.insert(o.name.clone(), lake.lines(&o.name).await);
+    }
+    out
+}
+
+fn total_lines(files: &BTreeMap<String, Vec<Value>>) -> usize {
+    files.values().map(Vec::len).sum()
+}
+
+fn token(v: &Value) -> String {
+    v["_meta"]["resumeToken"].as_str().unwrap().to_string()
+}
+
+/// Exactly once and in order: no resume token twice, lines in stream order.
+fn assert_exactly_once_in_order(files: &BTreeMap<String, Vec<Value>>, expected: usize) {
+    let mut seen = HashSet::new();
+    for (name, lines) in files {
+        let tokens: Vec<String> = lines.iter().map(token).collect();
+        let mut sorted = tokens.clone();
+        sorted.sort();
+        assert_eq!(tokens, sorted, "{name}: lines out of stream order");
+        for t in tokens {
+            assert!(seen.insert(t.clone()), "event {t} appears twice");
+        }
+    }
+    assert_eq!(seen.len(), expected, "every change exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layout_modes_and_immutable_files() {
+    let mongo = Mongod::start().await;
+    let azurite = Azurite::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = azurite.account_url();
+    let uri = mongo.uri();
+    let variants = [
+        ("relaxed", ".jsonl", shared_key()),
+        (
+            "canonical",
+            ".jsonl.gz",
+            format!(
+                "{}\nencoding.extended_json = \"canonical\"\ncompression = \"gzip\"",
+                shared_key()
+            ),
+        ),
+        (
+            "simplified",
+            ".jsonl",
+            format!(
+                "{}\nencoding.extended_json = \"simplified\"\nroll.max_bytes = 4000",
+                shared_key()
+            ),
+        ),
+        (
+            "perevent",
+            ".jsonl",
+            format!("{}\nmode = \"per_event\"", shared_key()),
+        ),
+    ];
+    let mut agents = Vec::new();
+    for (name, _, options) in &variants {
+        let cfg = agent_config(dir.path(), name, &uri, &url, options);
+        agents.push(Agent::start(&cfg));
+    }
+    let lakes: Vec<Lake> = variants
+        .iter()
+        .map(|(name, ..)| Lake::new(&azurite, name))
+        .collect();
+    // Wait for the streams to be open (healthchecks create the containers).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Watch the on_seal lake while the workload runs: a listed file never
+    // changes (same ETag, same size) and is complete when first seen.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let lake = Lake::new(&azurite, "relaxed");
+        let done = std::sync::Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut first: HashMap<String, Listed> = HashMap::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                for o in lake.list().await {
+                    if let Some(prev) = first.get(&o.name) {
+                        assert_eq!(prev, &o, "a visible file changed");
+                    } else {
+                        first.insert(o.name.clone(), o);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            first
+        })
+    };
+
+    let client = mongo.client().await;
+    let expected = workload(&client).await;
+    for ((name, ..), lake) in variants.iter().zip(&lakes) {
+        eventually(Duration::from_secs(90), async || {
+            let done = if *name == "perevent" {
+                lake.list().await.len() >= expected
+            } else {
+                let names: Vec<String> = lake.list().await.into_iter().map(|o| o.name).collect();
+                let mut lines = 0;
+                for n in names.iter().filter(|n| !n.starts_with("_mongo_adls")) {
+                    lines += lake.lines(n).await.len();
+                }
+                lines >= expected
+            };
+            if !done {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            done.then_some(())
+        })
+        .await;
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let first_seen = watcher.await.unwrap();
+    assert!(!first_seen.is_empty());
+    for agent in agents {
+        assert_eq!(agent.stop(), Some(0));
+    }
+
+    for ((name, ext, _), lake) in variants.iter().zip(&lakes) {
+        let files = read_all(lake).await;
+        assert_exactly_once_in_order(&files, expected);
+        let all: Vec<&Value> = files.values().flatten().collect();
+        let ops: HashMap<&str, usize> = all.iter().fold(HashMap::new(), |mut m, v| {
+            *m.entry(v["_meta"]["operationType"].as_str().unwrap())
+                .or_default() += 1;
+            m
+        });
+        assert_eq!(ops.get("insert"), Some(&400), "{name}");
+        assert_eq!(ops.get("update"), Some(&50), "{name}");
+        assert_eq!(ops.get("replace"), Some(&10), "{name}");
+        assert_eq!(ops.get("delete"), Some(&20), "{name}");
+        let insert = all
+            .iter()
+            .find(|v| {
+                v["_meta"]["operationType"] == "insert" && v["_meta"]["ns"]["coll"] == "orders"
+            })
+            .unwrap();
+        let doc = &insert["fullDocument"];
+        match *name {
+            "relaxed" | "perevent" => {
+                assert_eq!(doc["price"], serde_json::json!({"$numberDecimal": "9.99"}));
+                assert_eq!(
+                    doc["at"],
+                    serde_json::json!({"$date": "2024-08-10T19:00:00.123Z"})
+                );
+                assert!(doc["seq"].is_number());
+            }
+            "canonical" => {
+                assert_eq!(
+                    doc["at"],
+                    serde_json::json!({"$date": {"$numberLong": "1723316400123"}})
+                );
+                assert!(doc["seq"]["$numberLong"].is_string());
+            }
+            "simplified" => {
+                assert!(doc["_id"].is_string());
+                assert_eq!(doc["price"], "9.99");
+                assert_eq!(doc["at"], "2024-08-10T19:00:00.123Z");
+                assert_eq!(doc["tags"][1]["n"][1], 2);
+            }
+            _ => unreachable!(),
+        }
+        if *name == "perevent" {
+            assert_eq!(files.len(), expected, "one object per event");
+            let re = regex::Regex::new(r"^shop/(orders|users)/year=\d{4}/month=\d\d/day=\d\d/hour=\d\d/event-[0-9A-F]+-(insert|update|replace|delete)-[0-9a-f]{16}\.jsonl$").unwrap();
+            for n in files.keys() {
+                assert!(re.is_match(n), "{n}");
+            }
+            continue;
+        }
+        for (n, lines) in &files {
+            assert!(rolling_name_ok(n, ext), "{name}: unexpected object {n}");
+            // Every line belongs to the file's 2-second window.
+            let stamp = regex::Regex::new(r"events-(\d{8})-(\d{6})")
+                .unwrap()
+                .captures(n)
+                .unwrap();
+            let start = chrono::NaiveDateTime::parse_from_str(
+                &format!("{}{}", &stamp[1], &stamp[2]),
+                "%Y%m%d%H%M%S",
+            )
+            .unwrap()
+            .and_utc();
+            for l in lines {
+                let t: chrono::DateTime<chrono::Utc> =
+                    l["_meta"]["eventTime"].as_str().unwrap().parse().unwrap();
+                assert!(
+                    t >= start && t < start + chrono::Duration::seconds(2),
+                    "{n}: event at {t}"
+                );
+            }
+        }
+        assert!(files.len() > 2, "{name}: several windows");
+        if *name == "simplified" {
+            assert!(
+                files.keys().any(|n| n.contains("-part-0001")),
+                "size rolls add part numbers"
+            );
+        }
+    }
+    // The watcher saw complete files only: what it first saw is what is there now.
+    let final_relaxed = lakes[0].list().await;
+    for o in final_relaxed {
+        if let Some(first) = first_seen.get(&o.name) {
+            assert_eq!(first, &o);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_sas_and_wrong_key_and_hostile_names() {
+    let mongo = Mongod::start().await;
+    let azurite = Azurite::start();
+    let dir = tempfile::tempdir().unwrap();
+    Lake::new(&azurite, "sas").create().await;
+
+    // A wrong key fails the healthcheck with a reason, and exits 78.
+    let bad = agent_config(
+        dir.path(),
+        "badkey",
+        &mongo.uri(),
+        &azurite.account_url(),
+        "auth.shared_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==\"",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+        .args(["validate", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("credentials were rejected"), "{stderr}");
+    assert!(
+        !stderr.contains("AAAAAAAAAAAAAAAA"),
+        "the key is never printed"
+    );
+
+    // SAS, and namespaces that try to escape their folder.
+    let sas = support::account_sas("racwl");
+    let cfg = agent_config(
+        dir.path(),
+        "sas",
+        &mongo.uri(),
+        &azurite.account_url(),
+        &format!("create_filesystem = false\nauth.sas_token = \"?{sas}\""),
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("create_filesystem = true\n", "");
+    std::fs::write(&cfg, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+        .args(["validate", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agent = Agent::start(&cfg);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let client = mongo.client().await;
+    // Collection names may hold `/`, `\`, `%` and control characters (not a
+    // leading `.`); each must stay one folder.
+    let hostile = ["x/../../escape", "a\\b", "100%", "tab\tname", "x/.."];
+    for coll in hostile {
+        client
+            .database("shop")
+            .collection::<Document>(coll)
+            .insert_one(doc! { "x": 1 })
+            .await
+            .unwrap();
+    }
+    let lake = Lake::new(&azurite, "sas");
+    eventually(Duration::from_secs(60), async || {
+        (total_lines(&read_all(&lake).await) >= hostile.len()).then_some(())
+    })
+    .await;
+    assert_eq!(agent.stop(), Some(0));
+    let files = read_all(&lake).await;
+    let mut colls = HashSet::new();
+    for (name, lines) in &files {
+        let segments: Vec<&str> = name.split('/').collect();
+        assert_eq!(segments[0], "shop", "{name}");
+        assert!(
+            segments
+                .iter()
+                .all(|s| *s != ".." && *s != "." && !s.contains('\\')),
+            "{name}"
+        );
+        assert_eq!(
+            segments.len(),
+            7,
+            "exactly one folder per namespace level: {name}"
+        );
+        for l in lines {
+            colls.insert(l["_meta"]["ns"]["coll"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(colls, hostile.iter().map(|s| s.to_string()).collect());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_through_faults_and_kill_9() {
+    use rand::Rng;
+    let mongo = Mongod::start().await;
+    let azurite = Azurite::start();
+    let lake = Lake::new(&azurite, "chaos");
+    lake.create().await;
+    let proxy = support::FaultProxy::start(
+        azurite.port,
+        support::Faults {
+            every: 3,
+            kinds: vec![
+                support::Fault::Unavailable,
+                support::Fault::LoseResponse,
+                support::Fault::Throttled,
+                support::Fault::Reset,
+                support::Fault::Stall,
+            ],
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = agent_config(
+        dir.path(),
+        "chaos",
+        &mongo.uri(),
+        &proxy.account_url(),
+        &format!(
+            "{}\nrequest.timeout_secs = 1\nrequest.retry_attempts = 100\nroll.max_bytes = 30000\nbatch.max_events = 200\nhealthchecks.enabled = false",
+            shared_key()
+        ),
+    );
+    // `healthchecks` is global; move it out of the sink table.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("healthchecks.enabled = false\n", "")
+        .replace("data_dir =", "healthchecks.enabled = false\ndata_dir =");
+    std::fs::write(&cfg, text).unwrap();
+
+    let mut agent = Agent::start(&cfg);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let client = mongo.client().await;
+    let writer = tokio::spawn(async move {
+        let coll_a = client.database("shop").collection::<Document>("orders");
+        let coll_b = client.database("shop").collection::<Document>("users");
+        for batch in 0..30 {
+            let docs: Vec<Document> = (0..50)
+                .map(|i| doc! { "_id": batch * 50 + i, "v": "x".repeat(100) })
+                .collect();
+            coll_a.insert_many(docs.clone()).await.unwrap();
+            coll_b.insert_many(docs).await.unwrap();
+            if batch % 10 == 0 {
+                // A multi-document transaction: its events share a cluster time.
+                let mut session = client.start_session().await.unwrap();
+                session.start_transaction().await.unwrap();
+                for i in 0..5 {
+                    coll_a
+                        .update_one(
+                            doc! { "_id": batch * 50 + i },
+                            doc! { "$set": { "t": true } },
+                        )
+                        .session(&mut session)
+                        .await
+                        .unwrap();
+                }
+                session.commit_transaction().await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        30 * 100 + 3 * 5
+    });
+
+    for _ in 0..4 {
+        let pause = rand::rng().random_range(700..2000);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        agent.kill();
+        agent = Agent::start(&cfg);
+    }
+    let expected = writer.await.unwrap();
+
+    eventually(Duration::from_secs(120), async || {
+        let files = read_all(&lake).await;
+        let n = total_lines(&files);
+        if n < expected {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        (n >= expected).then_some(())
+    })
+    .await;
+    assert_eq!(agent.stop(), Some(0));
+    let files = read_all(&lake).await;
+    assert_exactly_once_in_order(&files, expected);
+    assert!(
+        files.keys().any(|n| n.contains("-part-0001")),
+        "size rolls happened"
+    );
+    let stats = proxy.stats.lock().unwrap().clone();
+    for fault in ["503", "429", "reset", "lost_response", "stall"] {
+        assert!(
+            stats.get(fault).copied().unwrap_or(0) > 0,
+            "fault {fault} was injected: {stats:?}"
+        );
+    }
+}
