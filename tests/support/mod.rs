@@ -430,7 +430,7 @@ impl FaultProxy {
                         break;
                     };
                     n += 1;
-                    let fault = (n % faults.every == 0 && !faults.kinds.is_empty())
+                    let fault = (n.is_multiple_of(faults.every) && !faults.kinds.is_empty())
                         .then(|| faults.kinds[((n / faults.every) as usize) % faults.kinds.len()]);
                     let stats = Arc::clone(&stats);
                     tokio::spawn(async move {
