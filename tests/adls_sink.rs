@@ -273,6 +273,11 @@ async fn layout_modes_and_immutable_files() {
         assert_eq!(agent.stop(), Some(0));
     }
 
+    let per_event_name = regex::Regex::new(
+        r"^shop/(orders|users)/year=\d{4}/month=\d\d/day=\d\d/hour=\d\d/event-[0-9A-F]+-(insert|update|replace|delete)-[0-9a-f]{16}\.jsonl$",
+    )
+    .unwrap();
+    let stamp_re = regex::Regex::new(r"events-(\d{8})-(\d{6})").unwrap();
     for ((name, ext, _), lake) in variants.iter().zip(&lakes) {
         let files = read_all(lake).await;
         assert_exactly_once_in_order(&files, expected);
@@ -319,19 +324,15 @@ async fn layout_modes_and_immutable_files() {
         }
         if *name == "perevent" {
             assert_eq!(files.len(), expected, "one object per event");
-            let re = regex::Regex::new(r"^shop/(orders|users)/year=\d{4}/month=\d\d/day=\d\d/hour=\d\d/event-[0-9A-F]+-(insert|update|replace|delete)-[0-9a-f]{16}\.jsonl$").unwrap();
             for n in files.keys() {
-                assert!(re.is_match(n), "{n}");
+                assert!(per_event_name.is_match(n), "{n}");
             }
             continue;
         }
         for (n, lines) in &files {
             assert!(rolling_name_ok(n, ext), "{name}: unexpected object {n}");
             // Every line belongs to the file's 2-second window.
-            let stamp = regex::Regex::new(r"events-(\d{8})-(\d{6})")
-                .unwrap()
-                .captures(n)
-                .unwrap();
+            let stamp = stamp_re.captures(n).unwrap();
             let start = chrono::NaiveDateTime::parse_from_str(
                 &format!("{}{}", &stamp[1], &stamp[2]),
                 "%Y%m%d%H%M%S",
