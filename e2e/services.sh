@@ -46,11 +46,25 @@ install() {
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# The preferred port if it is free, else any free one.
+port_or_free() {
+  if python3 -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1',$1))" 2>/dev/null; then echo "$1"; else free_port; fi
+}
+
 up() {
   install >/dev/null
-  local mport="${1:-$(free_port)}" aport="${2:-$(free_port)}"
   status >/dev/null 2>&1 && { log "already running; see $ENV_FILE"; cat "$ENV_FILE"; return 0; }
+  # A replica set keeps its member address in its data: reuse the port it
+  # was created with.
+  local saved=""
+  [ -f "$dir/mongo-data/port" ] && saved="$(cat "$dir/mongo-data/port")"
+  local mport="${1:-${saved:-$(port_or_free 27017)}}" aport="${2:-$(port_or_free 10000)}"
+  if [ -n "$saved" ] && [ "$saved" != "$mport" ]; then
+    log "mongo-data was created for port $saved; starting afresh on $mport"
+    rm -rf "$dir/mongo-data"
+  fi
   mkdir -p "$dir/mongo-data" "$dir/azurite-data"
+  echo "$mport" > "$dir/mongo-data/port"
   "$MONGOD" --replSet rs0 --bind_ip 127.0.0.1 --port "$mport" --dbpath "$dir/mongo-data" \
     --wiredTigerCacheSizeGB 0.25 --wiredTigerEngineConfigString 'log=(prealloc=false,file_max=20MB)' \
     --setParameter diagnosticDataCollectionEnabled=false --logpath "$dir/mongod.log" --fork >/dev/null
@@ -92,7 +106,7 @@ while True:
     except OSError:
         if time.time() > deadline: sys.exit("mongod did not start")
         time.sleep(0.2)
-command([("replSetInitiate", {"_id": "rs0", "members": [{"_id": 0, "host": f"127.0.0.1:{port}"}]}), ("$db", "admin")])
+command([("replSetInitiate", {"_id": "rs0", "members": [{"_id": 0, "host": f"127.0.0.1:{port}"}]}), ("$db", "admin")])  # fails harmlessly if already initiated
 while True:
     if b"ismaster\0\x01" in command([("isMaster", 1), ("$db", "admin")]).replace(b"\x08ismaster", b"ismaster"):
         break
