@@ -137,7 +137,7 @@ fn list() -> i32 {
         println!("  {name}");
     }
     println!("Sinks:");
-    for name in ["adls_partitioned_jsonl", "console"] {
+    for name in ["adls_partitioned_jsonl", "blackhole", "console"] {
         println!("  {name}");
     }
     0

@@ -462,6 +462,18 @@ async fn auth_sas_and_wrong_key_and_hostile_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_through_faults_and_kill_9() {
+    chaos("on_seal").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_batch_is_exactly_once_through_faults_and_kill_9() {
+    chaos("every_batch").await;
+}
+
+/// Writes 3,015 changes (with transactions) while the agent is killed with
+/// SIGKILL four times and a proxy injects every kind of storage fault, then
+/// checks every change is in the lake exactly once and in order.
+async fn chaos(commit: &str) {
     use rand::Rng;
     let mongo = Mongod::start().await;
     let azurite = Azurite::start();
@@ -488,7 +500,7 @@ async fn exactly_once_through_faults_and_kill_9() {
         &mongo.uri(),
         &proxy.account_url(),
         &format!(
-            "{}\nrequest.timeout_secs = 1\nrequest.retry_attempts = 100\nroll.max_bytes = 30000\nbatch.max_events = 200\nhealthchecks.enabled = false",
+            "{}\ncommit = \"{commit}\"\nrequest.timeout_secs = 1\nrequest.retry_attempts = 100\nroll.max_bytes = 30000\nbatch.max_events = 200\nhealthchecks.enabled = false",
             shared_key()
         ),
     );

@@ -144,23 +144,22 @@ pub fn write_value(value: RawBsonRef<'_>, mode: ExtendedJsonMode, out: &mut Vec<
             let ms = dt.timestamp_millis();
             match mode {
                 Canonical => write_date_canonical(ms, out),
-                Relaxed => match rfc3339_millis(ms) {
-                    // Relaxed mode uses ISO-8601 only for years 1970-9999.
-                    Some(s) if (0..=253_402_300_799_999).contains(&ms) => {
-                        out.extend_from_slice(b"{\"$date\":\"");
-                        out.extend_from_slice(s.as_bytes());
-                        out.extend_from_slice(b"\"}");
-                    }
-                    _ => write_date_canonical(ms, out),
-                },
-                Simplified => match rfc3339_millis(ms) {
-                    Some(s) => {
+                // Relaxed mode uses ISO-8601 only for years 1970-9999.
+                Relaxed if (0..=253_402_300_799_999).contains(&ms) => {
+                    out.extend_from_slice(b"{\"$date\":\"");
+                    write_rfc3339_millis(ms, out);
+                    out.extend_from_slice(b"\"}");
+                }
+                Relaxed => write_date_canonical(ms, out),
+                Simplified => {
+                    out.push(b'"');
+                    if write_rfc3339_millis(ms, out) {
                         out.push(b'"');
-                        out.extend_from_slice(s.as_bytes());
-                        out.push(b'"');
+                    } else {
+                        out.pop();
+                        out.extend_from_slice(itoa::Buffer::new().format(ms).as_bytes());
                     }
-                    None => out.extend_from_slice(itoa::Buffer::new().format(ms).as_bytes()),
-                },
+                }
             }
         }
         RawBsonRef::Decimal128(d) => match mode {
@@ -235,8 +234,47 @@ fn write_date_canonical(ms: i64, out: &mut Vec<u8>) {
 
 /// `2024-08-10T19:00:00.123Z`, or `None` outside chrono's range.
 pub fn rfc3339_millis(ms: i64) -> Option<String> {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+    let mut out = Vec::with_capacity(24);
+    write_rfc3339_millis(ms, &mut out).then(|| String::from_utf8(out).expect("ASCII"))
+}
+
+/// Appends `2024-08-10T19:00:00.123Z` for `ms` since the epoch; false (and
+/// nothing written) for years outside 0-9999. Written digit by digit: this
+/// runs for every date in every document, where chrono's `format` (which
+/// interprets the format string each call) was the encoder's largest cost.
+pub fn write_rfc3339_millis(ms: i64, out: &mut Vec<u8>) -> bool {
+    use chrono::{Datelike, Timelike};
+    let Some(t) = chrono::DateTime::from_timestamp_millis(ms) else {
+        return false;
+    };
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        return false;
+    }
+    let mut digits = |v: u32, width: usize, out: &mut Vec<u8>| {
+        let mut buf = [b'0'; 4];
+        let mut v = v;
+        for i in (0..width).rev() {
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out.extend_from_slice(&buf[..width]);
+    };
+    digits(year as u32, 4, out);
+    out.push(b'-');
+    digits(t.month(), 2, out);
+    out.push(b'-');
+    digits(t.day(), 2, out);
+    out.push(b'T');
+    digits(t.hour(), 2, out);
+    out.push(b':');
+    digits(t.minute(), 2, out);
+    out.push(b':');
+    digits(t.second(), 2, out);
+    out.push(b'.');
+    digits(t.timestamp_subsec_millis(), 3, out);
+    out.push(b'Z');
+    true
 }
 
 fn write_f64_text(f: f64, out: &mut Vec<u8>) {
@@ -249,30 +287,45 @@ fn write_f64_text(f: f64, out: &mut Vec<u8>) {
     }
 }
 
-/// Writes a JSON string literal with RFC 8259 escaping.
+/// Which bytes need escaping in a JSON string (RFC 8259).
+static ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        table[i] = true;
+        i += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
+/// Writes a JSON string literal with RFC 8259 escaping, copying unescaped
+/// runs whole.
 pub fn write_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => {
-                out.extend_from_slice(&bytes[start..i]);
-                let _ = write!(out, "\\u{:04x}", b);
-                start = i + 1;
-                continue;
-            }
-            _ => continue,
-        };
+        if !ESCAPE[b as usize] {
+            continue;
+        }
         out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(escape);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(b >> 4) as usize]);
+                out.push(HEX[(b & 0xf) as usize]);
+            }
+        }
         start = i + 1;
     }
     out.extend_from_slice(&bytes[start..]);

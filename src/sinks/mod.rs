@@ -6,6 +6,7 @@
 
 pub mod adls_partitioned_jsonl;
 pub mod azure_common;
+pub mod blackhole;
 pub mod console;
 
 use async_trait::async_trait;

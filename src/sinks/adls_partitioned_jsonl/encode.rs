@@ -78,9 +78,19 @@ fn write_record(
     partition_time: DateTime<Utc>,
     out: &mut Vec<u8>,
 ) -> Result<(), MalformedBson> {
-    let get = |key: &str| -> Result<Option<RawBsonRef<'_>>, MalformedBson> {
-        event.get(key).map_err(|e| MalformedBson(e.to_string()))
-    };
+    // One pass over the event: placed fields into their slots, the rest
+    // kept (in order) for the end.
+    let mut placed: [Option<RawBsonRef<'_>>; PLACED.len()] = [None; PLACED.len()];
+    let mut extra: Vec<(&str, RawBsonRef<'_>)> = Vec::new();
+    for element in event.iter() {
+        let (key, value) = element.map_err(|e| MalformedBson(e.to_string()))?;
+        match PLACED.iter().position(|p| *p == key) {
+            Some(i) => placed[i] = Some(value),
+            None => extra.push((key, value)),
+        }
+    }
+    let [id, operation_type, ns, cluster_time, wall_time, txn_number, lsid, document_key, full_document, update_description, before] =
+        placed;
     let field = |out: &mut Vec<u8>, value: Option<RawBsonRef<'_>>| -> Result<(), MalformedBson> {
         match value {
             Some(v) => json::write_value(v, mode, out),
@@ -92,45 +102,36 @@ fn write_record(
     };
 
     out.extend_from_slice(b"{\"_meta\":{\"operationType\":");
-    field(out, get("operationType")?)?;
+    field(out, operation_type)?;
     out.extend_from_slice(b",\"ns\":");
-    field(out, get("ns")?)?;
+    field(out, ns)?;
     out.extend_from_slice(b",\"clusterTime\":");
-    field(out, get("clusterTime")?)?;
+    field(out, cluster_time)?;
     out.extend_from_slice(b",\"eventTime\":\"");
-    out.extend_from_slice(
-        partition_time
-            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-            .to_string()
-            .as_bytes(),
-    );
+    json::write_rfc3339_millis(partition_time.timestamp_millis(), out);
     out.extend_from_slice(b"\",\"wallTime\":");
-    field(out, get("wallTime")?)?;
+    field(out, wall_time)?;
     out.extend_from_slice(b",\"txnNumber\":");
-    field(out, get("txnNumber")?)?;
+    field(out, txn_number)?;
     out.extend_from_slice(b",\"lsid\":");
-    field(out, get("lsid")?)?;
+    field(out, lsid)?;
     out.extend_from_slice(b",\"resumeToken\":");
-    let token = get("_id")?
+    match id
         .and_then(|id| id.as_document())
-        .and_then(|id| id.get_str("_data").ok());
-    match token {
+        .and_then(|id| id.get_str("_data").ok())
+    {
         Some(t) => json::write_str(t, out),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b"},\"documentKey\":");
-    field(out, get("documentKey")?)?;
+    field(out, document_key)?;
     out.extend_from_slice(b",\"fullDocument\":");
-    field(out, get("fullDocument")?)?;
+    field(out, full_document)?;
     out.extend_from_slice(b",\"updateDescription\":");
-    field(out, get("updateDescription")?)?;
+    field(out, update_description)?;
     out.extend_from_slice(b",\"fullDocumentBeforeChange\":");
-    field(out, get("fullDocumentBeforeChange")?)?;
-    for element in event.iter() {
-        let (key, value) = element.map_err(|e| MalformedBson(e.to_string()))?;
-        if PLACED.contains(&key) {
-            continue;
-        }
+    field(out, before)?;
+    for (key, value) in extra {
         out.push(b',');
         json::write_str(key, out);
         out.push(b':');

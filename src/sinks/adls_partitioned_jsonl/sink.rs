@@ -125,6 +125,7 @@ pub async fn build(
         block_seq: 0,
         keys: HashMap::new(),
         watermarks: HashMap::new(),
+        flush_partial: false,
     };
     Ok((Box::new(sink), healthcheck))
 }
@@ -242,6 +243,8 @@ pub struct AdlsSink {
     keys: HashMap<FileKey, KeyRuntime>,
     /// Event-time progress per source (watermarks and event times).
     watermarks: HashMap<Arc<str>, DateTime<Utc>>,
+    /// Write partial batches at the next opportunity (a source went idle).
+    flush_partial: bool,
 }
 
 #[async_trait]
@@ -256,7 +259,9 @@ impl StreamSink for AdlsSink {
             .emit(&self.tags);
             return Err(());
         }
-        let mut input = input.fuse();
+        // Events are taken in ready chunks so the bookkeeping in `schedule`
+        // runs per chunk, not per event.
+        let mut input = input.ready_chunks(256).fuse();
         let mut input_done = false;
         let mut inflight: FuturesUnordered<Request> = FuturesUnordered::new();
         let mut tick = tokio::time::interval(TICK);
@@ -270,8 +275,12 @@ impl StreamSink for AdlsSink {
                         return Err(());
                     }
                 }
-                event = input.next(), if accept => match event {
-                    Some(event) => self.on_event(event, &mut inflight),
+                events = input.next(), if accept => match events {
+                    Some(events) => {
+                        for event in events {
+                            self.on_event(event, &mut inflight);
+                        }
+                    }
                     None => input_done = true,
                 },
                 _ = tick.tick() => {}
@@ -434,7 +443,12 @@ impl AdlsSink {
     fn on_event(&mut self, event: Event, inflight: &mut FuturesUnordered<Request>) {
         let mut log = match event {
             Event::Watermark(w) => {
+                // A watermark comes from a source that has caught up (an
+                // idle change stream): nothing is left to batch with, so
+                // partial batches are written now instead of waiting for
+                // `batch.timeout_secs`.
                 self.advance_watermark(&w.source_id, w.time);
+                self.flush_partial = true;
                 return;
             }
             Event::Log(log) => log,
@@ -572,6 +586,7 @@ impl AdlsSink {
             });
             if let Some(buf) = &rt.buffer {
                 if input_done
+                    || self.flush_partial
                     || rt.seal_wanted
                     || window_closed
                     || buf.data.len() >= self.batch.max_bytes
@@ -604,11 +619,17 @@ impl AdlsSink {
                 seals.push(key.clone());
             }
         }
+        let busy_with_buffer = self.keys.values().any(|rt| rt.busy && rt.buffer.is_some());
+        let all_flushed =
+            !busy_with_buffer && flushes.len() <= self.concurrency.saturating_sub(inflight.len());
         for key in flushes {
             if inflight.len() >= self.concurrency {
                 return;
             }
             self.flush(key, inflight);
+        }
+        if all_flushed {
+            self.flush_partial = false;
         }
         for key in seals {
             if inflight.len() >= self.concurrency {

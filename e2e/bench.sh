@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Drains a pre-loaded backlog of change events and compares, in one run:
+#   1. bare      - the Rust `mongodb` driver reading the same change stream and discarding it (the limit)
+#   2. blackhole - mongo-adls, mongodb_change_stream -> blackhole sink (source and runtime cost)
+#   3. azurite   - mongo-adls with default sink settings into Azurite (Shared Key)
+#   4. local     - mongo-adls with default sink settings into a file:// lake
+# Reports events/s, MB/s (of documents), CPU seconds, peak RSS and ratios.
+#
+#   BENCH_EVENTS=200000 BENCH_DOC_BYTES=1024 e2e/bench.sh
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+N="${BENCH_EVENTS:-200000}"
+SIZE="${BENCH_DOC_BYTES:-1024}"
+export MONGO_ADLS_SERVICES_DIR="${MONGO_ADLS_SERVICES_DIR:-$repo/.services}"
+out="$repo/e2e/out/bench-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$out"
+
+cargo build --release --locked --bin mongo-adls --example bench_tool >&2
+bin="${CARGO_TARGET_DIR:-$repo/target}/release"
+tool="$bin/examples/bench_tool"
+
+e2e/services.sh down >/dev/null 2>&1 || true
+rm -rf "$MONGO_ADLS_SERVICES_DIR/mongo-data" "$MONGO_ADLS_SERVICES_DIR/azurite-data"
+e2e/services.sh up >/dev/null
+trap 'e2e/services.sh down >/dev/null 2>&1 || true' EXIT
+set -a; . "$MONGO_ADLS_SERVICES_DIR/services.env"; set +a
+
+token="$("$tool" token "$MONGO_URI")"
+echo "loading $N documents of $SIZE bytes..." >&2
+"$tool" load "$MONGO_URI" "$N" "$SIZE"
+
+now() { date +%s.%N; }
+results="$out/results.tsv"
+printf 'run\tseconds\tevents_per_s\tmb_per_s\tcpu_s\tpeak_rss_mb\n' > "$results"
+record() { # name seconds cpu rss_kb
+  awk -v n="$1" -v s="$2" -v c="$3" -v r="$4" -v N="$N" -v B="$SIZE" \
+    'BEGIN { printf "%s\t%.2f\t%.0f\t%.1f\t%.2f\t%.0f\n", n, s, N/s, N*B/s/1e6, c, r/1024 }' >> "$results"
+}
+
+# 1. The bare driver loop.
+start=$(now)
+/usr/bin/time -f "%U %S %M" -o "$out/bare.time" "$tool" drain "$MONGO_URI" "$token" "$N" >&2
+end=$(now)
+read -r u s m < "$out/bare.time"
+record bare "$(echo "$end - $start" | bc)" "$(echo "$u + $s" | bc)" "$m"
+
+agent_run() { # name sink-toml
+  local name="$1" sink="$2" port
+  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  cat > "$out/$name.toml" <<TOML
+data_dir = "$out/$name-data"
+api.address = "127.0.0.1:$port"
+[sources.mongo]
+type = "mongodb_change_stream"
+uri = "$MONGO_URI"
+database = "bench"
+start_at = "$token"
+[sinks.out]
+inputs = ["mongo"]
+$sink
+TOML
+  local start end pid
+  start=$(now)
+  /usr/bin/time -f "%U %S %M" -o "$out/$name.time" "$bin/mongo-adls" -q --config "$out/$name.toml" 2>"$out/$name.log" &
+  pid=$!
+  "$tool" wait "http://127.0.0.1:$port/metrics" out "$N"
+  end=$(now)
+  pkill -TERM -P "$pid" mongo-adls || true
+  wait "$pid" || true
+  read -r u s m < "$out/$name.time"
+  record "$name" "$(echo "$end - $start" | bc)" "$(echo "$u + $s" | bc)" "$m"
+}
+
+agent_run blackhole 'type = "blackhole"'
+agent_run azurite "type = \"adls_partitioned_jsonl\"
+account_url = \"$ADLS_ACCOUNT_URL\"
+filesystem = \"bench\"
+create_filesystem = true
+auth.shared_key = \"$ADLS_SHARED_KEY\""
+agent_run local "type = \"adls_partitioned_jsonl\"
+account_url = \"file://$out/lake\"
+filesystem = \"bench\"
+create_filesystem = true"
+
+echo
+column -t "$results"
+awk -F'\t' 'NR==2 { bare=$3 } NR>2 { printf "%s / bare = %.2f\n", $1, $3/bare }' "$results"
+echo "(results in $results)"
