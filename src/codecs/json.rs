@@ -251,7 +251,7 @@ pub fn write_rfc3339_millis(ms: i64, out: &mut Vec<u8>) -> bool {
     if !(0..=9999).contains(&year) {
         return false;
     }
-    let mut digits = |v: u32, width: usize, out: &mut Vec<u8>| {
+    let digits = |v: u32, width: usize, out: &mut Vec<u8>| {
         let mut buf = [b'0'; 4];
         let mut v = v;
         for i in (0..width).rev() {
