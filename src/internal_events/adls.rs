@@ -29,9 +29,8 @@ impl SinkMetrics {
         }
     }
 
-    pub fn block_written(&self, bytes: usize, took: Duration) {
+    pub fn block_written(&self, bytes: usize) {
         self.bytes_written.increment(bytes as u64);
-        self.request_seconds.record(took.as_secs_f64());
     }
 
     pub fn request(&self, took: Duration) {

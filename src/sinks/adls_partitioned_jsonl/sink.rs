@@ -92,8 +92,22 @@ pub async fn build(
         Compression::None => ".jsonl",
         Compression::Gzip => ".jsonl.gz",
     };
-    let sink = AdlsSink {
+    let metrics = SinkMetrics::register(&cx.tags);
+    let requests = Requests {
         storage,
+        retry: RetryPolicy {
+            attempts: config.request.retry_attempts,
+            initial_backoff: Duration::from_secs_f64(
+                config.request.retry_initial_backoff_secs.max(0.0),
+            ),
+            max_backoff: Duration::from_secs_f64(config.request.retry_max_backoff_secs.max(0.0)),
+            timeout: Duration::from_secs_f64(config.request.timeout_secs.max(0.001)),
+        },
+        metrics: metrics.clone(),
+        tags: cx.tags.clone(),
+    };
+    let sink = AdlsSink {
+        requests,
         state,
         prefix,
         file_name,
@@ -108,18 +122,10 @@ pub async fn build(
         batch: config.batch.clone(),
         batch_timeout: Duration::from_secs_f64(config.batch.timeout_secs.max(0.0)),
         roll: config.roll.clone(),
-        retry: RetryPolicy {
-            attempts: config.request.retry_attempts,
-            initial_backoff: Duration::from_secs_f64(
-                config.request.retry_initial_backoff_secs.max(0.0),
-            ),
-            max_backoff: Duration::from_secs_f64(config.request.retry_max_backoff_secs.max(0.0)),
-            timeout: Duration::from_secs_f64(config.request.timeout_secs.max(0.001)),
-        },
         concurrency: config.request.concurrency,
         extension,
         sent: EventsSent::register(&cx.tags),
-        metrics: SinkMetrics::register(&cx.tags),
+        metrics,
         tags: cx.tags,
         run_id: uuid::Uuid::new_v4().simple().to_string(),
         block_seq: 0,
@@ -128,6 +134,33 @@ pub async fn build(
         flush_partial: false,
     };
     Ok((Box::new(sink), healthcheck))
+}
+
+/// Storage with the retry policy and metrics every request goes through;
+/// cheap to clone into request futures.
+#[derive(Clone)]
+struct Requests {
+    storage: Arc<dyn Storage>,
+    retry: RetryPolicy,
+    metrics: SinkMetrics,
+    tags: ComponentTags,
+}
+
+impl Requests {
+    /// Runs one storage operation with retries and records its duration.
+    async fn run<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, StorageError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StorageError>>,
+    {
+        let started = Instant::now();
+        let result = with_retries(&self.retry, op, |e, d| {
+            self.metrics.retry(&self.tags, what, &e.message, d)
+        })
+        .await;
+        self.metrics.request(started.elapsed());
+        result
+    }
 }
 
 /// Two windows must never map to one file name: with `roll.window_secs`
@@ -219,7 +252,7 @@ enum Done {
 type Request = Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
 
 pub struct AdlsSink {
-    storage: Arc<dyn Storage>,
+    requests: Requests,
     state: SinkState,
     prefix: Template,
     file_name: Template,
@@ -231,7 +264,6 @@ pub struct AdlsSink {
     batch: BatchConfig,
     batch_timeout: Duration,
     roll: RollConfig,
-    retry: RetryPolicy,
     concurrency: usize,
     extension: &'static str,
     tags: ComponentTags,
@@ -401,18 +433,14 @@ impl AdlsSink {
         let now = now_secs();
         for file in open {
             let ids = file.block_ids();
-            let storage = Arc::clone(&self.storage);
             let object = file.object.clone();
+            let requests = &self.requests;
             if self.commit == Commit::OnSeal {
-                let existing = with_retries(
-                    &self.retry,
-                    || storage.committed_blocks(&object),
-                    |e, d| {
-                        self.metrics
-                            .retry(&self.tags, "Get Block List", &e.message, d)
-                    },
-                )
-                .await?;
+                let existing = requests
+                    .run("Get Block List", || {
+                        requests.storage.committed_blocks(&object)
+                    })
+                    .await?;
                 if existing.as_ref() == Some(&ids) {
                     tracing::info!(
                         object,
@@ -421,15 +449,11 @@ impl AdlsSink {
                     self.state.sealed(&file.key, now);
                 }
             } else if file.committed < file.blocks.len() {
-                with_retries(
-                    &self.retry,
-                    || storage.commit_blocks(&object, &ids, false),
-                    |e, d| {
-                        self.metrics
-                            .retry(&self.tags, "Put Block List", &e.message, d)
-                    },
-                )
-                .await?;
+                requests
+                    .run("Put Block List", || {
+                        requests.storage.commit_blocks(&object, &ids, false)
+                    })
+                    .await?;
                 if let Some(f) = self.state.open.get_mut(&file.key) {
                     f.committed = f.blocks.len();
                 }
@@ -545,18 +569,13 @@ impl AdlsSink {
         );
         let body = self.compress(data);
         let bytes = body.len();
-        let storage = Arc::clone(&self.storage);
-        let retry = self.retry.clone();
-        let (metrics, tags) = (self.metrics.clone(), self.tags.clone());
+        let requests = self.requests.clone();
         inflight.push(Box::pin(async move {
-            let started = Instant::now();
-            let result = with_retries(
-                &retry,
-                || storage.put_if_absent(&name, body.clone()),
-                |e, d| metrics.retry(&tags, "Put Blob", &e.message, d),
-            )
-            .await;
-            metrics.request(started.elapsed());
+            let result = requests
+                .run("Put Blob", || {
+                    requests.storage.put_if_absent(&name, body.clone())
+                })
+                .await;
             match result {
                 Ok(_) => Done::Put { finalizers, bytes },
                 Err(error) => Done::Failed {
@@ -657,25 +676,21 @@ impl AdlsSink {
         let events = buffer.events as u64;
         let body = self.compress(buffer.data);
         let bytes = body.len() as u64;
-        let storage = Arc::clone(&self.storage);
-        let retry = self.retry.clone();
-        let (metrics, tags) = (self.metrics.clone(), self.tags.clone());
+        let requests = self.requests.clone();
         let Pending {
             finalizers,
             high_water,
             ..
         } = buffer;
         inflight.push(Box::pin(async move {
-            let started = Instant::now();
-            let result = with_retries(
-                &retry,
-                || storage.stage_block(&object, &id, body.clone()),
-                |e, d| metrics.retry(&tags, "Put Block", &e.message, d),
-            )
-            .await;
+            let result = requests
+                .run("Put Block", || {
+                    requests.storage.stage_block(&object, &id, body.clone())
+                })
+                .await;
             match result {
                 Ok(()) => {
-                    metrics.block_written(bytes as usize, started.elapsed());
+                    requests.metrics.block_written(bytes as usize);
                     Done::Staged {
                         key,
                         part,
@@ -706,28 +721,22 @@ impl AdlsSink {
         // stops writing to them.
         let already_visible =
             self.commit == Commit::EveryBatch && file.committed == file.blocks.len();
-        let storage = Arc::clone(&self.storage);
-        let retry = self.retry.clone();
-        let (metrics, tags) = (self.metrics.clone(), self.tags.clone());
+        let requests = self.requests.clone();
         let create_only = self.commit == Commit::OnSeal;
         inflight.push(Box::pin(async move {
             if already_visible {
                 return Done::Sealed { key, result: Ok(()) };
             }
-            let started = Instant::now();
-            let result = with_retries(
-                &retry,
-                || storage.commit_blocks(&object, &ids, create_only),
-                |e, d| metrics.retry(&tags, "Put Block List", &e.message, d),
-            )
-            .await;
-            metrics.request(started.elapsed());
+            let storage = &requests.storage;
+            let result = requests
+                .run("Put Block List", || storage.commit_blocks(&object, &ids, create_only))
+                .await;
             let result = match result {
                 Ok(Created::Created) => Ok(()),
                 Ok(Created::AlreadyExists) => {
                     // Our own commit whose response was lost, or a foreign
                     // object under our name: compare the block lists.
-                    match with_retries(&retry, || storage.committed_blocks(&object), |_, _| {}).await {
+                    match requests.run("Get Block List", || storage.committed_blocks(&object)).await {
                         Ok(Some(existing)) if existing == ids => Ok(()),
                         Ok(_) => Err(StorageError::permanent(format!(
                             "{object} already exists with other content; it was not written by this sink's current state (was data_dir reset?). Move it away to let this file be sealed"
@@ -794,18 +803,13 @@ impl AdlsSink {
                         finalize_all(finalizers, EventStatus::Delivered);
                     }
                     Commit::EveryBatch => {
-                        let storage = Arc::clone(&self.storage);
-                        let retry = self.retry.clone();
-                        let (metrics, tags) = (self.metrics.clone(), self.tags.clone());
+                        let requests = self.requests.clone();
                         inflight.push(Box::pin(async move {
-                            let started = Instant::now();
-                            let result = with_retries(
-                                &retry,
-                                || storage.commit_blocks(&object, &ids, false),
-                                |e, d| metrics.retry(&tags, "Put Block List", &e.message, d),
-                            )
-                            .await;
-                            metrics.request(started.elapsed());
+                            let result = requests
+                                .run("Put Block List", || {
+                                    requests.storage.commit_blocks(&object, &ids, false)
+                                })
+                                .await;
                             match result {
                                 Ok(_) => Done::Committed {
                                     key,
@@ -856,7 +860,7 @@ impl AdlsSink {
                             }
                             self.metrics
                                 .file_sealed(&file.object, file.events, file.bytes);
-                            let storage = Arc::clone(&self.storage);
+                            let storage = Arc::clone(&self.requests.storage);
                             tokio::spawn(async move { storage.release(&file.object).await });
                         }
                         self.metrics.open_files(self.state.open.len());
@@ -909,7 +913,7 @@ impl AdlsSink {
                 finalize_all(finalizers, status);
             }
             Done::Put { finalizers, bytes } => {
-                self.metrics.block_written(bytes, Duration::ZERO);
+                self.metrics.block_written(bytes);
                 self.sent.emit(1, bytes);
                 finalizers.finalize(EventStatus::Delivered);
             }
