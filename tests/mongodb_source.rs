@@ -17,7 +17,9 @@ use serde_json::Value;
 use support::{eventually, Mongod};
 
 struct Agent {
-    child: Child,
+    /// `None` once stopped; a running agent is killed on drop, so a failing
+    /// test never leaves one behind (it would hold the test runner's output).
+    child: Option<Child>,
     lines: Arc<Mutex<Vec<Value>>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
@@ -46,7 +48,7 @@ impl Agent {
             }
         });
         Self {
-            child,
+            child: Some(child),
             lines,
             reader: Some(reader),
         }
@@ -65,10 +67,20 @@ impl Agent {
     }
 
     fn stop(mut self, signal: i32) -> (Option<i32>, Vec<Value>) {
-        unsafe { libc::kill(self.child.id() as i32, signal) };
-        let status = self.child.wait().unwrap();
+        let mut child = self.child.take().expect("running");
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = child.wait().unwrap();
         self.reader.take().unwrap().join().unwrap();
         (status.code(), self.events())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -243,6 +255,18 @@ async fn insert_range(client: &mongodb::Client, from: i64, to: i64) {
     }
 }
 
+/// Inserts `from..to` in chunks of 100 with a pause between them, so a
+/// stream is still busy while the test stops and restarts the agent.
+async fn insert_paced(client: &mongodb::Client, from: i64, to: i64, pause: Duration) {
+    let mut start = from;
+    while start < to {
+        let end = (start + 100).min(to);
+        insert_range(client, start, end).await;
+        start = end;
+        tokio::time::sleep(pause).await;
+    }
+}
+
 fn seqs(events: &[Value]) -> Vec<i64> {
     events
         .iter()
@@ -270,7 +294,10 @@ async fn restarts_replay_only_unacknowledged_events() {
     wait_started(dir.path()).await;
     let writer = {
         let client = client.clone();
-        tokio::spawn(async move { insert_range(&client, 0, 3000).await })
+        // About 6 s of writes: runs 1 and 2 each stop in the middle.
+        tokio::spawn(
+            async move { insert_paced(&client, 0, 3000, Duration::from_millis(200)).await },
+        )
     };
     agent.wait_for(500).await;
     let (code, events) = agent.stop(libc::SIGTERM);
@@ -404,4 +431,40 @@ async fn lost_history_follows_the_policy() {
     let (code, events) = agent.stop(libc::SIGTERM);
     assert_eq!(code, Some(0));
     assert_eq!(seqs(&events), vec![100, 101, 102]);
+}
+
+#[tokio::test]
+async fn collection_stream_survives_drop_and_recreate() {
+    let mongo = Mongod::start().await;
+    let client = mongo.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &mongo.uri(),
+        "database = \"app\"\ncollection = \"items\"",
+    );
+    let agent = Agent::start(&cfg);
+    wait_started(dir.path()).await;
+    insert_range(&client, 0, 3).await;
+    agent.wait_for(3).await;
+
+    // Dropping the collection invalidates a collection-level stream; the
+    // source passes the events on and reopens after the invalidate.
+    client
+        .database("app")
+        .collection::<Document>("items")
+        .drop()
+        .await
+        .unwrap();
+    let events = agent.wait_for(5).await;
+    let ops: Vec<&str> = events[3..5]
+        .iter()
+        .map(|e| e["operationType"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, ["drop", "invalidate"]);
+    insert_range(&client, 10, 12).await;
+    agent.wait_for(7).await;
+    let (code, events) = agent.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0));
+    assert_eq!(seqs(&events), vec![0, 1, 2, 10, 11]);
 }

@@ -132,6 +132,7 @@ pub async fn build(
         keys: HashMap::new(),
         watermarks: HashMap::new(),
         flush_partial: false,
+        last_window: (0, 0),
     };
     Ok((Box::new(sink), healthcheck))
 }
@@ -277,6 +278,8 @@ pub struct AdlsSink {
     watermarks: HashMap<Arc<str>, DateTime<Utc>>,
     /// Write partial batches at the next opportunity (a source went idle).
     flush_partial: bool,
+    /// The last window computed: `[start, end)` in UTC seconds.
+    last_window: (i64, i64),
 }
 
 #[async_trait]
@@ -364,6 +367,22 @@ impl AdlsSink {
                     || b.events >= self.batch.max_events.saturating_mul(2)
             })
         })
+    }
+
+    /// The window start (UTC seconds) of an event time. Consecutive events
+    /// almost always share a window, so the last one is remembered instead
+    /// of converting through the time zone for every event.
+    fn window_of(&mut self, time: DateTime<Utc>) -> i64 {
+        let t = time.timestamp();
+        let (start, end) = self.last_window;
+        if (start..end).contains(&t) {
+            return start;
+        }
+        let start = self.windows.start_of(time);
+        let end = self.windows.end_of(&start).timestamp();
+        let start = start.with_timezone(&Utc).timestamp();
+        self.last_window = (start, end);
+        start
     }
 
     fn window_start(&self, key: &FileKey) -> DateTime<Tz> {
@@ -490,7 +509,7 @@ impl AdlsSink {
         let key = FileKey {
             db,
             coll,
-            window_start: self.windows.start_of(time).with_timezone(&Utc).timestamp(),
+            window_start: self.window_of(time),
         };
         let position = log.metadata.position.clone();
         if let (Some(p), Some(hw)) = (&position, self.state.high_water(&key)) {
@@ -501,13 +520,17 @@ impl AdlsSink {
                 return;
             }
         }
+        // Sized for a whole batch up front: growing an 8 MB buffer by
+        // doubling would copy it several times per batch (untouched pages
+        // of a large allocation cost no memory).
+        let capacity = self.batch.max_bytes.min(16 << 20) + 64 * 1024;
         let runtime = self.keys.entry(key).or_default();
         if runtime.poisoned {
             finalizers.finalize(EventStatus::Errored);
             return;
         }
         let buffer = runtime.buffer.get_or_insert_with(|| Pending {
-            data: Vec::with_capacity(64 * 1024),
+            data: Vec::with_capacity(capacity),
             events: 0,
             finalizers: Vec::new(),
             high_water: None,
