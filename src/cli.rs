@@ -88,6 +88,7 @@ enum LogFormat {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
+    limit_malloc_arenas();
     let opts = Opts::parse();
     init_logging(&opts);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -105,6 +106,19 @@ pub fn main() -> i32 {
     // Do not wait for blocking tasks (stdin readers, DNS) at exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// glibc gives each thread that allocates its own malloc arena, and batches
+/// of megabytes are allocated on one tokio worker and freed on another; two
+/// arenas keep freed memory reusable (file:// lake, 16 KB documents: peak
+/// RSS 162 MB before, 135 MB after, in `e2e/bench.sh`).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 fn init_logging(opts: &Opts) {

@@ -360,11 +360,13 @@ fn namespace(event: &LogEvent) -> (String, String) {
 }
 
 impl AdlsSink {
+    /// A full batch waiting for its file's previous write stops intake:
+    /// memory stays at one batch being written plus one being filled per
+    /// file.
     fn buffers_full(&self) -> bool {
         self.keys.values().any(|k| {
             k.buffer.as_ref().is_some_and(|b| {
-                b.data.len() >= self.batch.max_bytes.saturating_mul(2)
-                    || b.events >= self.batch.max_events.saturating_mul(2)
+                b.data.len() >= self.batch.max_bytes || b.events >= self.batch.max_events
             })
         })
     }
