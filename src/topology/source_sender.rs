@@ -38,9 +38,4 @@ impl SourceSender {
         }
         Ok(())
     }
-
-    /// A sender connected to the given buffers, for tests of components.
-    pub fn for_test(outputs: Vec<BufferSender>) -> Self {
-        Self::new(outputs, &ComponentTags::new("test", "source", "test"))
-    }
 }
