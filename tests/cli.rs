@@ -64,6 +64,24 @@ fn config_errors_name_key_and_line_and_exit_78() {
         "{stderr}"
     );
 
+    // A wrong value inside a component's own options names its key and line.
+    let path = write(
+        dir.path(),
+        "bad_value.toml",
+        "[sources.demo]\ntype = \"demo_events\"\n\n[sinks.out]\ntype = \"console\"\ninputs = [\"demo\"]\nencoding.extended_json = \"loose\"\n",
+    );
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad_value.toml:7") && stderr.contains("sinks.out.encoding.extended_json"),
+        "{stderr}"
+    );
+
     // A duplicate id across merged files names both places.
     let a = write(
         dir.path(),

@@ -156,6 +156,11 @@ fn parse_error(path: &Path, text: &str, key: &str, e: &toml::de::Error) -> Confi
                 format!("{key}.{field}")
             }
         });
+    // Errors raised inside a component's own struct reach us without their
+    // key path (typetag deserializes through erased_serde, which keeps only
+    // the message), so find the value the message quotes within the
+    // component's table.
+    let unknown_key = unknown_key.or_else(|| quoted_value_key(text, key, message));
     let key = unknown_key.clone().unwrap_or_else(|| key.to_string());
     let line = unknown_key
         .and_then(|k| key_span(text, &k))
@@ -168,6 +173,64 @@ fn parse_error(path: &Path, text: &str, key: &str, e: &toml::de::Error) -> Confi
         line,
         key,
         message: message.to_string(),
+    }
+}
+
+/// For an error on a component (`sinks.lake`) whose message quotes the bad
+/// value (``unknown variant `loose` ``, `invalid type: string "ten"`), the
+/// dotted key of the one leaf in that component holding that value.
+fn quoted_value_key(text: &str, component: &str, message: &str) -> Option<String> {
+    if component.split('.').count() != 2 {
+        return None;
+    }
+    let quoted = message
+        .split_once('`')
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(v, _)| v)
+        .or_else(|| {
+            message
+                .split_once('"')
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map(|(v, _)| v)
+        })?;
+    let root = DeTable::parse(text).ok()?;
+    let mut table = root.get_ref();
+    for part in component.split('.') {
+        match table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == part)?
+            .1
+            .get_ref()
+        {
+            DeValue::Table(t) => table = t,
+            _ => return None,
+        }
+    }
+    let mut found = Vec::new();
+    collect_leaves(table, component, quoted, &mut found);
+    match found.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
+}
+
+fn collect_leaves(table: &DeTable<'_>, prefix: &str, wanted: &str, found: &mut Vec<String>) {
+    for (k, v) in table.iter() {
+        let key = format!("{prefix}.{}", k.get_ref());
+        let matches = match v.get_ref() {
+            DeValue::Table(t) => {
+                collect_leaves(t, &key, wanted, found);
+                false
+            }
+            DeValue::String(s) => s.as_ref() == wanted,
+            DeValue::Integer(i) => i.as_str() == wanted,
+            DeValue::Float(f) => f.as_str() == wanted,
+            DeValue::Boolean(b) => b.to_string() == wanted,
+            _ => false,
+        };
+        if matches {
+            found.push(key);
+        }
     }
 }
 
