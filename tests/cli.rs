@@ -29,93 +29,73 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Runs `validate` on `files` and checks it exits 78 with every `needle`
+/// in its error output.
+fn assert_config_error(files: &[&Path], needles: &[&str]) {
+    let mut cmd = bin();
+    cmd.arg("validate");
+    for f in files {
+        cmd.arg("--config").arg(f);
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in needles {
+        assert!(stderr.contains(needle), "missing {needle:?} in: {stderr}");
+    }
+}
+
 #[test]
 fn config_errors_name_key_and_line_and_exit_78() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        "bad.toml",
-        "data_dir = \"/tmp/x\"\n\n[sources.demo]\ntype = \"demo_events\"\n\n[sinks.out]\ntype = \"console\"\ninputs = [\"demo\"]\nbuffer.max_evnts = 10\n",
-    );
-    let out = bin()
-        .args(["validate", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("bad.toml:9"), "{stderr}");
-    assert!(stderr.contains("max_evnts"), "{stderr}");
+    let d = dir.path();
+    let sink = "[sinks.out]\ntype = \"console\"\ninputs = [\"demo\"]\n";
 
+    // An unknown key.
     let path = write(
-        dir.path(),
+        d,
+        "bad.toml",
+        &format!("data_dir = \"/tmp/x\"\n\n[sources.demo]\ntype = \"demo_events\"\n\n{sink}buffer.max_evnts = 10\n"),
+    );
+    assert_config_error(&[&path], &["bad.toml:9", "max_evnts"]);
+
+    // An input that does not exist.
+    let path = write(
+        d,
         "missing_input.toml",
         "[sources.demo]\ntype = \"demo_events\"\n[sinks.out]\ntype = \"console\"\ninputs = [\"nope\"]\n",
     );
-    let out = bin()
-        .args(["validate", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("missing_input.toml:5") && stderr.contains("`nope`"),
-        "{stderr}"
-    );
+    assert_config_error(&[&path], &["missing_input.toml:5", "`nope`"]);
 
-    // A wrong value inside a component's own options names its key and line.
+    // A wrong value inside a component's own options.
     let path = write(
-        dir.path(),
+        d,
         "bad_value.toml",
-        "[sources.demo]\ntype = \"demo_events\"\n\n[sinks.out]\ntype = \"console\"\ninputs = [\"demo\"]\nencoding.extended_json = \"loose\"\n",
+        &format!(
+            "[sources.demo]\ntype = \"demo_events\"\n\n{sink}encoding.extended_json = \"loose\"\n"
+        ),
     );
-    let out = bin()
-        .args(["validate", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("bad_value.toml:7") && stderr.contains("sinks.out.encoding.extended_json"),
-        "{stderr}"
+    assert_config_error(
+        &[&path],
+        &["bad_value.toml:7", "sinks.out.encoding.extended_json"],
     );
 
     // A duplicate id across merged files names both places.
-    let a = write(
-        dir.path(),
-        "a.toml",
-        "[sources.demo]\ntype = \"demo_events\"\n",
-    );
+    let a = write(d, "a.toml", "[sources.demo]\ntype = \"demo_events\"\n");
     let b = write(
-        dir.path(),
+        d,
         "b.toml",
-        "[sources.demo]\ntype = \"demo_events\"\n[sinks.out]\ntype = \"console\"\ninputs = [\"demo\"]\n",
+        &format!("[sources.demo]\ntype = \"demo_events\"\n{sink}"),
     );
-    let out = bin()
-        .args(["validate", "-c"])
-        .arg(&a)
-        .arg("-c")
-        .arg(&b)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("b.toml:1") && stderr.contains("a.toml:1"),
-        "{stderr}"
-    );
+    assert_config_error(&[&a, &b], &["b.toml:1", "a.toml:1"]);
 
     // A required variable that is unset.
     let path = write(
-        dir.path(),
+        d,
         "env.toml",
         "data_dir = \"${MONGO_ADLS_TEST_UNSET:?set it}\"\n",
     );
-    let out = bin().args(["validate", "-c"]).arg(&path).output().unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("env.toml:1"));
+    assert_config_error(&[&path], &["env.toml:1", "set it"]);
 }
 
 #[test]

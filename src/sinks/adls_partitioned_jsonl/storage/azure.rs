@@ -233,10 +233,6 @@ fn already_exists(e: &azure_core::Error) -> bool {
         if u16::from(*status) == 409 && error_code.as_deref() == Some("BlobAlreadyExists"))
 }
 
-fn decode_id(id: &str) -> Vec<u8> {
-    id.as_bytes().to_vec()
-}
-
 #[async_trait]
 impl Storage for AzureStorage {
     async fn stage_block(
@@ -247,7 +243,7 @@ impl Storage for AzureStorage {
     ) -> Result<(), StorageError> {
         let blob = self.blob(name)?;
         let len = data.len() as u64;
-        blob.stage_block(&decode_id(block_id), len, data.into(), None)
+        blob.stage_block(block_id.as_bytes(), len, data.into(), None)
             .await
             .map(|_| ())
             .map_err(|e| map_error(&format!("Put Block {name}"), e))
@@ -261,7 +257,7 @@ impl Storage for AzureStorage {
     ) -> Result<Created, StorageError> {
         let blob = self.blob(name)?;
         let list = BlockLookupList {
-            latest: Some(block_ids.iter().map(|id| decode_id(id)).collect()),
+            latest: Some(block_ids.iter().map(|id| id.as_bytes().to_vec()).collect()),
             ..Default::default()
         };
         let content = list
