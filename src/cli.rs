@@ -1,6 +1,7 @@
 //! The command line: `mongo-adls --config FILE...` runs a pipeline,
 //! `validate` checks configuration (and, unless `--no-environment`, builds
-//! components and runs healthchecks), `list` prints component types.
+//! components and runs healthchecks), `list` prints component types,
+//! `snowflake-sql` prints the SQL that loads a sink's lake into Snowflake.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -78,6 +79,32 @@ enum Command {
     },
     /// List the available component types.
     List,
+    /// Print the Snowflake SQL (integration, file format, stage, table,
+    /// COPY INTO, task, pipe) that loads an `adls_partitioned_jsonl` sink's
+    /// files, derived from its options.
+    SnowflakeSql {
+        /// The sink id; needed when the config has several such sinks.
+        #[arg(long)]
+        sink: Option<String>,
+        /// Bronze table (`name` or `db.schema.name`).
+        #[arg(long, default_value = "mongo_events")]
+        table: String,
+        /// External stage name.
+        #[arg(long, default_value = "mongo_adls_stage")]
+        stage: String,
+        /// Storage integration name.
+        #[arg(long, default_value = "mongo_adls_integration")]
+        integration: String,
+        /// File format name.
+        #[arg(long, default_value = "mongo_adls_jsonl")]
+        file_format: String,
+        /// Cron schedule (five fields, UTC) of the load task.
+        #[arg(long, default_value = "*/15 * * * *")]
+        schedule: String,
+        /// Warehouse for the task (default: a serverless task).
+        #[arg(long)]
+        warehouse: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -99,6 +126,26 @@ pub fn main() -> i32 {
     let code = runtime.block_on(async move {
         match &opts.command {
             Some(Command::List) => list(),
+            Some(Command::SnowflakeSql {
+                sink,
+                table,
+                stage,
+                integration,
+                file_format,
+                schedule,
+                warehouse,
+            }) => {
+                let options = crate::snowflake::Options {
+                    sink: sink.clone(),
+                    table: table.clone(),
+                    stage: stage.clone(),
+                    integration: integration.clone(),
+                    file_format: file_format.clone(),
+                    schedule: schedule.clone(),
+                    warehouse: warehouse.clone(),
+                };
+                snowflake_sql(&opts, &options)
+            }
             Some(Command::Validate { no_environment }) => validate(&opts, *no_environment).await,
             None => run(&opts).await,
         }
@@ -167,6 +214,23 @@ fn load(opts: &Opts, interpolate_env: bool) -> Result<config::Config, i32> {
         }
         EXIT_CONFIG
     })
+}
+
+fn snowflake_sql(opts: &Opts, options: &crate::snowflake::Options) -> i32 {
+    let config = match load(opts, true) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match crate::snowflake::generate(&config, options) {
+        Ok(sql) => {
+            print!("{sql}");
+            0
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            EXIT_CONFIG
+        }
+    }
 }
 
 async fn validate(opts: &Opts, no_environment: bool) -> i32 {

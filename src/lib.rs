@@ -14,6 +14,7 @@ pub mod internal_events;
 pub mod redact;
 pub mod shutdown;
 pub mod sinks;
+pub mod snowflake;
 pub mod sources;
 pub mod topology;
 

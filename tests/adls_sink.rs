@@ -145,6 +145,41 @@ fn rolling_name_ok(name: &str, ext: &str) -> bool {
     re.is_match(name)
 }
 
+/// The `snowflake-sql` file pattern, derived from the sink's config, matches
+/// every file the sink wrote, and its partition regex extracts the time
+/// fields the file name was rendered from (`events-%Y%m%d-%H%M%S`, folders
+/// `year=/month=/day=/hour=`).
+fn assert_snowflake_patterns_match<'a>(config: &Path, names: impl Iterator<Item = &'a String>) {
+    let config = mongo_adls::config::load_from_paths(&[config.to_path_buf()], true).unwrap();
+    let (_, sink) = mongo_adls::snowflake::find_sink(&config, None).unwrap();
+    let pattern = mongo_adls::snowflake::FilePattern::from_config(sink).unwrap();
+    let whole = regex::Regex::new(&format!("^(?:{})$", pattern.copy_pattern())).unwrap();
+    let extract = regex::Regex::new(&pattern.extract_regex()).unwrap();
+    let folders = regex::Regex::new(r"year=(\d{4})/month=(\d\d)/day=(\d\d)/hour=(\d\d)/").unwrap();
+    let stamp = regex::Regex::new(r"events-(\d{4})(\d\d)(\d\d)-(\d\d)(\d\d)(\d\d)").unwrap();
+    let mut count = 0;
+    for name in names {
+        count += 1;
+        assert!(whole.is_match(name), "PATTERN misses {name}");
+        let caps = extract.captures(name).unwrap();
+        let got: HashMap<&str, &str> = pattern
+            .columns
+            .iter()
+            .map(|c| (c.name, caps.get(c.group).unwrap().as_str()))
+            .collect();
+        let f = folders.captures(name).unwrap();
+        for (i, field) in ["year", "month", "day", "hour"].iter().enumerate() {
+            assert_eq!(got[field], &f[i + 1], "{field} of {name}");
+        }
+        if let Some(s) = stamp.captures(name) {
+            assert_eq!(got["minute"], &s[5], "{name}");
+            assert_eq!(got["second"], &s[6], "{name}");
+        }
+    }
+    assert!(count > 0);
+    assert!(!whole.is_match("_mongo_adls_healthcheck"));
+}
+
 /// Every line of every object, by object name.
 async fn read_all(lake: &Lake) -> BTreeMap<String, Vec<Value>> {
     let mut out = BTreeMap::new();
@@ -212,9 +247,11 @@ async fn layout_modes_and_immutable_files() {
         ),
     ];
     let mut agents = Vec::new();
+    let mut configs = Vec::new();
     for (name, _, options) in &variants {
         let cfg = agent_config(dir.path(), name, &uri, &url, options);
         agents.push(Agent::start(&cfg));
+        configs.push(cfg);
     }
     let lakes: Vec<Lake> = variants
         .iter()
@@ -278,9 +315,10 @@ async fn layout_modes_and_immutable_files() {
     )
     .unwrap();
     let stamp_re = regex::Regex::new(r"events-(\d{8})-(\d{6})").unwrap();
-    for ((name, ext, _), lake) in variants.iter().zip(&lakes) {
+    for (((name, ext, _), lake), cfg) in variants.iter().zip(&lakes).zip(&configs) {
         let files = read_all(lake).await;
         assert_exactly_once_in_order(&files, expected);
+        assert_snowflake_patterns_match(cfg, files.keys());
         let all: Vec<&Value> = files.values().flatten().collect();
         let ops: HashMap<&str, usize> = all.iter().fold(HashMap::new(), |mut m, v| {
             *m.entry(v["_meta"]["operationType"].as_str().unwrap())
@@ -362,6 +400,117 @@ async fn layout_modes_and_immutable_files() {
         if let Some(first) = first_seen.get(&o.name) {
             assert_eq!(first, &o);
         }
+    }
+}
+
+/// Paths of all files under `root`, relative to it.
+fn files_under(root: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(path),
+                Ok(m) => out.push((
+                    path.strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                    m.len(),
+                )),
+                Err(_) => {} // removed while listing
+            }
+        }
+    }
+    out
+}
+
+/// The `file://` lake end to end: exactly once, a sealed file never
+/// changes, and nothing in progress (staged blocks, commit temp files)
+/// matches the `snowflake-sql` file pattern, from the lake root or the
+/// filesystem folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_lake_exactly_once_and_in_progress_files_never_match() {
+    let mongo = Mongod::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake-root");
+    let url = format!("file://{}", root.display());
+    let cfg = agent_config(dir.path(), "local", &mongo.uri(), &url, "");
+    let agent = Agent::start(&cfg);
+    let config = mongo_adls::config::load_from_paths(std::slice::from_ref(&cfg), true).unwrap();
+    let (_, sink) = mongo_adls::snowflake::find_sink(&config, None).unwrap();
+    let pattern = mongo_adls::snowflake::FilePattern::from_config(sink).unwrap();
+    let whole = regex::Regex::new(&format!("^(?:{})$", pattern.copy_pattern())).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (root, done, whole) = (root.clone(), std::sync::Arc::clone(&done), whole.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut sealed: HashMap<String, u64> = HashMap::new();
+            let mut in_progress = HashSet::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                for (path, len) in files_under(&root) {
+                    let in_fs = path.strip_prefix("local/");
+                    let visible = in_fs.is_some_and(|p| whole.is_match(p));
+                    if visible {
+                        let first = *sealed.entry(path.clone()).or_insert(len);
+                        assert_eq!(first, len, "{path} changed after it appeared");
+                    } else {
+                        assert!(!whole.is_match(&path), "in-progress {path} matches");
+                        in_progress.insert(path);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (sealed, in_progress)
+        })
+    };
+    let client = mongo.client().await;
+    let expected = workload(&client).await;
+    let read = |root: &Path| -> BTreeMap<String, Vec<Value>> {
+        let base = root.join("local");
+        files_under(&base)
+            .into_iter()
+            .filter(|(p, _)| whole.is_match(p))
+            .map(|(p, _)| {
+                let text = std::fs::read_to_string(base.join(&p)).unwrap();
+                let lines = text
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+                (p, lines)
+            })
+            .collect()
+    };
+    eventually(Duration::from_secs(60), async || {
+        let n = total_lines(&read(&root));
+        if n < expected {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        (n >= expected).then_some(())
+    })
+    .await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (sealed, in_progress) = watcher.await.unwrap();
+    assert_eq!(agent.stop(), Some(0));
+    let files = read(&root);
+    assert_exactly_once_in_order(&files, expected);
+    assert_snowflake_patterns_match(&cfg, files.keys());
+    assert!(sealed.len() > 2, "several windows sealed: {sealed:?}");
+    assert!(
+        in_progress
+            .iter()
+            .any(|p| p.starts_with(".mongo-adls-staging/")),
+        "the watcher saw staged blocks: {in_progress:?}"
+    );
+    // Everything visible is complete: nothing else sits in the filesystem folder.
+    for (path, _) in files_under(&root.join("local")) {
+        assert!(whole.is_match(&path), "stray file {path}");
     }
 }
 

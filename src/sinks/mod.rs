@@ -35,7 +35,9 @@ pub struct SinkContext {
 
 #[async_trait]
 #[typetag::serde(tag = "type")]
-pub trait SinkConfig: std::fmt::Debug + Send + Sync {
+// `Any` lets tools that read a sink's options (`snowflake-sql`) downcast
+// `&dyn SinkConfig` to the concrete type by trait upcasting.
+pub trait SinkConfig: std::any::Any + std::fmt::Debug + Send + Sync {
     /// Creates the running sink and its healthcheck.
     async fn build(&self, cx: SinkContext) -> crate::Result<(Box<dyn StreamSink>, Healthcheck)>;
 

@@ -9,7 +9,7 @@
 //! - `state.rs`: open files, staged blocks and high-water positions.
 //! - `sink.rs`: batching, writing, acknowledging and sealing.
 
-mod config;
+pub mod config;
 pub mod encode;
 pub mod partition;
 mod sink;

@@ -20,8 +20,9 @@ pub enum TemplateError {
     Strftime { template: String, text: String },
 }
 
+/// One piece of a template.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Piece {
+pub enum Piece {
     /// Literal text with strftime fields.
     Time(String),
     Db,
@@ -62,6 +63,11 @@ impl Template {
             pieces.push(Piece::Time(check_strftime(template, rest)?));
         }
         Ok(Self { pieces })
+    }
+
+    /// The pieces in order (for deriving file-name patterns).
+    pub fn pieces(&self) -> &[Piece] {
+        &self.pieces
     }
 
     /// Renders for a namespace and a window start (already in the

@@ -48,7 +48,7 @@ pub struct AzureStorage {
 }
 
 /// The service URL and account name for an `account_url`.
-fn service_url(account_url: &str) -> Result<(Url, String), String> {
+pub(crate) fn service_url(account_url: &str) -> Result<(Url, String), String> {
     let mut url = Url::parse(account_url.trim_end_matches('/'))
         .map_err(|e| format!("`account_url` {account_url:?} is not a URL: {e}"))?;
     let host = url.host_str().unwrap_or_default().to_string();

@@ -1,0 +1,272 @@
+//! `mongo-adls snowflake-sql`: the generated SQL parses as Snowflake SQL,
+//! its file pattern and partition regexes agree with the sink's names, and
+//! the output for the example configs is pinned (`tests/snapshots/`; run
+//! with `UPDATE_SNAPSHOTS=1` to rewrite them after an intended change).
+
+use std::{path::Path, process::Command};
+
+use mongo_adls::snowflake::{self, FilePattern};
+use regex::Regex;
+use sqlparser::{dialect::SnowflakeDialect, parser::Parser};
+
+fn bin(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+        .arg("--config")
+        .arg(config)
+        .arg("snowflake-sql")
+        .args(args)
+        // The example configs read these; their defaults make the output fixed.
+        .env_remove("ADLS_ACCOUNT")
+        .env_remove("ADLS_ACCOUNT_URL")
+        .env_remove("ADLS_SAS")
+        .env_remove("MONGO_URI")
+        .env_remove("MONGO_ADLS_LAKE")
+        .output()
+        .unwrap()
+}
+
+fn sink_config(dir: &Path, name: &str, options: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+data_dir = "{}"
+[sources.in]
+type = "demo_events"
+[sinks.lake]
+type = "adls_partitioned_jsonl"
+inputs = ["in"]
+account_url = "https://acct.dfs.core.windows.net"
+filesystem = "raw"
+auth.sas_token = "sv=2024&sig=SECRET-SIG"
+{options}
+"#,
+            dir.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Statements of the script, comments stripped by the parser; each ends
+/// with `;` at the end of a line (the generator writes them that way).
+fn statements(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in sql.lines() {
+        if line.trim_start().starts_with("--") {
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+        let code = line.split(" --").next().unwrap_or(line).trim_end();
+        if code.ends_with(';') {
+            out.push(std::mem::take(&mut current).trim_start().to_string());
+        }
+    }
+    assert!(
+        current.trim().is_empty(),
+        "unterminated statement: {current}"
+    );
+    out
+}
+
+fn parse(sql: &str) {
+    Parser::parse_sql(&SnowflakeDialect {}, sql)
+        .unwrap_or_else(|e| panic!("does not parse as Snowflake SQL: {e}\n{sql}"));
+}
+
+/// Every statement parses with sqlparser's Snowflake dialect. sqlparser
+/// 0.64 has no grammar for integrations, tasks and pipes: for those the
+/// header is checked against Snowflake's documented shape and the COPY
+/// they wrap is parsed.
+fn assert_parses(sql: &str) -> usize {
+    let header_shapes = [
+        (
+            "CREATE STORAGE INTEGRATION",
+            r"^CREATE STORAGE INTEGRATION IF NOT EXISTS \w+\n  TYPE = EXTERNAL_STAGE\n  STORAGE_PROVIDER = 'AZURE'\n  ENABLED = TRUE\n  AZURE_TENANT_ID = '[^']+'( --[^\n]*)?\n  STORAGE_ALLOWED_LOCATIONS = \('azure://[^']+/'\);\n$",
+        ),
+        (
+            "CREATE NOTIFICATION INTEGRATION",
+            r"^CREATE NOTIFICATION INTEGRATION IF NOT EXISTS \w+\n  ENABLED = TRUE\n  TYPE = QUEUE\n  NOTIFICATION_PROVIDER = AZURE_STORAGE_QUEUE\n  AZURE_STORAGE_QUEUE_PRIMARY_URI = '[^']+'( --[^\n]*)?\n  AZURE_TENANT_ID = '[^']+';( --[^\n]*)?\n$",
+        ),
+        (
+            "CREATE TASK",
+            r"^CREATE TASK IF NOT EXISTS [\w.]+\n(  WAREHOUSE = \w+\n)?  SCHEDULE = 'USING CRON [^']+ UTC'\nAS\n(?s)(COPY INTO .*)$",
+        ),
+        (
+            "CREATE PIPE",
+            r"^CREATE PIPE IF NOT EXISTS [\w.]+\n  AUTO_INGEST = TRUE\n  INTEGRATION = '[A-Z0-9_]+'\nAS\n(?s)(COPY INTO .*)$",
+        ),
+        ("ALTER TASK", r"^ALTER TASK [\w.]+ RESUME;\n$"),
+        (
+            "ALTER PIPE",
+            r"^ALTER PIPE [\w.]+ REFRESH PREFIX = '[^']*';( --[^\n]*)?\n$",
+        ),
+    ];
+    let statements = statements(sql);
+    for statement in &statements {
+        match header_shapes
+            .iter()
+            .find(|(start, _)| statement.starts_with(start))
+        {
+            Some((start, shape)) => {
+                let caps = Regex::new(shape)
+                    .unwrap()
+                    .captures(statement)
+                    .unwrap_or_else(|| panic!("{start} has an unexpected shape:\n{statement}"));
+                if let Some(copy) = caps.get(caps.len() - 1).filter(|_| caps.len() > 1) {
+                    if copy.as_str().starts_with("COPY") {
+                        parse(copy.as_str());
+                    }
+                }
+            }
+            None => parse(statement),
+        }
+    }
+    statements.len()
+}
+
+fn generate(dir: &Path, name: &str, options: &str) -> String {
+    let out = bin(&sink_config(dir, name, options), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn whole_pattern(p: &FilePattern) -> Regex {
+    Regex::new(&format!("^(?:{})$", p.copy_pattern())).unwrap()
+}
+
+#[test]
+fn generated_sql_parses_for_each_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let variants = [
+        ("default", ""),
+        (
+            "custom",
+            "path_prefix = \"cdc/{{ ns.db }}.{{ ns.coll }}/dt=%Y-%m-%d/\"\nfile_name = \"h%H-m%M\"\nroll.window_secs = 60\ntimezone = \"Europe/Paris\"",
+        ),
+        ("gzip", "compression = \"gzip\""),
+        ("per_event", "mode = \"per_event\""),
+    ];
+    for (name, options) in variants {
+        let sql = generate(dir.path(), name, options);
+        assert!(assert_parses(&sql) >= 10, "{name}");
+        assert!(!sql.contains("SECRET"), "{name}: a secret was printed");
+        // The commented silver-layer example parses too.
+        parse(&snowflake::silver_example("mongo_events"));
+        match name {
+            "gzip" => assert!(sql.contains("COMPRESSION = GZIP") && sql.contains("[.]jsonl[.]gz")),
+            "custom" => {
+                assert!(sql.contains("  minute NUMBER(2,0),"), "{sql}");
+                assert!(!sql.contains("  hour_"), "{sql}");
+                assert!(
+                    sql.contains("'cdc/<DB>.<COLL>/dt=<YYYY>-<MM>-<DD>/'"),
+                    "{sql}"
+                );
+            }
+            "per_event" => assert!(sql.contains("event-[^/]+[.]jsonl"), "{sql}"),
+            _ => assert!(sql.contains("COMPRESSION = NONE")),
+        }
+    }
+
+    let config = sink_config(dir.path(), "options", "commit = \"on_seal\"");
+    let out = bin(
+        &config,
+        &[
+            "--table",
+            "analytics.raw.events",
+            "--warehouse",
+            "LOAD_WH",
+            "--schedule",
+            "5 * * * *",
+        ],
+    );
+    let sql = String::from_utf8(out.stdout).unwrap();
+    assert_parses(&sql);
+    assert!(sql.contains("CREATE TASK IF NOT EXISTS analytics.raw.events_load\n  WAREHOUSE = LOAD_WH\n  SCHEDULE = 'USING CRON 5 * * * * UTC'"), "{sql}");
+}
+
+#[test]
+fn refuses_what_snowflake_cannot_load_safely() {
+    let dir = tempfile::tempdir().unwrap();
+    for (options, args, needle) in [
+        ("commit = \"every_batch\"", vec![], "every_batch"),
+        ("", vec!["--table", "x; DROP TABLE y"], "--table"),
+        ("", vec!["--schedule", "hourly"], "--schedule"),
+        (
+            "",
+            vec!["--sink", "nope"],
+            "no `adls_partitioned_jsonl` sink `nope`",
+        ),
+    ] {
+        let out = bin(&sink_config(dir.path(), "bad", options), &args);
+        assert_eq!(out.status.code(), Some(78), "{options} {args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn patterns_select_sealed_names_and_extract_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = mongo_adls::config::load_from_paths(
+        &[sink_config(
+            dir.path(),
+            "p",
+            "file_name = \"events-%Y%m%d-%H%M%S\"",
+        )],
+        true,
+    )
+    .unwrap();
+    let (_, sink) = snowflake::find_sink(&config, None).unwrap();
+    let p = FilePattern::from_config(sink).unwrap();
+    let names: Vec<&str> = p.columns.iter().map(|c| c.name).collect();
+    assert_eq!(names, ["year", "month", "day", "hour", "minute", "second"]);
+    let re = whole_pattern(&p);
+    assert!(
+        re.is_match("shop/orders/year=2025/month=08/day=10/hour=19/events-20250810-194205.jsonl")
+    );
+    assert!(!re.is_match("_mongo_adls_healthcheck"));
+    assert!(!re.is_match(".mongo-adls-staging/raw/shop/orders/year=2025/month=08/day=10/hour=19/events-20250810-194205.jsonl/0001-abc"));
+}
+
+#[test]
+fn snapshots_of_the_example_configs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for example in ["quickstart", "production_adls", "mongodb_to_local"] {
+        let out = bin(
+            &root.join("config-examples").join(format!("{example}.toml")),
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sql = String::from_utf8(out.stdout).unwrap();
+        assert_parses(&sql);
+        let snapshot = root
+            .join("tests/snapshots")
+            .join(format!("snowflake_{example}.sql"));
+        if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+            std::fs::create_dir_all(snapshot.parent().unwrap()).unwrap();
+            std::fs::write(&snapshot, &sql).unwrap();
+        }
+        let pinned = std::fs::read_to_string(&snapshot).unwrap_or_else(|e| {
+            panic!("{}: {e} (run with UPDATE_SNAPSHOTS=1)", snapshot.display())
+        });
+        assert_eq!(
+            sql,
+            pinned,
+            "{example}: output differs from {}",
+            snapshot.display()
+        );
+    }
+}
