@@ -431,6 +431,28 @@ async fn lost_history_follows_the_policy() {
     let (code, events) = agent.stop(libc::SIGTERM);
     assert_eq!(code, Some(0));
     assert_eq!(seqs(&events), vec![100, 101, 102]);
+
+    // resnapshot copies what the new deployment holds, then streams.
+    mongo.recreate().await;
+    insert_range(&mongo.client().await, 200, 205).await;
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "on_history_lost = \"reset_to_now\"",
+        "on_history_lost = \"resnapshot\"\nsnapshot = \"initial\"",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let agent = Agent::start(&cfg);
+    let copied = agent.wait_for(5).await;
+    assert!(copied.iter().all(|e| e["operationType"] == "snapshot"));
+    insert_range(&mongo.client().await, 300, 301).await;
+    agent.wait_for(6).await;
+    let (code, events) = agent.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0));
+    let ids: Vec<String> = events.iter().map(key_of).collect();
+    assert_eq!(
+        ids,
+        ["200", "201", "202", "203", "204", "300"].map(|i| format!("{{\"$numberLong\":\"{i}\"}}"))
+    );
+    assert_eq!(events[5]["operationType"], "insert");
 }
 
 #[tokio::test]
@@ -467,4 +489,271 @@ async fn collection_stream_survives_drop_and_recreate() {
     let (code, events) = agent.stop(libc::SIGTERM);
     assert_eq!(code, Some(0));
     assert_eq!(seqs(&events), vec![0, 1, 2, 10, 11]);
+}
+
+/// `_id` of a canonical-JSON event's documentKey, as a comparable string.
+fn key_of(event: &Value) -> String {
+    event["documentKey"]["_id"].to_string()
+}
+
+/// Documents with `_id`s of three types (ints, strings, ObjectIds): `min`
+/// bounds must cross types where a `$gt` filter would not.
+async fn seed_mixed(client: &mongodb::Client, n: i64) -> Vec<String> {
+    let coll = client.database("shop").collection::<Document>("orders");
+    let mut docs = Vec::new();
+    for i in 0..n {
+        let id = match i % 3 {
+            0 => mongodb::bson::Bson::Int64(i),
+            1 => mongodb::bson::Bson::String(format!("s{i:05}")),
+            _ => mongodb::bson::Bson::ObjectId(mongodb::bson::oid::ObjectId::new()),
+        };
+        docs.push(doc! { "_id": id, "seq": i, "secret": "hunter2" });
+    }
+    for chunk in docs.chunks(500) {
+        coll.insert_many(chunk.to_vec()).await.unwrap();
+    }
+    let canonical: Vec<String> = docs
+        .iter()
+        .map(|d| {
+            mongodb::bson::Bson::Document(doc! { "_id": d.get("_id").unwrap().clone() })
+                .into_canonical_extjson()["_id"]
+                .to_string()
+        })
+        .collect();
+    canonical
+}
+
+#[tokio::test]
+async fn snapshot_copies_existing_documents_then_streams_and_resumes() {
+    let mongo = Mongod::start().await;
+    let client = mongo.client().await;
+    let ids = seed_mixed(&client, 20_000).await;
+    client
+        .database("shop")
+        .collection::<Document>("users")
+        .insert_one(doc! { "_id": "u1" })
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &mongo.uri(),
+        "database = \"shop\"\nsnapshot = \"initial\"\nsnapshot_chunk_size = 100\npipeline = '[{\"$unset\": \"fullDocument.secret\"}]'",
+    );
+
+    // First run: stopped with kill -9 part-way through the copy, once its
+    // progress has been saved.
+    let agent = Agent::start(&cfg);
+    let saved = eventually(Duration::from_secs(60), async || {
+        let text = std::fs::read_to_string(dir.path().join("data/mongo/checkpoint.json")).ok()?;
+        let saved: Value = serde_json::from_str(&text).ok()?;
+        if saved["snapshot"]["last_id"].is_null() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            return None;
+        }
+        Some(saved)
+    })
+    .await;
+    let (_, first) = agent.stop(libc::SIGKILL);
+    assert_eq!(saved["snapshot"]["done"], false, "killed mid-copy: {saved}");
+
+    // Changes made while the copy is unfinished reach the output either as
+    // snapshot records or as change events: nothing is missed.
+    let orders = client.database("shop").collection::<Document>("orders");
+    orders
+        .insert_one(doc! { "_id": "late", "seq": -1 })
+        .await
+        .unwrap();
+    orders
+        .update_one(doc! { "_id": 0_i64 }, doc! { "$set": { "seq": 99999 } })
+        .await
+        .unwrap();
+
+    let agent = Agent::start(&cfg);
+    eventually(Duration::from_secs(120), async || {
+        let events = agent.events();
+        events
+            .iter()
+            .any(|e| e["operationType"] == "update")
+            .then_some(())
+    })
+    .await;
+    let (code, second) = agent.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0));
+
+    let snapshot_records = |events: &[Value]| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| e["operationType"] == "snapshot")
+            .cloned()
+            .collect()
+    };
+    let (s1, s2) = (snapshot_records(&first), snapshot_records(&second));
+    assert!(
+        s2.len() < ids.len(),
+        "the second run continues the copy instead of starting over ({} records)",
+        s2.len()
+    );
+    let seen: std::collections::HashSet<String> = s1.iter().chain(&s2).map(key_of).collect();
+    for id in &ids {
+        assert!(seen.contains(id), "document {id} was not copied");
+    }
+    assert!(
+        seen.contains("\"u1\""),
+        "every collection of the database is copied"
+    );
+    for r in s1.iter().chain(&s2) {
+        assert!(
+            r["fullDocument"]["secret"].is_null(),
+            "pipeline redacts snapshot records: {r}"
+        );
+        assert!(r["fullDocument"]["_id"] == r["documentKey"]["_id"], "{r}");
+    }
+    // Positions grow in copy order within a collection, and sort before
+    // the change events that follow the snapshot.
+    let orders_tokens: Vec<String> = s2
+        .iter()
+        .filter(|r| r["ns"]["coll"] == "orders")
+        .map(token)
+        .collect();
+    let mut sorted = orders_tokens.clone();
+    sorted.sort();
+    assert_eq!(orders_tokens, sorted);
+    let streamed: Vec<&Value> = second
+        .iter()
+        .filter(|e| e["operationType"] != "snapshot")
+        .collect();
+    assert!(
+        streamed.iter().any(|e| e["operationType"] == "update"),
+        "the update made during the copy is streamed afterwards"
+    );
+    let late = s1
+        .iter()
+        .chain(&s2)
+        .chain(streamed.iter().copied())
+        .any(|e| e["documentKey"]["_id"] == "late");
+    assert!(late, "a document inserted during the copy is delivered");
+    let last_snapshot = s2.iter().map(token).max().unwrap();
+    for e in &streamed {
+        assert!(token(e) > last_snapshot, "{}", summary(e));
+    }
+}
+
+#[tokio::test]
+async fn snapshot_initial_only_copies_and_exits() {
+    let mongo = Mongod::start().await;
+    let client = mongo.client().await;
+    insert_range(&client, 0, 250).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &mongo.uri(),
+        "database = \"app\"\ncollection = \"items\"\nsnapshot = \"initial_only\"",
+    );
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 250);
+    assert!(lines.iter().all(|l| l["operationType"] == "snapshot"));
+    // Done is remembered: a second run copies nothing.
+    let out = run();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("snapshot is complete"));
+}
+
+#[tokio::test]
+async fn oversized_events_fail_or_are_skipped() {
+    let mongo = Mongod::start().await;
+    let client = mongo.client().await;
+    let db = client.database("big");
+    db.run_command(doc! { "create": "blobs", "changeStreamPreAndPostImages": { "enabled": true } })
+        .await
+        .unwrap();
+    let blobs = db.collection::<Document>("blobs");
+    let nine_mb = "x".repeat(9 * 1024 * 1024);
+    blobs
+        .insert_one(doc! { "_id": 1, "payload": &nine_mb })
+        .await
+        .unwrap();
+
+    let skip_dir = tempfile::tempdir().unwrap();
+    let skip_cfg = config(
+        skip_dir.path(),
+        &mongo.uri(),
+        "database = \"big\"\non_oversized_event = \"skip\"",
+    );
+    let fail_dir = tempfile::tempdir().unwrap();
+    let fail_cfg = config(fail_dir.path(), &mongo.uri(), "database = \"big\"");
+    let skipping = Agent::start(&skip_cfg);
+    wait_started(skip_dir.path()).await;
+    let mut failing = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+        .arg("--config")
+        .arg(&fail_cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_started(fail_dir.path()).await;
+
+    // Replace: fullDocument (9 MB) + fullDocumentBeforeChange (9 MB) > 16 MB.
+    blobs
+        .replace_one(doc! { "_id": 1 }, doc! { "payload": &nine_mb, "v": 2 })
+        .await
+        .unwrap();
+    blobs
+        .insert_one(doc! { "_id": 2, "small": true })
+        .await
+        .unwrap();
+
+    let events = eventually(Duration::from_secs(60), async || {
+        let e = skipping.events();
+        e.iter()
+            .any(|e| e["documentKey"]["_id"]["$numberInt"] == "2")
+            .then_some(e)
+    })
+    .await;
+    let ops: Vec<&str> = events
+        .iter()
+        .map(|e| e["operationType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ops,
+        ["insert"],
+        "only the small insert; the oversized replace is skipped"
+    );
+    let (code, _) = skipping.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0));
+
+    // `fail` stops the source and the agent, naming the cause and the option.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while failing.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failing agent kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = failing.wait_with_output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("16 MB") && stderr.contains("on_oversized_event"),
+        "{stderr}"
+    );
 }

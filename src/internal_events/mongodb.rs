@@ -57,6 +57,8 @@ impl StreamInterrupted<'_> {
 /// now: changes in between are missing from the output.
 pub struct HistoryLostReset<'a> {
     pub token: &'a str,
+    /// What the source does about it.
+    pub action: &'a str,
 }
 
 impl HistoryLostReset<'_> {
@@ -65,11 +67,65 @@ impl HistoryLostReset<'_> {
             error_type: "history_lost",
             stage: Stage::Receiving,
             message: &format!(
-                "DATA GAP: resume token {} is no longer in the oplog; continuing from now (on_history_lost = \"reset_to_now\"). Changes between the checkpoint and now are not delivered; re-copy affected collections if they matter.",
-                self.token
+                "DATA GAP: resume token {} is no longer in the oplog; {}. Changes between the checkpoint and now are not delivered as change events.",
+                self.token, self.action
             ),
         }
         .emit(tags);
         metrics::counter!("mongodb_change_stream_data_gaps_total", tags.labels()).increment(1);
+    }
+}
+
+/// Documents copied by a snapshot (`mongodb_change_stream_snapshot_records_total`).
+pub struct SnapshotCopied {
+    counter: metrics::Counter,
+    count: u64,
+}
+
+impl SnapshotCopied {
+    pub fn register(tags: &ComponentTags) -> Self {
+        Self {
+            counter: metrics::counter!(
+                "mongodb_change_stream_snapshot_records_total",
+                tags.labels()
+            ),
+            count: 0,
+        }
+    }
+
+    pub fn increment(&mut self) {
+        self.counter.increment(1);
+        self.count += 1;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
+
+/// An event over 16 MB left out (`on_oversized_event = "skip"`).
+pub struct OversizedEventSkipped<'a> {
+    pub namespace: &'a str,
+    pub document_key: &'a str,
+    pub bytes: i64,
+    pub token: &'a str,
+}
+
+impl OversizedEventSkipped<'_> {
+    pub fn emit(&self, tags: &ComponentTags) {
+        ComponentError {
+            error_type: "oversized_event",
+            stage: Stage::Receiving,
+            message: &format!(
+                "SKIPPED an event over 16 MB (on_oversized_event = \"skip\"): {} documentKey {} ({} bytes of documents), resume token {}. It is not in the output.",
+                self.namespace, self.document_key, self.bytes, self.token
+            ),
+        }
+        .emit(tags);
+        metrics::counter!(
+            "mongodb_change_stream_oversized_events_total",
+            tags.labels()
+        )
+        .increment(1);
     }
 }

@@ -22,6 +22,26 @@ pub struct Checkpoint {
     /// The token's cluster time, for people reading the file.
     #[serde(default)]
     pub cluster_time: Option<String>,
+    /// Progress of a snapshot (`snapshot = "initial"`); `resume_token` is
+    /// then where streaming starts once the copy is complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotProgress>,
+}
+
+/// How far a snapshot got: collections are copied in `collections` order,
+/// each in `_id` order.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct SnapshotProgress {
+    /// `db.coll` names to copy, fixed when the snapshot began.
+    pub collections: Vec<String>,
+    /// Index into `collections` of the one being copied.
+    pub current: usize,
+    /// Canonical Extended JSON of the last acknowledged `_id` there.
+    #[serde(default)]
+    pub last_id: Option<serde_json::Value>,
+    /// Every document was delivered.
+    #[serde(default)]
+    pub done: bool,
 }
 
 /// The cluster time inside a resume token: KeyString type byte `0x82`
@@ -63,6 +83,18 @@ impl Acks {
             interval,
             failed: false,
         }
+    }
+
+    /// Events emitted and not yet resolved.
+    pub fn outstanding(&self) -> u64 {
+        self.outstanding
+    }
+
+    /// Starts over at `token` (after a resnapshot).
+    pub fn reset(&mut self, token: String) {
+        self.committed = Some(token.clone());
+        self.written = Some(token);
+        self.failed = false;
     }
 
     pub fn emitted(&mut self) {
@@ -120,6 +152,7 @@ impl Acks {
         self.state.save(&Checkpoint {
             resume_token: token,
             cluster_time,
+            snapshot: None,
         })?;
         self.written = self.committed.clone();
         self.last_write = Instant::now();

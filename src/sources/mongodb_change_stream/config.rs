@@ -41,6 +41,35 @@ pub enum OnHistoryLost {
     /// Continue from now; the gap is logged as an error and counted in
     /// `mongodb_change_stream_data_gaps_total`.
     ResetToNow,
+    /// Copy the watched collections again (needs `snapshot` on), then stream
+    /// from the operation time taken before that copy.
+    Resnapshot,
+}
+
+/// `snapshot`: copy the documents that already exist before streaming.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    /// Stream changes only (default).
+    #[default]
+    Off,
+    /// On the first start (no checkpoint), copy every watched collection,
+    /// then stream from a position taken before the copy began.
+    Initial,
+    /// Copy every watched collection once, then stop.
+    InitialOnly,
+}
+
+/// `on_oversized_event`: events over MongoDB's 16 MB limit.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOversizedEvent {
+    /// Stop with an error naming the cause (BSONObjectTooLarge) (default).
+    #[default]
+    Fail,
+    /// Leave the event out: counted in `mongodb_change_stream_oversized_events_total`
+    /// and logged with its namespace, document key and size.
+    Skip,
 }
 
 /// Extra aggregation stages: a JSON / Extended JSON string, or a TOML array
@@ -100,7 +129,21 @@ pub struct MongoDbChangeStreamConfig {
     /// `fail` (default) or `reset_to_now`.
     #[serde(default)]
     pub on_history_lost: OnHistoryLost,
-    /// Most consecutive `reset_to_now` recoveries before giving up.
+    /// `off` (default), `initial` or `initial_only`. Snapshot records have
+    /// `operationType: "snapshot"`, the document in `fullDocument`, and
+    /// pass through `pipeline` like change events (a `$match` on
+    /// `operationType` must admit `"snapshot"`).
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// Documents per snapshot query; progress is saved per acknowledged
+    /// document, so a restart continues where the copy stopped.
+    #[serde(default = "default_snapshot_chunk_size")]
+    pub snapshot_chunk_size: u32,
+    /// `fail` (default) or `skip` for events over 16 MB (a large document
+    /// with its pre-image, say).
+    #[serde(default)]
+    pub on_oversized_event: OnOversizedEvent,
+    /// Most consecutive `reset_to_now` / `resnapshot` recoveries before giving up.
     #[serde(default = "default_max_recoveries")]
     pub max_consecutive_recoveries: u32,
     /// Coalesce checkpoint writes to at most one per interval.
@@ -118,6 +161,9 @@ fn default_max_recoveries() -> u32 {
     3
 }
 fn default_checkpoint_interval_ms() -> u64 {
+    1000
+}
+fn default_snapshot_chunk_size() -> u32 {
     1000
 }
 
@@ -235,6 +281,12 @@ impl MongoDbChangeStreamConfig {
 #[typetag::serde(name = "mongodb_change_stream")]
 impl SourceConfig for MongoDbChangeStreamConfig {
     async fn build(&self, cx: SourceContext) -> crate::Result<Source> {
+        if self.on_history_lost == OnHistoryLost::Resnapshot && self.snapshot == SnapshotMode::Off {
+            return Err("`on_history_lost = \"resnapshot\"` needs `snapshot = \"initial\"`".into());
+        }
+        if self.snapshot_chunk_size == 0 {
+            return Err("`snapshot_chunk_size` must be at least 1".into());
+        }
         self.scope()?;
         self.user_pipeline()?;
         self.start()?;

@@ -6,9 +6,11 @@
 //! - `stream.rs`: opening the stream, reading raw events, reconnecting.
 //! - `checkpoint.rs`: positions, the checkpoint file, and acknowledgement
 //!   bookkeeping (commit only what every sink made durable).
+//! - `snapshot.rs`: copying existing documents before streaming.
 
 mod checkpoint;
 mod config;
+mod snapshot;
 mod stream;
 
 pub use checkpoint::{token_cluster_time, Checkpoint};

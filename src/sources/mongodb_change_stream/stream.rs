@@ -8,7 +8,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use bson::{doc, Document, RawDocumentBuf};
+use bson::{doc, Bson, Document, RawDocumentBuf};
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use mongodb::{
@@ -25,7 +25,7 @@ use crate::{
     finalizer::OrderedFinalizer,
     internal_events::ComponentTags,
     internal_events::{
-        mongodb::{HistoryLostReset, StreamInterrupted, StreamProgress},
+        mongodb::{HistoryLostReset, OversizedEventSkipped, StreamInterrupted, StreamProgress},
         ComponentError, Stage,
     },
     redact,
@@ -35,43 +35,47 @@ use crate::{
 };
 
 use super::{
-    checkpoint::{token_cluster_time, Acks, Checkpoint},
+    checkpoint::{token_cluster_time, Acks, Checkpoint, SnapshotProgress},
     config::{
-        FullDocument, FullDocumentBeforeChange, MongoDbChangeStreamConfig, OnHistoryLost, Scope,
-        StartAt,
+        FullDocument, FullDocumentBeforeChange, MongoDbChangeStreamConfig, OnHistoryLost,
+        OnOversizedEvent, Scope, SnapshotMode, StartAt,
     },
+    snapshot::SnapshotEnd,
 };
 
 pub struct ChangeStreamSource {
-    config: MongoDbChangeStreamConfig,
-    cx: Context,
+    pub(super) config: MongoDbChangeStreamConfig,
+    pub(super) cx: Context,
     /// Taken by `run`; dropping it tells the sinks the source is done.
     out: Option<SourceSender>,
-    client: Client,
-    state: StateFile,
-    scope: Scope,
-    pipeline: Vec<Document>,
+    pub(super) client: Client,
+    pub(super) state: StateFile,
+    pub(super) scope: Scope,
+    pub(super) pipeline: Vec<Document>,
     start: StartAt,
 }
 
 /// The parts of the `SourceContext` the source keeps besides its output.
-struct Context {
-    key: String,
-    tags: ComponentTags,
-    shutdown: ShutdownSignal,
-    acknowledgements: bool,
+pub(super) struct Context {
+    pub(super) key: String,
+    pub(super) tags: ComponentTags,
+    pub(super) shutdown: ShutdownSignal,
+    pub(super) acknowledgements: bool,
 }
 
 /// Where to open the stream.
 #[derive(Clone, Debug)]
-enum OpenAt {
+pub(super) enum OpenAt {
     Now,
     Time(bson::Timestamp),
     After(String),
+    /// Copy the collections first (`snapshot`), then stream after the
+    /// snapshot's start token.
+    Snapshot,
 }
 
 /// How a stream error is handled.
-enum Failure {
+pub(super) enum Failure {
     /// Reopen from the last emitted event after a pause.
     Retry,
     /// The resume point is gone from the oplog.
@@ -122,27 +126,56 @@ impl ChangeStreamSource {
         })
     }
 
-    fn initial_position(&self) -> crate::Result<(OpenAt, Option<String>)> {
+    /// Where to begin: the checkpoint, an unfinished snapshot, or the
+    /// configured start. `None` when an `initial_only` snapshot is done.
+    #[allow(clippy::type_complexity)]
+    fn initial_position(
+        &self,
+    ) -> crate::Result<Option<(OpenAt, Option<String>, Option<(String, SnapshotProgress)>)>> {
         let checkpoint = self.state.load::<Checkpoint>()?;
         if self.start != StartAt::Now {
             if let Some(c) = checkpoint {
+                match c.snapshot {
+                    Some(p) if !p.done => {
+                        tracing::info!(source = %self.cx.key, "Continuing the snapshot from its checkpoint.");
+                        return Ok(Some((OpenAt::Snapshot, None, Some((c.resume_token, p)))));
+                    }
+                    Some(_) if self.config.snapshot == SnapshotMode::InitialOnly => {
+                        tracing::info!(source = %self.cx.key, "The snapshot is complete (snapshot = \"initial_only\"); nothing to do. Remove {} to copy again.", self.state.path().display());
+                        return Ok(None);
+                    }
+                    _ => {}
+                }
                 tracing::info!(source = %self.cx.key, "Resuming after checkpoint {}.", c.resume_token);
-                return Ok((OpenAt::After(c.resume_token.clone()), Some(c.resume_token)));
+                return Ok(Some((
+                    OpenAt::After(c.resume_token.clone()),
+                    Some(c.resume_token),
+                    None,
+                )));
             }
         }
-        Ok(match &self.start {
-            StartAt::CheckpointOrNow | StartAt::Now => (OpenAt::Now, None),
-            StartAt::Time(t) => (OpenAt::Time(*t), None),
-            StartAt::Token(t) => (OpenAt::After(t.clone()), Some(t.clone())),
-        })
+        if self.config.snapshot != SnapshotMode::Off {
+            return Ok(Some((OpenAt::Snapshot, None, None)));
+        }
+        Ok(Some(match &self.start {
+            StartAt::CheckpointOrNow | StartAt::Now => (OpenAt::Now, None, None),
+            StartAt::Time(t) => (OpenAt::Time(*t), None, None),
+            StartAt::Token(t) => (OpenAt::After(t.clone()), Some(t.clone()), None),
+        }))
     }
 
-    async fn open(&self, at: &OpenAt) -> mongodb::error::Result<ChangeStream<RawDocumentBuf>> {
+    pub(super) async fn open(
+        &self,
+        at: &OpenAt,
+    ) -> mongodb::error::Result<ChangeStream<RawDocumentBuf>> {
         let mut pipeline = Vec::with_capacity(self.pipeline.len() + 1);
         if let Scope::Collections(_, colls) = &self.scope {
             pipeline.push(doc! { "$match": { "ns.coll": { "$in": colls.clone() } } });
         }
         pipeline.extend(self.pipeline.iter().cloned());
+        if self.config.on_oversized_event == OnOversizedEvent::Skip {
+            pipeline.extend(oversized_stages());
+        }
 
         macro_rules! configure {
             ($watch:expr) => {{
@@ -169,7 +202,7 @@ impl ChangeStreamSource {
                     w = w.batch_size(n);
                 }
                 w = match at {
-                    OpenAt::Now => w,
+                    OpenAt::Now | OpenAt::Snapshot => w,
                     OpenAt::Time(t) => w.start_at_operation_time(*t),
                     OpenAt::After(token) => w.start_after(to_resume_token(token)),
                 };
@@ -191,8 +224,9 @@ impl ChangeStreamSource {
     }
 
     pub async fn run(mut self) -> Result<(), ()> {
-        let (mut at, initial) = match self.initial_position() {
-            Ok(p) => p,
+        let (mut at, initial, mut snapshot_resume) = match self.initial_position() {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(()),
             Err(e) => {
                 self.error("checkpoint_failed", &e.to_string());
                 return Err(());
@@ -211,6 +245,32 @@ impl ChangeStreamSource {
         let mut result = Ok(());
 
         'outer: loop {
+            if let OpenAt::Snapshot = at {
+                // A resnapshot waits until events before it are resolved, so
+                // none of them moves the checkpoint afterwards.
+                while acks.outstanding() > 0 {
+                    let next = tokio::select! {
+                        _ = shutdown.cancelled() => break 'outer,
+                        n = ack_stream.next() => n,
+                    };
+                    let Some((status, token)) = next else { break };
+                    acks.resolved(status, token);
+                }
+                match self.snapshot(&mut out, snapshot_resume.take()).await {
+                    SnapshotEnd::Complete(token) => {
+                        acks.reset(token.clone());
+                        if self.config.snapshot == SnapshotMode::InitialOnly {
+                            break 'outer;
+                        }
+                        at = OpenAt::After(token);
+                    }
+                    SnapshotEnd::Stopped => break 'outer,
+                    SnapshotEnd::Failed => {
+                        result = Err(());
+                        break 'outer;
+                    }
+                }
+            }
             let opened = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break 'outer,
@@ -240,7 +300,12 @@ impl ChangeStreamSource {
                 // Take in acknowledgements that are ready. Never race them
                 // against `next_if_any`: dropping an in-flight getMore could
                 // lose its batch.
-                while let Some(Some((status, token))) = ack_stream.next().now_or_never() {
+                // `unconstrained`: once the task's coop budget is spent by
+                // sends, a budgeted poll reports nothing ready and the
+                // checkpoint would lag until the stream goes idle.
+                while let Some(Some((status, token))) =
+                    tokio::task::unconstrained(ack_stream.next()).now_or_never()
+                {
                     acks.resolved(status, token);
                 }
                 if let Err(e) = acks.flush(false) {
@@ -261,6 +326,22 @@ impl ChangeStreamSource {
                             result = Err(());
                             break 'outer;
                         };
+                        if let Ok(bytes) = raw.get_i64(OVERSIZED_FIELD) {
+                            OversizedEventSkipped {
+                                namespace: &namespace_of(&raw),
+                                document_key: &raw
+                                    .get_document("documentKey")
+                                    .ok()
+                                    .and_then(|k| bson::Document::try_from(k).ok())
+                                    .map(|k| Bson::Document(k).into_relaxed_extjson().to_string())
+                                    .unwrap_or_else(|| "(none)".into()),
+                                bytes,
+                                token: &token,
+                            }
+                            .emit(&self.cx.tags);
+                            at = OpenAt::After(token);
+                            continue;
+                        }
                         let event_time = event_time(&raw);
                         if let Ok(t) = raw.get_timestamp("clusterTime") {
                             progress.read_up_to(t.time);
@@ -369,7 +450,7 @@ impl ChangeStreamSource {
         result
     }
 
-    fn error(&self, error_type: &'static str, message: &str) {
+    pub(super) fn error(&self, error_type: &'static str, message: &str) {
         ComponentError {
             error_type,
             stage: Stage::Receiving,
@@ -397,16 +478,20 @@ impl ChangeStreamSource {
             }
             Failure::HistoryLost => self.history_lost(at, recoveries, e),
             Failure::Fatal => {
+                let hint = match e.kind.as_ref() {
+                    ErrorKind::Command(c) if c.code == 10334 => " An event is over MongoDB's 16 MB limit (BSONObjectTooLarge), usually a large document with its pre-image or post-image. Set on_oversized_event = \"skip\" to leave such events out (counted and logged), or drop large fields with `pipeline`.",
+                    _ => "",
+                };
                 self.error(
                     "stream_failed",
-                    &format!("Change stream failed: {}", redact::error(e)),
+                    &format!("Change stream failed: {}.{hint}", redact::error(e)),
                 );
                 None
             }
         }
     }
 
-    fn classify(&self, e: &mongodb::error::Error) -> Failure {
+    pub(super) fn classify(&self, e: &mongodb::error::Error) -> Failure {
         match e.kind.as_ref() {
             ErrorKind::Command(c) => match c.code {
                 286 => Failure::HistoryLost,
@@ -427,7 +512,7 @@ impl ChangeStreamSource {
 
     /// Waits before reopening: exponential backoff with jitter, 0.5 s to
     /// 30 s, cut short by shutdown (the open loop then sees it and stops).
-    async fn pause(&self, attempt: u32, e: &mongodb::error::Error) {
+    pub(super) async fn pause(&self, attempt: u32, e: &mongodb::error::Error) {
         let base = 0.5_f64 * 2f64.powi(attempt.min(6) as i32 - 1);
         let delay = base.min(30.0) * rand::rng().random_range(0.5..1.0);
         StreamInterrupted {
@@ -463,12 +548,25 @@ impl ChangeStreamSource {
                 );
                 None
             }
+            OnHistoryLost::Resnapshot if *recoveries < self.config.max_consecutive_recoveries => {
+                *recoveries += 1;
+                HistoryLostReset {
+                    token,
+                    action: "copying the collections again (on_history_lost = \"resnapshot\")",
+                }
+                .emit(&self.cx.tags);
+                Some(OpenAt::Snapshot)
+            }
             OnHistoryLost::ResetToNow if *recoveries < self.config.max_consecutive_recoveries => {
                 *recoveries += 1;
-                HistoryLostReset { token }.emit(&self.cx.tags);
+                HistoryLostReset {
+                    token,
+                    action: "continuing from now (on_history_lost = \"reset_to_now\")",
+                }
+                .emit(&self.cx.tags);
                 Some(OpenAt::Now)
             }
-            OnHistoryLost::ResetToNow => {
+            OnHistoryLost::ResetToNow | OnHistoryLost::Resnapshot => {
                 self.error(
                     "history_lost",
                     &format!(
@@ -487,7 +585,7 @@ fn to_resume_token(hex: &str) -> ResumeToken {
         .expect("a {_data: string} document is a resume token")
 }
 
-fn token_hex(token: &ResumeToken) -> Option<String> {
+pub(super) fn token_hex(token: &ResumeToken) -> Option<String> {
     bson::to_document(token)
         .ok()
         .and_then(|d| d.get_str("_data").ok().map(str::to_string))
@@ -508,4 +606,37 @@ fn event_time(raw: &RawDocumentBuf) -> Option<DateTime<Utc>> {
         return DateTime::from_timestamp(i64::from(t.time), 0);
     }
     raw.get_datetime("wallTime").ok().map(|d| d.to_chrono())
+}
+
+/// Marks an event whose documents exceed the limit (`on_oversized_event =
+/// "skip"`); its large fields are removed on the server so it can be read.
+const OVERSIZED_FIELD: &str = "_mongo_adls_oversized_bytes";
+
+/// Stages appended after the user's: measure `fullDocument`,
+/// `fullDocumentBeforeChange` and `updateDescription`, and past 16 MB minus
+/// room for the rest of the event, drop them and mark the event, which the
+/// source then skips. Without this the server fails the whole stream with
+/// BSONObjectTooLarge (6.0 has no `$changeStreamSplitLargeEvent`).
+fn oversized_stages() -> Vec<Document> {
+    const LIMIT: i64 = 16 * 1024 * 1024 - 512 * 1024;
+    let size = |field: &str| doc! { "$bsonSize": { "$ifNull": [format!("${field}"), {}] } };
+    let total = doc! { "$add": [size("fullDocument"), size("fullDocumentBeforeChange"), size("updateDescription")] };
+    let drop_if_big = |field: &str| {
+        doc! { "$cond": [{ "$gt": [format!("${OVERSIZED_FIELD}"), LIMIT] }, "$$REMOVE", format!("${field}")] }
+    };
+    vec![
+        doc! { "$set": { OVERSIZED_FIELD: { "$toLong": total } } },
+        doc! { "$set": {
+            "fullDocument": drop_if_big("fullDocument"),
+            "fullDocumentBeforeChange": drop_if_big("fullDocumentBeforeChange"),
+            "updateDescription": drop_if_big("updateDescription"),
+            OVERSIZED_FIELD: { "$cond": [{ "$gt": [format!("${OVERSIZED_FIELD}"), LIMIT] }, format!("${OVERSIZED_FIELD}"), "$$REMOVE"] },
+        } },
+    ]
+}
+
+fn namespace_of(raw: &RawDocumentBuf) -> String {
+    let ns = raw.get_document("ns").ok();
+    let part = |k| ns.and_then(|n| n.get_str(k).ok()).unwrap_or("");
+    format!("{}.{}", part("db"), part("coll"))
 }
