@@ -4,7 +4,12 @@
 #   2. blackhole - mongo-adls, mongodb_change_stream -> blackhole sink (source and runtime cost)
 #   3. azurite   - mongo-adls with default sink settings into Azurite (Shared Key)
 #   4. local     - mongo-adls with default sink settings into a file:// lake
+#   5. seed_rolling   - the design users run today (e2e/seed/seed.js, Node.js):
+#                       one Append Block per event into hourly append blobs
+#   6. seed_per_event - the same port in its one-blob-per-event mode
 # Reports events/s, MB/s (of documents), CPU seconds, peak RSS and ratios.
+# The seed ports drain the first SEED_EVENTS events only (default 5000):
+# at one request per event, the whole backlog would take many minutes.
 #
 #   BENCH_EVENTS=200000 BENCH_DOC_BYTES=1024 e2e/bench.sh
 set -euo pipefail
@@ -12,6 +17,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 N="${BENCH_EVENTS:-200000}"
 SIZE="${BENCH_DOC_BYTES:-1024}"
+SEED_N="${SEED_EVENTS:-5000}"
+[ "$SEED_N" -gt "$N" ] && SEED_N="$N"
 export MONGO_ADLS_SERVICES_DIR="${MONGO_ADLS_SERVICES_DIR:-$repo/.services}"
 out="$repo/e2e/out/bench-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
@@ -33,8 +40,8 @@ echo "loading $N documents of $SIZE bytes..." >&2
 now() { date +%s.%N; }
 results="$out/results.tsv"
 printf 'run\tseconds\tevents_per_s\tmb_per_s\tcpu_s\tpeak_rss_mb\n' > "$results"
-record() { # name seconds cpu rss_kb
-  awk -v n="$1" -v s="$2" -v c="$3" -v r="$4" -v N="$N" -v B="$SIZE" \
+record() { # name seconds cpu rss_kb [events]
+  awk -v n="$1" -v s="$2" -v c="$3" -v r="$4" -v N="${5:-$N}" -v B="$SIZE" \
     'BEGIN { printf "%s\t%.2f\t%.0f\t%.1f\t%.2f\t%.0f\n", n, s, N/s, N*B/s/1e6, c, r/1024 }' >> "$results"
 }
 
@@ -83,7 +90,29 @@ account_url = \"file://$out/lake\"
 filesystem = \"bench\"
 create_filesystem = true"
 
+seed_run() { # name mode
+  local name="$1" mode="$2" start end
+  local seed_dir="$MONGO_ADLS_SERVICES_DIR/seed-node"
+  if [ ! -d "$seed_dir/node_modules/mongodb" ]; then
+    mkdir -p "$seed_dir" && cp e2e/seed/package.json "$seed_dir/"
+    npm install --silent --no-audit --no-fund --prefix "$seed_dir" >/dev/null
+  fi
+  local conn="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=$ADLS_SHARED_KEY;BlobEndpoint=$ADLS_ACCOUNT_URL;"
+  start=$(now)
+  NODE_PATH="$seed_dir/node_modules" /usr/bin/time -f "%U %S %M" -o "$out/$name.time" \
+    node e2e/seed/seed.js "$mode" "$MONGO_URI" "$token" "$SEED_N" "$conn" "seed-${mode//_/-}" "$out/$name.state.json" \
+    2>"$out/$name.log"
+  end=$(now)
+  read -r u s m < "$out/$name.time"
+  record "$name" "$(echo "$end - $start" | bc)" "$(echo "$u + $s" | bc)" "$m" "$SEED_N"
+}
+
+seed_run seed_rolling rolling
+seed_run seed_per_event per_event
+
 echo
 column -t "$results"
-awk -F'\t' 'NR==2 { bare=$3 } NR>2 { printf "%s / bare = %.2f\n", $1, $3/bare }' "$results"
+awk -F'\t' 'NR==2 { bare=$3 } $1=="azurite" { az=$3 } $1 ~ /^seed_/ { seed[$1]=$3 }
+  NR>2 { printf "%s / bare = %.2f\n", $1, $3/bare }
+  END { for (k in seed) printf "azurite / %s = %.1f\n", k, az/seed[k] }' "$results"
 echo "(results in $results)"

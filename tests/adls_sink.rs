@@ -759,9 +759,8 @@ async fn duckdb_reads_the_lake_in_each_extended_json_mode() {
     .await;
     assert_eq!(agent.stop(), Some(0));
 
-    let pylib = std::env::var("MONGO_ADLS_PYTHONPATH").unwrap_or_else(|_| {
-        format!("{}/.services/pylib", env!("CARGO_MANIFEST_DIR"))
-    });
+    let pylib = std::env::var("MONGO_ADLS_PYTHONPATH")
+        .unwrap_or_else(|_| format!("{}/.services/pylib", env!("CARGO_MANIFEST_DIR")));
     for mode in modes {
         let glob = format!(
             "{}/raw/*/*/*/*/*/*/events-*.jsonl",
@@ -809,7 +808,10 @@ async fn duckdb_reads_the_lake_in_each_extended_json_mode() {
                 r[6].as_i64().unwrap(),
             );
         }
-        assert_eq!(from_duckdb, from_files, "{mode}: rows per namespace and hour");
+        assert_eq!(
+            from_duckdb, from_files,
+            "{mode}: rows per namespace and hour"
+        );
         let per_coll = |coll: &str| -> i64 {
             from_duckdb
                 .iter()
@@ -817,7 +819,11 @@ async fn duckdb_reads_the_lake_in_each_extended_json_mode() {
                 .map(|(_, n)| n)
                 .sum()
         };
-        assert_eq!((per_coll("orders"), per_coll("users")), (381, 100), "{mode}");
+        assert_eq!(
+            (per_coll("orders"), per_coll("users")),
+            (381, 100),
+            "{mode}"
+        );
         assert_eq!(
             seen["ops"],
             serde_json::json!({"insert": 401, "update": 50, "replace": 10, "delete": 20}),
@@ -849,6 +855,9 @@ async fn duckdb_reads_the_lake_in_each_extended_json_mode() {
                 "nested": [1, {"deep": ["x", {"y": true}]}],
             }),
         };
-        assert_eq!(doc, expected_doc, "{mode}: fullDocument round trip through DuckDB");
+        assert_eq!(
+            doc, expected_doc,
+            "{mode}: fullDocument round trip through DuckDB"
+        );
     }
 }

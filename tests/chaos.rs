@@ -238,10 +238,10 @@ async fn listing(lake: &Lake) -> Vec<(String, u64)> {
 }
 
 /// One chaos run at a time: each needs most of a 2-core machine.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn chaos_run(mode_options: &str, batches: usize, immutable: bool, name_pattern: &str) {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut mongo = Mongod::start().await;
     let mut azurite = Azurite::start_on_disk();
     let lake = Lake::new(&azurite, "chaos");
@@ -341,7 +341,13 @@ request.retry_max_backoff_secs = 1
 
     // Run until the lake stops changing and holds at least every
     // acknowledged change.
-    let acknowledged = manifest.lock().unwrap().changes.iter().filter(|c| c.ok).count();
+    let acknowledged = manifest
+        .lock()
+        .unwrap()
+        .changes
+        .iter()
+        .filter(|c| c.ok)
+        .count();
     let mut last = (listing(&lake).await, Instant::now());
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
