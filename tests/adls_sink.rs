@@ -509,6 +509,33 @@ async fn auth_sas_and_wrong_key_and_hostile_names() {
         "the key is never printed"
     );
 
+    // A host that never resolves (RFC 2606 `.invalid`) and a missing
+    // filesystem each fail the healthcheck, naming the cause.
+    let missing = azurite.account_url();
+    for (name, url, needle) in [
+        (
+            "dns",
+            "http://mongo-adls-test.invalid:10000/devstoreaccount1",
+            "cannot reach",
+        ),
+        ("nofs", missing.as_str(), "does not exist"),
+    ] {
+        let cfg = agent_config(dir.path(), name, &mongo.uri(), url, &shared_key());
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("create_filesystem = true\n", "");
+        std::fs::write(&cfg, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+            .args(["validate", "-c"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78), "{name}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{name}: {stderr}");
+        assert!(!stderr.contains(AZURITE_KEY), "the key is never printed");
+    }
+
     // SAS, and namespaces that try to escape their folder.
     let sas = support::account_sas("racwl");
     let cfg = agent_config(
