@@ -104,6 +104,10 @@ enum Command {
         /// Warehouse for the task (default: a serverless task).
         #[arg(long)]
         warehouse: Option<String>,
+        /// Hour for `ALTER PIPE ... REFRESH PREFIX`, e.g. 2025-08-10T19
+        /// (in the sink's time zone; default: placeholders).
+        #[arg(long)]
+        refresh_hour: Option<String>,
     },
 }
 
@@ -134,6 +138,7 @@ pub fn main() -> i32 {
                 file_format,
                 schedule,
                 warehouse,
+                refresh_hour,
             }) => {
                 let options = crate::snowflake::Options {
                     sink: sink.clone(),
@@ -143,6 +148,7 @@ pub fn main() -> i32 {
                     file_format: file_format.clone(),
                     schedule: schedule.clone(),
                     warehouse: warehouse.clone(),
+                    refresh_hour: refresh_hour.clone(),
                 };
                 snowflake_sql(&opts, &options)
             }

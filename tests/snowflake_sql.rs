@@ -185,10 +185,16 @@ fn generated_sql_parses_for_each_layout() {
             "LOAD_WH",
             "--schedule",
             "5 * * * *",
+            "--refresh-hour",
+            "2025-08-10T19",
         ],
     );
     let sql = String::from_utf8(out.stdout).unwrap();
     assert_parses(&sql);
+    assert!(
+        sql.contains("REFRESH PREFIX = '<DB>/<COLL>/year=2025/month=08/day=10/hour=19/'"),
+        "{sql}"
+    );
     assert!(sql.contains("CREATE TASK IF NOT EXISTS analytics.raw.events_load\n  WAREHOUSE = LOAD_WH\n  SCHEDULE = 'USING CRON 5 * * * * UTC'"), "{sql}");
 }
 
@@ -199,6 +205,7 @@ fn refuses_what_snowflake_cannot_load_safely() {
         ("commit = \"every_batch\"", vec![], "every_batch"),
         ("", vec!["--table", "x; DROP TABLE y"], "--table"),
         ("", vec!["--schedule", "hourly"], "--schedule"),
+        ("", vec!["--refresh-hour", "yesterday"], "--refresh-hour"),
         (
             "",
             vec!["--sink", "nope"],

@@ -38,6 +38,9 @@ pub struct Options {
     pub schedule: String,
     /// Warehouse for the task; `None` makes it a serverless task.
     pub warehouse: Option<String>,
+    /// The hour (`YYYY-MM-DDTHH`, in the sink's time zone) that
+    /// `ALTER PIPE ... REFRESH PREFIX` re-scans; `None` prints placeholders.
+    pub refresh_hour: Option<String>,
 }
 
 impl Default for Options {
@@ -50,6 +53,7 @@ impl Default for Options {
             file_format: "mongo_adls_jsonl".into(),
             schedule: "*/15 * * * *".into(),
             warehouse: None,
+            refresh_hour: None,
         }
     }
 }
@@ -190,6 +194,18 @@ fn example_prefix(template: &Template) -> String {
         }
     }
     out
+}
+
+/// `--refresh-hour YYYY-MM-DDTHH` as a time in the sink's zone.
+fn refresh_time(hour: &str, timezone: &str) -> Result<chrono::DateTime<chrono_tz::Tz>, String> {
+    use chrono::TimeZone;
+    let tz: chrono_tz::Tz = timezone
+        .parse()
+        .map_err(|_| format!("`timezone` {timezone:?} is not an IANA time zone name"))?;
+    chrono::NaiveDateTime::parse_from_str(&format!("{hour}:00"), "%Y-%m-%dT%H:%M")
+        .ok()
+        .and_then(|t| tz.from_local_datetime(&t).earliest())
+        .ok_or_else(|| format!("--refresh-hour {hour:?} must look like 2025-08-10T19"))
 }
 
 fn column_type(name: &str) -> &'static str {
@@ -493,10 +509,14 @@ pub fn render(
         w,
         "-- Backfill or re-scan one hour (files staged in the last 7 days):"
     );
+    let refresh = match &options.refresh_hour {
+        Some(hour) => prefix.render("<DB>", "<COLL>", &refresh_time(hour, &sink.timezone)?),
+        None => example_prefix(&prefix),
+    };
     let _ = writeln!(
         w,
         "ALTER PIPE {pipe} REFRESH PREFIX = {}; -- FILL IN the placeholders",
-        string(&example_prefix(&prefix))
+        string(&refresh)
     );
 
     let _ = writeln!(
