@@ -24,6 +24,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let _ = cs.next_if_any().await?;
             let token = cs.resume_token().ok_or("no token")?;
             println!("{}", mongodb::bson::to_document(&token)?.get_str("_data")?);
+            // Close the pool while the runtime runs: dropped at exit, the
+            // driver's pool worker panics on a closed channel.
+            drop(cs);
+            client.shutdown().await;
         }
         Some("load") => {
             let client = mongodb::Client::with_uri_str(&a[1]).await?;
