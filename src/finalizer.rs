@@ -58,6 +58,19 @@ pub struct FinalizerStream<T> {
     pending: FuturesOrdered<Pending<T>>,
 }
 
+impl<T: Send + 'static> FinalizerStream<T> {
+    /// The next resolved entry if one is ready now, without waiting. Polled
+    /// `unconstrained`: after a burst of sends the task's coop budget is
+    /// spent, and a budgeted poll would report nothing ready, so a source's
+    /// checkpoint would lag until it next idles.
+    pub fn ready(&mut self) -> Option<(BatchStatus, T)> {
+        use futures::FutureExt;
+        tokio::task::unconstrained(self.next())
+            .now_or_never()
+            .flatten()
+    }
+}
+
 impl<T> FinalizerStream<T> {
     /// The number of entries still waiting for their status.
     pub fn pending_len(&self) -> usize {

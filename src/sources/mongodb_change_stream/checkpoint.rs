@@ -28,6 +28,18 @@ pub struct Checkpoint {
     pub snapshot: Option<SnapshotProgress>,
 }
 
+impl Checkpoint {
+    pub fn new(resume_token: String, snapshot: Option<SnapshotProgress>) -> Self {
+        let cluster_time =
+            token_cluster_time(&resume_token).map(|t| format!("{}.{}", t.time, t.increment));
+        Self {
+            resume_token,
+            cluster_time,
+            snapshot,
+        }
+    }
+}
+
 /// How far a snapshot got: collections are copied in `collections` order,
 /// each in `_id` order.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -147,13 +159,7 @@ impl Acks {
         let Some(token) = self.committed.clone() else {
             return Ok(false);
         };
-        let cluster_time =
-            token_cluster_time(&token).map(|t| format!("{}.{}", t.time, t.increment));
-        self.state.save(&Checkpoint {
-            resume_token: token,
-            cluster_time,
-            snapshot: None,
-        })?;
+        self.state.save(&Checkpoint::new(token, None))?;
         self.written = self.committed.clone();
         self.last_write = Instant::now();
         Ok(true)

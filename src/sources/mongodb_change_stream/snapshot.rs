@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use bson::{doc, rawdoc, spec::BinarySubtype, Bson, Document, RawBson, RawBsonRef, RawDocumentBuf};
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 use mongodb::options::Hint;
 
 use super::{
@@ -91,6 +91,14 @@ pub fn id_key(id: RawBsonRef<'_>) -> Option<String> {
     })
 }
 
+/// Records the newest delivered record in `progress`.
+fn fold(progress: &mut SnapshotProgress, latest: &mut Option<(usize, Bson)>) {
+    if let Some((index, id)) = latest.take() {
+        progress.current = index;
+        progress.last_id = Some(id.into_canonical_extjson());
+    }
+}
+
 fn upper_hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
@@ -107,6 +115,7 @@ impl ChangeStreamSource {
     pub(super) async fn snapshot(
         &self,
         out: &mut SourceSender,
+        source_id: &std::sync::Arc<str>,
         resume: Option<(String, SnapshotProgress)>,
     ) -> SnapshotEnd {
         let (start_token, mut progress) = match resume {
@@ -132,6 +141,9 @@ impl ChangeStreamSource {
         );
         let (finalizer, mut acks) = OrderedFinalizer::<(usize, Bson)>::new();
         let mut outstanding: u64 = 0;
+        // The newest delivered record; folded into `progress` (as Extended
+        // JSON) only when progress is saved, not per acknowledgement.
+        let mut latest: Option<(usize, Bson)> = None;
         let mut last_save = Instant::now();
         let mut attempt = 0;
         let mut copied = SnapshotCopied::register(&self.cx.tags);
@@ -150,29 +162,22 @@ impl ChangeStreamSource {
             };
             let mut last_key: Option<String> = None;
             loop {
-                // Take in acknowledgements without waiting (unconstrained:
-                // after a chunk of sends the task's coop budget is spent and
-                // a budgeted poll would report nothing ready).
-                while let Some(Some((status, (i, id)))) =
-                    tokio::task::unconstrained(acks.next()).now_or_never()
-                {
+                while let Some((status, entry)) = acks.ready() {
                     outstanding -= 1;
-                    if status != BatchStatus::Delivered {
-                        self.error("snapshot_failed", &format!("A snapshot record of {ns} was not delivered ({status:?}); stopping. The copy continues from the last delivered document on restart."));
+                    if !self.delivered(status, entry, &mut latest) {
                         return SnapshotEnd::Failed;
                     }
-                    progress.current = i;
-                    progress.last_id = Some(id.into_canonical_extjson());
                 }
                 if last_save.elapsed() >= Duration::from_millis(self.config.checkpoint_interval_ms)
                 {
+                    fold(&mut progress, &mut latest);
                     if let Err(e) = self.save_snapshot(&start_token, &progress) {
                         self.error("checkpoint_failed", &e);
                     }
                     last_save = Instant::now();
                 }
                 let chunk = tokio::select! {
-                    _ = self.cx.shutdown.cancelled() => return self.snapshot_stopped(&start_token, &progress),
+                    _ = self.cx.shutdown.cancelled() => return self.snapshot_stopped(&start_token, &mut progress, &mut latest),
                     c = self.snapshot_chunk(db, coll, after.as_ref()) => c,
                 };
                 let docs = match chunk {
@@ -236,7 +241,7 @@ impl ChangeStreamSource {
                     let mut event = LogEvent::new(
                         record,
                         EventMetadata {
-                            source_id: std::sync::Arc::from(self.cx.key.as_str()),
+                            source_id: std::sync::Arc::clone(source_id),
                             position: Some(Position(position)),
                             event_time: chrono::DateTime::from_timestamp(i64::from(t0.time), 0),
                         },
@@ -245,11 +250,11 @@ impl ChangeStreamSource {
                         event = event.with_batch_notifier(batch);
                     }
                     let sent = tokio::select! {
-                        _ = self.cx.shutdown.cancelled() => return self.snapshot_stopped(&start_token, &progress),
+                        _ = self.cx.shutdown.cancelled() => return self.snapshot_stopped(&start_token, &mut progress, &mut latest),
                         sent = out.send(Event::Log(event)) => sent,
                     };
                     if sent.is_err() {
-                        return self.snapshot_stopped(&start_token, &progress);
+                        return self.snapshot_stopped(&start_token, &mut progress, &mut latest);
                     }
                     copied.increment();
                     match receiver {
@@ -257,10 +262,7 @@ impl ChangeStreamSource {
                             outstanding += 1;
                             finalizer.add(receiver, (index, id));
                         }
-                        None => {
-                            progress.current = index;
-                            progress.last_id = Some(id.into_canonical_extjson());
-                        }
+                        None => latest = Some((index, id)),
                     }
                 }
             }
@@ -272,17 +274,14 @@ impl ChangeStreamSource {
         // high-water position past records still in flight.
         while outstanding > 0 {
             let next = tokio::select! {
-                _ = self.cx.shutdown.cancelled() => return self.snapshot_stopped(&start_token, &progress),
+                _ = self.cx.shutdown.cancelled() => return self.snapshot_stopped(&start_token, &mut progress, &mut latest),
                 n = acks.next() => n,
             };
-            let Some((status, (i, id))) = next else { break };
+            let Some((status, entry)) = next else { break };
             outstanding -= 1;
-            if status != BatchStatus::Delivered {
-                self.error("snapshot_failed", &format!("A snapshot record was not delivered ({status:?}); stopping. The copy continues from the last delivered document on restart."));
+            if !self.delivered(status, entry, &mut latest) {
                 return SnapshotEnd::Failed;
             }
-            progress.current = i;
-            progress.last_id = Some(id.into_canonical_extjson());
         }
         progress.done = true;
         progress.current = progress.collections.len();
@@ -519,18 +518,35 @@ impl ChangeStreamSource {
         Ok(out)
     }
 
+    /// Takes in one acknowledgement; `false` (after reporting) if the
+    /// record was not delivered.
+    fn delivered(
+        &self,
+        status: BatchStatus,
+        entry: (usize, Bson),
+        latest: &mut Option<(usize, Bson)>,
+    ) -> bool {
+        if status != BatchStatus::Delivered {
+            self.error("snapshot_failed", &format!("A snapshot record was not delivered ({status:?}); stopping. The copy continues from the last delivered document on restart."));
+            return false;
+        }
+        *latest = Some(entry);
+        true
+    }
+
     fn save_snapshot(&self, token: &str, progress: &SnapshotProgress) -> Result<(), String> {
-        let cluster_time = token_cluster_time(token).map(|t| format!("{}.{}", t.time, t.increment));
         self.state
-            .save(&Checkpoint {
-                resume_token: token.to_string(),
-                cluster_time,
-                snapshot: Some(progress.clone()),
-            })
+            .save(&Checkpoint::new(token.to_string(), Some(progress.clone())))
             .map_err(|e| e.to_string())
     }
 
-    fn snapshot_stopped(&self, token: &str, progress: &SnapshotProgress) -> SnapshotEnd {
+    fn snapshot_stopped(
+        &self,
+        token: &str,
+        progress: &mut SnapshotProgress,
+        latest: &mut Option<(usize, Bson)>,
+    ) -> SnapshotEnd {
+        fold(progress, latest);
         if let Err(e) = self.save_snapshot(token, progress) {
             self.error("checkpoint_failed", &e);
         }

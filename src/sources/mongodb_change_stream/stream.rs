@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use bson::{doc, Bson, Document, RawDocumentBuf};
 use chrono::{DateTime, Utc};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use mongodb::{
     change_stream::{event::ResumeToken, ChangeStream},
     error::ErrorKind,
@@ -237,6 +237,7 @@ impl ChangeStreamSource {
         let (finalizer, mut ack_stream) = OrderedFinalizer::<String>::new();
         let progress = StreamProgress::register(&self.cx.tags);
         let source_id: Arc<str> = Arc::from(self.cx.key.as_str());
+        let skip_oversized = self.config.on_oversized_event == OnOversizedEvent::Skip;
         let shutdown = self.cx.shutdown.clone();
         let acknowledgements = self.cx.acknowledgements;
         let mut out = self.out.take().expect("run is called once");
@@ -256,7 +257,10 @@ impl ChangeStreamSource {
                     let Some((status, token)) = next else { break };
                     acks.resolved(status, token);
                 }
-                match self.snapshot(&mut out, snapshot_resume.take()).await {
+                match self
+                    .snapshot(&mut out, &source_id, snapshot_resume.take())
+                    .await
+                {
                     SnapshotEnd::Complete(token) => {
                         acks.reset(token.clone());
                         if self.config.snapshot == SnapshotMode::InitialOnly {
@@ -300,12 +304,7 @@ impl ChangeStreamSource {
                 // Take in acknowledgements that are ready. Never race them
                 // against `next_if_any`: dropping an in-flight getMore could
                 // lose its batch.
-                // `unconstrained`: once the task's coop budget is spent by
-                // sends, a budgeted poll reports nothing ready and the
-                // checkpoint would lag until the stream goes idle.
-                while let Some(Some((status, token))) =
-                    tokio::task::unconstrained(ack_stream.next()).now_or_never()
-                {
+                while let Some((status, token)) = ack_stream.ready() {
                     acks.resolved(status, token);
                 }
                 if let Err(e) = acks.flush(false) {
@@ -326,7 +325,10 @@ impl ChangeStreamSource {
                             result = Err(());
                             break 'outer;
                         };
-                        if let Ok(bytes) = raw.get_i64(OVERSIZED_FIELD) {
+                        if let Some(bytes) = skip_oversized
+                            .then(|| raw.get_i64(OVERSIZED_FIELD).ok())
+                            .flatten()
+                        {
                             OversizedEventSkipped {
                                 namespace: &namespace_of(&raw),
                                 document_key: &raw
