@@ -7,17 +7,22 @@
 #   5. seed_rolling   - the design users run today (e2e/seed/seed.js, Node.js):
 #                       one Append Block per event into hourly append blobs
 #   6. seed_per_event - the same port in its one-blob-per-event mode
-# Reports events/s, MB/s (of documents), CPU seconds, peak RSS and ratios.
+# Reports events/s, MB/s (of documents), CPU seconds and peak RSS of the
+# process under test, CPU seconds mongod and Azurite spent during each run
+# (they share the machine's cores), and ratios.
 # The seed ports drain the first SEED_EVENTS events only (default 5000):
 # at one request per event, the whole backlog would take many minutes.
 #
 #   BENCH_EVENTS=200000 BENCH_DOC_BYTES=1024 e2e/bench.sh
+#   BENCH_RUNS="blackhole azurite" e2e/bench.sh   # a subset (bare always runs)
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 N="${BENCH_EVENTS:-200000}"
 SIZE="${BENCH_DOC_BYTES:-1024}"
 SEED_N="${SEED_EVENTS:-5000}"
+RUNS="${BENCH_RUNS:-blackhole azurite local seed_rolling seed_per_event}"
+wanted() { [[ " $RUNS " == *" $1 "* ]]; }
 [ "$SEED_N" -gt "$N" ] && SEED_N="$N"
 export MONGO_ADLS_SERVICES_DIR="${MONGO_ADLS_SERVICES_DIR:-$repo/.services}"
 out="$repo/e2e/out/bench-$(date +%Y%m%d-%H%M%S)"
@@ -39,13 +44,24 @@ echo "loading $N documents of $SIZE bytes..." >&2
 
 now() { date +%s.%N; }
 results="$out/results.tsv"
-printf 'run\tseconds\tevents_per_s\tmb_per_s\tcpu_s\tpeak_rss_mb\n' > "$results"
+printf 'run\tseconds\tevents_per_s\tmb_per_s\tcpu_s\tpeak_rss_mb\tmongod_cpu_s\tazurite_cpu_s\n' > "$results"
+# CPU seconds (user + system) a service has used so far, from /proc.
+svc_cpu() {
+  local pid
+  pid="$(cat "$MONGO_ADLS_SERVICES_DIR/$1.pid")"
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$pid/stat"
+}
+svc_mark() { m0="$(svc_cpu mongod)"; a0="$(svc_cpu azurite)"; }
 record() { # name seconds cpu rss_kb [events]
+  local m1 a1
+  m1="$(svc_cpu mongod)"; a1="$(svc_cpu azurite)"
   awk -v n="$1" -v s="$2" -v c="$3" -v r="$4" -v N="${5:-$N}" -v B="$SIZE" \
-    'BEGIN { printf "%s\t%.2f\t%.0f\t%.1f\t%.2f\t%.0f\n", n, s, N/s, N*B/s/1e6, c, r/1024 }' >> "$results"
+    -v m="$(echo "$m1 - $m0" | bc)" -v a="$(echo "$a1 - $a0" | bc)" \
+    'BEGIN { printf "%s\t%.2f\t%.0f\t%.1f\t%.2f\t%.0f\t%.2f\t%.2f\n", n, s, N/s, N*B/s/1e6, c, r/1024, m, a }' >> "$results"
 }
 
 # 1. The bare driver loop.
+svc_mark
 start=$(now)
 /usr/bin/time -f "%U %S %M" -o "$out/bare.time" "$tool" drain "$MONGO_URI" "$token" "$N" >&2
 end=$(now)
@@ -67,7 +83,9 @@ start_at = "$token"
 inputs = ["mongo"]
 $sink
 TOML
+  wanted "$name" || return 0
   local start end pid
+  svc_mark
   start=$(now)
   /usr/bin/time -f "%U %S %M" -o "$out/$name.time" "$bin/mongo-adls" -q --config "$out/$name.toml" 2>"$out/$name.log" &
   pid=$!
@@ -92,11 +110,13 @@ create_filesystem = true"
 
 seed_run() { # name mode
   local name="$1" mode="$2" start end
+  wanted "$name" || return 0
   local seed_dir="$MONGO_ADLS_SERVICES_DIR/seed-node"
   if [ ! -d "$seed_dir/node_modules/mongodb" ]; then
     mkdir -p "$seed_dir" && cp e2e/seed/package.json "$seed_dir/"
     npm install --silent --no-audit --no-fund --prefix "$seed_dir" >/dev/null
   fi
+  svc_mark
   local conn="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=$ADLS_SHARED_KEY;BlobEndpoint=$ADLS_ACCOUNT_URL;"
   start=$(now)
   NODE_PATH="$seed_dir/node_modules" /usr/bin/time -f "%U %S %M" -o "$out/$name.time" \

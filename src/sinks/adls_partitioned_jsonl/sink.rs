@@ -133,6 +133,8 @@ pub async fn build(
         watermarks: HashMap::new(),
         flush_partial: false,
         last_window: (0, 0),
+        last_key: None,
+        spare: Vec::new(),
     };
     Ok((Box::new(sink), healthcheck))
 }
@@ -226,6 +228,8 @@ enum Done {
         block: Block,
         high_water: Option<Position>,
         finalizers: Vec<EventFinalizers>,
+        /// The batch buffer, for reuse.
+        spare: Option<Vec<u8>>,
     },
     Committed {
         key: FileKey,
@@ -280,6 +284,11 @@ pub struct AdlsSink {
     flush_partial: bool,
     /// The last window computed: `[start, end)` in UTC seconds.
     last_window: (i64, i64),
+    /// The file key of the last event.
+    last_key: Option<FileKey>,
+    /// Batch buffers back from finished writes, reused: a fresh 8 MB
+    /// allocation per batch costs a page fault per 4 KB as it fills.
+    spare: Vec<Vec<u8>>,
 }
 
 #[async_trait]
@@ -349,13 +358,9 @@ fn finalize_all(finalizers: Vec<EventFinalizers>, status: EventStatus) {
 
 /// `db`, `coll` of an event; events without a namespace (e.g. `invalidate`)
 /// go to `_none`.
-fn namespace(event: &LogEvent) -> (String, String) {
+fn namespace(event: &LogEvent) -> (&str, &str) {
     let ns = event.payload.get_document("ns").ok();
-    let part = |k: &str| {
-        ns.and_then(|n| n.get_str(k).ok())
-            .unwrap_or("_none")
-            .to_string()
-    };
+    let part = |k: &str| ns.and_then(|n| n.get_str(k).ok()).unwrap_or("_none");
     (part("db"), part("coll"))
 }
 
@@ -411,7 +416,7 @@ impl AdlsSink {
         format!("{}{:08x}", self.run_id, self.block_seq)
     }
 
-    fn compress(&self, data: Vec<u8>) -> Bytes {
+    fn compress(&mut self, data: Vec<u8>) -> Bytes {
         match self.compression {
             Compression::None => Bytes::from(data),
             Compression::Gzip => {
@@ -420,8 +425,18 @@ impl AdlsSink {
                     flate2::Compression::default(),
                 );
                 gz.write_all(&data).expect("writing to a Vec cannot fail");
+                self.recycle(data);
                 Bytes::from(gz.finish().expect("writing to a Vec cannot fail"))
             }
+        }
+    }
+
+    /// Keeps a batch buffer for the next batch (two at most: one being
+    /// filled while one is written is the steady state).
+    fn recycle(&mut self, mut data: Vec<u8>) {
+        if self.spare.len() < 2 && data.capacity() >= self.batch.max_bytes.min(16 << 20) {
+            data.clear();
+            self.spare.push(data);
         }
     }
 
@@ -485,6 +500,26 @@ impl AdlsSink {
             .map_err(|e| StorageError::permanent(e.to_string()))
     }
 
+    /// The file key of an event. Consecutive events almost always share
+    /// one, so the last key is reused instead of allocating its names for
+    /// every event.
+    fn key_for(&mut self, (db, coll): (&str, &str), window_start: i64) -> FileKey {
+        match &self.last_key {
+            Some(k) if k.window_start == window_start && &*k.db == db && &*k.coll == coll => {
+                k.clone()
+            }
+            _ => {
+                let key = FileKey {
+                    db: db.into(),
+                    coll: coll.into(),
+                    window_start,
+                };
+                self.last_key = Some(key.clone());
+                key
+            }
+        }
+    }
+
     fn on_event(&mut self, event: Event, inflight: &mut FuturesUnordered<Request>) {
         let mut log = match event {
             Event::Watermark(w) => {
@@ -507,13 +542,9 @@ impl AdlsSink {
             return;
         }
 
-        let (db, coll) = namespace(&log);
-        let key = FileKey {
-            db,
-            coll,
-            window_start: self.window_of(time),
-        };
-        let position = log.metadata.position.clone();
+        let window_start = self.window_of(time);
+        let key = self.key_for(namespace(&log), window_start);
+        let position = log.metadata.position.take();
         if let (Some(p), Some(hw)) = (&position, self.state.high_water(&key)) {
             if p <= hw {
                 // Replayed after a restart and already in a file.
@@ -522,17 +553,15 @@ impl AdlsSink {
                 return;
             }
         }
-        // Sized for a whole batch up front: growing an 8 MB buffer by
-        // doubling would copy it several times per batch (untouched pages
-        // of a large allocation cost no memory).
-        let capacity = self.batch.max_bytes.min(16 << 20) + 64 * 1024;
         let runtime = self.keys.entry(key).or_default();
         if runtime.poisoned {
             finalizers.finalize(EventStatus::Errored);
             return;
         }
+        let spare = &mut self.spare;
+        let capacity = self.batch.max_bytes.min(16 << 20) + 64 * 1024;
         let buffer = runtime.buffer.get_or_insert_with(|| Pending {
-            data: Vec::with_capacity(capacity),
+            data: spare.pop().unwrap_or_else(|| Vec::with_capacity(capacity)),
             events: 0,
             finalizers: Vec::new(),
             high_water: None,
@@ -723,6 +752,8 @@ impl AdlsSink {
                         block: Block { id, bytes, events },
                         high_water,
                         finalizers,
+                        // The HTTP client has let go of the body by now.
+                        spare: body.try_into_mut().ok().map(Vec::from),
                     }
                 }
                 Err(error) => Done::Failed {
@@ -784,7 +815,11 @@ impl AdlsSink {
                 block,
                 high_water,
                 finalizers,
+                spare,
             } => {
+                if let Some(data) = spare {
+                    self.recycle(data);
+                }
                 let wall = now_secs();
                 let file = self
                     .state

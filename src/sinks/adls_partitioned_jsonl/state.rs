@@ -8,7 +8,7 @@
 //! its window's high-water position is skipped. Events of a window reach its
 //! files in stream order, so "at or below" means "already written".
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,10 +23,11 @@ use crate::{
 const SEALED_RETENTION_SECS: i64 = 24 * 3600;
 
 /// A namespace and time window: the unit that owns a sequence of files.
+/// Cloned per event, hence shared names.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct FileKey {
-    pub db: String,
-    pub coll: String,
+    pub db: Arc<str>,
+    pub coll: Arc<str>,
     /// Window start, seconds since the epoch (UTC).
     pub window_start: i64,
 }
