@@ -618,7 +618,7 @@ impl AdlsSink {
             .map_or_else(|| format!("t{}", time.timestamp_millis()), |p| p.0.clone());
         let name = format!(
             "{}event-{position}-{op}-{key_hash:016x}{}",
-            self.prefix.render(&db, &coll, &start),
+            self.prefix.render(db, coll, &start),
             self.extension
         );
         let body = self.compress(data);
