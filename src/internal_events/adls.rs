@@ -5,6 +5,7 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram};
 
 use super::{ComponentError, ComponentTags, Stage};
+use crate::event::Position;
 
 /// Sink-specific metrics, registered once.
 #[derive(Clone)]
@@ -79,6 +80,41 @@ impl WriteFailed<'_> {
             ),
         }
         .emit(tags);
+    }
+}
+
+/// Staged blocks were gone from storage at commit time: acknowledged events
+/// that are not in the lake.
+pub struct DataLost<'a> {
+    pub object: &'a str,
+    pub blocks: usize,
+    pub of_blocks: usize,
+    pub events: u64,
+    pub bytes: u64,
+    pub first: Option<&'a Position>,
+    pub last: Option<&'a Position>,
+}
+
+impl DataLost<'_> {
+    pub fn emit(&self, tags: &ComponentTags) {
+        let token = |p: Option<&Position>| p.map_or("(unknown)".to_string(), |p| p.0.clone());
+        ComponentError {
+            error_type: "data_lost",
+            stage: Stage::Sending,
+            message: &format!(
+                "DATA LOSS: {} of the {} staged blocks of {} were gone from storage when the file was committed (Azure discards uncommitted blocks 7 days after they are staged, e.g. when the agent was stopped that long, or when another writer committed this name). Their {} events ({} bytes) had been acknowledged and are not in the lake; the blocks still there were committed. The lost events lie between resume tokens {} and {}: to recover them, run a second agent whose source has start_at set to a token at or before the first, if the oplog still holds it.",
+                self.blocks,
+                self.of_blocks,
+                self.object,
+                self.events,
+                self.bytes,
+                token(self.first),
+                token(self.last)
+            ),
+        }
+        .emit(tags);
+        tags.counter("adls_lost_events_total")
+            .increment(self.events);
     }
 }
 

@@ -242,7 +242,7 @@ impl Azurite {
     /// Stops (SIGINT, so an on-disk Azurite saves its metadata: it keeps
     /// recent writes in memory, and after SIGKILL loses blocks it had
     /// acknowledged, which real storage never does) and restarts on the
-    /// same port and data.
+    /// same port and data. An in-memory Azurite comes back empty.
     pub fn restart(&mut self) {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -33,7 +33,7 @@ use crate::{
     codecs::json::ExtendedJsonMode,
     event::{Event, EventFinalizers, EventStatus, LogEvent, Position},
     internal_events::{
-        adls::{EncodeFailed, SinkMetrics, WriteFailed},
+        adls::{DataLost, EncodeFailed, SinkMetrics, WriteFailed},
         ComponentError, ComponentTags, EventsSent, Stage,
     },
     sinks::{Healthcheck, SinkContext, StreamSink},
@@ -41,6 +41,9 @@ use crate::{
 
 /// Azure allows 50,000 committed blocks per blob; seal before that.
 const MAX_BLOCKS_PER_FILE: usize = 49_000;
+/// Open files older than this at start-up get a warning: Azure discards
+/// uncommitted blocks a week after they were staged.
+const STAGED_BLOCKS_WARN_SECS: i64 = 6 * 86_400;
 /// How often batch timeouts and seal conditions are checked.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -166,6 +169,52 @@ impl Requests {
     }
 }
 
+impl Requests {
+    /// Commits `ids` to `object`. When some staged blocks are gone from
+    /// storage (`InvalidBlockList`), commits the ones still there, in
+    /// order, and returns the ids of the lost ones with the result.
+    async fn commit_salvaging(
+        &self,
+        object: &str,
+        ids: &[String],
+        create_only: bool,
+    ) -> (Result<Created, StorageError>, Vec<String>) {
+        let storage = &self.storage;
+        let error = match self
+            .run("Put Block List", || {
+                storage.commit_blocks(object, ids, create_only)
+            })
+            .await
+        {
+            Err(e) if e.blocks_missing => e,
+            other => return (other, Vec::new()),
+        };
+        tracing::error!(
+            object,
+            "{error}; committing the blocks that are still there."
+        );
+        let uncommitted = self.run("Get Block List", || storage.uncommitted_blocks(object));
+        let committed = self.run("Get Block List", || storage.committed_blocks(object));
+        let (still_there, committed) = match futures::join!(uncommitted, committed) {
+            (Ok(u), Ok(c)) => (u, c.unwrap_or_default()),
+            (Err(e), _) | (_, Err(e)) => return (Err(e), Vec::new()),
+        };
+        let (kept, lost): (Vec<String>, Vec<String>) = ids
+            .iter()
+            .cloned()
+            .partition(|id| still_there.contains(id) || committed.contains(id));
+        if kept.is_empty() {
+            return (Ok(Created::Created), lost);
+        }
+        let result = self
+            .run("Put Block List", || {
+                storage.commit_blocks(object, &kept, create_only)
+            })
+            .await;
+        (result, lost)
+    }
+}
+
 /// Two windows must never map to one file name: with `roll.window_secs`
 /// shorter than an hour, the default hourly name would make every window of
 /// an hour collide. Checked on a day of consecutive windows.
@@ -201,6 +250,7 @@ struct Pending {
     data: Vec<u8>,
     events: usize,
     finalizers: Vec<EventFinalizers>,
+    first: Option<Position>,
     high_water: Option<Position>,
     since: Instant,
 }
@@ -226,6 +276,7 @@ enum Done {
         part: u32,
         object: String,
         block: Block,
+        first: Option<Position>,
         high_water: Option<Position>,
         finalizers: Vec<EventFinalizers>,
         /// The batch buffer, for reuse.
@@ -241,6 +292,8 @@ enum Done {
     Sealed {
         key: FileKey,
         result: Result<(), StorageError>,
+        /// Blocks that were gone from storage and could not be committed.
+        lost: Vec<String>,
     },
     Failed {
         key: Option<FileKey>,
@@ -468,6 +521,13 @@ impl AdlsSink {
         let open: Vec<OpenFile> = self.state.open.values().cloned().collect();
         let now = now_secs();
         for file in open {
+            if now - file.opened_at > STAGED_BLOCKS_WARN_SECS {
+                tracing::warn!(
+                    object = %file.object,
+                    opened_days_ago = (now - file.opened_at) / 86_400,
+                    "This file has waited for its seal for days: Azure discards uncommitted blocks after 7 days, so some may be gone."
+                );
+            }
             let ids = file.block_ids();
             let object = file.object.clone();
             let requests = &self.requests;
@@ -485,11 +545,14 @@ impl AdlsSink {
                     self.state.sealed(&file.key, now);
                 }
             } else if file.committed < file.blocks.len() {
-                requests
-                    .run("Put Block List", || {
-                        requests.storage.commit_blocks(&object, &ids, false)
-                    })
-                    .await?;
+                let (result, lost) = requests.commit_salvaging(&object, &ids, false).await;
+                result?;
+                if !lost.is_empty() {
+                    self.report_lost(&file, &lost);
+                    if let Some(f) = self.state.open.get_mut(&file.key) {
+                        f.blocks.retain(|b| !lost.contains(&b.id));
+                    }
+                }
                 if let Some(f) = self.state.open.get_mut(&file.key) {
                     f.committed = f.blocks.len();
                 }
@@ -498,6 +561,27 @@ impl AdlsSink {
         self.state
             .save(now)
             .map_err(|e| StorageError::permanent(e.to_string()))
+    }
+
+    /// Blocks of `file` were gone when it was committed: their events were
+    /// acknowledged, so they are not in the lake and will not be replayed.
+    /// Said loudly, with what an operator needs to re-read them.
+    fn report_lost(&self, file: &OpenFile, lost: &[String]) {
+        let (events, bytes) = file
+            .blocks
+            .iter()
+            .filter(|b| lost.contains(&b.id))
+            .fold((0, 0), |(e, b), block| (e + block.events, b + block.bytes));
+        DataLost {
+            object: &file.object,
+            blocks: lost.len(),
+            of_blocks: file.blocks.len(),
+            events,
+            bytes,
+            first: file.first_position.as_ref(),
+            last: file.high_water.as_ref(),
+        }
+        .emit(&self.tags);
     }
 
     /// The file key of an event. Consecutive events almost always share
@@ -564,6 +648,7 @@ impl AdlsSink {
             data: spare.pop().unwrap_or_else(|| Vec::with_capacity(capacity)),
             events: 0,
             finalizers: Vec::new(),
+            first: None,
             high_water: None,
             since: Instant::now(),
         });
@@ -572,6 +657,9 @@ impl AdlsSink {
                 buffer.events += 1;
                 buffer.finalizers.push(finalizers);
                 if position.is_some() {
+                    if buffer.first.is_none() {
+                        buffer.first.clone_from(&position);
+                    }
                     buffer.high_water = position;
                 }
             }
@@ -733,6 +821,7 @@ impl AdlsSink {
         let requests = self.requests.clone();
         let Pending {
             finalizers,
+            first,
             high_water,
             ..
         } = buffer;
@@ -750,6 +839,7 @@ impl AdlsSink {
                         part,
                         object,
                         block: Block { id, bytes, events },
+                        first,
                         high_water,
                         finalizers,
                         // The HTTP client has let go of the body by now.
@@ -781,19 +871,22 @@ impl AdlsSink {
         let create_only = self.commit == Commit::OnSeal;
         inflight.push(Box::pin(async move {
             if already_visible {
-                return Done::Sealed { key, result: Ok(()) };
+                return Done::Sealed {
+                    key,
+                    result: Ok(()),
+                    lost: Vec::new(),
+                };
             }
-            let storage = &requests.storage;
-            let result = requests
-                .run("Put Block List", || storage.commit_blocks(&object, &ids, create_only))
-                .await;
+            let (result, lost) = requests.commit_salvaging(&object, &ids, create_only).await;
             let result = match result {
                 Ok(Created::Created) => Ok(()),
                 Ok(Created::AlreadyExists) => {
                     // Our own commit whose response was lost, or a foreign
                     // object under our name: compare the block lists.
+                    let kept: Vec<String> = ids.into_iter().filter(|id| !lost.contains(id)).collect();
+                    let storage = &requests.storage;
                     match requests.run("Get Block List", || storage.committed_blocks(&object)).await {
-                        Ok(Some(existing)) if existing == ids => Ok(()),
+                        Ok(Some(existing)) if existing == kept => Ok(()),
                         Ok(_) => Err(StorageError::permanent(format!(
                             "{object} already exists with other content; it was not written by this sink's current state (was data_dir reset?). Move it away to let this file be sealed"
                         ))),
@@ -802,7 +895,7 @@ impl AdlsSink {
                 }
                 Err(e) => Err(e),
             };
-            Done::Sealed { key, result }
+            Done::Sealed { key, result, lost }
         }));
     }
 
@@ -813,6 +906,7 @@ impl AdlsSink {
                 part,
                 object,
                 block,
+                first,
                 high_water,
                 finalizers,
                 spare,
@@ -833,9 +927,13 @@ impl AdlsSink {
                         committed: 0,
                         bytes: 0,
                         events: 0,
+                        first_position: None,
                         high_water: None,
                         opened_at: wall,
                     });
+                if file.first_position.is_none() {
+                    file.first_position = first;
+                }
                 file.bytes += block.bytes;
                 file.events += block.events;
                 if high_water.is_some() {
@@ -905,7 +1003,7 @@ impl AdlsSink {
                 self.sent.emit(events, bytes as usize);
                 finalize_all(finalizers, EventStatus::Delivered);
             }
-            Done::Sealed { key, result } => {
+            Done::Sealed { key, result, lost } => {
                 let rt = self.keys.entry(key.clone()).or_default();
                 rt.busy = false;
                 match result {
@@ -918,8 +1016,12 @@ impl AdlsSink {
                                 self.state_error(&e.to_string());
                                 return Err(());
                             }
-                            self.metrics
-                                .file_sealed(&file.object, file.events, file.bytes);
+                            if lost.is_empty() {
+                                self.metrics
+                                    .file_sealed(&file.object, file.events, file.bytes);
+                            } else {
+                                self.report_lost(&file, &lost);
+                            }
                             let storage = Arc::clone(&self.requests.storage);
                             tokio::spawn(async move { storage.release(&file.object).await });
                         }

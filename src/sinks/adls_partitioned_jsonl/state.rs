@@ -54,6 +54,9 @@ pub struct OpenFile {
     pub committed: usize,
     pub bytes: u64,
     pub events: u64,
+    /// Lowest source position in the file.
+    #[serde(default)]
+    pub first_position: Option<Position>,
     /// Highest source position in the file.
     pub high_water: Option<Position>,
     /// Wall-clock seconds when the file was opened (for `roll.max_age_secs`).
@@ -171,6 +174,7 @@ mod tests {
                 committed: 0,
                 bytes: 0,
                 events: 1,
+                first_position: None,
                 high_water: Some(Position("05".into())),
                 opened_at: 0,
             },

@@ -209,6 +209,7 @@ fn map_error(what: &str, e: azure_core::Error) -> StorageError {
                 retriable: retriable_status(code),
                 retry_after,
                 status: Some(code),
+                blocks_missing: code == 400 && error_code.as_deref() == Some("InvalidBlockList"),
                 message: format!(
                     "{what}: HTTP {code} {}",
                     error_code.as_deref().unwrap_or("(no error code)")
@@ -295,6 +296,25 @@ impl Storage for AzureStorage {
                 ))
             }
             Err(e) if e.http_status().map(u16::from) == Some(404) => Ok(None),
+            Err(e) => Err(map_error(&format!("Get Block List {name}"), e)),
+        }
+    }
+
+    async fn uncommitted_blocks(&self, name: &str) -> Result<Vec<String>, StorageError> {
+        let blob = self.blob(name)?;
+        match blob.get_block_list(BlockListType::Uncommitted, None).await {
+            Ok(rsp) => {
+                let list = rsp
+                    .into_model()
+                    .map_err(|e| StorageError::transient(e.to_string()))?;
+                Ok(list
+                    .uncommitted_blocks
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|b| b.name.map(|n| String::from_utf8_lossy(&n).into_owned()))
+                    .collect())
+            }
+            Err(e) if e.http_status().map(u16::from) == Some(404) => Ok(Vec::new()),
             Err(e) => Err(map_error(&format!("Get Block List {name}"), e)),
         }
     }

@@ -93,7 +93,20 @@ impl LocalStorage {
             let mut out = fs::File::create(&tmp).map_err(|e| io_err("create", &tmp, e))?;
             for id in block_ids {
                 let block = self.block_dir(name).join(id);
-                let mut f = fs::File::open(&block).map_err(|e| io_err("read block", &block, e))?;
+                let mut f = match fs::File::open(&block) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        let _ = fs::remove_file(&tmp);
+                        return Err(StorageError {
+                            blocks_missing: true,
+                            ..StorageError::permanent(format!(
+                                "Put Block List {name}: staged block {} is missing",
+                                block.display()
+                            ))
+                        });
+                    }
+                    Err(e) => return Err(io_err("read block", &block, e)),
+                };
                 std::io::copy(&mut f, &mut out).map_err(|e| io_err("write", &tmp, e))?;
             }
             out.sync_all().map_err(|e| io_err("fsync", &tmp, e))?;
@@ -172,6 +185,25 @@ impl Storage for LocalStorage {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(Vec::new())),
             Err(e) => Err(io_err("read", &manifest, e)),
         }
+    }
+
+    async fn uncommitted_blocks(&self, name: &str) -> Result<Vec<String>, StorageError> {
+        let dir = self.block_dir(name);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("list", &dir, e)),
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let name = entry.map_err(|e| io_err("list", &dir, e))?.file_name();
+            let name = name.to_string_lossy();
+            // Not blocks: the commit manifest and blocks still being written.
+            if !name.starts_with('.') && !name.ends_with(".tmp") {
+                ids.push(name.into_owned());
+            }
+        }
+        Ok(ids)
     }
 
     async fn put_if_absent(&self, name: &str, data: Bytes) -> Result<Created, StorageError> {

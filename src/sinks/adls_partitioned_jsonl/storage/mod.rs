@@ -29,6 +29,10 @@ pub struct StorageError {
     pub status: Option<u16>,
     /// What went wrong, already free of secrets.
     pub message: String,
+    /// A commit named blocks the storage no longer has (Azure's
+    /// `InvalidBlockList`: uncommitted blocks are discarded after 7 days,
+    /// or when another writer commits the same name).
+    pub blocks_missing: bool,
 }
 
 impl std::fmt::Display for StorageError {
@@ -44,6 +48,7 @@ impl StorageError {
             retry_after: None,
             status: None,
             message: message.into(),
+            blocks_missing: false,
         }
     }
 
@@ -85,6 +90,9 @@ pub trait Storage: Send + Sync {
 
     /// The committed block ids of `name`, or `None` when it does not exist.
     async fn committed_blocks(&self, name: &str) -> Result<Option<Vec<String>>, StorageError>;
+
+    /// The ids of the blocks staged for `name` and not committed.
+    async fn uncommitted_blocks(&self, name: &str) -> Result<Vec<String>, StorageError>;
 
     /// Writes a whole object if it does not exist yet.
     async fn put_if_absent(&self, name: &str, data: Bytes) -> Result<Created, StorageError>;
