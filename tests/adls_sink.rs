@@ -14,6 +14,8 @@ use mongodb::bson::{doc, oid::ObjectId, Decimal128, Document};
 use serde_json::Value;
 use support::{eventually, Agent, Azurite, Lake, Listed, Mongod, AZURITE_KEY};
 
+/// A test agent: the shop database into one sink with short windows and
+/// quick retries; `sink_options` adds options or overrides those defaults.
 fn agent_config(
     dir: &Path,
     name: &str,
@@ -21,6 +23,25 @@ fn agent_config(
     account_url: &str,
     sink_options: &str,
 ) -> PathBuf {
+    let defaults = [
+        "file_name = \"events-%Y%m%d-%H%M%S\"",
+        "roll.window_secs = 2",
+        "roll.grace_secs = 0",
+        "batch.timeout_secs = 0.3",
+        "request.retry_initial_backoff_secs = 0.05",
+        "request.retry_max_backoff_secs = 1",
+    ];
+    let overridden = |line: &&str| {
+        let key = line.split(' ').next().unwrap_or_default();
+        sink_options
+            .lines()
+            .any(|l| l.trim_start().starts_with(&format!("{key} ")))
+    };
+    let defaults: Vec<&str> = defaults
+        .iter()
+        .filter(|l| !overridden(l))
+        .copied()
+        .collect();
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
         &path,
@@ -41,15 +62,11 @@ inputs = ["mongo"]
 account_url = "{account_url}"
 filesystem = "{name}"
 create_filesystem = true
-file_name = "events-%Y%m%d-%H%M%S"
-roll.window_secs = 2
-roll.grace_secs = 0
-batch.timeout_secs = 0.3
-request.retry_initial_backoff_secs = 0.05
-request.retry_max_backoff_secs = 1
+{defaults}
 {sink_options}
 "#,
-            data = dir.join(format!("data-{name}")).display()
+            data = dir.join(format!("data-{name}")).display(),
+            defaults = defaults.join("\n"),
         ),
     )
     .unwrap();
@@ -898,37 +915,18 @@ async fn duckdb_reads_the_lake_in_each_extended_json_mode() {
 async fn vanished_staged_blocks_are_reported_and_the_rest_is_committed() {
     let (mongo, mut azurite) = (Mongod::start().await, Azurite::start());
     let dir = tempfile::tempdir().unwrap();
-    let account = azurite.account_url();
-    let config = |run: u32, max_bytes: u64| {
-        let path = dir.path().join(format!("run{run}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                r#"
-data_dir = "{data}"
-[sources.mongo]
-type = "mongodb_change_stream"
-uri = "{uri}"
-database = "shop"
-max_await_time_ms = 200
-checkpoint_interval_ms = 100
-[sinks.lake]
-type = "adls_partitioned_jsonl"
-inputs = ["mongo"]
-account_url = "{account}"
-filesystem = "lost"
-create_filesystem = true
-{key}
-batch.timeout_secs = 0.2
-roll.max_bytes = {max_bytes}
-"#,
-                data = dir.path().join("data").display(),
-                uri = mongo.uri(),
-                key = shared_key(),
-            ),
+    let config = |max_bytes: u64| {
+        let options = format!(
+            "roll.window_secs = 3600\nroll.max_bytes = {max_bytes}\n{}",
+            shared_key()
+        );
+        agent_config(
+            dir.path(),
+            "lost",
+            &mongo.uri(),
+            &azurite.account_url(),
+            &options,
         )
-        .unwrap();
-        path
     };
     let client = mongo.client().await;
     let orders = client.database("shop").collection::<Document>("orders");
@@ -939,9 +937,9 @@ roll.max_bytes = {max_bytes}
     };
 
     // Run 1 stages two blocks of an hourly file and stops.
-    let agent = Agent::start(&config(1, 1 << 30));
+    let agent = Agent::start(&config(1 << 30));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let state_path = dir.path().join("data/lake/state.json");
+    let state_path = dir.path().join("data-lost/lake/state.json");
     let open_file = async |events: u64| {
         eventually(Duration::from_secs(30), async || {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -960,13 +958,14 @@ roll.max_bytes = {max_bytes}
     // The storage forgets them: an in-memory Azurite restarts empty (it
     // does not discard uncommitted blocks when the name is committed by
     // another writer, as Azure does). The agent recreates the container.
+    let run2 = config(1);
     azurite.restart();
     let lake = Lake::new(&azurite, "lost");
     assert!(lake.list().await.is_empty());
 
     // Run 2: `roll.max_bytes = 1` seals the file at its next block.
     let log = dir.path().join("run2.log");
-    let agent = Agent::start_logged(&config(2, 1), &log);
+    let agent = Agent::start_logged(&run2, &log);
     tokio::time::sleep(Duration::from_secs(2)).await;
     insert(30..40).await;
     let ids_in = async |name: &str| -> Vec<i64> {
