@@ -931,29 +931,46 @@ async fn vanished_staged_blocks_are_reported_and_the_rest_is_committed() {
     let client = mongo.client().await;
     let orders = client.database("shop").collection::<Document>("orders");
     let insert = async |ids: std::ops::Range<i32>| {
-        for id in ids {
-            orders.insert_one(doc! { "_id": id }).await.unwrap();
-        }
+        let docs: Vec<Document> = ids.map(|id| doc! { "_id": id }).collect();
+        orders.insert_many(docs).await.unwrap();
     };
 
     // Run 1 stages two blocks of an hourly file and stops.
     let agent = Agent::start(&config(1 << 30));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let state_path = dir.path().join("data-lost/lake/state.json");
-    let open_file = async |events: u64| {
+    let state_dir = dir.path().join("data-lost/lake");
+    // Staged blocks are recorded in the state's change log.
+    let blocks_staged = async |n: usize| {
         eventually(Duration::from_secs(30), async || {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let state: Value = serde_json::from_slice(&std::fs::read(&state_path).ok()?).ok()?;
-            let file = &state["open"][0];
-            (file["events"] == events).then(|| file["object"].as_str().unwrap().to_string())
+            let staged = std::fs::read_dir(&state_dir)
+                .ok()?
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .map(|log| {
+                    log.lines()
+                        .filter(|l| l.starts_with(r#"{"staged""#))
+                        .count()
+                })
+                .sum::<usize>();
+            (staged >= n).then_some(())
         })
         .await
     };
     insert(0..20).await;
-    open_file(20).await;
+    blocks_staged(1).await;
     insert(20..30).await;
-    let object = open_file(30).await;
+    blocks_staged(2).await;
     assert_eq!(agent.stop(), Some(0));
+    // Stopping folds the log into the snapshot.
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("state.json")).unwrap()).unwrap();
+    let file = &state["open"][0];
+    assert_eq!(file["events"], 30, "{state}");
+    let blocks = file["blocks"].as_array().unwrap().len();
+    assert!(blocks >= 2, "{state}");
+    let object = file["object"].as_str().unwrap().to_string();
 
     // The storage forgets them: an in-memory Azurite restarts empty (it
     // does not discard uncommitted blocks when the name is committed by
@@ -1005,7 +1022,8 @@ async fn vanished_staged_blocks_are_reported_and_the_rest_is_committed() {
         .find(|l| l.contains("DATA LOSS"))
         .unwrap_or_else(|| panic!("no data loss reported:\n{log}"));
     assert!(
-        loss.contains("2 of the 3 staged blocks") && loss.contains("Their 30 events"),
+        loss.contains(&format!("{blocks} of the {} staged blocks", blocks + 1))
+            && loss.contains("Their 30 events"),
         "{loss}"
     );
     assert!(

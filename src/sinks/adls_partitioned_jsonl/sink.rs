@@ -542,7 +542,9 @@ impl AdlsSink {
                         object,
                         "File was sealed just before the last stop; recording it."
                     );
-                    self.state.sealed(&file.key, now);
+                    self.state
+                        .sealed(&file.key, now)
+                        .map_err(|e| StorageError::permanent(e.to_string()))?;
                 }
             } else if file.committed < file.blocks.len() {
                 let (result, lost) = requests.commit_salvaging(&object, &ids, false).await;
@@ -914,43 +916,23 @@ impl AdlsSink {
                 if let Some(data) = spare {
                     self.recycle(data);
                 }
-                let wall = now_secs();
-                let file = self
-                    .state
-                    .open
-                    .entry(key.clone())
-                    .or_insert_with(|| OpenFile {
-                        key: key.clone(),
-                        part,
-                        object: object.clone(),
-                        blocks: Vec::new(),
-                        committed: 0,
-                        bytes: 0,
-                        events: 0,
-                        first_position: None,
-                        high_water: None,
-                        opened_at: wall,
-                    });
-                if file.first_position.is_none() {
-                    file.first_position = first;
-                }
-                file.bytes += block.bytes;
-                file.events += block.events;
-                if high_water.is_some() {
-                    file.high_water = high_water;
-                }
                 let events = block.events as usize;
                 let bytes = block.bytes;
-                file.blocks.push(block);
+                let staged =
+                    self.state
+                        .staged(&key, part, &object, block, first, high_water, now_secs());
+                let file = match staged {
+                    Ok(file) => file,
+                    Err(e) => {
+                        self.state_error(&e.to_string());
+                        finalize_all(finalizers, EventStatus::Errored);
+                        return Err(());
+                    }
+                };
                 let roll =
                     file.bytes >= self.roll.max_bytes || file.blocks.len() >= MAX_BLOCKS_PER_FILE;
                 let upto = file.blocks.len();
                 let ids = file.block_ids();
-                if let Err(e) = self.state.save(wall) {
-                    self.state_error(&e.to_string());
-                    finalize_all(finalizers, EventStatus::Errored);
-                    return Err(());
-                }
                 self.metrics.open_files(self.state.open.len());
                 let rt = self.keys.entry(key.clone()).or_default();
                 rt.seal_wanted |= roll;
@@ -1010,12 +992,14 @@ impl AdlsSink {
                     Ok(()) => {
                         rt.seal_wanted = false;
                         rt.seal_retry_at = None;
-                        let wall = now_secs();
-                        if let Some(file) = self.state.sealed(&key, wall) {
-                            if let Err(e) = self.state.save(wall) {
+                        let file = match self.state.sealed(&key, now_secs()) {
+                            Ok(file) => file,
+                            Err(e) => {
                                 self.state_error(&e.to_string());
                                 return Err(());
                             }
+                        };
+                        if let Some(file) = file {
                             if lost.is_empty() {
                                 self.metrics
                                     .file_sealed(&file.object, file.events, file.bytes);

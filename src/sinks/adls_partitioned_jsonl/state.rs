@@ -1,14 +1,29 @@
-//! The sink's durable state (`data_dir/<id>/state.json`): for every open
-//! file its object name and staged blocks, and for every namespace window
-//! the highest source position already written and the next part number.
+//! The sink's durable state (`data_dir/<id>/`): for every open file its
+//! object name and staged blocks, and for every namespace window the
+//! highest source position already written and the next part number.
 //!
 //! This is what makes writes exactly-once. Events are acknowledged only
-//! after their block is staged *and* this state is saved; after a crash the
-//! source replays from its checkpoint, and any replayed event at or below
-//! its window's high-water position is skipped. Events of a window reach its
-//! files in stream order, so "at or below" means "already written".
+//! after their block is staged *and* this state records it; after a crash
+//! the source replays from its checkpoint, and any replayed event at or
+//! below its window's high-water position is skipped. Events of a window
+//! reach its files in stream order, so "at or below" means "already
+//! written".
+//!
+//! On disk: a snapshot (`state.json`, replaced atomically) and a log of the
+//! changes since (`state.<generation>.log`, one JSON line per staged block
+//! or sealed file, fsynced per line). A change costs one short append, not
+//! a rewrite of every open file and sealed window. When the log outgrows
+//! the snapshot, or at start and stop, a new snapshot with the next
+//! generation folds it in; a crash between the two leaves a log of an old
+//! generation, which the snapshot already contains and load deletes.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +31,10 @@ use crate::{
     checkpoint::{StateFile, StateFileError},
     event::Position,
 };
+
+/// The log is folded into a new snapshot once it is larger than this and
+/// than the snapshot.
+const COMPACT_AFTER_BYTES: u64 = 1 << 20;
 
 /// How long sealed windows are remembered for replay skipping. Replays only
 /// start from the source's checkpoint, which trails the sink by seconds to
@@ -80,13 +99,39 @@ pub struct SealedWindow {
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Persisted {
+    /// Which log continues this snapshot (absent in files of older versions).
+    #[serde(default)]
+    generation: u64,
     open: Vec<OpenFile>,
     sealed: Vec<SealedWindow>,
+}
+
+/// One line of the log.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Change {
+    /// A block was staged for a file (opening the file with its first).
+    Staged {
+        key: FileKey,
+        part: u32,
+        object: String,
+        block: Block,
+        first: Option<Position>,
+        high_water: Option<Position>,
+        at: i64,
+    },
+    /// A file was sealed.
+    Sealed { key: FileKey, at: i64 },
 }
 
 /// The state in memory, and where it is saved.
 pub struct SinkState {
     file: StateFile,
+    generation: u64,
+    /// The log of the current generation, once something was appended.
+    log: Option<fs::File>,
+    log_bytes: u64,
+    snapshot_bytes: u64,
     pub open: HashMap<FileKey, OpenFile>,
     pub sealed: HashMap<FileKey, SealedWindow>,
 }
@@ -94,8 +139,12 @@ pub struct SinkState {
 impl SinkState {
     pub fn load(file: StateFile) -> Result<Self, StateFileError> {
         let persisted: Persisted = file.load()?.unwrap_or_default();
-        Ok(Self {
-            file,
+        let snapshot_bytes = fs::metadata(file.path()).map_or(0, |m| m.len());
+        let mut state = Self {
+            generation: persisted.generation,
+            log: None,
+            log_bytes: 0,
+            snapshot_bytes,
             open: persisted
                 .open
                 .into_iter()
@@ -106,9 +155,193 @@ impl SinkState {
                 .into_iter()
                 .map(|s| (s.key.clone(), s))
                 .collect(),
-        })
+            file,
+        };
+        state.replay_log()?;
+        Ok(state)
     }
 
+    fn log_path(&self, generation: u64) -> PathBuf {
+        self.file
+            .path()
+            .with_file_name(format!("state.{generation}.log"))
+    }
+
+    /// Applies the current generation's log and deletes logs of other
+    /// generations (left by a crash during compaction; the snapshot holds
+    /// them). A torn last line was never acknowledged: it is cut off.
+    fn replay_log(&mut self) -> Result<(), StateFileError> {
+        let path = self.log_path(self.generation);
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale =
+                name.starts_with("state.") && name.ends_with(".log") && entry.path() != path;
+            if stale {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(StateFileError::Read { path, source }),
+        };
+        let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        for line in bytes[..complete]
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+        {
+            let change =
+                serde_json::from_slice(line).map_err(|source| StateFileError::Corrupt {
+                    path: path.clone(),
+                    source,
+                })?;
+            self.apply(change);
+        }
+        if complete < bytes.len() {
+            tracing::warn!(path = %path.display(), "Cutting off a torn last line of the sink state log (a write interrupted by a crash; it was never acknowledged).");
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(complete as u64).and_then(|()| f.sync_all()));
+            f.map_err(|source| StateFileError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        self.log_bytes = complete as u64;
+        Ok(())
+    }
+
+    /// Changes the state in memory (live, and when replaying the log).
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Staged {
+                key,
+                part,
+                object,
+                block,
+                first,
+                high_water,
+                at,
+            } => {
+                let file = self.open.entry(key.clone()).or_insert_with(|| OpenFile {
+                    key,
+                    part,
+                    object,
+                    blocks: Vec::new(),
+                    committed: 0,
+                    bytes: 0,
+                    events: 0,
+                    first_position: None,
+                    high_water: None,
+                    opened_at: at,
+                });
+                file.bytes += block.bytes;
+                file.events += block.events;
+                if file.first_position.is_none() {
+                    file.first_position = first;
+                }
+                if high_water.is_some() {
+                    file.high_water = high_water;
+                }
+                file.blocks.push(block);
+            }
+            Change::Sealed { key, at } => {
+                let Some(file) = self.open.remove(&key) else {
+                    return;
+                };
+                let high_water = file
+                    .high_water
+                    .max(self.sealed.get(&key).and_then(|s| s.high_water.clone()));
+                self.sealed.insert(
+                    key.clone(),
+                    SealedWindow {
+                        key,
+                        next_part: file.part + 1,
+                        high_water,
+                        sealed_at: at,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Makes a change durable (one fsynced line), then applies it.
+    fn record(&mut self, change: Change) -> Result<(), StateFileError> {
+        let path = self.log_path(self.generation);
+        let write = |log: &mut Option<fs::File>, line: &[u8]| -> std::io::Result<()> {
+            if log.is_none() {
+                let f = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)?;
+                // The new file's name must survive a crash too.
+                if let Some(dir) = path.parent() {
+                    fs::File::open(dir)?.sync_all()?;
+                }
+                *log = Some(f);
+            }
+            let f = log.as_mut().expect("opened above");
+            f.write_all(line)?;
+            f.sync_data()
+        };
+        let mut line = serde_json::to_vec(&change).expect("state serializes");
+        line.push(b'\n');
+        write(&mut self.log, &line).map_err(|source| StateFileError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        self.log_bytes += line.len() as u64;
+        let at = match &change {
+            Change::Staged { at, .. } | Change::Sealed { at, .. } => *at,
+        };
+        self.apply(change);
+        if self.log_bytes > COMPACT_AFTER_BYTES.max(self.snapshot_bytes) {
+            self.save(at)?;
+        }
+        Ok(())
+    }
+
+    /// Records a staged block of `key`'s file (opening it), and returns the
+    /// file.
+    #[allow(clippy::too_many_arguments)]
+    pub fn staged(
+        &mut self,
+        key: &FileKey,
+        part: u32,
+        object: &str,
+        block: Block,
+        first: Option<Position>,
+        high_water: Option<Position>,
+        now: i64,
+    ) -> Result<&OpenFile, StateFileError> {
+        self.record(Change::Staged {
+            key: key.clone(),
+            part,
+            object: object.to_string(),
+            block,
+            first,
+            high_water,
+            at: now,
+        })?;
+        Ok(&self.open[key])
+    }
+
+    /// Records that an open file was sealed, and returns it.
+    pub fn sealed(&mut self, key: &FileKey, now: i64) -> Result<Option<OpenFile>, StateFileError> {
+        let Some(file) = self.open.get(key).cloned() else {
+            return Ok(None);
+        };
+        self.record(Change::Sealed {
+            key: key.clone(),
+            at: now,
+        })?;
+        Ok(Some(file))
+    }
+
+    /// Writes a snapshot of the whole state with the next generation and
+    /// starts a new log; sealed windows past their retention are dropped.
     pub fn save(&mut self, now: i64) -> Result<(), StateFileError> {
         self.sealed
             .retain(|_, s| now - s.sealed_at < SEALED_RETENTION_SECS);
@@ -116,7 +349,23 @@ impl SinkState {
         open.sort_by(|a, b| a.key.cmp(&b.key));
         let mut sealed: Vec<SealedWindow> = self.sealed.values().cloned().collect();
         sealed.sort_by(|a, b| a.key.cmp(&b.key));
-        self.file.save(&Persisted { open, sealed })
+        let old_log = self.log_path(self.generation);
+        self.file.save(&Persisted {
+            generation: self.generation + 1,
+            open,
+            sealed,
+        })?;
+        self.generation += 1;
+        self.log = None;
+        self.log_bytes = 0;
+        self.snapshot_bytes = fs::metadata(self.file.path()).map_or(0, |m| m.len());
+        match fs::remove_file(&old_log) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StateFileError::Write {
+                path: old_log,
+                source: e,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The highest position written for a window, open or sealed.
@@ -130,68 +379,198 @@ impl SinkState {
     pub fn next_part(&self, key: &FileKey) -> u32 {
         self.sealed.get(key).map_or(0, |s| s.next_part)
     }
-
-    /// Records that an open file was sealed.
-    pub fn sealed(&mut self, key: &FileKey, now: i64) -> Option<OpenFile> {
-        let file = self.open.remove(key)?;
-        let high_water = file
-            .high_water
-            .clone()
-            .max(self.sealed.get(key).and_then(|s| s.high_water.clone()));
-        self.sealed.insert(
-            key.clone(),
-            SealedWindow {
-                key: key.clone(),
-                next_part: file.part + 1,
-                high_water,
-                sealed_at: now,
-            },
-        );
-        Some(file)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn key(coll: &str) -> FileKey {
+        FileKey {
+            db: "d".into(),
+            coll: coll.into(),
+            window_start: 0,
+        }
+    }
+
+    fn block(id: &str) -> Block {
+        Block {
+            id: id.into(),
+            bytes: 10,
+            events: 2,
+        }
+    }
+
+    fn pos(p: &str) -> Option<Position> {
+        Some(Position(p.into()))
+    }
+
+    fn load(dir: &Path) -> SinkState {
+        SinkState::load(StateFile::new(dir, "state.json").unwrap()).unwrap()
+    }
+
+    /// What a reload must reproduce.
+    fn summary(state: &SinkState) -> Vec<String> {
+        let mut out: Vec<String> = state
+            .open
+            .values()
+            .map(|f| format!("open {f:?}"))
+            .chain(state.sealed.values().map(|s| format!("sealed {s:?}")))
+            .collect();
+        out.sort();
+        out
+    }
+
     #[test]
     fn high_water_spans_open_and_sealed_parts() {
         let dir = tempfile::tempdir().unwrap();
-        let mut state = SinkState::load(StateFile::new(dir.path(), "state.json").unwrap()).unwrap();
-        let key = FileKey {
-            db: "d".into(),
-            coll: "c".into(),
-            window_start: 0,
-        };
-        state.open.insert(
-            key.clone(),
-            OpenFile {
-                key: key.clone(),
-                part: 0,
-                object: "o".into(),
-                blocks: vec![],
-                committed: 0,
-                bytes: 0,
-                events: 1,
-                first_position: None,
-                high_water: Some(Position("05".into())),
-                opened_at: 0,
-            },
-        );
-        state.sealed(&key, 100).unwrap();
-        assert_eq!(state.next_part(&key), 1);
-        assert_eq!(state.high_water(&key), Some(&Position("05".into())));
+        let mut state = load(dir.path());
+        let k = key("c");
+        state
+            .staged(&k, 0, "o", block("a"), pos("01"), pos("05"), 0)
+            .unwrap();
+        state.sealed(&k, 100).unwrap().unwrap();
+        assert_eq!(state.next_part(&k), 1);
+        assert_eq!(state.high_water(&k), pos("05").as_ref());
         state.save(100).unwrap();
 
-        let state = SinkState::load(StateFile::new(dir.path(), "state.json").unwrap()).unwrap();
-        assert_eq!(state.high_water(&key), Some(&Position("05".into())));
-        let mut state = state;
+        let mut state = load(dir.path());
+        assert_eq!(state.high_water(&k), pos("05").as_ref());
         state.save(100 + SEALED_RETENTION_SECS).unwrap();
         assert_eq!(
-            state.high_water(&key),
+            state.high_water(&k),
             None,
             "old sealed windows are forgotten"
         );
+    }
+
+    /// Every change is in the log the moment `staged`/`sealed` return: a
+    /// reload without any snapshot reproduces the state, and the snapshot
+    /// file is not rewritten per change.
+    #[test]
+    fn changes_survive_a_crash_through_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = load(dir.path());
+        state.save(0).unwrap();
+        let snapshot = std::fs::read(dir.path().join("state.json")).unwrap();
+        for (i, coll) in ["a", "b", "c"].iter().enumerate() {
+            for j in 0..3 {
+                let hw = format!("{i}{j}");
+                state
+                    .staged(&key(coll), 0, coll, block(&hw), pos("00"), pos(&hw), 5)
+                    .unwrap();
+            }
+        }
+        state.sealed(&key("b"), 7).unwrap().unwrap();
+        state
+            .staged(&key("b"), 1, "b-1", block("x"), pos("13"), pos("13"), 8)
+            .unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("state.json")).unwrap(),
+            snapshot
+        );
+        let expected = summary(&state);
+        drop(state); // no save: a crash
+        let reloaded = load(dir.path());
+        assert_eq!(summary(&reloaded), expected);
+        assert_eq!(reloaded.open[&key("a")].blocks.len(), 3);
+        assert_eq!(reloaded.open[&key("b")].part, 1);
+        assert_eq!(reloaded.next_part(&key("b")), 1);
+    }
+
+    /// A line cut short by a crash was never acknowledged: it is dropped,
+    /// and appends after the reload start on a clean line.
+    #[test]
+    fn a_torn_last_line_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = load(dir.path());
+        state
+            .staged(&key("a"), 0, "o", block("1"), None, pos("01"), 0)
+            .unwrap();
+        let log = dir.path().join(format!("state.{}.log", state.generation));
+        drop(state);
+        let mut f = fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(br#"{"staged":{"key":{"db":"d","#).unwrap();
+        drop(f);
+        let mut state = load(dir.path());
+        assert_eq!(state.open[&key("a")].blocks.len(), 1);
+        state
+            .staged(&key("a"), 0, "o", block("2"), None, pos("02"), 0)
+            .unwrap();
+        drop(state);
+        let state = load(dir.path());
+        assert_eq!(state.open[&key("a")].block_ids(), vec!["1", "2"]);
+        assert_eq!(state.high_water(&key("a")), pos("02").as_ref());
+    }
+
+    /// A complete line that does not parse is not a torn write: refuse to
+    /// guess, naming the file.
+    #[test]
+    fn a_corrupt_line_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = load(dir.path());
+        let log = dir.path().join(format!("state.{}.log", state.generation));
+        std::fs::write(&log, "garbage\n").unwrap();
+        let err = SinkState::load(StateFile::new(dir.path(), "state.json").unwrap())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("corrupt") && err.contains(".log"), "{err}");
+    }
+
+    /// A big log is folded into a new snapshot; a crash after the snapshot
+    /// and before the old log was deleted must not apply that log twice.
+    #[test]
+    fn compaction_folds_the_log_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = load(dir.path());
+        let mut n = 0u64;
+        while state.generation == 0 {
+            n += 1;
+            state
+                .staged(&key("a"), 0, "o", block(&format!("{n:040}")), None, None, 0)
+                .unwrap();
+        }
+        assert!(n > 1000, "compacted after {n} blocks");
+        assert!(!dir.path().join("state.0.log").exists());
+        // Simulate the crash: the old log is back next to the new snapshot.
+        let mut old = String::new();
+        for i in 0..3 {
+            let change = Change::Staged {
+                key: key("a"),
+                part: 0,
+                object: "o".into(),
+                block: block(&format!("old{i}")),
+                first: None,
+                high_water: None,
+                at: 0,
+            };
+            old.push_str(&serde_json::to_string(&change).unwrap());
+            old.push('\n');
+        }
+        std::fs::write(dir.path().join("state.0.log"), old).unwrap();
+        let expected = summary(&state);
+        drop(state);
+        let state = load(dir.path());
+        assert_eq!(summary(&state), expected);
+        assert_eq!(state.open[&key("a")].blocks.len() as u64, n);
+        assert!(
+            !dir.path().join("state.0.log").exists(),
+            "stale log deleted"
+        );
+    }
+
+    /// A `state.json` written before the log existed loads as generation 0.
+    #[test]
+    fn loads_a_snapshot_without_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("state.json"),
+            r#"{"open":[],"sealed":[{"key":{"db":"d","coll":"c","window_start":0},"next_part":2,"high_water":"09","sealed_at":0}]}"#,
+        )
+        .unwrap();
+        let state = load(dir.path());
+        assert_eq!(state.generation, 0);
+        assert_eq!(state.next_part(&key("c")), 2);
     }
 }
