@@ -5,7 +5,7 @@
 //! their window closes, they reach `roll.max_bytes`, or they get too old.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io::Write as _,
     pin::Pin,
     sync::Arc,
@@ -199,10 +199,10 @@ impl Requests {
             (Ok(u), Ok(c)) => (u, c.unwrap_or_default()),
             (Err(e), _) | (_, Err(e)) => return (Err(e), Vec::new()),
         };
-        let (kept, lost): (Vec<String>, Vec<String>) = ids
-            .iter()
-            .cloned()
-            .partition(|id| still_there.contains(id) || committed.contains(id));
+        // Sets: a file may hold tens of thousands of blocks.
+        let there: HashSet<&String> = still_there.iter().chain(&committed).collect();
+        let (kept, lost): (Vec<String>, Vec<String>) =
+            ids.iter().cloned().partition(|id| there.contains(id));
         if kept.is_empty() {
             return (Ok(Created::Created), lost);
         }
@@ -550,8 +550,15 @@ impl AdlsSink {
                 let (result, lost) = requests.commit_salvaging(&object, &ids, false).await;
                 result?;
                 if !lost.is_empty() {
+                    // Reported again if the process dies before the save
+                    // below records the shorter list.
                     self.report_lost(&file, &lost);
+                    let lost: HashSet<&String> = lost.iter().collect();
                     if let Some(f) = self.state.open.get_mut(&file.key) {
+                        for b in f.blocks.iter().filter(|b| lost.contains(&b.id)) {
+                            f.bytes -= b.bytes;
+                            f.events -= b.events;
+                        }
                         f.blocks.retain(|b| !lost.contains(&b.id));
                     }
                 }
@@ -569,10 +576,11 @@ impl AdlsSink {
     /// acknowledged, so they are not in the lake and will not be replayed.
     /// Said loudly, with what an operator needs to re-read them.
     fn report_lost(&self, file: &OpenFile, lost: &[String]) {
+        let lost_ids: HashSet<&String> = lost.iter().collect();
         let (events, bytes) = file
             .blocks
             .iter()
-            .filter(|b| lost.contains(&b.id))
+            .filter(|b| lost_ids.contains(&b.id))
             .fold((0, 0), |(e, b), block| (e + block.events, b + block.bytes));
         DataLost {
             object: &file.object,
@@ -879,19 +887,33 @@ impl AdlsSink {
                     lost: Vec::new(),
                 };
             }
-            let (result, lost) = requests.commit_salvaging(&object, &ids, create_only).await;
+            let (result, mut lost) = requests.commit_salvaging(&object, &ids, create_only).await;
             let result = match result {
                 Ok(Created::Created) => Ok(()),
                 Ok(Created::AlreadyExists) => {
                     // Our own commit whose response was lost, or a foreign
                     // object under our name: compare the block lists.
-                    let kept: Vec<String> = ids.into_iter().filter(|id| !lost.contains(id)).collect();
                     let storage = &requests.storage;
-                    match requests.run("Get Block List", || storage.committed_blocks(&object)).await {
-                        Ok(Some(existing)) if existing == kept => Ok(()),
-                        Ok(_) => Err(StorageError::permanent(format!(
-                            "{object} already exists with other content; it was not written by this sink's current state (was data_dir reset?). Move it away to let this file be sealed"
-                        ))),
+                    let existing = requests.run("Get Block List", || storage.committed_blocks(&object)).await;
+                    match existing {
+                        Ok(Some(existing)) if existing == ids => Ok(()),
+                        // A salvage commit from before a crash: the blocks it
+                        // left out are still gone.
+                        Ok(Some(existing)) => match requests
+                            .run("Get Block List", || storage.uncommitted_blocks(&object))
+                            .await
+                            .map(|staged| salvaged_before(&ids, &existing, &staged))
+                        {
+                            Ok(Some(missing)) => {
+                                lost = missing;
+                                Ok(())
+                            }
+                            Ok(None) => Err(StorageError::permanent(format!(
+                                "{object} already exists with other content; it was not written by this sink's current state (was data_dir reset?). Move it away to let this file be sealed"
+                            ))),
+                            Err(e) => Err(e),
+                        },
+                        Ok(None) => Err(StorageError::transient(format!("{object} was reported as existing, then not found"))),
                         Err(e) => Err(e),
                     }
                 }
@@ -1068,6 +1090,26 @@ impl AdlsSink {
     }
 }
 
+/// When `existing` (a committed block list) is `ids` with some blocks left
+/// out, in order, and none of those is staged any more, it is a salvage
+/// commit of this file (whose state was not recorded before a crash): the
+/// ids left out, which are lost.
+fn salvaged_before(ids: &[String], existing: &[String], staged: &[String]) -> Option<Vec<String>> {
+    let staged: HashSet<&String> = staged.iter().collect();
+    let mut rest = existing.iter().peekable();
+    let mut left_out = Vec::new();
+    for id in ids {
+        if rest.peek() == Some(&id) {
+            rest.next();
+        } else if staged.contains(id) {
+            return None;
+        } else {
+            left_out.push(id.clone());
+        }
+    }
+    (!existing.is_empty() && rest.next().is_none() && !left_out.is_empty()).then_some(left_out)
+}
+
 /// FNV-1a, for short stable names from document keys.
 fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -1076,4 +1118,30 @@ fn fnv1a(bytes: &[u8]) -> u64 {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn a_salvage_commit_is_recognised_only_when_its_gaps_are_gone() {
+        let all = ids("a b c d");
+        // [b, d] committed, a and c no longer staged: our salvage.
+        assert_eq!(
+            salvaged_before(&all, &ids("b d"), &ids("")),
+            Some(ids("a c"))
+        );
+        // c is still staged: not ours to explain away.
+        assert_eq!(salvaged_before(&all, &ids("b d"), &ids("c")), None);
+        // Out of order, foreign ids, empty, or nothing left out.
+        assert_eq!(salvaged_before(&all, &ids("d b"), &ids("")), None);
+        assert_eq!(salvaged_before(&all, &ids("x"), &ids("")), None);
+        assert_eq!(salvaged_before(&all, &ids(""), &ids("")), None);
+        assert_eq!(salvaged_before(&all, &all, &ids("")), None);
+    }
 }

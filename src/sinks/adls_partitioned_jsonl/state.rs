@@ -15,7 +15,8 @@
 //! a rewrite of every open file and sealed window. When the log outgrows
 //! the snapshot, or at start and stop, a new snapshot with the next
 //! generation folds it in; a crash between the two leaves a log of an old
-//! generation, which the snapshot already contains and load deletes.
+//! generation, which the snapshot already contains: load ignores it and the
+//! next snapshot deletes it.
 
 use std::{
     collections::HashMap,
@@ -132,6 +133,9 @@ pub struct SinkState {
     log: Option<fs::File>,
     log_bytes: u64,
     snapshot_bytes: u64,
+    /// Load found a torn line or logs of other generations: snapshot
+    /// before appending.
+    stale: bool,
     pub open: HashMap<FileKey, OpenFile>,
     pub sealed: HashMap<FileKey, SealedWindow>,
 }
@@ -145,6 +149,7 @@ impl SinkState {
             log: None,
             log_bytes: 0,
             snapshot_bytes,
+            stale: false,
             open: persisted
                 .open
                 .into_iter()
@@ -167,20 +172,14 @@ impl SinkState {
             .with_file_name(format!("state.{generation}.log"))
     }
 
-    /// Applies the current generation's log and deletes logs of other
-    /// generations (left by a crash during compaction; the snapshot holds
-    /// them). A torn last line was never acknowledged: it is cut off.
+    /// Applies the current generation's log. Loading only reads (`validate`
+    /// loads the state of a running agent): logs of other generations (left
+    /// by a crash during compaction; the snapshot holds them) and a torn
+    /// last line (never acknowledged) are left for the next snapshot to
+    /// clear, which comes before the next append.
     fn replay_log(&mut self) -> Result<(), StateFileError> {
         let path = self.log_path(self.generation);
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let stale =
-                name.starts_with("state.") && name.ends_with(".log") && entry.path() != path;
-            if stale {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
+        self.stale = log_files(&path).iter().any(|(other, _)| *other != path);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -199,15 +198,8 @@ impl SinkState {
             self.apply(change);
         }
         if complete < bytes.len() {
-            tracing::warn!(path = %path.display(), "Cutting off a torn last line of the sink state log (a write interrupted by a crash; it was never acknowledged).");
-            let f = fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_len(complete as u64).and_then(|()| f.sync_all()));
-            f.map_err(|source| StateFileError::Write {
-                path: path.clone(),
-                source,
-            })?;
+            tracing::warn!(path = %path.display(), "Ignoring a torn last line of the sink state log (a write interrupted by a crash; it was never acknowledged).");
+            self.stale = true;
         }
         self.log_bytes = complete as u64;
         Ok(())
@@ -269,6 +261,12 @@ impl SinkState {
 
     /// Makes a change durable (one fsynced line), then applies it.
     fn record(&mut self, change: Change) -> Result<(), StateFileError> {
+        let at = match &change {
+            Change::Staged { at, .. } | Change::Sealed { at, .. } => *at,
+        };
+        if self.stale {
+            self.save(at)?;
+        }
         let path = self.log_path(self.generation);
         let write = |log: &mut Option<fs::File>, line: &[u8]| -> std::io::Result<()> {
             if log.is_none() {
@@ -293,9 +291,6 @@ impl SinkState {
             source,
         })?;
         self.log_bytes += line.len() as u64;
-        let at = match &change {
-            Change::Staged { at, .. } | Change::Sealed { at, .. } => *at,
-        };
         self.apply(change);
         if self.log_bytes > COMPACT_AFTER_BYTES.max(self.snapshot_bytes) {
             self.save(at)?;
@@ -349,7 +344,7 @@ impl SinkState {
         open.sort_by(|a, b| a.key.cmp(&b.key));
         let mut sealed: Vec<SealedWindow> = self.sealed.values().cloned().collect();
         sealed.sort_by(|a, b| a.key.cmp(&b.key));
-        let old_log = self.log_path(self.generation);
+        let old_logs = log_files(&self.log_path(self.generation));
         self.file.save(&Persisted {
             generation: self.generation + 1,
             open,
@@ -359,13 +354,17 @@ impl SinkState {
         self.log = None;
         self.log_bytes = 0;
         self.snapshot_bytes = fs::metadata(self.file.path()).map_or(0, |m| m.len());
-        match fs::remove_file(&old_log) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StateFileError::Write {
-                path: old_log,
-                source: e,
-            }),
-            _ => Ok(()),
+        self.stale = false;
+        // Every log so far is in the snapshot.
+        for (path, _) in old_logs {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StateFileError::Write { path, source: e });
+                }
+                _ => {}
+            }
         }
+        Ok(())
     }
 
     /// The highest position written for a window, open or sealed.
@@ -379,6 +378,25 @@ impl SinkState {
     pub fn next_part(&self, key: &FileKey) -> u32 {
         self.sealed.get(key).map_or(0, |s| s.next_part)
     }
+}
+
+/// The state logs (`state.<n>.log`) next to `log`, with their generations.
+fn log_files(log: &Path) -> Vec<(PathBuf, u64)> {
+    let dir = log.parent().map(Path::to_path_buf).unwrap_or_default();
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let generation = name
+                .strip_prefix("state.")?
+                .strip_suffix(".log")?
+                .parse()
+                .ok()?;
+            Some((entry.path(), generation))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -479,9 +497,10 @@ mod tests {
     }
 
     /// A line cut short by a crash was never acknowledged: it is dropped,
-    /// and appends after the reload start on a clean line.
+    /// and appends after the reload start on a clean line. Loading writes
+    /// nothing (`validate` may load a running agent's state).
     #[test]
-    fn a_torn_last_line_is_cut_off() {
+    fn a_torn_last_line_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let mut state = load(dir.path());
         state
@@ -492,7 +511,9 @@ mod tests {
         let mut f = fs::OpenOptions::new().append(true).open(&log).unwrap();
         f.write_all(br#"{"staged":{"key":{"db":"d","#).unwrap();
         drop(f);
+        let torn = std::fs::read(&log).unwrap();
         let mut state = load(dir.path());
+        assert_eq!(std::fs::read(&log).unwrap(), torn, "load only reads");
         assert_eq!(state.open[&key("a")].blocks.len(), 1);
         state
             .staged(&key("a"), 0, "o", block("2"), None, pos("02"), 0)
@@ -551,13 +572,19 @@ mod tests {
         std::fs::write(dir.path().join("state.0.log"), old).unwrap();
         let expected = summary(&state);
         drop(state);
-        let state = load(dir.path());
+        let mut state = load(dir.path());
         assert_eq!(summary(&state), expected);
         assert_eq!(state.open[&key("a")].blocks.len() as u64, n);
+        assert!(dir.path().join("state.0.log").exists(), "load only reads");
+        state
+            .staged(&key("a"), 0, "o", block("next"), None, None, 0)
+            .unwrap();
         assert!(
             !dir.path().join("state.0.log").exists(),
             "stale log deleted"
         );
+        drop(state);
+        assert_eq!(load(dir.path()).open[&key("a")].blocks.len() as u64, n + 1);
     }
 
     /// A `state.json` written before the log existed loads as generation 0.
