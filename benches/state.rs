@@ -11,11 +11,22 @@ use std::time::Instant;
 use mongo_adls::{
     checkpoint::StateFile,
     event::Position,
-    sinks::adls_partitioned_jsonl::state::{Block, FileKey, SinkState},
+    sinks::adls_partitioned_jsonl::state::{Block, FileKey, SinkState, StagedBlock},
 };
 
 const TOKEN: &str =
     "826B07E2BE0000001F2B022C0100296E5A100430AB0560ADA745628786791E911C30E6461E5F6964002B3A0004";
+
+fn staged(key: &FileKey, object: &str, block: Block) -> StagedBlock {
+    StagedBlock {
+        key: key.clone(),
+        part: 0,
+        object: object.into(),
+        block,
+        first: Some(Position(TOKEN.into())),
+        high_water: Some(Position(TOKEN.into())),
+    }
+}
 
 fn main() {
     for namespaces in [10, 1000] {
@@ -37,10 +48,7 @@ fn main() {
                     bytes: 1 << 20,
                     events: 1000,
                 };
-                let pos = Some(Position(TOKEN.into()));
-                state
-                    .staged(&key, 0, &object, block, pos.clone(), pos, 0)
-                    .unwrap();
+                state.staged(staged(&key, &object, block), 0).unwrap();
                 if hour < 24 {
                     state.sealed(&key, 0).unwrap();
                 }
@@ -67,10 +75,7 @@ fn main() {
                     bytes: 1 << 20,
                     events: 1000,
                 };
-                let pos = Some(Position(TOKEN.into()));
-                state
-                    .staged(&key, 0, "o", block, pos.clone(), pos, 0)
-                    .unwrap();
+                state.staged(staged(&key, "o", block), 0).unwrap();
             }
             append = append.min(started.elapsed().as_secs_f64() / rounds as f64);
             let started = Instant::now();

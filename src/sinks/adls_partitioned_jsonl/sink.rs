@@ -22,7 +22,7 @@ use super::{
     config::{AdlsPartitionedJsonlConfig, BatchConfig, Commit, Compression, Mode, RollConfig},
     encode,
     partition::{object_name, Template, Windows},
-    state::{Block, FileKey, OpenFile, SinkState},
+    state::{Block, FileKey, OpenFile, SinkState, StagedBlock},
     storage::{
         azure::AzureStorage, local::LocalStorage, with_retries, Created, RetryPolicy, Storage,
         StorageError,
@@ -272,12 +272,7 @@ struct KeyRuntime {
 
 enum Done {
     Staged {
-        key: FileKey,
-        part: u32,
-        object: String,
-        block: Block,
-        first: Option<Position>,
-        high_water: Option<Position>,
+        staged: StagedBlock,
         finalizers: Vec<EventFinalizers>,
         /// The batch buffer, for reuse.
         spare: Option<Vec<u8>>,
@@ -845,12 +840,14 @@ impl AdlsSink {
                 Ok(()) => {
                     requests.metrics.block_written(bytes as usize);
                     Done::Staged {
-                        key,
-                        part,
-                        object,
-                        block: Block { id, bytes, events },
-                        first,
-                        high_water,
+                        staged: StagedBlock {
+                            key,
+                            part,
+                            object,
+                            block: Block { id, bytes, events },
+                            first,
+                            high_water,
+                        },
                         finalizers,
                         // The HTTP client has let go of the body by now.
                         spare: body.try_into_mut().ok().map(Vec::from),
@@ -926,24 +923,17 @@ impl AdlsSink {
     fn on_done(&mut self, done: Done, inflight: &mut FuturesUnordered<Request>) -> Result<(), ()> {
         match done {
             Done::Staged {
-                key,
-                part,
-                object,
-                block,
-                first,
-                high_water,
+                staged,
                 finalizers,
                 spare,
             } => {
                 if let Some(data) = spare {
                     self.recycle(data);
                 }
-                let events = block.events as usize;
-                let bytes = block.bytes;
-                let staged =
-                    self.state
-                        .staged(&key, part, &object, block, first, high_water, now_secs());
-                let file = match staged {
+                let events = staged.block.events as usize;
+                let bytes = staged.block.bytes;
+                let (key, object) = (staged.key.clone(), staged.object.clone());
+                let file = match self.state.staged(staged, now_secs()) {
                     Ok(file) => file,
                     Err(e) => {
                         self.state_error(&e.to_string());

@@ -107,22 +107,31 @@ struct Persisted {
     sealed: Vec<SealedWindow>,
 }
 
+/// A block staged for a file (opening the file with its first block).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StagedBlock {
+    pub key: FileKey,
+    pub part: u32,
+    pub object: String,
+    pub block: Block,
+    /// Lowest and highest source positions of the block's events.
+    pub first: Option<Position>,
+    pub high_water: Option<Position>,
+}
+
 /// One line of the log.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Change {
-    /// A block was staged for a file (opening the file with its first).
     Staged {
-        key: FileKey,
-        part: u32,
-        object: String,
-        block: Block,
-        first: Option<Position>,
-        high_water: Option<Position>,
+        staged: StagedBlock,
         at: i64,
     },
     /// A file was sealed.
-    Sealed { key: FileKey, at: i64 },
+    Sealed {
+        key: FileKey,
+        at: i64,
+    },
 }
 
 /// The state in memory, and where it is saved.
@@ -209,12 +218,15 @@ impl SinkState {
     fn apply(&mut self, change: Change) {
         match change {
             Change::Staged {
-                key,
-                part,
-                object,
-                block,
-                first,
-                high_water,
+                staged:
+                    StagedBlock {
+                        key,
+                        part,
+                        object,
+                        block,
+                        first,
+                        high_water,
+                    },
                 at,
             } => {
                 let file = self.open.entry(key.clone()).or_insert_with(|| OpenFile {
@@ -298,29 +310,11 @@ impl SinkState {
         Ok(())
     }
 
-    /// Records a staged block of `key`'s file (opening it), and returns the
-    /// file.
-    #[allow(clippy::too_many_arguments)]
-    pub fn staged(
-        &mut self,
-        key: &FileKey,
-        part: u32,
-        object: &str,
-        block: Block,
-        first: Option<Position>,
-        high_water: Option<Position>,
-        now: i64,
-    ) -> Result<&OpenFile, StateFileError> {
-        self.record(Change::Staged {
-            key: key.clone(),
-            part,
-            object: object.to_string(),
-            block,
-            first,
-            high_water,
-            at: now,
-        })?;
-        Ok(&self.open[key])
+    /// Records a staged block (opening its file), and returns the file.
+    pub fn staged(&mut self, staged: StagedBlock, now: i64) -> Result<&OpenFile, StateFileError> {
+        let key = staged.key.clone();
+        self.record(Change::Staged { staged, at: now })?;
+        Ok(&self.open[&key])
     }
 
     /// Records that an open file was sealed, and returns it.
@@ -419,6 +413,24 @@ mod tests {
         }
     }
 
+    fn sb(
+        key: &FileKey,
+        part: u32,
+        object: &str,
+        block: Block,
+        first: Option<Position>,
+        high_water: Option<Position>,
+    ) -> StagedBlock {
+        StagedBlock {
+            key: key.clone(),
+            part,
+            object: object.into(),
+            block,
+            first,
+            high_water,
+        }
+    }
+
     fn pos(p: &str) -> Option<Position> {
         Some(Position(p.into()))
     }
@@ -445,7 +457,7 @@ mod tests {
         let mut state = load(dir.path());
         let k = key("c");
         state
-            .staged(&k, 0, "o", block("a"), pos("01"), pos("05"), 0)
+            .staged(sb(&k, 0, "o", block("a"), pos("01"), pos("05")), 0)
             .unwrap();
         state.sealed(&k, 100).unwrap().unwrap();
         assert_eq!(state.next_part(&k), 1);
@@ -475,13 +487,13 @@ mod tests {
             for j in 0..3 {
                 let hw = format!("{i}{j}");
                 state
-                    .staged(&key(coll), 0, coll, block(&hw), pos("00"), pos(&hw), 5)
+                    .staged(sb(&key(coll), 0, coll, block(&hw), pos("00"), pos(&hw)), 5)
                     .unwrap();
             }
         }
         state.sealed(&key("b"), 7).unwrap().unwrap();
         state
-            .staged(&key("b"), 1, "b-1", block("x"), pos("13"), pos("13"), 8)
+            .staged(sb(&key("b"), 1, "b-1", block("x"), pos("13"), pos("13")), 8)
             .unwrap();
         assert_eq!(
             std::fs::read(dir.path().join("state.json")).unwrap(),
@@ -504,7 +516,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut state = load(dir.path());
         state
-            .staged(&key("a"), 0, "o", block("1"), None, pos("01"), 0)
+            .staged(sb(&key("a"), 0, "o", block("1"), None, pos("01")), 0)
             .unwrap();
         let log = dir.path().join(format!("state.{}.log", state.generation));
         drop(state);
@@ -516,7 +528,7 @@ mod tests {
         assert_eq!(std::fs::read(&log).unwrap(), torn, "load only reads");
         assert_eq!(state.open[&key("a")].blocks.len(), 1);
         state
-            .staged(&key("a"), 0, "o", block("2"), None, pos("02"), 0)
+            .staged(sb(&key("a"), 0, "o", block("2"), None, pos("02")), 0)
             .unwrap();
         drop(state);
         let state = load(dir.path());
@@ -549,7 +561,10 @@ mod tests {
         while state.generation == 0 {
             n += 1;
             state
-                .staged(&key("a"), 0, "o", block(&format!("{n:040}")), None, None, 0)
+                .staged(
+                    sb(&key("a"), 0, "o", block(&format!("{n:040}")), None, None),
+                    0,
+                )
                 .unwrap();
         }
         assert!(n > 1000, "compacted after {n} blocks");
@@ -558,12 +573,7 @@ mod tests {
         let mut old = String::new();
         for i in 0..3 {
             let change = Change::Staged {
-                key: key("a"),
-                part: 0,
-                object: "o".into(),
-                block: block(&format!("old{i}")),
-                first: None,
-                high_water: None,
+                staged: sb(&key("a"), 0, "o", block(&format!("old{i}")), None, None),
                 at: 0,
             };
             old.push_str(&serde_json::to_string(&change).unwrap());
@@ -577,7 +587,7 @@ mod tests {
         assert_eq!(state.open[&key("a")].blocks.len() as u64, n);
         assert!(dir.path().join("state.0.log").exists(), "load only reads");
         state
-            .staged(&key("a"), 0, "o", block("next"), None, None, 0)
+            .staged(sb(&key("a"), 0, "o", block("next"), None, None), 0)
             .unwrap();
         assert!(
             !dir.path().join("state.0.log").exists(),
