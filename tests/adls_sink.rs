@@ -24,6 +24,7 @@ fn agent_config(
     sink_options: &str,
 ) -> PathBuf {
     let defaults = [
+        "create_filesystem = true",
         "file_name = \"events-%Y%m%d-%H%M%S\"",
         "roll.window_secs = 2",
         "roll.grace_secs = 0",
@@ -61,7 +62,6 @@ type = "adls_partitioned_jsonl"
 inputs = ["mongo"]
 account_url = "{account_url}"
 filesystem = "{name}"
-create_filesystem = true
 {defaults}
 {sink_options}
 "#,
@@ -71,6 +71,19 @@ create_filesystem = true
     )
     .unwrap();
     path
+}
+
+/// `mongo-adls validate -c <cfg>`: its exit code and stderr.
+fn validate(cfg: &Path) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+        .args(["validate", "-c"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn shared_key() -> String {
@@ -513,13 +526,8 @@ async fn auth_sas_and_wrong_key_and_hostile_names() {
         &azurite.account_url(),
         "auth.shared_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==\"",
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
-        .args(["validate", "-c"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = validate(&bad);
+    assert_eq!(code, Some(78));
     assert!(stderr.contains("credentials were rejected"), "{stderr}");
     assert!(
         !stderr.contains("AAAAAAAAAAAAAAAA"),
@@ -537,18 +545,10 @@ async fn auth_sas_and_wrong_key_and_hostile_names() {
         ),
         ("nofs", missing.as_str(), "does not exist"),
     ] {
-        let cfg = agent_config(dir.path(), name, &mongo.uri(), url, &shared_key());
-        let text = std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("create_filesystem = true\n", "");
-        std::fs::write(&cfg, text).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
-            .args(["validate", "-c"])
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(78), "{name}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let options = format!("create_filesystem = false\n{}", shared_key());
+        let cfg = agent_config(dir.path(), name, &mongo.uri(), url, &options);
+        let (code, stderr) = validate(&cfg);
+        assert_eq!(code, Some(78), "{name}");
         assert!(stderr.contains(needle), "{name}: {stderr}");
         assert!(!stderr.contains(AZURITE_KEY), "the key is never printed");
     }
@@ -562,21 +562,8 @@ async fn auth_sas_and_wrong_key_and_hostile_names() {
         &azurite.account_url(),
         &format!("create_filesystem = false\nauth.sas_token = \"?{sas}\""),
     );
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("create_filesystem = true\n", "");
-    std::fs::write(&cfg, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
-        .args(["validate", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, stderr) = validate(&cfg);
+    assert_eq!(code, Some(0), "{stderr}");
     let agent = Agent::start(&cfg);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let client = mongo.client().await;

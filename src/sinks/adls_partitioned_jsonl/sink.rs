@@ -167,9 +167,7 @@ impl Requests {
         self.metrics.request(started.elapsed());
         result
     }
-}
 
-impl Requests {
     /// Commits `ids` to `object`. When some staged blocks are gone from
     /// storage (`InvalidBlockList`), commits the ones still there, in
     /// order, and returns the ids of the lost ones with the result.
@@ -548,18 +546,8 @@ impl AdlsSink {
                     // Reported again if the process dies before the save
                     // below records the shorter list.
                     self.report_lost(&file, &lost);
-                    let lost: HashSet<&String> = lost.iter().collect();
-                    if let Some(f) = self.state.open.get_mut(&file.key) {
-                        for b in f.blocks.iter().filter(|b| lost.contains(&b.id)) {
-                            f.bytes -= b.bytes;
-                            f.events -= b.events;
-                        }
-                        f.blocks.retain(|b| !lost.contains(&b.id));
-                    }
                 }
-                if let Some(f) = self.state.open.get_mut(&file.key) {
-                    f.committed = f.blocks.len();
-                }
+                self.state.all_committed(&file.key, &lost);
             }
         }
         self.state
@@ -647,6 +635,8 @@ impl AdlsSink {
             finalizers.finalize(EventStatus::Errored);
             return;
         }
+        // Sized for a whole batch up front: growing an 8 MB buffer by
+        // doubling would copy it several times per batch.
         let spare = &mut self.spare;
         let capacity = self.batch.max_bytes.min(16 << 20) + 64 * 1024;
         let buffer = runtime.buffer.get_or_insert_with(|| Pending {
@@ -944,7 +934,8 @@ impl AdlsSink {
                 let roll =
                     file.bytes >= self.roll.max_bytes || file.blocks.len() >= MAX_BLOCKS_PER_FILE;
                 let upto = file.blocks.len();
-                let ids = file.block_ids();
+                // Only `every_batch` commits now; `on_seal` lists the ids once, at the seal.
+                let ids = (self.commit == Commit::EveryBatch).then(|| file.block_ids());
                 self.metrics.open_files(self.state.open.len());
                 let rt = self.keys.entry(key.clone()).or_default();
                 rt.seal_wanted |= roll;
@@ -955,6 +946,7 @@ impl AdlsSink {
                         finalize_all(finalizers, EventStatus::Delivered);
                     }
                     Commit::EveryBatch => {
+                        let ids = ids.unwrap_or_default();
                         let requests = self.requests.clone();
                         inflight.push(Box::pin(async move {
                             let result = requests

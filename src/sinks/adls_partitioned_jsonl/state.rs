@@ -188,7 +188,7 @@ impl SinkState {
     /// clear, which comes before the next append.
     fn replay_log(&mut self) -> Result<(), StateFileError> {
         let path = self.log_path(self.generation);
-        self.stale = log_files(&path).iter().any(|(other, _)| *other != path);
+        self.stale = log_files(&path).iter().any(|other| *other != path);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -350,7 +350,7 @@ impl SinkState {
         self.snapshot_bytes = fs::metadata(self.file.path()).map_or(0, |m| m.len());
         self.stale = false;
         // Every log so far is in the snapshot.
-        for (path, _) in old_logs {
+        for path in old_logs {
             match fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(StateFileError::Write { path, source: e });
@@ -359,6 +359,24 @@ impl SinkState {
             }
         }
         Ok(())
+    }
+
+    /// `every_batch` recovery: the file's blocks, less `lost` ones that
+    /// storage no longer had, are all committed. In memory; the snapshot at
+    /// the end of recovery saves it.
+    pub fn all_committed(&mut self, key: &FileKey, lost: &[String]) {
+        let Some(file) = self.open.get_mut(key) else {
+            return;
+        };
+        if !lost.is_empty() {
+            let lost: std::collections::HashSet<&String> = lost.iter().collect();
+            for b in file.blocks.iter().filter(|b| lost.contains(&b.id)) {
+                file.bytes -= b.bytes;
+                file.events -= b.events;
+            }
+            file.blocks.retain(|b| !lost.contains(&b.id));
+        }
+        file.committed = file.blocks.len();
     }
 
     /// The highest position written for a window, open or sealed.
@@ -374,8 +392,8 @@ impl SinkState {
     }
 }
 
-/// The state logs (`state.<n>.log`) next to `log`, with their generations.
-fn log_files(log: &Path) -> Vec<(PathBuf, u64)> {
+/// The state logs (`state.<n>.log`) next to `log`.
+fn log_files(log: &Path) -> Vec<PathBuf> {
     let dir = log.parent().map(Path::to_path_buf).unwrap_or_default();
     fs::read_dir(dir)
         .into_iter()
@@ -383,12 +401,8 @@ fn log_files(log: &Path) -> Vec<(PathBuf, u64)> {
         .flatten()
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let generation = name
-                .strip_prefix("state.")?
-                .strip_suffix(".log")?
-                .parse()
-                .ok()?;
-            Some((entry.path(), generation))
+            let generation = name.strip_prefix("state.")?.strip_suffix(".log")?;
+            generation.parse::<u64>().ok().map(|_| entry.path())
         })
         .collect()
 }

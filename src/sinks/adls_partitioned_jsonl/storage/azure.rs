@@ -160,6 +160,34 @@ impl AzureStorage {
         BlockBlobClient::new(url, self.credential.clone(), Some(self.options.clone()))
             .map_err(|e| StorageError::permanent(redact::error(&e)))
     }
+
+    /// The block ids of one list of `name`, or `None` when it does not exist.
+    async fn block_list(
+        &self,
+        name: &str,
+        which: BlockListType,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        let committed = which == BlockListType::Committed;
+        let list = match self.blob(name)?.get_block_list(which, None).await {
+            Ok(rsp) => rsp
+                .into_model()
+                .map_err(|e| StorageError::transient(e.to_string()))?,
+            Err(e) if e.http_status().map(u16::from) == Some(404) => return Ok(None),
+            Err(e) => return Err(map_error(&format!("Get Block List {name}"), e)),
+        };
+        let blocks = if committed {
+            list.committed_blocks
+        } else {
+            list.uncommitted_blocks
+        };
+        Ok(Some(
+            blocks
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|b| b.name.map(|n| String::from_utf8_lossy(&n).into_owned()))
+                .collect(),
+        ))
+    }
 }
 
 fn token_credential(auth: &AuthConfig) -> Result<Arc<dyn TokenCredential>, String> {
@@ -281,42 +309,14 @@ impl Storage for AzureStorage {
     }
 
     async fn committed_blocks(&self, name: &str) -> Result<Option<Vec<String>>, StorageError> {
-        let blob = self.blob(name)?;
-        match blob.get_block_list(BlockListType::Committed, None).await {
-            Ok(rsp) => {
-                let list = rsp
-                    .into_model()
-                    .map_err(|e| StorageError::transient(e.to_string()))?;
-                Ok(Some(
-                    list.committed_blocks
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter_map(|b| b.name.map(|n| String::from_utf8_lossy(&n).into_owned()))
-                        .collect(),
-                ))
-            }
-            Err(e) if e.http_status().map(u16::from) == Some(404) => Ok(None),
-            Err(e) => Err(map_error(&format!("Get Block List {name}"), e)),
-        }
+        self.block_list(name, BlockListType::Committed).await
     }
 
     async fn uncommitted_blocks(&self, name: &str) -> Result<Vec<String>, StorageError> {
-        let blob = self.blob(name)?;
-        match blob.get_block_list(BlockListType::Uncommitted, None).await {
-            Ok(rsp) => {
-                let list = rsp
-                    .into_model()
-                    .map_err(|e| StorageError::transient(e.to_string()))?;
-                Ok(list
-                    .uncommitted_blocks
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|b| b.name.map(|n| String::from_utf8_lossy(&n).into_owned()))
-                    .collect())
-            }
-            Err(e) if e.http_status().map(u16::from) == Some(404) => Ok(Vec::new()),
-            Err(e) => Err(map_error(&format!("Get Block List {name}"), e)),
-        }
+        Ok(self
+            .block_list(name, BlockListType::Uncommitted)
+            .await?
+            .unwrap_or_default())
     }
 
     async fn put_if_absent(&self, name: &str, data: Bytes) -> Result<Created, StorageError> {

@@ -331,7 +331,7 @@ mod tests {
     async fn growing_commits_hold_exactly_their_blocks() {
         let dir = tempfile::tempdir().unwrap();
         let s = storage(dir.path());
-        for id in ["b1", "b2", "b3", "b4"] {
+        for id in ["b1", "b2", "b3", "b4", "b5"] {
             let line = format!("{id}\n");
             s.stage_block("a/f.jsonl", id, Bytes::from(line))
                 .await
@@ -339,14 +339,18 @@ mod tests {
         }
         assert_eq!(commit(&s, &["b1"]).await, "b1\n");
         assert_eq!(commit(&s, &["b1", "b2"]).await, "b1\nb2\n");
+        // The next commit starts from the visible file (which nothing else
+        // changes; here it is changed, to see that it was used).
+        fs::write(s.final_path("a/f.jsonl"), "B1\nB2\n").unwrap();
+        assert_eq!(commit(&s, &["b1", "b2", "b3"]).await, "B1\nB2\nb3\n");
         let manifest = s.block_dir("a/f.jsonl").join(".committed");
-        fs::write(&manifest, "b1\nb2\nb3").unwrap();
+        fs::write(&manifest, "b1\nb2\nb3\nb4").unwrap();
         assert_eq!(
-            commit(&s, &["b1", "b2", "b3", "b4"]).await,
-            "b1\nb2\nb3\nb4\n"
+            commit(&s, &["b1", "b2", "b3", "b4", "b5"]).await,
+            "b1\nb2\nb3\nb4\nb5\n"
         );
         // Not a prefix (salvage after lost blocks): built from the blocks.
-        assert_eq!(commit(&s, &["b1", "b3"]).await, "b1\nb3\n");
+        assert_eq!(commit(&s, &["b1", "b4"]).await, "b1\nb4\n");
     }
 
     #[tokio::test]

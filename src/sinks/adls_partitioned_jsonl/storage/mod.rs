@@ -91,7 +91,9 @@ pub trait Storage: Send + Sync {
     /// The committed block ids of `name`, or `None` when it does not exist.
     async fn committed_blocks(&self, name: &str) -> Result<Option<Vec<String>>, StorageError>;
 
-    /// The ids of the blocks staged for `name` and not committed.
+    /// The ids of the blocks staged for `name` that storage still holds
+    /// (Azure lists the uncommitted ones; `file://` keeps committed blocks
+    /// staged until the file is sealed and lists those too).
     async fn uncommitted_blocks(&self, name: &str) -> Result<Vec<String>, StorageError>;
 
     /// Writes a whole object if it does not exist yet.
