@@ -86,7 +86,7 @@ fn main() {
         }
         println!(
             "{namespaces} namespaces ({} sealed windows, snapshot {} KB): per staged block, log append {:.2} ms, whole-state rewrite {:.2} ms ({:.0}x)",
-            state.sealed.len(),
+            state.sealed_count(),
             snapshot / 1024,
             append * 1e3,
             rewrite * 1e3,

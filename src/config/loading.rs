@@ -9,7 +9,9 @@ use std::{
 use snafu::Snafu;
 use toml::de::{DeTable, DeValue};
 
-use super::{graph, vars, Config, ConfigFile, GlobalOptions, Location, SinkEntry, SourceOuter};
+use super::{
+    graph, vars, Config, ConfigFile, GlobalOptions, Location, OptionError, SinkEntry, SourceOuter,
+};
 
 /// One thing wrong with the configuration, with where it is.
 #[derive(Debug, Snafu)]
@@ -238,7 +240,8 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-/// The span of a dotted key (`sinks.lake.batch`) in the file, if present.
+/// The span of a dotted key (`sinks.lake.batch`) in the file, or of its
+/// deepest part that is present.
 fn key_span(text: &str, dotted: &str) -> Option<std::ops::Range<usize>> {
     if dotted.is_empty() || dotted == "." {
         return None;
@@ -248,7 +251,11 @@ fn key_span(text: &str, dotted: &str) -> Option<std::ops::Range<usize>> {
     let mut span = None;
     let parts: Vec<&str> = dotted.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
-        let (k, v) = table.iter().find(|(k, _)| k.get_ref().as_ref() == *part)?;
+        // The deepest key present: an option left at its default is shown
+        // at its table.
+        let Some((k, v)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == *part) else {
+            break;
+        };
         span = Some(k.span());
         match v.get_ref() {
             DeValue::Table(t) => table = t,
@@ -333,6 +340,8 @@ fn merge_file(
             });
             continue;
         }
+        let component = format!("sources.{id}");
+        option_errors(&component, inner.validate(), path, text, errors);
         config.sources.insert(id, SourceOuter { inner, location });
     }
     for (id, outer) in file.sinks {
@@ -345,6 +354,8 @@ fn merge_file(
             continue;
         }
         let inputs_location = at(&format!("sinks.{id}.inputs"));
+        let component = format!("sinks.{id}");
+        option_errors(&component, outer.inner.validate(), path, text, errors);
         config.sinks.insert(
             id,
             SinkEntry {
@@ -353,6 +364,29 @@ fn merge_file(
                 inputs_location,
             },
         );
+    }
+}
+
+/// A component's own checks, each error at its option's line (or the
+/// component's, for an option left at its default).
+fn option_errors(
+    component: &str,
+    result: Result<(), Vec<OptionError>>,
+    path: &Path,
+    text: &str,
+    errors: &mut Vec<ConfigError>,
+) {
+    for e in result.err().unwrap_or_default() {
+        let key = format!("{component}.{}", e.key);
+        let line = key_span(text, &key)
+            .map(|s| line_of(text, s.start))
+            .unwrap_or(1);
+        errors.push(ConfigError::Parse {
+            path: path.to_path_buf(),
+            line,
+            key,
+            message: e.message,
+        });
     }
 }
 

@@ -30,6 +30,41 @@ use crate::{sinks::SinkConfig, sources::SourceConfig};
 /// Exit code for configuration errors (Vector uses sysexits' EX_CONFIG).
 pub const EXIT_CONFIG: i32 = 78;
 
+/// An option value that a start would refuse, found when the config is
+/// loaded (nothing outside the files is touched): the option's dotted key
+/// within its component (`roll.max_bytes`) and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OptionError {
+    pub key: String,
+    pub message: String,
+}
+
+impl OptionError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for OptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for OptionError {}
+
+/// Several option errors as one message.
+pub fn join_option_errors(errors: &[OptionError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Where a component was declared.
 #[derive(Clone, Debug, Default)]
 pub struct Location {

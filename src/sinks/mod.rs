@@ -12,7 +12,11 @@ pub mod console;
 use async_trait::async_trait;
 use futures::{future::BoxFuture, stream::BoxStream};
 
-use crate::{config::GlobalOptions, event::Event, internal_events::ComponentTags};
+use crate::{
+    config::{GlobalOptions, OptionError},
+    event::Event,
+    internal_events::ComponentTags,
+};
 
 /// Checks at start that the sink can reach and write its destination. The
 /// error text says what is wrong and must not contain secrets.
@@ -40,6 +44,19 @@ pub struct SinkContext {
 pub trait SinkConfig: std::any::Any + std::fmt::Debug + Send + Sync {
     /// Creates the running sink and its healthcheck.
     async fn build(&self, cx: SinkContext) -> crate::Result<(Box<dyn StreamSink>, Healthcheck)>;
+
+    /// Every check of the options that needs no network or disk, run when
+    /// the config is loaded; each error names its option.
+    fn validate(&self) -> Result<(), Vec<OptionError>> {
+        Ok(())
+    }
+
+    /// `validate`'s healthcheck: reaches what the sink reads or writes
+    /// without building it, so nothing is created (no state directory, no
+    /// filesystem). The answer says what the check wrote, if anything.
+    async fn dry_healthcheck(&self) -> Result<Option<String>, String> {
+        Ok(None)
+    }
 
     /// Whether the sink keeps state under `data_dir`.
     fn needs_data_dir(&self) -> bool {

@@ -11,7 +11,8 @@
 use chrono::format::{Fixed, Item, Numeric, Pad, StrftimeItems};
 
 use crate::sinks::adls_partitioned_jsonl::{
-    config::{AdlsPartitionedJsonlConfig, Compression, Mode},
+    config::{AdlsPartitionedJsonlConfig, Mode},
+    layout::{Layout, PART_DIGITS, PART_SEPARATOR, PER_EVENT_PREFIX},
     partition::{Piece, Template},
 };
 
@@ -36,31 +37,30 @@ pub struct FilePattern {
 
 impl FilePattern {
     pub fn from_config(config: &AdlsPartitionedJsonlConfig) -> Result<Self, String> {
-        let prefix =
-            Template::parse(&config.path_prefix).map_err(|e| format!("`path_prefix`: {e}"))?;
-        let file_name =
-            Template::parse(&config.file_name).map_err(|e| format!("`file_name`: {e}"))?;
+        let layout =
+            Layout::new(config).map_err(|errors| crate::config::join_option_errors(&errors))?;
+        Ok(Self::from_layout(&layout))
+    }
+
+    /// The pattern of the names `layout` gives.
+    pub fn from_layout(layout: &Layout) -> Self {
         let mut builder = Builder::default();
-        builder.template(&prefix);
-        match config.mode {
-            // Mirrors `object_name` in the sink: `-part-NNNN` after a size roll.
+        builder.template(layout.prefix());
+        match layout.mode() {
             Mode::Rolling => {
-                builder.template(&file_name);
-                builder.group("(-part-[0-9]{4,})?");
+                builder.template(layout.file_name());
+                builder.group(&format!("({PART_SEPARATOR}[0-9]{{{PART_DIGITS},}})?"));
             }
             // `event-<position>-<operation>-<key hash>`: one path segment.
             Mode::PerEvent => {
-                builder.literal("event-").raw("[^/]+");
+                builder.literal(PER_EVENT_PREFIX).raw("[^/]+");
             }
         }
-        builder.literal(match config.compression {
-            Compression::None => ".jsonl",
-            Compression::Gzip => ".jsonl.gz",
-        });
-        Ok(Self {
+        builder.literal(layout.extension());
+        Self {
             path_regex: builder.regex,
             columns: builder.columns,
-        })
+        }
     }
 
     /// A Snowflake `PATTERN`: matched against the whole path (relative to

@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 
 use crate::{
-    config::GlobalOptions, internal_events::ComponentTags, shutdown::ShutdownSignal,
+    config::{GlobalOptions, OptionError},
+    internal_events::ComponentTags,
+    shutdown::ShutdownSignal,
     topology::SourceSender,
 };
 
@@ -39,6 +41,19 @@ pub struct SourceContext {
 pub trait SourceConfig: std::fmt::Debug + Send + Sync {
     /// Creates the running source.
     async fn build(&self, cx: SourceContext) -> crate::Result<Source>;
+
+    /// Every check of the options that needs no network or disk, run when
+    /// the config is loaded; each error names its option.
+    fn validate(&self) -> Result<(), Vec<OptionError>> {
+        Ok(())
+    }
+
+    /// `validate`'s healthcheck: reaches what the source reads or writes
+    /// without building it, so nothing is created (no state directory, no
+    /// filesystem). The answer says what the check wrote, if anything.
+    async fn dry_healthcheck(&self) -> Result<Option<String>, String> {
+        Ok(None)
+    }
 
     /// Whether the source keeps state under `data_dir`.
     fn needs_data_dir(&self) -> bool {

@@ -247,11 +247,17 @@ impl Topology {
     }
 }
 
+/// How long one healthcheck may take.
+pub const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn run_healthchecks(checks: Vec<(String, Healthcheck)>) -> Vec<String> {
     let results = futures::future::join_all(checks.into_iter().map(|(id, check)| async move {
-        let result = match tokio::time::timeout(Duration::from_secs(10), check).await {
+        let result = match tokio::time::timeout(HEALTHCHECK_TIMEOUT, check).await {
             Ok(r) => r,
-            Err(_) => Err("timed out after 10s".to_string()),
+            Err(_) => Err(format!(
+                "timed out after {}s",
+                HEALTHCHECK_TIMEOUT.as_secs()
+            )),
         };
         healthcheck_result(&id, &result);
         result.err().map(|e| format!("{id}: {e}"))

@@ -33,6 +33,9 @@ fn tool(env: &str, default: &str) -> PathBuf {
 
 pub struct Mongod {
     child: Option<Child>,
+    /// `--replSet rs0` (false: a standalone, which cannot serve change
+    /// streams).
+    replica_set: bool,
     pub port: u16,
     dbpath: PathBuf,
     _dir: Option<tempfile::TempDir>,
@@ -46,12 +49,41 @@ impl Mongod {
         std::fs::create_dir_all(&dbpath).unwrap();
         let mut m = Self {
             child: None,
+            replica_set: true,
             port: free_port(),
             dbpath,
             _dir: Some(dir),
         };
         m.spawn();
         m.initiate().await;
+        m
+    }
+
+    /// Starts a standalone mongod (no replica set) and waits until it
+    /// answers.
+    pub async fn start_standalone() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let dbpath = dir.path().join("db");
+        std::fs::create_dir_all(&dbpath).unwrap();
+        let mut m = Self {
+            child: None,
+            replica_set: false,
+            port: free_port(),
+            dbpath,
+            _dir: Some(dir),
+        };
+        m.spawn();
+        let client = m.direct().await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while client
+            .database("admin")
+            .run_command(doc! { "hello": 1 })
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "mongod did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         m
     }
 
@@ -62,8 +94,12 @@ impl Mongod {
             "mongod not found at {}: run e2e/services.sh install",
             mongod.display()
         );
-        let child = Command::new(mongod)
-            .args(["--replSet", "rs0", "--bind_ip", "127.0.0.1", "--port"])
+        let mut command = Command::new(mongod);
+        if self.replica_set {
+            command.args(["--replSet", "rs0"]);
+        }
+        let child = command
+            .args(["--bind_ip", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
             .arg("--dbpath")
             .arg(&self.dbpath)

@@ -12,9 +12,13 @@
 //! `operationDescription` of expanded events, ...) follows, so nothing the
 //! server sent is lost. Values are transcoded straight from raw BSON.
 
+use std::io::Write as _;
+
 use bson::{raw::RawBsonRef, RawDocument};
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
+use super::config::Compression;
 use crate::codecs::json::{self, ExtendedJsonMode, MalformedBson};
 
 /// Fields written in fixed places; everything else is appended.
@@ -139,6 +143,32 @@ fn write_record(
     }
     out.extend_from_slice(b"}\n");
     Ok(())
+}
+
+/// `db`, `coll` of an event; events without a namespace (e.g.
+/// `invalidate`) go to `_none`.
+pub fn namespace(event: &RawDocument) -> (&str, &str) {
+    let ns = event.get_document("ns").ok();
+    let part = |k: &str| ns.and_then(|n| n.get_str(k).ok()).unwrap_or("_none");
+    (part("db"), part("coll"))
+}
+
+/// A batch's body as written: as is, or one gzip member (concatenated
+/// members are one valid gzip stream). With gzip the input buffer is
+/// handed back for reuse.
+pub fn compress(compression: Compression, data: Vec<u8>) -> (Bytes, Option<Vec<u8>>) {
+    match compression {
+        Compression::None => (Bytes::from(data), None),
+        Compression::Gzip => {
+            let mut gz = flate2::write::GzEncoder::new(
+                Vec::with_capacity(data.len() / 4),
+                flate2::Compression::default(),
+            );
+            gz.write_all(&data).expect("writing to a Vec cannot fail");
+            let body = Bytes::from(gz.finish().expect("writing to a Vec cannot fail"));
+            (body, Some(data))
+        }
+    }
 }
 
 #[cfg(test)]

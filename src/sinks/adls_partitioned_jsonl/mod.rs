@@ -2,16 +2,28 @@
 //! Lines in ADLS Gen2 (or a local `file://` lake), every event exactly once,
 //! and by default no file visible before it is complete.
 //!
-//! - `config.rs`: the user-facing options.
+//! - `config.rs`: the user-facing options and their checks, `build`.
+//! - `layout.rs`: object names (templates, part suffix, per-event names).
 //! - `partition.rs`: path templates, time windows, safe namespace segments.
-//! - `encode.rs`: one change event to one JSON line.
+//! - `encode.rs`: one change event to one JSON line; compression.
+//! - `batcher.rs`: routing events to files, pending batches, buffer pool.
+//! - `roll.rs`: when batches are written and files sealed; watermarks.
+//! - `requests.rs`: the storage requests and the retrying client.
+//! - `per_event.rs`: one object per event.
+//! - `recovery.rs`: finishing a previous run's commits; lost blocks.
 //! - `storage/`: the Blob endpoint and `file://` backends, and retries.
 //! - `state.rs`: open files, staged blocks and high-water positions.
-//! - `sink.rs`: batching, writing, acknowledging and sealing.
+//! - `sink.rs`: the run loop that wires these together.
 
+mod batcher;
 pub mod config;
 pub mod encode;
+pub mod layout;
 pub mod partition;
+mod per_event;
+mod recovery;
+mod requests;
+mod roll;
 mod sink;
 pub mod state;
 pub mod storage;

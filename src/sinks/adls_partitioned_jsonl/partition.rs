@@ -18,6 +18,8 @@ pub enum TemplateError {
     Unclosed { template: String },
     #[snafu(display("template {template:?}: invalid strftime field in {text:?}"))]
     Strftime { template: String, text: String },
+    #[snafu(display("template {template:?}: a stray `{brace}` outside a `{{{{ ... }}}}` field"))]
+    StrayBrace { template: String, brace: char },
 }
 
 /// One piece of a template.
@@ -88,8 +90,17 @@ impl Template {
     }
 }
 
+/// Literal text between fields: strftime fields are allowed, braces are
+/// not (a `{ ns.db }` or `{{ ns.db }` typo would otherwise become a folder
+/// name).
 fn check_strftime(template: &str, text: &str) -> Result<String, TemplateError> {
     use chrono::format::{Item, StrftimeItems};
+    if let Some(brace) = text.chars().find(|c| matches!(c, '{' | '}')) {
+        return Err(TemplateError::StrayBrace {
+            template: template.to_string(),
+            brace,
+        });
+    }
     if StrftimeItems::new(text).any(|i| matches!(i, Item::Error)) {
         return Err(TemplateError::Strftime {
             template: template.to_string(),
@@ -157,15 +168,6 @@ impl Windows {
     }
 }
 
-/// The full object name of part `part` of a file (`part` 0 has no suffix).
-pub fn object_name(prefix: &str, file_name: &str, part: u32, extension: &str) -> String {
-    if part == 0 {
-        format!("{prefix}{file_name}{extension}")
-    } else {
-        format!("{prefix}{file_name}-part-{part:04}{extension}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,27 +177,17 @@ mod tests {
     }
 
     #[test]
-    fn default_layout() {
+    fn hourly_windows() {
         let prefix =
             Template::parse("{{ ns.db }}/{{ ns.coll }}/year=%Y/month=%m/day=%d/hour=%H/").unwrap();
-        let name = Template::parse("events-%Y%m%d-%H").unwrap();
         let w = Windows {
             window_secs: 3600,
             tz: Tz::UTC,
         };
         let start = w.start_of(at("2025-08-10T19:42:07Z"));
         assert_eq!(
-            object_name(
-                &prefix.render("shop", "orders", &start),
-                &name.render("shop", "orders", &start),
-                0,
-                ".jsonl"
-            ),
-            "shop/orders/year=2025/month=08/day=10/hour=19/events-20250810-19.jsonl"
-        );
-        assert_eq!(
-            object_name("p/", "events-20250810-19", 2, ".jsonl.gz"),
-            "p/events-20250810-19-part-0002.jsonl.gz"
+            prefix.render("shop", "orders", &start),
+            "shop/orders/year=2025/month=08/day=10/hour=19/"
         );
         assert_eq!(w.end_of(&start), at("2025-08-10T20:00:00Z"));
     }
@@ -259,5 +251,14 @@ mod tests {
             Template::parse("%Q"),
             Err(TemplateError::Strftime { .. })
         ));
+        for stray in ["{ ns.db }/", "a}}/", "{{ ns.db }}}/", "x{y"] {
+            assert!(
+                matches!(
+                    Template::parse(stray),
+                    Err(TemplateError::StrayBrace { .. })
+                ),
+                "{stray}"
+            );
+        }
     }
 }

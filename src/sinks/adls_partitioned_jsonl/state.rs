@@ -108,7 +108,7 @@ struct Persisted {
 }
 
 /// A block staged for a file (opening the file with its first block).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StagedBlock {
     pub key: FileKey,
     pub part: u32,
@@ -145,8 +145,8 @@ pub struct SinkState {
     /// Load found a torn line or logs of other generations: snapshot
     /// before appending.
     stale: bool,
-    pub open: HashMap<FileKey, OpenFile>,
-    pub sealed: HashMap<FileKey, SealedWindow>,
+    open: HashMap<FileKey, OpenFile>,
+    sealed: HashMap<FileKey, SealedWindow>,
 }
 
 impl SinkState {
@@ -377,6 +377,32 @@ impl SinkState {
             file.blocks.retain(|b| !lost.contains(&b.id));
         }
         file.committed = file.blocks.len();
+    }
+
+    /// `every_batch`: the file's first `upto` blocks are committed. Kept in
+    /// memory only: recovery commits the whole list again at start, which
+    /// is idempotent.
+    pub fn batch_committed(&mut self, key: &FileKey, upto: usize) {
+        if let Some(f) = self.open.get_mut(key) {
+            f.committed = f.committed.max(upto);
+        }
+    }
+
+    pub fn open_file(&self, key: &FileKey) -> Option<&OpenFile> {
+        self.open.get(key)
+    }
+
+    pub fn open_files(&self) -> impl Iterator<Item = &OpenFile> {
+        self.open.values()
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Windows remembered after all their files were sealed.
+    pub fn sealed_count(&self) -> usize {
+        self.sealed.len()
     }
 
     /// The highest position written for a window, open or sealed.

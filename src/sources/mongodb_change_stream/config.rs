@@ -3,7 +3,10 @@ use bson::Document;
 use serde::{Deserialize, Serialize};
 use snafu::Snafu;
 
-use crate::sources::{Source, SourceConfig, SourceContext};
+use crate::{
+    config::OptionError,
+    sources::{Source, SourceConfig, SourceContext},
+};
 
 /// `full_document`: what an update event carries in `fullDocument`.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -277,21 +280,117 @@ impl MongoDbChangeStreamConfig {
     }
 }
 
+/// The stages MongoDB accepts in a change stream's pipeline (any other
+/// fails when the stream opens).
+const CHANGE_STREAM_STAGES: [&str; 9] = [
+    "$addFields",
+    "$match",
+    "$project",
+    "$replaceRoot",
+    "$replaceWith",
+    "$redact",
+    "$set",
+    "$unset",
+    "$changeStreamSplitLargeEvent",
+];
+
+impl MongoDbChangeStreamConfig {
+    /// Every check that needs no network, each error naming its option.
+    pub fn check(&self) -> Result<(), Vec<OptionError>> {
+        let mut errors = Vec::new();
+        if let Err(e) = mongodb::options::ConnectionString::parse(&self.uri) {
+            errors.push(OptionError::new(
+                "uri",
+                format!(
+                    "is not a MongoDB connection string: {}",
+                    crate::redact::error(&e)
+                ),
+            ));
+        } else if let Some(e) = self.tls_ca_file_missing() {
+            errors.push(OptionError::new("uri", e));
+        }
+        if let Err(e) = self.scope() {
+            let key = match e {
+                ConfigError::CollectionWithoutDatabase => "collection",
+                _ => "collections",
+            };
+            errors.push(OptionError::new(key, e.to_string()));
+        }
+        match self.user_pipeline() {
+            Ok(stages) => errors.extend(refused_stages(&stages)),
+            Err(e) => errors.push(OptionError::new("pipeline", e.to_string())),
+        }
+        if let Err(e) = self.start() {
+            errors.push(OptionError::new("start_at", e.to_string()));
+        }
+        if self.on_history_lost == OnHistoryLost::Resnapshot && self.snapshot == SnapshotMode::Off {
+            errors.push(OptionError::new(
+                "on_history_lost",
+                "\"resnapshot\" needs `snapshot = \"initial\"`",
+            ));
+        }
+        for (key, value) in [
+            ("snapshot_chunk_size", u64::from(self.snapshot_chunk_size)),
+            ("batch_size", self.batch_size.map_or(1, u64::from)),
+            ("max_await_time_ms", self.max_await_time_ms),
+        ] {
+            if value == 0 {
+                errors.push(OptionError::new(key, "must be at least 1"));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// `tlsCAFile` names a file that does not exist.
+    fn tls_ca_file_missing(&self) -> Option<String> {
+        let cs = mongodb::options::ConnectionString::parse(&self.uri).ok()?;
+        let Some(mongodb::options::Tls::Enabled(tls)) = cs.tls else {
+            return None;
+        };
+        let path = tls.ca_file_path?;
+        (!path.exists()).then(|| format!("`tlsCAFile` {} does not exist", path.display()))
+    }
+}
+
+/// Stages a change stream refuses, named.
+fn refused_stages(stages: &[Document]) -> Vec<OptionError> {
+    stages
+        .iter()
+        .filter_map(|stage| {
+            let name = stage.keys().next().map(String::as_str).unwrap_or("");
+            (stage.len() != 1 || !CHANGE_STREAM_STAGES.contains(&name)).then(|| {
+                OptionError::new(
+                    "pipeline",
+                    format!(
+                        "stage `{name}` is not allowed in a change stream; allowed: {}",
+                        CHANGE_STREAM_STAGES.join(", ")
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
 #[async_trait]
 #[typetag::serde(name = "mongodb_change_stream")]
 impl SourceConfig for MongoDbChangeStreamConfig {
     async fn build(&self, cx: SourceContext) -> crate::Result<Source> {
-        if self.on_history_lost == OnHistoryLost::Resnapshot && self.snapshot == SnapshotMode::Off {
-            return Err("`on_history_lost = \"resnapshot\"` needs `snapshot = \"initial\"`".into());
-        }
-        if self.snapshot_chunk_size == 0 {
-            return Err("`snapshot_chunk_size` must be at least 1".into());
-        }
-        self.scope()?;
-        self.user_pipeline()?;
-        self.start()?;
+        self.check()
+            .map_err(|errors| crate::config::join_option_errors(&errors))?;
         let source = super::stream::ChangeStreamSource::new(self.clone(), cx).await?;
         Ok(Box::pin(source.run()))
+    }
+
+    fn validate(&self) -> Result<(), Vec<OptionError>> {
+        self.check()
+    }
+
+    async fn dry_healthcheck(&self) -> Result<Option<String>, String> {
+        super::healthcheck::healthcheck(self).await
     }
 
     fn needs_data_dir(&self) -> bool {

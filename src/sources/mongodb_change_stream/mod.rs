@@ -10,6 +10,7 @@
 
 mod checkpoint;
 mod config;
+mod healthcheck;
 mod snapshot;
 mod stream;
 

@@ -37,6 +37,9 @@ use crate::{
     },
 };
 
+/// The scratch blob the healthcheck stages a block on.
+const HEALTHCHECK_BLOB: &str = "_mongo_adls_healthcheck";
+
 pub struct AzureStorage {
     /// `<service>/<filesystem>`, with the SAS query when one is used.
     container_url: Url,
@@ -150,6 +153,34 @@ impl AzureStorage {
             create_filesystem: config.create_filesystem,
             describe,
         })
+    }
+
+    /// A healthcheck failure as a sentence with its likely cause.
+    fn explain(&self, e: azure_core::Error) -> String {
+        match e.kind() {
+            ErrorKind::HttpResponse {
+                status, error_code, ..
+            } => {
+                let code = u16::from(*status);
+                let ec = error_code.as_deref().unwrap_or("");
+                match (code, ec) {
+                    (403, _) => format!("credentials were rejected by {} (HTTP 403 {ec}); check the key, SAS token (permissions and expiry) or role assignment", self.describe),
+                    (404, "ContainerNotFound") => format!("filesystem {} does not exist; create it or set create_filesystem = true", self.describe),
+                    _ => format!("{}: HTTP {code} {ec}", self.describe),
+                }
+            }
+            ErrorKind::Connection => format!(
+                "cannot reach {} (DNS or connection failure): {}",
+                self.describe,
+                redact::text(&error_chain(&e))
+            ),
+            ErrorKind::Credential => format!(
+                "could not get a token for {}: {}",
+                self.describe,
+                redact::text(&error_chain(&e))
+            ),
+            _ => format!("{}: {}", self.describe, redact::text(&error_chain(&e))),
+        }
     }
 
     fn blob(&self, name: &str) -> Result<BlockBlobClient, StorageError> {
@@ -334,34 +365,24 @@ impl Storage for AzureStorage {
         }
     }
 
-    async fn healthcheck(&self) -> Result<(), String> {
-        let explain = |e: azure_core::Error| -> String {
-            match e.kind() {
-                ErrorKind::HttpResponse {
-                    status, error_code, ..
-                } => {
-                    let code = u16::from(*status);
-                    let ec = error_code.as_deref().unwrap_or("");
-                    match (code, ec) {
-                        (403, _) => format!("credentials were rejected by {} (HTTP 403 {ec}); check the key, SAS token (permissions and expiry) or role assignment", self.describe),
-                        (404, "ContainerNotFound") => format!("filesystem {} does not exist; create it or set create_filesystem = true", self.describe),
-                        _ => format!("{}: HTTP {code} {ec}", self.describe),
-                    }
-                }
-                ErrorKind::Connection => format!(
-                    "cannot reach {} (DNS or connection failure): {}",
-                    self.describe,
-                    redact::text(&error_chain(&e))
-                ),
-                ErrorKind::Credential => format!(
-                    "could not get a token for {}: {}",
-                    self.describe,
-                    redact::text(&error_chain(&e))
-                ),
-                _ => format!("{}: {}", self.describe, redact::text(&error_chain(&e))),
-            }
+    async fn healthcheck(&self, dry_run: bool) -> Result<Option<String>, String> {
+        let explain = |e: azure_core::Error| self.explain(e);
+        let missing = |e: &azure_core::Error| {
+            matches!(e.kind(), ErrorKind::HttpResponse { status, error_code, .. }
+                if u16::from(*status) == 404 && error_code.as_deref() == Some("ContainerNotFound"))
         };
-        if self.create_filesystem {
+        if dry_run {
+            match self.container.get_properties(None).await {
+                Ok(_) => {}
+                Err(e) if missing(&e) && self.create_filesystem => {
+                    return Ok(Some(format!(
+                        "nothing written; filesystem {} does not exist and is created at start (create_filesystem = true)",
+                        self.describe
+                    )))
+                }
+                Err(e) => return Err(explain(e)),
+            }
+        } else if self.create_filesystem {
             match self.container.create(None).await {
                 Ok(_) => tracing::info!("Created filesystem {}.", self.describe),
                 Err(e) if matches!(e.kind(), ErrorKind::HttpResponse { status, .. } if u16::from(*status) == 409) =>
@@ -371,13 +392,14 @@ impl Storage for AzureStorage {
         }
         // Stage an uncommitted block on a scratch name: proves write access
         // without creating anything visible (Azure drops it within 7 days).
-        let blob = self
-            .blob("_mongo_adls_healthcheck")
-            .map_err(|e| e.message)?;
+        let blob = self.blob(HEALTHCHECK_BLOB).map_err(|e| e.message)?;
         blob.stage_block(b"healthcheck", 2, Bytes::from_static(b"ok").into(), None)
             .await
-            .map(|_| ())
-            .map_err(explain)
+            .map_err(explain)?;
+        Ok(Some(format!(
+            "staged one uncommitted 2-byte block on {}/{HEALTHCHECK_BLOB} to prove write access (never committed, so never visible; Azure discards it after 7 days)",
+            self.describe
+        )))
     }
 
     fn describe(&self) -> String {

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{Created, Storage, StorageError};
+use crate::config::OptionError;
 
 #[derive(Clone)]
 pub struct LocalStorage {
@@ -41,15 +42,22 @@ impl LocalStorage {
         account_url: &str,
         filesystem: &str,
         create_filesystem: bool,
-    ) -> Result<Self, String> {
-        let url = url::Url::parse(account_url).map_err(|e| format!("`account_url`: {e}"))?;
-        let root = url
-            .to_file_path()
-            .map_err(|_| format!("`account_url` {account_url:?} must be file:///absolute/path"))?;
+    ) -> Result<Self, OptionError> {
+        let root = url::Url::parse(account_url)
+            .ok()
+            .and_then(|url| url.to_file_path().ok())
+            .filter(|root| root.is_absolute())
+            .ok_or_else(|| {
+                OptionError::new(
+                    "account_url",
+                    format!("{account_url:?} must be file:///absolute/path"),
+                )
+            })?;
         if filesystem.is_empty() || filesystem.contains(['/', '\\']) || filesystem.starts_with('.')
         {
-            return Err(format!(
-                "`filesystem` {filesystem:?} must be a plain folder name"
+            return Err(OptionError::new(
+                "filesystem",
+                format!("{filesystem:?} must be a plain folder name"),
             ));
         }
         Ok(Self {
@@ -57,6 +65,35 @@ impl LocalStorage {
             staging: root.join(".mongo-adls-staging").join(filesystem),
             create_filesystem,
         })
+    }
+
+    fn missing_filesystem(&self) -> String {
+        format!(
+            "filesystem folder {} does not exist; create it or set create_filesystem = true",
+            self.base.display()
+        )
+    }
+
+    /// `validate`: the folders exist or can be created, and are writable,
+    /// checked without writing (access(2)).
+    fn check_writable(&self) -> Result<String, String> {
+        if !self.base.exists() && !self.create_filesystem {
+            return Err(self.missing_filesystem());
+        }
+        for dir in [&self.base, &self.staging] {
+            // The folder itself, or the nearest ancestor it is created in.
+            let existing = dir.ancestors().find(|d| d.exists()).unwrap_or(dir);
+            if !writable(existing) {
+                return Err(format!(
+                    "{} is not writable by this user",
+                    existing.display()
+                ));
+            }
+        }
+        Ok(format!(
+            "nothing written; {} and its staging folder are writable",
+            self.base.display()
+        ))
     }
 
     fn final_path(&self, name: &str) -> PathBuf {
@@ -284,16 +321,16 @@ impl Storage for LocalStorage {
         let _ = fs::remove_dir_all(self.block_dir(name));
     }
 
-    async fn healthcheck(&self) -> Result<(), String> {
+    async fn healthcheck(&self, dry_run: bool) -> Result<Option<String>, String> {
+        if dry_run {
+            return self.check_writable().map(Some);
+        }
         if !self.base.exists() {
             if self.create_filesystem {
                 fs::create_dir_all(&self.base)
                     .map_err(|e| format!("cannot create {}: {e}", self.base.display()))?;
             } else {
-                return Err(format!(
-                    "filesystem folder {} does not exist; create it or set create_filesystem = true",
-                    self.base.display()
-                ));
+                return Err(self.missing_filesystem());
             }
         }
         fs::create_dir_all(&self.staging)
@@ -302,12 +339,21 @@ impl Storage for LocalStorage {
         Self::write_file(&probe, &[b"ok"])
             .map_err(|e| format!("cannot write to {}: {e}", self.staging.display()))?;
         let _ = fs::remove_file(probe);
-        Ok(())
+        Ok(None)
     }
 
     fn describe(&self) -> String {
         format!("file://{}", self.base.display())
     }
+}
+
+fn writable(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path for the call's duration.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
 }
 
 #[cfg(test)]

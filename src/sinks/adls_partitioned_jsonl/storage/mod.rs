@@ -103,8 +103,11 @@ pub trait Storage: Send + Sync {
     /// on Azure, which drops them itself).
     async fn release(&self, _name: &str) {}
 
-    /// Checks that the filesystem is reachable and writable; the error says why not.
-    async fn healthcheck(&self) -> Result<(), String>;
+    /// Checks that the filesystem is reachable and writable; the error says
+    /// why not. At start (`dry_run` false) a missing filesystem is created
+    /// when `create_filesystem` is set. With `dry_run` (`validate`) nothing
+    /// is created; the answer says what the check wrote, if anything.
+    async fn healthcheck(&self, dry_run: bool) -> Result<Option<String>, String>;
 
     /// Where the files go, for logs (no secrets).
     fn describe(&self) -> String;

@@ -1,0 +1,222 @@
+//! Routing and batching: each event goes to its file (namespace and time
+//! window) and is encoded into that file's pending batch; a batch is taken
+//! out when it is due. Batch buffers are pooled.
+
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use chrono::{DateTime, Utc};
+
+use super::{encode, partition::Windows, state::FileKey};
+use crate::{
+    codecs::json::ExtendedJsonMode,
+    event::{EventFinalizers, LogEvent, Position},
+};
+
+/// Events waiting to be written to one file.
+pub(super) struct PendingBatch {
+    pub data: Vec<u8>,
+    pub events: usize,
+    pub finalizers: Vec<EventFinalizers>,
+    pub first: Option<Position>,
+    pub high_water: Option<Position>,
+    pub since: Instant,
+}
+
+/// What the sink is doing with one window's file right now (not persisted).
+#[derive(Default)]
+pub(super) struct FileActivity {
+    pub batch: Option<PendingBatch>,
+    /// A request for this window is in flight: one file is written
+    /// strictly in order.
+    pub busy: bool,
+    /// Seal as soon as the window is idle (size roll).
+    pub seal_wanted: bool,
+    /// A write failed: hold back every later event of this window so a
+    /// replay after restart cannot be skipped past the lost ones.
+    pub poisoned: bool,
+    /// After a failed seal, when to try again.
+    pub seal_retry_at: Option<Instant>,
+}
+
+/// Batch limits, from `batch.*`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct BatchLimits {
+    pub max_bytes: usize,
+    pub max_events: usize,
+}
+
+impl BatchLimits {
+    pub fn reached(&self, batch: &PendingBatch) -> bool {
+        batch.data.len() >= self.max_bytes || batch.events >= self.max_events
+    }
+}
+
+/// Why an event was not added to a batch.
+pub(super) enum NotAdded {
+    /// Its window had a failed write; the event is held back.
+    HeldBack(EventFinalizers),
+    /// It could not be encoded.
+    Malformed(EventFinalizers, String),
+}
+
+pub(super) struct Batcher {
+    files: HashMap<FileKey, FileActivity>,
+    limits: BatchLimits,
+    json_mode: ExtendedJsonMode,
+    /// Batch buffers back from finished writes, reused: a fresh 8 MB
+    /// allocation per batch costs a page fault per 4 KB as it fills.
+    spare: Vec<Vec<u8>>,
+    /// The last window computed: `[start, end)` in UTC seconds.
+    last_window: (i64, i64),
+    /// The file key of the last event.
+    last_key: Option<FileKey>,
+}
+
+impl Batcher {
+    pub fn new(limits: BatchLimits, json_mode: ExtendedJsonMode) -> Self {
+        Self {
+            files: HashMap::new(),
+            limits,
+            json_mode,
+            spare: Vec::new(),
+            last_window: (0, 0),
+            last_key: None,
+        }
+    }
+
+    pub fn limits(&self) -> BatchLimits {
+        self.limits
+    }
+
+    /// The file key of an event. Consecutive events almost always share
+    /// one, so the last window and key are reused instead of converting
+    /// through the time zone and allocating names for every event.
+    pub fn route(
+        &mut self,
+        windows: &Windows,
+        (db, coll): (&str, &str),
+        time: DateTime<Utc>,
+    ) -> FileKey {
+        let window_start = self.window_of(windows, time);
+        match &self.last_key {
+            Some(k) if k.window_start == window_start && &*k.db == db && &*k.coll == coll => {
+                k.clone()
+            }
+            _ => {
+                let key = FileKey {
+                    db: Arc::from(db),
+                    coll: Arc::from(coll),
+                    window_start,
+                };
+                self.last_key = Some(key.clone());
+                key
+            }
+        }
+    }
+
+    fn window_of(&mut self, windows: &Windows, time: DateTime<Utc>) -> i64 {
+        let t = time.timestamp();
+        let (start, end) = self.last_window;
+        if (start..end).contains(&t) {
+            return start;
+        }
+        let start = windows.start_of(time);
+        let end = windows.end_of(&start).timestamp();
+        let start = start.with_timezone(&Utc).timestamp();
+        self.last_window = (start, end);
+        start
+    }
+
+    /// Encodes `log` into its file's pending batch.
+    pub fn add(
+        &mut self,
+        key: FileKey,
+        log: &LogEvent,
+        time: DateTime<Utc>,
+        position: Option<Position>,
+        finalizers: EventFinalizers,
+    ) -> Result<(), NotAdded> {
+        let activity = self.files.entry(key).or_default();
+        if activity.poisoned {
+            return Err(NotAdded::HeldBack(finalizers));
+        }
+        // Sized for a whole batch up front: growing an 8 MB buffer by
+        // doubling would copy it several times per batch.
+        let spare = &mut self.spare;
+        let capacity = self.limits.max_bytes.min(16 << 20) + 64 * 1024;
+        let batch = activity.batch.get_or_insert_with(|| PendingBatch {
+            data: spare.pop().unwrap_or_else(|| Vec::with_capacity(capacity)),
+            events: 0,
+            finalizers: Vec::new(),
+            first: None,
+            high_water: None,
+            since: Instant::now(),
+        });
+        if let Err(e) = encode::encode_record(&log.payload, self.json_mode, time, &mut batch.data) {
+            return Err(NotAdded::Malformed(finalizers, e.to_string()));
+        }
+        batch.events += 1;
+        batch.finalizers.push(finalizers);
+        if position.is_some() {
+            if batch.first.is_none() {
+                batch.first.clone_from(&position);
+            }
+            batch.high_water = position;
+        }
+        Ok(())
+    }
+
+    /// A full batch waiting for its file's previous write stops intake:
+    /// memory stays at one batch being written plus one being filled per
+    /// file.
+    pub fn is_full(&self) -> bool {
+        self.files
+            .values()
+            .any(|f| f.batch.as_ref().is_some_and(|b| self.limits.reached(b)))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.values().all(|f| f.batch.is_none())
+    }
+
+    /// The pending batch of `key`, marking the file busy.
+    pub fn take(&mut self, key: &FileKey) -> Option<PendingBatch> {
+        let activity = self.files.get_mut(key)?;
+        let batch = activity.batch.take()?;
+        activity.busy = true;
+        Some(batch)
+    }
+
+    pub fn get(&self, key: &FileKey) -> Option<&FileActivity> {
+        self.files.get(key)
+    }
+
+    pub fn activity(&mut self, key: FileKey) -> &mut FileActivity {
+        self.files.entry(key).or_default()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&FileKey, &FileActivity)> {
+        self.files.iter()
+    }
+
+    /// Forgets a window after its file was sealed, unless it still has
+    /// events or holds them back.
+    pub fn forget_if_idle(&mut self, key: &FileKey) {
+        if self
+            .files
+            .get(key)
+            .is_some_and(|f| f.batch.is_none() && !f.poisoned)
+        {
+            self.files.remove(key);
+        }
+    }
+
+    /// Keeps a batch buffer for the next batch (two at most: one being
+    /// filled while one is written is the steady state).
+    pub fn recycle(&mut self, mut data: Vec<u8>) {
+        if self.spare.len() < 2 && data.capacity() >= self.limits.max_bytes.min(16 << 20) {
+            data.clear();
+            self.spare.push(data);
+        }
+    }
+}

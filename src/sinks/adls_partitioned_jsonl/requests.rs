@@ -1,0 +1,360 @@
+//! The storage requests the sink makes, each a future that ends in a
+//! [`WriteOutcome`]: stage a batch as a block, commit a growing file's
+//! block list (`every_batch`), seal a file, put one event's object. Every
+//! request goes through [`RetryingStorage`], which adds retries, request
+//! metrics and the salvage of lost staged blocks.
+
+use std::{collections::HashSet, future::Future, pin::Pin, sync::Arc, time::Instant};
+
+use bytes::Bytes;
+
+use super::{
+    state::{FileKey, StagedBlock},
+    storage::{with_retries, Created, RetryPolicy, Storage, StorageError},
+};
+use crate::{
+    event::EventFinalizers,
+    internal_events::{adls::SinkMetrics, ComponentTags},
+};
+
+/// How a request ended; the sink's run loop dispatches on it.
+pub(super) enum WriteOutcome {
+    /// A batch is durable as an uncommitted block of its file.
+    BlockStaged {
+        staged: StagedBlock,
+        finalizers: Vec<EventFinalizers>,
+        /// The batch buffer, for reuse.
+        spare: Option<Vec<u8>>,
+    },
+    /// `every_batch`: the file's first `upto` blocks are committed.
+    BatchCommitted {
+        key: FileKey,
+        upto: usize,
+        finalizers: Vec<EventFinalizers>,
+        events: usize,
+        bytes: u64,
+    },
+    /// A seal attempt finished.
+    FileSealed {
+        key: FileKey,
+        result: Result<(), StorageError>,
+        /// Blocks that were gone from storage and could not be committed.
+        lost: Vec<String>,
+    },
+    /// A block or object could not be written after every retry.
+    WriteFailed {
+        /// The window whose later events must be held back (`None` for a
+        /// per-event object).
+        key: Option<FileKey>,
+        object: String,
+        error: StorageError,
+        finalizers: Vec<EventFinalizers>,
+    },
+    /// `per_event`: one event's object exists.
+    EventPut {
+        finalizers: EventFinalizers,
+        bytes: usize,
+    },
+}
+
+pub(super) type WriteRequest = Pin<Box<dyn Future<Output = WriteOutcome> + Send>>;
+
+/// Storage with the retry policy and metrics every request goes through;
+/// cheap to clone into request futures.
+#[derive(Clone)]
+pub(super) struct RetryingStorage {
+    pub storage: Arc<dyn Storage>,
+    pub retry: RetryPolicy,
+    pub metrics: SinkMetrics,
+    pub tags: ComponentTags,
+}
+
+impl RetryingStorage {
+    /// Runs one storage operation with retries and records its duration.
+    pub async fn run<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, StorageError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StorageError>>,
+    {
+        let started = Instant::now();
+        let result = with_retries(&self.retry, op, |e, d| {
+            self.metrics.retry(&self.tags, what, &e.message, d)
+        })
+        .await;
+        self.metrics.request(started.elapsed());
+        result
+    }
+
+    pub async fn committed_blocks(
+        &self,
+        object: &str,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        self.run("Get Block List", || self.storage.committed_blocks(object))
+            .await
+    }
+
+    pub async fn uncommitted_blocks(&self, object: &str) -> Result<Vec<String>, StorageError> {
+        self.run("Get Block List", || self.storage.uncommitted_blocks(object))
+            .await
+    }
+
+    /// Commits `ids` to `object`. When some staged blocks are gone from
+    /// storage (`InvalidBlockList`), commits the ones still there, in
+    /// order, and returns the ids of the lost ones with the result.
+    pub async fn commit_salvaging(
+        &self,
+        object: &str,
+        ids: &[String],
+        create_only: bool,
+    ) -> (Result<Created, StorageError>, Vec<String>) {
+        let error = match self.commit(object, ids, create_only).await {
+            Err(e) if e.blocks_missing => e,
+            other => return (other, Vec::new()),
+        };
+        tracing::error!(
+            object,
+            "{error}; committing the blocks that are still there."
+        );
+        let (still_there, committed) = match futures::join!(
+            self.uncommitted_blocks(object),
+            self.committed_blocks(object)
+        ) {
+            (Ok(u), Ok(c)) => (u, c.unwrap_or_default()),
+            (Err(e), _) | (_, Err(e)) => return (Err(e), Vec::new()),
+        };
+        // Sets: a file may hold tens of thousands of blocks.
+        let there: HashSet<&String> = still_there.iter().chain(&committed).collect();
+        let (kept, lost): (Vec<String>, Vec<String>) =
+            ids.iter().cloned().partition(|id| there.contains(id));
+        if kept.is_empty() {
+            return (Ok(Created::Created), lost);
+        }
+        (self.commit(object, &kept, create_only).await, lost)
+    }
+
+    async fn commit(
+        &self,
+        object: &str,
+        ids: &[String],
+        create_only: bool,
+    ) -> Result<Created, StorageError> {
+        self.run("Put Block List", || {
+            self.storage.commit_blocks(object, ids, create_only)
+        })
+        .await
+    }
+
+    /// Seals `object` with `ids`: on_seal creates it (`If-None-Match: *`),
+    /// every_batch commits the final list. Returns the lost blocks.
+    async fn seal(
+        &self,
+        object: &str,
+        ids: &[String],
+        create_only: bool,
+    ) -> (Result<(), StorageError>, Vec<String>) {
+        let (result, lost) = self.commit_salvaging(object, ids, create_only).await;
+        match result {
+            Ok(Created::Created) => (Ok(()), lost),
+            // Our own commit whose response was lost, or a foreign object
+            // under our name: compare the block lists.
+            Ok(Created::AlreadyExists) => match self.explain_existing(object, ids).await {
+                Ok(missing) => (Ok(()), missing),
+                Err(e) => (Err(e), lost),
+            },
+            Err(e) => (Err(e), lost),
+        }
+    }
+
+    /// `object` exists although this sink never recorded its seal: Ok with
+    /// the blocks it lacks when it is this file (committed just before a
+    /// crash, or salvaged then), an error otherwise.
+    async fn explain_existing(
+        &self,
+        object: &str,
+        ids: &[String],
+    ) -> Result<Vec<String>, StorageError> {
+        match self.committed_blocks(object).await? {
+            Some(existing) if existing == ids => Ok(Vec::new()),
+            // A salvage commit from before a crash: the blocks it left out
+            // are still gone.
+            Some(existing) => {
+                let staged = self.uncommitted_blocks(object).await?;
+                salvaged_before(ids, &existing, &staged).ok_or_else(|| {
+                    StorageError::permanent(format!(
+                        "{object} already exists with other content; it was not written by this sink's current state (was data_dir reset?). Move it away to let this file be sealed"
+                    ))
+                })
+            }
+            None => Err(StorageError::transient(format!(
+                "{object} was reported as existing, then not found"
+            ))),
+        }
+    }
+}
+
+/// A batch on its way to becoming a staged block.
+pub(super) struct BlockWrite {
+    pub staged: StagedBlock,
+    pub body: Bytes,
+    pub finalizers: Vec<EventFinalizers>,
+}
+
+/// Put Block: one batch as one uncommitted block of its file.
+pub(super) fn stage_block(storage: RetryingStorage, write: BlockWrite) -> WriteRequest {
+    Box::pin(async move {
+        let BlockWrite {
+            staged,
+            body,
+            finalizers,
+        } = write;
+        let result = storage
+            .run("Put Block", || {
+                storage
+                    .storage
+                    .stage_block(&staged.object, &staged.block.id, body.clone())
+            })
+            .await;
+        match result {
+            Ok(()) => {
+                storage.metrics.block_written(body.len());
+                WriteOutcome::BlockStaged {
+                    staged,
+                    finalizers,
+                    // The HTTP client has let go of the body by now.
+                    spare: body.try_into_mut().ok().map(Vec::from),
+                }
+            }
+            Err(error) => WriteOutcome::WriteFailed {
+                key: Some(staged.key),
+                object: staged.object,
+                error,
+                finalizers,
+            },
+        }
+    })
+}
+
+/// `every_batch`: Put Block List of every block staged so far, so readers
+/// see the file grow. Acknowledges the batch once committed.
+pub(super) fn commit_batch(
+    storage: RetryingStorage,
+    staged: StagedBlock,
+    ids: Vec<String>,
+    finalizers: Vec<EventFinalizers>,
+) -> WriteRequest {
+    Box::pin(async move {
+        let result = storage
+            .run("Put Block List", || {
+                storage.storage.commit_blocks(&staged.object, &ids, false)
+            })
+            .await;
+        match result {
+            Ok(_) => WriteOutcome::BatchCommitted {
+                key: staged.key,
+                upto: ids.len(),
+                finalizers,
+                events: staged.block.events as usize,
+                bytes: staged.block.bytes,
+            },
+            Err(error) => WriteOutcome::WriteFailed {
+                key: Some(staged.key),
+                object: staged.object,
+                error,
+                finalizers,
+            },
+        }
+    })
+}
+
+/// Seals a file. `already_visible`: an `every_batch` file committed up to
+/// date, which sealing only stops writing to.
+pub(super) fn seal_file(
+    storage: RetryingStorage,
+    key: FileKey,
+    object: String,
+    ids: Vec<String>,
+    create_only: bool,
+    already_visible: bool,
+) -> WriteRequest {
+    Box::pin(async move {
+        let (result, lost) = if already_visible {
+            (Ok(()), Vec::new())
+        } else {
+            storage.seal(&object, &ids, create_only).await
+        };
+        WriteOutcome::FileSealed { key, result, lost }
+    })
+}
+
+/// `per_event`: Put Blob with `If-None-Match: *`; an existing object is a
+/// replay and counts as written.
+pub(super) fn put_event(
+    storage: RetryingStorage,
+    name: String,
+    body: Bytes,
+    finalizers: EventFinalizers,
+) -> WriteRequest {
+    Box::pin(async move {
+        let bytes = body.len();
+        let result = storage
+            .run("Put Blob", || {
+                storage.storage.put_if_absent(&name, body.clone())
+            })
+            .await;
+        match result {
+            Ok(_) => WriteOutcome::EventPut { finalizers, bytes },
+            Err(error) => WriteOutcome::WriteFailed {
+                key: None,
+                object: name,
+                error,
+                finalizers: vec![finalizers],
+            },
+        }
+    })
+}
+
+/// When `existing` (a committed block list) is `ids` with some blocks left
+/// out, in order, and none of those is staged any more, it is a salvage
+/// commit of this file (whose state was not recorded before a crash): the
+/// ids left out, which are lost.
+fn salvaged_before(ids: &[String], existing: &[String], staged: &[String]) -> Option<Vec<String>> {
+    let staged: HashSet<&String> = staged.iter().collect();
+    let mut rest = existing.iter().peekable();
+    let mut left_out = Vec::new();
+    for id in ids {
+        if rest.peek() == Some(&id) {
+            rest.next();
+        } else if staged.contains(id) {
+            return None;
+        } else {
+            left_out.push(id.clone());
+        }
+    }
+    (!existing.is_empty() && rest.next().is_none() && !left_out.is_empty()).then_some(left_out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn a_salvage_commit_is_recognised_only_when_its_gaps_are_gone() {
+        let all = ids("a b c d");
+        // [b, d] committed, a and c no longer staged: our salvage.
+        assert_eq!(
+            salvaged_before(&all, &ids("b d"), &ids("")),
+            Some(ids("a c"))
+        );
+        // c is still staged: not ours to explain away.
+        assert_eq!(salvaged_before(&all, &ids("b d"), &ids("c")), None);
+        // Out of order, foreign ids, empty, or nothing left out.
+        assert_eq!(salvaged_before(&all, &ids("d b"), &ids("")), None);
+        assert_eq!(salvaged_before(&all, &ids("x"), &ids("")), None);
+        assert_eq!(salvaged_before(&all, &ids(""), &ids("")), None);
+        assert_eq!(salvaged_before(&all, &all, &ids("")), None);
+    }
+}

@@ -1,0 +1,289 @@
+//! When batches are written and files sealed: a file is sealed when its
+//! window has closed (the event-time watermark passed its end plus the
+//! grace period), it reached `roll.max_bytes` or the block limit, or it is
+//! older than `roll.max_age_secs`. The watermark advances with events and
+//! with the sources' idle heartbeats, so quiet windows close too.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    batcher::Batcher,
+    config::RollConfig,
+    state::{FileKey, OpenFile, SinkState},
+};
+
+/// Azure allows 50,000 committed blocks per blob; seal before that.
+pub(super) const MAX_BLOCKS_PER_FILE: usize = 49_000;
+
+/// Event-time progress per source; the sink's watermark is the slowest.
+#[derive(Default)]
+pub(super) struct Watermarks(HashMap<Arc<str>, DateTime<Utc>>);
+
+impl Watermarks {
+    pub fn advance(&mut self, source: &Arc<str>, time: DateTime<Utc>) {
+        let entry = self.0.entry(Arc::clone(source)).or_insert(time);
+        if time > *entry {
+            *entry = time;
+        }
+    }
+
+    pub fn effective(&self) -> Option<DateTime<Utc>> {
+        self.0.values().min().copied()
+    }
+}
+
+/// The seal conditions, from `roll.*`.
+#[derive(Clone, Debug)]
+pub(super) struct RollPolicy {
+    pub window_secs: i64,
+    pub grace_secs: i64,
+    pub max_bytes: u64,
+    pub max_age_secs: i64,
+    /// How long a batch may wait for more events (`batch.timeout_secs`).
+    pub batch_timeout: Duration,
+}
+
+impl RollPolicy {
+    pub fn new(roll: &RollConfig, batch_timeout_secs: f64) -> Self {
+        Self {
+            window_secs: roll.window_secs as i64,
+            grace_secs: roll.grace_secs as i64,
+            max_bytes: roll.max_bytes,
+            max_age_secs: roll.max_age_secs as i64,
+            batch_timeout: Duration::from_secs_f64(batch_timeout_secs.max(0.0)),
+        }
+    }
+
+    /// The watermark has passed the window's end plus the grace period.
+    pub fn window_closed(&self, key: &FileKey, watermark: Option<DateTime<Utc>>) -> bool {
+        watermark
+            .is_some_and(|w| key.window_start + self.window_secs + self.grace_secs <= w.timestamp())
+    }
+
+    pub fn too_old(&self, file: &OpenFile, wall: i64) -> bool {
+        wall - file.opened_at >= self.max_age_secs
+    }
+
+    /// The file must be sealed before it takes another block.
+    pub fn full(&self, file: &OpenFile) -> bool {
+        file.bytes >= self.max_bytes || file.blocks.len() >= MAX_BLOCKS_PER_FILE
+    }
+}
+
+/// What the clock, the watermark and the batches ask for now.
+pub(super) struct Due {
+    pub flushes: Vec<FileKey>,
+    pub seals: Vec<FileKey>,
+}
+
+/// The moment `due` looks at.
+pub(super) struct Now {
+    pub instant: Instant,
+    /// Wall-clock seconds.
+    pub wall: i64,
+    pub watermark: Option<DateTime<Utc>>,
+    /// Write partial batches (the input ended or a source went idle).
+    pub flush_partial: bool,
+}
+
+/// Batches to write and files to seal. A busy file waits for its request.
+pub(super) fn due(policy: &RollPolicy, batcher: &Batcher, state: &SinkState, now: &Now) -> Due {
+    let mut due = Due {
+        flushes: Vec::new(),
+        seals: Vec::new(),
+    };
+    for (key, activity) in batcher.iter() {
+        if activity.busy {
+            continue;
+        }
+        let window_closed = policy.window_closed(key, now.watermark);
+        if let Some(batch) = &activity.batch {
+            if now.flush_partial
+                || activity.seal_wanted
+                || window_closed
+                || batcher.limits().reached(batch)
+                || now.instant.duration_since(batch.since) >= policy.batch_timeout
+            {
+                due.flushes.push(key.clone());
+            }
+            continue;
+        }
+        let Some(file) = state.open_file(key) else {
+            continue;
+        };
+        let retry_ok = activity.seal_retry_at.is_none_or(|t| now.instant >= t);
+        if (activity.seal_wanted || window_closed || policy.too_old(file, now.wall)) && retry_ok {
+            due.seals.push(key.clone());
+        }
+    }
+    // Files opened by an earlier run, with no activity in this one yet.
+    for file in state.open_files() {
+        if batcher.get(&file.key).is_some() {
+            continue;
+        }
+        if policy.window_closed(&file.key, now.watermark) || policy.too_old(file, now.wall) {
+            due.seals.push(file.key.clone());
+        }
+    }
+    due
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        checkpoint::StateFile,
+        codecs::json::ExtendedJsonMode,
+        event::EventFinalizers,
+        sinks::adls_partitioned_jsonl::{
+            batcher::BatchLimits,
+            partition::Windows,
+            state::{Block, StagedBlock},
+        },
+    };
+
+    fn policy() -> RollPolicy {
+        RollPolicy::new(
+            &RollConfig {
+                window_secs: 60,
+                grace_secs: 10,
+                max_bytes: 1000,
+                max_age_secs: 600,
+            },
+            5.0,
+        )
+    }
+
+    fn key(window_start: i64) -> FileKey {
+        FileKey {
+            db: "d".into(),
+            coll: "c".into(),
+            window_start,
+        }
+    }
+
+    fn at(secs: i64) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp(secs, 0)
+    }
+
+    fn now(watermark: i64, wall: i64, flush_partial: bool) -> Now {
+        Now {
+            instant: Instant::now(),
+            wall,
+            watermark: at(watermark),
+            flush_partial,
+        }
+    }
+
+    fn event() -> crate::event::LogEvent {
+        let payload = bson::rawdoc! { "operationType": "insert", "ns": { "db": "d", "coll": "c" } };
+        crate::event::LogEvent::new(
+            payload,
+            crate::event::EventMetadata {
+                source_id: Arc::from("src"),
+                position: None,
+                event_time: None,
+            },
+        )
+    }
+
+    #[test]
+    fn windows_close_after_the_grace_period() {
+        let p = policy();
+        assert!(!p.window_closed(&key(0), at(69)));
+        assert!(p.window_closed(&key(0), at(70)));
+        assert!(!p.window_closed(&key(0), None));
+    }
+
+    #[test]
+    fn batches_are_due_when_full_partial_or_their_window_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = SinkState::load(StateFile::new(dir.path(), "state.json").unwrap()).unwrap();
+        let windows = Windows {
+            window_secs: 60,
+            tz: chrono_tz::Tz::UTC,
+        };
+        let mut batcher = Batcher::new(
+            BatchLimits {
+                max_bytes: 1 << 20,
+                max_events: 2,
+            },
+            ExtendedJsonMode::Relaxed,
+        );
+        let t = DateTime::from_timestamp(30, 0).unwrap();
+        let k = batcher.route(&windows, ("d", "c"), t);
+        assert_eq!(k, key(0));
+        let add = |b: &mut Batcher| {
+            assert!(b
+                .add(k.clone(), &event(), t, None, EventFinalizers::default())
+                .is_ok())
+        };
+        add(&mut batcher);
+        let p = policy();
+        assert!(due(&p, &batcher, &state, &now(30, 30, false))
+            .flushes
+            .is_empty());
+        assert_eq!(
+            due(&p, &batcher, &state, &now(30, 30, true)).flushes,
+            [key(0)]
+        );
+        assert_eq!(
+            due(&p, &batcher, &state, &now(70, 30, false)).flushes,
+            [key(0)]
+        );
+        add(&mut batcher);
+        assert!(batcher.is_full());
+        assert_eq!(
+            due(&p, &batcher, &state, &now(30, 30, false)).flushes,
+            [key(0)]
+        );
+        // Busy: waits for its write.
+        assert!(batcher.take(&k).is_some());
+        let d = due(&p, &batcher, &state, &now(99, 30, true));
+        assert!(d.flushes.is_empty() && d.seals.is_empty());
+    }
+
+    #[test]
+    fn files_of_an_earlier_run_are_sealed_when_closed_or_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = SinkState::load(StateFile::new(dir.path(), "state.json").unwrap()).unwrap();
+        let staged = StagedBlock {
+            key: key(0),
+            part: 0,
+            object: "o".into(),
+            block: Block {
+                id: "b".into(),
+                bytes: 10,
+                events: 1,
+            },
+            first: None,
+            high_water: None,
+        };
+        state.staged(staged, 100).unwrap();
+        let batcher = Batcher::new(
+            BatchLimits {
+                max_bytes: 10,
+                max_events: 10,
+            },
+            ExtendedJsonMode::Relaxed,
+        );
+        let p = policy();
+        assert!(due(&p, &batcher, &state, &now(30, 100, false))
+            .seals
+            .is_empty());
+        assert_eq!(
+            due(&p, &batcher, &state, &now(70, 100, false)).seals,
+            [key(0)]
+        );
+        assert_eq!(
+            due(&p, &batcher, &state, &now(30, 700, false)).seals,
+            [key(0)]
+        );
+    }
+}

@@ -1,0 +1,279 @@
+//! `mongo-adls validate`: every check that needs no network runs when the
+//! config is loaded (`--no-environment` rejects what a start would, with
+//! the option's key and line), and without the flag every component's
+//! healthcheck runs, writing nothing but what it says it wrote.
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+fn validate(args: &[&str], cfg: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+        .env_remove("MONGO_ADLS_CONFIG")
+        .arg("validate")
+        .args(args)
+        .arg("-c")
+        .arg(cfg)
+        .output()
+        .unwrap()
+}
+
+/// A config with a source and a sink; `source` and `sink` hold extra
+/// lines, and the sink writes to a `file://` lake unless `sink` names an
+/// `account_url`.
+fn config(dir: &Path, source: &str, sink: &str) -> PathBuf {
+    let account_url = if sink.contains("account_url") {
+        String::new()
+    } else {
+        format!("account_url = \"file://{}/lake\"", dir.display())
+    };
+    let filesystem = if sink.lines().any(|l| l.starts_with("filesystem")) {
+        ""
+    } else {
+        "filesystem = \"raw\""
+    };
+    let text = format!(
+        r#"data_dir = "{data}"
+
+[sources.mongo]
+type = "mongodb_change_stream"
+uri = "mongodb://127.0.0.1:27017/?replicaSet=rs0"
+database = "shop"
+{source}
+
+[sinks.lake]
+type = "adls_partitioned_jsonl"
+inputs = ["mongo"]
+{filesystem}
+{account_url}
+{sink}
+"#,
+        data = dir.join("data").display()
+    );
+    let path = dir.join("cfg.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `validate --no-environment` exits 78 and names `key` at the line that
+/// holds `at` (the first line containing it).
+fn rejects(source: &str, sink: &str, key: &str, at: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), source, sink);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.contains(at))
+        .unwrap_or_else(|| panic!("{at:?} not in the config"))
+        + 1;
+    let out = validate(&["--no-environment"], &cfg);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let expected = format!("cfg.toml:{line}: `{key}`: ");
+    assert!(stderr.contains(&expected), "want {expected:?} in: {stderr}");
+    // Nothing outside the files was touched.
+    assert!(!dir.path().join("data").exists() && !dir.path().join("lake").exists());
+}
+
+const AZURE: &str = "account_url = \"http://127.0.0.1:1/devstoreaccount1\"";
+
+macro_rules! rejected {
+    ($($name:ident: ($source:expr, $sink:expr) => $key:expr, at $at:expr;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                rejects($source, $sink, $key, $at);
+            }
+        )*
+    };
+}
+
+rejected! {
+    path_prefix_leaving_the_lake: ("", "path_prefix = \"../../etc/\"") => "sinks.lake.path_prefix", at "path_prefix";
+    path_prefix_absolute: ("", "path_prefix = \"/{{ ns.db }}/\"") => "sinks.lake.path_prefix", at "path_prefix";
+    path_prefix_empty_segment: ("", "path_prefix = \"{{ ns.db }}//x/\"") => "sinks.lake.path_prefix", at "path_prefix";
+    template_unknown_field: ("", "path_prefix = \"{{ ns.table }}/\"") => "sinks.lake.path_prefix", at "path_prefix";
+    template_stray_brace: ("", "path_prefix = \"{ ns.db }/\"") => "sinks.lake.path_prefix", at "path_prefix";
+    template_unclosed: ("", "file_name = \"e-{{ ns.db\"") => "sinks.lake.file_name", at "file_name";
+    file_name_leaving_its_folder: ("", "file_name = \"../e-%H\"") => "sinks.lake.file_name", at "file_name";
+    file_names_that_collide: ("", "roll.window_secs = 600") => "sinks.lake.file_name", at "[sinks.lake]";
+    timezone_unknown: ("", "timezone = \"Mars/Olympus\"") => "sinks.lake.timezone", at "timezone";
+    request_timeout_zero: ("", "request.timeout_secs = 0") => "sinks.lake.request.timeout_secs", at "request.timeout_secs";
+    request_concurrency_zero: ("", "request.concurrency = 0") => "sinks.lake.request.concurrency", at "request.concurrency";
+    backoff_below_initial: ("", "request.retry_initial_backoff_secs = 5\nrequest.retry_max_backoff_secs = 1") => "sinks.lake.request.retry_max_backoff_secs", at "retry_max_backoff_secs";
+    roll_max_bytes_zero: ("", "roll.max_bytes = 0") => "sinks.lake.roll.max_bytes", at "roll.max_bytes";
+    roll_window_zero: ("", "roll.window_secs = 0") => "sinks.lake.roll.window_secs", at "roll.window_secs";
+    roll_max_age_zero: ("", "roll.max_age_secs = 0") => "sinks.lake.roll.max_age_secs", at "roll.max_age_secs";
+    batch_timeout_zero: ("", "batch.timeout_secs = 0") => "sinks.lake.batch.timeout_secs", at "batch.timeout_secs";
+    batch_bytes_zero: ("", "batch.max_bytes = 0") => "sinks.lake.batch.max_bytes", at "batch.max_bytes";
+    auth_missing: ("", AZURE) => "sinks.lake.auth", at "[sinks.lake]";
+    auth_two_kinds: ("", &format!("{AZURE}\nauth.sas_token = \"sv=x&sig=y\"\nauth.azure_cli = true")) => "sinks.lake.auth", at "auth.sas_token";
+    auth_partial_client_secret: ("", &format!("{AZURE}\nauth.client_secret = \"s\"\nauth.client_id = \"c\"")) => "sinks.lake.auth.client_secret", at "auth.client_secret";
+    auth_key_not_base64: ("", &format!("{AZURE}\nauth.shared_key = \"not base64!\"")) => "sinks.lake.auth.shared_key", at "auth.shared_key";
+    auth_on_a_file_lake: ("", "auth.sas_token = \"sv=x\"") => "sinks.lake.auth", at "auth.sas_token";
+    entra_over_http: ("", &format!("{AZURE}\nauth.azure_cli = true")) => "sinks.lake.account_url", at "account_url";
+    filesystem_name: ("", &format!("{AZURE}\nauth.sas_token = \"sv=x\"\nfilesystem = \"Raw_Data\"")) => "sinks.lake.filesystem", at "Raw_Data";
+    account_url_not_azure: ("", "account_url = \"https://example.com\"\nauth.sas_token = \"sv=x\"") => "sinks.lake.account_url", at "account_url";
+    file_lake_relative: ("", "account_url = \"file://lake\"") => "sinks.lake.account_url", at "account_url";
+    start_at_unknown: ("start_at = \"yesterday\"", "") => "sources.mongo.start_at", at "start_at";
+    collection_and_collections: ("collection = \"a\"\ncollections = [\"b\"]", "") => "sources.mongo.collections", at "collections =";
+    pipeline_out: ("pipeline = '[{\"$match\": {}}, {\"$out\": \"x\"}]'", "") => "sources.mongo.pipeline", at "pipeline";
+    pipeline_lookup: ("pipeline = '[{\"$lookup\": {\"from\": \"x\"}}]'", "") => "sources.mongo.pipeline", at "pipeline";
+    pipeline_merge_as_table: ("[[sources.mongo.pipeline]]\n\"$merge\" = { into = \"x\" }", "") => "sources.mongo.pipeline", at "pipeline";
+    resnapshot_without_snapshot: ("on_history_lost = \"resnapshot\"", "") => "sources.mongo.on_history_lost", at "on_history_lost";
+    snapshot_chunk_zero: ("snapshot_chunk_size = 0", "") => "sources.mongo.snapshot_chunk_size", at "snapshot_chunk_size";
+}
+
+/// The URI cases replace the config's `uri` line.
+fn rejects_uri(uri: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("mongodb://127.0.0.1:27017/?replicaSet=rs0", uri);
+    std::fs::write(&cfg, text).unwrap();
+    let out = validate(&["--no-environment"], &cfg);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{uri}: {stderr}");
+    assert!(
+        stderr.contains("cfg.toml:5: `sources.mongo.uri`: "),
+        "{uri}: {stderr}"
+    );
+    assert!(
+        !stderr.contains("s3cret"),
+        "the password is never printed: {stderr}"
+    );
+}
+
+#[test]
+fn uri_with_a_wrong_scheme() {
+    rejects_uri("http://127.0.0.1:27017");
+}
+
+#[test]
+fn uri_with_a_bad_port() {
+    rejects_uri("mongodb://user:s3cret@127.0.0.1:99999/");
+}
+
+#[test]
+fn uri_with_an_unknown_option() {
+    rejects_uri("mongodb://user:s3cret@127.0.0.1:27017/?replicaSett=rs0");
+}
+
+#[test]
+fn uri_with_a_missing_tls_ca_file() {
+    rejects_uri("mongodb://127.0.0.1:27017/?tls=true&tlsCAFile=/nonexistent/ca.pem");
+}
+
+#[test]
+fn allowed_stages_and_defaults_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "pipeline = '[{\"$match\": {\"operationType\": \"insert\"}}, {\"$unset\": \"fullDocument.ssn\"}, {\"$project\": {\"x\": 0}}]'",
+        "",
+    );
+    let out = validate(&["--no-environment"], &cfg);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Without `--no-environment` the source is checked against MongoDB: a
+/// standalone mongod cannot serve change streams.
+#[tokio::test]
+async fn a_standalone_mongod_fails_validate() {
+    let mongod = support::Mongod::start_standalone().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", "create_filesystem = true");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "mongodb://127.0.0.1:27017/?replicaSet=rs0",
+        &format!("mongodb://127.0.0.1:{}/?directConnection=true", mongod.port),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let started = Instant::now();
+    let out = validate(&[], &cfg);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("source `mongo`") && stderr.contains("standalone"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+
+    // With `replicaSet` in the URI the driver never selects the standalone.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("directConnection=true", "replicaSet=rs0");
+    std::fs::write(&cfg, text).unwrap();
+    let out = validate(&[], &cfg);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("source `mongo`"), "{stderr}");
+}
+
+#[tokio::test]
+async fn an_unreachable_host_fails_validate_within_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on: bound here and never accepted.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let cfg = config(dir.path(), "", "create_filesystem = true");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("127.0.0.1:27017", &format!("127.0.0.1:{port}"));
+    std::fs::write(&cfg, text).unwrap();
+    let started = Instant::now();
+    let out = validate(&[], &cfg);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach 127.0.0.1:") && !stderr.contains("0x"),
+        "a sentence, not a dump: {stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A healthy pipeline: validate passes, creates neither `data_dir` nor the
+/// lake's folders, and says what it wrote (nothing, for `file://`).
+#[tokio::test]
+async fn validate_writes_nothing() {
+    let mongod = support::Mongod::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", "create_filesystem = true");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("mongodb://127.0.0.1:27017/?replicaSet=rs0", &mongod.uri());
+    std::fs::write(&cfg, text).unwrap();
+    let out = validate(&[], &cfg);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Healthcheck passed: source `mongo`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Healthcheck passed: sink `lake`; nothing written"),
+        "{stdout}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["cfg.toml"], "validate created files");
+}
