@@ -1,6 +1,8 @@
 //! The `mongo-adls` binary as a user runs it: configuration errors, the
 //! example configs, signals, `kill -9` and restart, and `/metrics`.
 
+mod support;
+
 use std::{
     io::{Read, Write},
     net::TcpStream,
