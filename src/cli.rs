@@ -79,6 +79,12 @@ enum Command {
     },
     /// List the available component types.
     List,
+    /// Print the configuration's JSON Schema (for editors: taplo, Even
+    /// Better TOML), or the option reference in Markdown.
+    GenerateSchema {
+        #[arg(long, value_enum, default_value = "json")]
+        format: SchemaFormat,
+    },
     /// Print the Snowflake SQL (integration, file format, stage, table,
     /// COPY INTO, task, pipe) that loads an `adls_partitioned_jsonl` sink's
     /// files, derived from its options.
@@ -112,6 +118,14 @@ enum Command {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum SchemaFormat {
+    /// JSON Schema (draft 2020-12).
+    Json,
+    /// The option reference (docs/configuration.md).
+    Markdown,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -130,6 +144,7 @@ pub fn main() -> i32 {
     let code = runtime.block_on(async move {
         match &opts.command {
             Some(Command::List) => list(),
+            Some(Command::GenerateSchema { format }) => generate_schema(*format),
             Some(Command::SnowflakeSql {
                 sink,
                 table,
@@ -199,13 +214,28 @@ fn init_logging(opts: &Opts) {
 }
 
 fn list() -> i32 {
+    let (sources, sinks) = config::schema::component_names();
     println!("Sources:");
-    for name in ["demo_events", "mongodb_change_stream"] {
+    for name in sources {
         println!("  {name}");
     }
     println!("Sinks:");
-    for name in ["adls_partitioned_jsonl", "blackhole", "console"] {
+    for name in sinks {
         println!("  {name}");
+    }
+    0
+}
+
+fn generate_schema(format: SchemaFormat) -> i32 {
+    match format {
+        SchemaFormat::Json => {
+            let schema = config::schema::schema();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).expect("a JSON value serializes")
+            );
+        }
+        SchemaFormat::Markdown => print!("{}", config::schema::reference()),
     }
     0
 }

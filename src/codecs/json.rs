@@ -16,10 +16,11 @@ use bson::{
     raw::{RawArray, RawBsonRef, RawDocument},
     spec::BinarySubtype,
 };
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Which JSON flavour of BSON values to write.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ExtendedJsonMode {
     /// Extended JSON v2 relaxed: numbers as JSON numbers, dates in 1970-9999

@@ -9,6 +9,7 @@
 
 pub mod graph;
 pub mod loading;
+pub mod schema;
 pub mod vars;
 
 use std::{
@@ -18,6 +19,7 @@ use std::{
 };
 
 use indexmap::IndexMap;
+use schemars::JsonSchema;
 use serde::{
     de::{self, DeserializeSeed, IntoDeserializer, MapAccess, Visitor},
     Deserialize, Deserializer, Serialize,
@@ -78,10 +80,10 @@ impl fmt::Display for Location {
     }
 }
 
-/// `acknowledgements.enabled`. On by default, unlike Vector: this tool
+/// End-to-end acknowledgements. On by default, unlike Vector: this tool
 /// exists to move every change exactly once, which needs end-to-end
 /// acknowledgements so a source commits only what its sinks made durable.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcknowledgementsConfig {
     /// Sources commit their position only after every sink reported the
@@ -97,22 +99,23 @@ impl Default for AcknowledgementsConfig {
     }
 }
 
-/// `api.*`: the HTTP endpoint with `/health` and `/metrics`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+/// The HTTP endpoint with `/health` and `/metrics`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Address to serve on, e.g. `127.0.0.1:8686`. Off when unset.
+    /// Address to serve `GET /health` and `GET /metrics` (Prometheus text)
+    /// on, e.g. `127.0.0.1:8686`. Off when unset.
     pub address: Option<SocketAddr>,
 }
 
-/// `healthchecks.*`: global healthcheck behaviour (Vector's names).
-#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+/// Healthchecks at start, for every sink (Vector's names).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthchecksConfig {
     /// Run sink healthchecks at start.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Exit if a healthcheck fails instead of logging and going on.
+    /// Exit 78 if a healthcheck fails instead of logging and going on.
     #[serde(default)]
     pub require_healthy: bool,
 }
@@ -144,7 +147,7 @@ impl GlobalOptions {
 }
 
 /// What to do when a buffer is full.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum WhenFull {
     /// Wait for room: backpressure reaches the source, nothing is lost.
@@ -156,7 +159,7 @@ pub enum WhenFull {
 }
 
 /// The kind of buffer in front of a sink.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum BufferType {
     /// A bounded in-memory queue. No disk buffer is offered: the MongoDB
@@ -166,8 +169,8 @@ pub enum BufferType {
     Memory,
 }
 
-/// `buffer.*` of a sink.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+/// The buffer in front of a sink.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BufferConfig {
     /// Buffer kind; only `memory`.
@@ -176,7 +179,7 @@ pub struct BufferConfig {
     /// Events the buffer holds before `when_full` applies.
     #[serde(default = "default_max_events")]
     pub max_events: usize,
-    /// `block` (default) or `drop_newest`.
+    /// What to do when the buffer is full.
     #[serde(default)]
     pub when_full: WhenFull,
 }
@@ -191,8 +194,8 @@ impl Default for BufferConfig {
     }
 }
 
-/// `healthcheck.*` of a sink.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+/// This sink's healthcheck.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SinkHealthcheckOptions {
     /// Run this sink's healthcheck at start.

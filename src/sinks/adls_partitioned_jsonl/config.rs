@@ -5,6 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use base64::Engine as _;
 use futures::FutureExt;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -25,7 +26,7 @@ use crate::{
 };
 
 /// Credentials. Exactly one kind must be chosen; secrets are never logged.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// A SAS token (with or without the leading `?`), needing read, add,
@@ -59,18 +60,20 @@ pub struct AuthConfig {
 }
 
 /// `mode`: how events map to files.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Rolling files per namespace and time window (default).
     #[default]
     Rolling,
-    /// One file per event with a deterministic name; a replay is a no-op.
+    /// One object per event,
+    /// `<path_prefix>event-<resume token>-<operation>-<key hash>.jsonl`,
+    /// written with `If-None-Match: *`, so a replay is a no-op.
     PerEvent,
 }
 
 /// `commit`: when rolling files become visible.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Commit {
     /// A file appears under its final name only when sealed and never
@@ -83,9 +86,10 @@ pub enum Commit {
 }
 
 /// `compression` of the files.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Compression {
+    /// `.jsonl`, uncompressed.
     #[default]
     None,
     /// `.jsonl.gz`; each batch is one gzip member (concatenated members
@@ -93,19 +97,19 @@ pub enum Compression {
     Gzip,
 }
 
-/// `encoding.*`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+/// How change events are written as JSON.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EncodingConfig {
-    /// `relaxed` (default), `canonical` (MongoDB Extended JSON v2) or
-    /// `simplified` (ObjectId as hex, dates as RFC 3339, Decimal128 as string,
-    /// Int64 as number; loads cleanly into Snowflake VARIANT).
+    /// How BSON values are written: MongoDB Extended JSON v2 (relaxed or
+    /// canonical), or plain JSON scalars that load cleanly into Snowflake
+    /// VARIANT columns.
     #[serde(default)]
     pub extended_json: ExtendedJsonMode,
 }
 
-/// `batch.*`: one batch is one write (Put Block) to one file.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+/// When a batch is written: one batch is one write (Put Block) to one file.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// Encoded bytes that trigger a write.
@@ -129,8 +133,8 @@ impl Default for BatchConfig {
     }
 }
 
-/// `request.*`: storage requests.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+/// Storage requests: concurrency, timeouts and retries.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestConfig {
     /// Requests in flight at once, across files (one file is always written
@@ -141,8 +145,11 @@ pub struct RequestConfig {
     #[serde(default = "default_request_timeout")]
     pub timeout_secs: f64,
     /// Retries after a retriable failure (408, 429, 500, 502, 503, 504,
-    /// timeouts, connection errors); `Retry-After` is honoured. After the
-    /// last one the batch's events are reported as errored.
+    /// timeouts, connection errors), with exponential backoff and jitter;
+    /// `Retry-After` is honoured. After the last retry, or at once on 403
+    /// or 404, the batch's events are reported as not delivered (logged,
+    /// `component_errors_total`) and later events of that window are held
+    /// back, so a restart replays them all.
     #[serde(default = "default_retry_attempts")]
     pub retry_attempts: u32,
     /// First backoff in seconds; doubles per attempt, with jitter.
@@ -165,11 +172,13 @@ impl Default for RequestConfig {
     }
 }
 
-/// `roll.*`: when a file is sealed.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+/// When a file is sealed.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollConfig {
-    /// Length of a file's time window in seconds (3600 = hourly files).
+    /// Length of a file's time window in seconds (3600 = hourly files), by
+    /// event time: clusterTime, then wallTime, then the ObjectId time of
+    /// the document key, then now.
     #[serde(default = "default_window")]
     pub window_secs: u64,
     /// How long after the event-time watermark passes a window's end late
@@ -181,7 +190,8 @@ pub struct RollConfig {
     pub max_bytes: u64,
     /// Seal a file this many wall-clock seconds after it was opened, even if
     /// its window is still open (a quiet source without watermarks, a
-    /// clock far ahead).
+    /// clock far ahead). Far below Azure's 7-day life of uncommitted
+    /// blocks; files also seal at 49,000 blocks.
     #[serde(default = "default_max_age")]
     pub max_age_secs: u64,
 }
@@ -198,7 +208,7 @@ impl Default for RollConfig {
 }
 
 /// Options of the `adls_partitioned_jsonl` sink.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdlsPartitionedJsonlConfig {
     /// `https://<account>.dfs.core.windows.net` or
@@ -207,40 +217,52 @@ pub struct AdlsPartitionedJsonlConfig {
     /// `http://127.0.0.1:<port>/<account>`, or `file:///abs/path` to write
     /// the same layout to local disk.
     pub account_url: String,
-    /// The filesystem (container) to write into.
+    /// The filesystem (container) to write into; for `file://`, a folder
+    /// under the path.
     pub filesystem: String,
     /// Create the filesystem when it does not exist (default: a missing
     /// filesystem fails the healthcheck).
     #[serde(default)]
     pub create_filesystem: bool,
-    /// Credentials (not needed for `file://`).
+    /// Credentials: exactly one kind (none for `file://`). Secrets are
+    /// never logged. Entra credentials need https. Shared Key is signed by
+    /// the project's own pipeline policy (the SDK has none), proven against
+    /// Azurite.
     #[serde(default)]
     pub auth: AuthConfig,
     /// Folder template: `{{ ns.db }}`, `{{ ns.coll }}` and strftime fields of
     /// the window start.
     #[serde(default = "default_path_prefix")]
     pub path_prefix: String,
-    /// File name template without extension; size rolls add `-part-0001`...
+    /// File name template without extension; size rolls add `-part-0001`,
+    /// `-part-0002`... With windows shorter than an hour use finer fields
+    /// (`events-%Y%m%d-%H%M%S`): a template that gives two windows one name
+    /// is a config error.
     #[serde(default = "default_file_name")]
     pub file_name: String,
-    /// IANA time zone for windows and path fields (default `UTC`).
+    /// IANA time zone for windows and path fields, e.g. `Europe/Paris`.
     #[serde(default = "default_timezone")]
     pub timezone: String,
-    /// `rolling` (default) or `per_event`.
+    /// How events map to files.
     #[serde(default)]
     pub mode: Mode,
-    /// `on_seal` (default) or `every_batch`.
+    /// When rolling files become visible.
     #[serde(default)]
     pub commit: Commit,
-    /// `none` (default) or `gzip`.
+    /// Compression of the files.
     #[serde(default)]
     pub compression: Compression,
+    /// How change events are written as JSON.
     #[serde(default)]
     pub encoding: EncodingConfig,
+    /// When a batch of events is written: one batch is one write (Put
+    /// Block) to one file.
     #[serde(default)]
     pub batch: BatchConfig,
+    /// Storage requests: concurrency, timeouts and retries.
     #[serde(default)]
     pub request: RequestConfig,
+    /// When a file is sealed (made visible under its final name).
     #[serde(default)]
     pub roll: RollConfig,
 }

@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 use futures::{stream::BoxStream, StreamExt};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -13,7 +14,7 @@ use crate::{
 };
 
 /// Options of the `blackhole` sink (none besides the common ones).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BlackholeSinkConfig {}
 

@@ -1,4 +1,5 @@
 use async_trait::async_trait;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -9,29 +10,31 @@ use crate::{
 use super::sink::ConsoleSink;
 
 /// Where the console sink writes.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
+    /// Standard output.
     #[default]
     Stdout,
+    /// Standard error.
     Stderr,
 }
 
-/// `encoding.*` of the console sink.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+/// How the console sink writes events as JSON.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleEncoding {
-    /// How BSON values are written: `relaxed` (default), `canonical` or
-    /// `simplified` (see the `adls_partitioned_jsonl` sink).
+    /// How BSON values are written (see the `adls_partitioned_jsonl`
+    /// sink).
     #[serde(default)]
     pub extended_json: ExtendedJsonMode,
 }
 
 /// Options of the `console` sink.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleSinkConfig {
-    /// `stdout` (default) or `stderr`.
+    /// Where events are written.
     #[serde(default)]
     pub target: Target,
     /// How events are encoded.

@@ -1,10 +1,11 @@
 use async_trait::async_trait;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::sources::{Source, SourceConfig, SourceContext};
 
 /// Options of the `demo_events` source.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DemoEventsConfig {
     /// Events to generate, counting those acknowledged in earlier runs;

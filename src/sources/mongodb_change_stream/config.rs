@@ -1,5 +1,6 @@
 use async_trait::async_trait;
 use bson::Document;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use snafu::Snafu;
 
@@ -9,7 +10,7 @@ use crate::{
 };
 
 /// `full_document`: what an update event carries in `fullDocument`.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub enum FullDocument {
     /// Only the delta (`updateDescription`).
@@ -24,18 +25,20 @@ pub enum FullDocument {
 }
 
 /// `full_document_before_change`: the pre-image in `fullDocumentBeforeChange`.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub enum FullDocumentBeforeChange {
+    /// No pre-image.
     Off,
     /// The pre-image when the collection has `changeStreamPreAndPostImages`.
     #[default]
     WhenAvailable,
+    /// The pre-image; fails the stream when it is missing.
     Required,
 }
 
 /// What to do when the checkpoint is no longer in the oplog.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum OnHistoryLost {
     /// Stop with an error that explains how to recover (default).
@@ -50,7 +53,7 @@ pub enum OnHistoryLost {
 }
 
 /// `snapshot`: copy the documents that already exist before streaming.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotMode {
     /// Stream changes only (default).
@@ -64,7 +67,7 @@ pub enum SnapshotMode {
 }
 
 /// `on_oversized_event`: events over MongoDB's 16 MB limit.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum OnOversizedEvent {
     /// Stop with an error naming the cause (BSONObjectTooLarge) (default).
@@ -77,15 +80,15 @@ pub enum OnOversizedEvent {
 
 /// Extra aggregation stages: a JSON / Extended JSON string, or a TOML array
 /// of tables.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum PipelineConfig {
     Json(String),
-    Stages(Vec<toml::Table>),
+    Stages(#[schemars(with = "Vec<serde_json::Map<String, serde_json::Value>>")] Vec<toml::Table>),
 }
 
 /// Options of the `mongodb_change_stream` source.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MongoDbChangeStreamConfig {
     /// Connection string, e.g. `mongodb://user:pass@host:27017/?replicaSet=rs0`.
@@ -107,16 +110,17 @@ pub struct MongoDbChangeStreamConfig {
     /// resume token), `operationType`, `ns` or `clusterTime`.
     #[serde(default)]
     pub pipeline: Option<PipelineConfig>,
-    /// `default`, `updateLookup` (default), `whenAvailable`, `required`.
+    /// What an update event carries in `fullDocument`.
     #[serde(default)]
     pub full_document: FullDocument,
-    /// `off`, `whenAvailable` (default), `required`.
+    /// What an event carries in `fullDocumentBeforeChange` (pre-images
+    /// need `changeStreamPreAndPostImages` on the collection).
     #[serde(default)]
     pub full_document_before_change: FullDocumentBeforeChange,
     /// Also emit DDL events such as `create` and `createIndexes` (6.0+).
     #[serde(default)]
     pub show_expanded_events: bool,
-    /// Events per server batch.
+    /// Events per server batch (default: the server's).
     #[serde(default)]
     pub batch_size: Option<u32>,
     /// How long the server waits for new events before answering an empty
@@ -129,10 +133,11 @@ pub struct MongoDbChangeStreamConfig {
     /// when there is no checkpoint, except `now`, which ignores it.
     #[serde(default = "default_start_at")]
     pub start_at: String,
-    /// `fail` (default) or `reset_to_now`.
+    /// What to do when the checkpoint is no longer in the oplog (the agent
+    /// was stopped longer than the oplog window).
     #[serde(default)]
     pub on_history_lost: OnHistoryLost,
-    /// `off` (default), `initial` or `initial_only`. Snapshot records have
+    /// Copy the documents that already exist before streaming. Snapshot records have
     /// `operationType: "snapshot"`, the document in `fullDocument`, and
     /// pass through `pipeline` like change events (a `$match` on
     /// `operationType` must admit `"snapshot"`).
@@ -142,14 +147,15 @@ pub struct MongoDbChangeStreamConfig {
     /// document, so a restart continues where the copy stopped.
     #[serde(default = "default_snapshot_chunk_size")]
     pub snapshot_chunk_size: u32,
-    /// `fail` (default) or `skip` for events over 16 MB (a large document
-    /// with its pre-image, say).
+    /// What to do with an event over MongoDB's 16 MB limit (a large
+    /// document with its pre-image, say).
     #[serde(default)]
     pub on_oversized_event: OnOversizedEvent,
     /// Most consecutive `reset_to_now` / `resnapshot` recoveries before giving up.
     #[serde(default = "default_max_recoveries")]
     pub max_consecutive_recoveries: u32,
-    /// Coalesce checkpoint writes to at most one per interval.
+    /// Coalesce checkpoint writes to at most one per interval (and one at
+    /// shutdown).
     #[serde(default = "default_checkpoint_interval_ms")]
     pub checkpoint_interval_ms: u64,
 }
