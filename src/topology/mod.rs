@@ -12,7 +12,7 @@ use futures::{future::BoxFuture, FutureExt, StreamExt};
 use snafu::Snafu;
 use tokio::task::JoinSet;
 
-pub use source_sender::SourceSender;
+pub use source_sender::{Sent, SourceSender};
 
 use crate::{
     config::Config,
