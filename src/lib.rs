@@ -4,6 +4,7 @@
 //! acknowledgements, internal metrics).
 
 pub mod api;
+pub mod backoff;
 pub mod checkpoint;
 pub mod cli;
 pub mod codecs;

@@ -6,13 +6,13 @@
 pub mod buffer;
 mod source_sender;
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, ops::ControlFlow, time::Duration};
 
 use futures::{future::BoxFuture, FutureExt, StreamExt};
 use snafu::Snafu;
 use tokio::task::JoinSet;
 
-pub use source_sender::SourceSender;
+pub use source_sender::{Sent, SourceSender};
 
 use crate::{
     config::Config,
@@ -37,15 +37,18 @@ pub enum TopologyError {
 /// A built topology, not yet running.
 pub struct Topology {
     sources: Vec<(String, Source)>,
-    sinks: Vec<(
-        String,
-        Box<dyn StreamSink>,
-        buffer::BufferReceiver,
-        ComponentTags,
-    )>,
+    sinks: Vec<BuiltSink>,
     healthchecks: Vec<(String, Healthcheck)>,
     source_shutdown: ShutdownSignal,
 }
+
+/// A sink with its input buffer and tags, not yet running.
+type BuiltSink = (
+    String,
+    Box<dyn StreamSink>,
+    buffer::BufferReceiver,
+    ComponentTags,
+);
 
 /// How a run ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -152,97 +155,123 @@ impl Topology {
             source_shutdown,
             ..
         } = self;
-
-        let mut tasks: JoinSet<(String, &'static str, Result<(), ()>)> = JoinSet::new();
-        for (id, sink, rx, tags) in sinks {
-            let received = EventsReceived::register(&tags);
-            let input = rx
-                .inspect(move |e| {
-                    if matches!(e, crate::event::Event::Log(_)) {
-                        received.emit(1, e.size_of());
-                    }
-                })
-                .boxed();
-            tasks.spawn(async move { (id, "sink", sink.run(input).await) });
-        }
-        let mut sources_running = sources.len();
-        for (id, source) in sources {
-            tasks.spawn(async move { (id, "source", source.await) });
-        }
-
-        let mut failed = false;
-        let mut shutdown = shutdown.fuse();
-        // Phase 1: normal running, until a signal, all sources done, or a
-        // component failing.
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => {
-                    tracing::info!("Shutting down: sources stop, in-flight events drain into sinks.");
-                    break;
-                }
-                done = tasks.join_next() => match done {
-                    None => return if failed { Outcome::Failed } else { Outcome::Clean },
-                    Some(Ok((id, kind, result))) => {
-                        if result.is_err() {
-                            tracing::error!("{kind} `{id}` failed; shutting down.");
-                            failed = true;
-                            break;
-                        }
-                        if kind == "source" {
-                            sources_running -= 1;
-                            tracing::info!("Source `{id}` finished.");
-                            if sources_running == 0 {
-                                break;
-                            }
-                        } else {
-                            // A sink's input ends only when its sources ended.
-                            tracing::debug!("Sink `{id}` finished.");
-                        }
-                    }
-                    Some(Err(join)) => {
-                        tracing::error!("A component panicked: {join}; shutting down.");
-                        failed = true;
-                        break;
-                    }
-                },
-            }
-        }
-
-        // Phase 2: drain within the limit.
-        source_shutdown.cancel();
-        let drain = async {
-            while let Some(done) = tasks.join_next().await {
-                match done {
-                    Ok((id, kind, Ok(()))) => tracing::debug!("{kind} `{id}` stopped."),
-                    Ok((id, kind, Err(()))) => {
-                        tracing::error!("{kind} `{id}` failed while stopping.");
-                        failed = true;
-                    }
-                    Err(join) => {
-                        tracing::error!("A component panicked while stopping: {join}");
-                        failed = true;
-                    }
-                }
-            }
+        let sources_running = sources.len();
+        let mut tasks = spawn_components(sources, sinks);
+        let failed = match run_until_stopping(&mut tasks, sources_running, shutdown).await {
+            ControlFlow::Continue(failed) => failed,
+            ControlFlow::Break(outcome) => return outcome,
         };
+        source_shutdown.cancel();
+        drain(tasks, failed, force, graceful_limit).await
+    }
+}
+
+/// The running components: each task ends with its id, kind and result.
+type Tasks = JoinSet<(String, &'static str, Result<(), ()>)>;
+
+/// Starts one task per component, sinks first, each sink counting what it
+/// receives.
+fn spawn_components(sources: Vec<(String, Source)>, sinks: Vec<BuiltSink>) -> Tasks {
+    let mut tasks = Tasks::new();
+    for (id, sink, rx, tags) in sinks {
+        let received = EventsReceived::register(&tags);
+        let input = rx
+            .inspect(move |e| {
+                if matches!(e, crate::event::Event::Log(_)) {
+                    received.emit(1, e.size_of());
+                }
+            })
+            .boxed();
+        tasks.spawn(async move { (id, "sink", sink.run(input).await) });
+    }
+    for (id, source) in sources {
+        tasks.spawn(async move { (id, "source", source.await) });
+    }
+    tasks
+}
+
+/// Phase 1: normal running, until a signal, all sources done, or a
+/// component failing. Continues to the drain with whether a component
+/// failed; breaks with the outcome when every component ended on its own.
+async fn run_until_stopping(
+    tasks: &mut Tasks,
+    mut sources_running: usize,
+    shutdown: BoxFuture<'static, ()>,
+) -> ControlFlow<Outcome, bool> {
+    let mut shutdown = shutdown.fuse();
+    loop {
         tokio::select! {
-            _ = drain => {
-                if failed { Outcome::Failed } else {
-                    tracing::info!("Shutdown complete.");
-                    Outcome::Clean
+            _ = &mut shutdown => {
+                tracing::info!("Shutting down: sources stop, in-flight events drain into sinks.");
+                return ControlFlow::Continue(false);
+            }
+            done = tasks.join_next() => match done {
+                None => return ControlFlow::Break(Outcome::Clean),
+                Some(Ok((id, kind, result))) => {
+                    if result.is_err() {
+                        tracing::error!("{kind} `{id}` failed; shutting down.");
+                        return ControlFlow::Continue(true);
+                    }
+                    if kind == "source" {
+                        sources_running -= 1;
+                        tracing::info!("Source `{id}` finished.");
+                        if sources_running == 0 {
+                            return ControlFlow::Continue(false);
+                        }
+                    } else {
+                        // A sink's input ends only when its sources ended.
+                        tracing::debug!("Sink `{id}` finished.");
+                    }
+                }
+                Some(Err(join)) => {
+                    tracing::error!("A component panicked: {join}; shutting down.");
+                    return ControlFlow::Continue(true);
+                }
+            },
+        }
+    }
+}
+
+/// Phase 2: waits for every component to stop, within `graceful_limit`;
+/// `force` abandons the wait.
+async fn drain(
+    mut tasks: Tasks,
+    mut failed: bool,
+    force: BoxFuture<'static, ()>,
+    graceful_limit: Duration,
+) -> Outcome {
+    let drain = async {
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok((id, kind, Ok(()))) => tracing::debug!("{kind} `{id}` stopped."),
+                Ok((id, kind, Err(()))) => {
+                    tracing::error!("{kind} `{id}` failed while stopping.");
+                    failed = true;
+                }
+                Err(join) => {
+                    tracing::error!("A component panicked while stopping: {join}");
+                    failed = true;
                 }
             }
-            _ = tokio::time::sleep(graceful_limit) => {
-                tracing::error!(
-                    "Components did not stop within the graceful shutdown limit of {}s; exiting. Unacknowledged events will be replayed on the next start.",
-                    graceful_limit.as_secs()
-                );
-                Outcome::Failed
+        }
+    };
+    tokio::select! {
+        _ = drain => {
+            if failed { Outcome::Failed } else {
+                tracing::info!("Shutdown complete.");
+                Outcome::Clean
             }
-            _ = force => {
-                tracing::warn!("Second signal: exiting without waiting. Unacknowledged events will be replayed on the next start.");
-                Outcome::Failed
-            }
+        }
+        _ = tokio::time::sleep(graceful_limit) => {
+            tracing::error!(
+                "Components did not stop within the graceful shutdown limit of {}s; exiting. Unacknowledged events will be replayed on the next start.",
+                graceful_limit.as_secs()
+            );
+            Outcome::Failed
+        }
+        _ = force => {
+            tracing::warn!("Second signal: exiting without waiting. Unacknowledged events will be replayed on the next start.");
+            Outcome::Failed
         }
     }
 }

@@ -7,10 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     checkpoint::StateFile,
-    event::{BatchNotifier, BatchStatus, Event, EventMetadata, LogEvent, Position},
+    event::{BatchStatus, EventMetadata, LogEvent, Position},
     finalizer::OrderedFinalizer,
-    internal_events::{ComponentError, Stage},
+    internal_events::{ComponentError, ComponentTags, Stage},
     sources::SourceContext,
+    topology::Sent,
 };
 
 use super::config::DemoEventsConfig;
@@ -53,76 +54,25 @@ pub(super) fn run(
         } = cx;
         let source_id: Arc<str> = Arc::from(key.as_str());
         let (finalizer, mut acks) = OrderedFinalizer::<u64>::new();
-        let mut committed = start;
-        let mut failed = false;
-        let save = |acked: u64| {
-            if let Some(state) = &state {
-                if let Err(e) = state.save(&Checkpoint {
-                    acknowledged: acked,
-                }) {
-                    ComponentError {
-                        error_type: "checkpoint_failed",
-                        stage: Stage::Processing,
-                        message: &e.to_string(),
-                    }
-                    .emit(&tags);
-                }
-            }
-        };
-
+        let mut checkpoint = DemoCheckpoint::new(state, tags, start);
         let interval = Duration::from_secs_f64(config.interval_secs);
-        let mut seq = start;
-        let mut saved = start;
-        let mut last_save = tokio::time::Instant::now();
         let filler = "x".repeat(config.payload_bytes);
+        let mut seq = start;
         loop {
             while let Some(Some((status, acked))) = acks.next().now_or_never() {
-                handle_ack(status, acked, &mut committed, &mut failed);
+                checkpoint.resolved(status, acked);
             }
-            if committed != saved && last_save.elapsed() >= Duration::from_secs(1) {
-                save(committed);
-                saved = committed;
-                last_save = tokio::time::Instant::now();
-            }
+            checkpoint.save_every_second();
             if config.count.is_some_and(|n| seq >= n) {
                 break;
             }
             let next = seq + 1;
-            let now = Utc::now();
-            let payload = RawDocumentBuf::from_document(&doc! {
-                "_id": { "_data": &position(next).0 },
-                "operationType": "insert",
-                "clusterTime": Timestamp { time: now.timestamp() as u32, increment: (next % 1_000_000) as u32 },
-                "wallTime": bson::DateTime::from_chrono(now),
-                "ns": { "db": &config.database, "coll": &config.collection },
-                "documentKey": { "_id": next as i64 },
-                "fullDocument": { "_id": next as i64, "seq": next as i64, "message": "demo event", "filler": &filler },
-            })
-            .expect("demo document serializes");
-            let event = LogEvent::new(
-                payload,
-                EventMetadata {
-                    source_id: Arc::clone(&source_id),
-                    position: Some(position(next)),
-                    event_time: Some(now),
-                },
-            );
-            let (event, receiver) = if acknowledgements {
-                let (batch, receiver) = BatchNotifier::new_with_receiver();
-                (event.with_batch_notifier(&batch), Some(receiver))
-            } else {
-                (event, None)
-            };
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                sent = out.send(Event::Log(event)) => if sent.is_err() { break },
-            }
-            // Registered only once sent: an event abandoned at shutdown was
-            // never emitted, so it must not count as a failed delivery.
-            match receiver {
-                Some(receiver) => finalizer.add(receiver, next),
-                None => committed = next,
+            let event = demo_event(&config, &source_id, &filler, next);
+            let registry = acknowledgements.then_some(&finalizer);
+            match out.send_log(event, next, registry, &shutdown).await {
+                Sent::Registered => {}
+                Sent::Unacknowledged(next) => checkpoint.committed = next,
+                Sent::Stopped => break,
             }
             seq = next;
             if !interval.is_zero() {
@@ -138,25 +88,98 @@ pub(super) fn run(
         drop(out);
         drop(finalizer);
         while let Some((status, acked)) = acks.next().await {
-            handle_ack(status, acked, &mut committed, &mut failed);
+            checkpoint.resolved(status, acked);
         }
-        save(committed);
-        tracing::info!(source = %key, "Stopped; acknowledged through event {committed}.");
+        checkpoint.save();
+        tracing::info!(source = %key, "Stopped; acknowledged through event {}.", checkpoint.committed);
         Ok(())
     })
 }
 
-fn handle_ack(status: BatchStatus, seq: u64, committed: &mut u64, failed: &mut bool) {
-    match status {
-        BatchStatus::Delivered if !*failed => *committed = seq,
-        BatchStatus::Delivered => {}
-        _ => {
-            if !*failed {
-                tracing::error!(
-                    "Event {seq} was not delivered ({status:?}); the checkpoint stays at {committed} and later events will be sent again on restart."
-                );
+/// Event `seq`, shaped like a change stream insert.
+fn demo_event(config: &DemoEventsConfig, source_id: &Arc<str>, filler: &str, seq: u64) -> LogEvent {
+    let now = Utc::now();
+    let payload = RawDocumentBuf::from_document(&doc! {
+        "_id": { "_data": &position(seq).0 },
+        "operationType": "insert",
+        "clusterTime": Timestamp { time: now.timestamp() as u32, increment: (seq % 1_000_000) as u32 },
+        "wallTime": bson::DateTime::from_chrono(now),
+        "ns": { "db": &config.database, "coll": &config.collection },
+        "documentKey": { "_id": seq as i64 },
+        "fullDocument": { "_id": seq as i64, "seq": seq as i64, "message": "demo event", "filler": filler },
+    })
+    .expect("demo document serializes");
+    LogEvent::new(
+        payload,
+        EventMetadata {
+            source_id: Arc::clone(source_id),
+            position: Some(position(seq)),
+            event_time: Some(now),
+        },
+    )
+}
+
+/// The acknowledged sequence number and its checkpoint file (`resume`).
+struct DemoCheckpoint {
+    state: Option<StateFile>,
+    tags: ComponentTags,
+    /// Highest sequence number delivered together with every earlier one.
+    committed: u64,
+    saved: u64,
+    last_save: tokio::time::Instant,
+    /// Set after a failed delivery: nothing is committed past it.
+    failed: bool,
+}
+
+impl DemoCheckpoint {
+    fn new(state: Option<StateFile>, tags: ComponentTags, start: u64) -> Self {
+        Self {
+            state,
+            tags,
+            committed: start,
+            saved: start,
+            last_save: tokio::time::Instant::now(),
+            failed: false,
+        }
+    }
+
+    /// Takes in the acknowledgement of event `seq`, in emission order.
+    fn resolved(&mut self, status: BatchStatus, seq: u64) {
+        match status {
+            BatchStatus::Delivered if !self.failed => self.committed = seq,
+            BatchStatus::Delivered => {}
+            _ => {
+                if !self.failed {
+                    tracing::error!(
+                        "Event {seq} was not delivered ({status:?}); the checkpoint stays at {} and later events will be sent again on restart.",
+                        self.committed
+                    );
+                }
+                self.failed = true;
             }
-            *failed = true;
+        }
+    }
+
+    /// Saves at most once a second, and only when the position moved.
+    fn save_every_second(&mut self) {
+        if self.committed != self.saved && self.last_save.elapsed() >= Duration::from_secs(1) {
+            self.save();
+            self.saved = self.committed;
+            self.last_save = tokio::time::Instant::now();
+        }
+    }
+
+    fn save(&self) {
+        let Some(state) = &self.state else { return };
+        if let Err(e) = state.save(&Checkpoint {
+            acknowledged: self.committed,
+        }) {
+            ComponentError {
+                error_type: "checkpoint_failed",
+                stage: Stage::Processing,
+                message: &e.to_string(),
+            }
+            .emit(&self.tags);
         }
     }
 }

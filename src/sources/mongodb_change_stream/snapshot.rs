@@ -13,7 +13,11 @@
 //! sink's replay skip therefore works for snapshot records too, and a
 //! restarted copy continues after the last acknowledged `_id`.
 
-use std::time::{Duration, Instant};
+use std::{
+    ops::ControlFlow,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bson::{doc, rawdoc, spec::BinarySubtype, Bson, Document, RawBson, RawBsonRef, RawDocumentBuf};
 use futures::{StreamExt, TryStreamExt};
@@ -25,11 +29,11 @@ use super::{
     stream::{event_token, ChangeStreamSource, Failure, OpenAt},
 };
 use crate::{
-    event::{BatchNotifier, BatchStatus, Event, EventMetadata, LogEvent, Position},
-    finalizer::OrderedFinalizer,
+    event::{BatchStatus, EventMetadata, LogEvent, Position},
+    finalizer::{FinalizerStream, OrderedFinalizer},
     internal_events::mongodb::SnapshotCopied,
     redact,
-    topology::SourceSender,
+    topology::{Sent, SourceSender},
 };
 
 /// Databases a deployment-wide snapshot leaves out.
@@ -91,12 +95,55 @@ pub fn id_key(id: RawBsonRef<'_>) -> Option<String> {
     })
 }
 
-/// Records the newest delivered record in `progress`.
-fn fold(progress: &mut SnapshotProgress, latest: &mut Option<(usize, Bson)>) {
-    if let Some((index, id)) = latest.take() {
-        progress.current = index;
-        progress.last_id = Some(id.into_canonical_extjson());
+/// A snapshot in progress.
+struct SnapshotRun<'a> {
+    out: &'a mut SourceSender,
+    source_id: &'a Arc<str>,
+    /// T0: streaming starts after it once the copy is complete.
+    start_token: String,
+    /// T0's cluster time, every record's event time.
+    t0: bson::Timestamp,
+    progress: SnapshotProgress,
+    finalizer: OrderedFinalizer<(usize, Bson)>,
+    acks: FinalizerStream<(usize, Bson)>,
+    /// Records sent and not yet resolved.
+    outstanding: u64,
+    /// The newest delivered record; folded into `progress` (as Extended
+    /// JSON) only when progress is saved, not per acknowledgement.
+    latest: Option<(usize, Bson)>,
+    last_save: Instant,
+    /// Transient failures in a row, for the backoff.
+    attempt: u32,
+    copied: SnapshotCopied,
+}
+
+impl SnapshotRun<'_> {
+    /// The start of every record's position: T0's type byte and cluster
+    /// time.
+    fn prefix(&self) -> &str {
+        &self.start_token[..18]
     }
+
+    /// Records the newest delivered record in `progress`.
+    fn fold_latest(&mut self) {
+        if let Some((index, id)) = self.latest.take() {
+            self.progress.current = index;
+            self.progress.last_id = Some(id.into_canonical_extjson());
+        }
+    }
+}
+
+/// `db.coll` as `(db, coll)`.
+fn split_namespace(ns: &str) -> (&str, &str) {
+    ns.split_once('.').unwrap_or((ns, ""))
+}
+
+/// A document's `_id`, if it has one that converts to `Bson`.
+fn document_id(doc: &RawDocumentBuf) -> Option<Bson> {
+    doc.get("_id")
+        .ok()
+        .flatten()
+        .and_then(|id| Bson::try_from(id.to_raw_bson()).ok())
 }
 
 fn upper_hex(bytes: &[u8]) -> String {
@@ -115,183 +162,245 @@ impl ChangeStreamSource {
     pub(super) async fn snapshot(
         &self,
         out: &mut SourceSender,
-        source_id: &std::sync::Arc<str>,
+        source_id: &Arc<str>,
         resume: Option<(String, SnapshotProgress)>,
     ) -> SnapshotEnd {
-        let (start_token, mut progress) = match resume {
+        let Some(mut run) = self.start_snapshot(out, source_id, resume).await else {
+            return SnapshotEnd::Failed;
+        };
+        match self.copy_collections(&mut run).await {
+            ControlFlow::Continue(()) => self.complete_snapshot(run),
+            ControlFlow::Break(end) => end,
+        }
+    }
+
+    /// Begins a snapshot, or picks up the saved one.
+    async fn start_snapshot<'a>(
+        &self,
+        out: &'a mut SourceSender,
+        source_id: &'a Arc<str>,
+        resume: Option<(String, SnapshotProgress)>,
+    ) -> Option<SnapshotRun<'a>> {
+        let (start_token, progress) = match resume {
             Some(r) => r,
-            None => match self.begin_snapshot().await {
-                Some(r) => r,
-                None => return SnapshotEnd::Failed,
-            },
+            None => self.begin_snapshot().await?,
         };
         let Some(t0) = token_cluster_time(&start_token) else {
             self.error(
                 "snapshot_failed",
                 &format!("snapshot start token {start_token} has no cluster time"),
             );
-            return SnapshotEnd::Failed;
+            return None;
         };
-        let prefix = &start_token[..18];
         tracing::info!(
             source = %self.cx.key,
             collections = progress.collections.len(),
             from = progress.current,
             "Snapshot: copying existing documents, then streaming after {start_token}."
         );
-        let (finalizer, mut acks) = OrderedFinalizer::<(usize, Bson)>::new();
-        let mut outstanding: u64 = 0;
-        // The newest delivered record; folded into `progress` (as Extended
-        // JSON) only when progress is saved, not per acknowledgement.
-        let mut latest: Option<(usize, Bson)> = None;
-        let mut last_save = Instant::now();
-        let mut attempt = 0;
-        let mut copied = SnapshotCopied::register(&self.cx.tags);
+        let (finalizer, acks) = OrderedFinalizer::new();
+        Some(SnapshotRun {
+            out,
+            source_id,
+            start_token,
+            t0,
+            progress,
+            finalizer,
+            acks,
+            outstanding: 0,
+            latest: None,
+            last_save: Instant::now(),
+            attempt: 0,
+            copied: SnapshotCopied::register(&self.cx.tags),
+        })
+    }
 
-        let mut index = progress.current;
-        while index < progress.collections.len() {
-            let ns = progress.collections[index].clone();
-            let (db, coll) = ns.split_once('.').unwrap_or((&ns, ""));
-            let mut after: Option<Bson> = if index == progress.current {
-                progress
-                    .last_id
-                    .clone()
-                    .and_then(|v| Bson::try_from(v).ok())
-            } else {
-                None
-            };
-            let mut last_key: Option<String> = None;
-            loop {
-                while let Some((status, entry)) = acks.ready() {
-                    outstanding -= 1;
-                    if !self.delivered(status, entry, &mut latest) {
-                        return SnapshotEnd::Failed;
-                    }
-                }
-                if last_save.elapsed() >= Duration::from_millis(self.config.checkpoint_interval_ms)
-                {
-                    fold(&mut progress, &mut latest);
-                    if let Err(e) = self.save_snapshot(&start_token, &progress) {
-                        self.error("checkpoint_failed", &e);
-                    }
-                    last_save = Instant::now();
-                }
-                let chunk = tokio::select! {
-                    _ = self.cx.shutdown.cancelled() => return self.snapshot_stopped(&start_token, &mut progress, &mut latest),
-                    c = self.snapshot_chunk(db, coll, after.as_ref()) => c,
-                };
-                let docs = match chunk {
-                    Ok(d) => {
-                        attempt = 0;
-                        d
-                    }
-                    Err(e) => match self.classify(&e) {
-                        Failure::Retry => {
-                            attempt += 1;
-                            self.pause(attempt, &e).await;
-                            continue;
-                        }
-                        _ => {
-                            self.error(
-                                "snapshot_failed",
-                                &format!("Snapshot of {ns} failed: {}", redact::error(&e)),
-                            );
-                            return SnapshotEnd::Failed;
-                        }
-                    },
-                };
-                let Some(last_doc) = docs.last() else { break };
-                after = last_doc
-                    .get("_id")
-                    .ok()
-                    .flatten()
-                    .and_then(|id| Bson::try_from(id.to_raw_bson()).ok());
-                let records = match self.snapshot_records(db, coll, prefix, t0, docs, &mut last_key)
-                {
-                    Ok(r) => r,
-                    Err(message) => {
-                        self.error("snapshot_failed", &message);
-                        return SnapshotEnd::Failed;
-                    }
-                };
-                let records = match self.apply_pipeline(db, records).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        self.error(
-                            "snapshot_failed",
-                            &format!(
-                                "`pipeline` on snapshot records of {ns} failed: {}",
-                                redact::error(&e)
-                            ),
-                        );
-                        return SnapshotEnd::Failed;
-                    }
-                };
-                for (record, id) in records {
-                    let Some(position) = event_token(&record) else {
-                        self.error("missing_resume_token", "A `pipeline` stage removed `_id` from a snapshot record; keep `_id` in every event.");
-                        return SnapshotEnd::Failed;
-                    };
-                    let (batch, receiver) = if self.cx.acknowledgements {
-                        let (batch, receiver) = BatchNotifier::new_with_receiver();
-                        (Some(batch), Some(receiver))
-                    } else {
-                        (None, None)
-                    };
-                    let mut event = LogEvent::new(
-                        record,
-                        EventMetadata {
-                            source_id: std::sync::Arc::clone(source_id),
-                            position: Some(Position(position)),
-                            event_time: chrono::DateTime::from_timestamp(i64::from(t0.time), 0),
-                        },
-                    );
-                    if let Some(batch) = &batch {
-                        event = event.with_batch_notifier(batch);
-                    }
-                    let sent = tokio::select! {
-                        _ = self.cx.shutdown.cancelled() => return self.snapshot_stopped(&start_token, &mut progress, &mut latest),
-                        sent = out.send(Event::Log(event)) => sent,
-                    };
-                    if sent.is_err() {
-                        return self.snapshot_stopped(&start_token, &mut progress, &mut latest);
-                    }
-                    copied.increment();
-                    match receiver {
-                        Some(receiver) => {
-                            outstanding += 1;
-                            finalizer.add(receiver, (index, id));
-                        }
-                        None => latest = Some((index, id)),
-                    }
-                }
-            }
-            index += 1;
+    /// Copies the collections from the current one on, then waits until
+    /// every record is delivered.
+    async fn copy_collections(&self, run: &mut SnapshotRun<'_>) -> ControlFlow<SnapshotEnd> {
+        for index in run.progress.current..run.progress.collections.len() {
+            self.copy_collection(run, index).await?;
         }
-
         // Every record must be delivered before streaming starts: a change
         // event after T0 for the same file would otherwise raise the sink's
         // high-water position past records still in flight.
-        while outstanding > 0 {
-            let next = tokio::select! {
-                _ = self.cx.shutdown.cancelled() => return self.snapshot_stopped(&start_token, &mut progress, &mut latest),
-                n = acks.next() => n,
+        self.wait_for_delivery(run).await
+    }
+
+    /// Copies collection `index` chunk by chunk in `_id` order; the one the
+    /// saved progress stopped in continues after its last delivered `_id`.
+    async fn copy_collection(
+        &self,
+        run: &mut SnapshotRun<'_>,
+        index: usize,
+    ) -> ControlFlow<SnapshotEnd> {
+        let ns = run.progress.collections[index].clone();
+        let mut after: Option<Bson> = if index == run.progress.current {
+            run.progress
+                .last_id
+                .clone()
+                .and_then(|v| Bson::try_from(v).ok())
+        } else {
+            None
+        };
+        let mut last_key: Option<String> = None;
+        loop {
+            self.take_record_acks(run)?;
+            let Some(docs) = self.next_chunk(run, &ns, after.as_ref()).await? else {
+                continue;
             };
-            let Some((status, entry)) = next else { break };
-            outstanding -= 1;
-            if !self.delivered(status, entry, &mut latest) {
-                return SnapshotEnd::Failed;
+            let Some(last_doc) = docs.last() else { break };
+            after = document_id(last_doc);
+            let records = self
+                .chunk_records(&ns, run.prefix(), run.t0, docs, &mut last_key)
+                .await?;
+            for (record, id) in records {
+                self.send_record(run, index, record, id).await?;
             }
         }
-        progress.done = true;
-        progress.current = progress.collections.len();
-        progress.last_id = None;
-        if let Err(e) = self.save_snapshot(&start_token, &progress) {
+        ControlFlow::Continue(())
+    }
+
+    /// Takes in the acknowledgements that are ready and saves progress
+    /// when due.
+    fn take_record_acks(&self, run: &mut SnapshotRun<'_>) -> ControlFlow<SnapshotEnd> {
+        while let Some((status, entry)) = run.acks.ready() {
+            self.delivered(run, status, entry)?;
+        }
+        if run.last_save.elapsed() >= Duration::from_millis(self.config.checkpoint_interval_ms) {
+            self.save_progress(run);
+            run.last_save = Instant::now();
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// The documents of `ns` after `after`; `None` after a transient error
+    /// and its pause, to try again.
+    async fn next_chunk(
+        &self,
+        run: &mut SnapshotRun<'_>,
+        ns: &str,
+        after: Option<&Bson>,
+    ) -> ControlFlow<SnapshotEnd, Option<Vec<RawDocumentBuf>>> {
+        let (db, coll) = split_namespace(ns);
+        let chunk = tokio::select! {
+            _ = self.cx.shutdown.cancelled() => return ControlFlow::Break(self.snapshot_stopped(run)),
+            c = self.snapshot_chunk(db, coll, after) => c,
+        };
+        match chunk {
+            Ok(docs) => {
+                run.attempt = 0;
+                ControlFlow::Continue(Some(docs))
+            }
+            Err(e) => match self.classify(&e) {
+                Failure::Retry => {
+                    self.pause(&mut run.attempt, &e).await;
+                    ControlFlow::Continue(None)
+                }
+                _ => {
+                    self.error(
+                        "snapshot_failed",
+                        &format!("Snapshot of {ns} failed: {}", redact::error(&e)),
+                    );
+                    ControlFlow::Break(SnapshotEnd::Failed)
+                }
+            },
+        }
+    }
+
+    /// A chunk of `ns` as snapshot records, through the user's `pipeline`.
+    /// (Not given the `SnapshotRun`: a shared reference to it, held across
+    /// an await, would not be `Send`.)
+    async fn chunk_records(
+        &self,
+        ns: &str,
+        prefix: &str,
+        t0: bson::Timestamp,
+        docs: Vec<RawDocumentBuf>,
+        last_key: &mut Option<String>,
+    ) -> ControlFlow<SnapshotEnd, Vec<(RawDocumentBuf, Bson)>> {
+        let (db, coll) = split_namespace(ns);
+        let records = match self.snapshot_records(db, coll, prefix, t0, docs, last_key) {
+            Ok(r) => r,
+            Err(message) => {
+                self.error("snapshot_failed", &message);
+                return ControlFlow::Break(SnapshotEnd::Failed);
+            }
+        };
+        match self.apply_pipeline(db, records).await {
+            Ok(r) => ControlFlow::Continue(r),
+            Err(e) => {
+                self.error(
+                    "snapshot_failed",
+                    &format!(
+                        "`pipeline` on snapshot records of {ns} failed: {}",
+                        redact::error(&e)
+                    ),
+                );
+                ControlFlow::Break(SnapshotEnd::Failed)
+            }
+        }
+    }
+
+    /// Sends one record of collection `index`; `(index, id)` is what the
+    /// progress records once it is delivered.
+    async fn send_record(
+        &self,
+        run: &mut SnapshotRun<'_>,
+        index: usize,
+        record: RawDocumentBuf,
+        id: Bson,
+    ) -> ControlFlow<SnapshotEnd> {
+        let Some(position) = event_token(&record) else {
+            self.error("missing_resume_token", "A `pipeline` stage removed `_id` from a snapshot record; keep `_id` in every event.");
+            return ControlFlow::Break(SnapshotEnd::Failed);
+        };
+        let event = LogEvent::new(
+            record,
+            EventMetadata {
+                source_id: Arc::clone(run.source_id),
+                position: Some(Position(position)),
+                event_time: chrono::DateTime::from_timestamp(i64::from(run.t0.time), 0),
+            },
+        );
+        let finalizer = self.cx.acknowledgements.then_some(&run.finalizer);
+        match run
+            .out
+            .send_log(event, (index, id), finalizer, &self.cx.shutdown)
+            .await
+        {
+            Sent::Registered => run.outstanding += 1,
+            Sent::Unacknowledged(entry) => run.latest = Some(entry),
+            Sent::Stopped => return ControlFlow::Break(self.snapshot_stopped(run)),
+        }
+        run.copied.increment();
+        ControlFlow::Continue(())
+    }
+
+    /// Waits until every sent record is resolved.
+    async fn wait_for_delivery(&self, run: &mut SnapshotRun<'_>) -> ControlFlow<SnapshotEnd> {
+        while run.outstanding > 0 {
+            let next = tokio::select! {
+                _ = self.cx.shutdown.cancelled() => return ControlFlow::Break(self.snapshot_stopped(run)),
+                n = run.acks.next() => n,
+            };
+            let Some((status, entry)) = next else { break };
+            self.delivered(run, status, entry)?;
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Marks the snapshot done, so the next start streams instead.
+    fn complete_snapshot(&self, mut run: SnapshotRun<'_>) -> SnapshotEnd {
+        run.progress.done = true;
+        run.progress.current = run.progress.collections.len();
+        run.progress.last_id = None;
+        if let Err(e) = self.save_snapshot(&run.start_token, &run.progress) {
             self.error("checkpoint_failed", &e);
             return SnapshotEnd::Failed;
         }
-        tracing::info!(source = %self.cx.key, records = copied.count(), "Snapshot complete.");
-        SnapshotEnd::Complete(start_token)
+        tracing::info!(source = %self.cx.key, records = run.copied.count(), "Snapshot complete.");
+        SnapshotEnd::Complete(run.start_token)
     }
 
     /// Takes T0 and the list of collections, and saves them.
@@ -328,8 +437,7 @@ impl ChangeStreamSource {
                 }
                 Err(e) => match self.classify(&e) {
                     Failure::Retry if !self.cx.shutdown.is_cancelled() => {
-                        attempt += 1;
-                        self.pause(attempt, &e).await;
+                        self.pause(&mut attempt, &e).await;
                     }
                     _ => {
                         self.error(
@@ -403,12 +511,7 @@ impl ChangeStreamSource {
         let mut docs: Vec<RawDocumentBuf> = find.await?.try_collect().await?;
         // `min` is inclusive: drop the document already copied.
         if let (Some(after), Some(first)) = (after, docs.first()) {
-            let first_id = first
-                .get("_id")
-                .ok()
-                .flatten()
-                .and_then(|id| Bson::try_from(id.to_raw_bson()).ok());
-            if first_id.as_ref() == Some(after) {
+            if document_id(first).as_ref() == Some(after) {
                 docs.remove(0);
             }
         }
@@ -518,20 +621,21 @@ impl ChangeStreamSource {
         Ok(out)
     }
 
-    /// Takes in one acknowledgement; `false` (after reporting) if the
+    /// Takes in one acknowledgement; breaks (after reporting) if the
     /// record was not delivered.
     fn delivered(
         &self,
+        run: &mut SnapshotRun<'_>,
         status: BatchStatus,
         entry: (usize, Bson),
-        latest: &mut Option<(usize, Bson)>,
-    ) -> bool {
+    ) -> ControlFlow<SnapshotEnd> {
+        run.outstanding -= 1;
         if status != BatchStatus::Delivered {
             self.error("snapshot_failed", &format!("A snapshot record was not delivered ({status:?}); stopping. The copy continues from the last delivered document on restart."));
-            return false;
+            return ControlFlow::Break(SnapshotEnd::Failed);
         }
-        *latest = Some(entry);
-        true
+        run.latest = Some(entry);
+        ControlFlow::Continue(())
     }
 
     fn save_snapshot(&self, token: &str, progress: &SnapshotProgress) -> Result<(), String> {
@@ -540,16 +644,17 @@ impl ChangeStreamSource {
             .map_err(|e| e.to_string())
     }
 
-    fn snapshot_stopped(
-        &self,
-        token: &str,
-        progress: &mut SnapshotProgress,
-        latest: &mut Option<(usize, Bson)>,
-    ) -> SnapshotEnd {
-        fold(progress, latest);
-        if let Err(e) = self.save_snapshot(token, progress) {
+    /// Saves how far the copy got; a failed save is reported and the copy
+    /// goes on (the next save may succeed).
+    fn save_progress(&self, run: &mut SnapshotRun<'_>) {
+        run.fold_latest();
+        if let Err(e) = self.save_snapshot(&run.start_token, &run.progress) {
             self.error("checkpoint_failed", &e);
         }
+    }
+
+    fn snapshot_stopped(&self, run: &mut SnapshotRun<'_>) -> SnapshotEnd {
+        self.save_progress(run);
         tracing::info!(source = %self.cx.key, "Snapshot paused; it continues from the last delivered document on the next start.");
         SnapshotEnd::Stopped
     }

@@ -6,23 +6,13 @@
 //! unlike `resumeAfter` it also works after an `invalidate` event, so a
 //! collection that is dropped or renamed does not stop the source.
 
-use std::{sync::Arc, time::Duration};
-
-use bson::{doc, Bson, Document, RawDocumentBuf};
-use chrono::{DateTime, Utc};
-use futures::StreamExt;
-use mongodb::{
-    change_stream::{event::ResumeToken, ChangeStream},
-    error::ErrorKind,
-    options::{ClientOptions, FullDocumentBeforeChangeType, FullDocumentType},
-    Client,
-};
-use rand::Rng;
+use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
 use crate::{
+    backoff::Backoff,
     checkpoint::StateFile,
-    event::{BatchNotifier, Event, EventMetadata, LogEvent, Position, Watermark},
-    finalizer::OrderedFinalizer,
+    event::{Event, EventMetadata, LogEvent, Position, Watermark},
+    finalizer::{FinalizerStream, OrderedFinalizer},
     internal_events::ComponentTags,
     internal_events::{
         mongodb::{HistoryLostReset, OversizedEventSkipped, StreamInterrupted, StreamProgress},
@@ -31,7 +21,16 @@ use crate::{
     redact,
     shutdown::ShutdownSignal,
     sources::SourceContext,
-    topology::SourceSender,
+    topology::{Sent, SourceSender},
+};
+use bson::{doc, Bson, Document, RawDocumentBuf};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use mongodb::{
+    change_stream::{event::ResumeToken, ChangeStream},
+    error::ErrorKind,
+    options::{ClientOptions, FullDocumentBeforeChangeType, FullDocumentType},
+    Client,
 };
 
 use super::{
@@ -73,6 +72,33 @@ pub(super) enum OpenAt {
     /// snapshot's start token.
     Snapshot,
 }
+
+/// Why the source stops: `Ok` on shutdown or when its work is done, `Err`
+/// after a failure it reported.
+type Stop = Result<(), ()>;
+
+/// What `run` carries from one opening of the stream to the next.
+struct RunState {
+    /// Where the stream opens next.
+    at: OpenAt,
+    /// An unfinished snapshot's start token and progress, for the first
+    /// snapshot only.
+    snapshot_resume: Option<(String, SnapshotProgress)>,
+    acks: Acks,
+    finalizer: OrderedFinalizer<String>,
+    ack_stream: FinalizerStream<String>,
+    progress: StreamProgress,
+    source_id: Arc<str>,
+    out: SourceSender,
+    /// Transient failures in a row, for the backoff.
+    attempt: u32,
+    /// History-lost recoveries without an event in between.
+    recoveries: u32,
+}
+
+/// Waits before reopening after a transient error. The cap has always been
+/// 16 s (doubling from 0.5 s stopped after the sixth attempt).
+const RETRY_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(16));
 
 /// How a stream error is handled.
 pub(super) enum Failure {
@@ -223,215 +249,270 @@ impl ChangeStreamSource {
         }
     }
 
+    /// Snapshots when due, opens the stream and forwards its events,
+    /// reopening it after transient errors, until shutdown or a fatal error;
+    /// then flushes the checkpoint.
     pub async fn run(mut self) -> Result<(), ()> {
-        let (mut at, initial, mut snapshot_resume) = match self.initial_position() {
+        let mut run = match self.start() {
+            ControlFlow::Continue(run) => run,
+            ControlFlow::Break(stop) => return stop,
+        };
+        let stop = loop {
+            if let ControlFlow::Break(stop) = self.run_once(&mut run).await {
+                break stop;
+            }
+        };
+        self.stop(run, stop).await
+    }
+
+    /// Where to begin, and the bookkeeping to begin with. Breaks when there
+    /// is nothing to do or the checkpoint cannot be read.
+    fn start(&mut self) -> ControlFlow<Stop, RunState> {
+        let (at, initial, snapshot_resume) = match self.initial_position() {
             Ok(Some(p)) => p,
-            Ok(None) => return Ok(()),
+            Ok(None) => return ControlFlow::Break(Ok(())),
             Err(e) => {
                 self.error("checkpoint_failed", &e.to_string());
-                return Err(());
+                return ControlFlow::Break(Err(()));
             }
         };
         let interval = Duration::from_millis(self.config.checkpoint_interval_ms);
-        let mut acks = Acks::new(self.state.clone(), initial, interval);
-        let (finalizer, mut ack_stream) = OrderedFinalizer::<String>::new();
-        let progress = StreamProgress::register(&self.cx.tags);
-        let source_id: Arc<str> = Arc::from(self.cx.key.as_str());
-        let skip_oversized = self.config.on_oversized_event == OnOversizedEvent::Skip;
-        let shutdown = self.cx.shutdown.clone();
-        let acknowledgements = self.cx.acknowledgements;
-        let mut out = self.out.take().expect("run is called once");
-        let mut attempt: u32 = 0;
-        let mut recoveries: u32 = 0;
-        let mut result = Ok(());
+        let (finalizer, ack_stream) = OrderedFinalizer::new();
+        ControlFlow::Continue(RunState {
+            at,
+            snapshot_resume,
+            acks: Acks::new(self.state.clone(), initial, interval),
+            finalizer,
+            ack_stream,
+            progress: StreamProgress::register(&self.cx.tags),
+            source_id: Arc::from(self.cx.key.as_str()),
+            out: self.out.take().expect("run is called once"),
+            attempt: 0,
+            recoveries: 0,
+        })
+    }
 
-        'outer: loop {
-            if let OpenAt::Snapshot = at {
-                // A resnapshot waits until events before it are resolved, so
-                // none of them moves the checkpoint afterwards.
-                while acks.outstanding() > 0 {
-                    let next = tokio::select! {
-                        _ = shutdown.cancelled() => break 'outer,
-                        n = ack_stream.next() => n,
-                    };
-                    let Some((status, token)) = next else { break };
-                    acks.resolved(status, token);
+    /// One opening of the stream: snapshot first if due, open, forward.
+    /// Continues when the stream is to be opened again at `run.at`.
+    async fn run_once(&self, run: &mut RunState) -> ControlFlow<Stop> {
+        if let OpenAt::Snapshot = run.at {
+            self.snapshot_first(run).await?;
+        }
+        match self.open_stream(run).await? {
+            Some(stream) => self.forward_events(run, stream).await,
+            None => ControlFlow::Continue(()),
+        }
+    }
+
+    /// Copies the collections, then sets the stream to open after the
+    /// copy's start token.
+    async fn snapshot_first(&self, run: &mut RunState) -> ControlFlow<Stop> {
+        // A resnapshot waits until events before it are resolved, so none
+        // of them moves the checkpoint afterwards.
+        self.wait_for_acks(run).await?;
+        let resume = run.snapshot_resume.take();
+        match self.snapshot(&mut run.out, &run.source_id, resume).await {
+            SnapshotEnd::Complete(token) => {
+                run.acks.reset(token.clone());
+                if self.config.snapshot == SnapshotMode::InitialOnly {
+                    return ControlFlow::Break(Ok(()));
                 }
-                match self
-                    .snapshot(&mut out, &source_id, snapshot_resume.take())
+                run.at = OpenAt::After(token);
+                ControlFlow::Continue(())
+            }
+            SnapshotEnd::Stopped => ControlFlow::Break(Ok(())),
+            SnapshotEnd::Failed => ControlFlow::Break(Err(())),
+        }
+    }
+
+    /// Waits until every emitted event is resolved; breaks on shutdown.
+    async fn wait_for_acks(&self, run: &mut RunState) -> ControlFlow<Stop> {
+        while run.acks.outstanding() > 0 {
+            let next = tokio::select! {
+                _ = self.cx.shutdown.cancelled() => return ControlFlow::Break(Ok(())),
+                n = run.ack_stream.next() => n,
+            };
+            let Some((status, token)) = next else { break };
+            run.acks.resolved(status, token);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Opens the stream at `run.at`; `None` when that failed and `recover`
+    /// chose to open it again.
+    async fn open_stream(
+        &self,
+        run: &mut RunState,
+    ) -> ControlFlow<Stop, Option<ChangeStream<RawDocumentBuf>>> {
+        let opened = tokio::select! {
+            biased;
+            _ = self.cx.shutdown.cancelled() => return ControlFlow::Break(Ok(())),
+            r = self.open(&run.at) => r,
+        };
+        match opened {
+            Ok(stream) => {
+                if run.attempt > 0 {
+                    tracing::info!(source = %self.cx.key, "Change stream reopened.");
+                }
+                run.attempt = 0;
+                ControlFlow::Continue(Some(stream))
+            }
+            Err(e) => {
+                self.recover(&e, run).await?;
+                ControlFlow::Continue(None)
+            }
+        }
+    }
+
+    /// Forwards the stream's events. Continues when the stream is to be
+    /// opened again at `run.at`.
+    async fn forward_events(
+        &self,
+        run: &mut RunState,
+        mut stream: ChangeStream<RawDocumentBuf>,
+    ) -> ControlFlow<Stop> {
+        loop {
+            self.take_acks(run);
+            let next = tokio::select! {
+                _ = self.cx.shutdown.cancelled() => return ControlFlow::Break(Ok(())),
+                n = stream.next_if_any() => n,
+            };
+            match next {
+                Ok(Some(raw)) => self.forward_event(run, raw).await?,
+                Ok(None) if stream.is_alive() => self.on_idle(run, stream.resume_token()).await?,
+                Ok(None) => {
+                    tracing::warn!(
+                        source = %self.cx.key,
+                        "Change stream was invalidated (collection dropped or renamed, or database dropped); reopening after the invalidate event."
+                    );
+                    return ControlFlow::Continue(());
+                }
+                Err(e) => return self.recover(&e, run).await,
+            }
+        }
+    }
+
+    /// Takes in the acknowledgements that are ready and writes the
+    /// checkpoint when due. Never raced against `next_if_any`: dropping an
+    /// in-flight getMore could lose its batch.
+    fn take_acks(&self, run: &mut RunState) {
+        while let Some((status, token)) = run.ack_stream.ready() {
+            run.acks.resolved(status, token);
+        }
+        if let Err(e) = run.acks.flush(false) {
+            self.error("checkpoint_failed", &e.to_string());
+        }
+        if let Some(t) = run.acks.committed().and_then(token_cluster_time) {
+            run.progress.committed_at(t.time);
+        }
+    }
+
+    /// Sends one change event on, unless it is skipped as oversized.
+    async fn forward_event(&self, run: &mut RunState, raw: RawDocumentBuf) -> ControlFlow<Stop> {
+        let Some(token) = event_token(&raw) else {
+            self.error("missing_resume_token", "An event has no `_id._data` resume token; a `pipeline` stage must have removed `_id`. Keep `_id` in every event.");
+            return ControlFlow::Break(Err(()));
+        };
+        if self.skip_if_oversized(&raw, &token) {
+            run.at = OpenAt::After(token);
+            return ControlFlow::Continue(());
+        }
+        let event_time = event_time(&raw);
+        if let Ok(t) = raw.get_timestamp("clusterTime") {
+            run.progress.read_up_to(t.time);
+        }
+        let event = LogEvent::new(
+            raw,
+            EventMetadata {
+                source_id: Arc::clone(&run.source_id),
+                position: Some(Position(token.clone())),
+                event_time,
+            },
+        );
+        let finalizer = self.cx.acknowledgements.then_some(&run.finalizer);
+        match run
+            .out
+            .send_log(event, token.clone(), finalizer, &self.cx.shutdown)
+            .await
+        {
+            Sent::Registered => run.acks.emitted(),
+            Sent::Unacknowledged(token) => run.acks.sent_unacknowledged(token),
+            Sent::Stopped => return ControlFlow::Break(Ok(())),
+        }
+        run.recoveries = 0;
+        run.at = OpenAt::After(token);
+        ControlFlow::Continue(())
+    }
+
+    /// Reports an event the server marked as oversized (`on_oversized_event
+    /// = "skip"`); `true` if it is to be skipped.
+    fn skip_if_oversized(&self, raw: &RawDocumentBuf, token: &str) -> bool {
+        if self.config.on_oversized_event != OnOversizedEvent::Skip {
+            return false;
+        }
+        let Ok(bytes) = raw.get_i64(OVERSIZED_FIELD) else {
+            return false;
+        };
+        OversizedEventSkipped {
+            namespace: &namespace_of(raw),
+            document_key: &raw
+                .get_document("documentKey")
+                .ok()
+                .and_then(|k| bson::Document::try_from(k).ok())
+                .map(|k| Bson::Document(k).into_relaxed_extjson().to_string())
+                .unwrap_or_else(|| "(none)".into()),
+            bytes,
+            token,
+        }
+        .emit(&self.cx.tags);
+        true
+    }
+
+    /// On an idle stream the post-batch token is the server's promise that
+    /// nothing before it is pending: a watermark at its time goes to the
+    /// sinks, and the checkpoint may move to it.
+    async fn on_idle(
+        &self,
+        run: &mut RunState,
+        post_batch_token: Option<ResumeToken>,
+    ) -> ControlFlow<Stop> {
+        let pbrt = post_batch_token.and_then(|t| token_hex(&t));
+        if let Some(ts) = pbrt.as_deref().and_then(token_cluster_time) {
+            run.progress.read_up_to(ts.time);
+            if let Some(time) = DateTime::<Utc>::from_timestamp(i64::from(ts.time), 0) {
+                let watermark = Event::Watermark(Watermark {
+                    source_id: Arc::clone(&run.source_id),
+                    time,
+                });
+                if !run
+                    .out
+                    .send_until_shutdown(watermark, &self.cx.shutdown)
                     .await
                 {
-                    SnapshotEnd::Complete(token) => {
-                        acks.reset(token.clone());
-                        if self.config.snapshot == SnapshotMode::InitialOnly {
-                            break 'outer;
-                        }
-                        at = OpenAt::After(token);
-                    }
-                    SnapshotEnd::Stopped => break 'outer,
-                    SnapshotEnd::Failed => {
-                        result = Err(());
-                        break 'outer;
-                    }
-                }
-            }
-            let opened = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break 'outer,
-                r = self.open(&at) => r,
-            };
-            let mut stream = match opened {
-                Ok(s) => {
-                    if attempt > 0 {
-                        tracing::info!(source = %self.cx.key, "Change stream reopened.");
-                    }
-                    attempt = 0;
-                    s
-                }
-                Err(e) => match self.recover(&e, &mut attempt, &mut recoveries, &at).await {
-                    Some(next) => {
-                        at = next;
-                        continue;
-                    }
-                    None => {
-                        result = Err(());
-                        break 'outer;
-                    }
-                },
-            };
-
-            loop {
-                // Take in acknowledgements that are ready. Never race them
-                // against `next_if_any`: dropping an in-flight getMore could
-                // lose its batch.
-                while let Some((status, token)) = ack_stream.ready() {
-                    acks.resolved(status, token);
-                }
-                if let Err(e) = acks.flush(false) {
-                    self.error("checkpoint_failed", &e.to_string());
-                }
-                if let Some(t) = acks.committed().and_then(token_cluster_time) {
-                    progress.committed_at(t.time);
-                }
-
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => break 'outer,
-                    n = stream.next_if_any() => n,
-                };
-                match next {
-                    Ok(Some(raw)) => {
-                        let Some(token) = event_token(&raw) else {
-                            self.error("missing_resume_token", "An event has no `_id._data` resume token; a `pipeline` stage must have removed `_id`. Keep `_id` in every event.");
-                            result = Err(());
-                            break 'outer;
-                        };
-                        if let Some(bytes) = skip_oversized
-                            .then(|| raw.get_i64(OVERSIZED_FIELD).ok())
-                            .flatten()
-                        {
-                            OversizedEventSkipped {
-                                namespace: &namespace_of(&raw),
-                                document_key: &raw
-                                    .get_document("documentKey")
-                                    .ok()
-                                    .and_then(|k| bson::Document::try_from(k).ok())
-                                    .map(|k| Bson::Document(k).into_relaxed_extjson().to_string())
-                                    .unwrap_or_else(|| "(none)".into()),
-                                bytes,
-                                token: &token,
-                            }
-                            .emit(&self.cx.tags);
-                            at = OpenAt::After(token);
-                            continue;
-                        }
-                        let event_time = event_time(&raw);
-                        if let Ok(t) = raw.get_timestamp("clusterTime") {
-                            progress.read_up_to(t.time);
-                        }
-                        let event = LogEvent::new(
-                            raw,
-                            EventMetadata {
-                                source_id: Arc::clone(&source_id),
-                                position: Some(Position(token.clone())),
-                                event_time,
-                            },
-                        );
-                        let (event, receiver) = if acknowledgements {
-                            let (batch, receiver) = BatchNotifier::new_with_receiver();
-                            (event.with_batch_notifier(&batch), Some(receiver))
-                        } else {
-                            (event, None)
-                        };
-                        let sent = tokio::select! {
-                            _ = shutdown.cancelled() => break 'outer,
-                            sent = out.send(Event::Log(event)) => sent,
-                        };
-                        if sent.is_err() {
-                            break 'outer;
-                        }
-                        match receiver {
-                            Some(receiver) => {
-                                acks.emitted();
-                                finalizer.add(receiver, token.clone());
-                            }
-                            None => acks.sent_unacknowledged(token.clone()),
-                        }
-                        recoveries = 0;
-                        at = OpenAt::After(token);
-                    }
-                    Ok(None) if stream.is_alive() => {
-                        // Idle: the post-batch token is the server's promise
-                        // that nothing before it is pending.
-                        let pbrt = stream.resume_token().and_then(|t| token_hex(&t));
-                        if let Some(ts) = pbrt.as_deref().and_then(token_cluster_time) {
-                            progress.read_up_to(ts.time);
-                            if let Some(time) =
-                                DateTime::<Utc>::from_timestamp(i64::from(ts.time), 0)
-                            {
-                                let watermark = Event::Watermark(Watermark {
-                                    source_id: Arc::clone(&source_id),
-                                    time,
-                                });
-                                let sent = tokio::select! {
-                                    _ = shutdown.cancelled() => break 'outer,
-                                    sent = out.send(watermark) => sent,
-                                };
-                                if sent.is_err() {
-                                    break 'outer;
-                                }
-                            }
-                        }
-                        acks.idle(pbrt.clone());
-                        if let (Some(t), OpenAt::Now | OpenAt::Time(_)) = (&pbrt, &at) {
-                            // Nothing emitted yet: reopen from here, not from
-                            // "now" again, if the stream breaks.
-                            at = OpenAt::After(t.clone());
-                        }
-                    }
-                    Ok(None) => {
-                        tracing::warn!(
-                            source = %self.cx.key,
-                            "Change stream was invalidated (collection dropped or renamed, or database dropped); reopening after the invalidate event."
-                        );
-                        continue 'outer;
-                    }
-                    Err(e) => match self.recover(&e, &mut attempt, &mut recoveries, &at).await {
-                        Some(next) => {
-                            at = next;
-                            continue 'outer;
-                        }
-                        None => {
-                            result = Err(());
-                            break 'outer;
-                        }
-                    },
+                    return ControlFlow::Break(Ok(()));
                 }
             }
         }
+        run.acks.idle(pbrt.clone());
+        if let (Some(t), OpenAt::Now | OpenAt::Time(_)) = (&pbrt, &run.at) {
+            // Nothing emitted yet: reopen from here, not from "now" again,
+            // if the stream breaks.
+            run.at = OpenAt::After(t.clone());
+        }
+        ControlFlow::Continue(())
+    }
 
-        // Stop sending so sinks can finish, then wait for every outstanding
-        // acknowledgement (the topology bounds this wait) and write the
-        // final checkpoint.
+    /// Stops sending so sinks can finish, waits for every outstanding
+    /// acknowledgement (the topology bounds this wait), writes the final
+    /// checkpoint and closes the client.
+    async fn stop(&self, run: RunState, mut result: Stop) -> Result<(), ()> {
+        let RunState {
+            mut acks,
+            finalizer,
+            mut ack_stream,
+            out,
+            ..
+        } = run;
         drop(out);
         drop(finalizer);
         while let Some((status, token)) = ack_stream.next().await {
@@ -461,24 +542,23 @@ impl ChangeStreamSource {
         .emit(&self.cx.tags);
     }
 
-    /// Decides how to go on after `e`: `Some(position)` to reopen there
-    /// (after a pause for transient errors), `None` to stop the source.
-    /// A `None` on shutdown during the pause is not an error, so it returns
-    /// the current position and lets the shutdown check end the loop.
-    async fn recover(
-        &self,
-        e: &mongodb::error::Error,
-        attempt: &mut u32,
-        recoveries: &mut u32,
-        at: &OpenAt,
-    ) -> Option<OpenAt> {
+    /// Decides how to go on after `e`: continues to reopen at `run.at`
+    /// (after a pause for transient errors), breaks to stop the source.
+    /// Shutdown during the pause is not an error: it continues, and the
+    /// next shutdown check ends the loop.
+    async fn recover(&self, e: &mongodb::error::Error, run: &mut RunState) -> ControlFlow<Stop> {
         match self.classify(e) {
             Failure::Retry => {
-                *attempt += 1;
-                self.pause(*attempt, e).await;
-                Some(at.clone())
+                self.pause(&mut run.attempt, e).await;
+                ControlFlow::Continue(())
             }
-            Failure::HistoryLost => self.history_lost(at, recoveries, e),
+            Failure::HistoryLost => match self.history_lost(&run.at, &mut run.recoveries, e) {
+                Some(at) => {
+                    run.at = at;
+                    ControlFlow::Continue(())
+                }
+                None => ControlFlow::Break(Err(())),
+            },
             Failure::Fatal => {
                 let hint = match e.kind.as_ref() {
                     ErrorKind::Command(c) if c.code == 10334 => " An event is over MongoDB's 16 MB limit (BSONObjectTooLarge), usually a large document with its pre-image or post-image. Set on_oversized_event = \"skip\" to leave such events out (counted and logged), or drop large fields with `pipeline`.",
@@ -488,7 +568,7 @@ impl ChangeStreamSource {
                     "stream_failed",
                     &format!("Change stream failed: {}.{hint}", redact::error(e)),
                 );
-                None
+                ControlFlow::Break(Err(()))
             }
         }
     }
@@ -512,19 +592,19 @@ impl ChangeStreamSource {
         }
     }
 
-    /// Waits before reopening: exponential backoff with jitter, 0.5 s to
-    /// 30 s, cut short by shutdown (the open loop then sees it and stops).
-    pub(super) async fn pause(&self, attempt: u32, e: &mongodb::error::Error) {
-        let base = 0.5_f64 * 2f64.powi(attempt.min(6) as i32 - 1);
-        let delay = base.min(30.0) * rand::rng().random_range(0.5..1.0);
+    /// Waits before retry `*attempt` (counted from 0) and counts it; cut
+    /// short by shutdown (the caller's loop then sees it and stops).
+    pub(super) async fn pause(&self, attempt: &mut u32, e: &mongodb::error::Error) {
+        let delay = RETRY_BACKOFF.delay(*attempt);
+        *attempt += 1;
         StreamInterrupted {
             error: &redact::error(e),
-            retry_in_secs: delay,
+            retry_in_secs: delay.as_secs_f64(),
         }
         .emit(&self.cx.tags);
         tokio::select! {
             _ = self.cx.shutdown.cancelled() => {}
-            _ = tokio::time::sleep(Duration::from_secs_f64(delay)) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
     }
 
