@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rand::Rng;
+
+use crate::backoff::Backoff;
 
 /// A failed storage request.
 #[derive(Debug, Clone)]
@@ -146,11 +147,8 @@ where
         match result {
             Ok(v) => return Ok(v),
             Err(e) if e.retriable && attempt < policy.attempts => {
-                let backoff = policy
-                    .initial_backoff
-                    .mul_f64(2f64.powi(attempt.min(16) as i32))
-                    .min(policy.max_backoff)
-                    .mul_f64(rand::rng().random_range(0.5..1.0));
+                let backoff =
+                    Backoff::new(policy.initial_backoff, policy.max_backoff).delay(attempt);
                 // The server's Retry-After wins when it asks for longer.
                 let delay = e.retry_after.map_or(backoff, |ra| ra.max(backoff));
                 on_retry(&e, delay);
