@@ -75,7 +75,7 @@ filesystem = "{name}"
 
 /// `mongo-adls validate -c <cfg>`: its exit code and stderr.
 fn validate(cfg: &Path) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+    let out = support::mongo_adls()
         .args(["validate", "-c"])
         .arg(cfg)
         .output()

@@ -1,6 +1,8 @@
 //! The `mongo-adls` binary as a user runs it: configuration errors, the
 //! example configs, signals, `kill -9` and restart, and `/metrics`.
 
+mod support;
+
 use std::{
     io::{Read, Write},
     net::TcpStream,
@@ -10,23 +12,13 @@ use std::{
 };
 
 fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mongo-adls"));
-    cmd.env_remove("MONGO_ADLS_CONFIG");
-    cmd
+    support::mongo_adls()
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Runs `validate` on `files` and checks it exits 78 with every `needle`
@@ -219,7 +211,7 @@ fn sigterm_drains_and_kill_9_loses_nothing() {
 #[test]
 fn metrics_endpoint_shows_tagged_component_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = support::free_port();
     let config = demo_config(dir.path(), &format!("api.address = \"127.0.0.1:{port}\""));
     let child = bin()
         .arg("-c")

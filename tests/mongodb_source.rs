@@ -7,7 +7,7 @@ mod support;
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, ChildStdout, Command, Stdio},
+    process::{Child, ChildStdout, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -16,7 +16,8 @@ use mongodb::bson::{doc, Document};
 use serde_json::Value;
 use support::{eventually, Mongod};
 
-struct Agent {
+/// An agent whose `console` sink output is collected line by line.
+struct ConsoleAgent {
     /// `None` once stopped; a running agent is killed on drop, so a failing
     /// test never leaves one behind (it would hold the test runner's output).
     child: Option<Child>,
@@ -24,9 +25,9 @@ struct Agent {
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Agent {
+impl ConsoleAgent {
     fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+        let mut child = support::mongo_adls()
             .arg("--config")
             .arg(config)
             .env("MONGO_ADLS_LOG", "info,mongo_adls=debug")
@@ -75,7 +76,7 @@ impl Agent {
     }
 }
 
-impl Drop for Agent {
+impl Drop for ConsoleAgent {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -166,7 +167,7 @@ async fn each_scope_delivers_exactly_its_changes() {
     for (i, (scope, _)) in scopes.iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path(), &mongo.uri(), scope);
-        let agent = Agent::start(&cfg);
+        let agent = ConsoleAgent::start(&cfg);
         wait_started(dir.path()).await;
         agents.push((i, dir, agent));
     }
@@ -290,7 +291,7 @@ async fn restarts_replay_only_unacknowledged_events() {
     let mut all: Vec<Value> = Vec::new();
 
     // Run 1, stopped by SIGTERM mid-stream.
-    let agent = Agent::start(&cfg);
+    let agent = ConsoleAgent::start(&cfg);
     wait_started(dir.path()).await;
     let writer = {
         let client = client.clone();
@@ -311,7 +312,7 @@ async fn restarts_replay_only_unacknowledged_events() {
     all.extend(events);
 
     // Run 2, killed with SIGKILL mid-stream; the checkpoint may trail.
-    let agent = Agent::start(&cfg);
+    let agent = ConsoleAgent::start(&cfg);
     let events = agent.wait_for(200).await;
     assert!(
         token(&events[0]) > committed,
@@ -333,7 +334,7 @@ async fn restarts_replay_only_unacknowledged_events() {
     writer.await.unwrap();
 
     // Run 3 with a mongod restart in the middle of more writes.
-    let agent = Agent::start(&cfg);
+    let agent = ConsoleAgent::start(&cfg);
     let first = agent.wait_for(1).await;
     assert!(token(&first[0]) > committed);
     mongo.restart().await;
@@ -362,7 +363,7 @@ async fn failing_sink_keeps_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &mongo.uri(), "database = \"app\"");
     // Stdout whose reader is gone: every write fails with EPIPE.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+    let mut child = support::mongo_adls()
         .arg("--config")
         .arg(&cfg)
         .stdout(Stdio::piped())
@@ -383,7 +384,7 @@ async fn failing_sink_keeps_the_checkpoint() {
     );
 
     // A working sink then gets all of them.
-    let agent = Agent::start(&cfg);
+    let agent = ConsoleAgent::start(&cfg);
     agent.wait_for(10).await;
     let (_, events) = agent.stop(libc::SIGTERM);
     assert_eq!(seqs(&events), (0..10).collect::<Vec<_>>());
@@ -394,7 +395,7 @@ async fn lost_history_follows_the_policy() {
     let mut mongo = Mongod::start().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &mongo.uri(), "database = \"app\"");
-    let agent = Agent::start(&cfg);
+    let agent = ConsoleAgent::start(&cfg);
     wait_started(dir.path()).await;
     insert_range(&mongo.client().await, 0, 5).await;
     agent.wait_for(5).await;
@@ -405,7 +406,7 @@ async fn lost_history_follows_the_policy() {
     // The server notices the missing resume point when the stream reaches
     // an event after it.
     insert_range(&mongo.client().await, 50, 51).await;
-    let out = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+    let out = support::mongo_adls()
         .arg("--config")
         .arg(&cfg)
         .output()
@@ -424,7 +425,7 @@ async fn lost_history_follows_the_policy() {
         "checkpoint_interval_ms = 100\non_history_lost = \"reset_to_now\"",
     );
     std::fs::write(&cfg, text).unwrap();
-    let agent = Agent::start(&cfg);
+    let agent = ConsoleAgent::start(&cfg);
     tokio::time::sleep(Duration::from_secs(3)).await;
     insert_range(&mongo.client().await, 100, 103).await;
     agent.wait_for(3).await;
@@ -440,7 +441,7 @@ async fn lost_history_follows_the_policy() {
         "on_history_lost = \"resnapshot\"\nsnapshot = \"initial\"",
     );
     std::fs::write(&cfg, text).unwrap();
-    let agent = Agent::start(&cfg);
+    let agent = ConsoleAgent::start(&cfg);
     let copied = agent.wait_for(5).await;
     assert!(copied.iter().all(|e| e["operationType"] == "snapshot"));
     insert_range(&mongo.client().await, 300, 301).await;
@@ -465,7 +466,7 @@ async fn collection_stream_survives_drop_and_recreate() {
         &mongo.uri(),
         "database = \"app\"\ncollection = \"items\"",
     );
-    let agent = Agent::start(&cfg);
+    let agent = ConsoleAgent::start(&cfg);
     wait_started(dir.path()).await;
     insert_range(&client, 0, 3).await;
     agent.wait_for(3).await;
@@ -543,7 +544,7 @@ async fn snapshot_copies_existing_documents_then_streams_and_resumes() {
 
     // First run: stopped with kill -9 part-way through the copy, once its
     // progress has been saved.
-    let agent = Agent::start(&cfg);
+    let agent = ConsoleAgent::start(&cfg);
     let saved = eventually(Duration::from_secs(60), async || {
         let text = std::fs::read_to_string(dir.path().join("data/mongo/checkpoint.json")).ok()?;
         let saved: Value = serde_json::from_str(&text).ok()?;
@@ -569,7 +570,7 @@ async fn snapshot_copies_existing_documents_then_streams_and_resumes() {
         .await
         .unwrap();
 
-    let agent = Agent::start(&cfg);
+    let agent = ConsoleAgent::start(&cfg);
     eventually(Duration::from_secs(120), async || {
         let events = agent.events();
         events
@@ -651,7 +652,7 @@ async fn snapshot_initial_only_copies_and_exits() {
         "database = \"app\"\ncollection = \"items\"\nsnapshot = \"initial_only\"",
     );
     let run = || {
-        Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+        support::mongo_adls()
             .arg("--config")
             .arg(&cfg)
             .output()
@@ -700,9 +701,9 @@ async fn oversized_events_fail_or_are_skipped() {
     );
     let fail_dir = tempfile::tempdir().unwrap();
     let fail_cfg = config(fail_dir.path(), &mongo.uri(), "database = \"big\"");
-    let skipping = Agent::start(&skip_cfg);
+    let skipping = ConsoleAgent::start(&skip_cfg);
     wait_started(skip_dir.path()).await;
-    let mut failing = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+    let mut failing = support::mongo_adls()
         .arg("--config")
         .arg(&fail_cfg)
         .stdout(Stdio::null())

@@ -3,12 +3,14 @@
 //! and an independent validator (Python `jsonschema`) accepts every example
 //! config and refuses a misspelt option.
 
+mod support;
+
 use std::{path::Path, process::Command};
 
 use serde_json::Value;
 
 fn generate(format: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+    let out = support::mongo_adls()
         .args(["generate-schema", "--format", format])
         .output()
         .unwrap();

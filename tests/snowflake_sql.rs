@@ -3,14 +3,16 @@
 //! the output for the example configs is pinned (`tests/snapshots/`; run
 //! with `UPDATE_SNAPSHOTS=1` to rewrite them after an intended change).
 
-use std::{path::Path, process::Command};
+mod support;
+
+use std::path::Path;
 
 use mongo_adls::snowflake::{self, FilePattern};
 use regex::Regex;
 use sqlparser::{dialect::SnowflakeDialect, parser::Parser};
 
 fn bin(config: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+    support::mongo_adls()
         .arg("--config")
         .arg(config)
         .arg("snowflake-sql")

@@ -7,13 +7,12 @@ mod support;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Output,
     time::{Duration, Instant},
 };
 
 fn validate(args: &[&str], cfg: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
-        .env_remove("MONGO_ADLS_CONFIG")
+    support::mongo_adls()
         .arg("validate")
         .args(args)
         .arg("-c")
@@ -189,7 +188,7 @@ fn allowed_stages_and_defaults_pass() {
 /// standalone mongod cannot serve change streams.
 #[tokio::test]
 async fn a_standalone_mongod_fails_validate() {
-    let mongod = support::Mongod::start_standalone().await;
+    let mongod = support::Mongod::start_standalone();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "", "create_filesystem = true");
     let text = std::fs::read_to_string(&cfg).unwrap().replace(

@@ -14,12 +14,54 @@ use std::{
 
 use mongodb::{bson::doc, options::ClientOptions, Client};
 
+/// A port free right now. Another process can take it before a service
+/// binds it, so services started on one use [`on_free_port`], which tries
+/// again on a new port when the service could not bind.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Starts something on a free port with `start`, which answers `None` when
+/// the port turned out to be taken; up to five ports are tried.
+pub fn on_free_port<T>(what: &str, mut start: impl FnMut(u16) -> Option<T>) -> T {
+    for _ in 0..5 {
+        if let Some(started) = start(free_port()) {
+            return started;
+        }
+    }
+    panic!("{what} could not bind a free port in five tries");
+}
+
+/// Waits until `port` accepts connections while `child` runs: false when
+/// the child exited first (it could not bind, say).
+fn listening(child: &mut Child, port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            // A squatter on the port makes the child exit soon; a child
+            // still alive now is very likely the listener.
+            return child.try_wait().unwrap().is_none();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "port {port} not listening after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The `mongo-adls` binary, without any MONGO_ADLS_CONFIG of the caller.
+pub fn mongo_adls() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mongo-adls"));
+    cmd.env_remove("MONGO_ADLS_CONFIG");
+    cmd
 }
 
 fn tool(env: &str, default: &str) -> PathBuf {
@@ -44,46 +86,35 @@ pub struct Mongod {
 impl Mongod {
     /// Starts a fresh single-node replica set and waits for PRIMARY.
     pub async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let dbpath = dir.path().join("db");
-        std::fs::create_dir_all(&dbpath).unwrap();
-        let mut m = Self {
-            child: None,
-            replica_set: true,
-            port: free_port(),
-            dbpath,
-            _dir: Some(dir),
-        };
-        m.spawn();
+        let m = Self::launch(true);
         m.initiate().await;
         m
     }
 
-    /// Starts a standalone mongod (no replica set) and waits until it
-    /// answers.
-    pub async fn start_standalone() -> Self {
+    /// Starts a standalone mongod (no replica set): change streams refuse
+    /// it.
+    pub fn start_standalone() -> Self {
+        Self::launch(false)
+    }
+
+    /// A mongod listening on a free port, in a fresh directory.
+    fn launch(replica_set: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let dbpath = dir.path().join("db");
         std::fs::create_dir_all(&dbpath).unwrap();
         let mut m = Self {
             child: None,
-            replica_set: false,
-            port: free_port(),
+            replica_set,
+            port: 0,
             dbpath,
             _dir: Some(dir),
         };
-        m.spawn();
-        let client = m.direct().await;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while client
-            .database("admin")
-            .run_command(doc! { "hello": 1 })
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "mongod did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        on_free_port("mongod", |port| {
+            m.port = port;
+            m.spawn();
+            let child = m.child.as_mut().unwrap();
+            listening(child, port, Duration::from_secs(60)).then_some(())
+        });
         m
     }
 
@@ -227,16 +258,25 @@ pub const AZURITE_KEY: &str =
 impl Azurite {
     /// In memory: fast, gone when stopped.
     pub fn start() -> Self {
-        Self::launch(free_port(), tempfile::tempdir().unwrap(), false)
+        Self::launch(false)
     }
 
     /// Persisted in its directory, so [`Azurite::restart`] keeps the data.
     pub fn start_on_disk() -> Self {
-        Self::launch(free_port(), tempfile::tempdir().unwrap(), true)
+        Self::launch(true)
     }
 
-    fn launch(port: u16, dir: tempfile::TempDir, on_disk: bool) -> Self {
-        let child = Self::spawn(port, dir.path(), on_disk);
+    fn launch(on_disk: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (child, port) = on_free_port("azurite", |port| {
+            let mut child = Self::spawn(port, dir.path(), on_disk);
+            if listening(&mut child, port, Duration::from_secs(30)) {
+                Some((child, port))
+            } else {
+                let _ = child.wait();
+                None
+            }
+        });
         Self {
             child,
             port,
@@ -261,18 +301,11 @@ impl Azurite {
         } else {
             cmd.arg("--inMemoryPersistence");
         }
-        let child = cmd
-            .current_dir(dir)
+        cmd.current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "azurite did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        child
+            .unwrap()
     }
 
     /// Stops (SIGINT, so an on-disk Azurite saves its metadata: it keeps
@@ -289,6 +322,11 @@ impl Azurite {
             std::thread::sleep(Duration::from_millis(100));
         }
         self.child = Self::spawn(self.port, self._dir.path(), self.on_disk);
+        assert!(
+            listening(&mut self.child, self.port, Duration::from_secs(30)),
+            "azurite did not come back on port {}",
+            self.port
+        );
     }
 
     pub fn account_url(&self) -> String {
@@ -314,15 +352,7 @@ impl Agent {
 
     /// With extra command-line arguments (`-qq` for errors only, say).
     pub fn start_with(config: &Path, args: &[&str]) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
-            .arg("--config")
-            .arg(config)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        Self(child)
+        Self::spawn(config, args, Stdio::inherit())
     }
 
     /// With its log appended to `log` instead of the test's output.
@@ -332,11 +362,17 @@ impl Agent {
             .append(true)
             .open(log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_mongo-adls"))
+        Self::spawn(config, &[], file.into())
+    }
+
+    /// The one way tests launch a long-running agent.
+    fn spawn(config: &Path, args: &[&str], stderr: Stdio) -> Self {
+        let child = mongo_adls()
             .arg("--config")
             .arg(config)
+            .args(args)
             .stdout(Stdio::null())
-            .stderr(file)
+            .stderr(stderr)
             .spawn()
             .unwrap();
         Self(child)

@@ -29,3 +29,6 @@ pub mod state;
 pub mod storage;
 
 pub use config::AdlsPartitionedJsonlConfig;
+
+#[cfg(test)]
+mod tests;

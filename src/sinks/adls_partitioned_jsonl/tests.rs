@@ -1,0 +1,254 @@
+//! The sink on its own: events made in memory (no mongod) go through the
+//! real run loop into a real `file://` lake on disk. Batching, window
+//! sealing, size rolls, acknowledgements and the replay skip across a
+//! restart are checked here; `tests/adls_sink.rs` covers the same against
+//! MongoDB and Azurite.
+
+use std::{path::Path, sync::Arc};
+
+use bson::{doc, RawDocumentBuf, Timestamp};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+
+use super::config::AdlsPartitionedJsonlConfig;
+use crate::{
+    config::GlobalOptions,
+    event::{
+        BatchNotifier, BatchStatus, BatchStatusReceiver, Event, EventMetadata, LogEvent, Position,
+        Watermark,
+    },
+    internal_events::ComponentTags,
+    sinks::{SinkConfig, SinkContext},
+};
+
+/// One hour from 2025-08-10T19:00:00Z.
+const HOUR: i64 = 1_754_852_400;
+
+fn config(root: &Path, extra: &str) -> AdlsPartitionedJsonlConfig {
+    toml::from_str(&format!(
+        "account_url = \"file://{}\"\nfilesystem = \"lake\"\ncreate_filesystem = true\nbatch.timeout_secs = 0.05\nroll.grace_secs = 0\n{extra}",
+        root.display()
+    ))
+    .unwrap()
+}
+
+/// Change event `seq` of `coll` at `time` (seconds), with its position.
+fn event(coll: &str, seq: u64, time: i64) -> (Event, BatchStatusReceiver) {
+    let payload = RawDocumentBuf::from_document(&doc! {
+        "_id": { "_data": format!("{seq:08X}") },
+        "operationType": "insert",
+        "clusterTime": Timestamp { time: time as u32, increment: 1 },
+        "ns": { "db": "shop", "coll": coll },
+        "documentKey": { "_id": seq as i64 },
+        "fullDocument": { "_id": seq as i64, "seq": seq as i64 },
+    })
+    .unwrap();
+    let (batch, receiver) = BatchNotifier::new_with_receiver();
+    let log = LogEvent::new(
+        payload,
+        EventMetadata {
+            source_id: Arc::from("src"),
+            position: Some(Position(format!("{seq:08X}"))),
+            event_time: None,
+        },
+    )
+    .with_batch_notifier(&batch);
+    (Event::Log(log), receiver)
+}
+
+fn watermark(time: i64) -> Event {
+    Event::Watermark(Watermark {
+        source_id: Arc::from("src"),
+        time: DateTime::<Utc>::from_timestamp(time, 0).unwrap(),
+    })
+}
+
+/// Runs a sink over `events` until they end; returns each event's
+/// acknowledgement.
+async fn run(
+    root: &Path,
+    extra: &str,
+    events: Vec<(Event, Option<BatchStatusReceiver>)>,
+) -> Vec<BatchStatus> {
+    run_paced(root, extra, events, std::time::Duration::ZERO).await
+}
+
+/// `run` with a pause before each event, so the sink sees them one by one
+/// (a ready stream reaches it in chunks, each chunk one batch).
+async fn run_paced(
+    root: &Path,
+    extra: &str,
+    events: Vec<(Event, Option<BatchStatusReceiver>)>,
+    pause: std::time::Duration,
+) -> Vec<BatchStatus> {
+    let config = config(root, extra);
+    let cx = SinkContext {
+        key: "lake".into(),
+        globals: GlobalOptions {
+            data_dir: Some(root.join("data")),
+            ..Default::default()
+        },
+        tags: ComponentTags::new("lake", "sink", "adls_partitioned_jsonl"),
+    };
+    let (sink, healthcheck) = config.build(cx).await.unwrap();
+    healthcheck.await.unwrap();
+    let (events, receivers): (Vec<Event>, Vec<Option<BatchStatusReceiver>>) =
+        events.into_iter().unzip();
+    let input = futures::stream::iter(events).then(move |e| async move {
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        e
+    });
+    sink.run(input.boxed()).await.unwrap();
+    let mut statuses = Vec::new();
+    for r in receivers.into_iter().flatten() {
+        statuses.push(r.await);
+    }
+    statuses
+}
+
+fn events(
+    coll: &str,
+    seqs: std::ops::RangeInclusive<u64>,
+    time: i64,
+) -> Vec<(Event, Option<BatchStatusReceiver>)> {
+    seqs.map(|s| {
+        let (e, r) = event(coll, s, time);
+        (e, Some(r))
+    })
+    .collect()
+}
+
+/// The `seq` of every line of a visible file.
+fn seqs(path: &Path) -> Vec<i64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["fullDocument"]["seq"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn hour_file(root: &Path, coll: &str, suffix: &str) -> std::path::PathBuf {
+    root.join(format!(
+        "lake/shop/{coll}/year=2025/month=08/day=10/hour=19/events-20250810-19{suffix}.jsonl"
+    ))
+}
+
+#[tokio::test]
+async fn a_closed_window_is_sealed_with_its_events_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut input = events("orders", 1..=50, HOUR + 10);
+    input.extend(events("users", 51..=60, HOUR + 20));
+    // The watermark passes the hour: both files seal.
+    input.push((watermark(HOUR + 3600), None));
+    let statuses = run(dir.path(), "", input).await;
+    assert_eq!(statuses.len(), 60);
+    assert!(
+        statuses.iter().all(|s| *s == BatchStatus::Delivered),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        seqs(&hour_file(dir.path(), "orders", "")),
+        (1..=50).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seqs(&hour_file(dir.path(), "users", "")),
+        (51..=60).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn an_open_window_stays_invisible_and_replays_are_skipped_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // First run: events 1..=20, the hour still open at stop.
+    let statuses = run(dir.path(), "", events("orders", 1..=20, HOUR + 10)).await;
+    assert!(statuses.iter().all(|s| *s == BatchStatus::Delivered));
+    assert!(
+        !hour_file(dir.path(), "orders", "").exists(),
+        "visible before its seal"
+    );
+    // Second run replays 11..=20 (the source's checkpoint trailed), then
+    // new events; the window closes.
+    let mut input = events("orders", 11..=30, HOUR + 10);
+    input.push((watermark(HOUR + 3600), None));
+    let statuses = run(dir.path(), "", input).await;
+    assert!(
+        statuses.iter().all(|s| *s == BatchStatus::Delivered),
+        "replays are acknowledged"
+    );
+    assert_eq!(
+        seqs(&hour_file(dir.path(), "orders", "")),
+        (1..=30).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_full_file_rolls_into_the_next_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut input = events("orders", 1..=6, HOUR + 10);
+    input.push((watermark(HOUR + 3600), None));
+    // One event per batch, time to seal between them.
+    let pause = std::time::Duration::from_millis(100);
+    run_paced(
+        dir.path(),
+        "batch.max_events = 1\nroll.max_bytes = 400",
+        input,
+        pause,
+    )
+    .await;
+    let mut all = Vec::new();
+    for suffix in [
+        "",
+        "-part-0001",
+        "-part-0002",
+        "-part-0003",
+        "-part-0004",
+        "-part-0005",
+    ] {
+        let path = hour_file(dir.path(), "orders", suffix);
+        if path.exists() {
+            let part = seqs(&path);
+            assert!(!part.is_empty());
+            all.extend(part);
+        }
+    }
+    assert!(
+        hour_file(dir.path(), "orders", "-part-0001").exists(),
+        "no roll happened"
+    );
+    assert_eq!(
+        all,
+        (1..=6).collect::<Vec<_>>(),
+        "each event once, in order across parts"
+    );
+}
+
+#[tokio::test]
+async fn every_batch_makes_the_file_visible_as_it_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    run(
+        dir.path(),
+        "commit = \"every_batch\"",
+        events("orders", 1..=5, HOUR + 10),
+    )
+    .await;
+    assert_eq!(
+        seqs(&hour_file(dir.path(), "orders", "")),
+        (1..=5).collect::<Vec<_>>()
+    );
+    run(
+        dir.path(),
+        "commit = \"every_batch\"",
+        events("orders", 3..=8, HOUR + 10),
+    )
+    .await;
+    assert_eq!(
+        seqs(&hour_file(dir.path(), "orders", "")),
+        (1..=8).collect::<Vec<_>>()
+    );
+}
