@@ -26,7 +26,8 @@ use mongodb::options::Hint;
 use super::{
     checkpoint::{token_cluster_time, Checkpoint, SnapshotProgress},
     config::Scope,
-    stream::{event_token, ChangeStreamSource, Failure, OpenAt},
+    recovery::Failure,
+    stream::{event_token, ChangeStreamSource, OpenAt},
 };
 use crate::{
     event::{BatchStatus, EventMetadata, LogEvent, Position},
