@@ -8,7 +8,9 @@
 //! - `oversized.rs`: skipping events over the 16 MB limit.
 //! - `checkpoint.rs`: positions, the checkpoint file, and acknowledgement
 //!   bookkeeping (commit only what every sink made durable).
-//! - `snapshot.rs`: copying existing documents before streaming.
+//! - `snapshot.rs`: copying existing documents before streaming;
+//!   `snapshot/records.rs` wraps them as records (through `pipeline`),
+//!   `snapshot/position.rs` orders them by `_id`.
 
 mod checkpoint;
 mod config;
