@@ -84,6 +84,7 @@ fn write_array(arr: &RawArray, mode: ExtendedJsonMode, out: &mut Vec<u8>) -> Res
 }
 
 /// Writes one BSON value.
+// Long by design: one flat match arm per BSON type, as in Vector's encoders.
 pub fn write_value(value: RawBsonRef<'_>, mode: ExtendedJsonMode, out: &mut Vec<u8>) -> Result<()> {
     use ExtendedJsonMode::*;
     match value {

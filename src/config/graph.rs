@@ -5,9 +5,34 @@
 //! Cycles cannot occur while only sources can be inputs; the check belongs
 //! here when transforms arrive.
 
-use super::{loading::ConfigError, Config};
+use super::{loading::ConfigError, Config, Location, SinkEntry};
 
+/// Runs every check; errors are reported in this order.
 pub(crate) fn check(config: &Config, errors: &mut Vec<ConfigError>) {
+    check_not_empty(config, errors);
+    check_ids(config, errors);
+    for (id, sink) in &config.sinks {
+        check_sink(config, id, sink, errors);
+    }
+    check_data_dir(config, errors);
+    warn_unused_sources(config);
+}
+
+/// Every component, sources first: its id, where it was declared, and
+/// whether it keeps state on disk.
+fn components(config: &Config) -> impl Iterator<Item = (&String, &Location, bool)> {
+    let sources = config
+        .sources
+        .iter()
+        .map(|(id, s)| (id, &s.location, s.inner.needs_data_dir()));
+    let sinks = config
+        .sinks
+        .iter()
+        .map(|(id, s)| (id, &s.location, s.outer.inner.needs_data_dir()));
+    sources.chain(sinks)
+}
+
+fn check_not_empty(config: &Config, errors: &mut Vec<ConfigError>) {
     if config.sources.is_empty() {
         errors.push(ConfigError::Global {
             message: "no sources are configured: add a [sources.<id>] table".into(),
@@ -18,13 +43,11 @@ pub(crate) fn check(config: &Config, errors: &mut Vec<ConfigError>) {
             message: "no sinks are configured: add a [sinks.<id>] table".into(),
         });
     }
+}
 
-    for (id, location) in config
-        .sources
-        .iter()
-        .map(|(id, s)| (id, &s.location))
-        .chain(config.sinks.iter().map(|(id, s)| (id, &s.location)))
-    {
+/// Ids name state directories, so they must be safe file names.
+fn check_ids(config: &Config, errors: &mut Vec<ConfigError>) {
+    for (id, location, _) in components(config) {
         if id.is_empty()
             || id.starts_with('.')
             || !id
@@ -39,63 +62,64 @@ pub(crate) fn check(config: &Config, errors: &mut Vec<ConfigError>) {
             });
         }
     }
+}
 
-    for (id, sink) in &config.sinks {
-        if sink.outer.inputs.is_empty() {
-            errors.push(ConfigError::Invalid {
-                location: sink.inputs_location.clone(),
-                message: format!("sink `{id}`: `inputs` is empty; name at least one source"),
-            });
-        }
-        for input in &sink.outer.inputs {
-            if config.sources.contains_key(input) {
-                continue;
-            }
-            let message = if config.sinks.contains_key(input) {
-                format!("sink `{id}`: input `{input}` is a sink; inputs must be sources")
-            } else {
-                let known: Vec<&str> = config.sources.keys().map(String::as_str).collect();
-                format!(
-                    "sink `{id}`: input `{input}` does not exist (sources: {})",
-                    known.join(", ")
-                )
-            };
+/// A sink's `inputs` (present, and each an existing source) and buffer.
+fn check_sink(config: &Config, id: &str, sink: &SinkEntry, errors: &mut Vec<ConfigError>) {
+    if sink.outer.inputs.is_empty() {
+        errors.push(ConfigError::Invalid {
+            location: sink.inputs_location.clone(),
+            message: format!("sink `{id}`: `inputs` is empty; name at least one source"),
+        });
+    }
+    for input in &sink.outer.inputs {
+        if let Some(message) = input_error(config, id, input) {
             errors.push(ConfigError::Invalid {
                 location: sink.inputs_location.clone(),
                 message,
             });
         }
-        if sink.outer.buffer.max_events == 0 {
-            errors.push(ConfigError::Invalid {
-                location: sink.location.clone(),
-                message: format!("sink `{id}`: `buffer.max_events` must be at least 1"),
-            });
-        }
     }
-
-    let needs_dir = config
-        .sources
-        .iter()
-        .filter(|(_, s)| s.inner.needs_data_dir())
-        .map(|(id, s)| (id, &s.location))
-        .chain(
-            config
-                .sinks
-                .iter()
-                .filter(|(_, s)| s.outer.inner.needs_data_dir())
-                .map(|(id, s)| (id, &s.location)),
-        );
-    if config.global.data_dir.is_none() {
-        for (id, location) in needs_dir {
-            errors.push(ConfigError::Invalid {
-                location: location.clone(),
-                message: format!(
-                    "component `{id}` keeps state on disk: set the global `data_dir` (e.g. data_dir = \"/var/lib/mongo-adls\")"
-                ),
-            });
-        }
+    if sink.outer.buffer.max_events == 0 {
+        errors.push(ConfigError::Invalid {
+            location: sink.location.clone(),
+            message: format!("sink `{id}`: `buffer.max_events` must be at least 1"),
+        });
     }
+}
 
+/// What is wrong with input `input` of sink `id`, if anything.
+fn input_error(config: &Config, id: &str, input: &str) -> Option<String> {
+    if config.sources.contains_key(input) {
+        return None;
+    }
+    Some(if config.sinks.contains_key(input) {
+        format!("sink `{id}`: input `{input}` is a sink; inputs must be sources")
+    } else {
+        let known: Vec<&str> = config.sources.keys().map(String::as_str).collect();
+        format!(
+            "sink `{id}`: input `{input}` does not exist (sources: {})",
+            known.join(", ")
+        )
+    })
+}
+
+fn check_data_dir(config: &Config, errors: &mut Vec<ConfigError>) {
+    if config.global.data_dir.is_some() {
+        return;
+    }
+    for (id, location, _) in components(config).filter(|(_, _, needs_dir)| *needs_dir) {
+        errors.push(ConfigError::Invalid {
+            location: location.clone(),
+            message: format!(
+                "component `{id}` keeps state on disk: set the global `data_dir` (e.g. data_dir = \"/var/lib/mongo-adls\")"
+            ),
+        });
+    }
+}
+
+/// Not an error: the source is simply not started.
+fn warn_unused_sources(config: &Config) {
     for (id, source) in &config.sources {
         if config.sinks_of(id).next().is_none() {
             tracing::warn!(

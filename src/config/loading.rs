@@ -9,9 +9,13 @@ use std::{
 use snafu::Snafu;
 use toml::de::{DeTable, DeValue};
 
+use indexmap::IndexMap;
+
 use super::{
-    graph, vars, Config, ConfigFile, GlobalOptions, Location, OptionError, SinkEntry, SourceOuter,
+    graph, vars, Config, ConfigFile, GlobalOptions, Location, OptionError, SinkEntry, SinkOuter,
+    SourceOuter,
 };
+use crate::sources::SourceConfig;
 
 /// One thing wrong with the configuration, with where it is.
 #[derive(Debug, Snafu)]
@@ -266,24 +270,55 @@ fn key_span(text: &str, dotted: &str) -> Option<std::ops::Range<usize>> {
     span
 }
 
+/// The file being merged, for locating its keys in errors.
+struct FileText<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl FileText<'_> {
+    /// The line of a dotted key (or of its deepest part present), else 1.
+    fn line(&self, key: &str) -> usize {
+        key_span(self.text, key)
+            .map(|s| line_of(self.text, s.start))
+            .unwrap_or(1)
+    }
+
+    fn location(&self, key: &str) -> Location {
+        Location {
+            path: self.path.to_path_buf(),
+            line: self.line(key),
+        }
+    }
+}
+
 fn merge_file(
     config: &mut Config,
     global_seen: &mut HashMap<&'static str, PathBuf>,
     path: &Path,
     text: &str,
-    file: ConfigFile,
+    mut file: ConfigFile,
     errors: &mut Vec<ConfigError>,
 ) {
-    let at = |key: &str| Location {
-        path: path.to_path_buf(),
-        line: key_span(text, key)
-            .map(|s| line_of(text, s.start))
-            .unwrap_or(1),
-    };
-    let mut set_global = |name: &'static str, errors: &mut Vec<ConfigError>| -> bool {
+    let at = FileText { path, text };
+    merge_globals(&mut config.global, &mut file, global_seen, &at, errors);
+    reject_transforms(&file, &at, errors);
+    merge_sources(config, file.sources, &at, errors);
+    merge_sinks(config, file.sinks, &at, errors);
+}
+
+/// The global options the file sets; each may be set in one file only.
+fn merge_globals(
+    global: &mut GlobalOptions,
+    file: &mut ConfigFile,
+    global_seen: &mut HashMap<&'static str, PathBuf>,
+    at: &FileText<'_>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let mut claim = |name: &'static str| -> bool {
         if let Some(first) = global_seen.get(name) {
             errors.push(ConfigError::Invalid {
-                location: at(name),
+                location: at.location(name),
                 message: format!(
                     "`{name}` is already set in {}; set it in one file only",
                     first.display()
@@ -291,71 +326,80 @@ fn merge_file(
             });
             false
         } else {
-            global_seen.insert(name, path.to_path_buf());
+            global_seen.insert(name, at.path.to_path_buf());
             true
         }
     };
+    // Destructured so that a new global option cannot be forgotten here.
     let GlobalOptions {
         data_dir,
         acknowledgements,
         api,
         healthchecks,
-    } = &mut config.global;
-    if let Some(v) = file.data_dir {
-        if set_global("data_dir", errors) {
+    } = global;
+    if let Some(v) = file.data_dir.take() {
+        if claim("data_dir") {
             *data_dir = Some(v);
         }
     }
-    if let Some(v) = file.acknowledgements {
-        if set_global("acknowledgements", errors) {
+    if let Some(v) = file.acknowledgements.take() {
+        if claim("acknowledgements") {
             *acknowledgements = v;
         }
     }
-    if let Some(v) = file.api {
-        if set_global("api", errors) {
+    if let Some(v) = file.api.take() {
+        if claim("api") {
             *api = v;
         }
     }
-    if let Some(v) = file.healthchecks {
-        if set_global("healthchecks", errors) {
+    if let Some(v) = file.healthchecks.take() {
+        if claim("healthchecks") {
             *healthchecks = v;
         }
     }
+}
 
+/// `[transforms.*]` parses (so the error can name it) but none exist yet.
+fn reject_transforms(file: &ConfigFile, at: &FileText<'_>, errors: &mut Vec<ConfigError>) {
     for id in file.transforms.keys() {
         errors.push(ConfigError::Invalid {
-            location: at(&format!("transforms.{id}")),
+            location: at.location(&format!("transforms.{id}")),
             message: format!(
                 "transform `{id}`: no transform types are built in yet; filter or redact with the source's `pipeline` option"
             ),
         });
     }
+}
 
-    for (id, inner) in file.sources {
-        let location = at(&format!("sources.{id}"));
-        if let Some(dup) = duplicate(config, &id) {
-            errors.push(ConfigError::Invalid {
-                location,
-                message: format!("duplicate component id `{id}`: already declared at {dup}"),
-            });
-            continue;
-        }
+fn merge_sources(
+    config: &mut Config,
+    sources: IndexMap<String, Box<dyn SourceConfig>>,
+    at: &FileText<'_>,
+    errors: &mut Vec<ConfigError>,
+) {
+    for (id, inner) in sources {
         let component = format!("sources.{id}");
-        option_errors(&component, inner.validate(), path, text, errors);
+        let Some(location) = claim_id(config, &id, at.location(&component), errors) else {
+            continue;
+        };
+        option_errors(&component, inner.validate(), at, errors);
         config.sources.insert(id, SourceOuter { inner, location });
     }
-    for (id, outer) in file.sinks {
-        let location = at(&format!("sinks.{id}"));
-        if let Some(dup) = duplicate(config, &id) {
-            errors.push(ConfigError::Invalid {
-                location,
-                message: format!("duplicate component id `{id}`: already declared at {dup}"),
-            });
-            continue;
-        }
-        let inputs_location = at(&format!("sinks.{id}.inputs"));
+}
+
+fn merge_sinks(
+    config: &mut Config,
+    sinks: IndexMap<String, SinkOuter>,
+    at: &FileText<'_>,
+    errors: &mut Vec<ConfigError>,
+) {
+    for (id, outer) in sinks {
         let component = format!("sinks.{id}");
-        option_errors(&component, outer.inner.validate(), path, text, errors);
+        let Some(location) = claim_id(config, &id, at.location(&component), errors) else {
+            continue;
+        };
+        let inputs_location = at.location(&format!("{component}.inputs"));
+        option_errors(&component, outer.inner.validate(), at, errors);
         config.sinks.insert(
             id,
             SinkEntry {
@@ -367,23 +411,38 @@ fn merge_file(
     }
 }
 
+/// `location` back if `id` is free; else an error and `None`.
+fn claim_id(
+    config: &Config,
+    id: &str,
+    location: Location,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Location> {
+    match duplicate(config, id) {
+        Some(dup) => {
+            errors.push(ConfigError::Invalid {
+                location,
+                message: format!("duplicate component id `{id}`: already declared at {dup}"),
+            });
+            None
+        }
+        None => Some(location),
+    }
+}
+
 /// A component's own checks, each error at its option's line (or the
 /// component's, for an option left at its default).
 fn option_errors(
     component: &str,
     result: Result<(), Vec<OptionError>>,
-    path: &Path,
-    text: &str,
+    at: &FileText<'_>,
     errors: &mut Vec<ConfigError>,
 ) {
     for e in result.err().unwrap_or_default() {
         let key = format!("{component}.{}", e.key);
-        let line = key_span(text, &key)
-            .map(|s| line_of(text, s.start))
-            .unwrap_or(1);
         errors.push(ConfigError::Parse {
-            path: path.to_path_buf(),
-            line,
+            path: at.path.to_path_buf(),
+            line: at.line(&key),
             key,
             message: e.message,
         });

@@ -12,7 +12,8 @@
 //! - `per_event.rs`: one object per event.
 //! - `recovery.rs`: finishing a previous run's commits; lost blocks.
 //! - `storage/`: the Blob endpoint and `file://` backends, and retries.
-//! - `state.rs`: open files, staged blocks and high-water positions.
+//! - `state/`: open files, staged blocks and high-water positions;
+//!   `state/log.rs` is its on-disk change log.
 //! - `sink.rs`: the run loop that wires these together.
 
 mod batcher;

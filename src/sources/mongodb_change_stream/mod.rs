@@ -3,14 +3,20 @@
 //! resume exactly where delivered data ends.
 //!
 //! - `config.rs`: the user-facing options.
-//! - `stream.rs`: opening the stream, reading raw events, reconnecting.
+//! - `stream.rs`: opening the stream, reading and forwarding raw events.
+//! - `recovery.rs`: stream errors: retry with backoff, lost history, fatal.
+//! - `oversized.rs`: skipping events over the 16 MB limit.
 //! - `checkpoint.rs`: positions, the checkpoint file, and acknowledgement
 //!   bookkeeping (commit only what every sink made durable).
-//! - `snapshot.rs`: copying existing documents before streaming.
+//! - `snapshot.rs`: copying existing documents before streaming;
+//!   `snapshot/records.rs` wraps them as records (through `pipeline`),
+//!   `snapshot/position.rs` orders them by `_id`.
 
 mod checkpoint;
 mod config;
 mod healthcheck;
+mod oversized;
+mod recovery;
 mod snapshot;
 mod stream;
 

@@ -13,20 +13,24 @@
 //! sink's replay skip therefore works for snapshot records too, and a
 //! restarted copy continues after the last acknowledged `_id`.
 
+mod position;
+mod records;
+
 use std::{
     ops::ControlFlow,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use bson::{doc, rawdoc, spec::BinarySubtype, Bson, Document, RawBson, RawBsonRef, RawDocumentBuf};
+use bson::{doc, Bson, RawDocumentBuf};
 use futures::{StreamExt, TryStreamExt};
 use mongodb::options::Hint;
 
 use super::{
     checkpoint::{token_cluster_time, Checkpoint, SnapshotProgress},
     config::Scope,
-    stream::{event_token, ChangeStreamSource, Failure, OpenAt},
+    recovery::Failure,
+    stream::{event_token, ChangeStreamSource, OpenAt},
 };
 use crate::{
     event::{BatchStatus, EventMetadata, LogEvent, Position},
@@ -38,9 +42,6 @@ use crate::{
 
 /// Databases a deployment-wide snapshot leaves out.
 const SYSTEM_DATABASES: [&str; 3] = ["admin", "config", "local"];
-/// Bytes of snapshot records per `$documents` request when a `pipeline` is
-/// applied (the command must stay under 16 MB).
-const PIPELINE_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 /// How a snapshot ended.
 pub(super) enum SnapshotEnd {
@@ -49,50 +50,6 @@ pub(super) enum SnapshotEnd {
     /// Shutdown: progress is saved, the copy continues on the next start.
     Stopped,
     Failed,
-}
-
-/// The order-preserving key of an `_id`, in MongoDB's comparison order
-/// (numbers < strings < objects < ... < ObjectId < bool < date <
-/// timestamp). `None` for types whose order this key cannot reproduce
-/// (embedded documents, arrays, regexes...).
-pub fn id_key(id: RawBsonRef<'_>) -> Option<String> {
-    fn number(f: f64, exact: i64) -> String {
-        // IEEE-754 bits made sortable; the integer breaks ties where an
-        // Int64 is beyond f64 precision. NaN sorts below every number.
-        let bits = if f.is_nan() {
-            0
-        } else if f.is_sign_negative() {
-            !f.to_bits()
-        } else {
-            f.to_bits() ^ (1 << 63)
-        };
-        format!("10{bits:016X}{:016X}", (exact as u64) ^ (1 << 63))
-    }
-    Some(match id {
-        RawBsonRef::MinKey => "00".into(),
-        RawBsonRef::Null | RawBsonRef::Undefined => "05".into(),
-        RawBsonRef::Int32(i) => number(f64::from(i), i64::from(i)),
-        RawBsonRef::Int64(i) => number(i as f64, i),
-        RawBsonRef::Double(f) => number(f, f as i64),
-        RawBsonRef::Decimal128(d) => {
-            let f: f64 = d.to_string().parse().ok()?;
-            number(f, f as i64)
-        }
-        RawBsonRef::String(s) | RawBsonRef::Symbol(s) => format!("20{}", upper_hex(s.as_bytes())),
-        RawBsonRef::Binary(b) => {
-            let subtype: u8 = match b.subtype {
-                BinarySubtype::Generic => 0,
-                other => u8::from(other),
-            };
-            format!("50{:08X}{subtype:02X}{}", b.bytes.len(), upper_hex(b.bytes))
-        }
-        RawBsonRef::ObjectId(o) => format!("60{}", o.to_hex().to_ascii_uppercase()),
-        RawBsonRef::Boolean(b) => format!("70{:02X}", u8::from(b)),
-        RawBsonRef::DateTime(d) => format!("80{:016X}", (d.timestamp_millis() as u64) ^ (1 << 63)),
-        RawBsonRef::Timestamp(t) => format!("90{:08X}{:08X}", t.time, t.increment),
-        RawBsonRef::MaxKey => "FF".into(),
-        _ => return None,
-    })
 }
 
 /// A snapshot in progress.
@@ -144,16 +101,6 @@ fn document_id(doc: &RawDocumentBuf) -> Option<Bson> {
         .ok()
         .flatten()
         .and_then(|id| Bson::try_from(id.to_raw_bson()).ok())
-}
-
-fn upper_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02X}");
-            s
-        })
 }
 
 impl ChangeStreamSource {
@@ -305,40 +252,6 @@ impl ChangeStreamSource {
                     ControlFlow::Break(SnapshotEnd::Failed)
                 }
             },
-        }
-    }
-
-    /// A chunk of `ns` as snapshot records, through the user's `pipeline`.
-    /// (Not given the `SnapshotRun`: a shared reference to it, held across
-    /// an await, would not be `Send`.)
-    async fn chunk_records(
-        &self,
-        ns: &str,
-        prefix: &str,
-        t0: bson::Timestamp,
-        docs: Vec<RawDocumentBuf>,
-        last_key: &mut Option<String>,
-    ) -> ControlFlow<SnapshotEnd, Vec<(RawDocumentBuf, Bson)>> {
-        let (db, coll) = split_namespace(ns);
-        let records = match self.snapshot_records(db, coll, prefix, t0, docs, last_key) {
-            Ok(r) => r,
-            Err(message) => {
-                self.error("snapshot_failed", &message);
-                return ControlFlow::Break(SnapshotEnd::Failed);
-            }
-        };
-        match self.apply_pipeline(db, records).await {
-            Ok(r) => ControlFlow::Continue(r),
-            Err(e) => {
-                self.error(
-                    "snapshot_failed",
-                    &format!(
-                        "`pipeline` on snapshot records of {ns} failed: {}",
-                        redact::error(&e)
-                    ),
-                );
-                ControlFlow::Break(SnapshotEnd::Failed)
-            }
         }
     }
 
@@ -518,109 +431,6 @@ impl ChangeStreamSource {
         Ok(docs)
     }
 
-    /// Wraps documents as change-event-shaped snapshot records.
-    fn snapshot_records(
-        &self,
-        db: &str,
-        coll: &str,
-        prefix: &str,
-        t0: bson::Timestamp,
-        docs: Vec<RawDocumentBuf>,
-        last_key: &mut Option<String>,
-    ) -> Result<Vec<(RawDocumentBuf, Bson)>, String> {
-        let now = bson::DateTime::now();
-        let mut records = Vec::with_capacity(docs.len());
-        for doc in docs {
-            let id = doc
-                .get("_id")
-                .ok()
-                .flatten()
-                .ok_or_else(|| format!("a document in {db}.{coll} has no _id"))?;
-            let key = id_key(id).ok_or_else(|| {
-                format!(
-                    "snapshot of {db}.{coll}: an _id of type {:?} cannot be ordered for exactly-once delivery; snapshot supports ObjectId, string, number, date, binary, boolean and timestamp _ids",
-                    id.element_type()
-                )
-            })?;
-            // Guard the order the sink relies on: the key must grow with `_id`.
-            if last_key.as_deref().is_some_and(|k| k >= key.as_str()) {
-                return Err(format!(
-                    "snapshot of {db}.{coll}: _id order and position order disagree at {key}; stopping rather than risk a lost record"
-                ));
-            }
-            *last_key = Some(key.clone());
-            let id_owned = id.to_raw_bson();
-            let id_bson = Bson::try_from(id_owned.clone()).map_err(|e| e.to_string())?;
-            let mut record = rawdoc! {
-                "_id": { "_data": format!("{prefix}00{key}") },
-                "operationType": "snapshot",
-                "clusterTime": t0,
-                "wallTime": now,
-                "ns": { "db": db, "coll": coll },
-            };
-            let mut key_doc = RawDocumentBuf::new();
-            key_doc.append("_id", id_owned);
-            record.append("documentKey", key_doc);
-            record.append("fullDocument", RawBson::Document(doc));
-            records.push((record, id_bson));
-        }
-        Ok(records)
-    }
-
-    /// Runs the user's `pipeline` over snapshot records (`$documents`), so
-    /// filters and redactions apply to them as to change events.
-    async fn apply_pipeline(
-        &self,
-        db: &str,
-        records: Vec<(RawDocumentBuf, Bson)>,
-    ) -> mongodb::error::Result<Vec<(RawDocumentBuf, Bson)>> {
-        if self.pipeline.is_empty() {
-            return Ok(records);
-        }
-        let mut out = Vec::with_capacity(records.len());
-        let mut start = 0;
-        while start < records.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < records.len() && (end == start || bytes < PIPELINE_BATCH_BYTES) {
-                bytes += records[end].0.as_bytes().len();
-                end += 1;
-            }
-            let mut documents = Vec::with_capacity(end - start);
-            let mut ids = std::collections::HashMap::new();
-            for (record, id) in &records[start..end] {
-                let document = Document::try_from(record.as_ref())
-                    .map_err(|e| mongodb::error::Error::custom(e.to_string()))?;
-                if let Some(token) = event_token(record) {
-                    ids.insert(token, id.clone());
-                }
-                documents.push(Bson::Document(document));
-            }
-            let mut pipeline = vec![doc! { "$documents": documents }];
-            pipeline.extend(self.pipeline.iter().cloned());
-            let results: Vec<RawDocumentBuf> = self
-                .client
-                .database(db)
-                .aggregate(pipeline)
-                .with_type::<RawDocumentBuf>()
-                .await?
-                .try_collect()
-                .await?;
-            for record in results {
-                let id = event_token(&record)
-                    .and_then(|t| ids.get(&t).cloned())
-                    .ok_or_else(|| {
-                        mongodb::error::Error::custom(
-                            "a `pipeline` stage removed or changed `_id` of a snapshot record; keep `_id` in every event".to_string(),
-                        )
-                    })?;
-                out.push((record, id));
-            }
-            start = end;
-        }
-        Ok(out)
-    }
-
     /// Takes in one acknowledgement; breaks (after reporting) if the
     /// record was not delivered.
     fn delivered(
@@ -657,54 +467,5 @@ impl ChangeStreamSource {
         self.save_progress(run);
         tracing::info!(source = %self.cx.key, "Snapshot paused; it continues from the last delivered document on the next start.");
         SnapshotEnd::Stopped
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bson::oid::ObjectId;
-
-    fn key(b: Bson) -> String {
-        let doc = doc! { "v": b };
-        let raw = RawDocumentBuf::from_document(&doc).unwrap();
-        id_key(raw.get("v").unwrap().unwrap()).unwrap()
-    }
-
-    #[test]
-    fn id_keys_follow_mongodb_order() {
-        let ordered = [
-            Bson::MinKey,
-            Bson::Null,
-            Bson::Double(f64::NEG_INFINITY),
-            Bson::Int64(-5_000_000_000),
-            Bson::Int32(-1),
-            Bson::Double(-0.5),
-            Bson::Int32(0),
-            Bson::Double(0.5),
-            Bson::Int64(1),
-            Bson::Int32(2),
-            Bson::Int64(9_007_199_254_740_992),
-            Bson::Int64(9_007_199_254_740_993),
-            Bson::String(String::new()),
-            Bson::String("a".into()),
-            Bson::String("ab".into()),
-            Bson::String("b".into()),
-            Bson::ObjectId(ObjectId::parse_str("000000000000000000000001").unwrap()),
-            Bson::ObjectId(ObjectId::parse_str("65a000000000000000000000").unwrap()),
-            Bson::Boolean(false),
-            Bson::Boolean(true),
-            Bson::DateTime(bson::DateTime::from_millis(-1)),
-            Bson::DateTime(bson::DateTime::from_millis(1)),
-            Bson::MaxKey,
-        ];
-        let keys: Vec<String> = ordered.iter().cloned().map(key).collect();
-        for pair in keys.windows(2) {
-            assert!(pair[0] < pair[1], "{} !< {}", pair[0], pair[1]);
-        }
-        assert_eq!(id_key(RawBsonRef::Int32(7)), id_key(RawBsonRef::Int64(7)));
-        let doc = doc! { "v": { "a": 1 } };
-        let raw = RawDocumentBuf::from_document(&doc).unwrap();
-        assert_eq!(id_key(raw.get("v").unwrap().unwrap()), None);
     }
 }

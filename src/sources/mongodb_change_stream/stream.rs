@@ -9,26 +9,21 @@
 use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
 use crate::{
-    backoff::Backoff,
     checkpoint::StateFile,
     event::{Event, EventMetadata, LogEvent, Position, Watermark},
     finalizer::{FinalizerStream, OrderedFinalizer},
     internal_events::ComponentTags,
-    internal_events::{
-        mongodb::{HistoryLostReset, OversizedEventSkipped, StreamInterrupted, StreamProgress},
-        ComponentError, Stage,
-    },
+    internal_events::{mongodb::StreamProgress, ComponentError, Stage},
     redact,
     shutdown::ShutdownSignal,
     sources::SourceContext,
     topology::{Sent, SourceSender},
 };
-use bson::{doc, Bson, Document, RawDocumentBuf};
+use bson::{doc, Document, RawDocumentBuf};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use mongodb::{
     change_stream::{event::ResumeToken, ChangeStream},
-    error::ErrorKind,
     options::{ClientOptions, FullDocumentBeforeChangeType, FullDocumentType},
     Client,
 };
@@ -36,9 +31,10 @@ use mongodb::{
 use super::{
     checkpoint::{token_cluster_time, Acks, Checkpoint, SnapshotProgress},
     config::{
-        FullDocument, FullDocumentBeforeChange, MongoDbChangeStreamConfig, OnHistoryLost,
-        OnOversizedEvent, Scope, SnapshotMode, StartAt,
+        FullDocument, FullDocumentBeforeChange, MongoDbChangeStreamConfig, OnOversizedEvent, Scope,
+        SnapshotMode, StartAt,
     },
+    oversized::oversized_stages,
     snapshot::SnapshotEnd,
 };
 
@@ -75,12 +71,12 @@ pub(super) enum OpenAt {
 
 /// Why the source stops: `Ok` on shutdown or when its work is done, `Err`
 /// after a failure it reported.
-type Stop = Result<(), ()>;
+pub(super) type Stop = Result<(), ()>;
 
 /// What `run` carries from one opening of the stream to the next.
-struct RunState {
+pub(super) struct RunState {
     /// Where the stream opens next.
-    at: OpenAt,
+    pub(super) at: OpenAt,
     /// An unfinished snapshot's start token and progress, for the first
     /// snapshot only.
     snapshot_resume: Option<(String, SnapshotProgress)>,
@@ -91,23 +87,9 @@ struct RunState {
     source_id: Arc<str>,
     out: SourceSender,
     /// Transient failures in a row, for the backoff.
-    attempt: u32,
+    pub(super) attempt: u32,
     /// History-lost recoveries without an event in between.
-    recoveries: u32,
-}
-
-/// Waits before reopening after a transient error: 0.5 s to 30 s, as the
-/// README says (the cap was 16 s before the backoff was shared).
-const RETRY_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-
-/// How a stream error is handled.
-pub(super) enum Failure {
-    /// Reopen from the last emitted event after a pause.
-    Retry,
-    /// The resume point is gone from the oplog.
-    HistoryLost,
-    /// Stop the source.
-    Fatal,
+    pub(super) recoveries: u32,
 }
 
 impl ChangeStreamSource {
@@ -444,30 +426,6 @@ impl ChangeStreamSource {
         ControlFlow::Continue(())
     }
 
-    /// Reports an event the server marked as oversized (`on_oversized_event
-    /// = "skip"`); `true` if it is to be skipped.
-    fn skip_if_oversized(&self, raw: &RawDocumentBuf, token: &str) -> bool {
-        if self.config.on_oversized_event != OnOversizedEvent::Skip {
-            return false;
-        }
-        let Ok(bytes) = raw.get_i64(OVERSIZED_FIELD) else {
-            return false;
-        };
-        OversizedEventSkipped {
-            namespace: &namespace_of(raw),
-            document_key: &raw
-                .get_document("documentKey")
-                .ok()
-                .and_then(|k| bson::Document::try_from(k).ok())
-                .map(|k| Bson::Document(k).into_relaxed_extjson().to_string())
-                .unwrap_or_else(|| "(none)".into()),
-            bytes,
-            token,
-        }
-        .emit(&self.cx.tags);
-        true
-    }
-
     /// On an idle stream the post-batch token is the server's promise that
     /// nothing before it is pending: a watermark at its time goes to the
     /// sinks, and the checkpoint may move to it.
@@ -541,125 +499,6 @@ impl ChangeStreamSource {
         }
         .emit(&self.cx.tags);
     }
-
-    /// Decides how to go on after `e`: continues to reopen at `run.at`
-    /// (after a pause for transient errors), breaks to stop the source.
-    /// Shutdown during the pause is not an error: it continues, and the
-    /// next shutdown check ends the loop.
-    async fn recover(&self, e: &mongodb::error::Error, run: &mut RunState) -> ControlFlow<Stop> {
-        match self.classify(e) {
-            Failure::Retry => {
-                self.pause(&mut run.attempt, e).await;
-                ControlFlow::Continue(())
-            }
-            Failure::HistoryLost => match self.history_lost(&run.at, &mut run.recoveries, e) {
-                Some(at) => {
-                    run.at = at;
-                    ControlFlow::Continue(())
-                }
-                None => ControlFlow::Break(Err(())),
-            },
-            Failure::Fatal => {
-                let hint = match e.kind.as_ref() {
-                    ErrorKind::Command(c) if c.code == 10334 => " An event is over MongoDB's 16 MB limit (BSONObjectTooLarge), usually a large document with its pre-image or post-image. Set on_oversized_event = \"skip\" to leave such events out (counted and logged), or drop large fields with `pipeline`.",
-                    _ => "",
-                };
-                self.error(
-                    "stream_failed",
-                    &format!("Change stream failed: {}.{hint}", redact::error(e)),
-                );
-                ControlFlow::Break(Err(()))
-            }
-        }
-    }
-
-    pub(super) fn classify(&self, e: &mongodb::error::Error) -> Failure {
-        match e.kind.as_ref() {
-            ErrorKind::Command(c) => match c.code {
-                286 => Failure::HistoryLost,
-                280 if c.message.contains("resume") && c.message.contains("not found") => {
-                    Failure::HistoryLost
-                }
-                // Authentication, authorization, invalid pipeline or options,
-                // oversized event: retrying cannot help.
-                18 | 13 | 2 | 9 | 14 | 15 | 16 | 40324 | 280 | 10334 => Failure::Fatal,
-                _ => Failure::Retry,
-            },
-            ErrorKind::Authentication { .. }
-            | ErrorKind::InvalidArgument { .. }
-            | ErrorKind::BsonDeserialization(_) => Failure::Fatal,
-            _ => Failure::Retry,
-        }
-    }
-
-    /// Waits before retry `*attempt` (counted from 0) and counts it; cut
-    /// short by shutdown (the caller's loop then sees it and stops).
-    pub(super) async fn pause(&self, attempt: &mut u32, e: &mongodb::error::Error) {
-        let delay = RETRY_BACKOFF.delay(*attempt);
-        *attempt += 1;
-        StreamInterrupted {
-            error: &redact::error(e),
-            retry_in_secs: delay.as_secs_f64(),
-        }
-        .emit(&self.cx.tags);
-        tokio::select! {
-            _ = self.cx.shutdown.cancelled() => {}
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
-
-    fn history_lost(
-        &self,
-        at: &OpenAt,
-        recoveries: &mut u32,
-        e: &mongodb::error::Error,
-    ) -> Option<OpenAt> {
-        let token = match at {
-            OpenAt::After(t) => t.as_str(),
-            _ => "(start position)",
-        };
-        match self.config.on_history_lost {
-            OnHistoryLost::Fail => {
-                self.error(
-                    "history_lost",
-                    &format!(
-                        "The checkpoint is no longer in the oplog ({}). Resume token: {token}. Changes since then cannot be streamed. To continue from now, set on_history_lost = \"reset_to_now\" or start_at = \"now\" (and re-copy what you need), or move {} away.",
-                        redact::error(e),
-                        self.state.path().display()
-                    ),
-                );
-                None
-            }
-            OnHistoryLost::Resnapshot if *recoveries < self.config.max_consecutive_recoveries => {
-                *recoveries += 1;
-                HistoryLostReset {
-                    token,
-                    action: "copying the collections again (on_history_lost = \"resnapshot\")",
-                }
-                .emit(&self.cx.tags);
-                Some(OpenAt::Snapshot)
-            }
-            OnHistoryLost::ResetToNow if *recoveries < self.config.max_consecutive_recoveries => {
-                *recoveries += 1;
-                HistoryLostReset {
-                    token,
-                    action: "continuing from now (on_history_lost = \"reset_to_now\")",
-                }
-                .emit(&self.cx.tags);
-                Some(OpenAt::Now)
-            }
-            OnHistoryLost::ResetToNow | OnHistoryLost::Resnapshot => {
-                self.error(
-                    "history_lost",
-                    &format!(
-                        "History lost {} times in a row without progress; giving up (max_consecutive_recoveries).",
-                        *recoveries
-                    ),
-                );
-                None
-            }
-        }
-    }
 }
 
 fn to_resume_token(hex: &str) -> ResumeToken {
@@ -688,37 +527,4 @@ fn event_time(raw: &RawDocumentBuf) -> Option<DateTime<Utc>> {
         return DateTime::from_timestamp(i64::from(t.time), 0);
     }
     raw.get_datetime("wallTime").ok().map(|d| d.to_chrono())
-}
-
-/// Marks an event whose documents exceed the limit (`on_oversized_event =
-/// "skip"`); its large fields are removed on the server so it can be read.
-const OVERSIZED_FIELD: &str = "_mongo_adls_oversized_bytes";
-
-/// Stages appended after the user's: measure `fullDocument`,
-/// `fullDocumentBeforeChange` and `updateDescription`, and past 16 MB minus
-/// room for the rest of the event, drop them and mark the event, which the
-/// source then skips. Without this the server fails the whole stream with
-/// BSONObjectTooLarge (6.0 has no `$changeStreamSplitLargeEvent`).
-fn oversized_stages() -> Vec<Document> {
-    const LIMIT: i64 = 16 * 1024 * 1024 - 512 * 1024;
-    let size = |field: &str| doc! { "$bsonSize": { "$ifNull": [format!("${field}"), {}] } };
-    let total = doc! { "$add": [size("fullDocument"), size("fullDocumentBeforeChange"), size("updateDescription")] };
-    let drop_if_big = |field: &str| {
-        doc! { "$cond": [{ "$gt": [format!("${OVERSIZED_FIELD}"), LIMIT] }, "$$REMOVE", format!("${field}")] }
-    };
-    vec![
-        doc! { "$set": { OVERSIZED_FIELD: { "$toLong": total } } },
-        doc! { "$set": {
-            "fullDocument": drop_if_big("fullDocument"),
-            "fullDocumentBeforeChange": drop_if_big("fullDocumentBeforeChange"),
-            "updateDescription": drop_if_big("updateDescription"),
-            OVERSIZED_FIELD: { "$cond": [{ "$gt": [format!("${OVERSIZED_FIELD}"), LIMIT] }, format!("${OVERSIZED_FIELD}"), "$$REMOVE"] },
-        } },
-    ]
-}
-
-fn namespace_of(raw: &RawDocumentBuf) -> String {
-    let ns = raw.get_document("ns").ok();
-    let part = |k| ns.and_then(|n| n.get_str(k).ok()).unwrap_or("");
-    format!("{}.{}", part("db"), part("coll"))
 }

@@ -1,0 +1,156 @@
+//! Snapshot records: documents wrapped as change-event-shaped records with
+//! their positions, then run through the user's `pipeline`.
+
+use std::ops::ControlFlow;
+
+use bson::{doc, rawdoc, Bson, Document, RawBson, RawDocumentBuf};
+use futures::TryStreamExt;
+
+use super::{position::id_key, split_namespace, SnapshotEnd};
+use crate::{
+    redact,
+    sources::mongodb_change_stream::stream::{event_token, ChangeStreamSource},
+};
+
+/// Bytes of snapshot records per `$documents` request when a `pipeline` is
+/// applied (the command must stay under 16 MB).
+const PIPELINE_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+impl ChangeStreamSource {
+    /// A chunk of `ns` as snapshot records, through the user's `pipeline`.
+    /// (Not given the `SnapshotRun`: a shared reference to it, held across
+    /// an await, would not be `Send`.)
+    pub(super) async fn chunk_records(
+        &self,
+        ns: &str,
+        prefix: &str,
+        t0: bson::Timestamp,
+        docs: Vec<RawDocumentBuf>,
+        last_key: &mut Option<String>,
+    ) -> ControlFlow<SnapshotEnd, Vec<(RawDocumentBuf, Bson)>> {
+        let (db, coll) = split_namespace(ns);
+        let records = match self.snapshot_records(db, coll, prefix, t0, docs, last_key) {
+            Ok(r) => r,
+            Err(message) => {
+                self.error("snapshot_failed", &message);
+                return ControlFlow::Break(SnapshotEnd::Failed);
+            }
+        };
+        match self.apply_pipeline(db, records).await {
+            Ok(r) => ControlFlow::Continue(r),
+            Err(e) => {
+                self.error(
+                    "snapshot_failed",
+                    &format!(
+                        "`pipeline` on snapshot records of {ns} failed: {}",
+                        redact::error(&e)
+                    ),
+                );
+                ControlFlow::Break(SnapshotEnd::Failed)
+            }
+        }
+    }
+
+    /// Wraps documents as change-event-shaped snapshot records.
+    fn snapshot_records(
+        &self,
+        db: &str,
+        coll: &str,
+        prefix: &str,
+        t0: bson::Timestamp,
+        docs: Vec<RawDocumentBuf>,
+        last_key: &mut Option<String>,
+    ) -> Result<Vec<(RawDocumentBuf, Bson)>, String> {
+        let now = bson::DateTime::now();
+        let mut records = Vec::with_capacity(docs.len());
+        for doc in docs {
+            let id = doc
+                .get("_id")
+                .ok()
+                .flatten()
+                .ok_or_else(|| format!("a document in {db}.{coll} has no _id"))?;
+            let key = id_key(id).ok_or_else(|| {
+                format!(
+                    "snapshot of {db}.{coll}: an _id of type {:?} cannot be ordered for exactly-once delivery; snapshot supports ObjectId, string, number, date, binary, boolean and timestamp _ids",
+                    id.element_type()
+                )
+            })?;
+            // Guard the order the sink relies on: the key must grow with `_id`.
+            if last_key.as_deref().is_some_and(|k| k >= key.as_str()) {
+                return Err(format!(
+                    "snapshot of {db}.{coll}: _id order and position order disagree at {key}; stopping rather than risk a lost record"
+                ));
+            }
+            *last_key = Some(key.clone());
+            let id_owned = id.to_raw_bson();
+            let id_bson = Bson::try_from(id_owned.clone()).map_err(|e| e.to_string())?;
+            let mut record = rawdoc! {
+                "_id": { "_data": format!("{prefix}00{key}") },
+                "operationType": "snapshot",
+                "clusterTime": t0,
+                "wallTime": now,
+                "ns": { "db": db, "coll": coll },
+            };
+            let mut key_doc = RawDocumentBuf::new();
+            key_doc.append("_id", id_owned);
+            record.append("documentKey", key_doc);
+            record.append("fullDocument", RawBson::Document(doc));
+            records.push((record, id_bson));
+        }
+        Ok(records)
+    }
+
+    /// Runs the user's `pipeline` over snapshot records (`$documents`), so
+    /// filters and redactions apply to them as to change events.
+    async fn apply_pipeline(
+        &self,
+        db: &str,
+        records: Vec<(RawDocumentBuf, Bson)>,
+    ) -> mongodb::error::Result<Vec<(RawDocumentBuf, Bson)>> {
+        if self.pipeline.is_empty() {
+            return Ok(records);
+        }
+        let mut out = Vec::with_capacity(records.len());
+        let mut start = 0;
+        while start < records.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < records.len() && (end == start || bytes < PIPELINE_BATCH_BYTES) {
+                bytes += records[end].0.as_bytes().len();
+                end += 1;
+            }
+            let mut documents = Vec::with_capacity(end - start);
+            let mut ids = std::collections::HashMap::new();
+            for (record, id) in &records[start..end] {
+                let document = Document::try_from(record.as_ref())
+                    .map_err(|e| mongodb::error::Error::custom(e.to_string()))?;
+                if let Some(token) = event_token(record) {
+                    ids.insert(token, id.clone());
+                }
+                documents.push(Bson::Document(document));
+            }
+            let mut pipeline = vec![doc! { "$documents": documents }];
+            pipeline.extend(self.pipeline.iter().cloned());
+            let results: Vec<RawDocumentBuf> = self
+                .client
+                .database(db)
+                .aggregate(pipeline)
+                .with_type::<RawDocumentBuf>()
+                .await?
+                .try_collect()
+                .await?;
+            for record in results {
+                let id = event_token(&record)
+                    .and_then(|t| ids.get(&t).cloned())
+                    .ok_or_else(|| {
+                        mongodb::error::Error::custom(
+                            "a `pipeline` stage removed or changed `_id` of a snapshot record; keep `_id` in every event".to_string(),
+                        )
+                    })?;
+                out.push((record, id));
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+}
