@@ -59,7 +59,9 @@ impl SinkConfig for HoldSinkConfig {
         };
         Ok((Box::new(sink), async { Ok(()) }.boxed()))
     }
+}
 
+impl mongo_adls::config::ComponentConfig for HoldSinkConfig {
     fn component_type(&self) -> &'static str {
         "test_hold"
     }

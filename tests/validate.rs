@@ -21,6 +21,21 @@ fn validate(args: &[&str], cfg: &Path) -> Output {
         .unwrap()
 }
 
+/// Runs `validate` (with healthchecks) and checks it exits 78 within
+/// `limit`; returns its error output.
+fn fails_within(cfg: &Path, limit: Duration) -> String {
+    let started = Instant::now();
+    let out = validate(&[], cfg);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        started.elapsed() < limit,
+        "{:?}: {stderr}",
+        started.elapsed()
+    );
+    stderr
+}
+
 /// A config with a source and a sink; `source` and `sink` hold extra
 /// lines, and the sink writes to a `file://` lake unless `sink` names an
 /// `account_url`.
@@ -196,24 +211,18 @@ async fn a_standalone_mongod_fails_validate() {
         &format!("mongodb://127.0.0.1:{}/?directConnection=true", mongod.port),
     );
     std::fs::write(&cfg, text).unwrap();
-    let started = Instant::now();
-    let out = validate(&[], &cfg);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let stderr = fails_within(&cfg, Duration::from_secs(15));
     assert!(
         stderr.contains("source `mongo`") && stderr.contains("standalone"),
         "{stderr}"
     );
-    assert!(started.elapsed() < Duration::from_secs(15));
 
     // With `replicaSet` in the URI the driver never selects the standalone.
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("directConnection=true", "replicaSet=rs0");
     std::fs::write(&cfg, text).unwrap();
-    let out = validate(&[], &cfg);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let stderr = fails_within(&cfg, Duration::from_secs(15));
     assert!(stderr.contains("source `mongo`"), "{stderr}");
 }
 
@@ -229,18 +238,10 @@ async fn an_unreachable_host_fails_validate_within_the_timeout() {
         .unwrap()
         .replace("127.0.0.1:27017", &format!("127.0.0.1:{port}"));
     std::fs::write(&cfg, text).unwrap();
-    let started = Instant::now();
-    let out = validate(&[], &cfg);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let stderr = fails_within(&cfg, Duration::from_secs(12));
     assert!(
         stderr.contains("cannot reach 127.0.0.1:") && !stderr.contains("0x"),
         "a sentence, not a dump: {stderr}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(12),
-        "{:?}",
-        started.elapsed()
     );
 }
 

@@ -67,6 +67,32 @@ pub fn join_option_errors(errors: &[OptionError]) -> String {
         .join("; ")
 }
 
+/// What the options of every component, source or sink, provide besides
+/// building it.
+#[async_trait::async_trait]
+pub trait ComponentConfig: Send + Sync {
+    /// The `type` name, for metrics tags.
+    fn component_type(&self) -> &'static str;
+
+    /// Every check of the options that needs no network or disk, run when
+    /// the config is loaded; each error names its option.
+    fn validate(&self) -> Result<(), Vec<OptionError>> {
+        Ok(())
+    }
+
+    /// `validate`'s healthcheck: reaches what the component reads or writes
+    /// without building it, so nothing is created (no state directory, no
+    /// filesystem). The answer says what the check wrote, if anything.
+    async fn dry_healthcheck(&self) -> Result<Option<String>, String> {
+        Ok(None)
+    }
+
+    /// Whether the component keeps state under `data_dir`.
+    fn needs_data_dir(&self) -> bool {
+        false
+    }
+}
+
 /// Where a component was declared.
 #[derive(Clone, Debug, Default)]
 pub struct Location {

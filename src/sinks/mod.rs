@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use futures::{future::BoxFuture, stream::BoxStream};
 
 use crate::{
-    config::{GlobalOptions, OptionError},
+    config::{ComponentConfig, GlobalOptions},
     event::Event,
     internal_events::ComponentTags,
 };
@@ -41,28 +41,7 @@ pub struct SinkContext {
 #[typetag::serde(tag = "type")]
 // `Any` lets tools that read a sink's options (`snowflake-sql`) downcast
 // `&dyn SinkConfig` to the concrete type by trait upcasting.
-pub trait SinkConfig: std::any::Any + std::fmt::Debug + Send + Sync {
+pub trait SinkConfig: ComponentConfig + std::any::Any + std::fmt::Debug {
     /// Creates the running sink and its healthcheck.
     async fn build(&self, cx: SinkContext) -> crate::Result<(Box<dyn StreamSink>, Healthcheck)>;
-
-    /// Every check of the options that needs no network or disk, run when
-    /// the config is loaded; each error names its option.
-    fn validate(&self) -> Result<(), Vec<OptionError>> {
-        Ok(())
-    }
-
-    /// `validate`'s healthcheck: reaches what the sink reads or writes
-    /// without building it, so nothing is created (no state directory, no
-    /// filesystem). The answer says what the check wrote, if anything.
-    async fn dry_healthcheck(&self) -> Result<Option<String>, String> {
-        Ok(None)
-    }
-
-    /// Whether the sink keeps state under `data_dir`.
-    fn needs_data_dir(&self) -> bool {
-        false
-    }
-
-    /// The `type` name, for metrics tags.
-    fn component_type(&self) -> &'static str;
 }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 
 use crate::{
-    config::{GlobalOptions, OptionError},
+    config::{ComponentConfig, GlobalOptions},
     internal_events::ComponentTags,
     shutdown::ShutdownSignal,
     topology::SourceSender,
@@ -38,28 +38,7 @@ pub struct SourceContext {
 
 #[async_trait]
 #[typetag::serde(tag = "type")]
-pub trait SourceConfig: std::fmt::Debug + Send + Sync {
+pub trait SourceConfig: ComponentConfig + std::fmt::Debug {
     /// Creates the running source.
     async fn build(&self, cx: SourceContext) -> crate::Result<Source>;
-
-    /// Every check of the options that needs no network or disk, run when
-    /// the config is loaded; each error names its option.
-    fn validate(&self) -> Result<(), Vec<OptionError>> {
-        Ok(())
-    }
-
-    /// `validate`'s healthcheck: reaches what the source reads or writes
-    /// without building it, so nothing is created (no state directory, no
-    /// filesystem). The answer says what the check wrote, if anything.
-    async fn dry_healthcheck(&self) -> Result<Option<String>, String> {
-        Ok(None)
-    }
-
-    /// Whether the source keeps state under `data_dir`.
-    fn needs_data_dir(&self) -> bool {
-        false
-    }
-
-    /// The `type` name, for metrics tags.
-    fn component_type(&self) -> &'static str;
 }

@@ -21,6 +21,7 @@ use super::{
 use crate::{
     checkpoint::StateFile,
     codecs::json::ExtendedJsonMode,
+    config::ComponentConfig,
     config::OptionError,
     sinks::{Healthcheck, SinkConfig, SinkContext, StreamSink},
 };
@@ -557,7 +558,10 @@ impl SinkConfig for AdlsPartitionedJsonlConfig {
         let sink = AdlsSink::new(self, layout, storage, state, cx.tags);
         Ok((Box::new(sink), healthcheck))
     }
+}
 
+#[async_trait]
+impl ComponentConfig for AdlsPartitionedJsonlConfig {
     fn validate(&self) -> Result<(), Vec<OptionError>> {
         self.check().map(|_| ())
     }

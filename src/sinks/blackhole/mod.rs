@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    config::ComponentConfig,
     event::{Event, EventStatus},
     internal_events::EventsSent,
     sinks::{Healthcheck, SinkConfig, SinkContext, StreamSink},
@@ -31,7 +32,10 @@ impl SinkConfig for BlackholeSinkConfig {
         };
         Ok((Box::new(sink), Box::pin(async { Ok(()) })))
     }
+}
 
+#[async_trait]
+impl ComponentConfig for BlackholeSinkConfig {
     fn component_type(&self) -> &'static str {
         "blackhole"
     }

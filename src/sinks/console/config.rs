@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     codecs::json::ExtendedJsonMode,
+    config::ComponentConfig,
     sinks::{Healthcheck, SinkConfig, SinkContext, StreamSink},
 };
 
@@ -49,7 +50,10 @@ impl SinkConfig for ConsoleSinkConfig {
         let sink = ConsoleSink::new(self.target, self.encoding.extended_json, &cx.tags);
         Ok((Box::new(sink), Box::pin(async { Ok(()) })))
     }
+}
 
+#[async_trait]
+impl ComponentConfig for ConsoleSinkConfig {
     fn component_type(&self) -> &'static str {
         "console"
     }

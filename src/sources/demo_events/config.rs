@@ -2,6 +2,7 @@ use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::config::ComponentConfig;
 use crate::sources::{Source, SourceConfig, SourceContext};
 
 /// Options of the `demo_events` source.
@@ -52,7 +53,10 @@ impl SourceConfig for DemoEventsConfig {
         }
         Ok(Box::pin(super::source::run(self.clone(), cx)?))
     }
+}
 
+#[async_trait]
+impl ComponentConfig for DemoEventsConfig {
     fn component_type(&self) -> &'static str {
         "demo_events"
     }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use snafu::Snafu;
 
 use crate::{
+    config::ComponentConfig,
     config::OptionError,
     sources::{Source, SourceConfig, SourceContext},
 };
@@ -390,7 +391,10 @@ impl SourceConfig for MongoDbChangeStreamConfig {
         let source = super::stream::ChangeStreamSource::new(self.clone(), cx).await?;
         Ok(Box::pin(source.run()))
     }
+}
 
+#[async_trait]
+impl ComponentConfig for MongoDbChangeStreamConfig {
     fn validate(&self) -> Result<(), Vec<OptionError>> {
         self.check()
     }
