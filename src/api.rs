@@ -9,12 +9,17 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::shutdown::ShutdownSignal;
 
 /// Binds `address` and serves until `shutdown` fires.
+/// Binds the API address: done before anything starts, so a busy port
+/// stops the agent instead of leaving it running without `/health`.
+pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await
+}
+
 pub async fn serve(
-    address: SocketAddr,
+    listener: tokio::net::TcpListener,
     handle: PrometheusHandle,
     shutdown: ShutdownSignal,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
     tracing::info!("API listening on http://{}", listener.local_addr()?);
     let app = Router::new()
         .route("/health", get(|| async { r#"{"ok":true}"# }))

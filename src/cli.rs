@@ -338,6 +338,14 @@ async fn run(opts: &Opts) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let _lock = match config.data_dir().map(crate::lock::DataDirLock::acquire) {
+        Some(Err(e)) => {
+            tracing::error!("{e}");
+            eprintln!("Error: {e}");
+            return EXIT_CONFIG;
+        }
+        lock => lock,
+    };
     let metrics = install_metrics();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -348,9 +356,18 @@ async fn run(opts: &Opts) -> i32 {
 
     let api_shutdown = ShutdownSignal::new();
     if let (Some(address), Some(handle)) = (config.global.api.address, metrics) {
+        let listener = match crate::api::bind(address).await {
+            Ok(l) => l,
+            Err(e) => {
+                let e = format!("cannot serve the API on {address} (`api.address`): {e}");
+                tracing::error!("{e}");
+                eprintln!("Error: {e}");
+                return EXIT_CONFIG;
+            }
+        };
         let shutdown = api_shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::api::serve(address, handle, shutdown).await {
+            if let Err(e) = crate::api::serve(listener, handle, shutdown).await {
                 tracing::error!("API server on {address} failed: {e}");
             }
         });

@@ -12,6 +12,7 @@ pub mod config;
 pub mod event;
 pub mod finalizer;
 pub mod internal_events;
+pub mod lock;
 pub mod redact;
 pub mod shutdown;
 pub mod sinks;

@@ -257,3 +257,129 @@ fn metrics_endpoint_shows_tagged_component_metrics() {
         assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
     }
 }
+
+/// One data_dir serves one agent: a second agent on it exits 78 at once,
+/// naming the holder; after the first stops, a new one starts.
+#[test]
+fn a_second_agent_on_one_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_config(dir.path(), "");
+    let mut first = bin()
+        .arg("-c")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = dir.path().join("data/.lock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&lock).unwrap_or_default().trim() != first.id().to_string() {
+        assert!(
+            Instant::now() < deadline,
+            "the first agent never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = bin().arg("-c").arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("in use by another mongo-adls")
+            && stderr.contains(&format!("pid {}", first.id())),
+        "{stderr}"
+    );
+    sigterm(first.id());
+    assert_eq!(first.wait().unwrap().code(), Some(0));
+    // kill -9 leaves no stale lock either.
+    let mut third = bin()
+        .arg("-c")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    third.kill().unwrap();
+    third.wait().unwrap();
+    let mut fourth = bin()
+        .arg("-c")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        fourth.try_wait().unwrap().is_none(),
+        "refused after kill -9 of the holder"
+    );
+    fourth.kill().unwrap();
+    fourth.wait().unwrap();
+}
+
+/// A busy API port stops the agent at start instead of running it
+/// without `/health`.
+#[test]
+fn a_busy_api_port_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let config = demo_config(dir.path(), &format!("api.address = \"127.0.0.1:{port}\""));
+    let out = bin().arg("-c").arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("`api.address`"), "{stderr}");
+}
+
+/// Two sinks whose files could be the same ones are a config error naming
+/// both; different literal path prefixes are fine.
+#[test]
+fn two_sinks_on_one_lake_path_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = |id: &str, lake: &str, prefix: &str| {
+        format!(
+            "[sinks.{id}]\ntype = \"adls_partitioned_jsonl\"\ninputs = [\"demo\"]\naccount_url = \"file://{}\"\nfilesystem = \"raw\"\ncreate_filesystem = true\npath_prefix = \"{prefix}\"\n",
+            dir.path().join(lake).display()
+        )
+    };
+    let head = "data_dir = \"/tmp/unused\"\n[sources.demo]\ntype = \"demo_events\"\n";
+    let same = write(
+        dir.path(),
+        "same.toml",
+        &format!(
+            "{head}{}{}",
+            sink("a", "lake", "{{ ns.db }}/"),
+            sink("b", "lake/", "{{ ns.coll }}/")
+        ),
+    );
+    assert_config_error(&[&same], &["same.toml:", "sinks `a` and `b` both write to"]);
+    let nested = write(
+        dir.path(),
+        "nested.toml",
+        &format!(
+            "{head}{}{}",
+            sink("a", "lake", "x/"),
+            sink("b", "lake", "x/y/{{ ns.db }}/")
+        ),
+    );
+    assert_config_error(&[&nested], &["sinks `a` and `b`"]);
+    let apart = write(
+        dir.path(),
+        "apart.toml",
+        &format!(
+            "{head}{}{}",
+            sink("a", "lake", "x/"),
+            sink("b", "lake", "y/")
+        ),
+    );
+    let out = bin()
+        .args(["validate", "--no-environment", "-c"])
+        .arg(&apart)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

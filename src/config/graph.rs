@@ -6,6 +6,7 @@
 //! here when transforms arrive.
 
 use super::{loading::ConfigError, Config, Location, SinkEntry};
+use crate::sinks::FileTarget;
 
 /// Runs every check; errors are reported in this order.
 pub(crate) fn check(config: &Config, errors: &mut Vec<ConfigError>) {
@@ -15,7 +16,32 @@ pub(crate) fn check(config: &Config, errors: &mut Vec<ConfigError>) {
         check_sink(config, id, sink, errors);
     }
     check_data_dir(config, errors);
+    check_one_writer_per_file(config, errors);
     warn_unused_sources(config);
+}
+
+/// Two sinks writing the same files would overwrite each other's files
+/// and staged blocks: refused when they write to one location under
+/// overlapping literal path prefixes.
+fn check_one_writer_per_file(config: &Config, errors: &mut Vec<ConfigError>) {
+    let targets: Vec<(&String, &SinkEntry, FileTarget)> = config
+        .sinks
+        .iter()
+        .filter_map(|(id, s)| s.outer.inner.files_written().map(|t| (id, s, t)))
+        .collect();
+    for (i, (a, _, ta)) in targets.iter().enumerate() {
+        for (b, sink_b, tb) in &targets[i + 1..] {
+            if ta.overlaps(tb) {
+                errors.push(ConfigError::Invalid {
+                    location: sink_b.location.clone(),
+                    message: format!(
+                        "sinks `{a}` and `{b}` both write to {} under overlapping paths ({:?} and {:?}): two writers on one set of files corrupt each other; give each its own filesystem or a `path_prefix` that starts differently",
+                        ta.location, ta.prefix, tb.prefix
+                    ),
+                });
+            }
+        }
+    }
 }
 
 /// Every component, sources first: its id, where it was declared, and

@@ -29,6 +29,22 @@ pub trait StreamSink: Send {
     async fn run(self: Box<Self>, input: BoxStream<'static, Event>) -> Result<(), ()>;
 }
 
+/// Where a sink's files go: a storage location (account and filesystem,
+/// or a folder) and the literal start of every object name it writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileTarget {
+    pub location: String,
+    pub prefix: String,
+}
+
+impl FileTarget {
+    /// Whether two sinks could write the same object name.
+    pub fn overlaps(&self, other: &FileTarget) -> bool {
+        self.location == other.location
+            && (self.prefix.starts_with(&other.prefix) || other.prefix.starts_with(&self.prefix))
+    }
+}
+
 /// Everything a sink needs from the runtime.
 pub struct SinkContext {
     /// The component id (`[sinks.<id>]`).
@@ -44,4 +60,10 @@ pub struct SinkContext {
 pub trait SinkConfig: ComponentConfig + std::any::Any + std::fmt::Debug {
     /// Creates the running sink and its healthcheck.
     async fn build(&self, cx: SinkContext) -> crate::Result<(Box<dyn StreamSink>, Healthcheck)>;
+
+    /// The files the sink writes, so the config check can refuse two sinks
+    /// writing the same ones; `None` for sinks that write no files.
+    fn files_written(&self) -> Option<FileTarget> {
+        None
+    }
 }

@@ -23,7 +23,7 @@ use crate::{
     codecs::json::ExtendedJsonMode,
     config::ComponentConfig,
     config::OptionError,
-    sinks::{Healthcheck, SinkConfig, SinkContext, StreamSink},
+    sinks::{FileTarget, Healthcheck, SinkConfig, SinkContext, StreamSink},
 };
 
 /// Credentials. Exactly one kind must be chosen; secrets are never logged.
@@ -557,6 +557,33 @@ impl SinkConfig for AdlsPartitionedJsonlConfig {
         tracing::info!(sink = %cx.key, "Writing to {}.", storage.describe());
         let sink = AdlsSink::new(self, layout, storage, state, cx.tags);
         Ok((Box::new(sink), healthcheck))
+    }
+
+    fn files_written(&self) -> Option<FileTarget> {
+        let location = if self.is_local() {
+            let root = url::Url::parse(&self.account_url)
+                .ok()?
+                .to_file_path()
+                .ok()?;
+            // Two spellings of one folder are one location.
+            let root = std::fs::canonicalize(&root).unwrap_or(root);
+            format!("{}", root.join(&self.filesystem).display())
+        } else {
+            let (url, account) = service_url(&self.account_url).ok()?;
+            let host = url.host_str().unwrap_or_default();
+            let port = url.port_or_known_default().unwrap_or_default();
+            format!("{host}:{port}/{account}/{}", self.filesystem)
+        };
+        // The text before the first template field is in every name.
+        let prefix = self
+            .path_prefix
+            .split(['{', '%'])
+            .next()
+            .unwrap_or_default();
+        Some(FileTarget {
+            location,
+            prefix: prefix.to_string(),
+        })
     }
 }
 
