@@ -8,7 +8,7 @@ use std::{
     fs,
     io::{Read, Seek, Write},
     os::fd::AsRawFd,
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 /// Held for the life of the agent.
@@ -40,7 +40,7 @@ impl DataDirLock {
     }
 }
 
-fn held_by_another(path: &PathBuf, file: &mut fs::File) -> String {
+fn held_by_another(path: &Path, file: &mut fs::File) -> String {
     let mut pid = String::new();
     let _ = file.read_to_string(&mut pid);
     let dir = path.parent().unwrap_or(path).display();
