@@ -383,3 +383,72 @@ fn two_sinks_on_one_lake_path_are_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Two agents with their own data_dirs pointed at one `file://` lake path
+/// (a misconfiguration the config check cannot see): they race for the same
+/// file names, and still every visible file is one writer's, whole, in
+/// order. (Before per-writer temporary names, they shared one temporary
+/// file and sealed files with interleaved, unparsable lines.)
+#[test]
+fn two_agents_on_one_file_lake_never_corrupt_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let agents: Vec<_> = (0..2)
+        .map(|i| {
+            let config = write(
+                dir.path(),
+                &format!("writer{i}.toml"),
+                &format!(
+                    "data_dir = \"{root}/data{i}\"\n[sources.demo]\ntype = \"demo_events\"\ninterval_secs = 0.0005\n[sinks.lake]\ntype = \"adls_partitioned_jsonl\"\ninputs = [\"demo\"]\naccount_url = \"file://{root}/lake\"\nfilesystem = \"raw\"\ncreate_filesystem = true\nfile_name = \"events-%Y%m%d-%H%M%S\"\nroll.window_secs = 1\nroll.grace_secs = 0\nbatch.timeout_secs = 0.1\n",
+                    root = dir.path().display()
+                ),
+            );
+            bin()
+                .arg("-c")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(5));
+    for mut agent in agents {
+        sigterm(agent.id());
+        agent.wait().unwrap();
+    }
+    let mut files = 0;
+    let mut pending = vec![dir.path().join("lake/raw")];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            assert!(
+                name.starts_with("events-") && name.ends_with(".jsonl"),
+                "stray file {}",
+                path.display()
+            );
+            let seqs: Vec<u64> = std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .map(|line| {
+                    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
+                        panic!("{}: corrupt line {line:?}: {e}", path.display())
+                    });
+                    v["fullDocument"]["seq"].as_u64().unwrap()
+                })
+                .collect();
+            assert!(!seqs.is_empty(), "{}", path.display());
+            assert!(
+                seqs.windows(2).all(|w| w[0] < w[1]),
+                "{}: not one writer's, in order: {seqs:?}",
+                path.display()
+            );
+            files += 1;
+        }
+    }
+    assert!(files > 2, "the agents sealed {files} files");
+}

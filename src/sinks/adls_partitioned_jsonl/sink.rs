@@ -450,7 +450,7 @@ impl AdlsSink {
                 report_lost(&file, lost, &self.tags);
             }
             let storage = Arc::clone(&self.storage.storage);
-            tokio::spawn(async move { storage.release(&file.object).await });
+            tokio::spawn(async move { storage.release(&file.object, &file.block_ids()).await });
         }
         self.metrics.open_files(self.state.open_count());
         self.batcher.forget_if_idle(&key);

@@ -4,6 +4,13 @@
 //! temporary file, fsyncs it and links it to its final name (a hard link
 //! fails if the name exists, which gives `If-None-Match: *`), so a file
 //! matching `events-*.jsonl` is complete the moment it appears.
+//!
+//! Several writers (agents with their own `data_dir`s) may share a lake
+//! folder by mistake; nothing one does can corrupt or remove another's
+//! files: temporary files carry a per-writer id, block ids are unique per
+//! run, a commit's manifest is named by the inode of the file it describes
+//! (so a writer never mistakes another's file for its own), and releasing a
+//! sealed file removes only its own blocks.
 
 use std::{
     fs,
@@ -24,6 +31,8 @@ pub struct LocalStorage {
     /// `<root>/.mongo-adls-staging/<filesystem>`: blocks and commit manifests.
     staging: PathBuf,
     create_filesystem: bool,
+    /// Part of temporary file names, so two writers never share one.
+    writer: String,
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> StorageError {
@@ -64,6 +73,7 @@ impl LocalStorage {
             base: root.join(filesystem),
             staging: root.join(".mongo-adls-staging").join(filesystem),
             create_filesystem,
+            writer: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
         })
     }
 
@@ -104,6 +114,45 @@ impl LocalStorage {
         self.staging.join(name)
     }
 
+    /// This writer's temporary name for `target`, in its folder.
+    fn tmp_path(&self, target: &Path) -> PathBuf {
+        let name = target.file_name().unwrap_or_default().to_string_lossy();
+        target.with_file_name(format!(".{name}.{}.mongo-adls-tmp", self.writer))
+    }
+
+    /// The manifest of the visible file version with inode `inode`: the
+    /// block ids it was made of.
+    fn manifest_path(&self, name: &str, inode: u64) -> PathBuf {
+        self.block_dir(name).join(format!(".committed.{inode}"))
+    }
+
+    /// The block ids the visible file `name` was made of: its manifest, or
+    /// the single `.committed` of versions before manifests were per inode.
+    fn read_manifest(&self, name: &str) -> std::io::Result<Option<Vec<String>>> {
+        use std::os::unix::fs::MetadataExt;
+        let inode = match fs::metadata(self.final_path(name)) {
+            Ok(meta) => meta.ino(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let text = match fs::read_to_string(self.manifest_path(name, inode)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::read_to_string(self.block_dir(name).join(".committed"))
+            }
+            other => other,
+        };
+        match text {
+            Ok(text) => Ok(Some(
+                text.lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(Vec::new())),
+            Err(e) => Err(e),
+        }
+    }
+
     fn write_file(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
         let mut f = fs::File::create(path)?;
         for p in parts {
@@ -117,15 +166,11 @@ impl LocalStorage {
     /// theirs (the manifest is written just before the file is replaced,
     /// so after a crash there it can be ahead of the file).
     fn committed_prefix(&self, name: &str, target: &Path, block_ids: &[String]) -> usize {
-        let Ok(manifest) = fs::read_to_string(self.block_dir(name).join(".committed")) else {
+        let Ok(Some(previous)) = self.read_manifest(name) else {
             return 0;
         };
-        let previous: Vec<&str> = manifest.lines().filter(|l| !l.is_empty()).collect();
         let is_prefix = previous.len() <= block_ids.len()
-            && previous
-                .iter()
-                .zip(block_ids)
-                .all(|(a, b)| *a == b.as_str());
+            && previous.iter().zip(block_ids).all(|(a, b)| a == b);
         if !is_prefix {
             return 0;
         }
@@ -155,8 +200,26 @@ impl LocalStorage {
         }
         let dir = target.parent().unwrap_or(&self.base).to_path_buf();
         fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
-        let file_name = target.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = dir.join(format!(".{file_name}.mongo-adls-tmp"));
+        let tmp = self.tmp_path(&target);
+        let result = self.commit_through(name, block_ids, create_only, &tmp);
+        // Whatever happened, no temporary file stays in the lake.
+        let _ = fs::remove_file(&tmp);
+        if result.is_ok() {
+            sync_dir(&dir).map_err(|e| io_err("fsync", &dir, e))?;
+        }
+        result
+    }
+
+    /// Writes the file as `tmp`, records its manifest, and makes it
+    /// visible under `name`.
+    fn commit_through(
+        &self,
+        name: &str,
+        block_ids: &[String],
+        create_only: bool,
+        tmp: &Path,
+    ) -> Result<Created, StorageError> {
+        let (target, tmp) = (self.final_path(name), tmp.to_path_buf());
         {
             // `every_batch` commits a growing list: start from the visible
             // file when it holds a prefix of the list, so only new blocks
@@ -178,7 +241,6 @@ impl LocalStorage {
                 let mut f = match fs::File::open(&block) {
                     Ok(f) => f,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        let _ = fs::remove_file(&tmp);
                         return Err(StorageError {
                             blocks_missing: true,
                             ..StorageError::permanent(format!(
@@ -194,8 +256,15 @@ impl LocalStorage {
             out.sync_all().map_err(|e| io_err("fsync", &tmp, e))?;
         }
         // The manifest is written before the file becomes visible, so a
-        // crash right after can still be recognised as our own commit.
-        let manifest = self.block_dir(name).join(".committed");
+        // crash right after can still be recognised as our own commit. It
+        // is named by the inode the visible file will have (a link or
+        // rename keeps it), so it describes exactly that file.
+        use std::os::unix::fs::MetadataExt;
+        let inode = fs::metadata(&tmp)
+            .map_err(|e| io_err("stat", &tmp, e))?
+            .ino();
+        let replaced = fs::metadata(&target).ok().map(|m| m.ino());
+        let manifest = self.manifest_path(name, inode);
         fs::create_dir_all(self.block_dir(name)).map_err(|e| io_err("create", &manifest, e))?;
         crate::checkpoint::write_atomic(&manifest, block_ids.join("\n").as_bytes())
             .map_err(|e| io_err("write", &manifest, e))?;
@@ -203,16 +272,17 @@ impl LocalStorage {
             match fs::hard_link(&tmp, &target) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let _ = fs::remove_file(&tmp);
                     return Ok(Created::AlreadyExists);
                 }
                 Err(e) => return Err(io_err("link", &target, e)),
             }
-            fs::remove_file(&tmp).map_err(|e| io_err("remove", &tmp, e))?;
         } else {
             fs::rename(&tmp, &target).map_err(|e| io_err("rename", &target, e))?;
+            // The version this one replaced is gone: so is its manifest.
+            if let Some(old) = replaced.filter(|old| *old != inode) {
+                let _ = fs::remove_file(self.manifest_path(name, old));
+            }
         }
-        sync_dir(&dir).map_err(|e| io_err("fsync", &dir, e))?;
         Ok(Created::Created)
     }
 }
@@ -253,20 +323,8 @@ impl Storage for LocalStorage {
     }
 
     async fn committed_blocks(&self, name: &str) -> Result<Option<Vec<String>>, StorageError> {
-        if !self.final_path(name).exists() {
-            return Ok(None);
-        }
-        let manifest = self.block_dir(name).join(".committed");
-        match fs::read_to_string(&manifest) {
-            Ok(text) => Ok(Some(
-                text.lines()
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_string)
-                    .collect(),
-            )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(Vec::new())),
-            Err(e) => Err(io_err("read", &manifest, e)),
-        }
+        self.read_manifest(name)
+            .map_err(|e| io_err("read the manifest of", &self.final_path(name), e))
     }
 
     async fn uncommitted_blocks(&self, name: &str) -> Result<Vec<String>, StorageError> {
@@ -290,6 +348,7 @@ impl Storage for LocalStorage {
 
     async fn put_if_absent(&self, name: &str, data: Bytes) -> Result<Created, StorageError> {
         let target = self.final_path(name);
+        let this = self.clone();
         tokio::task::spawn_blocking(move || {
             if target.exists() {
                 return Ok(Created::AlreadyExists);
@@ -299,10 +358,7 @@ impl Storage for LocalStorage {
                 .expect("object names have a parent")
                 .to_path_buf();
             fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
-            let tmp = dir.join(format!(
-                ".{}.mongo-adls-tmp",
-                target.file_name().unwrap_or_default().to_string_lossy()
-            ));
+            let tmp = this.tmp_path(&target);
             Self::write_file(&tmp, &[&data]).map_err(|e| io_err("write", &tmp, e))?;
             let created = match fs::hard_link(&tmp, &target) {
                 Ok(()) => Created::Created,
@@ -317,8 +373,19 @@ impl Storage for LocalStorage {
         .map_err(|e| StorageError::transient(e.to_string()))?
     }
 
-    async fn release(&self, name: &str) {
-        let _ = fs::remove_dir_all(self.block_dir(name));
+    /// Removes the sealed file's own blocks and manifest, then the folder
+    /// if nothing else is left in it (another writer's blocks stay).
+    async fn release(&self, name: &str, block_ids: &[String]) {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.block_dir(name);
+        for id in block_ids {
+            let _ = fs::remove_file(dir.join(id));
+        }
+        if let Ok(meta) = fs::metadata(self.final_path(name)) {
+            let _ = fs::remove_file(self.manifest_path(name, meta.ino()));
+        }
+        let _ = fs::remove_file(dir.join(".committed"));
+        let _ = fs::remove_dir(&dir);
     }
 
     async fn healthcheck(&self, dry_run: bool) -> Result<Option<String>, String> {
@@ -389,7 +456,9 @@ mod tests {
         // changes; here it is changed, to see that it was used).
         fs::write(s.final_path("a/f.jsonl"), "B1\nB2\n").unwrap();
         assert_eq!(commit(&s, &["b1", "b2", "b3"]).await, "B1\nB2\nb3\n");
-        let manifest = s.block_dir("a/f.jsonl").join(".committed");
+        use std::os::unix::fs::MetadataExt;
+        let inode = fs::metadata(s.final_path("a/f.jsonl")).unwrap().ino();
+        let manifest = s.manifest_path("a/f.jsonl", inode);
         fs::write(&manifest, "b1\nb2\nb3\nb4").unwrap();
         assert_eq!(
             commit(&s, &["b1", "b2", "b3", "b4", "b5"]).await,
@@ -411,5 +480,41 @@ mod tests {
         assert!(err.blocks_missing && !err.retriable, "{err:?}");
         assert_eq!(s.uncommitted_blocks("a/f.jsonl").await.unwrap(), vec!["b1"]);
         assert!(!s.final_path("a/f.jsonl").exists());
+    }
+
+    /// Two writers (own data_dirs, one lake folder by mistake) sealing the
+    /// same name: the first wins whole, the second is told the file exists
+    /// with another writer's blocks (never that it is its own), and
+    /// releasing the first leaves the second's blocks alone.
+    #[tokio::test]
+    async fn two_writers_never_mix_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (storage(dir.path()), storage(dir.path()));
+        let name = "a/f.jsonl";
+        a.stage_block(name, "a1", Bytes::from_static(b"from a\n"))
+            .await
+            .unwrap();
+        b.stage_block(name, "b1", Bytes::from_static(b"from b\n"))
+            .await
+            .unwrap();
+        let (ids_a, ids_b) = (vec!["a1".to_string()], vec!["b1".to_string()]);
+        assert!(matches!(
+            a.commit_blocks(name, &ids_a, true).await.unwrap(),
+            Created::Created
+        ));
+        assert!(matches!(
+            b.commit_blocks(name, &ids_b, true).await.unwrap(),
+            Created::AlreadyExists
+        ));
+        assert_eq!(b.committed_blocks(name).await.unwrap(), Some(ids_a.clone()));
+        assert_eq!(fs::read_to_string(a.final_path(name)).unwrap(), "from a\n");
+        a.release(name, &ids_a).await;
+        assert_eq!(b.uncommitted_blocks(name).await.unwrap(), ids_b);
+        // No temporary file of either is left in the lake.
+        let left: Vec<_> = fs::read_dir(a.final_path("a"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["f.jsonl"]);
     }
 }

@@ -102,7 +102,7 @@ pub trait Storage: Send + Sync {
 
     /// Forgets the blocks of a sealed object (local staging files; a no-op
     /// on Azure, which drops them itself).
-    async fn release(&self, _name: &str) {}
+    async fn release(&self, _name: &str, _block_ids: &[String]) {}
 
     /// Checks that the filesystem is reachable and writable; the error says
     /// why not. At start (`dry_run` false) a missing filesystem is created
