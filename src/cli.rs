@@ -366,8 +366,9 @@ async fn run(opts: &Opts) -> i32 {
             }
         };
         let shutdown = api_shutdown.clone();
+        let unhealthy_after = Duration::from_secs(config.global.api.unhealthy_after_secs);
         tokio::spawn(async move {
-            if let Err(e) = crate::api::serve(listener, handle, shutdown).await {
+            if let Err(e) = crate::api::serve(listener, handle, unhealthy_after, shutdown).await {
                 tracing::error!("API server on {address} failed: {e}");
             }
         });

@@ -1019,3 +1019,57 @@ async fn vanished_staged_blocks_are_reported_and_the_rest_is_committed() {
     );
     assert!(!log.contains("retrying in 30s"), "{log}");
 }
+
+/// `/health` tells the truth: with a wrong account key the sink fails its
+/// healthcheck and every write, so `/health` answers 503 naming the sink,
+/// and the error says a restart with the right key is needed; with the
+/// right key it answers 200. (demo_events source: no mongod needed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_naming_the_sink_with_a_wrong_key() {
+    let azurite = Azurite::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |name: &str, key: &str| {
+        let port = support::free_port();
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "data_dir = \"{data}\"\napi.address = \"127.0.0.1:{port}\"\n[sources.demo]\ntype = \"demo_events\"\ninterval_secs = 0.01\n[sinks.lake]\ntype = \"adls_partitioned_jsonl\"\ninputs = [\"demo\"]\naccount_url = \"{url}\"\nfilesystem = \"{name}\"\ncreate_filesystem = true\nauth.shared_key = \"{key}\"\nbatch.timeout_secs = 0.2\nrequest.retry_attempts = 1\n",
+                data = dir.path().join(format!("data-{name}")).display(),
+                url = azurite.account_url(),
+            ),
+        )
+        .unwrap();
+        (path, port)
+    };
+    let wrong = "A".repeat(86) + "==";
+    let (bad_cfg, bad_port) = config("wrongkey", &wrong);
+    let log = dir.path().join("wrongkey.log");
+    let bad = Agent::start_logged(&bad_cfg, &log);
+    let (good_cfg, good_port) = config("rightkey", AZURITE_KEY);
+    let good = Agent::start(&good_cfg);
+
+    let health = |port: u16| support::http_get(port, "/health");
+    let response = eventually(Duration::from_secs(30), async || {
+        health(bad_port).filter(|r| r.starts_with("HTTP/1.1 503"))
+    })
+    .await;
+    assert!(
+        response.contains("\"lake\"") && response.contains("healthcheck failed"),
+        "{response}"
+    );
+    eventually(Duration::from_secs(30), async || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|l| l.contains("HTTP 403") && l.contains("then restart the agent"))
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(&wrong), "the key is never logged");
+    let ok = eventually(Duration::from_secs(30), async || {
+        health(good_port).filter(|r| r.starts_with("HTTP/1.1 200"))
+    })
+    .await;
+    assert!(ok.contains("\"status\":\"ok\""), "{ok}");
+    drop((bad, good));
+}

@@ -4,8 +4,6 @@
 mod support;
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -221,17 +219,7 @@ fn metrics_endpoint_shows_tagged_component_metrics() {
         .spawn()
         .unwrap();
 
-    let get = |path: &str| -> Option<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).ok()?;
-        Some(body)
-    };
+    let get = |path: &str| support::http_get(port, path);
     let deadline = Instant::now() + Duration::from_secs(20);
     let metrics = loop {
         if let Some(body) = get("/metrics") {

@@ -126,12 +126,31 @@ impl Default for AcknowledgementsConfig {
 }
 
 /// The HTTP endpoint with `/health` and `/metrics`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     /// Address to serve `GET /health` and `GET /metrics` (Prometheus text)
-    /// on, e.g. `127.0.0.1:8686`. Off when unset.
+    /// on, e.g. `127.0.0.1:8686`. Off when unset; a busy address stops the
+    /// agent at start.
     pub address: Option<SocketAddr>,
+    /// Seconds a component may keep failing (retrying a write, reconnecting
+    /// to MongoDB) before `/health` answers 503. A failed healthcheck, or
+    /// events held back until a restart, answer 503 at once.
+    #[serde(default = "default_unhealthy_after")]
+    pub unhealthy_after_secs: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            address: None,
+            unhealthy_after_secs: default_unhealthy_after(),
+        }
+    }
+}
+
+fn default_unhealthy_after() -> u64 {
+    60
 }
 
 /// Healthchecks at start, for every sink (Vector's names).

@@ -71,15 +71,27 @@ pub struct WriteFailed<'a> {
 
 impl WriteFailed<'_> {
     pub fn emit(&self, tags: &ComponentTags) {
+        let credentials = if self.error.contains("HTTP 403") {
+            " Credentials are read at start: fix the key, SAS token or role assignment, then restart the agent."
+        } else {
+            ""
+        };
+        let message = format!(
+            "Writing {} events to {} failed: {}. They are not acknowledged, so the source will replay them after a restart; later events of this window are held back until then.{credentials}",
+            self.events, self.object, self.error
+        );
         ComponentError {
-            error_type: if self.permanent { "request_rejected" } else { "request_failed" },
+            error_type: if self.permanent {
+                "request_rejected"
+            } else {
+                "request_failed"
+            },
             stage: Stage::Sending,
-            message: &format!(
-                "Writing {} events to {} failed: {}. They are not acknowledged, so the source will replay them after a restart; later events of this window are held back until then.",
-                self.events, self.object, self.error
-            ),
+            message: &message,
         }
         .emit(tags);
+        // Held back until a restart: no later progress makes this pass.
+        crate::health::component(&tags.id).stuck(&message);
     }
 }
 

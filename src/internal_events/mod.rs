@@ -11,6 +11,17 @@ pub mod mongodb;
 
 use metrics::{counter, gauge, Counter, Gauge, Label};
 
+use crate::health::ComponentHealth;
+
+/// Error types that say something happened to some events (logged and
+/// counted) without the component being unable to work.
+const NOT_A_HEALTH_PROBLEM: [&str; 4] = [
+    "encoder_failed",
+    "oversized_event",
+    "data_lost",
+    "history_lost",
+];
+
 /// The tags every component metric carries.
 #[derive(Clone, Debug)]
 pub struct ComponentTags {
@@ -21,6 +32,8 @@ pub struct ComponentTags {
 
 impl ComponentTags {
     pub fn new(id: &str, kind: &'static str, component_type: &str) -> Self {
+        // Listed in `/health` from its start.
+        crate::health::component(id);
         Self {
             id: id.to_string(),
             kind,
@@ -82,6 +95,7 @@ impl EventsReceived {
 pub struct EventsSent {
     events: Counter,
     bytes: Counter,
+    health: ComponentHealth,
 }
 
 impl EventsSent {
@@ -89,11 +103,13 @@ impl EventsSent {
         Self {
             events: tags.counter("component_sent_events_total"),
             bytes: tags.counter("component_sent_event_bytes_total"),
+            health: crate::health::component(&tags.id),
         }
     }
 
     pub fn emit(&self, count: usize, byte_size: usize) {
         tracing::trace!(count, byte_size, "Events sent.");
+        self.health.progressed();
         self.events.increment(count as u64);
         self.bytes.increment(byte_size as u64);
     }
@@ -142,6 +158,9 @@ impl ComponentError<'_> {
             ])
         )
         .increment(1);
+        if !NOT_A_HEALTH_PROBLEM.contains(&self.error_type) {
+            crate::health::component(&tags.id).failing(self.message);
+        }
     }
 }
 
@@ -198,6 +217,9 @@ impl BufferMetrics {
 pub fn healthcheck_result(id: &str, result: &Result<(), String>) {
     match result {
         Ok(()) => tracing::info!(component_id = %id, "Healthcheck passed."),
-        Err(reason) => tracing::error!(component_id = %id, "Healthcheck failed: {reason}"),
+        Err(reason) => {
+            tracing::error!(component_id = %id, "Healthcheck failed: {reason}");
+            crate::health::component(id).stuck(&format!("healthcheck failed: {reason}"));
+        }
     }
 }

@@ -8,6 +8,7 @@ use super::{ComponentError, ComponentTags, Stage};
 pub struct StreamProgress {
     lag: Gauge,
     checkpoint_age: Gauge,
+    health: crate::health::ComponentHealth,
 }
 
 impl StreamProgress {
@@ -15,11 +16,14 @@ impl StreamProgress {
         Self {
             lag: tags.gauge("mongodb_change_stream_lag_seconds"),
             checkpoint_age: tags.gauge("checkpoint_age_seconds"),
+            health: crate::health::component(&tags.id),
         }
     }
 
-    /// `now - clusterTime` of the newest event or idle token read.
+    /// `now - clusterTime` of the newest event or idle token read: the
+    /// stream works.
     pub fn read_up_to(&self, cluster_secs: u32) {
+        self.health.progressed();
         self.lag.set(seconds_since(cluster_secs));
     }
 

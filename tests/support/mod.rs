@@ -712,3 +712,18 @@ async fn proxy_one(
     let _ = conn.shutdown().await;
     "forwarded"
 }
+
+/// `GET path` on 127.0.0.1:`port`: the whole response (status line,
+/// headers, body), or `None` while nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    Some(response)
+}

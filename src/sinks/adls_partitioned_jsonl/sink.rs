@@ -461,13 +461,16 @@ impl AdlsSink {
         let activity = self.batcher.activity(key);
         activity.busy = false;
         activity.seal_retry_at = Some(Instant::now() + SEAL_RETRY);
-        self.error(
-            "seal_failed",
-            &format!(
-                "Sealing failed, retrying in {}s: {error}",
-                SEAL_RETRY.as_secs()
-            ),
+        let message = format!(
+            "Sealing failed, retrying in {}s: {error}",
+            SEAL_RETRY.as_secs()
         );
+        self.error("seal_failed", &message);
+        if !error.retriable {
+            // Retrying cannot fix it (another writer's file under this
+            // name, say): unhealthy however the other files fare.
+            crate::health::component(&self.tags.id).stuck(&message);
+        }
     }
 
     /// Every later event of the window is held back, so a replay after a
