@@ -6,21 +6,22 @@
 use std::time::Duration;
 
 use bson::{doc, Document};
-use mongodb::{error::ErrorKind, options::ClientOptions, Client};
+use mongodb::{options::ClientOptions, Client};
 
-use super::config::{MongoDbChangeStreamConfig, Scope};
+use super::{
+    config::{MongoDbChangeStreamConfig, Scope},
+    // Server selection gives up before the caller's 10 s healthcheck
+    // limit, so its error (which names what it saw) is the one reported.
+    errors::{describe, SERVER_SELECTION_TIMEOUT},
+};
 use crate::redact;
-
-/// Server selection gives up before the caller's 10 s healthcheck limit, so
-/// its error (which names what it saw) is the one reported.
-const SELECTION_TIMEOUT: Duration = Duration::from_secs(8);
 
 pub async fn healthcheck(config: &MongoDbChangeStreamConfig) -> Result<Option<String>, String> {
     let mut options = ClientOptions::parse(&config.uri)
         .await
         .map_err(|e| format!("`uri`: {}", redact::error(&e)))?;
-    options.server_selection_timeout = Some(SELECTION_TIMEOUT);
-    options.connect_timeout = Some(SELECTION_TIMEOUT);
+    options.server_selection_timeout = Some(SERVER_SELECTION_TIMEOUT);
+    options.connect_timeout = Some(SERVER_SELECTION_TIMEOUT);
     options.app_name = Some("mongo-adls validate".into());
     let hosts: Vec<String> = options.hosts.iter().map(ToString::to_string).collect();
     let hosts = hosts.join(",");
@@ -29,7 +30,7 @@ pub async fn healthcheck(config: &MongoDbChangeStreamConfig) -> Result<Option<St
         .database("admin")
         .run_command(doc! { "hello": 1 })
         .await
-        .map_err(|e| explain(&hosts, &e))?;
+        .map_err(|e| format!("{hosts}: {}", describe(&e)))?;
     let kind = deployment_kind(&hello).ok_or_else(|| {
         format!(
             "{hosts} is a standalone mongod: change streams need a replica set or sharded cluster (start mongod with --replSet and run rs.initiate(), or point `uri` at a replica set)"
@@ -38,7 +39,7 @@ pub async fn healthcheck(config: &MongoDbChangeStreamConfig) -> Result<Option<St
     watch_once(&client, config).await.map_err(|e| {
         format!(
             "cannot watch the configured scope on {hosts}: {}",
-            explain(&hosts, &e)
+            describe(&e)
         )
     })?;
     client.shutdown().await;
@@ -88,35 +89,4 @@ async fn watch_once(
         }
     };
     Ok(())
-}
-
-/// A driver error as a sentence naming its likely cause, never a BSON dump.
-fn explain(hosts: &str, e: &mongodb::error::Error) -> String {
-    match e.kind.as_ref() {
-        ErrorKind::ServerSelection { message, .. } => {
-            let cause = if message.contains("Standalone") || message.contains("RSGhost") {
-                "it is not a member of the replica set named in `uri` (a standalone mongod or a wrong `replicaSet`)"
-            } else if message.contains("ReplicaSetNoPrimary") || message.contains("Unknown") {
-                "no server answered (host down, wrong port or address, firewall, or TLS mismatch)"
-            } else {
-                "no suitable server"
-            };
-            format!(
-                "cannot reach {hosts} within {}s: {cause}",
-                SELECTION_TIMEOUT.as_secs()
-            )
-        }
-        ErrorKind::Authentication { message, .. } => {
-            format!(
-                "authentication to {hosts} failed: {}",
-                redact::text(message)
-            )
-        }
-        ErrorKind::Command(c) => format!(
-            "{hosts} refused: {} (code {})",
-            redact::text(&c.message),
-            c.code
-        ),
-        _ => redact::error(e),
-    }
 }

@@ -5,6 +5,8 @@
 //! - `config.rs`: the user-facing options.
 //! - `stream.rs`: opening the stream, reading and forwarding raw events.
 //! - `recovery.rs`: stream errors: retry with backoff, lost history, fatal.
+//! - `errors.rs`: MongoDB errors as sentences; which ones retrying cannot fix.
+//! - `healthcheck.rs`: `validate`'s check of the deployment and scope.
 //! - `oversized.rs`: skipping events over the 16 MB limit.
 //! - `checkpoint.rs`: positions, the checkpoint file, and acknowledgement
 //!   bookkeeping (commit only what every sink made durable).
@@ -14,6 +16,7 @@
 
 mod checkpoint;
 mod config;
+mod errors;
 mod healthcheck;
 mod oversized;
 mod recovery;

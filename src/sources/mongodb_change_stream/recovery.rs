@@ -7,12 +7,12 @@ use mongodb::error::ErrorKind;
 
 use super::{
     config::OnHistoryLost,
+    errors,
     stream::{ChangeStreamSource, OpenAt, RunState, Stop},
 };
 use crate::{
     backoff::Backoff,
     internal_events::mongodb::{HistoryLostReset, StreamInterrupted},
-    redact,
 };
 
 /// Waits before reopening after a transient error: 0.5 s to 30 s, as the
@@ -52,13 +52,12 @@ impl ChangeStreamSource {
                 None => ControlFlow::Break(Err(())),
             },
             Failure::Fatal => {
-                let hint = match e.kind.as_ref() {
-                    ErrorKind::Command(c) if c.code == 10334 => " An event is over MongoDB's 16 MB limit (BSONObjectTooLarge), usually a large document with its pre-image or post-image. Set on_oversized_event = \"skip\" to leave such events out (counted and logged), or drop large fields with `pipeline`.",
-                    _ => "",
-                };
                 self.error(
                     "stream_failed",
-                    &format!("Change stream failed: {}.{hint}", redact::error(e)),
+                    &format!(
+                        "Change stream failed and retrying cannot help; stopping: {}",
+                        errors::describe(e)
+                    ),
                 );
                 ControlFlow::Break(Err(()))
             }
@@ -72,14 +71,10 @@ impl ChangeStreamSource {
                 280 if c.message.contains("resume") && c.message.contains("not found") => {
                     Failure::HistoryLost
                 }
-                // Authentication, authorization, invalid pipeline or options,
-                // oversized event: retrying cannot help.
-                18 | 13 | 2 | 9 | 14 | 15 | 16 | 40324 | 280 | 10334 => Failure::Fatal,
+                _ if errors::is_permanent(e) => Failure::Fatal,
                 _ => Failure::Retry,
             },
-            ErrorKind::Authentication { .. }
-            | ErrorKind::InvalidArgument { .. }
-            | ErrorKind::BsonDeserialization(_) => Failure::Fatal,
+            _ if errors::is_permanent(e) => Failure::Fatal,
             _ => Failure::Retry,
         }
     }
@@ -90,7 +85,7 @@ impl ChangeStreamSource {
         let delay = RETRY_BACKOFF.delay(*attempt);
         *attempt += 1;
         StreamInterrupted {
-            error: &redact::error(e),
+            error: &errors::describe(e),
             retry_in_secs: delay.as_secs_f64(),
         }
         .emit(&self.cx.tags);
@@ -116,7 +111,7 @@ impl ChangeStreamSource {
                     "history_lost",
                     &format!(
                         "The checkpoint is no longer in the oplog ({}). Resume token: {token}. Changes since then cannot be streamed. To continue from now, set on_history_lost = \"reset_to_now\" or start_at = \"now\" (and re-copy what you need), or move {} away.",
-                        redact::error(e),
+                        errors::describe(e),
                         self.state.path().display()
                     ),
                 );

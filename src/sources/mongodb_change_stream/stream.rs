@@ -103,6 +103,9 @@ impl ChangeStreamSource {
         options
             .app_name
             .get_or_insert_with(|| "mongo-adls".to_string());
+        options
+            .server_selection_timeout
+            .get_or_insert(super::errors::SERVER_SELECTION_TIMEOUT);
         let client = Client::with_options(options).map_err(|e| redact::error(&e))?;
         let dir = cx
             .globals
