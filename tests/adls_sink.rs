@@ -1073,3 +1073,111 @@ async fn health_is_503_naming_the_sink_with_a_wrong_key() {
     assert!(ok.contains("\"status\":\"ok\""), "{ok}");
     drop((bad, good));
 }
+
+/// Storage down for longer than all retries (`retry_attempts = 2`), then
+/// back: the agent heals by itself. Every change arrives exactly once
+/// without a restart, the checkpoint moves again, and `/health` is 503
+/// during the outage and 200 after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_outage_longer_than_the_retries_heals_without_a_restart() {
+    let mongo = Mongod::start().await;
+    let azurite = Azurite::start();
+    let lake = Lake::new(&azurite, "outage");
+    lake.create().await;
+    let proxy = support::FaultProxy::start(
+        azurite.port,
+        support::Faults {
+            every: u64::MAX,
+            kinds: vec![],
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let api = support::free_port();
+    let cfg = agent_config(
+        dir.path(),
+        "outage",
+        &mongo.uri(),
+        &proxy.account_url(),
+        &format!(
+            "{}\nrequest.retry_attempts = 2\nrequest.timeout_secs = 2\nrequest.retry_max_backoff_secs = 1",
+            shared_key()
+        ),
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "data_dir =",
+        &format!("api.address = \"127.0.0.1:{api}\"\napi.unhealthy_after_secs = 3\ndata_dir ="),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let log = dir.path().join("outage.log");
+    let agent = Agent::start_logged(&cfg, &log);
+    let checkpoint = dir.path().join("data-outage/mongo/checkpoint.json");
+    let read_checkpoint = || std::fs::read_to_string(&checkpoint).unwrap_or_default();
+    let health = || support::http_get(api, "/health").unwrap_or_default();
+
+    let orders = mongo
+        .client()
+        .await
+        .database("shop")
+        .collection::<Document>("orders");
+    let insert = |range: std::ops::Range<i32>| {
+        let orders = orders.clone();
+        async move {
+            let docs: Vec<Document> = range
+                .map(|i| doc! { "_id": i, "v": "x".repeat(100) })
+                .collect();
+            orders.insert_many(docs).await.unwrap();
+        }
+    };
+    eventually(Duration::from_secs(30), async || {
+        health().starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
+    insert(0..100).await;
+    eventually(Duration::from_secs(60), async || {
+        (total_lines(&read_all(&lake).await) == 100).then_some(())
+    })
+    .await;
+
+    proxy.set_down(true);
+    insert(100..300).await;
+    let unhealthy = eventually(Duration::from_secs(60), async || {
+        Some(health()).filter(|h| h.starts_with("HTTP/1.1 503"))
+    })
+    .await;
+    assert!(unhealthy.contains("\"lake\""), "{unhealthy}");
+    eventually(Duration::from_secs(60), async || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|l| l.contains("held back, unacknowledged"))
+    })
+    .await;
+    // Longer than every retry of every request.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let during = read_checkpoint();
+    assert_eq!(
+        total_lines(&read_all(&lake).await),
+        100,
+        "nothing new while storage is down"
+    );
+
+    proxy.set_down(false);
+    let files = eventually(Duration::from_secs(90), async || {
+        let files = read_all(&lake).await;
+        (total_lines(&files) >= 300).then_some(files)
+    })
+    .await;
+    assert_exactly_once_in_order(&files, 300);
+    eventually(Duration::from_secs(30), async || {
+        (read_checkpoint() != during).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(30), async || {
+        health().starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("Starting mongo-adls").count(), 1, "no restart");
+    assert!(text.contains("Storage answers again"), "{text}");
+    drop(agent);
+}

@@ -577,6 +577,8 @@ pub enum Fault {
 pub struct FaultProxy {
     pub port: u16,
     pub stats: std::sync::Arc<std::sync::Mutex<HashMap<&'static str, u64>>>,
+    /// While set, every request is answered 503 (a storage outage).
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -588,8 +590,10 @@ impl FaultProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let stats: Arc<Mutex<HashMap<&'static str, u64>>> = Arc::default();
+        let down: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let task = {
             let stats = Arc::clone(&stats);
+            let down = Arc::clone(&down);
             tokio::spawn(async move {
                 let mut n: u64 = 0;
                 loop {
@@ -599,6 +603,11 @@ impl FaultProxy {
                     n += 1;
                     let fault = (n.is_multiple_of(faults.every) && !faults.kinds.is_empty())
                         .then(|| faults.kinds[((n / faults.every) as usize) % faults.kinds.len()]);
+                    let fault = if down.load(std::sync::atomic::Ordering::Relaxed) {
+                        Some(Fault::Unavailable)
+                    } else {
+                        fault
+                    };
                     let stats = Arc::clone(&stats);
                     tokio::spawn(async move {
                         let action = proxy_one(conn, upstream, fault).await;
@@ -607,7 +616,17 @@ impl FaultProxy {
                 }
             })
         };
-        Self { port, stats, task }
+        Self {
+            port,
+            stats,
+            down,
+            task,
+        }
+    }
+
+    /// Starts (`true`) or ends a storage outage.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn account_url(&self) -> String {

@@ -147,10 +147,14 @@ pub struct RequestConfig {
     pub timeout_secs: f64,
     /// Retries after a retriable failure (408, 429, 500, 502, 503, 504,
     /// timeouts, connection errors), with exponential backoff and jitter;
-    /// `Retry-After` is honoured. After the last retry, or at once on 403
-    /// or 404, the batch's events are reported as not delivered (logged,
-    /// `component_errors_total`) and later events of that window are held
-    /// back, so a restart replays them all.
+    /// `Retry-After` is honoured. After the last retry the write is held
+    /// and made again, backing off up to `retry_max_backoff_secs`, until
+    /// storage answers: its events stay unacknowledged (the checkpoint
+    /// holds), later events of its window wait, and one ERROR line a
+    /// minute says what is held back since when; no restart is needed. A
+    /// 403 or 404 (credentials, a missing filesystem) is not retried: the
+    /// batch's events are reported as not delivered and later events of
+    /// that window are held back until a restart, which replays them all.
     #[serde(default = "default_retry_attempts")]
     pub retry_attempts: u32,
     /// First backoff in seconds; doubles per attempt, with jitter.

@@ -10,6 +10,8 @@
 //! - `roll.rs`: when batches are written and files sealed; watermarks.
 //! - `requests.rs`: the storage requests and the retrying client.
 //! - `per_event.rs`: one object per event.
+//! - `held.rs`: writes held back while storage is down, retried until it
+//!   answers.
 //! - `recovery.rs`: finishing a previous run's commits; lost blocks.
 //! - `storage/`: the Blob endpoint and `file://` backends, and retries.
 //! - `state/`: open files, staged blocks and high-water positions;
@@ -19,6 +21,7 @@
 mod batcher;
 pub mod config;
 pub mod encode;
+mod held;
 pub mod layout;
 pub mod partition;
 mod per_event;

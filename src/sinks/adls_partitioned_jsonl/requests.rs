@@ -33,6 +33,7 @@ pub(super) enum WriteOutcome {
         finalizers: Vec<EventFinalizers>,
         events: usize,
         bytes: u64,
+        object: String,
     },
     /// A seal attempt finished.
     FileSealed {
@@ -41,23 +42,86 @@ pub(super) enum WriteOutcome {
         /// Blocks that were gone from storage and could not be committed.
         lost: Vec<String>,
     },
-    /// A block or object could not be written after every retry.
-    WriteFailed {
-        /// The window whose later events must be held back (`None` for a
-        /// per-event object).
-        key: Option<FileKey>,
-        object: String,
-        error: StorageError,
-        finalizers: Vec<EventFinalizers>,
-    },
+    /// A block, commit or object could not be written after every retry;
+    /// `request` can be made again.
+    WriteFailed { request: Retry, error: StorageError },
     /// `per_event`: one event's object exists.
     EventPut {
         finalizers: EventFinalizers,
         bytes: usize,
+        object: String,
     },
 }
 
 pub(super) type WriteRequest = Pin<Box<dyn Future<Output = WriteOutcome> + Send>>;
+
+/// A failed write, kept whole so it can be made again (its events stay
+/// unacknowledged meanwhile).
+pub(super) enum Retry {
+    Stage(BlockWrite),
+    Commit {
+        staged: StagedBlock,
+        ids: Vec<String>,
+        finalizers: Vec<EventFinalizers>,
+    },
+    Put {
+        name: String,
+        body: Bytes,
+        finalizers: EventFinalizers,
+    },
+}
+
+impl Retry {
+    /// The window whose file it writes (`None` for a per-event object).
+    pub fn key(&self) -> Option<&FileKey> {
+        match self {
+            Retry::Stage(w) => Some(&w.staged.key),
+            Retry::Commit { staged, .. } => Some(&staged.key),
+            Retry::Put { .. } => None,
+        }
+    }
+
+    pub fn object(&self) -> &str {
+        match self {
+            Retry::Stage(w) => &w.staged.object,
+            Retry::Commit { staged, .. } => &staged.object,
+            Retry::Put { name, .. } => name,
+        }
+    }
+
+    pub fn events(&self) -> usize {
+        match self {
+            Retry::Stage(w) => w.finalizers.len(),
+            Retry::Commit { finalizers, .. } => finalizers.len(),
+            Retry::Put { .. } => 1,
+        }
+    }
+
+    pub fn into_finalizers(self) -> Vec<EventFinalizers> {
+        match self {
+            Retry::Stage(w) => w.finalizers,
+            Retry::Commit { finalizers, .. } => finalizers,
+            Retry::Put { finalizers, .. } => vec![finalizers],
+        }
+    }
+
+    /// The same request again.
+    pub fn into_request(self, storage: RetryingStorage) -> WriteRequest {
+        match self {
+            Retry::Stage(write) => stage_block(storage, write),
+            Retry::Commit {
+                staged,
+                ids,
+                finalizers,
+            } => commit_batch(storage, staged, ids, finalizers),
+            Retry::Put {
+                name,
+                body,
+                finalizers,
+            } => put_event(storage, name, body, finalizers),
+        }
+    }
+}
 
 /// Storage with the retry policy and metrics every request goes through;
 /// cheap to clone into request futures.
@@ -202,20 +266,22 @@ pub(super) struct BlockWrite {
 /// Put Block: one batch as one uncommitted block of its file.
 pub(super) fn stage_block(storage: RetryingStorage, write: BlockWrite) -> WriteRequest {
     Box::pin(async move {
-        let BlockWrite {
-            staged,
-            body,
-            finalizers,
-        } = write;
         let result = storage
             .run("Put Block", || {
-                storage
-                    .storage
-                    .stage_block(&staged.object, &staged.block.id, body.clone())
+                storage.storage.stage_block(
+                    &write.staged.object,
+                    &write.staged.block.id,
+                    write.body.clone(),
+                )
             })
             .await;
         match result {
             Ok(()) => {
+                let BlockWrite {
+                    staged,
+                    body,
+                    finalizers,
+                } = write;
                 storage.metrics.block_written(body.len());
                 WriteOutcome::BlockStaged {
                     staged,
@@ -225,10 +291,8 @@ pub(super) fn stage_block(storage: RetryingStorage, write: BlockWrite) -> WriteR
                 }
             }
             Err(error) => WriteOutcome::WriteFailed {
-                key: Some(staged.key),
-                object: staged.object,
+                request: Retry::Stage(write),
                 error,
-                finalizers,
             },
         }
     })
@@ -255,12 +319,15 @@ pub(super) fn commit_batch(
                 finalizers,
                 events: staged.block.events as usize,
                 bytes: staged.block.bytes,
+                object: staged.object,
             },
             Err(error) => WriteOutcome::WriteFailed {
-                key: Some(staged.key),
-                object: staged.object,
+                request: Retry::Commit {
+                    staged,
+                    ids,
+                    finalizers,
+                },
                 error,
-                finalizers,
             },
         }
     })
@@ -302,12 +369,18 @@ pub(super) fn put_event(
             })
             .await;
         match result {
-            Ok(_) => WriteOutcome::EventPut { finalizers, bytes },
-            Err(error) => WriteOutcome::WriteFailed {
-                key: None,
+            Ok(_) => WriteOutcome::EventPut {
+                finalizers,
+                bytes,
                 object: name,
+            },
+            Err(error) => WriteOutcome::WriteFailed {
+                request: Retry::Put {
+                    name,
+                    body,
+                    finalizers,
+                },
                 error,
-                finalizers: vec![finalizers],
             },
         }
     })

@@ -18,15 +18,17 @@ use super::{
     batcher::{BatchLimits, Batcher, NotAdded, PendingBatch},
     config::{AdlsPartitionedJsonlConfig, Commit, Compression, Mode},
     encode,
+    held::HeldWrites,
     layout::Layout,
     per_event,
     recovery::{self, report_lost},
-    requests::{self, BlockWrite, RetryingStorage, WriteOutcome, WriteRequest},
+    requests::{self, BlockWrite, Retry, RetryingStorage, WriteOutcome, WriteRequest},
     roll::{self, Now, RollPolicy, Watermarks},
     state::{Block, FileKey, SinkState, StagedBlock},
     storage::{RetryPolicy, Storage, StorageError},
 };
 use crate::{
+    backoff::Backoff,
     codecs::json::ExtendedJsonMode,
     event::{Event, EventFinalizers, EventStatus, LogEvent},
     internal_events::{
@@ -55,6 +57,7 @@ pub struct AdlsSink {
     sent: EventsSent,
     metrics: SinkMetrics,
     block_ids: BlockIds,
+    held: HeldWrites,
     watermarks: Watermarks,
     /// Write partial batches at the next opportunity (a source went idle).
     flush_partial: bool,
@@ -101,6 +104,10 @@ impl AdlsSink {
             metrics,
             tags,
             block_ids: BlockIds::new(),
+            held: HeldWrites::new(Backoff::new(
+                Duration::from_secs_f64(request.retry_initial_backoff_secs),
+                Duration::from_secs_f64(request.retry_max_backoff_secs),
+            )),
             watermarks: Watermarks::default(),
             flush_partial: false,
         }
@@ -147,8 +154,11 @@ impl StreamSink for AdlsSink {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let accept =
-                !input_done && inflight.len() < self.concurrency && !self.batcher.is_full();
+            // Held writes count against concurrency: while storage is down
+            // intake stops once that many are held.
+            let accept = !input_done
+                && inflight.len() + self.held.len() < self.concurrency
+                && !self.batcher.is_full();
             tokio::select! {
                 biased;
                 Some(outcome) = inflight.next(), if !inflight.is_empty() => {
@@ -163,6 +173,9 @@ impl StreamSink for AdlsSink {
                     None => input_done = true,
                 },
                 _ = tick.tick() => {}
+            }
+            if input_done && inflight.is_empty() && self.held.len() > 0 {
+                self.give_up_held();
             }
             self.schedule(&mut inflight, input_done);
             if input_done && inflight.is_empty() && self.batcher.is_empty() {
@@ -257,6 +270,12 @@ impl AdlsSink {
             watermark: self.watermarks.effective(),
             flush_partial: self.flush_partial || input_done,
         };
+        for retry in self
+            .held
+            .due(self.concurrency.saturating_sub(inflight.len()))
+        {
+            inflight.push(retry.into_request(self.storage.clone()));
+        }
         let due = roll::due(&self.roll, &self.batcher, &self.state, &now);
         let busy_with_batch = self
             .batcher
@@ -363,7 +382,9 @@ impl AdlsSink {
                 finalizers,
                 events,
                 bytes,
+                object,
             } => {
+                self.held.succeeded(&object);
                 self.state.batch_committed(&key, upto);
                 self.batcher.activity(key).busy = false;
                 self.delivered(finalizers, events, bytes);
@@ -372,13 +393,16 @@ impl AdlsSink {
                 Ok(()) => self.on_file_sealed(key, &lost)?,
                 Err(e) => self.on_seal_failed(key, &e),
             },
-            WriteOutcome::WriteFailed {
-                key,
-                object,
-                error,
+            WriteOutcome::WriteFailed { request, error } if error.retriable => {
+                self.held.hold(request, &error, &self.tags)
+            }
+            WriteOutcome::WriteFailed { request, error } => self.on_write_rejected(request, &error),
+            WriteOutcome::EventPut {
                 finalizers,
-            } => self.on_write_failed(key, &object, &error, finalizers),
-            WriteOutcome::EventPut { finalizers, bytes } => {
+                bytes,
+                object,
+            } => {
+                self.held.succeeded(&object);
                 self.metrics.block_written(bytes);
                 self.delivered(vec![finalizers], 1, bytes as u64);
             }
@@ -395,6 +419,7 @@ impl AdlsSink {
         spare: Option<Vec<u8>>,
         inflight: &mut FuturesUnordered<WriteRequest>,
     ) -> Result<(), ()> {
+        self.held.succeeded(&staged.object);
         if let Some(data) = spare {
             self.batcher.recycle(data);
         }
@@ -473,22 +498,32 @@ impl AdlsSink {
         }
     }
 
-    /// Every later event of the window is held back, so a replay after a
-    /// restart cannot skip past the lost ones.
-    fn on_write_failed(
-        &mut self,
-        key: Option<FileKey>,
-        object: &str,
-        error: &StorageError,
-        finalizers: Vec<EventFinalizers>,
-    ) {
+    /// Storage refused a write for good (403, 404): its events are not
+    /// delivered, and every later event of the window is held back until a
+    /// restart, so a replay cannot skip past the lost ones.
+    fn on_write_rejected(&mut self, request: Retry, error: &StorageError) {
         WriteFailed {
-            object,
-            events: finalizers.len(),
+            object: request.object(),
+            events: request.events(),
             error: &error.message,
             permanent: !error.retriable,
         }
         .emit(&self.tags);
+        self.poison(request.key().cloned());
+        finalize_all(request.into_finalizers(), EventStatus::Rejected);
+    }
+
+    /// At stop with storage still down: held writes are given up, their
+    /// events left unacknowledged for the next start to replay.
+    fn give_up_held(&mut self) {
+        for request in self.held.give_up() {
+            self.poison(request.key().cloned());
+            finalize_all(request.into_finalizers(), EventStatus::Errored);
+        }
+    }
+
+    /// Fails the window's pending and later events.
+    fn poison(&mut self, key: Option<FileKey>) {
         if let Some(key) = key {
             let activity = self.batcher.activity(key);
             activity.busy = false;
@@ -497,12 +532,6 @@ impl AdlsSink {
                 finalize_all(batch.finalizers, EventStatus::Errored);
             }
         }
-        let status = if error.retriable {
-            EventStatus::Errored
-        } else {
-            EventStatus::Rejected
-        };
-        finalize_all(finalizers, status);
     }
 
     fn delivered(&self, finalizers: Vec<EventFinalizers>, events: usize, bytes: u64) {
