@@ -240,12 +240,24 @@ fn generate_schema(format: SchemaFormat) -> i32 {
     0
 }
 
+/// A line that ends the run: plain on stderr, or one JSON log line with
+/// `--log-format json` (so log collectors parse the last line too).
+fn fail(opts: &Opts, line: &str) {
+    match opts.log_format {
+        LogFormat::Text => eprintln!("{line}"),
+        LogFormat::Json => tracing::error!("{line}"),
+    }
+}
+
 fn load(opts: &Opts, interpolate_env: bool) -> Result<config::Config, i32> {
     config::load_from_paths(&opts.config, interpolate_env).map_err(|errors| {
         for e in &errors.0 {
-            eprintln!(
-                "Configuration error: {}",
-                crate::redact::text(&e.to_string())
+            fail(
+                opts,
+                &format!(
+                    "Configuration error: {}",
+                    crate::redact::text(&e.to_string())
+                ),
             );
         }
         EXIT_CONFIG
@@ -340,8 +352,7 @@ async fn run(opts: &Opts) -> i32 {
     };
     let _lock = match config.data_dir().map(crate::lock::DataDirLock::acquire) {
         Some(Err(e)) => {
-            tracing::error!("{e}");
-            eprintln!("Error: {e}");
+            fail(opts, &format!("Error: {e}"));
             return EXIT_CONFIG;
         }
         lock => lock,
@@ -359,9 +370,10 @@ async fn run(opts: &Opts) -> i32 {
         let listener = match crate::api::bind(address).await {
             Ok(l) => l,
             Err(e) => {
-                let e = format!("cannot serve the API on {address} (`api.address`): {e}");
-                tracing::error!("{e}");
-                eprintln!("Error: {e}");
+                fail(
+                    opts,
+                    &format!("Error: cannot serve the API on {address} (`api.address`): {e}"),
+                );
                 return EXIT_CONFIG;
             }
         };
@@ -377,14 +389,14 @@ async fn run(opts: &Opts) -> i32 {
     let mut topology = match Topology::build(&config).await {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("Configuration error: {e}");
+            fail(opts, &format!("Configuration error: {e}"));
             return EXIT_CONFIG;
         }
     };
     let failed = topology.healthchecks().await;
     if !failed.is_empty() && (opts.require_healthy || config.global.healthchecks.require_healthy) {
         for f in &failed {
-            eprintln!("Healthcheck failed: {f}");
+            fail(opts, &format!("Healthcheck failed: {f}"));
         }
         return EXIT_CONFIG;
     }

@@ -17,27 +17,35 @@ use std::{
 
 use serde_json::{json, Value};
 
+/// A problem that progress does not end: a failed write whose window is
+/// held back, a write held while storage is down. Cleared by its key.
 #[derive(Clone, Debug)]
-enum State {
-    Ok,
-    /// Errors since `since`; progress clears it.
-    Failing {
-        reason: String,
-        since: Instant,
-    },
-    /// Cleared only by `clear_stuck` (or a restart).
-    Stuck {
-        reason: String,
-        since: Instant,
-    },
+struct Condition {
+    reason: String,
+    since: Instant,
+    /// Unhealthy at once, not after `unhealthy_after`.
+    immediate: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+struct State {
+    /// Errors since; progress clears it.
+    failing: Option<Condition>,
+    conditions: BTreeMap<String, Condition>,
+}
+
+impl State {
+    fn is_ok(&self) -> bool {
+        self.failing.is_none() && self.conditions.is_empty()
+    }
 }
 
 #[derive(Debug)]
 struct Cell {
-    state: Mutex<(State, Option<Instant>)>,
-    /// Set while not `Ok`, so progress on the hot path costs one atomic
-    /// load unless there is something to clear.
-    troubled: AtomicBool,
+    state: Mutex<State>,
+    /// Set while there is a failure for progress to clear, so progress on
+    /// the hot path costs one atomic load otherwise.
+    failing: AtomicBool,
 }
 
 static COMPONENTS: LazyLock<Mutex<BTreeMap<String, Arc<Cell>>>> =
@@ -53,72 +61,79 @@ pub fn component(id: &str) -> ComponentHealth {
     let mut components = COMPONENTS.lock().unwrap_or_else(|e| e.into_inner());
     let cell = components.entry(id.to_string()).or_insert_with(|| {
         Arc::new(Cell {
-            state: Mutex::new((State::Ok, None)),
-            troubled: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
+            failing: AtomicBool::new(false),
         })
     });
     ComponentHealth(Arc::clone(cell))
 }
 
 impl ComponentHealth {
-    fn update(&self, f: impl FnOnce(&mut State, &mut Option<Instant>)) {
-        let mut guard = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (state, last_progress) = &mut *guard;
-        f(state, last_progress);
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut state);
         self.0
-            .troubled
-            .store(!matches!(state, State::Ok), Ordering::Relaxed);
+            .failing
+            .store(state.failing.is_some(), Ordering::Relaxed);
     }
 
     /// Progress (events read or made durable, an idle stream answered): a
-    /// failure is over, a stuck condition is not. Progress is timestamped
-    /// only when there is trouble to weigh it against, to stay off the
-    /// lock on the hot path.
+    /// failure is over; conditions are not.
     pub fn progressed(&self) {
-        if self.0.troubled.load(Ordering::Relaxed) {
-            self.update(|state, last| {
-                *last = Some(Instant::now());
-                if matches!(state, State::Failing { .. }) {
-                    *state = State::Ok;
-                }
-            });
+        if self.0.failing.load(Ordering::Relaxed) {
+            self.update(|state| state.failing = None);
         }
     }
 
-    /// An error that may pass (a retry, a reconnect).
+    /// An error that may pass (a retry, a reconnect): unhealthy once it
+    /// lasts `unhealthy_after`, unless progress comes first.
     pub fn failing(&self, reason: &str) {
-        self.update(|state, _| match state {
-            State::Ok => {
-                *state = State::Failing {
-                    reason: reason.to_string(),
-                    since: Instant::now(),
-                }
-            }
-            State::Failing { reason: r, .. } => *r = reason.to_string(),
-            State::Stuck { .. } => {}
-        });
+        self.fail(reason, false);
     }
 
-    /// A condition that progress elsewhere does not end.
-    pub fn stuck(&self, reason: &str) {
-        self.update(|state, _| {
-            let since = match state {
-                State::Stuck { since, .. } => *since,
-                _ => Instant::now(),
-            };
-            *state = State::Stuck {
+    /// An error that makes the component unhealthy until progress (a
+    /// failed healthcheck of a component that may still heal).
+    pub fn failing_now(&self, reason: &str) {
+        self.fail(reason, true);
+    }
+
+    fn fail(&self, reason: &str, immediate: bool) {
+        self.update(|state| {
+            let since = state
+                .failing
+                .as_ref()
+                .map_or_else(Instant::now, |f| f.since);
+            let immediate = immediate || state.failing.as_ref().is_some_and(|f| f.immediate);
+            state.failing = Some(Condition {
                 reason: reason.to_string(),
                 since,
-            };
+                immediate,
+            });
         });
     }
 
-    /// The stuck condition is over.
-    pub fn clear_stuck(&self) {
-        self.update(|state, _| {
-            if matches!(state, State::Stuck { .. }) {
-                *state = State::Ok;
-            }
+    /// A condition under `key` that only `clear(key)` (or a restart) ends;
+    /// `immediate`: unhealthy at once rather than after `unhealthy_after`.
+    pub fn condition(&self, key: &str, reason: &str, immediate: bool) {
+        self.update(|state| {
+            let since = state
+                .conditions
+                .get(key)
+                .map_or_else(Instant::now, |c| c.since);
+            state.conditions.insert(
+                key.to_string(),
+                Condition {
+                    reason: reason.to_string(),
+                    since,
+                    immediate,
+                },
+            );
+        });
+    }
+
+    pub fn clear(&self, key: &str) {
+        self.update(|state| {
+            state.conditions.remove(key);
         });
     }
 }
@@ -129,31 +144,38 @@ pub fn report(unhealthy_after: Duration) -> (bool, Value) {
     let mut healthy = true;
     let mut body = serde_json::Map::new();
     for (id, cell) in components.iter() {
-        let (state, last_progress) = cell.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let last_progress = last_progress.map(|t| t.elapsed().as_secs());
-        let entry = match &state {
-            State::Ok => json!({ "status": "ok" }),
-            State::Failing { reason, since } => {
-                let unhealthy = since.elapsed() >= unhealthy_after;
-                healthy &= !unhealthy;
-                json!({
-                    "status": if unhealthy { "unhealthy" } else { "degraded" },
-                    "reason": reason,
-                    "failing_for_secs": since.elapsed().as_secs(),
-                    "last_progress_secs_ago": last_progress,
-                })
-            }
-            State::Stuck { reason, since } => {
-                healthy = false;
-                json!({
-                    "status": "unhealthy",
-                    "reason": reason,
-                    "failing_for_secs": since.elapsed().as_secs(),
-                    "last_progress_secs_ago": last_progress,
-                })
-            }
-        };
-        body.insert(id.clone(), entry);
+        let state = cell.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if state.is_ok() {
+            body.insert(id.clone(), json!({ "status": "ok" }));
+            continue;
+        }
+        // The oldest problem speaks for the component.
+        let worst = state
+            .failing
+            .iter()
+            .chain(state.conditions.values())
+            .min_by_key(|c| c.since)
+            .cloned()
+            .unwrap_or_else(|| Condition {
+                reason: String::new(),
+                since: Instant::now(),
+                immediate: false,
+            });
+        let unhealthy = state
+            .failing
+            .iter()
+            .chain(state.conditions.values())
+            .any(|c| c.immediate || c.since.elapsed() >= unhealthy_after);
+        healthy &= !unhealthy;
+        body.insert(
+            id.clone(),
+            json!({
+                "status": if unhealthy { "unhealthy" } else { "degraded" },
+                "reason": worst.reason,
+                "failing_for_secs": worst.since.elapsed().as_secs(),
+                "problems": state.conditions.len() + usize::from(state.failing.is_some()),
+            }),
+        );
     }
     let status = if healthy { "ok" } else { "unhealthy" };
     (healthy, json!({ "status": status, "components": body }))
@@ -175,7 +197,7 @@ mod tests {
     }
 
     #[test]
-    fn failures_pass_with_progress_and_stuck_conditions_do_not() {
+    fn failures_pass_with_progress_and_conditions_only_when_cleared() {
         let id = "health-test-component";
         let c = component(id);
         assert_eq!(status(id, Duration::ZERO).1, "ok");
@@ -184,10 +206,17 @@ mod tests {
         assert_eq!(status(id, Duration::ZERO).1, "unhealthy");
         c.progressed();
         assert_eq!(status(id, Duration::ZERO).1, "ok");
-        c.stuck("held back");
+        c.condition("w", "held back", true);
         c.progressed();
         assert_eq!(status(id, Duration::from_secs(60)).1, "unhealthy");
-        c.clear_stuck();
+        c.condition("x", "retrying", false);
+        c.clear("w");
+        assert_eq!(status(id, Duration::from_secs(60)).1, "degraded");
+        c.clear("x");
         assert_eq!(status(id, Duration::ZERO).1, "ok");
+        c.failing_now("healthcheck failed");
+        assert_eq!(status(id, Duration::from_secs(60)).1, "unhealthy");
+        c.progressed();
+        assert_eq!(status(id, Duration::from_secs(60)).1, "ok");
     }
 }

@@ -450,7 +450,10 @@ async fn local_lake_exactly_once_and_in_progress_files_never_match() {
         tokio::task::spawn_blocking(move || {
             let mut sealed: HashMap<String, u64> = HashMap::new();
             let mut in_progress = HashSet::new();
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            // One last look after `done`: files that appeared just before
+            // it are seen too.
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
                 for (path, len) in files_under(&root) {
                     let in_fs = path.strip_prefix("local/");
                     let visible = in_fs.is_some_and(|p| whole.is_match(p));
@@ -461,6 +464,9 @@ async fn local_lake_exactly_once_and_in_progress_files_never_match() {
                         assert!(!whole.is_match(&path), "in-progress {path} matches");
                         in_progress.insert(path);
                     }
+                }
+                if finished {
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -716,8 +722,19 @@ async fn chaos(commit: &str) {
         files.keys().any(|n| n.contains("-part-0001")),
         "size rolls happened"
     );
+    // A stall is counted when it ends, 5 s after it began.
+    let faults = ["503", "429", "reset", "lost_response", "stall"];
+    let all_injected = |stats: &HashMap<&'static str, u64>| {
+        faults
+            .iter()
+            .all(|f| stats.get(f).copied().unwrap_or(0) > 0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !all_injected(&proxy.stats.lock().unwrap()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let stats = proxy.stats.lock().unwrap().clone();
-    for fault in ["503", "429", "reset", "lost_response", "stall"] {
+    for fault in faults {
         assert!(
             stats.get(fault).copied().unwrap_or(0) > 0,
             "fault {fault} was injected: {stats:?}"

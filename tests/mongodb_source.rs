@@ -181,6 +181,21 @@ async fn each_scope_delivers_exactly_its_changes() {
         .update_one(doc! { "_id": 1 }, doc! { "$set": { "total": 11 } })
         .await
         .unwrap();
+    // `updateLookup` reads the document when the event is read: wait until
+    // every agent has read the update before changing the document again,
+    // or the lookup may find the replacement or nothing.
+    for (i, _, agent) in &agents {
+        if scopes[*i].1.contains(&"shop.orders") {
+            eventually(Duration::from_secs(30), async || {
+                agent
+                    .events()
+                    .iter()
+                    .any(|e| e["operationType"] == "update")
+                    .then_some(())
+            })
+            .await;
+        }
+    }
     orders
         .replace_one(doc! { "_id": 1 }, doc! { "total": 12, "replaced": true })
         .await

@@ -13,6 +13,7 @@ pub struct SinkMetrics {
     files_sealed: Counter,
     bytes_written: Counter,
     open_files: Gauge,
+    oldest_open_file_age: Gauge,
     request_seconds: Histogram,
     retries: Counter,
     skipped: Counter,
@@ -24,6 +25,7 @@ impl SinkMetrics {
             files_sealed: tags.counter("adls_files_sealed_total"),
             bytes_written: tags.counter("adls_bytes_written_total"),
             open_files: tags.gauge("adls_open_files"),
+            oldest_open_file_age: tags.gauge("adls_oldest_open_file_age_seconds"),
             request_seconds: tags.histogram("adls_request_duration_seconds"),
             retries: tags.counter("adls_request_retries_total"),
             skipped: tags.counter("adls_replayed_events_skipped_total"),
@@ -40,6 +42,26 @@ impl SinkMetrics {
 
     pub fn open_files(&self, n: usize) {
         self.open_files.set(n as f64);
+    }
+
+    /// Seconds since the oldest open file was opened (0 with none): how
+    /// far the lake trails for readers that wait for sealed files.
+    pub fn oldest_open_file_age(&self, secs: i64) {
+        self.oldest_open_file_age.set(secs.max(0) as f64);
+    }
+
+    /// A file was opened; says when it will be sealed at the latest.
+    pub fn file_opened(&self, object: &str, window_closes_at: i64, max_age_at: i64) {
+        let at = |secs: i64| {
+            chrono::DateTime::from_timestamp(secs, 0)
+                .map_or_else(|| secs.to_string(), |t| t.to_rfc3339())
+        };
+        tracing::debug!(
+            object,
+            sealed_when_watermark_passes = %at(window_closes_at),
+            sealed_at_the_latest = %at(max_age_at),
+            "File opened; it becomes visible when sealed."
+        );
     }
 
     pub fn replayed_skipped(&self, n: u64) {
@@ -91,7 +113,11 @@ impl WriteFailed<'_> {
         }
         .emit(tags);
         // Held back until a restart: no later progress makes this pass.
-        crate::health::component(&tags.id).stuck(&message);
+        crate::health::component(&tags.id).condition(
+            &format!("rejected:{}", self.object),
+            &message,
+            true,
+        );
     }
 }
 

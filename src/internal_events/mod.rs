@@ -219,7 +219,7 @@ pub fn healthcheck_result(id: &str, result: &Result<(), String>) {
         Ok(()) => tracing::info!(component_id = %id, "Healthcheck passed."),
         Err(reason) => {
             tracing::error!(component_id = %id, "Healthcheck failed: {reason}");
-            crate::health::component(id).stuck(&format!("healthcheck failed: {reason}"));
+            crate::health::component(id).failing_now(&format!("healthcheck failed: {reason}"));
         }
     }
 }

@@ -51,6 +51,10 @@ pub struct SinkContext {
     pub key: String,
     pub globals: GlobalOptions,
     pub tags: ComponentTags,
+    /// Fires when the agent starts to stop (the sources stop reading). A
+    /// sink still drains its input to the end; this only lets it give up
+    /// work that cannot finish (writes held while storage is down).
+    pub stopping: crate::shutdown::ShutdownSignal,
 }
 
 #[async_trait]

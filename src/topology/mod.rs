@@ -76,6 +76,7 @@ impl Topology {
                 key: id.clone(),
                 globals: config.global.clone(),
                 tags: tags.clone(),
+                stopping: source_shutdown.clone(),
             };
             let (sink, healthcheck) =
                 entry

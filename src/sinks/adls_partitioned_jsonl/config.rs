@@ -559,7 +559,7 @@ impl SinkConfig for AdlsPartitionedJsonlConfig {
             async move { storage.healthcheck(false).await.map(|_| ()) }.boxed()
         };
         tracing::info!(sink = %cx.key, "Writing to {}.", storage.describe());
-        let sink = AdlsSink::new(self, layout, storage, state, cx.tags);
+        let sink = AdlsSink::new(self, layout, storage, state, cx.tags, cx.stopping);
         Ok((Box::new(sink), healthcheck))
     }
 

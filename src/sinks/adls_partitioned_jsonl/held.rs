@@ -14,9 +14,10 @@ use std::{
 
 use chrono::{DateTime, Utc};
 
-use super::{requests::Retry, storage::StorageError};
+use super::{requests::Retry, state::FileKey, storage::StorageError};
 use crate::{
     backoff::Backoff,
+    health::ComponentHealth,
     internal_events::{ComponentError, ComponentTags, Stage},
 };
 
@@ -35,15 +36,23 @@ pub(super) struct HeldWrites {
     held: Vec<(Instant, Retry)>,
     failing: HashMap<String, Failing>,
     backoff: Backoff,
+    /// Each held object is a health condition until it is written.
+    health: ComponentHealth,
 }
 
 impl HeldWrites {
-    pub fn new(backoff: Backoff) -> Self {
+    pub fn new(backoff: Backoff, health: ComponentHealth) -> Self {
         Self {
             held: Vec::new(),
             failing: HashMap::new(),
             backoff,
+            health,
         }
+    }
+
+    /// Whether a write of window `key`'s file is held.
+    pub fn holds(&self, key: &FileKey) -> bool {
+        self.held.iter().any(|(_, r)| r.key() == Some(key))
     }
 
     pub fn len(&self) -> usize {
@@ -65,6 +74,11 @@ impl HeldWrites {
         let delay = self.backoff.delay(failing.attempts.saturating_sub(1));
         if now.duration_since(failing.last_report) >= REPORT_EVERY {
             failing.last_report = now;
+            self.health.condition(
+                &held_key(&object),
+                &format!("a write to {object} is held back while storage fails: {error}"),
+                false,
+            );
             ComponentError {
                 error_type: "write_held_back",
                 stage: Stage::Sending,
@@ -99,6 +113,7 @@ impl HeldWrites {
     /// A write of `object` succeeded: if it had been held, says so.
     pub fn succeeded(&mut self, object: &str) {
         if let Some(failing) = self.failing.remove(object) {
+            self.health.clear(&held_key(object));
             tracing::info!(
                 object,
                 held_since = %failing.since.format("%Y-%m-%dT%H:%M:%SZ"),
@@ -111,7 +126,14 @@ impl HeldWrites {
     /// At stop: every held write, given up (its events are replayed after
     /// the restart).
     pub fn give_up(&mut self) -> Vec<Retry> {
+        for object in self.failing.keys() {
+            self.health.clear(&held_key(object));
+        }
         self.failing.clear();
         self.held.drain(..).map(|(_, r)| r).collect()
     }
+}
+
+fn held_key(object: &str) -> String {
+    format!("held:{object}")
 }

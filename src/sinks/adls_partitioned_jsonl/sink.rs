@@ -31,10 +31,12 @@ use crate::{
     backoff::Backoff,
     codecs::json::ExtendedJsonMode,
     event::{Event, EventFinalizers, EventStatus, LogEvent},
+    health::ComponentHealth,
     internal_events::{
         adls::{EncodeFailed, SinkMetrics, WriteFailed},
         ComponentError, ComponentTags, EventsSent, Stage,
     },
+    shutdown::ShutdownSignal,
     sinks::StreamSink,
 };
 
@@ -58,9 +60,14 @@ pub struct AdlsSink {
     metrics: SinkMetrics,
     block_ids: BlockIds,
     held: HeldWrites,
+    health: ComponentHealth,
+    /// Fires when the agent stops: held writes are given up then.
+    stopping: ShutdownSignal,
     watermarks: Watermarks,
     /// Write partial batches at the next opportunity (a source went idle).
     flush_partial: bool,
+    /// When the open-file gauges were last set.
+    gauges_at: Instant,
 }
 
 impl AdlsSink {
@@ -72,8 +79,10 @@ impl AdlsSink {
         storage: Arc<dyn Storage>,
         state: SinkState,
         tags: ComponentTags,
+        stopping: ShutdownSignal,
     ) -> Self {
         let metrics = SinkMetrics::register(&tags);
+        let health = crate::health::component(&tags.id);
         let request = &config.request;
         let storage = RetryingStorage {
             storage,
@@ -104,12 +113,18 @@ impl AdlsSink {
             metrics,
             tags,
             block_ids: BlockIds::new(),
-            held: HeldWrites::new(Backoff::new(
-                Duration::from_secs_f64(request.retry_initial_backoff_secs),
-                Duration::from_secs_f64(request.retry_max_backoff_secs),
-            )),
+            held: HeldWrites::new(
+                Backoff::new(
+                    Duration::from_secs_f64(request.retry_initial_backoff_secs),
+                    Duration::from_secs_f64(request.retry_max_backoff_secs),
+                ),
+                health.clone(),
+            ),
+            health,
+            stopping,
             watermarks: Watermarks::default(),
             flush_partial: false,
+            gauges_at: Instant::now(),
         }
     }
 }
@@ -153,6 +168,7 @@ impl StreamSink for AdlsSink {
         let mut inflight: FuturesUnordered<WriteRequest> = FuturesUnordered::new();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stopping = self.stopping.clone();
         loop {
             // Held writes count against concurrency: while storage is down
             // intake stops once that many are held.
@@ -173,6 +189,10 @@ impl StreamSink for AdlsSink {
                     None => input_done = true,
                 },
                 _ = tick.tick() => {}
+                // Storage still down as the agent stops: held writes would
+                // keep intake shut, so the input could never end. Given up,
+                // their events are replayed after the restart.
+                _ = stopping.cancelled(), if self.held.len() > 0 => self.give_up_held(),
             }
             if input_done && inflight.is_empty() && self.held.len() > 0 {
                 self.give_up_held();
@@ -276,11 +296,18 @@ impl AdlsSink {
         {
             inflight.push(retry.into_request(self.storage.clone()));
         }
+        if self.gauges_at.elapsed() >= Duration::from_secs(1) {
+            self.gauges_at = Instant::now();
+            let oldest = self.state.open_files().map(|f| f.opened_at).min();
+            self.metrics
+                .oldest_open_file_age(oldest.map_or(0, |opened| now.wall - opened));
+        }
         let due = roll::due(&self.roll, &self.batcher, &self.state, &now);
+        // A window whose write is held does not keep partial flushing on.
         let busy_with_batch = self
             .batcher
             .iter()
-            .any(|(_, f)| f.busy && f.batch.is_some());
+            .any(|(k, f)| f.busy && f.batch.is_some() && !self.held.holds(k));
         let all_flushed = !busy_with_batch
             && due.flushes.len() <= self.concurrency.saturating_sub(inflight.len());
         for key in due.flushes {
@@ -393,8 +420,13 @@ impl AdlsSink {
                 Ok(()) => self.on_file_sealed(key, &lost)?,
                 Err(e) => self.on_seal_failed(key, &e),
             },
-            WriteOutcome::WriteFailed { request, error } if error.retriable => {
+            WriteOutcome::WriteFailed { request, error }
+                if error.retriable && !self.stopping.is_cancelled() =>
+            {
                 self.held.hold(request, &error, &self.tags)
+            }
+            WriteOutcome::WriteFailed { request, error } if error.retriable => {
+                self.give_up(request)
             }
             WriteOutcome::WriteFailed { request, error } => self.on_write_rejected(request, &error),
             WriteOutcome::EventPut {
@@ -433,6 +465,13 @@ impl AdlsSink {
                 return Err(());
             }
         };
+        if file.blocks.len() == 1 {
+            self.metrics.file_opened(
+                &file.object,
+                file.key.window_start + self.roll.window_secs + self.roll.grace_secs,
+                file.opened_at + self.roll.max_age_secs,
+            );
+        }
         let roll = self.roll.full(file);
         // Only `every_batch` commits now; `on_seal` lists the ids once, at
         // the seal.
@@ -468,6 +507,7 @@ impl AdlsSink {
             }
         };
         if let Some(file) = file {
+            self.health.clear(&format!("seal:{}", file.object));
             if lost.is_empty() {
                 self.metrics
                     .file_sealed(&file.object, file.events, file.bytes);
@@ -483,6 +523,11 @@ impl AdlsSink {
     }
 
     fn on_seal_failed(&mut self, key: FileKey, error: &StorageError) {
+        let object = self
+            .state
+            .open_file(&key)
+            .map(|f| f.object.clone())
+            .unwrap_or_default();
         let activity = self.batcher.activity(key);
         activity.busy = false;
         activity.seal_retry_at = Some(Instant::now() + SEAL_RETRY);
@@ -493,8 +538,10 @@ impl AdlsSink {
         self.error("seal_failed", &message);
         if !error.retriable {
             // Retrying cannot fix it (another writer's file under this
-            // name, say): unhealthy however the other files fare.
-            crate::health::component(&self.tags.id).stuck(&message);
+            // name, say): unhealthy however the other files fare, until it
+            // is sealed after all (the file was moved away).
+            self.health
+                .condition(&format!("seal:{}", object), &message, true);
         }
     }
 
@@ -517,9 +564,13 @@ impl AdlsSink {
     /// events left unacknowledged for the next start to replay.
     fn give_up_held(&mut self) {
         for request in self.held.give_up() {
-            self.poison(request.key().cloned());
-            finalize_all(request.into_finalizers(), EventStatus::Errored);
+            self.give_up(request);
         }
+    }
+
+    fn give_up(&mut self, request: Retry) {
+        self.poison(request.key().cloned());
+        finalize_all(request.into_finalizers(), EventStatus::Errored);
     }
 
     /// Fails the window's pending and later events.

@@ -89,6 +89,7 @@ async fn run_paced(
             ..Default::default()
         },
         tags: ComponentTags::new("lake", "sink", "adls_partitioned_jsonl"),
+        stopping: crate::shutdown::ShutdownSignal::new(),
     };
     let (sink, healthcheck) = config.build(cx).await.unwrap();
     healthcheck.await.unwrap();

@@ -106,6 +106,13 @@ impl ChangeStreamSource {
         options
             .server_selection_timeout
             .get_or_insert(super::errors::SERVER_SELECTION_TIMEOUT);
+        let hosts: Vec<String> = options.hosts.iter().map(ToString::to_string).collect();
+        tracing::info!(
+            source = %cx.key,
+            hosts = %hosts.join(","),
+            scope = %describe_scope(&config.scope()?),
+            "Watching MongoDB."
+        );
         let client = Client::with_options(options).map_err(|e| redact::error(&e))?;
         let dir = cx
             .globals
@@ -157,7 +164,12 @@ impl ChangeStreamSource {
                     }
                     _ => {}
                 }
-                tracing::info!(source = %self.cx.key, "Resuming after checkpoint {}.", c.resume_token);
+                tracing::info!(
+                    source = %self.cx.key,
+                    cluster_time = %cluster_time_of(&c.resume_token),
+                    "Resuming after checkpoint {}.",
+                    c.resume_token
+                );
                 return Ok(Some((
                     OpenAt::After(c.resume_token.clone()),
                     Some(c.resume_token),
@@ -166,8 +178,22 @@ impl ChangeStreamSource {
             }
         }
         if self.config.snapshot != SnapshotMode::Off {
+            tracing::info!(source = %self.cx.key, "No checkpoint: copying the collections first (snapshot), then streaming from before the copy.");
             return Ok(Some((OpenAt::Snapshot, None, None)));
         }
+        tracing::info!(
+            source = %self.cx.key,
+            start_at = %self.config.start_at,
+            "{}",
+            match &self.start {
+                StartAt::Time(t) => format!("Starting at {} (start_at).", rfc3339(t.time)),
+                StartAt::Token(t) => format!(
+                    "Starting after resume token {t} (start_at), cluster time {}.",
+                    cluster_time_of(t)
+                ),
+                _ => "Starting from now: changes before this moment are not read.".into(),
+            }
+        );
         Ok(Some(match &self.start {
             StartAt::CheckpointOrNow | StartAt::Now => (OpenAt::Now, None, None),
             StartAt::Time(t) => (OpenAt::Time(*t), None, None),
@@ -530,4 +556,25 @@ fn event_time(raw: &RawDocumentBuf) -> Option<DateTime<Utc>> {
         return DateTime::from_timestamp(i64::from(t.time), 0);
     }
     raw.get_datetime("wallTime").ok().map(|d| d.to_chrono())
+}
+
+/// What the stream watches, for logs.
+fn describe_scope(scope: &Scope) -> String {
+    match scope {
+        Scope::Deployment => "the whole deployment".into(),
+        Scope::Database(db) => format!("database {db}"),
+        Scope::Collection(db, coll) => format!("collection {db}.{coll}"),
+        Scope::Collections(db, colls) => format!("collections {} of {db}", colls.join(", ")),
+    }
+}
+
+/// A resume token's cluster time as RFC 3339, or `unknown`.
+fn cluster_time_of(token: &str) -> String {
+    super::checkpoint::token_cluster_time(token)
+        .map_or_else(|| "unknown".into(), |t| rfc3339(t.time))
+}
+
+fn rfc3339(secs: u32) -> String {
+    DateTime::<Utc>::from_timestamp(i64::from(secs), 0)
+        .map_or_else(|| secs.to_string(), |t| t.to_rfc3339())
 }
