@@ -276,6 +276,15 @@ fn a_second_agent_on_one_data_dir_is_refused() {
             && stderr.contains(&format!("pid {}", first.id())),
         "{stderr}"
     );
+    // Running (its signal handlers are installed once events flow).
+    let checkpoint = dir.path().join("data/demo/checkpoint.json");
+    while !checkpoint.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the first agent never checkpointed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     sigterm(first.id());
     assert_eq!(first.wait().unwrap().code(), Some(0));
     // kill -9 leaves no stale lock either.

@@ -2,7 +2,8 @@
 //! Lines in ADLS Gen2 (or a local `file://` lake), every event exactly once,
 //! and by default no file visible before it is complete.
 //!
-//! - `config.rs`: the user-facing options and their checks, `build`.
+//! - `config.rs`: the user-facing options and `build`.
+//! - `validate.rs`: every check of the options at load.
 //! - `layout.rs`: object names (templates, part suffix, per-event names).
 //! - `partition.rs`: path templates, time windows, safe namespace segments.
 //! - `encode.rs`: one change event to one JSON line; compression.
@@ -31,6 +32,7 @@ mod roll;
 mod sink;
 pub mod state;
 pub mod storage;
+mod validate;
 
 pub use config::AdlsPartitionedJsonlConfig;
 

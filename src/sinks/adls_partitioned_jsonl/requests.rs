@@ -256,6 +256,28 @@ impl RetryingStorage {
     }
 }
 
+/// Block ids: a random run id and a sequence number, so ids from a crashed
+/// run are never reused. Fixed length: Azure requires equal-length ids
+/// within a blob.
+pub(super) struct BlockIds {
+    run_id: String,
+    seq: u64,
+}
+
+impl BlockIds {
+    pub fn new() -> Self {
+        Self {
+            run_id: uuid::Uuid::new_v4().simple().to_string(),
+            seq: 0,
+        }
+    }
+
+    pub fn next(&mut self) -> String {
+        self.seq += 1;
+        format!("{}{:08x}", self.run_id, self.seq)
+    }
+}
+
 /// A batch on its way to becoming a staged block.
 pub(super) struct BlockWrite {
     pub staged: StagedBlock,

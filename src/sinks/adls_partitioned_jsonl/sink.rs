@@ -22,7 +22,7 @@ use super::{
     layout::Layout,
     per_event,
     recovery::{self, report_lost},
-    requests::{self, BlockWrite, Retry, RetryingStorage, WriteOutcome, WriteRequest},
+    requests::{self, BlockIds, BlockWrite, Retry, RetryingStorage, WriteOutcome, WriteRequest},
     roll::{self, Now, RollPolicy, Watermarks},
     state::{Block, FileKey, SinkState, StagedBlock},
     storage::{RetryPolicy, Storage, StorageError},
@@ -126,28 +126,6 @@ impl AdlsSink {
             flush_partial: false,
             gauges_at: Instant::now(),
         }
-    }
-}
-
-/// Block ids: a random run id and a sequence number, so ids from a crashed
-/// run are never reused. Fixed length: Azure requires equal-length ids
-/// within a blob.
-struct BlockIds {
-    run_id: String,
-    seq: u64,
-}
-
-impl BlockIds {
-    fn new() -> Self {
-        Self {
-            run_id: uuid::Uuid::new_v4().simple().to_string(),
-            seq: 0,
-        }
-    }
-
-    fn next(&mut self) -> String {
-        self.seq += 1;
-        format!("{}{:08x}", self.run_id, self.seq)
     }
 }
 
