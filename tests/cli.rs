@@ -13,6 +13,17 @@ fn bin() -> Command {
     support::mongo_adls()
 }
 
+/// The agent on `config` with its output discarded.
+fn spawn_quiet(config: &Path) -> std::process::Child {
+    bin()
+        .arg("-c")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -211,13 +222,7 @@ fn metrics_endpoint_shows_tagged_component_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let port = support::free_port();
     let config = demo_config(dir.path(), &format!("api.address = \"127.0.0.1:{port}\""));
-    let child = bin()
-        .arg("-c")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn_quiet(&config);
 
     let get = |path: &str| support::http_get(port, path);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -252,13 +257,7 @@ fn metrics_endpoint_shows_tagged_component_metrics() {
 fn a_second_agent_on_one_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let config = demo_config(dir.path(), "");
-    let mut first = bin()
-        .arg("-c")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = spawn_quiet(&config);
     let lock = dir.path().join("data/.lock");
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::fs::read_to_string(&lock).unwrap_or_default().trim() != first.id().to_string() {
@@ -288,23 +287,11 @@ fn a_second_agent_on_one_data_dir_is_refused() {
     sigterm(first.id());
     assert_eq!(first.wait().unwrap().code(), Some(0));
     // kill -9 leaves no stale lock either.
-    let mut third = bin()
-        .arg("-c")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut third = spawn_quiet(&config);
     std::thread::sleep(Duration::from_millis(500));
     third.kill().unwrap();
     third.wait().unwrap();
-    let mut fourth = bin()
-        .arg("-c")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut fourth = spawn_quiet(&config);
     std::thread::sleep(Duration::from_millis(1000));
     assert!(
         fourth.try_wait().unwrap().is_none(),
@@ -399,13 +386,7 @@ fn two_agents_on_one_file_lake_never_corrupt_a_file() {
                     root = dir.path().display()
                 ),
             );
-            bin()
-                .arg("-c")
-                .arg(&config)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
+            spawn_quiet(&config)
         })
         .collect();
     std::thread::sleep(Duration::from_secs(5));
