@@ -191,6 +191,8 @@ impl ChangeStreamSource {
             None
         };
         let mut last_key: Option<String> = None;
+        let of = run.progress.collections.len();
+        let mut progress = self.copy_progress((index, of), &ns).await;
         loop {
             self.take_record_acks(run)?;
             let Some(docs) = self.next_chunk(run, &ns, after.as_ref()).await? else {
@@ -198,6 +200,7 @@ impl ChangeStreamSource {
             };
             let Some(last_doc) = docs.last() else { break };
             after = document_id(last_doc);
+            progress.read(docs.len() as u64);
             let records = self
                 .chunk_records(&ns, run.prefix(), run.t0, docs, &mut last_key)
                 .await?;
@@ -205,7 +208,36 @@ impl ChangeStreamSource {
                 self.send_record(run, index, record, id).await?;
             }
         }
+        progress.done();
         ControlFlow::Continue(())
+    }
+
+    /// Logs the start of collection `index` with MongoDB's estimate of its
+    /// size, so the progress lines have a total to compare against.
+    async fn copy_progress(&self, (index, of): (usize, usize), ns: &str) -> CopyProgress {
+        let (db, coll) = split_namespace(ns);
+        let estimate = self
+            .client
+            .database(db)
+            .collection::<bson::Document>(coll)
+            .estimated_document_count()
+            .await
+            .ok();
+        tracing::info!(
+            source = %self.cx.key,
+            collection = ns,
+            estimated_documents = estimate,
+            "Snapshot: copying collection {} of {}.",
+            index + 1,
+            of
+        );
+        CopyProgress {
+            source: self.cx.key.clone(),
+            ns: ns.to_string(),
+            estimate,
+            read: 0,
+            logged_at: std::time::Instant::now(),
+        }
     }
 
     /// Takes in the acknowledgements that are ready and saves progress
@@ -467,5 +499,40 @@ impl ChangeStreamSource {
         self.save_progress(run);
         tracing::info!(source = %self.cx.key, "Snapshot paused; it continues from the last delivered document on the next start.");
         SnapshotEnd::Stopped
+    }
+}
+
+/// Progress of one collection's copy, logged every few seconds.
+struct CopyProgress {
+    source: String,
+    ns: String,
+    estimate: Option<u64>,
+    read: u64,
+    logged_at: std::time::Instant,
+}
+
+impl CopyProgress {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn read(&mut self, documents: u64) {
+        self.read += documents;
+        if self.logged_at.elapsed() >= Self::EVERY {
+            self.logged_at = std::time::Instant::now();
+            let percent = self
+                .estimate
+                .filter(|e| *e > 0)
+                .map(|e| {
+                    format!(
+                        " ({:.0}% of about {e})",
+                        100.0 * self.read as f64 / e as f64
+                    )
+                })
+                .unwrap_or_default();
+            tracing::info!(source = %self.source, collection = %self.ns, "Snapshot: {} documents read{percent}.", self.read);
+        }
+    }
+
+    fn done(&self) {
+        tracing::info!(source = %self.source, collection = %self.ns, documents = self.read, "Snapshot: collection copied.");
     }
 }

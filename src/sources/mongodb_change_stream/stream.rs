@@ -178,7 +178,7 @@ impl ChangeStreamSource {
             }
         }
         if self.config.snapshot != SnapshotMode::Off {
-            tracing::info!(source = %self.cx.key, "No checkpoint: copying the collections first (snapshot), then streaming from before the copy.");
+            tracing::info!(source = %self.cx.key, "No checkpoint: copying the watched collections first (snapshot = {:?}).", self.config.snapshot);
             return Ok(Some((OpenAt::Snapshot, None, None)));
         }
         tracing::info!(
