@@ -59,6 +59,9 @@ pub struct ComponentHealth(Arc<Cell>);
 /// every component from its start).
 pub fn component(id: &str) -> ComponentHealth {
     let mut components = COMPONENTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(cell) = components.get(id) {
+        return ComponentHealth(Arc::clone(cell));
+    }
     let cell = components.entry(id.to_string()).or_insert_with(|| {
         Arc::new(Cell {
             state: Mutex::new(State::default()),

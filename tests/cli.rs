@@ -13,6 +13,21 @@ fn bin() -> Command {
     support::mongo_adls()
 }
 
+/// `validate --no-environment` accepts `config`.
+fn assert_valid(config: &Path) {
+    let out = bin()
+        .args(["validate", "--no-environment", "-c"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        config.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The agent on `config` with its output discarded.
 fn spawn_quiet(config: &Path) -> std::process::Child {
     bin()
@@ -106,17 +121,7 @@ fn every_example_config_validates() {
     {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let out = bin()
-                .args(["validate", "--no-environment", "-c"])
-                .arg(&path)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}: {}",
-                path.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert_valid(&path);
             checked += 1;
         }
     }
@@ -356,16 +361,7 @@ fn two_sinks_on_one_lake_path_are_refused() {
             sink("b", "lake", "y/")
         ),
     );
-    let out = bin()
-        .args(["validate", "--no-environment", "-c"])
-        .arg(&apart)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_valid(&apart);
 }
 
 /// Two agents with their own data_dirs pointed at one `file://` lake path

@@ -230,7 +230,7 @@ fn option_lines(
     option: &Value,
     definitions: &Map<String, Value>,
 ) {
-    let resolved = resolve(non_null(option, definitions), definitions);
+    let resolved = resolve(non_null(option), definitions);
     let description = option["description"]
         .as_str()
         .or_else(|| resolved["description"].as_str())
@@ -269,8 +269,7 @@ fn option_lines(
 }
 
 /// The non-null branch of an `Option<T>` schema.
-fn non_null<'a>(option: &'a Value, definitions: &Map<String, Value>) -> &'a Value {
-    let _ = definitions;
+fn non_null(option: &Value) -> &Value {
     option["anyOf"]
         .as_array()
         .and_then(|branches| branches.iter().find(|b| b["type"] != "null"))

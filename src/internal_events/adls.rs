@@ -52,10 +52,7 @@ impl SinkMetrics {
 
     /// A file was opened; says when it will be sealed at the latest.
     pub fn file_opened(&self, object: &str, window_closes_at: i64, max_age_at: i64) {
-        let at = |secs: i64| {
-            chrono::DateTime::from_timestamp(secs, 0)
-                .map_or_else(|| secs.to_string(), |t| t.to_rfc3339())
-        };
+        let at = super::rfc3339;
         tracing::debug!(
             object,
             sealed_when_watermark_passes = %at(window_closes_at),
@@ -83,12 +80,12 @@ impl SinkMetrics {
     }
 }
 
-/// A write that failed for good: its events are reported as not delivered.
+/// A write storage refused for good (403, 404): its events are reported
+/// as not delivered.
 pub struct WriteFailed<'a> {
     pub object: &'a str,
     pub events: usize,
     pub error: &'a str,
-    pub permanent: bool,
 }
 
 impl WriteFailed<'_> {
@@ -103,21 +100,14 @@ impl WriteFailed<'_> {
             self.events, self.object, self.error
         );
         ComponentError {
-            error_type: if self.permanent {
-                "request_rejected"
-            } else {
-                "request_failed"
-            },
+            error_type: "request_rejected",
             stage: Stage::Sending,
             message: &message,
         }
         .emit(tags);
         // Held back until a restart: no later progress makes this pass.
-        crate::health::component(&tags.id).condition(
-            &format!("rejected:{}", self.object),
-            &message,
-            true,
-        );
+        tags.health
+            .condition(&format!("rejected:{}", self.object), &message, true);
     }
 }
 

@@ -28,16 +28,17 @@ pub struct ComponentTags {
     pub id: String,
     pub kind: &'static str,
     pub component_type: String,
+    /// The component's `/health` entry (listed from its start).
+    pub health: ComponentHealth,
 }
 
 impl ComponentTags {
     pub fn new(id: &str, kind: &'static str, component_type: &str) -> Self {
-        // Listed in `/health` from its start.
-        crate::health::component(id);
         Self {
             id: id.to_string(),
             kind,
             component_type: component_type.to_string(),
+            health: crate::health::component(id),
         }
     }
 
@@ -103,7 +104,7 @@ impl EventsSent {
         Self {
             events: tags.counter("component_sent_events_total"),
             bytes: tags.counter("component_sent_event_bytes_total"),
-            health: crate::health::component(&tags.id),
+            health: tags.health.clone(),
         }
     }
 
@@ -159,7 +160,7 @@ impl ComponentError<'_> {
         )
         .increment(1);
         if !NOT_A_HEALTH_PROBLEM.contains(&self.error_type) {
-            crate::health::component(&tags.id).failing(self.message);
+            tags.health.failing(self.message);
         }
     }
 }
@@ -222,4 +223,9 @@ pub fn healthcheck_result(id: &str, result: &Result<(), String>) {
             crate::health::component(id).failing_now(&format!("healthcheck failed: {reason}"));
         }
     }
+}
+
+/// Seconds since the epoch as RFC 3339 (UTC), for log lines.
+pub fn rfc3339(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0).map_or_else(|| secs.to_string(), |t| t.to_rfc3339())
 }

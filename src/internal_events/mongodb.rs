@@ -16,7 +16,7 @@ impl StreamProgress {
         Self {
             lag: tags.gauge("mongodb_change_stream_lag_seconds"),
             checkpoint_age: tags.gauge("checkpoint_age_seconds"),
-            health: crate::health::component(&tags.id),
+            health: tags.health.clone(),
         }
     }
 

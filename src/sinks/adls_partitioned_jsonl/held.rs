@@ -52,7 +52,7 @@ impl HeldWrites {
 
     /// Whether a write of window `key`'s file is held.
     pub fn holds(&self, key: &FileKey) -> bool {
-        self.held.iter().any(|(_, r)| r.key() == Some(key))
+        !self.held.is_empty() && self.held.iter().any(|(_, r)| r.key() == Some(key))
     }
 
     pub fn len(&self) -> usize {
@@ -85,7 +85,7 @@ impl HeldWrites {
                 message: &format!(
                     "Writing {} events to {object} has failed since {} ({} rounds of retries): {error}. They are held back, unacknowledged (the source's checkpoint holds), and written again every {:.0}s at most until storage answers; later events of this window wait.",
                     failing.events,
-                    failing.since.format("%Y-%m-%dT%H:%M:%SZ"),
+                    failing.since.to_rfc3339(),
                     failing.attempts,
                     self.backoff.max.as_secs_f64(),
                 ),
@@ -112,11 +112,14 @@ impl HeldWrites {
 
     /// A write of `object` succeeded: if it had been held, says so.
     pub fn succeeded(&mut self, object: &str) {
+        if self.failing.is_empty() {
+            return;
+        }
         if let Some(failing) = self.failing.remove(object) {
             self.health.clear(&held_key(object));
             tracing::info!(
                 object,
-                held_since = %failing.since.format("%Y-%m-%dT%H:%M:%SZ"),
+                held_since = %failing.since.to_rfc3339(),
                 rounds = failing.attempts,
                 "Storage answers again; the held-back write went through."
             );

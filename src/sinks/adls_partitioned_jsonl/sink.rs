@@ -82,14 +82,18 @@ impl AdlsSink {
         stopping: ShutdownSignal,
     ) -> Self {
         let metrics = SinkMetrics::register(&tags);
-        let health = crate::health::component(&tags.id);
+        let health = tags.health.clone();
         let request = &config.request;
+        // One backoff for a request's retries and for held writes.
+        let backoff = Backoff::new(
+            Duration::from_secs_f64(request.retry_initial_backoff_secs),
+            Duration::from_secs_f64(request.retry_max_backoff_secs),
+        );
         let storage = RetryingStorage {
             storage,
             retry: RetryPolicy {
                 attempts: request.retry_attempts,
-                initial_backoff: Duration::from_secs_f64(request.retry_initial_backoff_secs),
-                max_backoff: Duration::from_secs_f64(request.retry_max_backoff_secs),
+                backoff,
                 timeout: Duration::from_secs_f64(request.timeout_secs),
             },
             metrics: metrics.clone(),
@@ -113,13 +117,7 @@ impl AdlsSink {
             metrics,
             tags,
             block_ids: BlockIds::new(),
-            held: HeldWrites::new(
-                Backoff::new(
-                    Duration::from_secs_f64(request.retry_initial_backoff_secs),
-                    Duration::from_secs_f64(request.retry_max_backoff_secs),
-                ),
-                health.clone(),
-            ),
+            held: HeldWrites::new(backoff, health.clone()),
             health,
             stopping,
             watermarks: Watermarks::default(),
@@ -531,7 +529,6 @@ impl AdlsSink {
             object: request.object(),
             events: request.events(),
             error: &error.message,
-            permanent: !error.retriable,
         }
         .emit(&self.tags);
         self.poison(request.key().cloned());

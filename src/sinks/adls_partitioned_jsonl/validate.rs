@@ -3,14 +3,12 @@
 //! destination and credentials, numbers in range, and (in `layout.rs`) the
 //! templates, time zone and windows. Each error names its option.
 
-use base64::Engine as _;
-
 use super::{
     config::{AdlsPartitionedJsonlConfig, AuthConfig},
     layout::Layout,
     storage::{azure::service_url, local::LocalStorage},
 };
-use crate::config::OptionError;
+use crate::{config::OptionError, sinks::azure_common::shared_key::SharedKeyPolicy};
 
 impl AuthConfig {
     /// The credential kinds chosen, by option name.
@@ -53,12 +51,9 @@ impl AuthConfig {
                 errors.push(OptionError::new("auth.sas_token", "is empty"));
             }
             "shared_key" => {
-                let key = self.shared_key.as_deref().unwrap_or_default().trim();
-                if key.is_empty()
-                    || base64::engine::general_purpose::STANDARD
-                        .decode(key)
-                        .is_err()
-                {
+                let key = self.shared_key.as_deref().unwrap_or_default();
+                // The same decoding the signing policy does at start.
+                if key.trim().is_empty() || SharedKeyPolicy::new("account", key).is_err() {
                     errors.push(OptionError::new(
                         "auth.shared_key",
                         "is not a base64 account key (copy key1 or key2 of the storage account)",

@@ -20,7 +20,9 @@ pub async fn healthcheck(config: &MongoDbChangeStreamConfig) -> Result<Option<St
     let mut options = ClientOptions::parse(&config.uri)
         .await
         .map_err(|e| format!("`uri`: {}", redact::error(&e)))?;
-    options.server_selection_timeout = Some(SERVER_SELECTION_TIMEOUT);
+    options
+        .server_selection_timeout
+        .get_or_insert(SERVER_SELECTION_TIMEOUT);
     options.connect_timeout = Some(SERVER_SELECTION_TIMEOUT);
     options.app_name = Some("mongo-adls validate".into());
     let hosts: Vec<String> = options.hosts.iter().map(ToString::to_string).collect();

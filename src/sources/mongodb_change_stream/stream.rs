@@ -186,7 +186,7 @@ impl ChangeStreamSource {
             start_at = %self.config.start_at,
             "{}",
             match &self.start {
-                StartAt::Time(t) => format!("Starting at {} (start_at).", rfc3339(t.time)),
+                StartAt::Time(t) => format!("Starting at {} (start_at).", crate::internal_events::rfc3339(i64::from(t.time))),
                 StartAt::Token(t) => format!(
                     "Starting after resume token {t} (start_at), cluster time {}.",
                     cluster_time_of(t)
@@ -570,11 +570,8 @@ fn describe_scope(scope: &Scope) -> String {
 
 /// A resume token's cluster time as RFC 3339, or `unknown`.
 fn cluster_time_of(token: &str) -> String {
-    super::checkpoint::token_cluster_time(token)
-        .map_or_else(|| "unknown".into(), |t| rfc3339(t.time))
-}
-
-fn rfc3339(secs: u32) -> String {
-    DateTime::<Utc>::from_timestamp(i64::from(secs), 0)
-        .map_or_else(|| secs.to_string(), |t| t.to_rfc3339())
+    super::checkpoint::token_cluster_time(token).map_or_else(
+        || "unknown".into(),
+        |t| crate::internal_events::rfc3339(i64::from(t.time)),
+    )
 }

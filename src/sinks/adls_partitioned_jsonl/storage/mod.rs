@@ -118,8 +118,7 @@ pub trait Storage: Send + Sync {
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
     pub attempts: u32,
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
+    pub backoff: Backoff,
     pub timeout: Duration,
 }
 
@@ -147,8 +146,7 @@ where
         match result {
             Ok(v) => return Ok(v),
             Err(e) if e.retriable && attempt < policy.attempts => {
-                let backoff =
-                    Backoff::new(policy.initial_backoff, policy.max_backoff).delay(attempt);
+                let backoff = policy.backoff.delay(attempt);
                 // The server's Retry-After wins when it asks for longer.
                 let delay = e.retry_after.map_or(backoff, |ra| ra.max(backoff));
                 on_retry(&e, delay);
@@ -173,8 +171,7 @@ mod tests {
     fn policy(attempts: u32) -> RetryPolicy {
         RetryPolicy {
             attempts,
-            initial_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(5),
+            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(5)),
             timeout: Duration::from_millis(200),
         }
     }
