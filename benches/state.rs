@@ -25,6 +25,7 @@ fn staged(key: &FileKey, object: &str, block: Block) -> StagedBlock {
         block,
         first: Some(Position(TOKEN.into())),
         high_water: Some(Position(TOKEN.into())),
+        source: Some("mongo".into()),
     }
 }
 

@@ -29,7 +29,7 @@ pub enum StateFileError {
         source: std::io::Error,
     },
     #[snafu(display(
-        "state file {} is corrupt ({source}); move it away to start from the configured start position",
+        "state file {} is corrupt ({source}); restore it from a backup. Without it the start check refuses to start and says what is lost; `--accept-data-gap` then starts anyway and logs the gap",
         path.display()
     ))]
     Corrupt {

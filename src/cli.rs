@@ -66,6 +66,13 @@ pub struct Opts {
     /// Exit when a healthcheck fails at start instead of running on.
     #[arg(long, env = "MONGO_ADLS_REQUIRE_HEALTHY")]
     require_healthy: bool,
+
+    /// Start although a checkpoint or sink state was lost (the agent
+    /// refuses with exit 78 otherwise): each loss is logged as a `DATA GAP`
+    /// line with its range, and the agent starts as the message describes.
+    /// For one start only: do not set it permanently.
+    #[arg(long)]
+    accept_data_gap: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -346,10 +353,11 @@ fn install_metrics() -> Option<PrometheusHandle> {
 }
 
 async fn run(opts: &Opts) -> i32 {
-    let config = match load(opts, true) {
+    let mut config = match load(opts, true) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    config.global.accept_data_gap = opts.accept_data_gap;
     let _lock = match config.data_dir().map(crate::lock::DataDirLock::acquire) {
         Some(Err(e)) => {
             fail(opts, &format!("Error: {e}"));

@@ -13,6 +13,7 @@ pub mod event;
 pub mod finalizer;
 pub mod health;
 pub mod internal_events;
+pub mod lineage;
 pub mod lock;
 pub mod redact;
 pub mod shutdown;

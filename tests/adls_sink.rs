@@ -1198,3 +1198,142 @@ async fn a_storage_outage_longer_than_the_retries_heals_without_a_restart() {
     assert!(text.contains("Storage answers again"), "{text}");
     drop(agent);
 }
+
+/// The `_id`s in the visible files of a `file://` lake's filesystem folder
+/// (in-progress files have dot names).
+fn local_ids(folder: &Path) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for (path, _) in files_under(folder) {
+        if path.split('/').any(|s| s.starts_with('.')) {
+            continue;
+        }
+        let text = std::fs::read_to_string(folder.join(&path)).unwrap();
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            ids.push(v["documentKey"]["_id"].as_i64().unwrap());
+        }
+    }
+    ids.sort_unstable();
+    ids
+}
+
+/// Lost state is never silent: a deleted checkpoint, a deleted sink state
+/// and a checkpoint of another pipeline each stop the agent with exit 78
+/// and a message naming what is lost, touching nothing; the message's
+/// lossless way out (`start_at`) loses nothing, and `--accept-data-gap`
+/// starts with a logged DATA GAP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_state_is_refused_unless_accepted() {
+    let mongo = Mongod::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake-root");
+    let url = format!("file://{}", root.display());
+    let folder = root.join("gap");
+    let cfg = agent_config(dir.path(), "gap", &mongo.uri(), &url, "");
+    let data = dir.path().join("data-gap");
+    let checkpoint = data.join("mongo/checkpoint.json");
+    let log = dir.path().join("gap.log");
+    let orders = mongo
+        .client()
+        .await
+        .database("shop")
+        .collection::<Document>("orders");
+    let insert = |range: std::ops::Range<i64>| {
+        let orders = orders.clone();
+        async move {
+            let docs: Vec<Document> = range.map(|i| doc! { "_id": i }).collect();
+            orders.insert_many(docs).await.unwrap();
+        }
+    };
+    let until_ids = async |n: usize| {
+        eventually(Duration::from_secs(60), async || {
+            let ids = local_ids(&folder);
+            if ids.len() < n {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            (ids.len() >= n).then_some(ids)
+        })
+        .await
+    };
+    let started = async |path: &Path| {
+        eventually(Duration::from_secs(30), async || {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            path.exists().then_some(())
+        })
+        .await
+    };
+    // Runs the agent on `config` expecting a refusal: exit 78 and its log.
+    let refused = |config: &Path, name: &str| {
+        let log = dir.path().join(format!("{name}.log"));
+        let mut agent = Agent::start_logged(config, &log);
+        assert_eq!(
+            agent.exit_within(Duration::from_secs(30)),
+            Some(78),
+            "{name}"
+        );
+        std::fs::read_to_string(&log).unwrap()
+    };
+
+    // A normal run.
+    let agent = Agent::start_logged(&cfg, &log);
+    started(&checkpoint).await;
+    insert(0..100).await;
+    until_ids(100).await;
+    assert_eq!(agent.stop(), Some(0));
+
+    // 1. The checkpoint is deleted while changes happen.
+    std::fs::remove_file(&checkpoint).unwrap();
+    insert(100..150).await;
+    let text = refused(&cfg, "no-checkpoint");
+    assert!(text.contains("The checkpoint of source `mongo`"), "{text}");
+    assert!(text.contains("is missing, but sink `lake`"), "{text}");
+    assert_eq!(local_ids(&folder).len(), 100, "nothing written");
+    // The message's lossless way out: start where the sink stopped.
+    let start_at = regex::Regex::new(r#"`start_at = "([^"]+)"`"#)
+        .unwrap()
+        .captures(&text)
+        .unwrap_or_else(|| panic!("a start_at suggestion: {text}"))[1]
+        .to_string();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "checkpoint_interval_ms = 100",
+        &format!("checkpoint_interval_ms = 100\nstart_at = \"{start_at}\""),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let agent = Agent::start_logged(&cfg, &log);
+    let ids = until_ids(150).await;
+    assert_eq!(agent.stop(), Some(0));
+    assert_eq!(
+        ids,
+        (0..150).collect::<Vec<_>>(),
+        "every change exactly once"
+    );
+
+    // 2. The sink state is deleted.
+    std::fs::remove_dir_all(data.join("lake")).unwrap();
+    let text = refused(&cfg, "no-sink-state");
+    assert!(text.contains("Sink `lake` has no state"), "{text}");
+    assert!(text.contains("the lake already holds its files"), "{text}");
+    let gap_log = dir.path().join("accepted.log");
+    let agent = Agent::start_logged_with(&cfg, &gap_log, &["--accept-data-gap"]);
+    started(&data.join("lake/state.json")).await;
+    insert(150..160).await;
+    let ids = until_ids(160).await;
+    assert_eq!(agent.stop(), Some(0));
+    assert_eq!(ids, (0..160).collect::<Vec<_>>());
+    let text = std::fs::read_to_string(&gap_log).unwrap();
+    assert!(
+        text.contains("DATA GAP (sink `lake`, source `mongo`)"),
+        "{text}"
+    );
+
+    // 3. The checkpoint of another pipeline.
+    let other = agent_config(dir.path(), "other", &mongo.uri(), &url, "");
+    let other_checkpoint = dir.path().join("data-other/mongo/checkpoint.json");
+    let agent = Agent::start_logged(&other, &dir.path().join("other.log"));
+    started(&other_checkpoint).await;
+    assert_eq!(agent.stop(), Some(0));
+    std::fs::copy(&other_checkpoint, &checkpoint).unwrap();
+    let text = refused(&cfg, "other-pipeline");
+    assert!(text.contains("belongs to pipeline"), "{text}");
+    assert_eq!(local_ids(&folder).len(), 160, "nothing written");
+}

@@ -336,6 +336,8 @@ fn merge_globals(
         acknowledgements,
         api,
         healthchecks,
+        // A command-line flag, not a file option.
+        accept_data_gap: _,
     } = global;
     if let Some(v) = file.data_dir.take() {
         if claim("data_dir") {

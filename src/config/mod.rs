@@ -182,6 +182,9 @@ pub struct GlobalOptions {
     pub acknowledgements: AcknowledgementsConfig,
     pub api: ApiConfig,
     pub healthchecks: HealthchecksConfig,
+    /// `--accept-data-gap`: start although state was lost, logging the
+    /// gap, instead of refusing to start.
+    pub accept_data_gap: bool,
 }
 
 impl GlobalOptions {

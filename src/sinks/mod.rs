@@ -27,6 +27,12 @@ pub type Healthcheck = BoxFuture<'static, Result<(), String>>;
 pub trait StreamSink: Send {
     /// Consumes events until the input ends, then flushes and returns.
     async fn run(self: Box<Self>, input: BoxStream<'static, Event>) -> Result<(), ()>;
+
+    /// What the sink found of its state, for the sources' start check;
+    /// `None` for sinks whose exactly-once does not rest on their state.
+    fn state_report(&self) -> Option<crate::lineage::SinkStateReport> {
+        None
+    }
 }
 
 /// Where a sink's files go: a storage location (account and filesystem,
@@ -55,6 +61,10 @@ pub struct SinkContext {
     /// sink still drains its input to the end; this only lets it give up
     /// work that cannot finish (writes held while storage is down).
     pub stopping: crate::shutdown::ShutdownSignal,
+    /// The sources this sink reads (its `inputs`).
+    pub inputs: Vec<String>,
+    /// The pipeline id of each source, known once the sources are built.
+    pub pipelines: crate::lineage::Pipelines,
 }
 
 #[async_trait]

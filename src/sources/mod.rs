@@ -30,6 +30,11 @@ pub struct SourceContext {
     /// may still be awaited afterwards, up to the graceful shutdown limit.
     pub shutdown: ShutdownSignal,
     pub out: SourceSender,
+    /// What each sink this source feeds found of its state, for the start
+    /// check (sinks whose exactly-once rests on their state only).
+    pub sink_states: Vec<crate::lineage::SinkStateReport>,
+    /// Where the source publishes its pipeline id for the sinks.
+    pub pipelines: crate::lineage::Pipelines,
     /// Whether sinks will acknowledge events (global
     /// `acknowledgements.enabled`). When false the source may commit on send.
     pub acknowledgements: bool,

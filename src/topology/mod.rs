@@ -17,6 +17,7 @@ pub use source_sender::{Sent, SourceSender};
 use crate::{
     config::Config,
     internal_events::{healthcheck_result, ComponentTags, EventsReceived},
+    lineage::{Pipelines, SinkStateReport},
     shutdown::ShutdownSignal,
     sinks::{Healthcheck, SinkContext, StreamSink},
     sources::{Source, SourceContext},
@@ -66,6 +67,8 @@ impl Topology {
         let acknowledgements = config.global.acknowledgements.enabled;
         let source_shutdown = ShutdownSignal::new();
 
+        let pipelines = Pipelines::default();
+        let mut reports: HashMap<String, SinkStateReport> = HashMap::new();
         let mut senders: HashMap<String, buffer::BufferSender> = HashMap::new();
         let mut sinks = Vec::new();
         let mut healthchecks = Vec::new();
@@ -77,6 +80,8 @@ impl Topology {
                 globals: config.global.clone(),
                 tags: tags.clone(),
                 stopping: source_shutdown.clone(),
+                inputs: entry.outer.inputs.clone(),
+                pipelines: pipelines.clone(),
             };
             let (sink, healthcheck) =
                 entry
@@ -91,6 +96,9 @@ impl Topology {
                     })?;
             if config.global.healthchecks.enabled && entry.outer.healthcheck.enabled {
                 healthchecks.push((id.clone(), healthcheck));
+            }
+            if let Some(report) = sink.state_report() {
+                reports.insert(id.clone(), report);
             }
             senders.insert(id.clone(), tx);
             sinks.push((id.clone(), sink, rx, tags));
@@ -111,6 +119,11 @@ impl Topology {
                 globals: config.global.clone(),
                 shutdown: source_shutdown.clone(),
                 out: SourceSender::new(outputs, &tags),
+                sink_states: config
+                    .sinks_of(id)
+                    .filter_map(|sink| reports.get(sink).cloned())
+                    .collect(),
+                pipelines: pipelines.clone(),
                 acknowledgements,
                 tags,
             };

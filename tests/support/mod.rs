@@ -357,12 +357,29 @@ impl Agent {
 
     /// With its log appended to `log` instead of the test's output.
     pub fn start_logged(config: &Path, log: &Path) -> Self {
+        Self::start_logged_with(config, log, &[])
+    }
+
+    pub fn start_logged_with(config: &Path, log: &Path, args: &[&str]) -> Self {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        Self::spawn(config, &[], file.into())
+        Self::spawn(config, args, file.into())
+    }
+
+    /// The exit code, once the agent exits by itself within `timeout`
+    /// (`None` if it is still running then).
+    pub fn exit_within(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// The one way tests launch a long-running agent.

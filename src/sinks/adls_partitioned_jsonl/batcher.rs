@@ -19,6 +19,8 @@ pub(super) struct PendingBatch {
     pub finalizers: Vec<EventFinalizers>,
     pub first: Option<Position>,
     pub high_water: Option<Position>,
+    /// The source of the positions.
+    pub source: Option<Arc<str>>,
     pub since: Instant,
 }
 
@@ -150,6 +152,7 @@ impl Batcher {
             finalizers: Vec::new(),
             first: None,
             high_water: None,
+            source: None,
             since: Instant::now(),
         });
         if let Err(e) = encode::encode_record(&log.payload, self.json_mode, time, &mut batch.data) {
@@ -160,6 +163,7 @@ impl Batcher {
         if position.is_some() {
             if batch.first.is_none() {
                 batch.first.clone_from(&position);
+                batch.source = Some(Arc::clone(&log.metadata.source_id));
             }
             batch.high_water = position;
         }

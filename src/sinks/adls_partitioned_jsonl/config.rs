@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
+    layout::Layout,
     sink::AdlsSink,
     state::SinkState,
     storage::{
@@ -23,6 +24,7 @@ use crate::{
     config::ComponentConfig,
     config::OptionError,
     sinks::{FileTarget, Healthcheck, SinkConfig, SinkContext, StreamSink},
+    snowflake::file_pattern::FilePattern,
 };
 
 /// Credentials. Exactly one kind must be chosen; secrets are never logged.
@@ -331,6 +333,33 @@ impl AdlsPartitionedJsonlConfig {
     }
 }
 
+impl AdlsPartitionedJsonlConfig {
+    /// With no state: the files of this sink's layout already in the lake,
+    /// which a lost state would have described. A listing that fails is
+    /// logged and treated as none found: the healthcheck reports why.
+    async fn files_in_lake(
+        &self,
+        key: &str,
+        layout: &Layout,
+        storage: &dyn Storage,
+    ) -> Vec<String> {
+        let pattern = FilePattern::from_layout(layout).path_regex;
+        let pattern =
+            regex::Regex::new(&format!("^{pattern}$")).expect("the layout's pattern is valid");
+        let prefix = self.files_written().map(|t| t.prefix).unwrap_or_default();
+        match storage.list(&prefix).await {
+            Ok(names) => names.into_iter().filter(|n| pattern.is_match(n)).collect(),
+            Err(e) => {
+                tracing::warn!(
+                    sink = %key,
+                    "The sink has no state yet and could not list the lake to check that it holds none of its files: {e}"
+                );
+                Vec::new()
+            }
+        }
+    }
+}
+
 #[async_trait]
 #[typetag::serde(name = "adls_partitioned_jsonl")]
 impl SinkConfig for AdlsPartitionedJsonlConfig {
@@ -349,7 +378,12 @@ impl SinkConfig for AdlsPartitionedJsonlConfig {
             async move { storage.healthcheck(false).await.map(|_| ()) }.boxed()
         };
         tracing::info!(sink = %cx.key, "Writing to {}.", storage.describe());
-        let sink = AdlsSink::new(self, layout, storage, state, cx.tags, cx.stopping);
+        let lake_files = if state.found() || layout.mode() == Mode::PerEvent {
+            Vec::new()
+        } else {
+            self.files_in_lake(&cx.key, &layout, storage.as_ref()).await
+        };
+        let sink = AdlsSink::new(self, layout, storage, state, cx, lake_files);
         Ok((Box::new(sink), healthcheck))
     }
 

@@ -245,7 +245,7 @@ impl RetryingStorage {
                 let staged = self.uncommitted_blocks(object).await?;
                 salvaged_before(ids, &existing, &staged).ok_or_else(|| {
                     StorageError::permanent(format!(
-                        "{object} already exists with other content; it was not written by this sink's current state (was data_dir reset?). Move it away to let this file be sealed"
+                        "{object} already exists with content this sink's state does not describe: another writer uses this path, or the state was replaced. The file is not sealed over it and its events stay unacknowledged; stop the other writer, or restore the state that wrote it"
                     ))
                 })
             }

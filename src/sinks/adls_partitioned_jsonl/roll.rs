@@ -264,6 +264,7 @@ mod tests {
             },
             first: None,
             high_water: None,
+            source: None,
         };
         state.staged(staged, 100).unwrap();
         let batcher = Batcher::new(

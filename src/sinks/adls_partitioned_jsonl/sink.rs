@@ -6,6 +6,7 @@
 //! durable.
 
 use std::{
+    collections::HashSet,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -36,8 +37,9 @@ use crate::{
         adls::{EncodeFailed, SinkMetrics, WriteFailed},
         ComponentError, ComponentTags, EventsSent, Stage,
     },
+    lineage::{Pipelines, SinkStateReport},
     shutdown::ShutdownSignal,
-    sinks::StreamSink,
+    sinks::{SinkContext, StreamSink},
 };
 
 /// How often batch timeouts and seal conditions are checked.
@@ -68,6 +70,14 @@ pub struct AdlsSink {
     flush_partial: bool,
     /// When the open-file gauges were last set.
     gauges_at: Instant,
+    /// What the state said at build, for the start check.
+    report: SinkStateReport,
+    /// Object names already in the lake that this sink's state does not
+    /// know of (only after `--accept-data-gap` with a lost state): new
+    /// files skip their part numbers instead of colliding with them.
+    taken: HashSet<String>,
+    inputs: Vec<String>,
+    pipelines: Pipelines,
 }
 
 impl AdlsSink {
@@ -78,9 +88,23 @@ impl AdlsSink {
         layout: Layout,
         storage: Arc<dyn Storage>,
         state: SinkState,
-        tags: ComponentTags,
-        stopping: ShutdownSignal,
+        cx: SinkContext,
+        lake_files: Vec<String>,
     ) -> Self {
+        let SinkContext {
+            key,
+            globals,
+            tags,
+            stopping,
+            inputs,
+            pipelines,
+        } = cx;
+        let report = state.report(&key, lake_files.first().cloned());
+        let taken = if globals.accept_data_gap {
+            lake_files.into_iter().collect()
+        } else {
+            HashSet::new()
+        };
         let metrics = SinkMetrics::register(&tags);
         let health = tags.health.clone();
         let request = &config.request;
@@ -123,12 +147,41 @@ impl AdlsSink {
             watermarks: Watermarks::default(),
             flush_partial: false,
             gauges_at: Instant::now(),
+            report,
+            taken,
+            inputs,
+            pipelines,
         }
+    }
+
+    /// Stamps the state with the pipeline of each input source, so a later
+    /// start can tell it from another pipeline's state.
+    fn adopt_pipelines(&mut self) -> Result<(), ()> {
+        let mut changed = false;
+        for source in &self.inputs {
+            if let Some(pipeline) = self.pipelines.get(source) {
+                changed |= self.state.adopt(source, &pipeline);
+            }
+        }
+        if changed {
+            if let Err(e) = self.state.save(Utc::now().timestamp()) {
+                self.error(
+                    "state_write_failed",
+                    &format!("Could not save the sink state: {e}"),
+                );
+                return Err(());
+            }
+        }
+        Ok(())
     }
 }
 
 #[async_trait]
 impl StreamSink for AdlsSink {
+    fn state_report(&self) -> Option<SinkStateReport> {
+        (self.layout.mode() == Mode::Rolling).then(|| self.report.clone())
+    }
+
     async fn run(mut self: Box<Self>, input: BoxStream<'static, Event>) -> Result<(), ()> {
         if let Err(e) = recovery::recover(&mut self.state, &self.storage, self.commit).await {
             self.error(
@@ -137,6 +190,7 @@ impl StreamSink for AdlsSink {
             );
             return Err(());
         }
+        self.adopt_pipelines()?;
         // Events are taken in ready chunks so the bookkeeping in `schedule`
         // runs per chunk, not per event.
         let mut input = input.ready_chunks(256).fuse();
@@ -312,8 +366,13 @@ impl AdlsSink {
         let (part, object) = match self.state.open_file(&key) {
             Some(f) => (f.part, f.object.clone()),
             None => {
-                let part = self.state.next_part(&key);
-                (part, self.layout.object_name(&key, part))
+                let mut part = self.state.next_part(&key);
+                let mut object = self.layout.object_name(&key, part);
+                while self.taken.contains(&object) {
+                    part += 1;
+                    object = self.layout.object_name(&key, part);
+                }
+                (part, object)
             }
         };
         let PendingBatch {
@@ -322,6 +381,7 @@ impl AdlsSink {
             finalizers,
             first,
             high_water,
+            source,
             ..
         } = batch;
         let (body, recycled) = encode::compress(self.compression, data);
@@ -339,6 +399,7 @@ impl AdlsSink {
             },
             first,
             high_water,
+            source,
         };
         requests::stage_block(
             self.storage.clone(),

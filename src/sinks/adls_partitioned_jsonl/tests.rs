@@ -90,6 +90,8 @@ async fn run_paced(
         },
         tags: ComponentTags::new("lake", "sink", "adls_partitioned_jsonl"),
         stopping: crate::shutdown::ShutdownSignal::new(),
+        inputs: vec!["src".into()],
+        pipelines: Default::default(),
     };
     let (sink, healthcheck) = config.build(cx).await.unwrap();
     healthcheck.await.unwrap();

@@ -26,6 +26,10 @@ pub struct Checkpoint {
     /// then where streaming starts once the copy is complete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotProgress>,
+    /// The pipeline this checkpoint belongs to ([`crate::lineage`]);
+    /// absent in checkpoints of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
 }
 
 impl Checkpoint {
@@ -36,6 +40,15 @@ impl Checkpoint {
             resume_token,
             cluster_time,
             snapshot,
+            pipeline: None,
+        }
+    }
+
+    /// The checkpoint of `pipeline`.
+    pub fn of(pipeline: &str, resume_token: String, snapshot: Option<SnapshotProgress>) -> Self {
+        Self {
+            pipeline: Some(pipeline.to_string()),
+            ..Self::new(resume_token, snapshot)
         }
     }
 }
@@ -73,6 +86,7 @@ pub fn token_cluster_time(hex: &str) -> Option<bson::Timestamp> {
 /// Tracks emitted and acknowledged events and decides what to commit.
 pub struct Acks {
     state: StateFile,
+    pipeline: String,
     /// Events emitted and not yet resolved.
     outstanding: u64,
     /// The position to commit next (if it differs from `written`).
@@ -85,9 +99,15 @@ pub struct Acks {
 }
 
 impl Acks {
-    pub fn new(state: StateFile, initial: Option<String>, interval: Duration) -> Self {
+    pub fn new(
+        state: StateFile,
+        pipeline: &str,
+        initial: Option<String>,
+        interval: Duration,
+    ) -> Self {
         Self {
             state,
+            pipeline: pipeline.to_string(),
             outstanding: 0,
             committed: initial.clone(),
             written: initial,
@@ -159,7 +179,8 @@ impl Acks {
         let Some(token) = self.committed.clone() else {
             return Ok(false);
         };
-        self.state.save(&Checkpoint::new(token, None))?;
+        self.state
+            .save(&Checkpoint::of(&self.pipeline, token, None))?;
         self.written = self.committed.clone();
         self.last_write = Instant::now();
         Ok(true)
@@ -188,7 +209,7 @@ mod tests {
     fn commits_in_order_and_stops_at_failure() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateFile::new(dir.path(), "checkpoint.json").unwrap();
-        let mut acks = Acks::new(state.clone(), None, Duration::ZERO);
+        let mut acks = Acks::new(state.clone(), "p", None, Duration::ZERO);
         for _ in 0..3 {
             acks.emitted();
         }

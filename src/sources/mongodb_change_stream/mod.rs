@@ -21,6 +21,7 @@ mod healthcheck;
 mod oversized;
 mod recovery;
 mod snapshot;
+mod state_check;
 mod stream;
 
 pub use checkpoint::{token_cluster_time, Checkpoint};

@@ -482,7 +482,11 @@ impl ChangeStreamSource {
 
     fn save_snapshot(&self, token: &str, progress: &SnapshotProgress) -> Result<(), String> {
         self.state
-            .save(&Checkpoint::new(token.to_string(), Some(progress.clone())))
+            .save(&Checkpoint::of(
+                &self.pipeline_id,
+                token.to_string(),
+                Some(progress.clone()),
+            ))
             .map_err(|e| e.to_string())
     }
 

@@ -36,6 +36,7 @@ use super::{
     },
     oversized::oversized_stages,
     snapshot::SnapshotEnd,
+    state_check::{audit, data_gap, refusal, Loss, Start},
 };
 
 pub struct ChangeStreamSource {
@@ -48,6 +49,8 @@ pub struct ChangeStreamSource {
     pub(super) scope: Scope,
     pub(super) pipeline: Vec<Document>,
     start: StartAt,
+    /// This pipeline's id ([`crate::lineage`]), kept in the checkpoint.
+    pub(super) pipeline_id: String,
 }
 
 /// The parts of the `SourceContext` the source keeps besides its output.
@@ -119,6 +122,8 @@ impl ChangeStreamSource {
             .component_data_dir(&cx.key)
             .ok_or("the global `data_dir` must be set")?;
         let state = StateFile::new(&dir, "checkpoint.json")?;
+        let pipeline_id = check_state(&config, &cx, &state)?;
+        cx.pipelines.publish(&cx.key, &pipeline_id);
         let SourceContext {
             key,
             tags,
@@ -141,6 +146,7 @@ impl ChangeStreamSource {
             config,
             client,
             state,
+            pipeline_id,
         })
     }
 
@@ -292,7 +298,7 @@ impl ChangeStreamSource {
         ControlFlow::Continue(RunState {
             at,
             snapshot_resume,
-            acks: Acks::new(self.state.clone(), initial, interval),
+            acks: Acks::new(self.state.clone(), &self.pipeline_id, initial, interval),
             finalizer,
             ack_stream,
             progress: StreamProgress::register(&self.cx.tags),
@@ -569,6 +575,47 @@ fn describe_scope(scope: &Scope) -> String {
 }
 
 /// A resume token's cluster time as RFC 3339, or `unknown`.
+/// The start check ([`state_check`]): the pipeline id to keep, or the
+/// refusal to start. `start_at = "now"` ignores the checkpoint by choice, so
+/// a gap it makes is logged, not refused.
+fn check_state(
+    config: &MongoDbChangeStreamConfig,
+    cx: &SourceContext,
+    state: &StateFile,
+) -> crate::Result<String> {
+    let checkpoint = state.load::<Checkpoint>()?;
+    let start_at = config.start()?;
+    let start = Start {
+        at: &start_at,
+        snapshot: config.snapshot,
+    };
+    let losses = audit(&cx.key, checkpoint.as_ref(), &start, &cx.sink_states);
+    let chosen =
+        |loss: &Loss| start_at == StartAt::Now && matches!(loss, Loss::CheckpointMissing { .. });
+    let refused: Vec<Loss> = if cx.globals.accept_data_gap {
+        Vec::new()
+    } else {
+        losses.iter().filter(|l| !chosen(l)).cloned().collect()
+    };
+    if !refused.is_empty() {
+        return Err(refusal(
+            &cx.key,
+            &state.path().display().to_string(),
+            &start,
+            &refused,
+        )
+        .into());
+    }
+    for loss in &losses {
+        tracing::error!(source = %cx.key, "{}", data_gap(&cx.key, &start, loss));
+    }
+    // The checkpoint's pipeline, or (first start, an older version's
+    // checkpoint, or a checkpoint lost and accepted) a new one.
+    Ok(checkpoint
+        .and_then(|c| c.pipeline)
+        .unwrap_or_else(crate::lineage::new_pipeline_id))
+}
+
 fn cluster_time_of(token: &str) -> String {
     super::checkpoint::token_cluster_time(token).map_or_else(
         || "unknown".into(),

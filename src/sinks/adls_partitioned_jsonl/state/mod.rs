@@ -20,7 +20,11 @@
 
 mod log;
 
-use std::{collections::HashMap, fs, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +32,7 @@ use self::log::{log_files, Change};
 use crate::{
     checkpoint::{StateFile, StateFileError},
     event::Position,
+    lineage::{Mark, SinkStateReport},
 };
 
 /// The log is folded into a new snapshot once it is larger than this and
@@ -78,6 +83,9 @@ pub struct OpenFile {
     pub high_water: Option<Position>,
     /// Wall-clock seconds when the file was opened (for `roll.max_age_secs`).
     pub opened_at: i64,
+    /// The source of the file's events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Arc<str>>,
 }
 
 impl OpenFile {
@@ -93,6 +101,8 @@ pub struct SealedWindow {
     pub next_part: u32,
     pub high_water: Option<Position>,
     pub sealed_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Arc<str>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -102,6 +112,9 @@ struct Persisted {
     generation: u64,
     open: Vec<OpenFile>,
     sealed: Vec<SealedWindow>,
+    /// Per source id: its pipeline and how far this sink got.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    marks: BTreeMap<String, Mark>,
 }
 
 /// A block staged for a file (opening the file with its first block).
@@ -114,6 +127,9 @@ pub struct StagedBlock {
     /// Lowest and highest source positions of the block's events.
     pub first: Option<Position>,
     pub high_water: Option<Position>,
+    /// The source of the block's events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Arc<str>>,
 }
 
 /// The state in memory, and where it is saved.
@@ -129,11 +145,16 @@ pub struct SinkState {
     stale: bool,
     open: HashMap<FileKey, OpenFile>,
     sealed: HashMap<FileKey, SealedWindow>,
+    marks: BTreeMap<String, Mark>,
+    /// A snapshot or log existed at load.
+    found: bool,
 }
 
 impl SinkState {
     pub fn load(file: StateFile) -> Result<Self, StateFileError> {
-        let persisted: Persisted = file.load()?.unwrap_or_default();
+        let persisted: Option<Persisted> = file.load()?;
+        let found = persisted.is_some();
+        let persisted = persisted.unwrap_or_default();
         let snapshot_bytes = fs::metadata(file.path()).map_or(0, |m| m.len());
         let mut state = Self {
             generation: persisted.generation,
@@ -151,9 +172,12 @@ impl SinkState {
                 .into_iter()
                 .map(|s| (s.key.clone(), s))
                 .collect(),
+            marks: persisted.marks,
+            found,
             file,
         };
         state.replay_log()?;
+        state.found |= !state.open.is_empty() || !state.sealed.is_empty();
         Ok(state)
     }
 
@@ -169,9 +193,16 @@ impl SinkState {
                         block,
                         first,
                         high_water,
+                        source,
                     },
                 at,
             } => {
+                if let (Some(source), Some(p)) = (&source, &high_water) {
+                    let mark = self.marks.entry(source.to_string()).or_default();
+                    if mark.written_up_to.as_ref().is_none_or(|w| w < p) {
+                        mark.written_up_to = Some(p.clone());
+                    }
+                }
                 let file = self.open.entry(key.clone()).or_insert_with(|| OpenFile {
                     key,
                     part,
@@ -183,6 +214,7 @@ impl SinkState {
                     first_position: None,
                     high_water: None,
                     opened_at: at,
+                    source,
                 });
                 file.bytes += block.bytes;
                 file.events += block.events;
@@ -208,6 +240,7 @@ impl SinkState {
                         next_part: file.part + 1,
                         high_water,
                         sealed_at: at,
+                        source: file.source,
                     },
                 );
             }
@@ -250,8 +283,17 @@ impl SinkState {
     /// Writes a snapshot of the whole state with the next generation and
     /// starts a new log; sealed windows past their retention are dropped.
     pub fn save(&mut self, now: i64) -> Result<(), StateFileError> {
-        self.sealed
-            .retain(|_, s| now - s.sealed_at < SEALED_RETENTION_SECS);
+        let marks = &mut self.marks;
+        self.sealed.retain(|_, s| {
+            let keep = now - s.sealed_at < SEALED_RETENTION_SECS;
+            if let (false, Some(source), Some(hw)) = (keep, &s.source, &s.high_water) {
+                let mark = marks.entry(source.to_string()).or_default();
+                if mark.replay_floor.as_ref().is_none_or(|f| f < hw) {
+                    mark.replay_floor = Some(hw.clone());
+                }
+            }
+            keep
+        });
         let mut open: Vec<OpenFile> = self.open.values().cloned().collect();
         open.sort_by(|a, b| a.key.cmp(&b.key));
         let mut sealed: Vec<SealedWindow> = self.sealed.values().cloned().collect();
@@ -261,6 +303,7 @@ impl SinkState {
             generation: self.generation + 1,
             open,
             sealed,
+            marks: self.marks.clone(),
         })?;
         self.generation += 1;
         self.log = None;
@@ -330,6 +373,34 @@ impl SinkState {
         open.max(sealed)
     }
 
+    /// Records that this sink's events from `source` belong to `pipeline`
+    /// (in memory: the caller saves). Whether that changed anything.
+    pub fn adopt(&mut self, source: &str, pipeline: &str) -> bool {
+        let mark = self.marks.entry(source.to_string()).or_default();
+        if mark.pipeline.as_deref() == Some(pipeline) {
+            return false;
+        }
+        mark.pipeline = Some(pipeline.to_string());
+        true
+    }
+
+    /// What the start check needs to know of this state.
+    pub fn report(&self, sink: &str, lake_file: Option<String>) -> SinkStateReport {
+        SinkStateReport {
+            sink: sink.to_string(),
+            location: self.file.path().display().to_string(),
+            found: self.found,
+            written: !self.open.is_empty() || !self.sealed.is_empty(),
+            marks: self.marks.clone(),
+            lake_file,
+        }
+    }
+
+    /// Whether a snapshot or log existed at load.
+    pub fn found(&self) -> bool {
+        self.found
+    }
+
     /// The part number the next file of a window gets.
     pub fn next_part(&self, key: &FileKey) -> u32 {
         self.sealed.get(key).map_or(0, |s| s.next_part)
@@ -373,6 +444,7 @@ mod tests {
             block,
             first,
             high_water,
+            source: None,
         }
     }
 

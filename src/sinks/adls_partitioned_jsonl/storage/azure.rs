@@ -21,8 +21,8 @@ use azure_identity::{
 };
 use azure_storage_blob::{
     models::{
-        BlockBlobClientCommitBlockListOptions, BlockBlobClientUploadOptions, BlockListType,
-        BlockLookupList,
+        BlobContainerClientListBlobsOptions, BlockBlobClientCommitBlockListOptions,
+        BlockBlobClientUploadOptions, BlockListType, BlockLookupList,
     },
     BlobContainerClient, BlobContainerClientOptions, BlockBlobClient, BlockBlobClientOptions,
 };
@@ -348,6 +348,26 @@ impl Storage for AzureStorage {
             .block_list(name, BlockListType::Uncommitted)
             .await?
             .unwrap_or_default())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        use futures::TryStreamExt;
+        let options = BlobContainerClientListBlobsOptions {
+            prefix: (!prefix.is_empty()).then(|| prefix.to_string()),
+            ..Default::default()
+        };
+        let what = format!("List Blobs {prefix}");
+        let mut pages = self
+            .container
+            .list_blobs(Some(options))
+            .map_err(|e| map_error(&what, e))?
+            .into_pages();
+        let mut names = Vec::new();
+        while let Some(page) = pages.try_next().await.map_err(|e| map_error(&what, e))? {
+            let page = page.into_model().map_err(|e| map_error(&what, e))?;
+            names.extend(page.blob_items.into_iter().filter_map(|b| b.name));
+        }
+        Ok(names)
     }
 
     async fn put_if_absent(&self, name: &str, data: Bytes) -> Result<Created, StorageError> {

@@ -346,6 +346,37 @@ impl Storage for LocalStorage {
         Ok(ids)
     }
 
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        // From the deepest folder the prefix names; temporary files (dot
+        // names) are not objects.
+        let folder = prefix.rsplit_once('/').map_or("", |(dir, _)| dir);
+        let mut names = Vec::new();
+        let mut pending = vec![self.base.join(folder)];
+        while let Some(dir) = pending.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("list", &dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| io_err("list", &dir, e))?;
+                let path = entry.path();
+                if entry.file_name().to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    pending.push(path);
+                } else if let Ok(rel) = path.strip_prefix(&self.base) {
+                    let name = rel.to_string_lossy().into_owned();
+                    if name.starts_with(prefix) {
+                        names.push(name);
+                    }
+                }
+            }
+        }
+        Ok(names)
+    }
+
     async fn put_if_absent(&self, name: &str, data: Bytes) -> Result<Created, StorageError> {
         let target = self.final_path(name);
         let this = self.clone();

@@ -100,6 +100,11 @@ pub trait Storage: Send + Sync {
     /// Writes a whole object if it does not exist yet.
     async fn put_if_absent(&self, name: &str, data: Bytes) -> Result<Created, StorageError>;
 
+    /// The names of the objects under `prefix` (a plain string prefix, not
+    /// a folder), in no particular order. Used at start when the sink's
+    /// state is missing, to find files that state would have described.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+
     /// Forgets the blocks of a sealed object (local staging files; a no-op
     /// on Azure, which drops them itself).
     async fn release(&self, _name: &str, _block_ids: &[String]) {}
