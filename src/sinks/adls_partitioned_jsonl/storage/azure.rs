@@ -33,7 +33,7 @@ use crate::{
     redact,
     sinks::{
         adls_partitioned_jsonl::config::{AdlsPartitionedJsonlConfig, AuthConfig},
-        azure_common::shared_key::SharedKeyPolicy,
+        azure_common::{chain, shared_key::SharedKeyPolicy, token::ReportedCredential},
     },
 };
 
@@ -172,14 +172,14 @@ impl AzureStorage {
             ErrorKind::Connection => format!(
                 "cannot reach {} (DNS or connection failure): {}",
                 self.describe,
-                redact::text(&error_chain(&e))
+                redact::text(&chain(&e))
             ),
             ErrorKind::Credential => format!(
                 "could not get a token for {}: {}",
                 self.describe,
-                redact::text(&error_chain(&e))
+                redact::text(&chain(&e))
             ),
-            _ => format!("{}: {}", self.describe, redact::text(&error_chain(&e))),
+            _ => format!("{}: {}", self.describe, redact::text(&chain(&e))),
         }
     }
 
@@ -222,24 +222,33 @@ impl AzureStorage {
 }
 
 fn token_credential(auth: &AuthConfig) -> Result<Arc<dyn TokenCredential>, String> {
-    let cred: Arc<dyn TokenCredential> = if let Some(secret) = &auth.client_secret {
+    let (cred, kind): (Arc<dyn TokenCredential>, _) = if let Some(secret) = &auth.client_secret {
         let (Some(client_id), Some(tenant)) = (&auth.client_id, &auth.tenant_id) else {
             return Err("`auth.client_secret` needs `auth.client_id` and `auth.tenant_id`".into());
         };
-        ClientSecretCredential::new(tenant, client_id.clone(), Secret::new(secret.clone()), None)
-            .map_err(|e| redact::error(&e))?
+        let cred = ClientSecretCredential::new(
+            tenant,
+            client_id.clone(),
+            Secret::new(secret.clone()),
+            None,
+        )
+        .map_err(|e| redact::error(&e))?;
+        (cred, "client_secret")
     } else if auth.managed_identity {
         let options = ManagedIdentityCredentialOptions {
             user_assigned_id: auth.client_id.clone().map(UserAssignedId::ClientId),
             ..Default::default()
         };
-        ManagedIdentityCredential::new(Some(options)).map_err(|e| redact::error(&e))?
+        let cred = ManagedIdentityCredential::new(Some(options)).map_err(|e| redact::error(&e))?;
+        (cred, "managed_identity")
     } else if auth.workload_identity {
-        WorkloadIdentityCredential::new(None).map_err(|e| redact::error(&e))?
+        let cred = WorkloadIdentityCredential::new(None).map_err(|e| redact::error(&e))?;
+        (cred, "workload_identity")
     } else {
-        AzureCliCredential::new(None).map_err(|e| redact::error(&e))?
+        let cred = AzureCliCredential::new(None).map_err(|e| redact::error(&e))?;
+        (cred, "azure_cli")
     };
-    Ok(cred)
+    Ok(Arc::new(ReportedCredential::new(cred, kind)))
 }
 
 /// Maps an SDK error to a retriable or permanent storage error.
@@ -275,22 +284,15 @@ fn map_error(what: &str, e: azure_core::Error) -> StorageError {
                 ),
             }
         }
-        ErrorKind::Connection | ErrorKind::Io => {
-            StorageError::transient(format!("{what}: {}", redact::text(&error_chain(&e))))
+        // A token that could not be had: the login endpoint unreachable
+        // (transient) or a secret refused (fixed by a restart with the
+        // right one); either way the write is held and retried, and the
+        // credential wrapper reports it at ERROR level.
+        ErrorKind::Connection | ErrorKind::Io | ErrorKind::Credential => {
+            StorageError::transient(format!("{what}: {}", redact::text(&chain(&e))))
         }
-        _ => StorageError::permanent(format!("{what}: {}", redact::text(&error_chain(&e)))),
+        _ => StorageError::permanent(format!("{what}: {}", redact::text(&chain(&e)))),
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 fn already_exists(e: &azure_core::Error) -> bool {
