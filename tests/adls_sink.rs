@@ -1196,6 +1196,10 @@ async fn a_storage_outage_longer_than_the_retries_heals_without_a_restart() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(text.matches("Starting mongo-adls").count(), 1, "no restart");
     assert!(text.contains("Storage answers again"), "{text}");
+    assert!(
+        text.contains("The oplog reaches back to"),
+        "the held-write error states the oplog window: {text}"
+    );
     drop(agent);
 }
 

@@ -37,6 +37,36 @@ fn seconds_since(secs: u32) -> f64 {
     (chrono::Utc::now().timestamp() - i64::from(secs)).max(0) as f64
 }
 
+/// The oldest oplog entry's time (seconds since the epoch) last read by a
+/// MongoDB source; 0 while unknown. Process-wide so that a sink can quote
+/// it (with several sources on different clusters, the last one read).
+static OPLOG_OLDEST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// When the oldest oplog entry was written, if a source has read it.
+pub fn oplog_oldest() -> Option<i64> {
+    Some(OPLOG_OLDEST.load(std::sync::atomic::Ordering::Relaxed)).filter(|t| *t > 0)
+}
+
+/// `mongodb_oplog_window_seconds`: how far back the oplog reaches.
+#[derive(Clone)]
+pub struct OplogWindow {
+    gauge: Gauge,
+}
+
+impl OplogWindow {
+    pub fn register(tags: &ComponentTags) -> Self {
+        Self {
+            gauge: tags.gauge("mongodb_oplog_window_seconds"),
+        }
+    }
+
+    pub fn oldest_entry_at(&self, secs: i64) {
+        OPLOG_OLDEST.store(secs, std::sync::atomic::Ordering::Relaxed);
+        self.gauge
+            .set((chrono::Utc::now().timestamp() - secs).max(0) as f64);
+    }
+}
+
 /// The stream failed and will be reopened from the last emitted event.
 pub struct StreamInterrupted<'a> {
     pub error: &'a str,

@@ -18,7 +18,7 @@ use super::{requests::Retry, state::FileKey, storage::StorageError};
 use crate::{
     backoff::Backoff,
     health::ComponentHealth,
-    internal_events::{ComponentError, ComponentTags, Stage},
+    internal_events::{mongodb::oplog_oldest, rfc3339, ComponentError, ComponentTags, Stage},
 };
 
 /// How often a write that keeps failing is reported.
@@ -83,11 +83,12 @@ impl HeldWrites {
                 error_type: "write_held_back",
                 stage: Stage::Sending,
                 message: &format!(
-                    "Writing {} events to {object} has failed since {} ({} rounds of retries): {error}. They are held back, unacknowledged (the source's checkpoint holds), and written again every {:.0}s at most until storage answers; later events of this window wait.",
+                    "Writing {} events to {object} has failed since {} ({} rounds of retries): {error}. They are held back, unacknowledged (the source's checkpoint holds), and written again every {:.0}s at most until storage answers; later events of this window wait.{}",
                     failing.events,
                     failing.since.to_rfc3339(),
                     failing.attempts,
                     self.backoff.max.as_secs_f64(),
+                    oplog_margin(failing.since.timestamp(), oplog_oldest()),
                 ),
             }
             .emit(tags);
@@ -137,6 +138,44 @@ impl HeldWrites {
     }
 }
 
+/// How long the checkpoint, standing still since `held_since`, stays in
+/// the oplog (the margin left for a restart to replay the held events).
+fn oplog_margin(held_since: i64, oldest: Option<i64>) -> String {
+    let Some(oldest) = oldest else {
+        return String::new();
+    };
+    let margin = held_since - oldest;
+    if margin > 0 {
+        format!(
+            " The oplog reaches back to {}: {:.1} h before the held events fall out of it (after that a restart could not replay them).",
+            rfc3339(oldest),
+            margin as f64 / 3600.0
+        )
+    } else {
+        format!(
+            " The oplog now begins at {}, after the held events: keep the agent running until storage answers, since a restart could not replay them.",
+            rfc3339(oldest)
+        )
+    }
+}
+
 fn held_key(object: &str) -> String {
     format!("held:{object}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::oplog_margin;
+
+    #[test]
+    fn the_oplog_margin_is_stated_when_known() {
+        assert_eq!(oplog_margin(10_000, None), "");
+        let text = oplog_margin(7_200 + 5_400, Some(7_200));
+        assert!(
+            text.contains("1.5 h before the held events fall out"),
+            "{text}"
+        );
+        let text = oplog_margin(7_200, Some(9_000));
+        assert!(text.contains("a restart could not replay them"), "{text}");
+    }
 }

@@ -18,6 +18,7 @@ mod checkpoint;
 mod config;
 mod errors;
 mod healthcheck;
+mod oplog;
 mod oversized;
 mod recovery;
 mod snapshot;

@@ -13,7 +13,10 @@ use crate::{
     event::{Event, EventMetadata, LogEvent, Position, Watermark},
     finalizer::{FinalizerStream, OrderedFinalizer},
     internal_events::ComponentTags,
-    internal_events::{mongodb::StreamProgress, ComponentError, Stage},
+    internal_events::{
+        mongodb::{OplogWindow, StreamProgress},
+        ComponentError, Stage,
+    },
     redact,
     shutdown::ShutdownSignal,
     sources::SourceContext,
@@ -270,6 +273,11 @@ impl ChangeStreamSource {
     /// reopening it after transient errors, until shutdown or a fatal error;
     /// then flushes the checkpoint.
     pub async fn run(mut self) -> Result<(), ()> {
+        tokio::spawn(super::oplog::watch(
+            self.client.clone(),
+            OplogWindow::register(&self.cx.tags),
+            self.cx.shutdown.clone(),
+        ));
         let mut run = match self.start() {
             ControlFlow::Continue(run) => run,
             ControlFlow::Break(stop) => return stop,
