@@ -353,6 +353,10 @@ fn install_metrics() -> Option<PrometheusHandle> {
 }
 
 async fn run(opts: &Opts) -> i32 {
+    // First, so that a SIGTERM during start-up (healthchecks take up to
+    // 10 s) stops the agent cleanly instead of killing it.
+    let (first, second) = signals();
+    let first = first.boxed().shared();
     let mut config = match load(opts, true) {
         Ok(c) => c,
         Err(code) => return code,
@@ -394,22 +398,35 @@ async fn run(opts: &Opts) -> i32 {
         });
     }
 
-    let mut topology = match Topology::build(&config).await {
-        Ok(t) => t,
-        Err(e) => {
-            fail(opts, &format!("Configuration error: {e}"));
-            return EXIT_CONFIG;
+    let starting = async {
+        let mut topology = match Topology::build(&config).await {
+            Ok(t) => t,
+            Err(e) => {
+                fail(opts, &format!("Configuration error: {e}"));
+                return Err(EXIT_CONFIG);
+            }
+        };
+        let failed = topology.healthchecks().await;
+        if !failed.is_empty()
+            && (opts.require_healthy || config.global.healthchecks.require_healthy)
+        {
+            for f in &failed {
+                fail(opts, &format!("Healthcheck failed: {f}"));
+            }
+            return Err(EXIT_CONFIG);
+        }
+        Ok(topology)
+    };
+    let topology = tokio::select! {
+        started = starting => match started {
+            Ok(topology) => topology,
+            Err(code) => return code,
+        },
+        _ = first.clone() => {
+            tracing::info!("Stopped during start-up; nothing was running yet.");
+            return 0;
         }
     };
-    let failed = topology.healthchecks().await;
-    if !failed.is_empty() && (opts.require_healthy || config.global.healthchecks.require_healthy) {
-        for f in &failed {
-            fail(opts, &format!("Healthcheck failed: {f}"));
-        }
-        return EXIT_CONFIG;
-    }
-
-    let (first, second) = signals();
     let outcome = topology
         .run(
             first.boxed(),
@@ -433,9 +450,11 @@ fn signals() -> (
     use tokio::signal::unix::{signal, SignalKind};
     let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
     let (second_tx, second_rx) = tokio::sync::oneshot::channel::<()>();
+    // Registered here, not in the task: from this call on a signal is
+    // caught, however late the task first runs.
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::spawn(async move {
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
         let _ = first_tx.send(());
         tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }

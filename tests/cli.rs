@@ -426,3 +426,41 @@ fn two_agents_on_one_file_lake_never_corrupt_a_file() {
     }
     assert!(files > 2, "the agents sealed {files} files");
 }
+
+/// A SIGTERM while the agent is still starting (here: a sink healthcheck
+/// waiting on storage that never answers) stops it cleanly with exit 0,
+/// instead of the default action killing it.
+#[test]
+fn sigterm_during_start_up_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    // Accepts connections (the kernel does) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let config = write(
+        dir.path(),
+        "silent.toml",
+        &format!(
+            "data_dir = \"{}/data\"\n[sources.demo]\ntype = \"demo_events\"\n[sinks.lake]\ntype = \"adls_partitioned_jsonl\"\ninputs = [\"demo\"]\naccount_url = \"http://127.0.0.1:{port}/devstoreaccount1\"\nfilesystem = \"raw\"\nauth.shared_key = \"{}\"\n",
+            dir.path().display(),
+            support::AZURITE_KEY
+        ),
+    );
+    let child = bin()
+        .arg("-c")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    sigterm(child.id());
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("Stopped during start-up"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped at once"
+    );
+}
