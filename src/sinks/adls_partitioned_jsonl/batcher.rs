@@ -2,11 +2,19 @@
 //! window) and is encoded into that file's pending batch; a batch is taken
 //! out when it is due. Batch buffers are pooled.
 
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Instant,
+};
 
 use chrono::{DateTime, Utc};
 
-use super::{encode, partition::Windows, state::FileKey};
+use super::{
+    encode,
+    partition::Windows,
+    state::{FileKey, StagedBlock},
+};
 use crate::{
     codecs::json::ExtendedJsonMode,
     event::{EventFinalizers, LogEvent, Position},
@@ -24,13 +32,28 @@ pub(super) struct PendingBatch {
     pub since: Instant,
 }
 
+/// A Put Block that finished before an earlier one of its file: kept
+/// until those are recorded.
+pub(super) struct Arrived {
+    pub staged: StagedBlock,
+    pub finalizers: Vec<EventFinalizers>,
+}
+
 /// What the sink is doing with one window's file right now (not persisted).
 #[derive(Default)]
 pub(super) struct FileActivity {
     pub batch: Option<PendingBatch>,
-    /// A request for this window is in flight: one file is written
-    /// strictly in order.
+    /// A seal or an `every_batch` commit is in flight: nothing else starts
+    /// for this file until it ends.
     pub busy: bool,
+    /// Put Blocks taken and not yet recorded: in flight, held after a
+    /// failure, or arrived ahead of an earlier one. Several may be in
+    /// flight at once; they are recorded, and their events acknowledged,
+    /// in the order they were taken (`next_seq`, `next_record`).
+    pub staging: usize,
+    pub next_seq: u64,
+    pub next_record: u64,
+    pub arrived: BTreeMap<u64, Arrived>,
     /// Seal as soon as the window is idle (size roll).
     pub seal_wanted: bool,
     /// A write failed: hold back every later event of this window so a
@@ -38,6 +61,27 @@ pub(super) struct FileActivity {
     pub poisoned: bool,
     /// After a failed seal, when to try again.
     pub seal_retry_at: Option<Instant>,
+}
+
+impl FileActivity {
+    /// Whether another Put Block may start: nothing exclusive in flight
+    /// and fewer than `limit` staging.
+    pub fn can_stage(&self, limit: usize) -> bool {
+        !self.busy && self.staging < limit
+    }
+
+    /// Nothing in flight or waiting to be recorded.
+    pub fn idle(&self) -> bool {
+        !self.busy && self.staging == 0
+    }
+
+    /// The next recordable arrival, in the order taken.
+    pub fn next_arrived(&mut self) -> Option<Arrived> {
+        let arrived = self.arrived.remove(&self.next_record)?;
+        self.next_record += 1;
+        self.staging -= 1;
+        Some(arrived)
+    }
 }
 
 /// Batch limits, from `batch.*`.
@@ -64,6 +108,8 @@ pub(super) enum NotAdded {
 pub(super) struct Batcher {
     files: HashMap<FileKey, FileActivity>,
     limits: BatchLimits,
+    /// Put Blocks of one file in flight at once.
+    stage_limit: usize,
     json_mode: ExtendedJsonMode,
     /// Batch buffers back from finished writes, reused: a fresh 8 MB
     /// allocation per batch costs a page fault per 4 KB as it fills.
@@ -75,10 +121,11 @@ pub(super) struct Batcher {
 }
 
 impl Batcher {
-    pub fn new(limits: BatchLimits, json_mode: ExtendedJsonMode) -> Self {
+    pub fn new(limits: BatchLimits, stage_limit: usize, json_mode: ExtendedJsonMode) -> Self {
         Self {
             files: HashMap::new(),
             limits,
+            stage_limit: stage_limit.max(1),
             json_mode,
             spare: Vec::new(),
             last_window: (0, 0),
@@ -88,6 +135,10 @@ impl Batcher {
 
     pub fn limits(&self) -> BatchLimits {
         self.limits
+    }
+
+    pub fn stage_limit(&self) -> usize {
+        self.stage_limit
     }
 
     /// The file key of an event. Consecutive events almost always share
@@ -183,12 +234,17 @@ impl Batcher {
         self.files.values().all(|f| f.batch.is_none())
     }
 
-    /// The pending batch of `key`, marking the file busy.
-    pub fn take(&mut self, key: &FileKey) -> Option<PendingBatch> {
+    /// The pending batch of `key` and its sequence number in the file, if
+    /// another Put Block of the file may start.
+    pub fn take(&mut self, key: &FileKey) -> Option<(PendingBatch, u64)> {
         let activity = self.files.get_mut(key)?;
+        if !activity.can_stage(self.stage_limit) {
+            return None;
+        }
         let batch = activity.batch.take()?;
-        activity.busy = true;
-        Some(batch)
+        activity.staging += 1;
+        activity.next_seq += 1;
+        Some((batch, activity.next_seq - 1))
     }
 
     pub fn get(&self, key: &FileKey) -> Option<&FileActivity> {
@@ -209,7 +265,7 @@ impl Batcher {
         if self
             .files
             .get(key)
-            .is_some_and(|f| f.batch.is_none() && !f.poisoned)
+            .is_some_and(|f| f.batch.is_none() && !f.poisoned && f.idle())
         {
             self.files.remove(key);
         }

@@ -139,10 +139,15 @@ impl Default for BatchConfig {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestConfig {
-    /// Requests in flight at once, across files (one file is always written
-    /// strictly in order, one request at a time).
+    /// Requests in flight at once, across files.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Put Blocks of one file in flight at once (`commit = "on_seal"`;
+    /// `every_batch` writes a file one request at a time). Blocks are
+    /// recorded and acknowledged in stream order whatever order storage
+    /// answers in. Each holds up to `batch.max_bytes` in memory.
+    #[serde(default = "default_concurrency_per_file")]
+    pub concurrency_per_file: usize,
     /// Seconds before one request attempt is abandoned and retried.
     #[serde(default = "default_request_timeout")]
     pub timeout_secs: f64,
@@ -170,6 +175,7 @@ impl Default for RequestConfig {
     fn default() -> Self {
         Self {
             concurrency: default_concurrency(),
+            concurrency_per_file: default_concurrency_per_file(),
             timeout_secs: default_request_timeout(),
             retry_attempts: default_retry_attempts(),
             retry_initial_backoff_secs: default_initial_backoff(),
@@ -284,6 +290,9 @@ fn default_batch_timeout() -> f64 {
 }
 fn default_concurrency() -> usize {
     8
+}
+fn default_concurrency_per_file() -> usize {
+    4
 }
 fn default_request_timeout() -> f64 {
     60.0

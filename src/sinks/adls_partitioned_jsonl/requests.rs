@@ -25,6 +25,8 @@ pub(super) enum WriteOutcome {
         finalizers: Vec<EventFinalizers>,
         /// The batch buffer, for reuse.
         spare: Option<Vec<u8>>,
+        /// Its place among the file's Put Blocks.
+        seq: u64,
     },
     /// `every_batch`: the file's first `upto` blocks are committed.
     BatchCommitted {
@@ -283,6 +285,8 @@ pub(super) struct BlockWrite {
     pub staged: StagedBlock,
     pub body: Bytes,
     pub finalizers: Vec<EventFinalizers>,
+    /// Its place among the file's Put Blocks (recording follows it).
+    pub seq: u64,
 }
 
 /// Put Block: one batch as one uncommitted block of its file.
@@ -303,6 +307,7 @@ pub(super) fn stage_block(storage: RetryingStorage, write: BlockWrite) -> WriteR
                     staged,
                     body,
                     finalizers,
+                    seq,
                 } = write;
                 storage.metrics.block_written(body.len());
                 WriteOutcome::BlockStaged {
@@ -310,6 +315,7 @@ pub(super) fn stage_block(storage: RetryingStorage, write: BlockWrite) -> WriteR
                     finalizers,
                     // The HTTP client has let go of the body by now.
                     spare: body.try_into_mut().ok().map(Vec::from),
+                    seq,
                 }
             }
             Err(error) => WriteOutcome::WriteFailed {

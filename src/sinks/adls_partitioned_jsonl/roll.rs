@@ -92,7 +92,10 @@ pub(super) struct Now {
     pub flush_partial: bool,
 }
 
-/// Batches to write and files to seal. A busy file waits for its request.
+/// Batches to write and files to seal. A file with a seal or commit in
+/// flight waits for it; a batch waits while its file has as many Put
+/// Blocks in flight as allowed; a seal waits for every Put Block of its
+/// file to be recorded.
 pub(super) fn due(policy: &RollPolicy, batcher: &Batcher, state: &SinkState, now: &Now) -> Due {
     let mut due = Due {
         flushes: Vec::new(),
@@ -102,23 +105,34 @@ pub(super) fn due(policy: &RollPolicy, batcher: &Batcher, state: &SinkState, now
         if activity.busy {
             continue;
         }
+        let file = state.open_file(key);
+        let retry_ok = activity.seal_retry_at.is_none_or(|t| now.instant >= t);
+        // A file full by size is sealed as soon as its blocks are recorded;
+        // a pending batch then starts the next part (flushing it into this
+        // file instead could put off the seal for as long as events keep
+        // coming).
+        if activity.seal_wanted && file.is_some() {
+            if activity.staging == 0 && retry_ok {
+                due.seals.push(key.clone());
+            }
+            continue;
+        }
         let window_closed = policy.window_closed(key, now.watermark);
         if let Some(batch) = &activity.batch {
-            if now.flush_partial
-                || activity.seal_wanted
-                || window_closed
-                || batcher.limits().reached(batch)
-                || now.instant.duration_since(batch.since) >= policy.batch_timeout
+            if activity.can_stage(batcher.stage_limit())
+                && (now.flush_partial
+                    || window_closed
+                    || batcher.limits().reached(batch)
+                    || now.instant.duration_since(batch.since) >= policy.batch_timeout)
             {
                 due.flushes.push(key.clone());
             }
             continue;
         }
-        let Some(file) = state.open_file(key) else {
+        let Some(file) = file else {
             continue;
         };
-        let retry_ok = activity.seal_retry_at.is_none_or(|t| now.instant >= t);
-        if (activity.seal_wanted || window_closed || policy.too_old(file, now.wall)) && retry_ok {
+        if activity.staging == 0 && (window_closed || policy.too_old(file, now.wall)) && retry_ok {
             due.seals.push(key.clone());
         }
     }
@@ -214,6 +228,7 @@ mod tests {
                 max_bytes: 1 << 20,
                 max_events: 2,
             },
+            2,
             ExtendedJsonMode::Relaxed,
         );
         let t = DateTime::from_timestamp(30, 0).unwrap();
@@ -243,10 +258,18 @@ mod tests {
             due(&p, &batcher, &state, &now(30, 30, false)).flushes,
             [key(0)]
         );
-        // Busy: waits for its write.
+        // Two Put Blocks of the file may be in flight; a third batch waits.
         assert!(batcher.take(&k).is_some());
+        add(&mut batcher);
+        assert_eq!(
+            due(&p, &batcher, &state, &now(30, 30, true)).flushes,
+            [key(0)]
+        );
+        assert_eq!(batcher.take(&k).map(|(_, seq)| seq), Some(1));
+        add(&mut batcher);
         let d = due(&p, &batcher, &state, &now(99, 30, true));
         assert!(d.flushes.is_empty() && d.seals.is_empty());
+        assert!(batcher.take(&k).is_none());
     }
 
     #[test]
@@ -272,6 +295,7 @@ mod tests {
                 max_bytes: 10,
                 max_events: 10,
             },
+            1,
             ExtendedJsonMode::Relaxed,
         );
         let p = policy();

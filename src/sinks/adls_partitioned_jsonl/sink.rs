@@ -16,7 +16,7 @@ use chrono::Utc;
 use futures::{stream::BoxStream, stream::FuturesUnordered, StreamExt};
 
 use super::{
-    batcher::{BatchLimits, Batcher, NotAdded, PendingBatch},
+    batcher::{Arrived, BatchLimits, Batcher, NotAdded, PendingBatch},
     config::{AdlsPartitionedJsonlConfig, Commit, Compression, Mode},
     encode,
     held::HeldWrites,
@@ -131,7 +131,15 @@ impl AdlsSink {
             storage,
             state,
             layout,
-            batcher: Batcher::new(limits, config.encoding.extended_json),
+            batcher: Batcher::new(
+                limits,
+                match config.commit {
+                    // Each block's commit lists every earlier one: in order.
+                    Commit::EveryBatch => 1,
+                    Commit::OnSeal => request.concurrency_per_file,
+                },
+                config.encoding.extended_json,
+            ),
             roll: RollPolicy::new(&config.roll, config.batch.timeout_secs),
             commit: config.commit,
             compression: config.compression,
@@ -334,18 +342,19 @@ impl AdlsSink {
         }
         let due = roll::due(&self.roll, &self.batcher, &self.state, &now);
         // A window whose write is held does not keep partial flushing on.
+        let limit = self.batcher.stage_limit();
         let busy_with_batch = self
             .batcher
             .iter()
-            .any(|(k, f)| f.busy && f.batch.is_some() && !self.held.holds(k));
+            .any(|(k, f)| !f.can_stage(limit) && f.batch.is_some() && !self.held.holds(k));
         let all_flushed = !busy_with_batch
             && due.flushes.len() <= self.concurrency.saturating_sub(inflight.len());
         for key in due.flushes {
             if inflight.len() >= self.concurrency {
                 return;
             }
-            if let Some(batch) = self.batcher.take(&key) {
-                inflight.push(self.stage_request(key, batch));
+            if let Some((batch, seq)) = self.batcher.take(&key) {
+                inflight.push(self.stage_request(key, batch, seq));
             }
         }
         if all_flushed {
@@ -362,7 +371,7 @@ impl AdlsSink {
     }
 
     /// The Put Block of a batch, into the window's open file or a new part.
-    fn stage_request(&mut self, key: FileKey, batch: PendingBatch) -> WriteRequest {
+    fn stage_request(&mut self, key: FileKey, batch: PendingBatch, seq: u64) -> WriteRequest {
         let (part, object) = match self.state.open_file(&key) {
             Some(f) => (f.part, f.object.clone()),
             None => {
@@ -407,6 +416,7 @@ impl AdlsSink {
                 staged,
                 body,
                 finalizers,
+                seq,
             },
         )
     }
@@ -439,7 +449,8 @@ impl AdlsSink {
                 staged,
                 finalizers,
                 spare,
-            } => self.on_block_staged(staged, finalizers, spare, inflight)?,
+                seq,
+            } => self.on_block_staged(staged, finalizers, spare, seq, inflight)?,
             WriteOutcome::BatchCommitted {
                 key,
                 upto,
@@ -479,19 +490,45 @@ impl AdlsSink {
         Ok(())
     }
 
-    /// Records the block; `on_seal` acknowledges now, `every_batch` after
-    /// the commit that makes the batch visible.
+    /// A Put Block finished: it is recorded once every earlier Put Block of
+    /// its file is, so the state lists blocks, and events are acknowledged,
+    /// in stream order whatever order storage answered in.
     fn on_block_staged(
         &mut self,
         staged: StagedBlock,
         finalizers: Vec<EventFinalizers>,
         spare: Option<Vec<u8>>,
+        seq: u64,
         inflight: &mut FuturesUnordered<WriteRequest>,
     ) -> Result<(), ()> {
         self.held.succeeded(&staged.object);
         if let Some(data) = spare {
             self.batcher.recycle(data);
         }
+        let key = staged.key.clone();
+        let activity = self.batcher.activity(key.clone());
+        if activity.poisoned {
+            // After a refused write of the window: not recorded, replayed
+            // after a restart like every later event of the window.
+            activity.staging -= 1;
+            finalize_all(finalizers, EventStatus::Errored);
+            return Ok(());
+        }
+        activity.arrived.insert(seq, Arrived { staged, finalizers });
+        while let Some(next) = self.batcher.activity(key.clone()).next_arrived() {
+            self.record_block(next.staged, next.finalizers, inflight)?;
+        }
+        Ok(())
+    }
+
+    /// Records the block; `on_seal` acknowledges now, `every_batch` after
+    /// the commit that makes the batch visible.
+    fn record_block(
+        &mut self,
+        staged: StagedBlock,
+        finalizers: Vec<EventFinalizers>,
+        inflight: &mut FuturesUnordered<WriteRequest>,
+    ) -> Result<(), ()> {
         let (events, bytes) = (staged.block.events as usize, staged.block.bytes);
         let key = staged.key.clone();
         let file = match self.state.staged(staged.clone(), Utc::now().timestamp()) {
@@ -517,16 +554,16 @@ impl AdlsSink {
         let activity = self.batcher.activity(key);
         activity.seal_wanted |= roll;
         match ids {
-            None => {
-                activity.busy = false;
-                self.delivered(finalizers, events, bytes);
+            None => self.delivered(finalizers, events, bytes),
+            Some(ids) => {
+                activity.busy = true;
+                inflight.push(requests::commit_batch(
+                    self.storage.clone(),
+                    staged,
+                    ids,
+                    finalizers,
+                ))
             }
-            Some(ids) => inflight.push(requests::commit_batch(
-                self.storage.clone(),
-                staged,
-                ids,
-                finalizers,
-            )),
         }
         Ok(())
     }
@@ -592,7 +629,7 @@ impl AdlsSink {
             error: &error.message,
         }
         .emit(&self.tags);
-        self.poison(request.key().cloned());
+        self.poison(&request);
         finalize_all(request.into_finalizers(), EventStatus::Rejected);
     }
 
@@ -605,19 +642,28 @@ impl AdlsSink {
     }
 
     fn give_up(&mut self, request: Retry) {
-        self.poison(request.key().cloned());
+        self.poison(&request);
         finalize_all(request.into_finalizers(), EventStatus::Errored);
     }
 
-    /// Fails the window's pending and later events.
-    fn poison(&mut self, key: Option<FileKey>) {
-        if let Some(key) = key {
-            let activity = self.batcher.activity(key);
-            activity.busy = false;
-            activity.poisoned = true;
-            if let Some(batch) = activity.batch.take() {
-                finalize_all(batch.finalizers, EventStatus::Errored);
-            }
+    /// After `failed` (given up or refused): fails the window's pending and
+    /// later events, and the Put Blocks that arrived after it.
+    fn poison(&mut self, failed: &Retry) {
+        let Some(key) = failed.key() else {
+            return;
+        };
+        let activity = self.batcher.activity(key.clone());
+        match failed {
+            Retry::Stage(_) => activity.staging -= 1,
+            _ => activity.busy = false,
+        }
+        activity.poisoned = true;
+        if let Some(batch) = activity.batch.take() {
+            finalize_all(batch.finalizers, EventStatus::Errored);
+        }
+        for (_, arrived) in std::mem::take(&mut activity.arrived) {
+            activity.staging -= 1;
+            finalize_all(arrived.finalizers, EventStatus::Errored);
         }
     }
 

@@ -10,7 +10,10 @@ use bson::{doc, RawDocumentBuf, Timestamp};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
-use super::config::AdlsPartitionedJsonlConfig;
+use super::{
+    config::AdlsPartitionedJsonlConfig,
+    storage::{Created, Storage, StorageError},
+};
 use crate::{
     config::GlobalOptions,
     event::{
@@ -253,5 +256,120 @@ async fn every_batch_makes_the_file_visible_as_it_grows() {
     assert_eq!(
         seqs(&hour_file(dir.path(), "orders", "")),
         (1..=8).collect::<Vec<_>>()
+    );
+}
+
+/// Delays the first Put Block of every object, so later blocks of the same
+/// file finish first. A fake wrapper around the real `file://` storage: no
+/// real store can be told to answer requests out of order on cue.
+struct FirstBlockSlow {
+    inner: Arc<dyn Storage>,
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Block ids in the order their Put Block finished.
+    finished: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[async_trait::async_trait]
+impl Storage for FirstBlockSlow {
+    async fn stage_block(
+        &self,
+        name: &str,
+        id: &str,
+        data: bytes::Bytes,
+    ) -> Result<(), StorageError> {
+        let first = self.seen.lock().unwrap().insert(name.to_string());
+        if first {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+        let result = self.inner.stage_block(name, id, data).await;
+        self.finished.lock().unwrap().push(id.to_string());
+        result
+    }
+    async fn commit_blocks(
+        &self,
+        name: &str,
+        ids: &[String],
+        create_only: bool,
+    ) -> Result<Created, StorageError> {
+        self.inner.commit_blocks(name, ids, create_only).await
+    }
+    async fn committed_blocks(&self, name: &str) -> Result<Option<Vec<String>>, StorageError> {
+        self.inner.committed_blocks(name).await
+    }
+    async fn uncommitted_blocks(&self, name: &str) -> Result<Vec<String>, StorageError> {
+        self.inner.uncommitted_blocks(name).await
+    }
+    async fn put_if_absent(&self, name: &str, data: bytes::Bytes) -> Result<Created, StorageError> {
+        self.inner.put_if_absent(name, data).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.inner.list(prefix).await
+    }
+    async fn release(&self, name: &str, ids: &[String]) {
+        self.inner.release(name, ids).await
+    }
+    async fn healthcheck(&self, dry_run: bool) -> Result<Option<String>, String> {
+        self.inner.healthcheck(dry_run).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// Several Put Blocks of one file in flight, the first finishing last: the
+/// file still lists them in stream order, and every event is acknowledged.
+#[tokio::test]
+async fn put_blocks_finishing_out_of_order_are_recorded_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(
+        dir.path(),
+        "batch.max_events = 5\nrequest.concurrency_per_file = 4",
+    );
+    let layout = super::layout::Layout::new(&config).unwrap();
+    let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let storage: Arc<dyn Storage> = Arc::new(FirstBlockSlow {
+        inner: config.storage().unwrap(),
+        seen: Default::default(),
+        finished: Arc::clone(&finished),
+    });
+    storage.healthcheck(false).await.unwrap();
+    let state = super::state::SinkState::load(
+        crate::checkpoint::StateFile::new(&dir.path().join("data/lake"), "state.json").unwrap(),
+    )
+    .unwrap();
+    let cx = SinkContext {
+        key: "lake".into(),
+        globals: GlobalOptions::default(),
+        tags: ComponentTags::new("lake", "sink", "adls_partitioned_jsonl"),
+        stopping: crate::shutdown::ShutdownSignal::new(),
+        inputs: vec!["src".into()],
+        pipelines: Default::default(),
+    };
+    let sink = super::sink::AdlsSink::new(&config, layout, storage, state, cx, Vec::new());
+    let mut input = events("orders", 1..=40, HOUR + 10);
+    input.push((watermark(HOUR + 3600), None));
+    let (events, receivers): (Vec<Event>, Vec<Option<BatchStatusReceiver>>) =
+        input.into_iter().unzip();
+    // Paced so batches of 5 form one after another while the first waits.
+    let input = futures::stream::iter(events).then(|e| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        e
+    });
+    crate::sinks::StreamSink::run(Box::new(sink), input.boxed())
+        .await
+        .unwrap();
+    for r in receivers.into_iter().flatten() {
+        assert_eq!(r.await, BatchStatus::Delivered);
+    }
+    assert_eq!(
+        seqs(&hour_file(dir.path(), "orders", "")),
+        (1..=40).collect::<Vec<_>>()
+    );
+    let finished = finished.lock().unwrap().clone();
+    let mut sorted = finished.clone();
+    sorted.sort();
+    assert_ne!(
+        finished, sorted,
+        "a later block finished first: {finished:?}"
     );
 }

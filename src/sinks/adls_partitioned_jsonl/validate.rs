@@ -148,6 +148,10 @@ impl AdlsPartitionedJsonlConfig {
         at_least_one("batch.max_bytes", self.batch.max_bytes as u64);
         at_least_one("batch.max_events", self.batch.max_events as u64);
         at_least_one("request.concurrency", self.request.concurrency as u64);
+        at_least_one(
+            "request.concurrency_per_file",
+            self.request.concurrency_per_file as u64,
+        );
         at_least_one("roll.max_bytes", self.roll.max_bytes);
         at_least_one("roll.max_age_secs", self.roll.max_age_secs);
         if self.batch.max_bytes > MAX_BLOCK_BYTES {
