@@ -89,6 +89,8 @@ impl FileActivity {
 pub(super) struct BatchLimits {
     pub max_bytes: usize,
     pub max_events: usize,
+    /// Bytes in all pending batches together.
+    pub max_total_bytes: usize,
 }
 
 impl BatchLimits {
@@ -118,6 +120,10 @@ pub(super) struct Batcher {
     last_window: (i64, i64),
     /// The file key of the last event.
     last_key: Option<FileKey>,
+    /// Encoded bytes in all pending batches.
+    pending_bytes: usize,
+    /// Pending batches that reached a limit (each stops intake until taken).
+    full_batches: usize,
 }
 
 impl Batcher {
@@ -130,6 +136,8 @@ impl Batcher {
             spare: Vec::new(),
             last_window: (0, 0),
             last_key: None,
+            pending_bytes: 0,
+            full_batches: 0,
         }
     }
 
@@ -206,10 +214,16 @@ impl Batcher {
             source: None,
             since: Instant::now(),
         });
+        let was_full = self.limits.reached(batch);
+        let before = batch.data.len();
         if let Err(e) = encode::encode_record(&log.payload, self.json_mode, time, &mut batch.data) {
             return Err(NotAdded::Malformed(finalizers, e.to_string()));
         }
+        self.pending_bytes += batch.data.len() - before;
         batch.events += 1;
+        if !was_full && self.limits.reached(batch) {
+            self.full_batches += 1;
+        }
         batch.finalizers.push(finalizers);
         if position.is_some() {
             if batch.first.is_none() {
@@ -221,13 +235,40 @@ impl Batcher {
         Ok(())
     }
 
-    /// A full batch waiting for its file's previous write stops intake:
-    /// memory stays at one batch being written plus one being filled per
-    /// file.
+    /// A full batch waiting for its file's earlier writes, or pending
+    /// batches over `batch.max_total_bytes`, stop intake until batches are
+    /// taken.
     pub fn is_full(&self) -> bool {
-        self.files
-            .values()
-            .any(|f| f.batch.as_ref().is_some_and(|b| self.limits.reached(b)))
+        self.full_batches > 0 || self.pending_bytes >= self.limits.max_total_bytes
+    }
+
+    #[cfg(test)]
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    /// Bytes pending past `batch.max_total_bytes` (0 within it).
+    pub fn over_budget(&self) -> usize {
+        self.pending_bytes.saturating_sub(
+            self.limits
+                .max_total_bytes
+                .saturating_sub(self.limits.max_bytes),
+        )
+    }
+
+    /// Removes a pending batch, keeping the totals.
+    fn detach(&mut self, batch: &PendingBatch) {
+        self.pending_bytes -= batch.data.len();
+        if self.limits.reached(batch) {
+            self.full_batches -= 1;
+        }
+    }
+
+    /// Drops the pending batch of `key` (its window failed).
+    pub fn drop_batch(&mut self, key: &FileKey) -> Option<PendingBatch> {
+        let batch = self.files.get_mut(key)?.batch.take()?;
+        self.detach(&batch);
+        Some(batch)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -244,7 +285,9 @@ impl Batcher {
         let batch = activity.batch.take()?;
         activity.staging += 1;
         activity.next_seq += 1;
-        Some((batch, activity.next_seq - 1))
+        let seq = activity.next_seq - 1;
+        self.detach(&batch);
+        Some((batch, seq))
     }
 
     pub fn get(&self, key: &FileKey) -> Option<&FileActivity> {

@@ -123,6 +123,13 @@ pub struct BatchConfig {
     /// Seconds after a batch's first event that trigger a write.
     #[serde(default = "default_batch_timeout")]
     pub timeout_secs: f64,
+    /// Encoded bytes waiting in batches across all files. Past it the
+    /// largest batches are written early, and intake pauses until they
+    /// are taken, so memory is bounded by this budget plus the requests
+    /// in flight (`request.concurrency` × `batch.max_bytes`), however many
+    /// collections are active.
+    #[serde(default = "default_batch_total_bytes")]
+    pub max_total_bytes: usize,
 }
 
 impl Default for BatchConfig {
@@ -131,6 +138,7 @@ impl Default for BatchConfig {
             max_bytes: default_batch_bytes(),
             max_events: default_batch_events(),
             timeout_secs: default_batch_timeout(),
+            max_total_bytes: default_batch_total_bytes(),
         }
     }
 }
@@ -284,6 +292,9 @@ fn default_batch_bytes() -> usize {
 }
 fn default_batch_events() -> usize {
     100_000
+}
+fn default_batch_total_bytes() -> usize {
+    32_000_000
 }
 fn default_batch_timeout() -> f64 {
     5.0

@@ -101,6 +101,9 @@ pub(super) fn due(policy: &RollPolicy, batcher: &Batcher, state: &SinkState, now
         flushes: Vec::new(),
         seals: Vec::new(),
     };
+    // Over the sink-wide budget: the largest batches that can go, early.
+    let mut over = batcher.over_budget();
+    let mut early: Vec<(&FileKey, usize)> = Vec::new();
     for (key, activity) in batcher.iter() {
         if activity.busy {
             continue;
@@ -119,13 +122,18 @@ pub(super) fn due(policy: &RollPolicy, batcher: &Batcher, state: &SinkState, now
         }
         let window_closed = policy.window_closed(key, now.watermark);
         if let Some(batch) = &activity.batch {
-            if activity.can_stage(batcher.stage_limit())
-                && (now.flush_partial
-                    || window_closed
-                    || batcher.limits().reached(batch)
-                    || now.instant.duration_since(batch.since) >= policy.batch_timeout)
+            if !activity.can_stage(batcher.stage_limit()) {
+                continue;
+            }
+            if now.flush_partial
+                || window_closed
+                || batcher.limits().reached(batch)
+                || now.instant.duration_since(batch.since) >= policy.batch_timeout
             {
                 due.flushes.push(key.clone());
+                over = over.saturating_sub(batch.data.len());
+            } else if over > 0 {
+                early.push((key, batch.data.len()));
             }
             continue;
         }
@@ -134,6 +142,16 @@ pub(super) fn due(policy: &RollPolicy, batcher: &Batcher, state: &SinkState, now
         };
         if activity.staging == 0 && (window_closed || policy.too_old(file, now.wall)) && retry_ok {
             due.seals.push(key.clone());
+        }
+    }
+    if over > 0 {
+        early.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+        for (key, bytes) in early {
+            if over == 0 {
+                break;
+            }
+            due.flushes.push(key.clone());
+            over = over.saturating_sub(bytes);
         }
     }
     // Files opened by an earlier run, with no activity in this one yet.
@@ -227,6 +245,7 @@ mod tests {
             BatchLimits {
                 max_bytes: 1 << 20,
                 max_events: 2,
+                max_total_bytes: 64 << 20,
             },
             2,
             ExtendedJsonMode::Relaxed,
@@ -273,6 +292,74 @@ mod tests {
     }
 
     #[test]
+    fn past_the_total_budget_the_largest_batches_go_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = SinkState::load(StateFile::new(dir.path(), "state.json").unwrap()).unwrap();
+        let windows = Windows {
+            window_secs: 60,
+            tz: chrono_tz::Tz::UTC,
+        };
+        let t = DateTime::from_timestamp(30, 0).unwrap();
+        let fill = |batcher: &mut Batcher, coll: &str, n: usize| {
+            let k = batcher.route(&windows, ("d", coll), t);
+            for _ in 0..n {
+                assert!(batcher
+                    .add(k.clone(), &event(), t, None, EventFinalizers::default())
+                    .is_ok());
+            }
+            k
+        };
+        let batcher = |max_total_bytes| {
+            Batcher::new(
+                BatchLimits {
+                    max_bytes: 50 * 1000,
+                    max_events: 1000,
+                    max_total_bytes,
+                },
+                1,
+                ExtendedJsonMode::Relaxed,
+            )
+        };
+        // The encoded size of one event.
+        let mut probe = batcher(usize::MAX);
+        fill(&mut probe, "p", 1);
+        let e = probe.pending_bytes();
+        // Intake stops at 120 events' worth; early writes start 50 below.
+        let mut batcher = Batcher::new(
+            BatchLimits {
+                max_bytes: 50 * e,
+                max_events: 1000,
+                max_total_bytes: 120 * e,
+            },
+            1,
+            ExtendedJsonMode::Relaxed,
+        );
+        fill(&mut batcher, "small", 10);
+        let large = fill(&mut batcher, "large", 40);
+        let p = policy();
+        assert!(
+            due(&p, &batcher, &state, &now(30, 30, false))
+                .flushes
+                .is_empty(),
+            "within budget"
+        );
+        fill(&mut batcher, "medium", 25);
+        assert!(batcher.over_budget() > 0);
+        let d = due(&p, &batcher, &state, &now(30, 30, false));
+        assert_eq!(
+            d.flushes,
+            [large.clone()],
+            "the largest, and only as many as needed"
+        );
+        fill(&mut batcher, "m2", 25);
+        assert!(!batcher.is_full());
+        fill(&mut batcher, "m3", 25);
+        assert!(batcher.is_full(), "intake stops past the budget");
+        assert!(batcher.take(&large).is_some());
+        assert!(!batcher.is_full(), "taking the largest frees room");
+    }
+
+    #[test]
     fn files_of_an_earlier_run_are_sealed_when_closed_or_old() {
         let dir = tempfile::tempdir().unwrap();
         let mut state = SinkState::load(StateFile::new(dir.path(), "state.json").unwrap()).unwrap();
@@ -294,6 +381,7 @@ mod tests {
             BatchLimits {
                 max_bytes: 10,
                 max_events: 10,
+                max_total_bytes: 100,
             },
             1,
             ExtendedJsonMode::Relaxed,

@@ -126,6 +126,7 @@ impl AdlsSink {
         let limits = BatchLimits {
             max_bytes: config.batch.max_bytes,
             max_events: config.batch.max_events,
+            max_total_bytes: config.batch.max_total_bytes,
         };
         Self {
             storage,
@@ -652,15 +653,15 @@ impl AdlsSink {
         let Some(key) = failed.key() else {
             return;
         };
+        if let Some(batch) = self.batcher.drop_batch(key) {
+            finalize_all(batch.finalizers, EventStatus::Errored);
+        }
         let activity = self.batcher.activity(key.clone());
         match failed {
             Retry::Stage(_) => activity.staging -= 1,
             _ => activity.busy = false,
         }
         activity.poisoned = true;
-        if let Some(batch) = activity.batch.take() {
-            finalize_all(batch.finalizers, EventStatus::Errored);
-        }
         for (_, arrived) in std::mem::take(&mut activity.arrived) {
             activity.staging -= 1;
             finalize_all(arrived.finalizers, EventStatus::Errored);

@@ -154,6 +154,12 @@ impl AdlsPartitionedJsonlConfig {
         );
         at_least_one("roll.max_bytes", self.roll.max_bytes);
         at_least_one("roll.max_age_secs", self.roll.max_age_secs);
+        if self.batch.max_total_bytes < self.batch.max_bytes {
+            errors.push(OptionError::new(
+                "batch.max_total_bytes",
+                "must be at least `batch.max_bytes` (one full batch)",
+            ));
+        }
         if self.batch.max_bytes > MAX_BLOCK_BYTES {
             errors.push(OptionError::new(
                 "batch.max_bytes",
