@@ -467,13 +467,15 @@ impl Lake {
     }
 
     /// Every committed object, sorted by name (an empty list when the
-    /// container does not exist yet).
+    /// container does not exist yet). Any other error fails the test: an
+    /// empty answer would pass every "nothing was written" check.
     pub async fn list(&self) -> Vec<Listed> {
         use futures::TryStreamExt;
         let mut out = Vec::new();
-        let Ok(mut pager) = self.container.list_blobs(None) else {
-            return out;
-        };
+        let mut pager = self
+            .container
+            .list_blobs(None)
+            .unwrap_or_else(|e| panic!("listing {}: {e}", self.container_url));
         loop {
             match pager.try_next().await {
                 Ok(Some(item)) => {
@@ -485,7 +487,10 @@ impl Lake {
                     });
                 }
                 Ok(None) => break,
-                Err(_) => return Vec::new(),
+                Err(e) if e.http_status().map(u16::from) == Some(404) && out.is_empty() => {
+                    return out;
+                }
+                Err(e) => panic!("listing {}: {e}", self.container_url),
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
