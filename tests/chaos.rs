@@ -19,7 +19,7 @@ use std::{
 
 use mongodb::bson::{doc, Document};
 use rand::Rng;
-use support::{Agent, Azurite, Fault, FaultProxy, Faults, Lake, Mongod, AZURITE_KEY};
+use support::{Agent, Azurite, Fault, FaultProxy, Faults, Lake, Mongod, SpawnTracked, AZURITE_KEY};
 
 const NAMESPACES: [(&str, &str); 4] = [
     ("chaos_a", "orders"),
@@ -210,7 +210,7 @@ impl Watcher {
             args.push("--immutable".into());
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let child = checker(&args).spawn().unwrap();
+        let child = checker(&args).spawn_tracked();
         Self { child, stop, out }
     }
 

@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::SpawnTracked as _;
+
 use std::{
     path::Path,
     process::{Command, Stdio},
@@ -35,8 +37,7 @@ fn spawn_quiet(config: &Path) -> std::process::Child {
         .arg(config)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+        .spawn_tracked()
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
@@ -172,8 +173,7 @@ fn sigterm_drains_and_kill_9_loses_nothing() {
         .arg(&config)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_tracked();
     std::thread::sleep(Duration::from_millis(1500));
     sigterm(child.id());
     let out = child.wait_with_output().unwrap();
@@ -189,8 +189,7 @@ fn sigterm_drains_and_kill_9_loses_nothing() {
         .arg(&config)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_tracked();
     std::thread::sleep(Duration::from_millis(2500));
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
@@ -212,8 +211,7 @@ fn sigterm_drains_and_kill_9_loses_nothing() {
         .arg(&config)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_tracked();
     std::thread::sleep(Duration::from_millis(1000));
     sigterm(child.id());
     let out = child.wait_with_output().unwrap();

@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::SpawnTracked as _;
+
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -33,8 +35,7 @@ impl ConsoleAgent {
             .env("MONGO_ADLS_LOG", "info,mongo_adls=debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+            .spawn_tracked();
         let stdout: ChildStdout = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&lines);
@@ -383,8 +384,7 @@ async fn failing_sink_keeps_the_checkpoint() {
         .arg(&cfg)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_tracked();
     drop(child.stdout.take());
     wait_started(dir.path()).await;
     let before = checkpoint(dir.path()).unwrap();
@@ -723,8 +723,7 @@ async fn oversized_events_fail_or_are_skipped() {
         .arg(&fail_cfg)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_tracked();
     wait_started(fail_dir.path()).await;
 
     // Replace: fullDocument (9 MB) + fullDocumentBeforeChange (9 MB) > 16 MB.

@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::SpawnTracked as _;
+
 use std::{
     path::{Path, PathBuf},
     process::Output,
@@ -290,8 +292,7 @@ fn run_agent(cfg: &Path) -> (std::process::Child, PathBuf) {
         .arg(cfg)
         .stdout(std::process::Stdio::null())
         .stderr(file)
-        .spawn()
-        .unwrap();
+        .spawn_tracked();
     (child, log)
 }
 
