@@ -74,6 +74,7 @@ def watch(args):
     # Growing files: the last version seen (etag, length, sha256 of it).
     versions = {}
     violations = []
+    stats = {"growth_checks": 0}
     reported = set()
     polls = 0
     last_names = {}
@@ -115,7 +116,7 @@ def watch(args):
                     % (b.name, seen["etag"], seen["size"], b.etag, b.size)
                 )
             if not args.immutable and versions.get(b.name, (None,))[0] != b.etag:
-                check_growth(container, b.name, versions, violation)
+                check_growth(container, b.name, versions, violation, stats)
         for name in last_names:
             if name not in names:
                 violation("%s disappeared after it was listed" % name)
@@ -135,6 +136,7 @@ def watch(args):
         json.dump(
             {
                 "polls": polls,
+                "growth_checks": stats["growth_checks"],
                 "first": first,
                 "final": final_listing,
                 "versions": versions,
@@ -144,7 +146,7 @@ def watch(args):
         )
 
 
-def check_growth(container, name, versions, violation):
+def check_growth(container, name, versions, violation, stats):
     """Downloads the current version of a growing file and checks that it
     extends the previous version seen, byte for byte."""
     try:
@@ -156,6 +158,7 @@ def check_growth(container, name, versions, violation):
         return
     prev = versions.get(name)
     if prev is not None and prev[0] != etag:
+        stats["growth_checks"] += 1
         _, length, digest = prev
         if len(data) < length or sha(data[:length]) != digest:
             violation(
@@ -334,12 +337,22 @@ def verify(args):
         if name not in watched["first"]:
             problems.append("%s was never seen by the watcher" % name)
     problems.extend(watched["violations"])
+    if not args.immutable and watched.get("growth_checks", 0) == 0:
+        problems.append("the watcher saw no growing file change: the prefix check was never exercised")
     if watched["polls"] < args.min_polls:
         problems.append("the watcher listed the lake only %d times" % watched["polls"])
 
     print(
-        "checker: %d files, %d lines, %d acknowledged changes, %d unacknowledged, %d listings, %d problems"
-        % (len(files), lines, sum(expected.values()), sum(maybe.values()), watched["polls"], len(problems))
+        "checker: %d files, %d lines, %d acknowledged changes, %d unacknowledged, %d listings, %d new versions of growing files checked, %d problems"
+        % (
+            len(files),
+            lines,
+            sum(expected.values()),
+            sum(maybe.values()),
+            watched["polls"],
+            watched.get("growth_checks", 0),
+            len(problems),
+        )
     )
     for p in problems[:30]:
         print("  " + p)
