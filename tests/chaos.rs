@@ -311,7 +311,7 @@ request.retry_max_backoff_secs = 1
     let watcher = Watcher::start(dir.path(), &lake_args, immutable);
     let log = dir.path().join("agent.log");
 
-    let mut agent = Agent::start_logged(&cfg, &log);
+    let mut agent = Agent::start_logged_with(&cfg, &log, &["-vv"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let manifest = Arc::new(Mutex::new(Manifest::default()));
     let started = Instant::now();
@@ -334,7 +334,7 @@ request.retry_max_backoff_secs = 1
             6 => mongo.restart().await,
             _ => {}
         }
-        agent = Agent::start_logged(&cfg, &log);
+        agent = Agent::start_logged_with(&cfg, &log, &["-vv"]);
     }
     generator.await.unwrap();
     let load_secs = started.elapsed().as_secs_f64();
@@ -377,6 +377,7 @@ request.retry_max_backoff_secs = 1
     }
     assert_eq!(agent.stop(), Some(0));
     let watch_out = watcher.finish();
+    assert_no_secret_in_log(&log);
 
     let manifest_path = dir.path().join("manifest.jsonl");
     {
@@ -419,6 +420,30 @@ request.retry_max_backoff_secs = 1
             stats.get(fault).copied().unwrap_or(0) > 0,
             "fault {fault} was injected: {stats:?}"
         );
+    }
+}
+
+/// Every agent of the run logs at `-vv` (trace) through kills, restarts
+/// and storage faults; none of it may show the account key, in any
+/// encoding, or a request's signature.
+fn assert_no_secret_in_log(log: &Path) {
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(
+        text.contains("TRACE"),
+        "the agents logged at -vv ({} bytes)",
+        text.len()
+    );
+    let encoded: String = url::form_urlencoded::byte_serialize(AZURITE_KEY.as_bytes()).collect();
+    for secret in [
+        AZURITE_KEY,
+        &encoded,
+        &AZURITE_KEY[..20],
+        "SharedKey devstoreaccount1:",
+    ] {
+        if let Some(at) = text.find(secret) {
+            let line = text[..at].rsplit('\n').next().unwrap_or_default();
+            panic!("the agent log shows a secret ({secret}) in: {line}...");
+        }
     }
 }
 

@@ -395,12 +395,17 @@ impl Agent {
 
     /// With its log appended to `log` instead of the test's output.
     pub fn start_logged(config: &Path, log: &Path) -> Self {
+        Self::start_logged_with(config, log, &[])
+    }
+
+    /// Both: extra arguments (`-vv`, say) and the log in `log`.
+    pub fn start_logged_with(config: &Path, log: &Path, args: &[&str]) -> Self {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        Self::spawn(config, &[], file.into())
+        Self::spawn(config, args, file.into())
     }
 
     /// The one way tests launch a long-running agent.
