@@ -289,17 +289,26 @@ fn a_second_agent_on_one_data_dir_is_refused() {
     }
     sigterm(first.id());
     assert_eq!(first.wait().unwrap().code(), Some(0));
-    // kill -9 leaves no stale lock either.
+    // kill -9 leaves no stale lock either. Each waits for the observable
+    // lock (its pid in the lock file), not a fixed time: the third must
+    // hold it when killed, and the fourth must take it after.
+    let holds_lock = |child: &mut std::process::Child, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&lock).unwrap_or_default().trim() != child.id().to_string() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{what}: exited without taking the lock"
+            );
+            assert!(Instant::now() < deadline, "{what}: never took the lock");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
     let mut third = spawn_quiet(&config);
-    std::thread::sleep(Duration::from_millis(500));
+    holds_lock(&mut third, "the third agent");
     third.kill().unwrap();
     third.wait().unwrap();
     let mut fourth = spawn_quiet(&config);
-    std::thread::sleep(Duration::from_millis(1000));
-    assert!(
-        fourth.try_wait().unwrap().is_none(),
-        "refused after kill -9 of the holder"
-    );
+    holds_lock(&mut fourth, "refused after kill -9 of the holder");
     fourth.kill().unwrap();
     fourth.wait().unwrap();
 }
