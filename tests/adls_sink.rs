@@ -73,6 +73,22 @@ filesystem = "{name}"
     path
 }
 
+/// The source's saved checkpoint of the agent `name` (see `agent_config`).
+fn source_checkpoint(dir: &Path, name: &str) -> Option<String> {
+    std::fs::read_to_string(dir.join(format!("data-{name}/mongo/checkpoint.json"))).ok()
+}
+
+/// Waits until the agent `name` has opened its change stream, instead of a
+/// fixed time: on a quiet stream it then saves an idle checkpoint (a new
+/// one, when `before`, left by a previous run, is given), so writes made
+/// afterwards are seen.
+async fn stream_open(dir: &Path, name: &str, before: Option<String>) {
+    eventually(Duration::from_secs(60), async || {
+        source_checkpoint(dir, name).filter(|now| Some(now) != before.as_ref())
+    })
+    .await;
+}
+
 /// `mongo-adls validate -c <cfg>`: its exit code and stderr.
 fn validate(cfg: &Path) -> (Option<i32>, String) {
     let out = support::mongo_adls()
@@ -197,6 +213,76 @@ fn token(v: &Value) -> String {
     v["_meta"]["resumeToken"].as_str().unwrap().to_string()
 }
 
+/// `%XX` escapes decoded (the sink percent-encodes unsafe namespace
+/// characters in folder names).
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Every line lies in its own folder: `<db>/<coll>` (percent-decoded) is
+/// the line's namespace, `year=/month=/day=/hour=` those of the start of
+/// its `window_secs` window (by cluster time, UTC), and a file name with a
+/// time (`events-YYYYMMDD-HHMMSS`) names that window's start. Without this,
+/// every event could land in one folder and the other checks would pass.
+fn assert_in_own_folders(files: &BTreeMap<String, Vec<Value>>, window_secs: i64) {
+    let stamp_re = regex::Regex::new(r"^events-(\d{8}-\d{6})(-part-\d+)?\.jsonl").unwrap();
+    for (name, lines) in files {
+        let segments: Vec<&str> = name.split('/').collect();
+        assert_eq!(segments.len(), 7, "{name}");
+        for line in lines {
+            let meta = &line["_meta"];
+            let ns = (
+                meta["ns"]["db"].as_str().unwrap_or("_none"),
+                meta["ns"]["coll"].as_str().unwrap_or("_none"),
+            );
+            assert_eq!(
+                (percent_decode(segments[0]), percent_decode(segments[1])),
+                (ns.0.to_string(), ns.1.to_string()),
+                "{name}: a line of another namespace"
+            );
+            let t = meta["clusterTime"]["$timestamp"]["t"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{name}: no cluster time in {meta}"));
+            let start = chrono::DateTime::from_timestamp(t - t.rem_euclid(window_secs), 0).unwrap();
+            assert_eq!(
+                &segments[2..6],
+                [
+                    start.format("year=%Y").to_string(),
+                    start.format("month=%m").to_string(),
+                    start.format("day=%d").to_string(),
+                    start.format("hour=%H").to_string(),
+                ],
+                "{name}: a line of time {t} in another hour's folder"
+            );
+            if let Some(stamp) = stamp_re.captures(segments[6]) {
+                assert_eq!(
+                    &stamp[1],
+                    start.format("%Y%m%d-%H%M%S").to_string(),
+                    "{name}: a line of time {t} in another window's file"
+                );
+            }
+        }
+    }
+}
+
 /// Exactly once and in order: no resume token twice, lines in stream order.
 fn assert_exactly_once_in_order(files: &BTreeMap<String, Vec<Value>>, expected: usize) {
     let mut seen = HashSet::new();
@@ -255,7 +341,9 @@ async fn layout_modes_and_immutable_files() {
         .map(|(name, ..)| Lake::new(&azurite, name))
         .collect();
     // Wait for the streams to be open (healthchecks create the containers).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (name, ..) in &variants {
+        stream_open(dir.path(), name, None).await;
+    }
 
     // Watch the on_seal lake while the workload runs: a listed file never
     // changes (same ETag, same size) and is complete when first seen.
@@ -315,6 +403,7 @@ async fn layout_modes_and_immutable_files() {
     for (((name, ext, _), lake), cfg) in variants.iter().zip(&lakes).zip(&configs) {
         let files = read_all(lake).await;
         assert_exactly_once_in_order(&files, expected);
+        assert_in_own_folders(&files, 2);
         assert_snowflake_patterns_match(cfg, files.keys());
         let all: Vec<&Value> = files.values().flatten().collect();
         let ops: HashMap<&str, usize> = all.iter().fold(HashMap::new(), |mut m, v| {
@@ -442,7 +531,7 @@ async fn local_lake_exactly_once_and_in_progress_files_never_match() {
     let (_, sink) = mongo_adls::snowflake::find_sink(&config, None).unwrap();
     let pattern = mongo_adls::snowflake::FilePattern::from_config(sink).unwrap();
     let whole = regex::Regex::new(&format!("^(?:{})$", pattern.copy_pattern())).unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    stream_open(dir.path(), "local", None).await;
 
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
@@ -571,7 +660,7 @@ async fn auth_sas_and_wrong_key_and_hostile_names() {
     let (code, stderr) = validate(&cfg);
     assert_eq!(code, Some(0), "{stderr}");
     let agent = Agent::start(&cfg);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    stream_open(dir.path(), "sas", None).await;
     let client = mongo.client().await;
     // Collection names may hold `/`, `\`, `%` and control characters (not a
     // leading `.`); each must stay one folder.
@@ -611,6 +700,7 @@ async fn auth_sas_and_wrong_key_and_hostile_names() {
         }
     }
     assert_eq!(colls, hostile.iter().map(|s| s.to_string()).collect());
+    assert_in_own_folders(&files, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -665,7 +755,7 @@ async fn chaos(commit: &str) {
     std::fs::write(&cfg, text).unwrap();
 
     let mut agent = Agent::start(&cfg);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    stream_open(dir.path(), "chaos", None).await;
 
     let client = mongo.client().await;
     let writer = tokio::spawn(async move {
@@ -718,6 +808,7 @@ async fn chaos(commit: &str) {
     assert_eq!(agent.stop(), Some(0));
     let files = read_all(&lake).await;
     assert_exactly_once_in_order(&files, expected);
+    assert_in_own_folders(&files, 2);
     assert!(
         files.keys().any(|n| n.contains("-part-0001")),
         "size rolls happened"
@@ -910,6 +1001,19 @@ async fn duckdb_reads_the_lake_in_each_extended_json_mode() {
     }
 }
 
+/// Waits for the next hour when less than `needed` is left of this one.
+async fn clear_of_the_hour_end(needed: Duration) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let left = 3600 - now % 3600;
+    if left < needed.as_secs() {
+        eprintln!("waiting {left} s for the next hour (hourly windows)");
+        tokio::time::sleep(Duration::from_secs(left + 1)).await;
+    }
+}
+
 /// Staged blocks that vanish before the seal (Azure discards uncommitted
 /// blocks a week after staging, e.g. when the agent was stopped that long)
 /// are reported as data loss, with their event count and resume tokens; the
@@ -917,6 +1021,10 @@ async fn duckdb_reads_the_lake_in_each_extended_json_mode() {
 /// part. Before, the seal was retried every 30 s forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vanished_staged_blocks_are_reported_and_the_rest_is_committed() {
+    // Hourly windows with no grace: a run across the end of an hour would
+    // seal the first hour's file and put later events in a new one. The
+    // test takes well under 90 s; start it clear of the boundary.
+    clear_of_the_hour_end(Duration::from_secs(90)).await;
     let (mongo, mut azurite) = (Mongod::start().await, Azurite::start());
     let dir = tempfile::tempdir().unwrap();
     let config = |max_bytes: u64| {
@@ -941,7 +1049,7 @@ async fn vanished_staged_blocks_are_reported_and_the_rest_is_committed() {
 
     // Run 1 stages two blocks of an hourly file and stops.
     let agent = Agent::start(&config(1 << 30));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    stream_open(dir.path(), "lost", None).await;
     let state_dir = dir.path().join("data-lost/lake");
     // Staged blocks are recorded in the state's change log.
     let blocks_staged = async |n: usize| {
@@ -986,8 +1094,9 @@ async fn vanished_staged_blocks_are_reported_and_the_rest_is_committed() {
 
     // Run 2: `roll.max_bytes = 1` seals the file at its next block.
     let log = dir.path().join("run2.log");
+    let before = source_checkpoint(dir.path(), "lost");
     let agent = Agent::start_logged(&run2, &log);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    stream_open(dir.path(), "lost", before).await;
     insert(30..40).await;
     let ids_in = async |name: &str| -> Vec<i64> {
         let lines = lake.lines(name).await;

@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::SpawnTracked as _;
+
 use std::{
     path::Path,
     process::{Command, Stdio},
@@ -35,8 +37,7 @@ fn spawn_quiet(config: &Path) -> std::process::Child {
         .arg(config)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+        .spawn_tracked()
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
@@ -172,8 +173,7 @@ fn sigterm_drains_and_kill_9_loses_nothing() {
         .arg(&config)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_tracked();
     std::thread::sleep(Duration::from_millis(1500));
     sigterm(child.id());
     let out = child.wait_with_output().unwrap();
@@ -189,8 +189,7 @@ fn sigterm_drains_and_kill_9_loses_nothing() {
         .arg(&config)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_tracked();
     std::thread::sleep(Duration::from_millis(2500));
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
@@ -212,8 +211,7 @@ fn sigterm_drains_and_kill_9_loses_nothing() {
         .arg(&config)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_tracked();
     std::thread::sleep(Duration::from_millis(1000));
     sigterm(child.id());
     let out = child.wait_with_output().unwrap();
@@ -291,17 +289,26 @@ fn a_second_agent_on_one_data_dir_is_refused() {
     }
     sigterm(first.id());
     assert_eq!(first.wait().unwrap().code(), Some(0));
-    // kill -9 leaves no stale lock either.
+    // kill -9 leaves no stale lock either. Each waits for the observable
+    // lock (its pid in the lock file), not a fixed time: the third must
+    // hold it when killed, and the fourth must take it after.
+    let holds_lock = |child: &mut std::process::Child, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&lock).unwrap_or_default().trim() != child.id().to_string() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{what}: exited without taking the lock"
+            );
+            assert!(Instant::now() < deadline, "{what}: never took the lock");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
     let mut third = spawn_quiet(&config);
-    std::thread::sleep(Duration::from_millis(500));
+    holds_lock(&mut third, "the third agent");
     third.kill().unwrap();
     third.wait().unwrap();
     let mut fourth = spawn_quiet(&config);
-    std::thread::sleep(Duration::from_millis(1000));
-    assert!(
-        fourth.try_wait().unwrap().is_none(),
-        "refused after kill -9 of the holder"
-    );
+    holds_lock(&mut fourth, "refused after kill -9 of the holder");
     fourth.kill().unwrap();
     fourth.wait().unwrap();
 }
@@ -450,8 +457,7 @@ fn sigterm_during_start_up_stops_cleanly() {
         .arg(&config)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_tracked();
     std::thread::sleep(Duration::from_millis(1500));
     sigterm(child.id());
     let started = Instant::now();

@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::SpawnTracked as _;
+
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -33,8 +35,7 @@ impl ConsoleAgent {
             .env("MONGO_ADLS_LOG", "info,mongo_adls=debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+            .spawn_tracked();
         let stdout: ChildStdout = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&lines);
@@ -214,6 +215,17 @@ async fn each_scope_delivers_exactly_its_changes() {
         .await
         .unwrap();
 
+    // End markers, one per namespace, after every change above.
+    for (db, coll) in [("shop", "orders"), ("shop", "users"), ("crm", "leads")] {
+        client
+            .database(db)
+            .collection::<Document>(coll)
+            .insert_one(doc! { "_id": "end-marker" })
+            .await
+            .unwrap();
+    }
+    let is_marker = |e: &Value| e["documentKey"]["_id"] == "end-marker";
+
     for (i, _dir, agent) in agents {
         let ns = scopes[i].1.as_slice();
         let mut wanted: Vec<String> = Vec::new();
@@ -228,14 +240,23 @@ async fn each_scope_delivers_exactly_its_changes() {
         if ns.contains(&"crm.leads") {
             wanted.push("insert crm.leads".into());
         }
-        agent.wait_for(wanted.len()).await;
-        // Give stray events a moment to show up before comparing.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Wait for the end markers of this scope's namespaces rather than
+        // for a fixed time: a stray event (made before the markers) would
+        // be delivered before them.
+        let markers = ["shop.orders", "shop.users", "crm.leads"]
+            .iter()
+            .filter(|n| ns.contains(n))
+            .count();
+        eventually(Duration::from_secs(60), async || {
+            let n = agent.events().iter().filter(|e| is_marker(e)).count();
+            (n >= markers).then_some(())
+        })
+        .await;
         let (code, events) = agent.stop(libc::SIGTERM);
         assert_eq!(code, Some(0));
         let got: Vec<String> = events
             .iter()
-            .filter(|e| e["operationType"] != "create")
+            .filter(|e| e["operationType"] != "create" && !is_marker(e))
             .map(summary)
             .collect();
         assert_eq!(got, wanted, "scope {:?}", scopes[i].0);
@@ -377,21 +398,34 @@ async fn failing_sink_keeps_the_checkpoint() {
     let client = mongo.client().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &mongo.uri(), "database = \"app\"");
+    let log = dir.path().join("failing.log");
     // Stdout whose reader is gone: every write fails with EPIPE.
     let mut child = support::mongo_adls()
         .arg("--config")
         .arg(&cfg)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn_tracked();
+    let pid = child.id() as i32;
     drop(child.stdout.take());
+    let child = KillOnDrop(Some(child));
     wait_started(dir.path()).await;
     let before = checkpoint(dir.path()).unwrap();
     insert_range(&client, 0, 10).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait().unwrap();
+    // Wait until the source has heard of the failed delivery (it says so
+    // once), rather than for a fixed time: from then on its checkpoint
+    // must never move, idle streams included.
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    eventually(Duration::from_secs(60), async || {
+        logged().contains("was not delivered").then_some(())
+    })
+    .await;
+    assert!(logged().contains("Could not write"), "{}", logged());
+    // Several idle checkpoint intervals (100 ms) of a stream at rest.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = child.into_inner().wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", logged());
     assert_eq!(
         checkpoint(dir.path()).unwrap(),
         before,
@@ -401,8 +435,28 @@ async fn failing_sink_keeps_the_checkpoint() {
     // A working sink then gets all of them.
     let agent = ConsoleAgent::start(&cfg);
     agent.wait_for(10).await;
-    let (_, events) = agent.stop(libc::SIGTERM);
+    let (code, events) = agent.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0));
     assert_eq!(seqs(&events), (0..10).collect::<Vec<_>>());
+}
+
+/// Kills the child when dropped (a failing assertion must not leave it
+/// running); `into_inner` takes it back.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn into_inner(mut self) -> std::process::Child {
+        self.0.take().unwrap()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 #[tokio::test]
@@ -723,8 +777,7 @@ async fn oversized_events_fail_or_are_skipped() {
         .arg(&fail_cfg)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_tracked();
     wait_started(fail_dir.path()).await;
 
     // Replace: fullDocument (9 MB) + fullDocumentBeforeChange (9 MB) > 16 MB.

@@ -1,7 +1,8 @@
 //! `mongo-adls snowflake-sql`: the generated SQL parses as Snowflake SQL,
 //! its file pattern and partition regexes agree with the sink's names, and
 //! the output for the example configs is pinned (`tests/snapshots/`; run
-//! with `UPDATE_SNAPSHOTS=1` to rewrite them after an intended change).
+//! with `UPDATE_SNAPSHOTS=1` to rewrite the ones that differ after an
+//! intended change: that run fails, the next one without it passes).
 
 mod support;
 
@@ -248,6 +249,7 @@ fn patterns_select_sealed_names_and_extract_partitions() {
 #[test]
 fn snapshots_of_the_example_configs() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut rewritten = Vec::new();
     for example in ["quickstart", "production_adls", "mongodb_to_local"] {
         let out = bin(
             &root.join("config-examples").join(format!("{example}.toml")),
@@ -263,18 +265,34 @@ fn snapshots_of_the_example_configs() {
         let snapshot = root
             .join("tests/snapshots")
             .join(format!("snowflake_{example}.sql"));
+        let pinned = std::fs::read_to_string(&snapshot).ok();
+        if pinned.as_deref() == Some(sql.as_str()) {
+            continue;
+        }
         if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+            // Rewritten, and still a failure: a run that rewrites a
+            // snapshot never passes, so UPDATE_SNAPSHOTS left set (in CI,
+            // say) cannot hide a change. Run again without it.
             std::fs::create_dir_all(snapshot.parent().unwrap()).unwrap();
             std::fs::write(&snapshot, &sql).unwrap();
+            rewritten.push(snapshot.display().to_string());
+            continue;
         }
-        let pinned = std::fs::read_to_string(&snapshot).unwrap_or_else(|e| {
-            panic!("{}: {e} (run with UPDATE_SNAPSHOTS=1)", snapshot.display())
-        });
-        assert_eq!(
-            sql,
-            pinned,
-            "{example}: output differs from {}",
-            snapshot.display()
-        );
+        match pinned {
+            None => panic!(
+                "{}: missing (run with UPDATE_SNAPSHOTS=1)",
+                snapshot.display()
+            ),
+            Some(pinned) => assert_eq!(
+                sql,
+                pinned,
+                "{example}: output differs from {} (after an intended change, run with UPDATE_SNAPSHOTS=1)",
+                snapshot.display()
+            ),
+        }
     }
+    assert!(
+        rewritten.is_empty(),
+        "rewrote {rewritten:?}: review the diff and run again without UPDATE_SNAPSHOTS"
+    );
 }

@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::SpawnTracked as _;
+
 use std::{
     path::{Path, PathBuf},
     process::Output,
@@ -283,15 +285,19 @@ async fn validate_writes_nothing() {
 /// Runs the agent (not `validate`) on `cfg` with its log in a file; returns
 /// the child and the log's path.
 fn run_agent(cfg: &Path) -> (std::process::Child, PathBuf) {
+    run_agent_with(cfg, &[])
+}
+
+fn run_agent_with(cfg: &Path, args: &[&str]) -> (std::process::Child, PathBuf) {
     let log = cfg.with_extension("log");
     let file = std::fs::File::create(&log).unwrap();
     let child = support::mongo_adls()
         .arg("-c")
         .arg(cfg)
+        .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(file)
-        .spawn()
-        .unwrap();
+        .spawn_tracked();
     (child, log)
 }
 
@@ -371,4 +377,44 @@ async fn an_unreachable_host_is_logged_within_10s() {
     );
     agent.kill().unwrap();
     agent.wait().unwrap();
+}
+
+/// A running agent at `-vv` (trace) whose URI carries a password: the test
+/// mongod has no users, so authentication fails and the agent logs why,
+/// through its retries, and no line may show the password (as written or
+/// percent-encoded).
+#[tokio::test]
+async fn a_running_agent_at_trace_never_logs_the_uri_password() {
+    let mongod = support::Mongod::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", "create_filesystem = true");
+    let password = "Pa55/w0rd:s3cret";
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "mongodb://127.0.0.1:27017/?replicaSet=rs0",
+        &format!(
+            "mongodb://reader:Pa55%2Fw0rd%3As3cret@127.0.0.1:{}/?replicaSet=rs0",
+            mongod.port
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (mut agent, log) = run_agent_with(&cfg, &["-vv"]);
+    // Until the failure is logged (or the agent gave up).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("uthenticat") || agent.try_wait().unwrap().is_some() {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no authentication error: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(text.contains("uthenticat"), "{text}");
+    for secret in [password, "Pa55%2Fw0rd", "s3cret"] {
+        assert!(
+            !text.contains(secret),
+            "the log shows the password ({secret}):\n{text}"
+        );
+    }
 }

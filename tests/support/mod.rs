@@ -57,6 +57,46 @@ fn listening(child: &mut Child, port: u16, timeout: Duration) -> bool {
     }
 }
 
+/// Spawning that leaves a trace: every process the suite starts is
+/// recorded, as `<pid> <start time>` (field 22 of `/proc/<pid>/stat`), in
+/// the file named by `MONGO_ADLS_TEST_PIDS` when it is set. `e2e/test.sh`
+/// sets it to a file of its own and, after the run, kills the processes
+/// listed there that are still alive with the same start time (a reused
+/// pid is left alone): only what this run started, never by name. The
+/// Drop impls below stop everything in a normal run; the file covers a
+/// test that aborts or a child a test forgot to stop.
+pub trait SpawnTracked {
+    fn spawn_tracked(&mut self) -> Child;
+}
+
+impl SpawnTracked for Command {
+    fn spawn_tracked(&mut self) -> Child {
+        let child = self
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {:?}: {e}", self.get_program()));
+        if let Some(file) = std::env::var_os("MONGO_ADLS_TEST_PIDS") {
+            use std::io::Write;
+            let stat =
+                std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+            // Fields after the command name, which is in parentheses:
+            // state is field 3, so start time (22) is the 20th of these.
+            let start = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+                .unwrap_or("?");
+            let line = format!("{} {start}\n", child.id());
+            // One short O_APPEND write per line: concurrent tests do not
+            // interleave.
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)
+                .and_then(|mut f| f.write_all(line.as_bytes()));
+        }
+        child
+    }
+}
+
 /// The `mongo-adls` binary, without any MONGO_ADLS_CONFIG of the caller.
 pub fn mongo_adls() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mongo-adls"));
@@ -151,8 +191,7 @@ impl Mongod {
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .spawn_tracked();
         self.child = Some(child);
     }
 
@@ -304,8 +343,7 @@ impl Azurite {
         cmd.current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+            .spawn_tracked()
     }
 
     /// Stops (SIGINT, so an on-disk Azurite saves its metadata: it keeps
@@ -360,6 +398,7 @@ impl Agent {
         Self::start_logged_with(config, log, &[])
     }
 
+    /// Both: extra arguments (`-vv`, say) and the log in `log`.
     pub fn start_logged_with(config: &Path, log: &Path, args: &[&str]) -> Self {
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -390,8 +429,7 @@ impl Agent {
             .args(args)
             .stdout(Stdio::null())
             .stderr(stderr)
-            .spawn()
-            .unwrap();
+            .spawn_tracked();
         Self(child)
     }
 
@@ -484,13 +522,15 @@ impl Lake {
     }
 
     /// Every committed object, sorted by name (an empty list when the
-    /// container does not exist yet).
+    /// container does not exist yet). Any other error fails the test: an
+    /// empty answer would pass every "nothing was written" check.
     pub async fn list(&self) -> Vec<Listed> {
         use futures::TryStreamExt;
         let mut out = Vec::new();
-        let Ok(mut pager) = self.container.list_blobs(None) else {
-            return out;
-        };
+        let mut pager = self
+            .container
+            .list_blobs(None)
+            .unwrap_or_else(|e| panic!("listing {}: {e}", self.container_url));
         loop {
             match pager.try_next().await {
                 Ok(Some(item)) => {
@@ -502,7 +542,10 @@ impl Lake {
                     });
                 }
                 Ok(None) => break,
-                Err(_) => return Vec::new(),
+                Err(e) if e.http_status().map(u16::from) == Some(404) && out.is_empty() => {
+                    return out;
+                }
+                Err(e) => panic!("listing {}: {e}", self.container_url),
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

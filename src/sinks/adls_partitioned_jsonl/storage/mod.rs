@@ -227,17 +227,25 @@ mod tests {
     #[tokio::test]
     async fn timeouts_are_retried() {
         let calls = AtomicU32::new(0);
+        let mut retried = Vec::new();
+        let started = std::time::Instant::now();
         let r = with_retries(
             &policy(3),
             || async {
                 if calls.fetch_add(1, Ordering::SeqCst) == 0 {
                     tokio::time::sleep(Duration::from_secs(5)).await;
+                    return Ok(0); // only without a timeout
                 }
                 Ok(1)
             },
-            |_, _| {},
+            |e, _| retried.push(e.message.clone()),
         )
         .await;
+        // The first attempt was cut off at the 200 ms timeout and retried.
         assert_eq!(r.unwrap(), 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(retried.len(), 1, "{retried:?}");
+        assert!(retried[0].contains("timed out"), "{retried:?}");
+        assert!(started.elapsed() < Duration::from_secs(4));
     }
 }
