@@ -4,14 +4,29 @@
 #   2. blackhole - mongo-adls, mongodb_change_stream -> blackhole sink (source and runtime cost)
 #   3. azurite   - mongo-adls with default sink settings into Azurite (Shared Key)
 #   4. local     - mongo-adls with default sink settings into a file:// lake
-#   5. seed_rolling   - the design users run today (e2e/seed/seed.js, Node.js):
+#   5. ceiling   - Azurite's own ingest (`bench_tool azurite-ceiling`): BENCH_CEILING_WRITERS
+#                  (default 4) concurrent Put Blocks of BENCH_BLOCK_BYTES (default 8000000, the
+#                  sink's batch.max_bytes) through the sink's SDK and Shared Key policy, committed
+#                  per 128 MiB blob; BENCH_CEILING_BYTES (default: what the azurite run wrote,
+#                  at least 256 MiB). Reported as MB/s written and as events/s of the average
+#                  line the azurite (else local) run wrote: the storage limit
+#   6. latency   - as azurite, through `bench_tool latency-proxy`, which holds every chunk
+#                  Azurite sends back for BENCH_LATENCY_MS (default 30) before passing it on:
+#                  each storage round trip takes that much longer (connection setup does not)
+#   7. many      - as azurite, but a second backlog of the same size spread round-robin over
+#                  BENCH_COLLECTIONS (default 1000) collections of the same database, loaded
+#                  just before this run
+#   8. seed_rolling   - the design users run today (e2e/seed/seed.js, Node.js):
 #                       one Append Block per event into hourly append blobs
-#   6. seed_per_event - the same port in its one-blob-per-event mode
-# Reports events/s, MB/s (of documents), CPU seconds and peak RSS of the
-# process under test, CPU seconds mongod and Azurite spent during each run
-# (they share the machine's cores), and ratios.
+#   9. seed_per_event - the same port in its one-blob-per-event mode
+# Reports events/s, MB/s (of documents), MB/s written to storage, CPU seconds
+# and peak RSS of the process under test, CPU seconds mongod and Azurite spent
+# during each run (they share the machine's cores), and ratios.
 # The seed ports drain the first SEED_EVENTS events only (default 5000):
 # at one request per event, the whole backlog would take many minutes.
+# BENCH_MONGO_PORT / BENCH_AZURITE_PORT pin the services' ports (default:
+# 27017 / 10000 when free, else any free port); MONGO_ADLS_SERVICES_DIR
+# picks the services' folder (its mongod and Azurite are restarted afresh).
 #
 #   BENCH_EVENTS=200000 BENCH_DOC_BYTES=1024 e2e/bench.sh
 #   BENCH_RUNS="blackhole azurite" e2e/bench.sh   # a subset (bare always runs)
@@ -21,7 +36,11 @@ cd "$repo"
 N="${BENCH_EVENTS:-200000}"
 SIZE="${BENCH_DOC_BYTES:-1024}"
 SEED_N="${SEED_EVENTS:-5000}"
-RUNS="${BENCH_RUNS:-blackhole azurite local seed_rolling seed_per_event}"
+RUNS="${BENCH_RUNS:-blackhole azurite local ceiling latency many seed_rolling seed_per_event}"
+WRITERS="${BENCH_CEILING_WRITERS:-4}"
+BLOCK="${BENCH_BLOCK_BYTES:-8000000}"
+LATENCY_MS="${BENCH_LATENCY_MS:-30}"
+COLLECTIONS="${BENCH_COLLECTIONS:-1000}"
 wanted() { [[ " $RUNS " == *" $1 "* ]]; }
 [ "$SEED_N" -gt "$N" ] && SEED_N="$N"
 export MONGO_ADLS_SERVICES_DIR="${MONGO_ADLS_SERVICES_DIR:-$repo/.services}"
@@ -34,8 +53,9 @@ tool="$bin/examples/bench_tool"
 
 e2e/services.sh down >/dev/null 2>&1 || true
 rm -rf "$MONGO_ADLS_SERVICES_DIR/mongo-data" "$MONGO_ADLS_SERVICES_DIR/azurite-data"
-e2e/services.sh up >/dev/null
-trap 'e2e/services.sh down >/dev/null 2>&1 || true' EXIT
+e2e/services.sh up "${BENCH_MONGO_PORT:-}" "${BENCH_AZURITE_PORT:-}" >/dev/null
+proxy_pid=""
+trap '[ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null; e2e/services.sh down >/dev/null 2>&1 || true' EXIT
 set -a; . "$MONGO_ADLS_SERVICES_DIR/services.env"; set +a
 
 token="$("$tool" token "$MONGO_URI")"
@@ -44,21 +64,21 @@ echo "loading $N documents of $SIZE bytes..." >&2
 
 now() { date +%s.%N; }
 results="$out/results.tsv"
-printf 'run\tseconds\tevents_per_s\tmb_per_s\tcpu_s\tpeak_rss_mb\tmongod_cpu_s\tazurite_cpu_s\n' > "$results"
-# CPU seconds (user + system) a service has used so far, from /proc.
-svc_cpu() {
-  local pid
-  pid="$(cat "$MONGO_ADLS_SERVICES_DIR/$1.pid")"
-  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$pid/stat"
-}
+printf 'run\tseconds\tevents_per_s\tmb_per_s\tout_mb_per_s\tcpu_s\tpeak_rss_mb\tmongod_cpu_s\tazurite_cpu_s\n' > "$results"
+# CPU seconds (user + system) a process has used so far, from /proc.
+pid_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+svc_cpu() { pid_cpu "$(cat "$MONGO_ADLS_SERVICES_DIR/$1.pid")"; }
 svc_mark() { m0="$(svc_cpu mongod)"; a0="$(svc_cpu azurite)"; }
-record() { # name seconds cpu rss_kb [events]
+record() { # name seconds cpu rss_kb [events [bytes written to storage]]
   local m1 a1
   m1="$(svc_cpu mongod)"; a1="$(svc_cpu azurite)"
-  awk -v n="$1" -v s="$2" -v c="$3" -v r="$4" -v N="${5:-$N}" -v B="$SIZE" \
+  awk -v n="$1" -v s="$2" -v c="$3" -v r="$4" -v N="${5:-$N}" -v B="$SIZE" -v o="${6:-}" \
     -v m="$(echo "$m1 - $m0" | bc)" -v a="$(echo "$a1 - $a0" | bc)" \
-    'BEGIN { printf "%s\t%.2f\t%.0f\t%.1f\t%.2f\t%.0f\t%.2f\t%.2f\n", n, s, N/s, N*B/s/1e6, c, r/1024, m, a }' >> "$results"
+    'BEGIN { out = (o == "" || o == 0) ? "-" : sprintf("%.1f", o/s/1e6)
+             printf "%s\t%.2f\t%.0f\t%.1f\t%s\t%.2f\t%.0f\t%.2f\t%.2f\n", n, s, N/s, N*B/s/1e6, out, c, r/1024, m, a }' >> "$results"
 }
+# Bytes each agent run wrote (the sink's component_sent_event_bytes_total).
+declare -A out_bytes
 
 # 1. The bare driver loop.
 svc_mark
@@ -68,8 +88,8 @@ end=$(now)
 read -r u s m < "$out/bare.time"
 record bare "$(echo "$end - $start" | bc)" "$(echo "$u + $s" | bc)" "$m"
 
-agent_run() { # name sink-toml
-  local name="$1" sink="$2" port
+agent_run() { # name sink-toml [start token]
+  local name="$1" sink="$2" from="${3:-$token}" port
   port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
   cat > "$out/$name.toml" <<TOML
 data_dir = "$out/$name-data"
@@ -78,35 +98,83 @@ api.address = "127.0.0.1:$port"
 type = "mongodb_change_stream"
 uri = "$MONGO_URI"
 database = "bench"
-start_at = "$token"
+start_at = "$from"
 [sinks.out]
 inputs = ["mongo"]
 $sink
 TOML
   wanted "$name" || return 0
-  local start end pid
+  local start end pid sent
   svc_mark
   start=$(now)
   /usr/bin/time -f "%U %S %M" -o "$out/$name.time" "$bin/mongo-adls" -q --config "$out/$name.toml" 2>"$out/$name.log" &
   pid=$!
-  "$tool" wait "http://127.0.0.1:$port/metrics" out "$N"
+  sent="$("$tool" wait "http://127.0.0.1:$port/metrics" out "$N")"
   end=$(now)
   pkill -TERM -P "$pid" mongo-adls || true
   wait "$pid" || true
   read -r u s m < "$out/$name.time"
-  record "$name" "$(echo "$end - $start" | bc)" "$(echo "$u + $s" | bc)" "$m"
+  out_bytes[$name]="$sent"
+  record "$name" "$(echo "$end - $start" | bc)" "$(echo "$u + $s" | bc)" "$m" "$N" "$sent"
+}
+azure_sink() { # filesystem [account_url]
+  printf '%s\n' 'type = "adls_partitioned_jsonl"' "account_url = \"${2:-$ADLS_ACCOUNT_URL}\"" \
+    "filesystem = \"$1\"" 'create_filesystem = true' "auth.shared_key = \"$ADLS_SHARED_KEY\""
 }
 
 agent_run blackhole 'type = "blackhole"'
-agent_run azurite "type = \"adls_partitioned_jsonl\"
-account_url = \"$ADLS_ACCOUNT_URL\"
-filesystem = \"bench\"
-create_filesystem = true
-auth.shared_key = \"$ADLS_SHARED_KEY\""
+agent_run azurite "$(azure_sink bench)"
 agent_run local "type = \"adls_partitioned_jsonl\"
 account_url = \"file://$out/lake\"
 filesystem = \"bench\"
 create_filesystem = true"
+
+# Azurite's own ingest ceiling, as events/s of the average line the agent wrote.
+line_bytes=""
+for r in azurite local; do
+  if [ -n "${out_bytes[$r]:-}" ] && [ "${out_bytes[$r]}" != 0 ]; then
+    line_bytes="$(echo "${out_bytes[$r]} / $N" | bc -l)"; break
+  fi
+done
+if wanted ceiling; then
+  total="${BENCH_CEILING_BYTES:-$(( ${out_bytes[azurite]:-${out_bytes[local]:-0}} > 268435456 ? ${out_bytes[azurite]:-${out_bytes[local]:-0}} : 268435456 ))}"
+  svc_mark
+  if ! /usr/bin/time -f "%U %S %M" -o "$out/ceiling.time" \
+    "$tool" azurite-ceiling "$ADLS_ACCOUNT_URL" "$ADLS_SHARED_KEY" "$WRITERS" "$BLOCK" "$total" \
+    > "$out/ceiling.out" 2>"$out/ceiling.log"; then
+    cat "$out/ceiling.log" >&2; exit 1
+  fi
+  read -r secs bytes < "$out/ceiling.out"
+  read -r u s m < "$out/ceiling.time"
+  # With no agent run to give the line size, events/s is of the documents' size.
+  record ceiling "$secs" "$(echo "$u + $s" | bc)" "$m" \
+    "$(echo "$bytes / ${line_bytes:-$SIZE}" | bc -l)" "$bytes"
+fi
+
+# mongo-adls into Azurite through a proxy adding BENCH_LATENCY_MS per round trip.
+if wanted latency; then
+  pport="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  "$tool" latency-proxy "127.0.0.1:$pport" "127.0.0.1:$AZURITE_PORT" "$LATENCY_MS" 2>"$out/latency-proxy.log" &
+  proxy_pid=$!
+  for _ in $(seq 1 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$pport") 2>/dev/null && break
+    sleep 0.1
+  done
+  p0="$(pid_cpu "$proxy_pid")"
+  agent_run latency "$(azure_sink bench-latency "http://127.0.0.1:$pport/devstoreaccount1")"
+  proxy_cpu="$(printf %.2f "$(echo "$(pid_cpu "$proxy_pid") - $p0" | bc)")"
+  kill "$proxy_pid" 2>/dev/null || true
+  wait "$proxy_pid" 2>/dev/null || true
+  proxy_pid=""
+fi
+
+# A second backlog of the same size spread over BENCH_COLLECTIONS collections.
+if wanted many; then
+  many_token="$("$tool" token "$MONGO_URI")"
+  echo "loading $N documents of $SIZE bytes over $COLLECTIONS collections..." >&2
+  "$tool" load "$MONGO_URI" "$N" "$SIZE" "$COLLECTIONS" many
+  agent_run many "$(azure_sink bench-many)" "$many_token"
+fi
 
 seed_run() { # name mode
   local name="$1" mode="$2" start end
@@ -132,7 +200,26 @@ seed_run seed_per_event per_event
 
 echo
 column -t "$results"
-awk -F'\t' 'NR==2 { bare=$3 } $1=="azurite" { az=$3 } $1 ~ /^seed_/ { seed[$1]=$3 }
-  NR>2 { printf "%s / bare = %.2f\n", $1, $3/bare }
-  END { for (k in seed) printf "azurite / %s = %.1f\n", k, az/seed[k] }' "$results"
+echo
+echo "ratios of events/s (backlog $N x $SIZE bytes; ceiling: $WRITERS writers of $BLOCK-byte blocks${line_bytes:+, lines of $(printf %.0f "$line_bytes") bytes}; latency: +$LATENCY_MS ms per round trip${proxy_cpu:+, proxy CPU ${proxy_cpu} s}; many: $COLLECTIONS collections):"
+awk -F'\t' 'NR > 1 { ev[$1] = $3; rss[$1] = $7; order[++n] = $1 }
+  function ratio(label, a, b) { if (a != "" && b != "" && b > 0) printf "  %-32s %6.2f\n", label, a / b }
+  END {
+    bare = ev["bare"]; az = ev["azurite"]; c = ev["ceiling"]
+    limit = bare; which = "bare"
+    if (c != "" && c < bare) { limit = c; which = "ceiling" }
+    ratio("blackhole / bare", ev["blackhole"], bare)
+    if (c != "") ratio("ceiling / bare", c, bare)
+    ratio("azurite / min(bare, ceiling)", az, limit)
+    if (az != "" && c != "") printf "  %-32s (the limit is %s)\n", "", which
+    ratio("local / bare", ev["local"], bare)
+    ratio("latency / azurite", ev["latency"], az)
+    ratio("many / azurite", ev["many"], az)
+    for (k in ev) if (k ~ /^seed_/) ratio("azurite / " k, az, ev[k])
+    printf "every run / bare:"
+    for (i = 2; i <= n; i++) printf "%s %s %.2f", (i > 2 ? "," : ""), order[i], ev[order[i]] / bare
+    printf "\npeak RSS (MB):"
+    for (i = 1; i <= n; i++) printf "%s %s %s", (i > 1 ? "," : ""), order[i], rss[order[i]]
+    printf "\n"
+  }' "$results"
 echo "(results in $results)"
