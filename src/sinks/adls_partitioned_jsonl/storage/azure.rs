@@ -365,7 +365,16 @@ impl Storage for AzureStorage {
             .map_err(|e| map_error(&what, e))?
             .into_pages();
         let mut names = Vec::new();
-        while let Some(page) = pages.try_next().await.map_err(|e| map_error(&what, e))? {
+        loop {
+            let page = match pages.try_next().await {
+                Ok(Some(page)) => page,
+                Ok(None) => break,
+                // No filesystem yet (`create_filesystem`): no files in it.
+                Err(e) if matches!(e.kind(), ErrorKind::HttpResponse { status, .. } if u16::from(*status) == 404) => {
+                    break
+                }
+                Err(e) => return Err(map_error(&what, e)),
+            };
             let page = page.into_model().map_err(|e| map_error(&what, e))?;
             names.extend(page.blob_items.into_iter().filter_map(|b| b.name));
         }
