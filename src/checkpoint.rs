@@ -53,6 +53,13 @@ impl StateFile {
         })
     }
 
+    /// A state file at `dir/name`, creating nothing (for reading).
+    pub fn existing(dir: &Path, name: &str) -> Self {
+        Self {
+            path: dir.join(name),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -10,7 +10,7 @@ use futures::FutureExt;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::{
-    config::{self, EXIT_CONFIG},
+    config::{self, ComponentConfig, EXIT_CONFIG},
     shutdown::ShutdownSignal,
     topology::{Outcome, Topology},
 };
@@ -84,6 +84,11 @@ enum Command {
         #[arg(long)]
         no_environment: bool,
     },
+    /// Inspect the pipeline's state without changing it.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
     /// List the available component types.
     List,
     /// Print the configuration's JSON Schema (for editors: taplo, Even
@@ -124,6 +129,14 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum StateCommand {
+    /// Print whether an agent runs on `data_dir`, each source's checkpoint
+    /// (resume token, cluster time, pipeline id) and each sink's open files
+    /// and how far it has written; reads only, takes no lock.
+    Show,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum SchemaFormat {
     /// JSON Schema (draft 2020-12).
@@ -151,6 +164,9 @@ pub fn main() -> i32 {
     let code = runtime.block_on(async move {
         match &opts.command {
             Some(Command::List) => list(),
+            Some(Command::State {
+                command: StateCommand::Show,
+            }) => state_show(&opts),
             Some(Command::GenerateSchema { format }) => generate_schema(*format),
             Some(Command::SnowflakeSql {
                 sink,
@@ -291,6 +307,51 @@ fn snowflake_sql(opts: &Opts, options: &crate::snowflake::Options) -> i32 {
             EXIT_CONFIG
         }
     }
+}
+
+/// `state show`: each component describes its own state.
+fn state_show(opts: &Opts) -> i32 {
+    let config = match load(opts, true) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(data_dir) = config.data_dir() else {
+        println!("No `data_dir`: no state is kept.");
+        return 0;
+    };
+    println!("data_dir {}", data_dir.display());
+    println!("  agent: {}", crate::lock::holder(data_dir));
+    let components = config
+        .sources
+        .iter()
+        .map(|(id, s)| ("source", id, s.inner.as_ref() as &dyn ComponentConfig))
+        .chain(
+            config
+                .sinks
+                .iter()
+                .map(|(id, s)| ("sink", id, s.outer.inner.as_ref() as &dyn ComponentConfig)),
+        );
+    let mut code = 0;
+    for (kind, id, component) in components {
+        let dir = config
+            .global
+            .component_data_dir(id)
+            .expect("data_dir is set");
+        match component.describe_state(&dir) {
+            None => {}
+            Some(Ok(lines)) => {
+                println!("{kind} `{id}` ({})", component.component_type());
+                for line in lines {
+                    println!("  {line}");
+                }
+            }
+            Some(Err(e)) => {
+                println!("{kind} `{id}`: {e}");
+                code = 1;
+            }
+        }
+    }
+    code
 }
 
 async fn validate(opts: &Opts, no_environment: bool) -> i32 {

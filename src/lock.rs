@@ -40,6 +40,22 @@ impl DataDirLock {
     }
 }
 
+/// For `state show`: the pid recorded in `data_dir/.lock` and whether that
+/// process is alive, without taking the lock (a probe could make a starting
+/// agent fail).
+pub fn holder(dir: &Path) -> String {
+    let pid = fs::read_to_string(dir.join(".lock")).unwrap_or_default();
+    let pid = pid.trim();
+    if pid.is_empty() {
+        return "none has run here".into();
+    }
+    let alive = Path::new("/proc").join(pid).exists();
+    format!(
+        "pid {pid} ({})",
+        if alive { "running" } else { "not running" }
+    )
+}
+
 fn held_by_another(path: &Path, file: &mut fs::File) -> String {
     let mut pid = String::new();
     let _ = file.read_to_string(&mut pid);

@@ -1393,6 +1393,26 @@ async fn lost_state_is_refused_unless_accepted() {
     insert(0..100).await;
     until_ids(100).await;
     assert_eq!(agent.stop(), Some(0));
+    // `state show` reads what the start check compares.
+    let out = support::mongo_adls()
+        .args(["state", "show", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    let pipeline = regex::Regex::new(r"pipeline ([0-9a-f-]{36})")
+        .unwrap()
+        .captures(&shown)
+        .unwrap_or_else(|| panic!("a pipeline id: {shown}"))[1]
+        .to_string();
+    assert!(
+        shown.contains(&format!(
+            "source `mongo`: pipeline {pipeline}, written up to cluster time"
+        )),
+        "the sink's mark names the checkpoint's pipeline: {shown}"
+    );
+    assert!(shown.contains("(not running)"), "{shown}");
 
     // 1. The checkpoint is deleted while changes happen.
     std::fs::remove_file(&checkpoint).unwrap();

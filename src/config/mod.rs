@@ -91,6 +91,13 @@ pub trait ComponentConfig: Send + Sync {
     fn needs_data_dir(&self) -> bool {
         false
     }
+
+    /// For `mongo-adls state show`: what the component's state in `dir`
+    /// says, as lines for people, read without changing anything. `None`
+    /// for components without state.
+    fn describe_state(&self, _dir: &std::path::Path) -> Option<Result<Vec<String>, String>> {
+        None
+    }
 }
 
 /// Where a component was declared.

@@ -226,6 +226,16 @@ pub fn healthcheck_result(id: &str, result: &Result<(), String>) {
 }
 
 /// Seconds since the epoch as RFC 3339 (UTC), for log lines.
+/// "3h 05m ago" for a time in seconds since the epoch.
+pub fn age(secs: i64) -> String {
+    let d = (chrono::Utc::now().timestamp() - secs).max(0);
+    match d {
+        d if d >= 86_400 => format!("{}d {:02}h ago", d / 86_400, d % 86_400 / 3600),
+        d if d >= 3600 => format!("{}h {:02}m ago", d / 3600, d % 3600 / 60),
+        d => format!("{}m {:02}s ago", d / 60, d % 60),
+    }
+}
+
 pub fn rfc3339(secs: i64) -> String {
     chrono::DateTime::from_timestamp(secs, 0).map_or_else(|| secs.to_string(), |t| t.to_rfc3339())
 }

@@ -452,6 +452,15 @@ impl ComponentConfig for AdlsPartitionedJsonlConfig {
         true
     }
 
+    fn describe_state(&self, dir: &std::path::Path) -> Option<Result<Vec<String>, String>> {
+        let file = StateFile::existing(dir, "state.json");
+        Some(
+            SinkState::load(file)
+                .map(|state| state.describe())
+                .map_err(|e| e.to_string()),
+        )
+    }
+
     fn component_type(&self) -> &'static str {
         "adls_partitioned_jsonl"
     }

@@ -145,7 +145,7 @@ pub(super) fn due(policy: &RollPolicy, batcher: &Batcher, state: &SinkState, now
         }
     }
     if over > 0 {
-        early.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+        early.sort_unstable_by_key(|e| std::cmp::Reverse(e.1));
         for (key, bytes) in early {
             if over == 0 {
                 break;
@@ -348,7 +348,7 @@ mod tests {
         let d = due(&p, &batcher, &state, &now(30, 30, false));
         assert_eq!(
             d.flushes,
-            [large.clone()],
+            std::slice::from_ref(&large),
             "the largest, and only as many as needed"
         );
         fill(&mut batcher, "m2", 25);

@@ -69,6 +69,46 @@ pub struct SnapshotProgress {
     pub done: bool,
 }
 
+/// `state show`: the checkpoint in `dir`, for people.
+pub fn describe(dir: &std::path::Path) -> Result<Vec<String>, String> {
+    let file = StateFile::existing(dir, "checkpoint.json");
+    let Some(c) = file.load::<Checkpoint>().map_err(|e| e.to_string())? else {
+        return Ok(vec![format!(
+            "no checkpoint ({}): the next start begins at `start_at` (or copies the collections with `snapshot`)",
+            file.path().display()
+        )]);
+    };
+    let mut lines = vec![format!("checkpoint {}", file.path().display())];
+    lines.push(format!("  resume token {}", c.resume_token));
+    if let Some(t) = token_cluster_time(&c.resume_token) {
+        lines.push(format!(
+            "  cluster time {} ({})",
+            crate::internal_events::rfc3339(i64::from(t.time)),
+            crate::internal_events::age(i64::from(t.time))
+        ));
+    }
+    lines.push(format!(
+        "  pipeline {}",
+        c.pipeline
+            .as_deref()
+            .unwrap_or("(none yet: written by an older version)")
+    ));
+    if let Some(s) = c.snapshot {
+        lines.push(match (s.done, s.collections.get(s.current)) {
+            (true, _) => "  snapshot complete".into(),
+            (false, Some(coll)) => format!(
+                "  snapshot in progress: collection {} of {} ({coll}), after _id {}",
+                s.current + 1,
+                s.collections.len(),
+                s.last_id
+                    .map_or_else(|| "(start)".into(), |id| id.to_string())
+            ),
+            (false, None) => "  snapshot in progress".into(),
+        });
+    }
+    Ok(lines)
+}
+
 /// The cluster time inside a resume token: KeyString type byte `0x82`
 /// (Timestamp) followed by seconds and increment, big-endian. The layout is
 /// undocumented but stable since 4.2; Debezium and the Kafka connector read

@@ -407,6 +407,10 @@ impl ComponentConfig for MongoDbChangeStreamConfig {
         true
     }
 
+    fn describe_state(&self, dir: &std::path::Path) -> Option<Result<Vec<String>, String>> {
+        Some(super::checkpoint::describe(dir))
+    }
+
     fn component_type(&self) -> &'static str {
         "mongodb_change_stream"
     }

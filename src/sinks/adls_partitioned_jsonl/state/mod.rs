@@ -396,6 +396,54 @@ impl SinkState {
         }
     }
 
+    /// `state show`: the state for people.
+    pub fn describe(&self) -> Vec<String> {
+        use crate::internal_events::{age, rfc3339};
+        if !self.found {
+            return vec![format!("no state ({})", self.file.path().display())];
+        }
+        let mut lines = vec![format!(
+            "state {}: {} open file(s), {} sealed window(s) remembered",
+            self.file.path().display(),
+            self.open.len(),
+            self.sealed.len()
+        )];
+        let mut open: Vec<&OpenFile> = self.open.values().collect();
+        open.sort_by_key(|f| f.opened_at);
+        for f in open {
+            lines.push(format!(
+                "  open {}: {} block(s), {} events, {} bytes, opened {}",
+                f.object,
+                f.blocks.len(),
+                f.events,
+                f.bytes,
+                age(f.opened_at)
+            ));
+        }
+        let time = |p: &Position| {
+            crate::sources::mongodb_change_stream::token_cluster_time(&p.0).map_or_else(
+                || format!("position {p}"),
+                |t| format!("cluster time {}", rfc3339(i64::from(t.time))),
+            )
+        };
+        for (source, mark) in &self.marks {
+            lines.push(format!(
+                "  source `{source}`: pipeline {}, written up to {}{}",
+                mark.pipeline.as_deref().unwrap_or("(unknown)"),
+                mark.written_up_to
+                    .as_ref()
+                    .map_or_else(|| "(nothing yet)".into(), time),
+                mark.replay_floor
+                    .as_ref()
+                    .map_or_else(String::new, |f| format!(
+                        ", forgotten windows up to {}",
+                        time(f)
+                    ))
+            ));
+        }
+        lines
+    }
+
     /// Whether a snapshot or log existed at load.
     pub fn found(&self) -> bool {
         self.found
