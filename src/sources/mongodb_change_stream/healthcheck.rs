@@ -6,25 +6,20 @@
 use std::time::Duration;
 
 use bson::{doc, Document};
-use mongodb::{options::ClientOptions, Client};
+use mongodb::Client;
 
 use super::{
-    config::{MongoDbChangeStreamConfig, Scope},
+    config::MongoDbChangeStreamConfig,
     // Server selection gives up before the caller's 10 s healthcheck
     // limit, so its error (which names what it saw) is the one reported.
     errors::{describe, SERVER_SELECTION_TIMEOUT},
+    stream::{client_options, watch, OpenAt},
 };
 use crate::redact;
 
 pub async fn healthcheck(config: &MongoDbChangeStreamConfig) -> Result<Option<String>, String> {
-    let mut options = ClientOptions::parse(&config.uri)
-        .await
-        .map_err(|e| format!("`uri`: {}", redact::error(&e)))?;
-    options
-        .server_selection_timeout
-        .get_or_insert(SERVER_SELECTION_TIMEOUT);
+    let mut options = client_options(config, "mongo-adls validate").await?;
     options.connect_timeout = Some(SERVER_SELECTION_TIMEOUT);
-    options.app_name = Some("mongo-adls validate".into());
     let hosts: Vec<String> = options.hosts.iter().map(ToString::to_string).collect();
     let hosts = hosts.join(",");
     let client = Client::with_options(options).map_err(|e| redact::error(&e))?;
@@ -38,7 +33,20 @@ pub async fn healthcheck(config: &MongoDbChangeStreamConfig) -> Result<Option<St
             "{hosts} is a standalone mongod: change streams need a replica set or sharded cluster (start mongod with --replSet and run rs.initiate(), or point `uri` at a replica set)"
         )
     })?;
-    watch_once(&client, config).await.map_err(|e| {
+    // Opened as the source opens it (pipeline, pre- and post-images,
+    // expanded events), from now, and closed at once.
+    let scope = config.scope().map_err(|e| e.to_string())?;
+    let pipeline = config.user_pipeline().map_err(|e| e.to_string())?;
+    watch(
+        &client,
+        config,
+        &scope,
+        &pipeline,
+        &OpenAt::Now,
+        Duration::from_millis(1),
+    )
+    .await
+    .map_err(|e| {
         format!(
             "cannot watch the configured scope on {hosts}: {}",
             describe(&e)
@@ -55,40 +63,4 @@ fn deployment_kind(hello: &Document) -> Option<String> {
         return Some(format!("replica set {set}"));
     }
     (hello.get_str("msg") == Ok("isdbgrid")).then(|| "sharded cluster".to_string())
-}
-
-/// Opens the change stream as the source would and closes it at once.
-async fn watch_once(
-    client: &Client,
-    config: &MongoDbChangeStreamConfig,
-) -> mongodb::error::Result<()> {
-    let pipeline = config.user_pipeline().unwrap_or_default();
-    let wait = Duration::from_millis(1);
-    match config.scope().unwrap_or(Scope::Deployment) {
-        Scope::Deployment => {
-            client
-                .watch()
-                .pipeline(pipeline)
-                .max_await_time(wait)
-                .await?
-        }
-        Scope::Database(db) | Scope::Collections(db, _) => {
-            client
-                .database(&db)
-                .watch()
-                .pipeline(pipeline)
-                .max_await_time(wait)
-                .await?
-        }
-        Scope::Collection(db, coll) => {
-            client
-                .database(&db)
-                .collection::<Document>(&coll)
-                .watch()
-                .pipeline(pipeline)
-                .max_await_time(wait)
-                .await?
-        }
-    };
-    Ok(())
 }

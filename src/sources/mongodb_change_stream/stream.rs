@@ -100,18 +100,7 @@ pub(super) struct RunState {
 
 impl ChangeStreamSource {
     pub async fn new(config: MongoDbChangeStreamConfig, cx: SourceContext) -> crate::Result<Self> {
-        let mut options = ClientOptions::parse(&config.uri).await.map_err(|e| {
-            format!(
-                "`uri` is not a valid MongoDB connection string: {}",
-                redact::error(&e)
-            )
-        })?;
-        options
-            .app_name
-            .get_or_insert_with(|| "mongo-adls".to_string());
-        options
-            .server_selection_timeout
-            .get_or_insert(super::errors::SERVER_SELECTION_TIMEOUT);
+        let options = client_options(&config, "mongo-adls").await?;
         let hosts: Vec<String> = options.hosts.iter().map(ToString::to_string).collect();
         tracing::info!(
             source = %cx.key,
@@ -214,59 +203,15 @@ impl ChangeStreamSource {
         &self,
         at: &OpenAt,
     ) -> mongodb::error::Result<ChangeStream<RawDocumentBuf>> {
-        let mut pipeline = Vec::with_capacity(self.pipeline.len() + 1);
-        if let Scope::Collections(_, colls) = &self.scope {
-            pipeline.push(doc! { "$match": { "ns.coll": { "$in": colls.clone() } } });
-        }
-        pipeline.extend(self.pipeline.iter().cloned());
-        if self.config.on_oversized_event == OnOversizedEvent::Skip {
-            pipeline.extend(oversized_stages());
-        }
-
-        macro_rules! configure {
-            ($watch:expr) => {{
-                let mut w = $watch
-                    .pipeline(pipeline)
-                    .max_await_time(Duration::from_millis(self.config.max_await_time_ms))
-                    .show_expanded_events(self.config.show_expanded_events);
-                w = match self.config.full_document {
-                    FullDocument::Default => w,
-                    FullDocument::UpdateLookup => w.full_document(FullDocumentType::UpdateLookup),
-                    FullDocument::WhenAvailable => w.full_document(FullDocumentType::WhenAvailable),
-                    FullDocument::Required => w.full_document(FullDocumentType::Required),
-                };
-                w = match self.config.full_document_before_change {
-                    FullDocumentBeforeChange::Off => w,
-                    FullDocumentBeforeChange::WhenAvailable => {
-                        w.full_document_before_change(FullDocumentBeforeChangeType::WhenAvailable)
-                    }
-                    FullDocumentBeforeChange::Required => {
-                        w.full_document_before_change(FullDocumentBeforeChangeType::Required)
-                    }
-                };
-                if let Some(n) = self.config.batch_size {
-                    w = w.batch_size(n);
-                }
-                w = match at {
-                    OpenAt::Now | OpenAt::Snapshot => w,
-                    OpenAt::Time(t) => w.start_at_operation_time(*t),
-                    OpenAt::After(token) => w.start_after(to_resume_token(token)),
-                };
-                w.await.map(|cs| cs.with_type::<RawDocumentBuf>())
-            }};
-        }
-
-        match &self.scope {
-            Scope::Deployment => configure!(self.client.watch()),
-            Scope::Database(db) | Scope::Collections(db, _) => {
-                let db = self.client.database(db);
-                configure!(db.watch())
-            }
-            Scope::Collection(db, coll) => {
-                let coll = self.client.database(db).collection::<Document>(coll);
-                configure!(coll.watch())
-            }
-        }
+        watch(
+            &self.client,
+            &self.config,
+            &self.scope,
+            &self.pipeline,
+            at,
+            Duration::from_millis(self.config.max_await_time_ms),
+        )
+        .await
     }
 
     /// Snapshots when due, opens the stream and forwards its events,
@@ -583,6 +528,93 @@ fn describe_scope(scope: &Scope) -> String {
 }
 
 /// A resume token's cluster time as RFC 3339, or `unknown`.
+/// The driver's options from `uri`: `app_name` unless the URI names one,
+/// and a server selection timeout that reports an unreachable deployment
+/// within seconds (unless the URI sets one).
+pub(super) async fn client_options(
+    config: &MongoDbChangeStreamConfig,
+    app_name: &str,
+) -> Result<ClientOptions, String> {
+    let mut options = ClientOptions::parse(&config.uri).await.map_err(|e| {
+        format!(
+            "`uri` is not a valid MongoDB connection string: {}",
+            redact::error(&e)
+        )
+    })?;
+    options.app_name.get_or_insert_with(|| app_name.to_string());
+    options
+        .server_selection_timeout
+        .get_or_insert(super::errors::SERVER_SELECTION_TIMEOUT);
+    Ok(options)
+}
+
+/// Opens the change stream of `scope` as configured (pipeline, pre- and
+/// post-images, expanded events, batch size) at `at`. The source and
+/// `validate`'s healthcheck both open it here, so the check tries exactly
+/// what the source will run.
+pub(super) async fn watch(
+    client: &Client,
+    config: &MongoDbChangeStreamConfig,
+    scope: &Scope,
+    user_pipeline: &[Document],
+    at: &OpenAt,
+    max_await: Duration,
+) -> mongodb::error::Result<ChangeStream<RawDocumentBuf>> {
+    let mut pipeline = Vec::with_capacity(user_pipeline.len() + 1);
+    if let Scope::Collections(_, colls) = scope {
+        pipeline.push(doc! { "$match": { "ns.coll": { "$in": colls.clone() } } });
+    }
+    pipeline.extend(user_pipeline.iter().cloned());
+    if config.on_oversized_event == OnOversizedEvent::Skip {
+        pipeline.extend(oversized_stages());
+    }
+
+    macro_rules! configure {
+        ($watch:expr) => {{
+            let mut w = $watch
+                .pipeline(pipeline)
+                .max_await_time(max_await)
+                .show_expanded_events(config.show_expanded_events);
+            w = match config.full_document {
+                FullDocument::Default => w,
+                FullDocument::UpdateLookup => w.full_document(FullDocumentType::UpdateLookup),
+                FullDocument::WhenAvailable => w.full_document(FullDocumentType::WhenAvailable),
+                FullDocument::Required => w.full_document(FullDocumentType::Required),
+            };
+            w = match config.full_document_before_change {
+                FullDocumentBeforeChange::Off => w,
+                FullDocumentBeforeChange::WhenAvailable => {
+                    w.full_document_before_change(FullDocumentBeforeChangeType::WhenAvailable)
+                }
+                FullDocumentBeforeChange::Required => {
+                    w.full_document_before_change(FullDocumentBeforeChangeType::Required)
+                }
+            };
+            if let Some(n) = config.batch_size {
+                w = w.batch_size(n);
+            }
+            w = match at {
+                OpenAt::Now | OpenAt::Snapshot => w,
+                OpenAt::Time(t) => w.start_at_operation_time(*t),
+                OpenAt::After(token) => w.start_after(to_resume_token(token)),
+            };
+            w.await.map(|cs| cs.with_type::<RawDocumentBuf>())
+        }};
+    }
+
+    match scope {
+        Scope::Deployment => configure!(client.watch()),
+        Scope::Database(db) | Scope::Collections(db, _) => {
+            let db = client.database(db);
+            configure!(db.watch())
+        }
+        Scope::Collection(db, coll) => {
+            let coll = client.database(db).collection::<Document>(coll);
+            configure!(coll.watch())
+        }
+    }
+}
+
 /// The start check ([`state_check`]): the pipeline id to keep, or the
 /// refusal to start. `start_at = "now"` ignores the checkpoint by choice, so
 /// a gap it makes is logged, not refused.
