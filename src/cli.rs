@@ -206,7 +206,8 @@ pub fn main() -> i32 {
 /// its mmap threshold once an 8 MB batch buffer is freed, after which such
 /// buffers come from the arenas and stay there; a fixed 1 MB threshold
 /// keeps them in their own mappings, returned to the system when freed
-/// (1 KB documents into Azurite: 129-131 MB before, 113 MB after).
+/// (200,000 × 1 KB into Azurite, one run each way: peak RSS 154 MB
+/// without it, 111 MB with it; over 1,000 collections 417 MB and 189 MB).
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; called before any

@@ -20,6 +20,9 @@ use crate::{
     event::{EventFinalizers, LogEvent, Position},
 };
 
+/// The first allocation of a batch buffer that does not come from the pool.
+const INITIAL_BATCH_CAPACITY: usize = 64 * 1024;
+
 /// Events waiting to be written to one file.
 pub(super) struct PendingBatch {
     pub data: Vec<u8>,
@@ -201,12 +204,15 @@ impl Batcher {
         if activity.poisoned {
             return Err(NotAdded::HeldBack(finalizers));
         }
-        // Sized for a whole batch up front: growing an 8 MB buffer by
-        // doubling would copy it several times per batch.
+        // A hot file reuses a full-size buffer from the pool; other files
+        // start small and grow, so a thousand quiet collections do not
+        // each hold a batch-sized buffer (glibc grows a buffer past the
+        // mmap threshold with mremap, without copying).
         let spare = &mut self.spare;
-        let capacity = self.limits.max_bytes.min(16 << 20) + 64 * 1024;
         let batch = activity.batch.get_or_insert_with(|| PendingBatch {
-            data: spare.pop().unwrap_or_else(|| Vec::with_capacity(capacity)),
+            data: spare
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(INITIAL_BATCH_CAPACITY)),
             events: 0,
             finalizers: Vec::new(),
             first: None,
