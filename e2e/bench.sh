@@ -30,6 +30,7 @@
 #
 #   BENCH_EVENTS=200000 BENCH_DOC_BYTES=1024 e2e/bench.sh
 #   BENCH_RUNS="blackhole azurite" e2e/bench.sh   # a subset (bare always runs)
+#   BENCH_SINK_OPTIONS='request.concurrency_per_file = 1' ...   # extra options of the Azurite sinks
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -119,7 +120,8 @@ TOML
 }
 azure_sink() { # filesystem [account_url]
   printf '%s\n' 'type = "adls_partitioned_jsonl"' "account_url = \"${2:-$ADLS_ACCOUNT_URL}\"" \
-    "filesystem = \"$1\"" 'create_filesystem = true' "auth.shared_key = \"$ADLS_SHARED_KEY\""
+    "filesystem = \"$1\"" 'create_filesystem = true' "auth.shared_key = \"$ADLS_SHARED_KEY\"" \
+    "${BENCH_SINK_OPTIONS:-}"
 }
 
 agent_run blackhole 'type = "blackhole"'
