@@ -29,12 +29,26 @@ struct ConsoleAgent {
 
 impl ConsoleAgent {
     fn start(config: &Path) -> Self {
+        Self::spawn(config, Stdio::inherit())
+    }
+
+    /// With its log (stderr) appended to `log`.
+    fn start_logged(config: &Path, log: &Path) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        Self::spawn(config, file.into())
+    }
+
+    fn spawn(config: &Path, stderr: Stdio) -> Self {
         let mut child = support::mongo_adls()
             .arg("--config")
             .arg(config)
             .env("MONGO_ADLS_LOG", "info,mongo_adls=debug")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn_tracked();
         let stdout: ChildStdout = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -488,19 +502,76 @@ async fn lost_history_follows_the_policy() {
         "the message says how to recover: {stderr}"
     );
 
-    // reset_to_now continues from now and reports the gap.
+    // reset_to_now with no recovery left (max_consecutive_recoveries = 0)
+    // gives up instead of skipping the gap, and names the limit.
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
         "checkpoint_interval_ms = 100",
-        "checkpoint_interval_ms = 100\non_history_lost = \"reset_to_now\"",
+        "checkpoint_interval_ms = 100\non_history_lost = \"reset_to_now\"\nmax_consecutive_recoveries = 0",
     );
-    std::fs::write(&cfg, text).unwrap();
-    let agent = ConsoleAgent::start(&cfg);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    insert_range(&mongo.client().await, 100, 103).await;
-    agent.wait_for(3).await;
+    std::fs::write(&cfg, &text).unwrap();
+    let log = dir.path().join("limited.log");
+    let mut agent = support::Agent::start_logged(&cfg, &log);
+    let code = agent.exit_within(Duration::from_secs(60));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "no recovery left: the agent fails ({code:?}): {logged}"
+    );
+    assert!(
+        logged.contains("giving up (max_consecutive_recoveries)") && !logged.contains("DATA GAP"),
+        "{logged}"
+    );
+
+    // reset_to_now (one recovery allowed) continues from now and logs the
+    // gap: a DATA GAP line with the lost resume token and what it did.
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "max_consecutive_recoveries = 0",
+            "max_consecutive_recoveries = 1",
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("reset.log");
+    let agent = ConsoleAgent::start_logged(&cfg, &log);
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    eventually(Duration::from_secs(60), async || {
+        logged().contains("DATA GAP").then_some(())
+    })
+    .await;
+    let gap = logged();
+    let gap = gap.lines().find(|l| l.contains("DATA GAP")).unwrap();
+    assert!(
+        gap.contains("DATA GAP: resume token ")
+            && !gap.contains("(start position)")
+            && gap.contains("continuing from now (on_history_lost = \"reset_to_now\")"),
+        "{gap}"
+    );
+    // The stream is open once a marker inserted now comes through; the
+    // changes after it come through in full.
+    let client = mongo.client().await;
+    let mut marker = 60;
+    while agent.events().is_empty() {
+        assert!(marker < 90, "no change after the reset came through");
+        insert_range(&client, marker, marker + 1).await;
+        marker += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let markers = agent.events().len();
+    insert_range(&client, 100, 103).await;
+    agent.wait_for(markers + 3).await;
     let (code, events) = agent.stop(libc::SIGTERM);
     assert_eq!(code, Some(0));
-    assert_eq!(seqs(&events), vec![100, 101, 102]);
+    let after: Vec<i64> = seqs(&events).into_iter().filter(|s| *s >= 100).collect();
+    assert_eq!(after, vec![100, 101, 102]);
+    assert!(
+        seqs(&events)
+            .iter()
+            .all(|s| (60..marker).contains(s) || *s >= 100),
+        "only changes made after the reset: {:?}",
+        seqs(&events)
+    );
+    assert_eq!(logged().matches("DATA GAP").count(), 1, "{}", logged());
 
     // resnapshot copies what the new deployment holds, then streams.
     mongo.recreate().await;
