@@ -515,18 +515,39 @@ fn files_under(root: &Path) -> Vec<(String, u64)> {
     out
 }
 
-/// The `file://` lake end to end: exactly once, a sealed file never
-/// changes, and nothing in progress (staged blocks, commit temp files)
+struct SetOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The `file://` lake end to end, under kill -9 and a storage fault:
+/// exactly once, a sealed file never changes (its content hash, checked
+/// every 20 ms), and nothing in progress (staged blocks, commit temp files)
 /// matches the `snowflake-sql` file pattern, from the lake root or the
-/// filesystem folder.
+/// filesystem folder. The fault: a plain file where the `shop` folder goes,
+/// so every commit fails (ENOTDIR; root ignores permissions, so a read-only
+/// folder would not do) until it is removed, while staging goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_lake_exactly_once_and_in_progress_files_never_match() {
     let mongo = Mongod::start().await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("lake-root");
     let url = format!("file://{}", root.display());
-    let cfg = agent_config(dir.path(), "local", &mongo.uri(), &url, "");
-    let agent = Agent::start(&cfg);
+    let cfg = agent_config(
+        dir.path(),
+        "local",
+        &mongo.uri(),
+        &url,
+        "request.retry_attempts = 1000",
+    );
+    let blocker = root.join("local/shop");
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, "not a folder").unwrap();
+    let log = dir.path().join("agent.log");
+    let mut agent = Agent::start_logged(&cfg, &log);
     let config = mongo_adls::config::load_from_paths(std::slice::from_ref(&cfg), true).unwrap();
     let (_, sink) = mongo_adls::snowflake::find_sink(&config, None).unwrap();
     let pattern = mongo_adls::snowflake::FilePattern::from_config(sink).unwrap();
@@ -534,10 +555,14 @@ async fn local_lake_exactly_once_and_in_progress_files_never_match() {
     stream_open(dir.path(), "local", None).await;
 
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A failing assertion below ends the watcher too (the runtime waits
+    // for blocking tasks when it shuts down).
+    let _stop_watcher = SetOnDrop(std::sync::Arc::clone(&done));
     let watcher = {
         let (root, done, whole) = (root.clone(), std::sync::Arc::clone(&done), whole.clone());
         tokio::task::spawn_blocking(move || {
-            let mut sealed: HashMap<String, u64> = HashMap::new();
+            use sha2::Digest as _;
+            let mut sealed: HashMap<String, Vec<u8>> = HashMap::new();
             let mut in_progress = HashSet::new();
             // One last look after `done`: files that appeared just before
             // it are seen too.
@@ -547,8 +572,12 @@ async fn local_lake_exactly_once_and_in_progress_files_never_match() {
                     let in_fs = path.strip_prefix("local/");
                     let visible = in_fs.is_some_and(|p| whole.is_match(p));
                     if visible {
-                        let first = *sealed.entry(path.clone()).or_insert(len);
-                        assert_eq!(first, len, "{path} changed after it appeared");
+                        let Ok(bytes) = std::fs::read(root.join(&path)) else {
+                            panic!("{path} ({len} bytes) vanished after it appeared");
+                        };
+                        let hash = sha2::Sha256::digest(&bytes).to_vec();
+                        let first = sealed.entry(path.clone()).or_insert_with(|| hash.clone());
+                        assert!(*first == hash, "{path} changed after it appeared");
                     } else {
                         assert!(!whole.is_match(&path), "in-progress {path} matches");
                         in_progress.insert(path);
@@ -562,8 +591,44 @@ async fn local_lake_exactly_once_and_in_progress_files_never_match() {
             (sealed, in_progress)
         })
     };
+    // The load (480 changes, then 500 in 20 paced rounds) runs while the
+    // agent is killed at least 4 times; the fault ends at the first kill
+    // after a commit failed on it.
     let client = mongo.client().await;
-    let expected = workload(&client).await;
+    let load = tokio::spawn(async move {
+        let n = workload(&client).await;
+        let paced = client.database("shop").collection::<Document>("paced");
+        for round in 0..20 {
+            let docs: Vec<Document> = (0..25).map(|i| doc! { "_id": round * 25 + i }).collect();
+            paced.insert_many(docs).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        n + 500
+    });
+    let mut kills = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut blocked = true;
+    while !load.is_finished() || kills < 4 || blocked {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no commit failed on the fault: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        let pause = rand::random_range(300..800);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        agent.kill();
+        kills += 1;
+        if blocked
+            && std::fs::read_to_string(&log)
+                .unwrap()
+                .contains("Not a directory")
+        {
+            std::fs::remove_file(&blocker).unwrap();
+            blocked = false;
+        }
+        agent = Agent::start_logged(&cfg, &log);
+    }
+    let expected = load.await.unwrap();
     let read = |root: &Path| -> BTreeMap<String, Vec<Value>> {
         let base = root.join("local");
         files_under(&base)
