@@ -60,31 +60,22 @@ impl TokenCredential for ReportedCredential {
         scopes: &[&str],
         options: Option<TokenRequestOptions<'_>>,
     ) -> azure_core::Result<AccessToken> {
-        match tokio::time::timeout(self.timeout, self.inner.get_token(scopes, options)).await {
+        let message = match tokio::time::timeout(self.timeout, self.inner.get_token(scopes, options)).await {
             Ok(Ok(token)) => {
                 *self.last_report.lock().expect("not poisoned") = None;
-                Ok(token)
+                return Ok(token);
             }
-            Ok(Err(e)) => {
-                let message = redact::text(&chain(&e));
-                self.report(&message);
-                Err(azure_core::Error::with_message(
-                    ErrorKind::Credential,
-                    message,
-                ))
-            }
-            Err(_) => {
-                let message = format!(
-                    "no token within {}s (the Entra ID or managed identity endpoint does not answer: network, DNS, proxy or firewall)",
-                    self.timeout.as_secs()
-                );
-                self.report(&message);
-                Err(azure_core::Error::with_message(
-                    ErrorKind::Credential,
-                    message,
-                ))
-            }
-        }
+            Ok(Err(e)) => redact::text(&chain(&e)),
+            Err(_) => format!(
+                "no token within {}s (the Entra ID or managed identity endpoint does not answer: network, DNS, proxy or firewall)",
+                self.timeout.as_secs()
+            ),
+        };
+        self.report(&message);
+        Err(azure_core::Error::with_message(
+            ErrorKind::Credential,
+            message,
+        ))
     }
 }
 
