@@ -32,16 +32,18 @@ pub(super) async fn recover(
         match commit {
             Commit::OnSeal => record_seal_if_committed(state, storage, &file, now).await?,
             Commit::EveryBatch if file.committed < file.blocks.len() => {
+                // The version is read from storage: a commit of the last
+                // run may have applied after its state was saved.
                 let (result, lost) = storage
-                    .commit_salvaging(&file.object, &file.block_ids(), false)
+                    .commit_growing(&file.object, &file.block_ids(), None, true)
                     .await;
-                result?;
+                let version = result?;
                 if !lost.is_empty() {
                     // Reported again if the process dies before the save
                     // below records the shorter list.
                     report_lost(&file, &lost, &storage.tags);
                 }
-                state.all_committed(&file.key, &lost);
+                state.all_committed(&file.key, &lost, version);
             }
             Commit::EveryBatch => {}
         }
@@ -68,7 +70,7 @@ async fn record_seal_if_committed(
     now: i64,
 ) -> Result<(), StorageError> {
     let existing = storage.committed_blocks(&file.object).await?;
-    if existing.as_ref() == Some(&file.block_ids()) {
+    if existing.map(|list| list.ids) == Some(file.block_ids()) {
         tracing::info!(
             object = %file.object,
             "File was sealed just before the last stop; recording it."

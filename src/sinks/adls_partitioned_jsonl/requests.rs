@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::{
     state::{FileKey, StagedBlock},
-    storage::{with_retries, Created, RetryPolicy, Storage, StorageError},
+    storage::{with_retries, BlockList, Committed, Condition, RetryPolicy, Storage, StorageError},
 };
 use crate::{
     event::EventFinalizers,
@@ -32,6 +32,9 @@ pub(super) enum WriteOutcome {
     BatchCommitted {
         key: FileKey,
         upto: usize,
+        /// The file's version after the commit, for the next one's
+        /// condition.
+        version: String,
         finalizers: Vec<EventFinalizers>,
         events: usize,
         bytes: u64,
@@ -64,6 +67,8 @@ pub(super) enum Retry {
     Commit {
         staged: StagedBlock,
         ids: Vec<String>,
+        /// The version the commit replaces, when known.
+        version: Option<String>,
         finalizers: Vec<EventFinalizers>,
     },
     Put {
@@ -114,8 +119,9 @@ impl Retry {
             Retry::Commit {
                 staged,
                 ids,
+                version,
                 finalizers,
-            } => commit_batch(storage, staged, ids, finalizers),
+            } => commit_batch(storage, staged, ids, version, finalizers),
             Retry::Put {
                 name,
                 body,
@@ -151,10 +157,7 @@ impl RetryingStorage {
         result
     }
 
-    pub async fn committed_blocks(
-        &self,
-        object: &str,
-    ) -> Result<Option<Vec<String>>, StorageError> {
+    pub async fn committed_blocks(&self, object: &str) -> Result<Option<BlockList>, StorageError> {
         self.run("Get Block List", || self.storage.committed_blocks(object))
             .await
     }
@@ -164,16 +167,17 @@ impl RetryingStorage {
             .await
     }
 
-    /// Commits `ids` to `object`. When some staged blocks are gone from
-    /// storage (`InvalidBlockList`), commits the ones still there, in
-    /// order, and returns the ids of the lost ones with the result.
+    /// Commits `ids` to `object` on `condition`. When some staged blocks
+    /// are gone from storage (`InvalidBlockList`) and `salvage` is set,
+    /// commits the ones still there, in order, and returns the ids of the
+    /// lost ones with the result. `Ok(None)`: the condition did not hold.
     pub async fn commit_salvaging(
         &self,
         object: &str,
         ids: &[String],
-        create_only: bool,
-    ) -> (Result<Created, StorageError>, Vec<String>) {
-        let error = match self.commit(object, ids, create_only).await {
+        condition: &Condition,
+    ) -> (Result<Option<String>, StorageError>, Vec<String>) {
+        let error = match self.commit(object, ids, condition).await {
             Err(e) if e.blocks_missing => e,
             other => return (other, Vec::new()),
         };
@@ -185,7 +189,7 @@ impl RetryingStorage {
             self.uncommitted_blocks(object),
             self.committed_blocks(object)
         ) {
-            (Ok(u), Ok(c)) => (u, c.unwrap_or_default()),
+            (Ok(u), Ok(c)) => (u, c.map(|c| c.ids).unwrap_or_default()),
             (Err(e), _) | (_, Err(e)) => return (Err(e), Vec::new()),
         };
         // Sets: a file may hold tens of thousands of blocks.
@@ -193,37 +197,105 @@ impl RetryingStorage {
         let (kept, lost): (Vec<String>, Vec<String>) =
             ids.iter().cloned().partition(|id| there.contains(id));
         if kept.is_empty() {
-            return (Ok(Created::Created), lost);
+            // Nothing to commit: the object stays as it is.
+            let version = match condition {
+                Condition::Version(version) => version.clone(),
+                Condition::Absent => String::new(),
+            };
+            return (Ok(Some(version)), lost);
         }
-        (self.commit(object, &kept, create_only).await, lost)
+        (self.commit(object, &kept, condition).await, lost)
     }
 
+    /// Put Block List of `ids` on `condition`: the object's new version, or
+    /// `None` when the condition did not hold. A failed condition where the
+    /// object holds exactly `ids` is this very commit, applied by an
+    /// earlier attempt whose answer was lost (a timeout, a dropped
+    /// connection, a crash): success.
     async fn commit(
         &self,
         object: &str,
         ids: &[String],
-        create_only: bool,
-    ) -> Result<Created, StorageError> {
-        self.run("Put Block List", || {
-            self.storage.commit_blocks(object, ids, create_only)
-        })
-        .await
+        condition: &Condition,
+    ) -> Result<Option<String>, StorageError> {
+        let committed = self
+            .run("Put Block List", || {
+                self.storage.commit_blocks(object, ids, condition)
+            })
+            .await?;
+        match committed {
+            Committed::Done(version) => Ok(Some(version)),
+            Committed::ConditionFailed => Ok(self
+                .committed_blocks(object)
+                .await?
+                .filter(|list| list.ids == ids)
+                .map(|list| list.version)),
+        }
+    }
+
+    /// `every_batch`: commits `ids` over the file's version `known` (the
+    /// one its last commit returned), so that no late-applied earlier
+    /// commit can roll the file back, nor this one roll back a later one.
+    /// When the version is unknown (after a restart) or has changed, it is
+    /// read: a version whose blocks are ours, in our order, is committed
+    /// over (an earlier commit of ours, or one that left out lost blocks);
+    /// anything else is another writer's. Returns the new version and, with
+    /// `salvage`, the blocks that were lost.
+    pub async fn commit_growing(
+        &self,
+        object: &str,
+        ids: &[String],
+        known: Option<String>,
+        salvage: bool,
+    ) -> (Result<String, StorageError>, Vec<String>) {
+        let mut known = known;
+        // A changed version is read again at most twice: a third change
+        // while we commit is not a late request of ours.
+        for _ in 0..3 {
+            let condition = match known.take() {
+                Some(version) => Condition::Version(version),
+                None => match self.committed_blocks(object).await {
+                    Ok(None) => Condition::Absent,
+                    Ok(Some(list)) if is_subsequence(&list.ids, ids) => {
+                        Condition::Version(list.version)
+                    }
+                    Ok(Some(_)) => break,
+                    Err(e) => return (Err(e), Vec::new()),
+                },
+            };
+            let (result, lost) = if salvage {
+                self.commit_salvaging(object, ids, &condition).await
+            } else {
+                (self.commit(object, ids, &condition).await, Vec::new())
+            };
+            match result {
+                Ok(Some(version)) => return (Ok(version), lost),
+                Ok(None) => {}
+                Err(e) => return (Err(e), lost),
+            }
+        }
+        (Err(changed_by_another_writer(object)), Vec::new())
     }
 
     /// Seals `object` with `ids`: on_seal creates it (`If-None-Match: *`),
-    /// every_batch commits the final list. Returns the lost blocks.
+    /// every_batch commits the final list over version `known`. Returns the
+    /// lost blocks.
     async fn seal(
         &self,
         object: &str,
         ids: &[String],
-        create_only: bool,
+        every_batch: Option<Option<String>>,
     ) -> (Result<(), StorageError>, Vec<String>) {
-        let (result, lost) = self.commit_salvaging(object, ids, create_only).await;
+        if let Some(known) = every_batch {
+            let (result, lost) = self.commit_growing(object, ids, known, true).await;
+            return (result.map(|_| ()), lost);
+        }
+        let (result, lost) = self.commit_salvaging(object, ids, &Condition::Absent).await;
         match result {
-            Ok(Created::Created) => (Ok(()), lost),
-            // Our own commit whose response was lost, or a foreign object
-            // under our name: compare the block lists.
-            Ok(Created::AlreadyExists) => match self.explain_existing(object, ids).await {
+            Ok(Some(_)) => (Ok(()), lost),
+            // A salvage commit of ours from before a crash, or a foreign
+            // object under our name: compare the block lists.
+            Ok(None) => match self.explain_existing(object, ids).await {
                 Ok(missing) => (Ok(()), missing),
                 Err(e) => (Err(e), lost),
             },
@@ -240,22 +312,31 @@ impl RetryingStorage {
         ids: &[String],
     ) -> Result<Vec<String>, StorageError> {
         match self.committed_blocks(object).await? {
-            Some(existing) if existing == ids => Ok(Vec::new()),
+            Some(existing) if existing.ids == ids => Ok(Vec::new()),
             // A salvage commit from before a crash: the blocks it left out
             // are still gone.
             Some(existing) => {
                 let staged = self.uncommitted_blocks(object).await?;
-                salvaged_before(ids, &existing, &staged).ok_or_else(|| {
-                    StorageError::permanent(format!(
-                        "{object} already exists with content this sink's state does not describe: another writer uses this path, or the state was replaced. The file is not sealed over it and its events stay unacknowledged; stop the other writer, or restore the state that wrote it"
-                    ))
-                })
+                salvaged_before(ids, &existing.ids, &staged)
+                    .ok_or_else(|| changed_by_another_writer(object))
             }
             None => Err(StorageError::transient(format!(
                 "{object} was reported as existing, then not found"
             ))),
         }
     }
+}
+
+fn changed_by_another_writer(object: &str) -> StorageError {
+    StorageError::permanent(format!(
+        "{object} already exists with content this sink's state does not describe: another writer uses this path, or the state was replaced. The file is not committed over and its events stay unacknowledged; stop the other writer, or restore the state that wrote it"
+    ))
+}
+
+/// Whether `part` is `all` with some elements left out, in order.
+fn is_subsequence(part: &[String], all: &[String]) -> bool {
+    let mut all = all.iter();
+    part.iter().all(|p| all.any(|a| a == p))
 }
 
 /// Block ids: a random run id and a sequence number, so ids from a crashed
@@ -332,18 +413,18 @@ pub(super) fn commit_batch(
     storage: RetryingStorage,
     staged: StagedBlock,
     ids: Vec<String>,
+    version: Option<String>,
     finalizers: Vec<EventFinalizers>,
 ) -> WriteRequest {
     Box::pin(async move {
-        let result = storage
-            .run("Put Block List", || {
-                storage.storage.commit_blocks(&staged.object, &ids, false)
-            })
+        let (result, _) = storage
+            .commit_growing(&staged.object, &ids, version.clone(), false)
             .await;
         match result {
-            Ok(_) => WriteOutcome::BatchCommitted {
+            Ok(version) => WriteOutcome::BatchCommitted {
                 key: staged.key,
                 upto: ids.len(),
+                version,
                 finalizers,
                 events: staged.block.events as usize,
                 bytes: staged.block.bytes,
@@ -353,6 +434,7 @@ pub(super) fn commit_batch(
                 request: Retry::Commit {
                     staged,
                     ids,
+                    version,
                     finalizers,
                 },
                 error,
@@ -361,21 +443,22 @@ pub(super) fn commit_batch(
     })
 }
 
-/// Seals a file. `already_visible`: an `every_batch` file committed up to
-/// date, which sealing only stops writing to.
+/// Seals a file. `every_batch`: the version of an `every_batch` file, if
+/// known. `already_visible`: an `every_batch` file committed up to date,
+/// which sealing only stops writing to.
 pub(super) fn seal_file(
     storage: RetryingStorage,
     key: FileKey,
     object: String,
     ids: Vec<String>,
-    create_only: bool,
+    every_batch: Option<Option<String>>,
     already_visible: bool,
 ) -> WriteRequest {
     Box::pin(async move {
         let (result, lost) = if already_visible {
             (Ok(()), Vec::new())
         } else {
-            storage.seal(&object, &ids, create_only).await
+            storage.seal(&object, &ids, every_batch).await
         };
         WriteOutcome::FileSealed { key, result, lost }
     })
@@ -440,6 +523,16 @@ mod tests {
 
     fn ids(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn subsequences() {
+        assert!(is_subsequence(&ids("a c"), &ids("a b c")));
+        assert!(is_subsequence(&ids(""), &ids("a")));
+        assert!(is_subsequence(&ids("a b"), &ids("a b")));
+        assert!(!is_subsequence(&ids("c a"), &ids("a b c")));
+        assert!(!is_subsequence(&ids("a x"), &ids("a b c")));
+        assert!(!is_subsequence(&ids("a b c d"), &ids("a b c")));
     }
 
     #[test]

@@ -425,15 +425,15 @@ impl AdlsSink {
     fn seal_request(&mut self, key: FileKey) -> Option<WriteRequest> {
         let file = self.state.open_file(&key)?;
         let (object, ids) = (file.object.clone(), file.block_ids());
-        let already_visible =
-            self.commit == Commit::EveryBatch && file.committed == file.blocks.len();
+        let every_batch = (self.commit == Commit::EveryBatch).then(|| file.version.clone());
+        let already_visible = every_batch.is_some() && file.committed == file.blocks.len();
         self.batcher.activity(key.clone()).busy = true;
         Some(requests::seal_file(
             self.storage.clone(),
             key,
             object,
             ids,
-            self.commit == Commit::OnSeal,
+            every_batch,
             already_visible,
         ))
     }
@@ -455,13 +455,14 @@ impl AdlsSink {
             WriteOutcome::BatchCommitted {
                 key,
                 upto,
+                version,
                 finalizers,
                 events,
                 bytes,
                 object,
             } => {
                 self.held.succeeded(&object);
-                self.state.batch_committed(&key, upto);
+                self.state.batch_committed(&key, upto, version);
                 self.batcher.activity(key).busy = false;
                 self.delivered(finalizers, events, bytes);
             }
@@ -550,18 +551,20 @@ impl AdlsSink {
         let roll = self.roll.full(file);
         // Only `every_batch` commits now; `on_seal` lists the ids once, at
         // the seal.
-        let ids = (self.commit == Commit::EveryBatch).then(|| file.block_ids());
+        let commit =
+            (self.commit == Commit::EveryBatch).then(|| (file.block_ids(), file.version.clone()));
         self.metrics.open_files(self.state.open_count());
         let activity = self.batcher.activity(key);
         activity.seal_wanted |= roll;
-        match ids {
+        match commit {
             None => self.delivered(finalizers, events, bytes),
-            Some(ids) => {
+            Some((ids, version)) => {
                 activity.busy = true;
                 inflight.push(requests::commit_batch(
                     self.storage.clone(),
                     staged,
                     ids,
+                    version,
                     finalizers,
                 ))
             }

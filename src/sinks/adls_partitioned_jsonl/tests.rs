@@ -12,7 +12,7 @@ use futures::StreamExt;
 
 use super::{
     config::AdlsPartitionedJsonlConfig,
-    storage::{Created, Storage, StorageError},
+    storage::{BlockList, Committed, Condition, Created, Storage, StorageError},
 };
 use crate::{
     config::GlobalOptions,
@@ -289,11 +289,11 @@ impl Storage for FirstBlockSlow {
         &self,
         name: &str,
         ids: &[String],
-        create_only: bool,
-    ) -> Result<Created, StorageError> {
-        self.inner.commit_blocks(name, ids, create_only).await
+        condition: &Condition,
+    ) -> Result<Committed, StorageError> {
+        self.inner.commit_blocks(name, ids, condition).await
     }
-    async fn committed_blocks(&self, name: &str) -> Result<Option<Vec<String>>, StorageError> {
+    async fn committed_blocks(&self, name: &str) -> Result<Option<BlockList>, StorageError> {
         self.inner.committed_blocks(name).await
     }
     async fn uncommitted_blocks(&self, name: &str) -> Result<Vec<String>, StorageError> {

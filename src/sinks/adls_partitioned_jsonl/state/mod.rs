@@ -74,6 +74,11 @@ pub struct OpenFile {
     /// With `commit = "every_batch"`: how many of `blocks` are committed.
     #[serde(default)]
     pub committed: usize,
+    /// With `commit = "every_batch"`: the version (ETag) the last commit
+    /// returned, the condition of the next. Not saved: read from storage
+    /// after a restart.
+    #[serde(skip)]
+    pub version: Option<String>,
     pub bytes: u64,
     pub events: u64,
     /// Lowest source position in the file.
@@ -209,6 +214,7 @@ impl SinkState {
                     object,
                     blocks: Vec::new(),
                     committed: 0,
+                    version: None,
                     bytes: 0,
                     events: 0,
                     first_position: None,
@@ -325,7 +331,7 @@ impl SinkState {
     /// `every_batch` recovery: the file's blocks, less `lost` ones that
     /// storage no longer had, are all committed. In memory; the snapshot at
     /// the end of recovery saves it.
-    pub fn all_committed(&mut self, key: &FileKey, lost: &[String]) {
+    pub fn all_committed(&mut self, key: &FileKey, lost: &[String], version: String) {
         let Some(file) = self.open.get_mut(key) else {
             return;
         };
@@ -338,14 +344,16 @@ impl SinkState {
             file.blocks.retain(|b| !lost.contains(&b.id));
         }
         file.committed = file.blocks.len();
+        file.version = Some(version).filter(|v| !v.is_empty());
     }
 
     /// `every_batch`: the file's first `upto` blocks are committed. Kept in
     /// memory only: recovery commits the whole list again at start, which
     /// is idempotent.
-    pub fn batch_committed(&mut self, key: &FileKey, upto: usize) {
+    pub fn batch_committed(&mut self, key: &FileKey, upto: usize, version: String) {
         if let Some(f) = self.open.get_mut(key) {
             f.committed = f.committed.max(upto);
+            f.version = Some(version).filter(|v| !v.is_empty());
         }
     }
 

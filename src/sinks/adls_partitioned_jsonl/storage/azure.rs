@@ -22,13 +22,14 @@ use azure_identity::{
 use azure_storage_blob::{
     models::{
         BlobContainerClientListBlobsOptions, BlockBlobClientCommitBlockListOptions,
-        BlockBlobClientUploadOptions, BlockListType, BlockLookupList,
+        BlockBlobClientCommitBlockListResultHeaders, BlockBlobClientUploadOptions,
+        BlockListHeaders, BlockListType, BlockLookupList,
     },
     BlobContainerClient, BlobContainerClientOptions, BlockBlobClient, BlockBlobClientOptions,
 };
 use bytes::Bytes;
 
-use super::{retriable_status, Created, Storage, StorageError};
+use super::{retriable_status, BlockList, Committed, Condition, Created, Storage, StorageError};
 use crate::{
     redact,
     sinks::{
@@ -192,32 +193,34 @@ impl AzureStorage {
             .map_err(|e| StorageError::permanent(redact::error(&e)))
     }
 
-    /// The block ids of one list of `name`, or `None` when it does not exist.
+    /// The block ids of one list of `name` and the blob's ETag, or `None`
+    /// when it does not exist.
     async fn block_list(
         &self,
         name: &str,
         which: BlockListType,
-    ) -> Result<Option<Vec<String>>, StorageError> {
+    ) -> Result<Option<(Vec<String>, Option<String>)>, StorageError> {
         let committed = which == BlockListType::Committed;
-        let list = match self.blob(name)?.get_block_list(which, None).await {
-            Ok(rsp) => rsp
-                .into_model()
-                .map_err(|e| StorageError::transient(e.to_string()))?,
+        let rsp = match self.blob(name)?.get_block_list(which, None).await {
+            Ok(rsp) => rsp,
             Err(e) if e.http_status().map(u16::from) == Some(404) => return Ok(None),
             Err(e) => return Err(map_error(&format!("Get Block List {name}"), e)),
         };
+        let etag = rsp.etag().ok().flatten().map(|e| e.to_string());
+        let list = rsp
+            .into_model()
+            .map_err(|e| StorageError::transient(e.to_string()))?;
         let blocks = if committed {
             list.committed_blocks
         } else {
             list.uncommitted_blocks
         };
-        Ok(Some(
-            blocks
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|b| b.name.map(|n| String::from_utf8_lossy(&n).into_owned()))
-                .collect(),
-        ))
+        let ids = blocks
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|b| b.name.map(|n| String::from_utf8_lossy(&n).into_owned()))
+            .collect();
+        Ok(Some((ids, etag)))
     }
 }
 
@@ -300,6 +303,11 @@ fn already_exists(e: &azure_core::Error) -> bool {
         if u16::from(*status) == 409 && error_code.as_deref() == Some("BlobAlreadyExists"))
 }
 
+/// `If-Match` did not hold (412 `ConditionNotMet`).
+fn condition_not_met(e: &azure_core::Error) -> bool {
+    matches!(e.kind(), ErrorKind::HttpResponse { status, .. } if u16::from(*status) == 412)
+}
+
 #[async_trait]
 impl Storage for AzureStorage {
     async fn stage_block(
@@ -320,8 +328,8 @@ impl Storage for AzureStorage {
         &self,
         name: &str,
         block_ids: &[String],
-        create_only: bool,
-    ) -> Result<Created, StorageError> {
+        condition: &Condition,
+    ) -> Result<Committed, StorageError> {
         let blob = self.blob(name)?;
         let list = BlockLookupList {
             latest: Some(block_ids.iter().map(|id| id.as_bytes().to_vec()).collect()),
@@ -330,25 +338,45 @@ impl Storage for AzureStorage {
         let content = list
             .try_into()
             .map_err(|e: azure_core::Error| StorageError::permanent(e.to_string()))?;
-        let options = BlockBlobClientCommitBlockListOptions {
-            if_none_match: create_only.then(|| Etag::from("*")),
-            ..Default::default()
+        let options = match condition {
+            Condition::Absent => BlockBlobClientCommitBlockListOptions {
+                if_none_match: Some(Etag::from("*")),
+                ..Default::default()
+            },
+            Condition::Version(etag) => BlockBlobClientCommitBlockListOptions {
+                if_match: Some(Etag::from(etag.clone())),
+                ..Default::default()
+            },
         };
+        let what = || format!("Put Block List {name}");
         match blob.commit_block_list(content, Some(options)).await {
-            Ok(_) => Ok(Created::Created),
-            Err(e) if create_only && already_exists(&e) => Ok(Created::AlreadyExists),
-            Err(e) => Err(map_error(&format!("Put Block List {name}"), e)),
+            Ok(rsp) => match rsp.etag().ok().flatten() {
+                Some(etag) => Ok(Committed::Done(etag.to_string())),
+                None => Err(StorageError::permanent(format!(
+                    "{}: the response has no ETag",
+                    what()
+                ))),
+            },
+            Err(e) if already_exists(&e) || condition_not_met(&e) => Ok(Committed::ConditionFailed),
+            Err(e) => Err(map_error(&what(), e)),
         }
     }
 
-    async fn committed_blocks(&self, name: &str) -> Result<Option<Vec<String>>, StorageError> {
-        self.block_list(name, BlockListType::Committed).await
+    async fn committed_blocks(&self, name: &str) -> Result<Option<BlockList>, StorageError> {
+        match self.block_list(name, BlockListType::Committed).await? {
+            None => Ok(None),
+            Some((ids, Some(version))) => Ok(Some(BlockList { ids, version })),
+            Some((_, None)) => Err(StorageError::permanent(format!(
+                "Get Block List {name}: the response has no ETag"
+            ))),
+        }
     }
 
     async fn uncommitted_blocks(&self, name: &str) -> Result<Vec<String>, StorageError> {
         Ok(self
             .block_list(name, BlockListType::Uncommitted)
             .await?
+            .map(|(ids, _)| ids)
             .unwrap_or_default())
     }
 

@@ -15,13 +15,18 @@
 use std::{
     fs,
     io::Write,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Created, Storage, StorageError};
+use super::{BlockList, Committed, Condition, Created, Storage, StorageError};
 use crate::config::OptionError;
 
 #[derive(Clone)]
@@ -33,6 +38,13 @@ pub struct LocalStorage {
     create_filesystem: bool,
     /// Part of temporary file names, so two writers never share one.
     writer: String,
+    /// Numbers temporary files, so two attempts of one commit (a timed-out
+    /// one still running, and its retry) never share one either.
+    attempts: Arc<AtomicU64>,
+    /// Held from checking a commit's condition to replacing the file, so
+    /// the check and the rename are one step for this writer (a timed-out
+    /// attempt that finishes late sees the retry's version and gives up).
+    replacing: Arc<Mutex<()>>,
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> StorageError {
@@ -74,6 +86,8 @@ impl LocalStorage {
             staging: root.join(".mongo-adls-staging").join(filesystem),
             create_filesystem,
             writer: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            attempts: Arc::default(),
+            replacing: Arc::default(),
         })
     }
 
@@ -114,10 +128,12 @@ impl LocalStorage {
         self.staging.join(name)
     }
 
-    /// This writer's temporary name for `target`, in its folder.
+    /// A temporary name for `target`, in its folder, of this writer and
+    /// attempt.
     fn tmp_path(&self, target: &Path) -> PathBuf {
         let name = target.file_name().unwrap_or_default().to_string_lossy();
-        target.with_file_name(format!(".{name}.{}.mongo-adls-tmp", self.writer))
+        let attempt = self.attempts.fetch_add(1, Ordering::Relaxed);
+        target.with_file_name(format!(".{name}.{}-{attempt}.mongo-adls-tmp", self.writer))
     }
 
     /// The manifest of the visible file version with inode `inode`: the
@@ -128,8 +144,7 @@ impl LocalStorage {
 
     /// The block ids the visible file `name` was made of: its manifest, or
     /// the single `.committed` of versions before manifests were per inode.
-    fn read_manifest(&self, name: &str) -> std::io::Result<Option<Vec<String>>> {
-        use std::os::unix::fs::MetadataExt;
+    fn read_manifest(&self, name: &str) -> std::io::Result<Option<BlockList>> {
         let inode = match fs::metadata(self.final_path(name)) {
             Ok(meta) => meta.ino(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -141,16 +156,19 @@ impl LocalStorage {
             }
             other => other,
         };
-        match text {
-            Ok(text) => Ok(Some(
-                text.lines()
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_string)
-                    .collect(),
-            )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(Vec::new())),
-            Err(e) => Err(e),
-        }
+        let ids = match text {
+            Ok(text) => text
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(Some(BlockList {
+            ids,
+            version: inode.to_string(),
+        }))
     }
 
     fn write_file(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
@@ -166,7 +184,7 @@ impl LocalStorage {
     /// theirs (the manifest is written just before the file is replaced,
     /// so after a crash there it can be ahead of the file).
     fn committed_prefix(&self, name: &str, target: &Path, block_ids: &[String]) -> usize {
-        let Ok(Some(previous)) = self.read_manifest(name) else {
+        let Ok(Some(BlockList { ids: previous, .. })) = self.read_manifest(name) else {
             return 0;
         };
         let is_prefix = previous.len() <= block_ids.len()
@@ -192,16 +210,21 @@ impl LocalStorage {
         &self,
         name: &str,
         block_ids: &[String],
-        create_only: bool,
-    ) -> Result<Created, StorageError> {
+        condition: &Condition,
+    ) -> Result<Committed, StorageError> {
         let target = self.final_path(name);
-        if create_only && target.exists() {
-            return Ok(Created::AlreadyExists);
+        let holds = match (condition, fs::metadata(&target)) {
+            (Condition::Absent, Err(_)) => true,
+            (Condition::Version(v), Ok(meta)) => meta.ino().to_string() == *v,
+            _ => false,
+        };
+        if !holds {
+            return Ok(Committed::ConditionFailed);
         }
         let dir = target.parent().unwrap_or(&self.base).to_path_buf();
         fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
         let tmp = self.tmp_path(&target);
-        let result = self.commit_through(name, block_ids, create_only, &tmp);
+        let result = self.commit_through(name, block_ids, condition, &tmp);
         // Whatever happened, no temporary file stays in the lake.
         let _ = fs::remove_file(&tmp);
         if result.is_ok() {
@@ -216,19 +239,18 @@ impl LocalStorage {
         &self,
         name: &str,
         block_ids: &[String],
-        create_only: bool,
+        condition: &Condition,
         tmp: &Path,
-    ) -> Result<Created, StorageError> {
+    ) -> Result<Committed, StorageError> {
         let (target, tmp) = (self.final_path(name), tmp.to_path_buf());
         {
             // `every_batch` commits a growing list: start from the visible
             // file when it holds a prefix of the list, so only new blocks
             // are read. `fs::copy` is copy_file_range: a reflink on XFS and
             // Btrfs, an in-kernel copy elsewhere.
-            let reused = if create_only {
-                0
-            } else {
-                self.committed_prefix(name, &target, block_ids)
+            let reused = match condition {
+                Condition::Absent => 0,
+                Condition::Version(_) => self.committed_prefix(name, &target, block_ids),
             };
             let out = if reused > 0 {
                 fs::copy(&target, &tmp).and_then(|_| fs::OpenOptions::new().append(true).open(&tmp))
@@ -259,31 +281,39 @@ impl LocalStorage {
         // crash right after can still be recognised as our own commit. It
         // is named by the inode the visible file will have (a link or
         // rename keeps it), so it describes exactly that file.
-        use std::os::unix::fs::MetadataExt;
         let inode = fs::metadata(&tmp)
             .map_err(|e| io_err("stat", &tmp, e))?
             .ino();
-        let replaced = fs::metadata(&target).ok().map(|m| m.ino());
         let manifest = self.manifest_path(name, inode);
         fs::create_dir_all(self.block_dir(name)).map_err(|e| io_err("create", &manifest, e))?;
         crate::checkpoint::write_atomic(&manifest, block_ids.join("\n").as_bytes())
             .map_err(|e| io_err("write", &manifest, e))?;
-        if create_only {
-            match fs::hard_link(&tmp, &target) {
-                Ok(()) => {}
+        let done = match condition {
+            Condition::Absent => match fs::hard_link(&tmp, &target) {
+                Ok(()) => Committed::Done(inode.to_string()),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    return Ok(Created::AlreadyExists);
+                    Committed::ConditionFailed
                 }
                 Err(e) => return Err(io_err("link", &target, e)),
+            },
+            Condition::Version(version) => {
+                let _replacing = self.replacing.lock().unwrap_or_else(|e| e.into_inner());
+                match fs::metadata(&target) {
+                    Ok(meta) if meta.ino().to_string() == *version => {
+                        fs::rename(&tmp, &target).map_err(|e| io_err("rename", &target, e))?;
+                        // The version this one replaced is gone: so is its
+                        // manifest.
+                        let _ = fs::remove_file(self.manifest_path(name, meta.ino()));
+                        Committed::Done(inode.to_string())
+                    }
+                    _ => Committed::ConditionFailed,
+                }
             }
-        } else {
-            fs::rename(&tmp, &target).map_err(|e| io_err("rename", &target, e))?;
-            // The version this one replaced is gone: so is its manifest.
-            if let Some(old) = replaced.filter(|old| *old != inode) {
-                let _ = fs::remove_file(self.manifest_path(name, old));
-            }
+        };
+        if done == Committed::ConditionFailed {
+            let _ = fs::remove_file(&manifest);
         }
-        Ok(Created::Created)
+        Ok(done)
     }
 }
 
@@ -313,16 +343,16 @@ impl Storage for LocalStorage {
         &self,
         name: &str,
         block_ids: &[String],
-        create_only: bool,
-    ) -> Result<Created, StorageError> {
+        condition: &Condition,
+    ) -> Result<Committed, StorageError> {
         let this = self.clone();
-        let (name, ids) = (name.to_string(), block_ids.to_vec());
-        tokio::task::spawn_blocking(move || this.commit_sync(&name, &ids, create_only))
+        let (name, ids, condition) = (name.to_string(), block_ids.to_vec(), condition.clone());
+        tokio::task::spawn_blocking(move || this.commit_sync(&name, &ids, &condition))
             .await
             .map_err(|e| StorageError::transient(e.to_string()))?
     }
 
-    async fn committed_blocks(&self, name: &str) -> Result<Option<Vec<String>>, StorageError> {
+    async fn committed_blocks(&self, name: &str) -> Result<Option<BlockList>, StorageError> {
         self.read_manifest(name)
             .map_err(|e| io_err("read the manifest of", &self.final_path(name), e))
     }
@@ -407,7 +437,6 @@ impl Storage for LocalStorage {
     /// Removes the sealed file's own blocks and manifest, then the folder
     /// if nothing else is left in it (another writer's blocks stay).
     async fn release(&self, name: &str, block_ids: &[String]) {
-        use std::os::unix::fs::MetadataExt;
         let dir = self.block_dir(name);
         for id in block_ids {
             let _ = fs::remove_file(dir.join(id));
@@ -462,9 +491,15 @@ mod tests {
         LocalStorage::new(&format!("file://{}", root.display()), "fs", true).unwrap()
     }
 
+    /// Commits `ids` over the visible version, as `every_batch` does.
     async fn commit(s: &LocalStorage, ids: &[&str]) -> String {
         let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-        s.commit_blocks("a/f.jsonl", &ids, false).await.unwrap();
+        let condition = match s.committed_blocks("a/f.jsonl").await.unwrap() {
+            Some(list) => Condition::Version(list.version),
+            None => Condition::Absent,
+        };
+        let done = s.commit_blocks("a/f.jsonl", &ids, &condition).await;
+        assert!(matches!(done, Ok(Committed::Done(_))), "{done:?}");
         fs::read_to_string(s.final_path("a/f.jsonl")).unwrap()
     }
 
@@ -487,7 +522,6 @@ mod tests {
         // changes; here it is changed, to see that it was used).
         fs::write(s.final_path("a/f.jsonl"), "B1\nB2\n").unwrap();
         assert_eq!(commit(&s, &["b1", "b2", "b3"]).await, "B1\nB2\nb3\n");
-        use std::os::unix::fs::MetadataExt;
         let inode = fs::metadata(s.final_path("a/f.jsonl")).unwrap().ino();
         let manifest = s.manifest_path("a/f.jsonl", inode);
         fs::write(&manifest, "b1\nb2\nb3\nb4").unwrap();
@@ -499,6 +533,54 @@ mod tests {
         assert_eq!(commit(&s, &["b1", "b4"]).await, "b1\nb4\n");
     }
 
+    /// A commit that applies late (its attempt timed out, the retry and a
+    /// later commit went through) must not roll the file back: it names a
+    /// version that is gone, and changes nothing.
+    #[tokio::test]
+    async fn a_late_commit_does_not_roll_the_file_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = storage(dir.path());
+        let name = "a/f.jsonl";
+        for id in ["b1", "b2", "b3"] {
+            s.stage_block(name, id, Bytes::from(format!("{id}\n")))
+                .await
+                .unwrap();
+        }
+        let ids = |n: usize| -> Vec<String> {
+            ["b1", "b2", "b3"][..n]
+                .iter()
+                .map(|i| i.to_string())
+                .collect()
+        };
+        let Ok(Committed::Done(v1)) = s.commit_blocks(name, &ids(1), &Condition::Absent).await
+        else {
+            panic!("first commit")
+        };
+        let first_try = Condition::Version(v1);
+        let Ok(Committed::Done(v2)) = s.commit_blocks(name, &ids(2), &first_try).await else {
+            panic!("second commit")
+        };
+        s.commit_blocks(name, &ids(3), &Condition::Version(v2))
+            .await
+            .unwrap();
+        // The second commit's first attempt, applied now.
+        assert_eq!(
+            s.commit_blocks(name, &ids(2), &first_try).await.unwrap(),
+            Committed::ConditionFailed
+        );
+        assert_eq!(
+            s.commit_blocks(name, &ids(1), &Condition::Absent)
+                .await
+                .unwrap(),
+            Committed::ConditionFailed
+        );
+        assert_eq!(
+            fs::read_to_string(s.final_path(name)).unwrap(),
+            "b1\nb2\nb3\n"
+        );
+        assert_eq!(s.committed_blocks(name).await.unwrap().unwrap().ids, ids(3));
+    }
+
     #[tokio::test]
     async fn a_missing_block_is_reported_as_missing() {
         let dir = tempfile::tempdir().unwrap();
@@ -507,7 +589,10 @@ mod tests {
             .await
             .unwrap();
         let ids = vec!["b1".to_string(), "gone".to_string()];
-        let err = s.commit_blocks("a/f.jsonl", &ids, true).await.unwrap_err();
+        let err = s
+            .commit_blocks("a/f.jsonl", &ids, &Condition::Absent)
+            .await
+            .unwrap_err();
         assert!(err.blocks_missing && !err.retriable, "{err:?}");
         assert_eq!(s.uncommitted_blocks("a/f.jsonl").await.unwrap(), vec!["b1"]);
         assert!(!s.final_path("a/f.jsonl").exists());
@@ -530,14 +615,21 @@ mod tests {
             .unwrap();
         let (ids_a, ids_b) = (vec!["a1".to_string()], vec!["b1".to_string()]);
         assert!(matches!(
-            a.commit_blocks(name, &ids_a, true).await.unwrap(),
-            Created::Created
+            a.commit_blocks(name, &ids_a, &Condition::Absent)
+                .await
+                .unwrap(),
+            Committed::Done(_)
         ));
-        assert!(matches!(
-            b.commit_blocks(name, &ids_b, true).await.unwrap(),
-            Created::AlreadyExists
-        ));
-        assert_eq!(b.committed_blocks(name).await.unwrap(), Some(ids_a.clone()));
+        assert_eq!(
+            b.commit_blocks(name, &ids_b, &Condition::Absent)
+                .await
+                .unwrap(),
+            Committed::ConditionFailed
+        );
+        assert_eq!(
+            b.committed_blocks(name).await.unwrap().map(|l| l.ids),
+            Some(ids_a.clone())
+        );
         assert_eq!(fs::read_to_string(a.final_path(name)).unwrap(), "from a\n");
         a.release(name, &ids_a).await;
         assert_eq!(b.uncommitted_blocks(name).await.unwrap(), ids_b);

@@ -69,6 +69,34 @@ pub enum Created {
     AlreadyExists,
 }
 
+/// What a commit requires of the object as it is when the commit applies.
+/// Every commit is conditional: a request that storage applies after the
+/// client gave up on it (and retried) must not roll a file back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// It does not exist (`If-None-Match: *`).
+    Absent,
+    /// It is the version this version string names (`If-Match: <ETag>`; on
+    /// `file://` the visible file's inode).
+    Version(String),
+}
+
+/// The result of a conditional commit.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Committed {
+    /// The list is the object's content; the object's new version.
+    Done(String),
+    /// The condition did not hold; nothing was changed.
+    ConditionFailed,
+}
+
+/// The committed block list of an object and the version it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockList {
+    pub ids: Vec<String>,
+    pub version: String,
+}
+
 #[async_trait]
 pub trait Storage: Send + Sync {
     /// Stores `data` as an uncommitted block of `name`.
@@ -79,18 +107,18 @@ pub trait Storage: Send + Sync {
         data: Bytes,
     ) -> Result<(), StorageError>;
 
-    /// Makes `block_ids` (in order) the content of `name`. With
-    /// `create_only` the commit fails with `AlreadyExists` when `name`
-    /// exists (`If-None-Match: *`).
+    /// Makes `block_ids` (in order) the content of `name` if `condition`
+    /// holds when the commit applies; nothing changes otherwise.
     async fn commit_blocks(
         &self,
         name: &str,
         block_ids: &[String],
-        create_only: bool,
-    ) -> Result<Created, StorageError>;
+        condition: &Condition,
+    ) -> Result<Committed, StorageError>;
 
-    /// The committed block ids of `name`, or `None` when it does not exist.
-    async fn committed_blocks(&self, name: &str) -> Result<Option<Vec<String>>, StorageError>;
+    /// The committed block ids of `name` and its version, or `None` when it
+    /// does not exist.
+    async fn committed_blocks(&self, name: &str) -> Result<Option<BlockList>, StorageError>;
 
     /// The ids of the blocks staged for `name` that storage still holds
     /// (Azure lists the uncommitted ones; `file://` keeps committed blocks
