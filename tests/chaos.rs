@@ -393,15 +393,23 @@ request.retry_max_backoff_secs = 1
     let mut agent = Agent::start_logged_with(&cfg, &log, &["-vv"]);
     if snapshot_docs > 0 {
         // kill -9 during the copy: once the second collection starts (the
-        // first one's records are in flight or written), then again once
-        // the restarted copy moves on to another collection. The load
+        // first one's records are in flight), then again once a snapshot
+        // file is sealed (`roll.max_bytes` seals files mid-copy). The load
         // starts after the copy, so every snapshot record is a preloaded
         // document.
         const NEXT: &str = "Snapshot: copying collection ";
-        for wait_for in [2, 2] {
-            // The restarted copy logs the collection it continues first.
-            let seen = if kills == 0 { 0 } else { log_count(&log, NEXT) };
-            wait_log(&log, NEXT, seen + wait_for, &mut agent).await;
+        for kill in 0..2 {
+            if kill == 0 {
+                wait_log(&log, NEXT, 2, &mut agent).await;
+            } else {
+                // Once some records are sealed (acknowledged): the restarted
+                // copy must continue after them, not write them again.
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while lake.list().await.is_empty() {
+                    assert!(Instant::now() < deadline, "no snapshot file sealed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
             assert_eq!(
                 log_count(&log, "Snapshot complete."),
                 0,
