@@ -15,7 +15,7 @@ agent.
 
   checker.py verify --manifest M.jsonl --watch W.json --mongo-uri U [lake options]
       Every acknowledged change in the load generator's manifest appears
-      exactly once, an unacknowledged ("maybe") change at most once, nothing
+      exactly once (a `snapshot` entry: that `_id`'s snapshot record), an unacknowledged ("maybe") change at most once, nothing
       else appears; lines in each file are in change-stream order; the last
       change per document in the lake matches MongoDB's current document;
       every line lies in its own folder (namespace, and the year/month/day/
@@ -177,7 +177,9 @@ def identity(record):
         return (ns, op, seq_of(record["fullDocument"]["seq"]))
     if op == "update":
         return (ns, op, seq_of(record["updateDescription"]["updatedFields"]["seq"]))
-    if op == "delete":
+    if op in ("delete", "snapshot"):
+        # A snapshot record stands for a document (`_id`): each is copied
+        # exactly once, however often the copy was interrupted.
         return (ns, op, key_of(record["documentKey"]["_id"]))
     return (ns, op, meta.get("resumeToken"))
 
@@ -271,7 +273,7 @@ def verify(args):
     expected, maybe = Counter(), Counter()
     for line in open(args.manifest):
         m = json.loads(line)
-        key = (m["ns"], m["op"], m["id"] if m["op"] == "delete" else m["seq"])
+        key = (m["ns"], m["op"], m["id"] if m["op"] in ("delete", "snapshot") else m["seq"])
         (expected if m["ok"] else maybe)[key] += 1
 
     watched = json.load(open(args.watch))
@@ -291,7 +293,12 @@ def verify(args):
             meta = r["_meta"]
             doc_id = key_of(r["documentKey"]["_id"])
             ns = key[0]
-            seq = None if key[1] == "delete" else key[2]
+            if key[1] == "delete":
+                seq = None
+            elif key[1] == "snapshot":
+                seq = seq_of(r["fullDocument"]["seq"])
+            else:
+                seq = key[2]
             prev = last.get((ns, doc_id))
             if prev is None or prev[0] < meta["resumeToken"]:
                 last[(ns, doc_id)] = (meta["resumeToken"], key[1], seq)

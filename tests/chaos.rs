@@ -1,11 +1,19 @@
 //! The chaos run: a load generator makes about 100,000 identifiable changes
 //! (inserts, updates, replaces, deletes, transactions) over 4 namespaces
 //! while the agent is killed with SIGKILL at least 10 times, Azurite (on
-//! disk) and mongod are each restarted once, and a proxy injects 503, 429,
-//! resets, lost responses and stalls. An independent Python checker
+//! disk) and mongod are each restarted twice, once while the agent runs
+//! under load and once while it is dead, and a proxy injects 503, 429,
+//! resets, lost responses, stalls, and writes applied while the client
+//! times out (before or after its timeout). The on_seal run first copies
+//! documents that exist before the start (`snapshot = "initial"`) and
+//! kills the agent during the copy. An independent Python checker
 //! (`e2e/checker.py`: pymongo + azure-storage-blob) watches the listings
 //! during the run and verifies the lake against the generator's manifest
-//! and MongoDB's final state.
+//! (each snapshot `_id` exactly once, like each change) and MongoDB's
+//! final state.
+//!
+//! `MONGO_ADLS_CHAOS_BATCHES` overrides the number of load rounds (a short
+//! run to see a deliberate break caught quickly).
 
 mod support;
 
@@ -240,7 +248,65 @@ async fn listing(lake: &Lake) -> Vec<(String, u64)> {
 /// One chaos run at a time: each needs most of a 2-core machine.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn chaos_run(mode_options: &str, batches: usize, immutable: bool, name_pattern: &str) {
+/// Documents that exist before the agent first starts, for `snapshot =
+/// "initial"`: `per_namespace` in each namespace, recorded in the manifest
+/// as `snapshot` changes (one per `_id`). The generator never touches them,
+/// so MongoDB's final state of each is the snapshot record's.
+async fn preload(client: &mongodb::Client, per_namespace: usize, manifest: &Mutex<Manifest>) {
+    for (db, coll) in NAMESPACES {
+        let docs: Vec<Document> = {
+            let mut m = manifest.lock().unwrap();
+            (0..per_namespace)
+                .map(|_| {
+                    m.next_id += 1;
+                    m.next_seq += 1;
+                    let (id, seq) = (m.next_id, m.next_seq);
+                    m.record(&format!("{db}.{coll}"), "snapshot", seq, id, true);
+                    doc! { "_id": id, "seq": seq, "pad": "s".repeat(200) }
+                })
+                .collect()
+        };
+        client
+            .database(db)
+            .collection::<Document>(coll)
+            .insert_many(docs)
+            .await
+            .unwrap();
+    }
+}
+
+/// How many times the agents' log (all of them, appended) holds `text`.
+fn log_count(log: &Path, text: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(text)
+        .count()
+}
+
+async fn wait_log(log: &Path, text: &str, count: usize, agent: &mut Agent) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while log_count(log, text) < count {
+        assert!(
+            agent.running(),
+            "the agent exited while waiting for {text:?}"
+        );
+        assert!(Instant::now() < deadline, "no {count}x {text:?} in the log");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `snapshot_docs`: documents per namespace copied by `snapshot =
+/// "initial"` before the load starts (0: no snapshot).
+async fn chaos_run(
+    mode_options: &str,
+    batches: usize,
+    immutable: bool,
+    name_pattern: &str,
+    snapshot_docs: usize,
+) {
+    let batches = std::env::var("MONGO_ADLS_CHAOS_BATCHES")
+        .map(|b| b.parse().unwrap())
+        .unwrap_or(batches);
     let _serial = ONE_AT_A_TIME.lock().await;
     let mut mongo = Mongod::start().await;
     let mut azurite = Azurite::start_on_disk();
@@ -256,6 +322,8 @@ async fn chaos_run(mode_options: &str, batches: usize, immutable: bool, name_pat
                 Fault::Reset,
                 Fault::LoseResponse,
                 Fault::Stall,
+                Fault::ApplyThenStall,
+                Fault::StallThenApply,
             ],
         },
     )
@@ -274,6 +342,7 @@ type = "mongodb_change_stream"
 uri = "{uri}"
 max_await_time_ms = 200
 checkpoint_interval_ms = 200
+{snapshot}
 
 [sinks.lake]
 type = "adls_partitioned_jsonl"
@@ -295,6 +364,11 @@ request.retry_max_backoff_secs = 1
             data = dir.path().join("data").display(),
             uri = mongo.uri(),
             url = proxy.account_url(),
+            snapshot = if snapshot_docs > 0 {
+                "snapshot = \"initial\"\nsnapshot_chunk_size = 500"
+            } else {
+                ""
+            },
         ),
     )
     .unwrap();
@@ -311,9 +385,44 @@ request.retry_max_backoff_secs = 1
     let watcher = Watcher::start(dir.path(), &lake_args, immutable);
     let log = dir.path().join("agent.log");
 
-    let mut agent = Agent::start_logged_with(&cfg, &log, &["-vv"]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let manifest = Arc::new(Mutex::new(Manifest::default()));
+    let mut kills = 0;
+    if snapshot_docs > 0 {
+        preload(&mongo.client().await, snapshot_docs, &manifest).await;
+    }
+    let mut agent = Agent::start_logged_with(&cfg, &log, &["-vv"]);
+    if snapshot_docs > 0 {
+        // kill -9 during the copy: once the second collection starts (the
+        // first one's records are in flight), then again once a snapshot
+        // file is sealed (`roll.max_bytes` seals files mid-copy). The load
+        // starts after the copy, so every snapshot record is a preloaded
+        // document.
+        const NEXT: &str = "Snapshot: copying collection ";
+        for kill in 0..2 {
+            if kill == 0 {
+                wait_log(&log, NEXT, 2, &mut agent).await;
+            } else {
+                // Once some records are sealed (acknowledged): the restarted
+                // copy must continue after them, not write them again.
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while lake.list().await.is_empty() {
+                    assert!(Instant::now() < deadline, "no snapshot file sealed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            assert_eq!(
+                log_count(&log, "Snapshot complete."),
+                0,
+                "the kill lands during the copy"
+            );
+            agent.kill();
+            kills += 1;
+            agent = Agent::start_logged_with(&cfg, &log, &["-vv"]);
+        }
+        wait_log(&log, "Snapshot complete.", 1, &mut agent).await;
+    } else {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let started = Instant::now();
     let generator = tokio::spawn(generate(
         mongo.client().await,
@@ -322,14 +431,30 @@ request.retry_max_backoff_secs = 1
     ));
 
     // Disruptions while the load runs: kill -9 at random moments (at least
-    // 10 times), Azurite restarted after the third, mongod after the sixth.
-    let mut kills = 0;
-    while !generator.is_finished() || kills < 10 {
+    // 10 times); Azurite and mongod restarted while the agent runs (in the
+    // second and the fifth round, before its kill: the agent must ride out
+    // the outage and reconnect) and while it is dead (after the third and
+    // the sixth kill).
+    // (Counted from the load's start: the snapshot's kills come before.)
+    let mut live_restarts = 0;
+    let mut round = 0;
+    while !generator.is_finished() || round < 10 {
+        round += 1;
         let pause = rand::rng().random_range(1500..3500);
         tokio::time::sleep(Duration::from_millis(pause)).await;
+        if matches!(round, 2 | 5) {
+            if round == 2 {
+                azurite.restart();
+            } else {
+                mongo.restart().await;
+            }
+            live_restarts += 1;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            assert!(agent.running(), "the agent exited after a live restart");
+        }
         agent.kill();
         kills += 1;
-        match kills {
+        match round {
             3 => azurite.restart(),
             6 => mongo.restart().await,
             _ => {}
@@ -337,6 +462,7 @@ request.retry_max_backoff_secs = 1
         agent = Agent::start_logged_with(&cfg, &log, &["-vv"]);
     }
     generator.await.unwrap();
+    assert_eq!(live_restarts, 2, "Azurite and mongod restarted under load");
     let load_secs = started.elapsed().as_secs_f64();
 
     // Run until the lake stops changing and holds at least every
@@ -409,13 +535,21 @@ request.retry_max_backoff_secs = 1
     let out = checker(&args).stderr(Stdio::inherit()).output().unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     println!(
-        "chaos [{}]: {total} changes in {load_secs:.0} s, {kills} kills, faults {:?}\n{report}",
+        "chaos [{}]: {total} changes in {load_secs:.0} s, {kills} kills, {live_restarts} live restarts, faults {:?}\n{report}",
         mode_options.replace('\n', " "),
         proxy.stats.lock().unwrap()
     );
     assert!(out.status.success(), "checker found problems:\n{report}");
     let stats = proxy.stats.lock().unwrap().clone();
-    for fault in ["503", "429", "reset", "lost_response", "stall"] {
+    for fault in [
+        "503",
+        "429",
+        "reset",
+        "lost_response",
+        "stall",
+        "applied_then_stall",
+        "stall_then_applied",
+    ] {
         assert!(
             stats.get(fault).copied().unwrap_or(0) > 0,
             "fault {fault} was injected: {stats:?}"
@@ -477,7 +611,7 @@ const ROLLING_NAMES: &str = r"[^/]+/[^/]+/year=\d{4}/month=\d\d/day=\d\d/hour=\d
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_on_seal_100k() {
-    chaos_run("commit = \"on_seal\"", 105, true, ROLLING_NAMES).await;
+    chaos_run("commit = \"on_seal\"", 105, true, ROLLING_NAMES, 6000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -487,6 +621,7 @@ async fn chaos_every_batch_100k() {
         105,
         false,
         ROLLING_NAMES,
+        0,
     )
     .await;
 }
@@ -499,6 +634,7 @@ async fn chaos_per_event_3k() {
         3,
         true,
         r"[^/]+/[^/]+/year=\d{4}/month=\d\d/day=\d\d/hour=\d\d/event-[^/]+\.jsonl",
+        0,
     )
     .await;
 }

@@ -433,6 +433,11 @@ impl Agent {
         Self(child)
     }
 
+    /// Still running (it has not exited by itself).
+    pub fn running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+
     /// SIGKILL, and wait for the process to be gone.
     pub fn kill(&mut self) {
         let _ = self.0.kill();
@@ -629,6 +634,14 @@ pub enum Fault {
     LoseResponse,
     /// Hold the request for 5 s (past the client's timeout), then close.
     Stall,
+    /// Forward, then hold the response for 5 s (past the client's
+    /// timeout) and close without it: the write is applied, the client
+    /// times out and thinks it failed.
+    ApplyThenStall,
+    /// Hold the request for 5 s (past the client's timeout), then forward
+    /// it and drop the response: the write is applied after the client
+    /// gave up, perhaps after its retry (or a newer agent's write) landed.
+    StallThenApply,
 }
 
 /// An HTTP proxy in front of Azurite that injects failures. This is the
@@ -759,9 +772,11 @@ async fn proxy_one(
             tokio::time::sleep(Duration::from_secs(5)).await;
             return "stall";
         }
-        Some(Fault::LoseResponse) | None => {}
+        Some(Fault::StallThenApply) => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        Some(Fault::LoseResponse | Fault::ApplyThenStall) | None => {}
     }
-    let lose = matches!(fault, Some(Fault::LoseResponse));
 
     // Forward with `Connection: close` and relay the whole response.
     let mut request = String::new();
@@ -783,9 +798,29 @@ async fn proxy_one(
     }
     let mut response = Vec::new();
     let _ = up.read_to_end(&mut response).await;
-    if lose {
-        let _ = conn.set_linger(Some(Duration::ZERO));
-        return "lost_response";
+    match fault {
+        Some(Fault::LoseResponse) => {
+            let _ = conn.set_linger(Some(Duration::ZERO));
+            return "lost_response";
+        }
+        // Counted only when storage answered: the write was applied (or
+        // refused by its conditions) while the client waited in vain.
+        Some(Fault::ApplyThenStall) => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            return if response.is_empty() {
+                "upstream_down"
+            } else {
+                "applied_then_stall"
+            };
+        }
+        Some(Fault::StallThenApply) => {
+            return if response.is_empty() {
+                "upstream_down"
+            } else {
+                "stall_then_applied"
+            };
+        }
+        _ => {}
     }
     let _ = conn.write_all(&response).await;
     let _ = conn.shutdown().await;
