@@ -798,6 +798,7 @@ async fn chaos(commit: &str) {
                 support::Fault::Reset,
                 support::Fault::Stall,
             ],
+            only: None,
         },
     )
     .await;
@@ -1280,6 +1281,7 @@ async fn a_storage_outage_longer_than_the_retries_heals_without_a_restart() {
         support::Faults {
             every: u64::MAX,
             kinds: vec![],
+            only: None,
         },
     )
     .await;
@@ -1374,6 +1376,85 @@ async fn a_storage_outage_longer_than_the_retries_heals_without_a_restart() {
         text.contains("The oplog reaches back to"),
         "the held-write error states the oplog window: {text}"
     );
+    drop(agent);
+}
+
+/// `every_batch` with Put Block Lists that storage applies seconds after
+/// the client gave up on them (and retried, and committed newer blocks):
+/// each late commit is refused by its condition instead of rolling the
+/// growing file back, so every change is in the lake exactly once and no
+/// block is reported lost. Without the conditions the late commits apply
+/// and drop committed blocks (the bug the chaos run's `StallThenApply`
+/// found); this test makes the case happen every few commits, on purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_applied_commits_do_not_roll_growing_files_back() {
+    let mongo = Mongod::start().await;
+    let azurite = Azurite::start();
+    let lake = Lake::new(&azurite, "late");
+    lake.create().await;
+    let proxy = support::FaultProxy::start(
+        azurite.port,
+        support::Faults {
+            every: 4,
+            kinds: vec![support::Fault::LateApply(Duration::from_secs(4))],
+            // Put Block List only (Get Block List puts `blocklisttype`
+            // first).
+            only: Some("?comp=blocklist"),
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = agent_config(
+        dir.path(),
+        "late",
+        &mongo.uri(),
+        &proxy.account_url(),
+        &format!(
+            "{}\ncommit = \"every_batch\"\nroll.window_secs = 3\nrequest.timeout_secs = 1",
+            shared_key()
+        ),
+    );
+    let log = dir.path().join("late.log");
+    let agent = Agent::start_logged(&cfg, &log);
+    let orders = mongo
+        .client()
+        .await
+        .database("shop")
+        .collection::<Document>("orders");
+    let stream_open = dir.path().join("data-late/mongo/checkpoint.json");
+    eventually(Duration::from_secs(30), async || {
+        stream_open.exists().then_some(())
+    })
+    .await;
+    // 12 s of steady changes: a commit about every 0.3 s.
+    let total = 1_200;
+    for chunk in 0..(total / 10) {
+        let docs: Vec<Document> = (chunk * 10..chunk * 10 + 10)
+            .map(|i| doc! { "_id": i, "v": "x".repeat(200) })
+            .collect();
+        orders.insert_many(docs).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let files = eventually(Duration::from_secs(90), async || {
+        let files = read_all(&lake).await;
+        (total_lines(&files) >= total as usize).then_some(files)
+    })
+    .await;
+    // Late commits still held by the proxy have a few seconds to land.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let files_after = read_all(&lake).await;
+    assert_eq!(files, files_after, "a late commit changed a file");
+    assert_exactly_once_in_order(&files, total as usize);
+    let stats = proxy.stats.lock().unwrap().clone();
+    eprintln!("late commits: {stats:?}");
+    assert!(
+        stats.get("late_refused").copied().unwrap_or(0) >= 3,
+        "the late commits were made and refused: {stats:?}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    for bad in ["DATA LOSS", "InvalidBlockList", "ERROR"] {
+        assert!(!text.contains(bad), "{bad} in the log: {text}");
+    }
     drop(agent);
 }
 

@@ -283,6 +283,13 @@ fn log_count(log: &Path, text: &str) -> usize {
         .count()
 }
 
+/// The last `n` lines of the agent's log, for failure messages.
+fn log_tail(log: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(n).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
 async fn wait_log(log: &Path, text: &str, count: usize, agent: &mut Agent) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while log_count(log, text) < count {
@@ -325,6 +332,7 @@ async fn chaos_run(
                 Fault::ApplyThenStall,
                 Fault::StallThenApply,
             ],
+            only: None,
         },
     )
     .await;
@@ -450,7 +458,11 @@ request.retry_max_backoff_secs = 1
             }
             live_restarts += 1;
             tokio::time::sleep(Duration::from_millis(pause)).await;
-            assert!(agent.running(), "the agent exited after a live restart");
+            assert!(
+                agent.running(),
+                "the agent exited after a live restart; its log ends:\n{}",
+                log_tail(&log, 60)
+            );
         }
         agent.kill();
         kills += 1;
@@ -478,12 +490,10 @@ request.retry_max_backoff_secs = 1
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         if Instant::now() > deadline {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(60).collect();
             panic!(
                 "the lake did not catch up: {} objects listed, {acknowledged} changes acknowledged; agent log ends:\n{}",
                 last.0.len(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                log_tail(&log, 60)
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

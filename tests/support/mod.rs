@@ -614,11 +614,14 @@ pub fn account_sas(permissions: &str) -> String {
 }
 
 /// Which failures [`FaultProxy`] injects: every `every`-th request gets the
-/// next fault of `kinds` in turn, so each kind is sure to happen.
+/// next fault of `kinds` in turn, so each kind is sure to happen. With
+/// `only`, a request whose request line lacks that text gets no fault
+/// (e.g. `"comp=blocklist"`: only Put and Get Block List).
 #[derive(Clone, Debug)]
 pub struct Faults {
     pub every: u64,
     pub kinds: Vec<Fault>,
+    pub only: Option<&'static str>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -642,6 +645,10 @@ pub enum Fault {
     /// it and drop the response: the write is applied after the client
     /// gave up, perhaps after its retry (or a newer agent's write) landed.
     StallThenApply,
+    /// Hold the request for this long, then forward it and relay nothing:
+    /// counted as `late_applied` (2xx) or `late_refused` (412, a failed
+    /// condition), so a test sees whether a late write changed anything.
+    LateApply(Duration),
 }
 
 /// An HTTP proxy in front of Azurite that injects failures. This is the
@@ -676,6 +683,7 @@ impl FaultProxy {
                     n += 1;
                     let fault = (n.is_multiple_of(faults.every) && !faults.kinds.is_empty())
                         .then(|| faults.kinds[((n / faults.every) as usize) % faults.kinds.len()]);
+                    let only = faults.only;
                     let fault = if down.load(std::sync::atomic::Ordering::Relaxed) {
                         Some(Fault::Unavailable)
                     } else {
@@ -683,7 +691,7 @@ impl FaultProxy {
                     };
                     let stats = Arc::clone(&stats);
                     tokio::spawn(async move {
-                        let action = proxy_one(conn, upstream, fault).await;
+                        let action = proxy_one(conn, upstream, fault, only).await;
                         *stats.lock().unwrap().entry(action).or_default() += 1;
                     });
                 }
@@ -719,6 +727,7 @@ async fn proxy_one(
     mut conn: tokio::net::TcpStream,
     upstream: u16,
     fault: Option<Fault>,
+    only: Option<&'static str>,
 ) -> &'static str {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Read the request head and its Content-Length body.
@@ -735,6 +744,8 @@ async fn proxy_one(
         }
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let request_line = head.lines().next().unwrap_or_default();
+    let fault = fault.filter(|_| only.is_none_or(|text| request_line.contains(text)));
     let length: usize = head
         .lines()
         .find_map(|l| {
@@ -774,6 +785,9 @@ async fn proxy_one(
         }
         Some(Fault::StallThenApply) => {
             tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        Some(Fault::LateApply(hold)) => {
+            tokio::time::sleep(hold).await;
         }
         Some(Fault::LoseResponse | Fault::ApplyThenStall) | None => {}
     }
@@ -818,6 +832,15 @@ async fn proxy_one(
                 "upstream_down"
             } else {
                 "stall_then_applied"
+            };
+        }
+        Some(Fault::LateApply(_)) => {
+            let status = String::from_utf8_lossy(&response[..response.len().min(12)]).to_string();
+            return match status.split(' ').nth(1) {
+                Some(s) if s.starts_with('2') => "late_applied",
+                Some("412") | Some("409") => "late_refused",
+                Some(_) => "late_other",
+                None => "upstream_down",
             };
         }
         _ => {}

@@ -255,7 +255,11 @@ impl RetryingStorage {
             let condition = match known.take() {
                 Some(version) => Condition::Version(version),
                 None => match self.committed_blocks(object).await {
+                    // Staged blocks but no commit yet: Azure lists an empty
+                    // committed list (Azurite with an ETag that If-Match
+                    // never matches), which If-None-Match treats as absent.
                     Ok(None) => Condition::Absent,
+                    Ok(Some(list)) if list.ids.is_empty() => Condition::Absent,
                     Ok(Some(list)) if is_subsequence(&list.ids, ids) => {
                         Condition::Version(list.version)
                     }
