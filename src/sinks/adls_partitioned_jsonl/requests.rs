@@ -529,6 +529,71 @@ mod tests {
         s.split_whitespace().map(str::to_string).collect()
     }
 
+    fn writer(root: &std::path::Path) -> RetryingStorage {
+        use crate::{backoff::Backoff, internal_events::ComponentTags};
+        use std::time::Duration;
+        let local = super::super::storage::local::LocalStorage::new(
+            &format!("file://{}", root.display()),
+            "fs",
+            true,
+        )
+        .unwrap();
+        let tags = ComponentTags::new("lake", "sink", "adls_partitioned_jsonl");
+        RetryingStorage {
+            storage: Arc::new(local),
+            retry: RetryPolicy {
+                attempts: 0,
+                backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(1)),
+                timeout: Duration::from_secs(10),
+            },
+            metrics: SinkMetrics::register(&tags),
+            tags,
+        }
+    }
+
+    /// Two writers growing one `every_batch` file (on a real `file://`
+    /// lake): the second writer's commit changes the version, so the first
+    /// one's next commit is refused with the other-writer error rather than
+    /// overwriting it; a version read after a restart is accepted only when
+    /// its blocks are ours.
+    #[tokio::test]
+    async fn a_growing_file_changed_by_another_writer_is_not_committed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (writer(dir.path()), writer(dir.path()));
+        let name = "db/c/f.jsonl";
+        for (w, id) in [(&a, "a1"), (&a, "a2"), (&b, "b1")] {
+            w.storage
+                .stage_block(name, id, Bytes::from(format!("{id}\n")))
+                .await
+                .unwrap();
+        }
+        let (v1, _) = a.commit_growing(name, &ids("a1"), None, false).await;
+        let v1 = v1.unwrap();
+        // After a restart (version unknown) our own file is found again.
+        let (again, _) = a.commit_growing(name, &ids("a1"), None, false).await;
+        assert!(again.is_ok(), "{again:?}");
+        let (vb, _) = b.commit_growing(name, &ids("b1"), None, false).await;
+        assert_eq!(
+            vb.unwrap_err().message,
+            changed_by_another_writer(name).message
+        );
+        // b commits over a's version (as a writer whose read raced a's
+        // commit would), then a goes on.
+        let current = a.committed_blocks(name).await.unwrap().unwrap().version;
+        let (vb, _) = b
+            .commit_growing(name, &ids("b1"), Some(current), false)
+            .await;
+        vb.unwrap();
+        let (next, _) = a.commit_growing(name, &ids("a1 a2"), Some(v1), false).await;
+        let error = next.unwrap_err();
+        assert!(
+            !error.retriable && error.message.contains("another writer"),
+            "{error:?}"
+        );
+        let text = std::fs::read_to_string(dir.path().join("fs").join(name)).unwrap();
+        assert_eq!(text, "b1\n", "a did not overwrite b's commit");
+    }
+
     #[test]
     fn subsequences() {
         assert!(is_subsequence(&ids("a c"), &ids("a b c")));
