@@ -1409,12 +1409,17 @@ async fn storage_down_under_a_large_backlog_stops_reading_and_bounds_memory() {
     // the backlog would take if it were read into memory.
     const MAX_TOTAL_BYTES: u64 = 4_000_000;
     const MAX_BYTES: u64 = 1_000_000;
-    const CONCURRENCY: u64 = 2;
+    // The default. With one write per file (`concurrency_per_file = 1`)
+    // and six collections, six writes are held and two slots stay free:
+    // what must stop intake is the sink's own check (the budget, a full
+    // batch), not a full set of requests, which would hide it.
+    const CONCURRENCY: u64 = 8;
+    const COLLECTIONS: usize = 6;
     // `buffer.max_events`, the default: the queue in front of the sink.
     const BUFFER_EVENTS: u64 = 500;
     // README "Bounded memory": `batch.max_total_bytes` +
     // `request.concurrency` × `batch.max_bytes` + the runtime's own (about
-    // 50 MB): 4 MB + 2 × 1 MB + 50 MiB = 57,059 KiB, where reading the
+    // 50 MB): 4 MB + 8 × 1 MB + 50 MiB = 62,918 KiB, where reading the
     // backlog in would take well over 100 MB (BSON events, then JSON).
     const RUNTIME_MB: u64 = 50;
     let bound_kib = (MAX_TOTAL_BYTES + CONCURRENCY * MAX_BYTES) / 1024 + RUNTIME_MB * 1024;
@@ -1444,7 +1449,7 @@ async fn storage_down_under_a_large_backlog_stops_reading_and_bounds_memory() {
         &mongo.uri(),
         &proxy.account_url(),
         &format!(
-            "{}\nbatch.max_total_bytes = {MAX_TOTAL_BYTES}\nbatch.max_bytes = {MAX_BYTES}\nrequest.concurrency = {CONCURRENCY}\nrequest.retry_attempts = 2\nrequest.timeout_secs = 2\nrequest.retry_max_backoff_secs = 1",
+            "{}\nbatch.max_total_bytes = {MAX_TOTAL_BYTES}\nbatch.max_bytes = {MAX_BYTES}\nrequest.concurrency = {CONCURRENCY}\nrequest.concurrency_per_file = 1\nrequest.retry_attempts = 2\nrequest.timeout_secs = 2\nrequest.retry_max_backoff_secs = 1",
             shared_key()
         ),
     );
@@ -1468,9 +1473,9 @@ async fn storage_down_under_a_large_backlog_stops_reading_and_bounds_memory() {
     let idle_kib = proc_status_kib(pid, "VmRSS");
 
     proxy.set_down(true);
-    // Round robin over 16 collections, 500 documents at a time: 16 files
-    // have batches pending side by side (16 × 1 MB batches would be four
-    // times the budget), so a bound that held only per file would show.
+    // Round robin over the collections, 500 documents at a time: their
+    // files fill batches side by side (six 1 MB batches would be half as
+    // much again as the budget).
     let shop = mongo.client().await.database("shop");
     let started = std::time::Instant::now();
     for (n, chunk) in (0..DOCS).collect::<Vec<_>>().chunks(500).enumerate() {
@@ -1478,7 +1483,7 @@ async fn storage_down_under_a_large_backlog_stops_reading_and_bounds_memory() {
             .iter()
             .map(|&i| doc! { "_id": i, "v": "x".repeat(1_000) })
             .collect();
-        shop.collection::<Document>(&format!("c{:02}", n % 16))
+        shop.collection::<Document>(&format!("c{}", n % COLLECTIONS))
             .insert_many(docs)
             .await
             .unwrap();
@@ -1509,9 +1514,9 @@ async fn storage_down_under_a_large_backlog_stops_reading_and_bounds_memory() {
     // What the limits allow into the agent, in events: each is over 1,000
     // bytes of JSON, so pending batches hold at most 4,000,000 / 1,000
     // (intake stops at the budget) + 256 (one chunk taken just before),
-    // requests in flight or held 2 × 1,001 (a batch is written once it
+    // requests in flight or held 8 × 1,001 (a batch is written once it
     // reaches 1 MB, with the event that crossed it), and the buffer 500:
-    // 6,758 of the 80,000.
+    // 12,764 of the 80,000.
     let most =
         MAX_TOTAL_BYTES / 1_000 + 256 + CONCURRENCY * (MAX_BYTES / 1_000 + 1) + BUFFER_EVENTS;
     assert!(
