@@ -1408,18 +1408,20 @@ async fn storage_down_under_a_large_backlog_stops_reading_and_bounds_memory() {
     // Small limits, so the documented bound is tight and far below what
     // the backlog would take if it were read into memory.
     const MAX_TOTAL_BYTES: u64 = 4_000_000;
-    const MAX_BYTES: u64 = 1_000_000;
-    // The default. With one write per file (`concurrency_per_file = 1`)
-    // and six collections, six writes are held and two slots stay free:
-    // what must stop intake is the sink's own check (the budget, a full
-    // batch), not a full set of requests, which would hide it.
+    const MAX_BYTES: u64 = 2_000_000;
+    // The default. One write per file (`concurrency_per_file = 1`), three
+    // collections and 10 s windows (the inserts span two at most): at most
+    // six files, so six writes are held and two slots stay free. What must
+    // stop intake is then the sink's own check (the budget: three batches
+    // reach 4 MB together before one reaches 2 MB), not a full set of
+    // requests, which would hide it.
     const CONCURRENCY: u64 = 8;
-    const COLLECTIONS: usize = 6;
+    const COLLECTIONS: usize = 3;
     // `buffer.max_events`, the default: the queue in front of the sink.
     const BUFFER_EVENTS: u64 = 500;
     // README "Bounded memory": `batch.max_total_bytes` +
     // `request.concurrency` × `batch.max_bytes` + the runtime's own (about
-    // 50 MB): 4 MB + 8 × 1 MB + 50 MiB = 62,918 KiB, where reading the
+    // 50 MB): 4 MB + 8 × 2 MB + 50 MiB = 70,731 KiB, where reading the
     // backlog in would take well over 100 MB (BSON events, then JSON).
     const RUNTIME_MB: u64 = 50;
     let bound_kib = (MAX_TOTAL_BYTES + CONCURRENCY * MAX_BYTES) / 1024 + RUNTIME_MB * 1024;
@@ -1449,7 +1451,7 @@ async fn storage_down_under_a_large_backlog_stops_reading_and_bounds_memory() {
         &mongo.uri(),
         &proxy.account_url(),
         &format!(
-            "{}\nbatch.max_total_bytes = {MAX_TOTAL_BYTES}\nbatch.max_bytes = {MAX_BYTES}\nrequest.concurrency = {CONCURRENCY}\nrequest.concurrency_per_file = 1\nrequest.retry_attempts = 2\nrequest.timeout_secs = 2\nrequest.retry_max_backoff_secs = 1",
+            "{}\nbatch.max_total_bytes = {MAX_TOTAL_BYTES}\nbatch.max_bytes = {MAX_BYTES}\nrequest.concurrency = {CONCURRENCY}\nrequest.concurrency_per_file = 1\nroll.window_secs = 10\nrequest.retry_attempts = 2\nrequest.timeout_secs = 2\nrequest.retry_max_backoff_secs = 1",
             shared_key()
         ),
     );
@@ -1474,8 +1476,7 @@ async fn storage_down_under_a_large_backlog_stops_reading_and_bounds_memory() {
 
     proxy.set_down(true);
     // Round robin over the collections, 500 documents at a time: their
-    // files fill batches side by side (six 1 MB batches would be half as
-    // much again as the budget).
+    // files fill batches side by side.
     let shop = mongo.client().await.database("shop");
     let started = std::time::Instant::now();
     for (n, chunk) in (0..DOCS).collect::<Vec<_>>().chunks(500).enumerate() {
@@ -1514,9 +1515,9 @@ async fn storage_down_under_a_large_backlog_stops_reading_and_bounds_memory() {
     // What the limits allow into the agent, in events: each is over 1,000
     // bytes of JSON, so pending batches hold at most 4,000,000 / 1,000
     // (intake stops at the budget) + 256 (one chunk taken just before),
-    // requests in flight or held 8 × 1,001 (a batch is written once it
-    // reaches 1 MB, with the event that crossed it), and the buffer 500:
-    // 12,764 of the 80,000.
+    // requests in flight or held 8 × 2,001 (a batch is written once it
+    // reaches 2 MB, with the event that crossed it), and the buffer 500:
+    // 20,764 of the 80,000.
     let most =
         MAX_TOTAL_BYTES / 1_000 + 256 + CONCURRENCY * (MAX_BYTES / 1_000 + 1) + BUFFER_EVENTS;
     assert!(
