@@ -1458,6 +1458,195 @@ async fn late_applied_commits_do_not_roll_growing_files_back() {
     drop(agent);
 }
 
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The value of the `/metrics` series whose line starts with `series`
+/// (the name and its first labels); `None` while it is not there yet.
+fn metric(api: u16, series: &str) -> Option<f64> {
+    let body = support::http_get(api, "/metrics").expect("the API answers");
+    body.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Guarantee 5, bounded memory, under a backlog many times the sink's
+/// budget: while storage is down the source stops reading (backpressure
+/// reaches the change stream) far short of the backlog, and the agent's
+/// peak RSS stays within the documented bound; once storage is back every
+/// change arrives exactly once, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_down_under_a_large_backlog_stops_reading_and_bounds_memory() {
+    // 80,000 documents of 1 KB: about 85 MB of BSON, more as JSON.
+    const DOCS: i32 = 80_000;
+    // Small limits, so the documented bound is tight and far below what
+    // the backlog would take if it were read into memory.
+    const MAX_TOTAL_BYTES: u64 = 4_000_000;
+    const MAX_BYTES: u64 = 2_000_000;
+    // The default. One write per file (`concurrency_per_file = 1`), three
+    // collections and 10 s windows (the inserts span two at most): at most
+    // six files, so six writes are held and two slots stay free. What must
+    // stop intake is then the sink's own check (the budget: three batches
+    // reach 4 MB together before one reaches 2 MB), not a full set of
+    // requests, which would hide it.
+    const CONCURRENCY: u64 = 8;
+    const COLLECTIONS: usize = 3;
+    // `buffer.max_events`, the default: the queue in front of the sink.
+    const BUFFER_EVENTS: u64 = 500;
+    // README "Bounded memory": `batch.max_total_bytes` +
+    // `request.concurrency` × `batch.max_bytes` + the runtime's own (about
+    // 50 MB): 4 MB + 8 × 2 MB + 50 MiB = 70,731 KiB, where reading the
+    // backlog in would take well over 100 MB (BSON events, then JSON).
+    const RUNTIME_MB: u64 = 50;
+    let bound_kib = (MAX_TOTAL_BYTES + CONCURRENCY * MAX_BYTES) / 1024 + RUNTIME_MB * 1024;
+
+    let mongo = Mongod::start().await;
+    let azurite = Azurite::start();
+    let lake = Lake::new(&azurite, "backlog");
+    lake.create().await;
+    // Storage down rather than stalled: `set_down` answers every request
+    // 503 (after reading its body), so each write goes through its retries
+    // quickly and is then held; held writes are what must close intake
+    // (they count against `request.concurrency`), and they last as long as
+    // the outage. A stall ends the same way, only after the timeouts.
+    let proxy = support::FaultProxy::start(
+        azurite.port,
+        support::Faults {
+            every: u64::MAX,
+            kinds: vec![],
+            only: None,
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let api = support::free_port();
+    let cfg = agent_config(
+        dir.path(),
+        "backlog",
+        &mongo.uri(),
+        &proxy.account_url(),
+        &format!(
+            "{}\nbatch.max_total_bytes = {MAX_TOTAL_BYTES}\nbatch.max_bytes = {MAX_BYTES}\nrequest.concurrency = {CONCURRENCY}\nrequest.concurrency_per_file = 1\nroll.window_secs = 10\nrequest.retry_attempts = 2\nrequest.timeout_secs = 2\nrequest.retry_max_backoff_secs = 1",
+            shared_key()
+        ),
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "data_dir =",
+        &format!("api.address = \"127.0.0.1:{api}\"\ndata_dir ="),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let log = dir.path().join("backlog.log");
+    let agent = Agent::start_logged(&cfg, &log);
+    let pid = agent.pid();
+    // Healthy (the healthcheck reached storage) and the stream open: the
+    // inserts below are all read, from the start.
+    eventually(Duration::from_secs(30), async || {
+        support::http_get(api, "/health")
+            .filter(|h| h.starts_with("HTTP/1.1 200"))
+            .map(|_| ())
+    })
+    .await;
+    stream_open(dir.path(), "backlog", None).await;
+    let idle_kib = proc_status_kib(pid, "VmRSS");
+
+    proxy.set_down(true);
+    // Round robin over the collections, 500 documents at a time: their
+    // files fill batches side by side.
+    let shop = mongo.client().await.database("shop");
+    let started = std::time::Instant::now();
+    for (n, chunk) in (0..DOCS).collect::<Vec<_>>().chunks(500).enumerate() {
+        let docs: Vec<Document> = chunk
+            .iter()
+            .map(|&i| doc! { "_id": i, "v": "x".repeat(1_000) })
+            .collect();
+        shop.collection::<Document>(&format!("c{}", n % COLLECTIONS))
+            .insert_many(docs)
+            .await
+            .unwrap();
+    }
+    let inserted_in = started.elapsed();
+
+    // Storage stays down for 18 s more; every second, what the source has
+    // handed on and the agent's RSS.
+    let sent =
+        || metric(api, "component_sent_events_total{component_id=\"mongo\",").unwrap_or(0.0) as u64;
+    let mut samples = Vec::new();
+    for _ in 0..18 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        samples.push((sent(), proc_status_kib(pid, "VmRSS")));
+    }
+    let hwm_kib = proc_status_kib(pid, "VmHWM");
+    eprintln!(
+        "backlog of {DOCS} inserted in {inserted_in:?}; idle RSS {idle_kib} KiB; (events sent by the source, VmRSS KiB) each second while down: {samples:?}; VmHWM {hwm_kib} KiB, bound {bound_kib} KiB"
+    );
+    let (plateau, _) = samples[samples.len() - 1];
+    // Progress stops: the same count 6 s apart, with held writes retried
+    // about every second in between.
+    assert_eq!(
+        samples[samples.len() - 7].0,
+        plateau,
+        "the source keeps reading while storage is down: {samples:?}"
+    );
+    // What the limits allow into the agent, in events: each is over 1,000
+    // bytes of JSON, so pending batches hold at most 4,000,000 / 1,000
+    // (intake stops at the budget) + 256 (one chunk taken just before),
+    // requests in flight or held 8 × 2,001 (a batch is written once it
+    // reaches 2 MB, with the event that crossed it), and the buffer 500:
+    // 20,764 of the 80,000.
+    let most =
+        MAX_TOTAL_BYTES / 1_000 + 256 + CONCURRENCY * (MAX_BYTES / 1_000 + 1) + BUFFER_EVENTS;
+    assert!(
+        plateau > 0 && plateau <= most,
+        "the source handed on {plateau} of {DOCS} events while storage was down, more than the {most} the limits allow: {samples:?}"
+    );
+    assert!(
+        hwm_kib <= bound_kib,
+        "peak RSS {hwm_kib} KiB over the bound {bound_kib} KiB (idle {idle_kib} KiB): {samples:?}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("held back, unacknowledged"),
+        "writes were held: {text}"
+    );
+
+    proxy.set_down(false);
+    // Drained (every event made durable) and every file sealed, judged
+    // from the metrics; then the lake is read once.
+    eventually(Duration::from_secs(90), async || {
+        let durable = metric(api, "component_sent_events_total{component_id=\"lake\",")?;
+        let open = metric(api, "adls_open_files{component_id=\"lake\",")?;
+        (durable >= f64::from(DOCS) && open == 0.0).then_some(())
+    })
+    .await;
+    let files = eventually(Duration::from_secs(30), async || {
+        let files = read_all(&lake).await;
+        (total_lines(&files) >= DOCS as usize).then_some(files)
+    })
+    .await;
+    assert_exactly_once_in_order(&files, DOCS as usize);
+    let mut ids: Vec<i64> = files
+        .values()
+        .flatten()
+        .map(|l| l["documentKey"]["_id"].as_i64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        (0..i64::from(DOCS)).collect::<Vec<_>>(),
+        "every _id exactly once"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("Starting mongo-adls").count(), 1, "no restart");
+    drop(agent);
+}
+
 /// The `_id`s in the visible files of a `file://` lake's filesystem folder
 /// (in-progress files have dot names).
 fn local_ids(folder: &Path) -> Vec<i64> {

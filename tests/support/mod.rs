@@ -433,6 +433,11 @@ impl Agent {
         Self(child)
     }
 
+    /// The process id (for reading `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     /// Still running (it has not exited by itself).
     pub fn running(&mut self) -> bool {
         self.0.try_wait().unwrap().is_none()
