@@ -370,7 +370,10 @@ request.retry_max_backoff_secs = 1
 {mode_options}
 "#,
             data = dir.path().join("data").display(),
-            uri = mongo.uri(),
+            // A short server selection, so the driver's own resume gives up
+            // during the live mongod restart and the source's retry path
+            // (pause, reopen from the last position) is what rides it out.
+            uri = format!("{}&serverSelectionTimeoutMS=1000", mongo.uri()),
             url = proxy.account_url(),
             snapshot = if snapshot_docs > 0 {
                 "snapshot = \"initial\"\nsnapshot_chunk_size = 500"
@@ -463,6 +466,14 @@ request.retry_max_backoff_secs = 1
                 "the agent exited after a live restart; its log ends:\n{}",
                 log_tail(&log, 60)
             );
+            if round == 5 {
+                // The source's own retry path ran (not only the driver's).
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                assert!(
+                    text.contains("Reopening from the last emitted event"),
+                    "the live mongod restart did not reach the source's retry path"
+                );
+            }
         }
         agent.kill();
         kills += 1;
