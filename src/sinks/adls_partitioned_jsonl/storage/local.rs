@@ -54,6 +54,17 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> StorageError {
     StorageError::transient(format!("{what} {}: {e}", path.display()))
 }
 
+/// A commit names a staged block that is gone.
+fn block_missing(name: &str, block: &Path) -> StorageError {
+    StorageError {
+        blocks_missing: true,
+        ..StorageError::permanent(format!(
+            "Put Block List {name}: staged block {} is missing",
+            block.display()
+        ))
+    }
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
@@ -243,6 +254,19 @@ impl LocalStorage {
         tmp: &Path,
     ) -> Result<Committed, StorageError> {
         let (target, tmp) = (self.final_path(name), tmp.to_path_buf());
+        if let ([id], Condition::Absent) = (block_ids, condition) {
+            // A new file of one block is that block: linked into place, not
+            // copied (blocks are never changed once staged, and sealing
+            // releases only the staging name).
+            let block = self.block_dir(name).join(id);
+            match fs::metadata(&block) {
+                Ok(_) => return self.publish(name, block_ids, condition, &block, &target),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(block_missing(name, &block))
+                }
+                Err(e) => return Err(io_err("stat", &block, e)),
+            }
+        }
         {
             // `every_batch` commits a growing list: start from the visible
             // file when it holds a prefix of the list, so only new blocks
@@ -263,13 +287,7 @@ impl LocalStorage {
                 let mut f = match fs::File::open(&block) {
                     Ok(f) => f,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        return Err(StorageError {
-                            blocks_missing: true,
-                            ..StorageError::permanent(format!(
-                                "Put Block List {name}: staged block {} is missing",
-                                block.display()
-                            ))
-                        });
+                        return Err(block_missing(name, &block));
                     }
                     Err(e) => return Err(io_err("read block", &block, e)),
                 };
@@ -277,30 +295,42 @@ impl LocalStorage {
             }
             out.sync_all().map_err(|e| io_err("fsync", &tmp, e))?;
         }
+        self.publish(name, block_ids, condition, &tmp, &target)
+    }
+
+    /// Makes the complete, fsynced file `source` visible as `target` if
+    /// `condition` holds, after recording its manifest.
+    fn publish(
+        &self,
+        name: &str,
+        block_ids: &[String],
+        condition: &Condition,
+        source: &Path,
+        target: &Path,
+    ) -> Result<Committed, StorageError> {
+        let tmp = source;
         // The manifest is written before the file becomes visible, so a
         // crash right after can still be recognised as our own commit. It
         // is named by the inode the visible file will have (a link or
         // rename keeps it), so it describes exactly that file.
-        let inode = fs::metadata(&tmp)
-            .map_err(|e| io_err("stat", &tmp, e))?
-            .ino();
+        let inode = fs::metadata(tmp).map_err(|e| io_err("stat", tmp, e))?.ino();
         let manifest = self.manifest_path(name, inode);
         fs::create_dir_all(self.block_dir(name)).map_err(|e| io_err("create", &manifest, e))?;
         crate::checkpoint::write_atomic(&manifest, block_ids.join("\n").as_bytes())
             .map_err(|e| io_err("write", &manifest, e))?;
         let done = match condition {
-            Condition::Absent => match fs::hard_link(&tmp, &target) {
+            Condition::Absent => match fs::hard_link(tmp, target) {
                 Ok(()) => Committed::Done(inode.to_string()),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     Committed::ConditionFailed
                 }
-                Err(e) => return Err(io_err("link", &target, e)),
+                Err(e) => return Err(io_err("link", target, e)),
             },
             Condition::Version(version) => {
                 let _replacing = self.replacing.lock().unwrap_or_else(|e| e.into_inner());
-                match fs::metadata(&target) {
+                match fs::metadata(target) {
                     Ok(meta) if meta.ino().to_string() == *version => {
-                        fs::rename(&tmp, &target).map_err(|e| io_err("rename", &target, e))?;
+                        fs::rename(tmp, target).map_err(|e| io_err("rename", target, e))?;
                         // The version this one replaced is gone: so is its
                         // manifest.
                         let _ = fs::remove_file(self.manifest_path(name, meta.ino()));
@@ -310,7 +340,10 @@ impl LocalStorage {
                 }
             }
         };
-        if done == Committed::ConditionFailed {
+        // A refused commit's manifest goes, unless the visible file is this
+        // very inode (a linked block committed by an earlier attempt).
+        let ours = fs::metadata(target).is_ok_and(|m| m.ino() == inode);
+        if done == Committed::ConditionFailed && !ours {
             let _ = fs::remove_file(&manifest);
         }
         Ok(done)
@@ -531,6 +564,42 @@ mod tests {
         );
         // Not a prefix (salvage after lost blocks): built from the blocks.
         assert_eq!(commit(&s, &["b1", "b4"]).await, "b1\nb4\n");
+    }
+
+    /// A new file of one block is the block itself, linked into place: no
+    /// second copy of its bytes. Committing it again (a retry whose first
+    /// attempt went through) is refused and leaves its manifest, and the
+    /// seal's release leaves the file.
+    #[tokio::test]
+    async fn a_single_block_file_is_linked_not_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = storage(dir.path());
+        let name = "a/one.jsonl";
+        s.stage_block(name, "b1", Bytes::from_static(b"one\n"))
+            .await
+            .unwrap();
+        let ids = vec!["b1".to_string()];
+        let done = s.commit_blocks(name, &ids, &Condition::Absent).await;
+        assert!(matches!(done, Ok(Committed::Done(_))), "{done:?}");
+        let (file, block) = (s.final_path(name), s.block_dir(name).join("b1"));
+        let (file_meta, block_meta) = (fs::metadata(&file).unwrap(), fs::metadata(&block).unwrap());
+        assert_eq!(file_meta.ino(), block_meta.ino(), "linked, not copied");
+        assert_eq!(
+            s.commit_blocks(name, &ids, &Condition::Absent)
+                .await
+                .unwrap(),
+            Committed::ConditionFailed
+        );
+        assert_eq!(s.committed_blocks(name).await.unwrap().unwrap().ids, ids);
+        s.release(name, &ids).await;
+        assert!(!block.exists());
+        assert_eq!(fs::read_to_string(&file).unwrap(), "one\n");
+        // A missing block is reported as such on this path too.
+        let err = s
+            .commit_blocks("a/two.jsonl", &["gone".to_string()], &Condition::Absent)
+            .await
+            .unwrap_err();
+        assert!(err.blocks_missing, "{err:?}");
     }
 
     /// A commit that applies late (its attempt timed out, the retry and a
