@@ -5,7 +5,7 @@
 #   3. azurite   - mongo-adls with default sink settings into Azurite (Shared Key)
 #   4. local     - mongo-adls with default sink settings into a file:// lake
 #   5. ceiling   - Azurite's own ingest (`bench_tool azurite-ceiling`): BENCH_CEILING_WRITERS
-#                  (default 4) concurrent Put Blocks of BENCH_BLOCK_BYTES (default 8000000, the
+#                  (default 4) concurrent Put Blocks of BENCH_BLOCK_BYTES (default 4500000, the
 #                  sink's batch.max_bytes) through the sink's SDK and Shared Key policy, committed
 #                  per 128 MiB blob; BENCH_CEILING_BYTES (default: what the azurite run wrote,
 #                  at least 256 MiB). Reported as MB/s written and as events/s of the average
@@ -31,6 +31,7 @@
 #   BENCH_EVENTS=200000 BENCH_DOC_BYTES=1024 e2e/bench.sh
 #   BENCH_RUNS="blackhole azurite" e2e/bench.sh   # a subset (bare always runs)
 #   BENCH_SINK_OPTIONS='request.concurrency_per_file = 1' ...   # extra options of the Azurite sinks
+#   BENCH_SOURCE_OPTIONS='batch_size = 1000' ...   # extra options of every agent's source
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -39,7 +40,7 @@ SIZE="${BENCH_DOC_BYTES:-1024}"
 SEED_N="${SEED_EVENTS:-5000}"
 RUNS="${BENCH_RUNS:-blackhole azurite local ceiling latency many seed_rolling seed_per_event}"
 WRITERS="${BENCH_CEILING_WRITERS:-4}"
-BLOCK="${BENCH_BLOCK_BYTES:-8000000}"
+BLOCK="${BENCH_BLOCK_BYTES:-4500000}"
 LATENCY_MS="${BENCH_LATENCY_MS:-30}"
 COLLECTIONS="${BENCH_COLLECTIONS:-1000}"
 wanted() { [[ " $RUNS " == *" $1 "* ]]; }
@@ -100,6 +101,7 @@ type = "mongodb_change_stream"
 uri = "$MONGO_URI"
 database = "bench"
 start_at = "$from"
+${BENCH_SOURCE_OPTIONS:-}
 [sinks.out]
 inputs = ["mongo"]
 $sink
