@@ -10,6 +10,9 @@
 //! calls [`Elector::release`] on SIGTERM, and reports the state on
 //! `/health`; `mongo-adls state show` prints [`LeaderBlob::describe`].
 //!
+//! Public, like the crate's other modules, so that `tests/ha.rs` drives it
+//! against a real Azurite.
+//!
 //! The lease alone fences only the leader blob: correctness of the other
 //! writes rests on the protocol in DESIGN.md ("State in the lake and
 //! failover"). The elector's deadline (an active that cannot renew stops
