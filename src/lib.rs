@@ -11,6 +11,7 @@ pub mod codecs;
 pub mod config;
 pub mod event;
 pub mod finalizer;
+pub mod ha;
 pub mod health;
 pub mod internal_events;
 pub mod lineage;

@@ -11,13 +11,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use azure_core::{
-    credentials::{Secret, TokenCredential},
+    credentials::TokenCredential,
     error::ErrorKind,
-    http::{Etag, RetryOptions, Transport, Url},
-};
-use azure_identity::{
-    AzureCliCredential, ClientSecretCredential, ManagedIdentityCredential,
-    ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
+    http::{Etag, Url},
 };
 use azure_storage_blob::{
     models::{
@@ -30,11 +26,14 @@ use azure_storage_blob::{
 use bytes::Bytes;
 
 use super::{retriable_status, BlockList, Committed, Condition, Created, Storage, StorageError};
+// The account URL forms live with the shared client construction; the
+// sink's other modules keep importing them from here.
+pub(crate) use crate::sinks::azure_common::client::service_url;
 use crate::{
     redact,
     sinks::{
-        adls_partitioned_jsonl::config::{AdlsPartitionedJsonlConfig, AuthConfig},
-        azure_common::{chain, shared_key::SharedKeyPolicy, token::ReportedCredential},
+        adls_partitioned_jsonl::config::AdlsPartitionedJsonlConfig,
+        azure_common::{chain, client::ContainerAccess},
     },
 };
 
@@ -51,108 +50,28 @@ pub struct AzureStorage {
     describe: String,
 }
 
-/// The service URL and account name for an `account_url`.
-pub(crate) fn service_url(account_url: &str) -> Result<(Url, String), String> {
-    let mut url = Url::parse(account_url.trim_end_matches('/'))
-        .map_err(|e| format!("`account_url` {account_url:?} is not a URL: {e}"))?;
-    let host = url.host_str().unwrap_or_default().to_string();
-    if let Some(account) = host
-        .strip_suffix(".dfs.core.windows.net")
-        .or_else(|| host.strip_suffix(".blob.core.windows.net"))
-    {
-        let account = account.to_string();
-        url.set_host(Some(&format!("{account}.blob.core.windows.net")))
-            .map_err(|e| e.to_string())?;
-        url.set_path("");
-        return Ok((url, account));
-    }
-    // An emulator or custom endpoint: http(s)://host:port/<account>.
-    let segments: Vec<&str> = url
-        .path_segments()
-        .map(|s| s.filter(|p| !p.is_empty()).collect())
-        .unwrap_or_default();
-    match segments.as_slice() {
-        [account] => {
-            let account = account.to_string();
-            Ok((url, account))
-        }
-        _ => Err(format!(
-            "`account_url` {account_url:?} must be https://<account>.dfs.core.windows.net, https://<account>.blob.core.windows.net, or an emulator URL http://host:port/<account>"
-        )),
-    }
-}
-
 impl AzureStorage {
     pub fn new(config: &AdlsPartitionedJsonlConfig) -> Result<Self, String> {
-        let (service, account) = service_url(&config.account_url)?;
-        let mut container_url = service.clone();
-        container_url
-            .path_segments_mut()
-            .map_err(|_| "`account_url` cannot hold a path".to_string())?
-            .pop_if_empty()
-            .push(&config.filesystem);
-
-        // One HTTP client for every blob client: left unset, each
-        // `BlockBlobClient::new` builds its own (loading the system's root
-        // certificates, ~9% of the agent's CPU at 1 KB events) and its own
-        // connection pool, so no connection was ever reused.
-        let mut client_options = azure_core::http::ClientOptions {
-            retry: RetryOptions::none(),
-            transport: Some(Transport::new(azure_core::http::new_http_client(None))),
-            ..Default::default()
-        };
-        let auth = &config.auth;
-        let chosen = [
-            auth.sas_token.is_some(),
-            auth.shared_key.is_some(),
-            auth.client_secret.is_some(),
-            auth.managed_identity,
-            auth.workload_identity,
-            auth.azure_cli,
-        ]
-        .iter()
-        .filter(|x| **x)
-        .count();
-        if chosen != 1 {
-            return Err(format!(
-                "choose exactly one of `auth.sas_token`, `auth.shared_key`, `auth.client_secret` (with `auth.client_id` and `auth.tenant_id`), `auth.managed_identity`, `auth.workload_identity`, `auth.azure_cli` ({chosen} set)"
-            ));
-        }
-        let mut credential: Option<Arc<dyn TokenCredential>> = None;
-        if let Some(sas) = &auth.sas_token {
-            container_url.set_query(Some(sas.trim().trim_start_matches('?')));
-        } else if let Some(key) = &auth.shared_key {
-            let policy = SharedKeyPolicy::new(&account, key)?;
-            client_options.per_try_policies.push(Arc::new(policy));
-        } else {
-            credential = Some(token_credential(auth)?);
-            if container_url.scheme() != "https" {
-                return Err("Microsoft Entra credentials need an https `account_url`".into());
-            }
-        }
-
+        let access = ContainerAccess::new(&config.account_url, &config.filesystem, &config.auth)?;
         let container = BlobContainerClient::new(
-            container_url.clone(),
-            credential.clone(),
+            access.container_url.clone(),
+            access.credential.clone(),
             Some(BlobContainerClientOptions {
-                client_options: client_options.clone(),
+                client_options: access.client_options.clone(),
                 ..Default::default()
             }),
         )
         .map_err(|e| redact::error(&e))?;
-        let mut describe = container_url.clone();
-        describe.set_query(None);
-        let describe = describe.to_string();
         Ok(Self {
-            container_url,
-            credential,
+            describe: access.describe(),
+            container_url: access.container_url,
+            credential: access.credential,
             options: BlockBlobClientOptions {
-                client_options,
+                client_options: access.client_options,
                 ..Default::default()
             },
             container,
             create_filesystem: config.create_filesystem,
-            describe,
         })
     }
 
@@ -222,36 +141,6 @@ impl AzureStorage {
             .collect();
         Ok(Some((ids, etag)))
     }
-}
-
-fn token_credential(auth: &AuthConfig) -> Result<Arc<dyn TokenCredential>, String> {
-    let (cred, kind): (Arc<dyn TokenCredential>, _) = if let Some(secret) = &auth.client_secret {
-        let (Some(client_id), Some(tenant)) = (&auth.client_id, &auth.tenant_id) else {
-            return Err("`auth.client_secret` needs `auth.client_id` and `auth.tenant_id`".into());
-        };
-        let cred = ClientSecretCredential::new(
-            tenant,
-            client_id.clone(),
-            Secret::new(secret.clone()),
-            None,
-        )
-        .map_err(|e| redact::error(&e))?;
-        (cred, "client_secret")
-    } else if auth.managed_identity {
-        let options = ManagedIdentityCredentialOptions {
-            user_assigned_id: auth.client_id.clone().map(UserAssignedId::ClientId),
-            ..Default::default()
-        };
-        let cred = ManagedIdentityCredential::new(Some(options)).map_err(|e| redact::error(&e))?;
-        (cred, "managed_identity")
-    } else if auth.workload_identity {
-        let cred = WorkloadIdentityCredential::new(None).map_err(|e| redact::error(&e))?;
-        (cred, "workload_identity")
-    } else {
-        let cred = AzureCliCredential::new(None).map_err(|e| redact::error(&e))?;
-        (cred, "azure_cli")
-    };
-    Ok(Arc::new(ReportedCredential::new(cred, kind)))
 }
 
 /// Maps an SDK error to a retriable or permanent storage error.
@@ -463,33 +352,5 @@ impl Storage for AzureStorage {
 
     fn describe(&self) -> String {
         self.describe.clone()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn account_urls() {
-        let (u, a) = service_url("https://acct.dfs.core.windows.net").unwrap();
-        assert_eq!(
-            (u.as_str(), a.as_str()),
-            ("https://acct.blob.core.windows.net/", "acct")
-        );
-        let (u, a) = service_url("https://acct.blob.core.windows.net/").unwrap();
-        assert_eq!(
-            (u.as_str(), a.as_str()),
-            ("https://acct.blob.core.windows.net/", "acct")
-        );
-        let (u, a) = service_url("http://127.0.0.1:10000/devstoreaccount1").unwrap();
-        assert_eq!(
-            (u.as_str(), a.as_str()),
-            (
-                "http://127.0.0.1:10000/devstoreaccount1",
-                "devstoreaccount1"
-            )
-        );
-        assert!(service_url("https://example.com").is_err());
     }
 }
