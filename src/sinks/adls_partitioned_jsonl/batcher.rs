@@ -116,7 +116,7 @@ pub(super) struct Batcher {
     /// Put Blocks of one file in flight at once.
     stage_limit: usize,
     json_mode: ExtendedJsonMode,
-    /// Batch buffers back from finished writes, reused: a fresh 8 MB
+    /// Batch buffers back from finished writes, reused: a fresh 4.5 MB
     /// allocation per batch costs a page fault per 4 KB as it fills.
     spare: Vec<Vec<u8>>,
     /// The last window computed: `[start, end)` in UTC seconds.
