@@ -338,6 +338,14 @@ async fn chaos_run(
     .await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("chaos.toml");
+    // A short server selection, so the driver's own resume gives up during
+    // the live mongod restart and the source's retry path (pause, reopen
+    // from the last emitted event) rides it out. Not asserted here: a
+    // source held back by a slow sink has no getMore pending then and
+    // reconnects later through the driver alone; `mongodb_source.rs`
+    // (`restarts_replay_only_unacknowledged_events`) checks the path on an
+    // idle stream.
+    let mongo_uri = format!("{}&serverSelectionTimeoutMS=500", mongo.uri());
     std::fs::write(
         &cfg,
         format!(
@@ -370,10 +378,7 @@ request.retry_max_backoff_secs = 1
 {mode_options}
 "#,
             data = dir.path().join("data").display(),
-            // A short server selection, so the driver's own resume gives up
-            // during the live mongod restart and the source's retry path
-            // (pause, reopen from the last position) is what rides it out.
-            uri = format!("{}&serverSelectionTimeoutMS=1000", mongo.uri()),
+            uri = mongo_uri,
             url = proxy.account_url(),
             snapshot = if snapshot_docs > 0 {
                 "snapshot = \"initial\"\nsnapshot_chunk_size = 500"
@@ -457,6 +462,23 @@ request.retry_max_backoff_secs = 1
             if round == 2 {
                 azurite.restart();
             } else {
+                // Once this agent's stream is open, so the restart breaks
+                // it (a restart while the agent is still starting would
+                // test nothing of the reconnect).
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let this_agent = text.rsplit("Starting mongo-adls").next().unwrap_or("");
+                    if this_agent.contains("Change stream open.") {
+                        break;
+                    }
+                    assert!(agent.running(), "the agent exited before its stream opened");
+                    assert!(
+                        Instant::now() < deadline,
+                        "the stream did not open within 60 s"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 mongo.restart().await;
             }
             live_restarts += 1;
@@ -466,14 +488,6 @@ request.retry_max_backoff_secs = 1
                 "the agent exited after a live restart; its log ends:\n{}",
                 log_tail(&log, 60)
             );
-            if round == 5 {
-                // The source's own retry path ran (not only the driver's).
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                assert!(
-                    text.contains("Reopening from the last emitted event"),
-                    "the live mongod restart did not reach the source's retry path"
-                );
-            }
         }
         agent.kill();
         kills += 1;

@@ -337,7 +337,11 @@ async fn restarts_replay_only_unacknowledged_events() {
     let mut mongo = Mongod::start().await;
     let client = mongo.client().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &mongo.uri(), "database = \"app\"");
+    // A short server selection: during run 3's mongod restart the driver's
+    // own resume gives up at once, so the source's retry path (pause,
+    // reopen from the last emitted event) is what must ride it out.
+    let uri = format!("{}&serverSelectionTimeoutMS=500", mongo.uri());
+    let cfg = config(dir.path(), &uri, "database = \"app\"");
     let mut all: Vec<Value> = Vec::new();
 
     // Run 1, stopped by SIGTERM mid-stream.
@@ -383,8 +387,10 @@ async fn restarts_replay_only_unacknowledged_events() {
     all.extend(events.into_iter().filter(|e| token(e) <= committed));
     writer.await.unwrap();
 
-    // Run 3 with a mongod restart in the middle of more writes.
-    let agent = ConsoleAgent::start(&cfg);
+    // Run 3 with a mongod restart in the middle of more writes, while the
+    // stream waits for changes (so the restart breaks a pending getMore).
+    let log = dir.path().join("run3.log");
+    let agent = ConsoleAgent::start_logged(&cfg, &log);
     let first = agent.wait_for(1).await;
     assert!(token(&first[0]) > committed);
     mongo.restart().await;
@@ -397,6 +403,11 @@ async fn restarts_replay_only_unacknowledged_events() {
     let (code, events) = agent.stop(libc::SIGTERM);
     assert_eq!(code, Some(0));
     all.extend(events);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("Reopening from the last emitted event"),
+        "the restart reached the source's retry path: {text}"
+    );
 
     let got = seqs(&all);
     assert_eq!(

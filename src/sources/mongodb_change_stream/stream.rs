@@ -324,6 +324,7 @@ impl ChangeStreamSource {
                 if run.attempt > 0 {
                     tracing::info!(source = %self.cx.key, "Change stream reopened.");
                 }
+                tracing::debug!(source = %self.cx.key, "Change stream open.");
                 run.attempt = 0;
                 ControlFlow::Continue(Some(stream))
             }
