@@ -1435,11 +1435,27 @@ async fn late_applied_commits_do_not_roll_growing_files_back() {
         orders.insert_many(docs).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let files = eventually(Duration::from_secs(90), async || {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let files = loop {
         let files = read_all(&lake).await;
-        (total_lines(&files) >= total as usize).then_some(files)
-    })
-    .await;
+        if total_lines(&files) >= total as usize {
+            break files;
+        }
+        if std::time::Instant::now() > deadline {
+            let stats = proxy.stats.lock().unwrap().clone();
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let errors: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("ERROR"))
+                .take(5)
+                .collect();
+            panic!(
+                "the lake holds {} of {total} changes after 90 s (a late commit rolled a file back?); proxy: {stats:?}; first errors: {errors:#?}",
+                total_lines(&files)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     // Late commits still held by the proxy have a few seconds to land.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let files_after = read_all(&lake).await;
