@@ -15,7 +15,7 @@
 
 use std::{fmt, time::Duration};
 
-use azure_core::{error::ErrorKind, http::RequestContent};
+use azure_core::http::RequestContent;
 use azure_storage_blob::{
     models::{
         BlobClientAcquireLeaseOptions, BlobClientAcquireLeaseResultHeaders,
@@ -35,7 +35,7 @@ use crate::{
     redact,
     sinks::{
         adls_partitioned_jsonl::config::AuthConfig,
-        azure_common::{chain, client::ContainerAccess},
+        azure_common::{classify, client::ContainerAccess, AzureFailure},
     },
 };
 
@@ -291,55 +291,34 @@ impl LeaderBlob {
 
     fn map_error(&self, what: &'static str, e: &azure_core::Error) -> LeaseError {
         let blob = self.name.clone();
-        match e.kind() {
-            ErrorKind::HttpResponse {
-                status, error_code, ..
-            } => {
-                let status = u16::from(*status);
-                let code = error_code
-                    .as_deref()
-                    .unwrap_or("(no error code)")
-                    .to_string();
-                match (status, code.as_str()) {
-                    (409 | 412, _) | (404, "BlobNotFound") => LeaseError::Refused {
-                        what,
-                        blob,
-                        status,
-                        code,
-                    },
-                    (403, _) => LeaseError::Failed {
-                        what,
-                        blob,
-                        message: format!("HTTP 403 {code}: the credentials were rejected; check the key, SAS token (permissions and expiry) or role assignment"),
-                    },
-                    (404, "ContainerNotFound") => LeaseError::Failed {
-                        what,
-                        blob,
-                        message: "HTTP 404 ContainerNotFound: the state container does not exist; create it".into(),
-                    },
-                    (408 | 429 | 500..=599, _) => LeaseError::Unavailable {
-                        what,
-                        blob,
-                        message: format!("HTTP {status} {code}"),
-                    },
-                    _ => LeaseError::Failed {
-                        what,
-                        blob,
-                        message: format!("HTTP {status} {code}"),
-                    },
-                }
-            }
-            ErrorKind::Connection | ErrorKind::Io | ErrorKind::Credential => {
-                LeaseError::Unavailable {
+        match classify(e) {
+            AzureFailure::Answered { status, code }
+                if matches!(
+                    (status, code.as_str()),
+                    (409 | 412, _) | (404, "BlobNotFound")
+                ) =>
+            {
+                LeaseError::Refused {
                     what,
                     blob,
-                    message: redact::text(&chain(e)),
+                    status,
+                    code,
                 }
             }
-            _ => LeaseError::Failed {
+            AzureFailure::Answered { status, code } => LeaseError::Failed {
                 what,
                 blob,
-                message: redact::text(&chain(e)),
+                message: format!("HTTP {status} {code}"),
+            },
+            AzureFailure::Unavailable(message) => LeaseError::Unavailable {
+                what,
+                blob,
+                message,
+            },
+            AzureFailure::Failed(message) => LeaseError::Failed {
+                what,
+                blob,
+                message,
             },
         }
     }

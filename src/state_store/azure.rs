@@ -39,10 +39,7 @@
 use std::{collections::BTreeSet, fmt, future::Future, sync::Mutex, time::Duration};
 
 use async_trait::async_trait;
-use azure_core::{
-    error::ErrorKind,
-    http::{Etag, RequestContent},
-};
+use azure_core::http::{Etag, RequestContent};
 use azure_storage_blob::{
     models::{
         AppendBlobClientAppendBlockOptions, AppendBlobClientCreateOptions,
@@ -50,7 +47,7 @@ use azure_storage_blob::{
         BlobClientBreakLeaseOptions, BlobClientDeleteOptions, BlobContainerClientListBlobsOptions,
         BlockBlobClientUploadOptions,
     },
-    BlobClient, BlobClientOptions, BlobContainerClient, BlobContainerClientOptions,
+    BlobClient, BlobClientOptions, BlobContainerClient,
 };
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -61,7 +58,7 @@ use crate::{
     redact,
     sinks::{
         adls_partitioned_jsonl::config::AuthConfig,
-        azure_common::{chain, client::ContainerAccess},
+        azure_common::{chain, classify, client::ContainerAccess, AzureFailure},
     },
 };
 
@@ -129,15 +126,7 @@ impl AzureStateStore {
         }
         check_name(id).map_err(failed)?;
         let access = ContainerAccess::new(account_url, container, auth).map_err(failed)?;
-        let container = BlobContainerClient::new(
-            access.container_url.clone(),
-            access.credential.clone(),
-            Some(BlobContainerClientOptions {
-                client_options: access.client_options.clone(),
-                ..Default::default()
-            }),
-        )
-        .map_err(|e| failed(chain(&e)))?;
+        let container = access.container_client().map_err(|e| failed(chain(&e)))?;
         let location = format!("{}/{id}", access.describe().trim_end_matches('/'));
         Ok(Self {
             access,
@@ -351,62 +340,39 @@ fn map_error(
     e: &azure_core::Error,
 ) -> StateStoreError {
     let blob = blob.to_string();
-    match e.kind() {
-        ErrorKind::HttpResponse {
-            status, error_code, ..
-        } => {
-            let status = u16::from(*status);
-            let code = error_code
-                .as_deref()
-                .unwrap_or("(no error code)")
-                .to_string();
-            match (status, code.as_str()) {
-                // LeaseIdMissing, LeaseIdMismatchWith*, LeaseNotPresentWith*,
-                // LeaseLost, LeaseAlreadyPresent, LeaseIsBreaking...
-                (409 | 412, c) if c.starts_with("Lease") => {
-                    StateStoreError::Fenced { what, blob, code }
-                }
-                (412, _) | (409, "BlobAlreadyExists") | (404, "BlobNotFound") => {
-                    StateStoreError::ConditionFailed {
-                        what,
-                        blob,
-                        expected: expected.to_string(),
-                        code,
-                    }
-                }
-                (403, _) => StateStoreError::Failed {
-                    what,
-                    blob,
-                    message: format!("HTTP 403 {code}: the credentials were rejected; check the key, SAS token (permissions and expiry) or role assignment"),
-                },
-                (404, "ContainerNotFound") => StateStoreError::Failed {
-                    what,
-                    blob,
-                    message: "HTTP 404 ContainerNotFound: the state container does not exist; create it".into(),
-                },
-                (408 | 429 | 500..=599, _) => StateStoreError::Unavailable {
-                    what,
-                    blob,
-                    message: format!("HTTP {status} {code}"),
-                },
-                _ => StateStoreError::Failed {
-                    what,
-                    blob,
-                    message: format!("HTTP {status} {code}"),
-                },
-            }
-        }
-        ErrorKind::Connection | ErrorKind::Io | ErrorKind::Credential => {
-            StateStoreError::Unavailable {
+    let (status, code) = match classify(e) {
+        AzureFailure::Answered { status, code } => (status, code),
+        AzureFailure::Unavailable(message) => {
+            return StateStoreError::Unavailable {
                 what,
                 blob,
-                message: redact::text(&chain(e)),
+                message,
+            }
+        }
+        AzureFailure::Failed(message) => {
+            return StateStoreError::Failed {
+                what,
+                blob,
+                message,
+            }
+        }
+    };
+    match (status, code.as_str()) {
+        // LeaseIdMissing, LeaseIdMismatchWith*, LeaseNotPresentWith*,
+        // LeaseLost, LeaseAlreadyPresent, LeaseIsBreaking...
+        (409 | 412, c) if c.starts_with("Lease") => StateStoreError::Fenced { what, blob, code },
+        (412, _) | (409, "BlobAlreadyExists") | (404, "BlobNotFound") => {
+            StateStoreError::ConditionFailed {
+                what,
+                blob,
+                expected: expected.to_string(),
+                code,
             }
         }
         _ => StateStoreError::Failed {
             what,
             blob,
-            message: redact::text(&chain(e)),
+            message: format!("HTTP {status} {code}"),
         },
     }
 }

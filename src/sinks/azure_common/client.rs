@@ -91,6 +91,18 @@ impl ContainerAccess {
     /// The URL of blob `name` (with the SAS query when one is used), with
     /// literal `/` between path segments: the SDK's `blob_client` would
     /// send `%2F`.
+    /// A client for the container, sharing the transport and credential.
+    pub fn container_client(&self) -> azure_core::Result<azure_storage_blob::BlobContainerClient> {
+        azure_storage_blob::BlobContainerClient::new(
+            self.container_url.clone(),
+            self.credential.clone(),
+            Some(azure_storage_blob::BlobContainerClientOptions {
+                client_options: self.client_options.clone(),
+                ..Default::default()
+            }),
+        )
+    }
+
     pub fn blob_url(&self, name: &str) -> Result<Url, String> {
         let mut url = self.container_url.clone();
         url.path_segments_mut()

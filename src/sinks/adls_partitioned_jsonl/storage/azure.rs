@@ -21,7 +21,7 @@ use azure_storage_blob::{
         BlockBlobClientCommitBlockListResultHeaders, BlockBlobClientUploadOptions,
         BlockListHeaders, BlockListType, BlockLookupList,
     },
-    BlobContainerClient, BlobContainerClientOptions, BlockBlobClient, BlockBlobClientOptions,
+    BlobContainerClient, BlockBlobClient, BlockBlobClientOptions,
 };
 use bytes::Bytes;
 
@@ -53,15 +53,7 @@ pub struct AzureStorage {
 impl AzureStorage {
     pub fn new(config: &AdlsPartitionedJsonlConfig) -> Result<Self, String> {
         let access = ContainerAccess::new(&config.account_url, &config.filesystem, &config.auth)?;
-        let container = BlobContainerClient::new(
-            access.container_url.clone(),
-            access.credential.clone(),
-            Some(BlobContainerClientOptions {
-                client_options: access.client_options.clone(),
-                ..Default::default()
-            }),
-        )
-        .map_err(|e| redact::error(&e))?;
+        let container = access.container_client().map_err(|e| redact::error(&e))?;
         Ok(Self {
             describe: access.describe(),
             container_url: access.container_url,
