@@ -9,9 +9,9 @@
 use std::time::Instant;
 
 use mongo_adls::{
-    checkpoint::StateFile,
     event::Position,
     sinks::adls_partitioned_jsonl::state::{Block, FileKey, SinkState, StagedBlock},
+    state_store::StateHandle,
 };
 
 const TOKEN: &str =
@@ -29,10 +29,13 @@ fn staged(key: &FileKey, object: &str, block: Block) -> StagedBlock {
     }
 }
 
-fn main() {
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
     for namespaces in [10, 1000] {
         let dir = tempfile::tempdir().unwrap();
-        let mut state = SinkState::load(StateFile::new(dir.path(), "state.json").unwrap()).unwrap();
+        let mut state = SinkState::load(StateHandle::local(dir.path()))
+            .await
+            .unwrap();
         // Each namespace: 24 sealed hourly windows and one open file.
         let mut n = 0u64;
         for ns in 0..namespaces {
@@ -49,13 +52,13 @@ fn main() {
                     bytes: 1 << 20,
                     events: 1000,
                 };
-                state.staged(staged(&key, &object, block), 0).unwrap();
+                state.staged(staged(&key, &object, block), 0).await.unwrap();
                 if hour < 24 {
-                    state.sealed(&key, 0).unwrap();
+                    state.sealed(&key, 0).await.unwrap();
                 }
             }
         }
-        state.save(0).unwrap();
+        state.save(0).await.unwrap();
         let snapshot = std::fs::metadata(dir.path().join("state.json"))
             .unwrap()
             .len();
@@ -76,12 +79,12 @@ fn main() {
                     bytes: 1 << 20,
                     events: 1000,
                 };
-                state.staged(staged(&key, "o", block), 0).unwrap();
+                state.staged(staged(&key, "o", block), 0).await.unwrap();
             }
             append = append.min(started.elapsed().as_secs_f64() / rounds as f64);
             let started = Instant::now();
             for _ in 0..rounds {
-                state.save(0).unwrap();
+                state.save(0).await.unwrap();
             }
             rewrite = rewrite.min(started.elapsed().as_secs_f64() / rounds as f64);
         }

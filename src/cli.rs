@@ -166,7 +166,7 @@ pub fn main() -> i32 {
             Some(Command::List) => list(),
             Some(Command::State {
                 command: StateCommand::Show,
-            }) => state_show(&opts),
+            }) => state_show(&opts).await,
             Some(Command::GenerateSchema { format }) => generate_schema(*format),
             Some(Command::SnowflakeSql {
                 sink,
@@ -310,18 +310,35 @@ fn snowflake_sql(opts: &Opts, options: &crate::snowflake::Options) -> i32 {
     }
 }
 
-/// `state show`: each component describes its own state.
-fn state_show(opts: &Opts) -> i32 {
+/// `state show`: where the state is (and, for a group, who is active),
+/// then each component describes its own state. Reads only: a running
+/// agent's state can be shown, and no lease is taken.
+async fn state_show(opts: &Opts) -> i32 {
     let config = match load(opts, true) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let Some(data_dir) = config.data_dir() else {
-        println!("No `data_dir`: no state is kept.");
-        return 0;
+    let mut code = 0;
+    let state = if let Some(azure) = config.global.state.azure() {
+        match group_state(&azure).await {
+            Ok((state, ok)) => {
+                code |= i32::from(!ok);
+                state
+            }
+            Err(e) => {
+                eprintln!("Error: `[state]`: {e}");
+                return EXIT_CONFIG;
+            }
+        }
+    } else {
+        let Some(data_dir) = config.data_dir() else {
+            println!("No `data_dir`: no state is kept.");
+            return 0;
+        };
+        println!("data_dir {}", data_dir.display());
+        println!("  agent: {}", crate::lock::holder(data_dir));
+        crate::state_store::StateHandle::local(data_dir)
     };
-    println!("data_dir {}", data_dir.display());
-    println!("  agent: {}", crate::lock::holder(data_dir));
     let components = config
         .sources
         .iter()
@@ -332,13 +349,8 @@ fn state_show(opts: &Opts) -> i32 {
                 .iter()
                 .map(|(id, s)| ("sink", id, s.outer.inner.as_ref() as &dyn ComponentConfig)),
         );
-    let mut code = 0;
     for (kind, id, component) in components {
-        let dir = config
-            .global
-            .component_data_dir(id)
-            .expect("data_dir is set");
-        match component.describe_state(&dir) {
+        match component.describe_state(&state.component(id)).await {
             None => {}
             Some(Ok(lines)) => {
                 println!("{kind} `{id}` ({})", component.component_type());
@@ -353,6 +365,54 @@ fn state_show(opts: &Opts) -> i32 {
         }
     }
     code
+}
+
+/// Prints the group's leader lease and returns a read-only handle on the
+/// group's state, and whether the leader could be read.
+async fn group_state(
+    azure: &crate::config::state::AzureState<'_>,
+) -> Result<(crate::state_store::StateHandle, bool), String> {
+    use crate::{
+        ha::{LeaderBlob, LeaseState},
+        state_store::{AzureStateStore, Fence, StateHandle, StateStore},
+    };
+    let store = AzureStateStore::new(
+        azure.account_url,
+        azure.container,
+        azure.auth,
+        azure.id,
+        azure.lease_secs,
+    )
+    .map_err(|e| e.to_string())?;
+    let leader = LeaderBlob::new(azure.account_url, azure.container, azure.auth, azure.id)
+        .map_err(|e| e.to_string())?;
+    println!("pipeline {:?}: state in {}", azure.id, store.location());
+    let ok = match leader.describe().await {
+        Ok(None) => {
+            println!("  active agent: none (no agent of this pipeline has started here)");
+            true
+        }
+        Ok(Some(info)) => {
+            let holder = info
+                .holder
+                .map_or_else(|| "(unknown)".to_string(), |h| h.to_string());
+            match info.lease_state {
+                LeaseState::Leased => println!("  active agent: {holder}; lease held"),
+                other => println!(
+                    "  active agent: none; the lease is {other} (last holder {holder}); a standby takes over within a second"
+                ),
+            }
+            true
+        }
+        Err(e) => {
+            println!("  active agent: unknown ({e})");
+            false
+        }
+    };
+    Ok((
+        StateHandle::new(std::sync::Arc::new(store), Fence::None),
+        ok,
+    ))
 }
 
 async fn validate(opts: &Opts, no_environment: bool) -> i32 {
@@ -429,7 +489,12 @@ async fn run(opts: &Opts) -> i32 {
         Err(code) => return code,
     };
     config.global.accept_data_gap = opts.accept_data_gap;
-    let _lock = match config.data_dir().map(crate::lock::DataDirLock::acquire) {
+    // With state in a storage account the lease keeps a second writer out;
+    // `data_dir` holds nothing then.
+    let local_dir = config
+        .data_dir()
+        .filter(|_| !config.global.state.is_remote());
+    let _lock = match local_dir.map(crate::lock::DataDirLock::acquire) {
         Some(Err(e)) => {
             fail(opts, &format!("Error: {e}"));
             return EXIT_CONFIG;
@@ -465,29 +530,43 @@ async fn run(opts: &Opts) -> i32 {
         });
     }
 
-    let starting = async {
-        let mut topology = match Topology::build(&config).await {
-            Ok(t) => t,
-            Err(e) => {
-                fail(opts, &format!("Configuration error: {e}"));
-                return Err(EXIT_CONFIG);
-            }
+    let code = if config.global.state.is_remote() {
+        let options = crate::ha::agent::RunOptions {
+            graceful_limit: Duration::from_secs(opts.graceful_shutdown_limit_secs),
+            require_healthy: opts.require_healthy,
+            first: first.boxed().shared(),
+            second: second.boxed().shared(),
         };
-        let failed = topology.healthchecks().await;
-        if !failed.is_empty()
-            && (opts.require_healthy || config.global.healthchecks.require_healthy)
-        {
-            for f in &failed {
-                fail(opts, &format!("Healthcheck failed: {f}"));
-            }
-            return Err(EXIT_CONFIG);
-        }
-        Ok(topology)
+        crate::ha::agent::run(&config, options, &|line| fail(opts, line)).await
+    } else {
+        run_alone(&config, opts, first.boxed(), second.boxed()).await
     };
+    api_shutdown.cancel();
+    code
+}
+
+/// Runs the agent on its own (`[state] store = "local"`): the components
+/// on the state under `data_dir`, until a signal or the end of the sources.
+async fn run_alone(
+    config: &config::Config,
+    opts: &Opts,
+    first: futures::future::BoxFuture<'static, ()>,
+    second: futures::future::BoxFuture<'static, ()>,
+) -> i32 {
+    let first = first.shared();
+    let state = config
+        .data_dir()
+        .map(crate::state_store::StateHandle::local);
+    let starting = Topology::start(config, state, opts.require_healthy);
     let topology = tokio::select! {
         started = starting => match started {
             Ok(topology) => topology,
-            Err(code) => return code,
+            Err(lines) => {
+                for line in &lines {
+                    fail(opts, line);
+                }
+                return EXIT_CONFIG;
+            }
         },
         _ = first.clone() => {
             tracing::info!("Stopped during start-up; nothing was running yet.");
@@ -497,11 +576,10 @@ async fn run(opts: &Opts) -> i32 {
     let outcome = topology
         .run(
             first.boxed(),
-            second.boxed(),
+            second,
             Duration::from_secs(opts.graceful_shutdown_limit_secs),
         )
         .await;
-    api_shutdown.cancel();
     match outcome {
         Outcome::Clean => 0,
         Outcome::Failed => 1,

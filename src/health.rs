@@ -141,8 +141,25 @@ impl ComponentHealth {
     }
 }
 
+/// This agent's role in its group (`[state] store = "azure_blob"`):
+/// `active` or `standby`; unset for an agent on its own.
+static ROLE: Mutex<Option<&'static str>> = Mutex::new(None);
+
+/// Sets the role `/health` reports. A standby is healthy: it is ready to
+/// take over, which is its job.
+pub fn set_role(role: &'static str) {
+    *ROLE.lock().unwrap_or_else(|e| e.into_inner()) = Some(role);
+}
+
+/// Forgets every component's state: after a term ends, the components of
+/// the next term start with a clean record.
+pub fn forget_components() {
+    COMPONENTS.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
 /// Whether every component is healthy, and the JSON body that says so.
 pub fn report(unhealthy_after: Duration) -> (bool, Value) {
+    let role = *ROLE.lock().unwrap_or_else(|e| e.into_inner());
     let components = COMPONENTS.lock().unwrap_or_else(|e| e.into_inner());
     let mut healthy = true;
     let mut body = serde_json::Map::new();
@@ -181,7 +198,11 @@ pub fn report(unhealthy_after: Duration) -> (bool, Value) {
         );
     }
     let status = if healthy { "ok" } else { "unhealthy" };
-    (healthy, json!({ "status": status, "components": body }))
+    let mut report = json!({ "status": status, "components": body });
+    if let Some(role) = role {
+        report["role"] = json!(role);
+    }
+    (healthy, report)
 }
 
 #[cfg(test)]

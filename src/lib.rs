@@ -5,7 +5,6 @@
 
 pub mod api;
 pub mod backoff;
-pub mod checkpoint;
 pub mod cli;
 pub mod codecs;
 pub mod config;

@@ -117,7 +117,10 @@ async fn run(
     tokio::task::JoinHandle<Outcome>,
     tokio::sync::oneshot::Sender<()>,
 ) {
-    let topology = Topology::build(config).await.unwrap();
+    let state = config
+        .data_dir()
+        .map(mongo_adls::state_store::StateHandle::local);
+    let topology = Topology::build(config, state).await.unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(
         topology.run(

@@ -131,14 +131,14 @@ fn input_error(config: &Config, id: &str, input: &str) -> Option<String> {
 }
 
 fn check_data_dir(config: &Config, errors: &mut Vec<ConfigError>) {
-    if config.global.data_dir.is_some() {
+    if config.global.data_dir.is_some() || config.global.state.is_remote() {
         return;
     }
     for (id, location, _) in components(config).filter(|(_, _, needs_dir)| *needs_dir) {
         errors.push(ConfigError::Invalid {
             location: location.clone(),
             message: format!(
-                "component `{id}` keeps state on disk: set the global `data_dir` (e.g. data_dir = \"/var/lib/mongo-adls\")"
+                "component `{id}` keeps state: set the global `data_dir` (e.g. data_dir = \"/var/lib/mongo-adls\"), or keep state in a storage account with `[state] store = \"azure_blob\"`"
             ),
         });
     }

@@ -336,6 +336,7 @@ fn merge_globals(
         acknowledgements,
         api,
         healthchecks,
+        state,
         // A command-line flag, not a file option.
         accept_data_gap: _,
     } = global;
@@ -357,6 +358,17 @@ fn merge_globals(
     if let Some(v) = file.healthchecks.take() {
         if claim("healthchecks") {
             *healthchecks = v;
+        }
+    }
+    if let Some(v) = file.state.take() {
+        if claim("state") {
+            for (option, message) in v.check() {
+                errors.push(ConfigError::Invalid {
+                    location: at.location(&format!("state.{option}")),
+                    message,
+                });
+            }
+            *state = v;
         }
     }
 }

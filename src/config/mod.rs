@@ -10,6 +10,7 @@
 pub mod graph;
 pub mod loading;
 pub mod schema;
+pub mod state;
 pub mod vars;
 
 use std::{
@@ -26,6 +27,7 @@ use serde::{
 };
 
 pub use loading::{load_from_paths, ConfigError, ConfigErrors};
+pub use state::{StateConfig, StoreKind};
 
 use crate::{sinks::SinkConfig, sources::SourceConfig};
 
@@ -92,10 +94,13 @@ pub trait ComponentConfig: Send + Sync {
         false
     }
 
-    /// For `mongo-adls state show`: what the component's state in `dir`
-    /// says, as lines for people, read without changing anything. `None`
-    /// for components without state.
-    fn describe_state(&self, _dir: &std::path::Path) -> Option<Result<Vec<String>, String>> {
+    /// For `mongo-adls state show`: what the component's state (its
+    /// folder of the state store) says, as lines for people, read without
+    /// changing anything. `None` for components without state.
+    async fn describe_state(
+        &self,
+        _state: &crate::state_store::StateHandle,
+    ) -> Option<Result<Vec<String>, String>> {
         None
     }
 }
@@ -189,6 +194,8 @@ pub struct GlobalOptions {
     pub acknowledgements: AcknowledgementsConfig,
     pub api: ApiConfig,
     pub healthchecks: HealthchecksConfig,
+    /// Where state lives (`[state]`).
+    pub state: StateConfig,
     /// `--accept-data-gap`: start although state was lost, logging the
     /// gap, instead of refusing to start.
     pub accept_data_gap: bool,
@@ -374,6 +381,7 @@ pub(crate) struct ConfigFile {
     acknowledgements: Option<AcknowledgementsConfig>,
     api: Option<ApiConfig>,
     healthchecks: Option<HealthchecksConfig>,
+    state: Option<StateConfig>,
     #[serde(default)]
     sources: IndexMap<String, Box<dyn SourceConfig>>,
     #[serde(default)]

@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     AcknowledgementsConfig, ApiConfig, BufferConfig, HealthchecksConfig, SinkHealthcheckOptions,
+    StateConfig,
 };
 use crate::{
     sinks::{
@@ -76,6 +77,7 @@ pub fn schema() -> Value {
         "acknowledgements": generator.subschema_for::<AcknowledgementsConfig>(),
         "api": generator.subschema_for::<ApiConfig>(),
         "healthchecks": generator.subschema_for::<HealthchecksConfig>(),
+        "state": generator.subschema_for::<StateConfig>(),
     });
     let sink_outer = json!({
         "inputs": {

@@ -1,14 +1,12 @@
 //! High availability: one active agent per pipeline `id`, elected through a
 //! Blob lease on `<container>/<id>/leader` in the state store (issue 12).
 //!
-//! This is the election half of issue 12 only: [`lease`] holds the leader
-//! blob and its lease requests, [`elector`] the standby/active/lost state
-//! machine that agents watch. Nothing starts it yet. Next, the topology
-//! starts an [`Elector`] when `[state] store = "azure_blob"`, runs its
-//! components only while [`Leadership::Active`] (passing the lease id to
-//! the state store, whose writes carry it), stops them on any other state,
-//! calls [`Elector::release`] on SIGTERM, and reports the state on
-//! `/health`; `mongo-adls state show` prints [`LeaderBlob::describe`].
+//! [`lease`] holds the leader blob and its lease requests, [`elector`] the
+//! standby/active/lost state machine, and [`agent`] the agent's life in its
+//! group: stand by, take the state over, run the components while active,
+//! stop them when the term ends, stand by again; release on SIGTERM.
+//! `/health` reports the role; `mongo-adls state show` prints
+//! [`LeaderBlob::describe`].
 //!
 //! Public, like the crate's other modules, so that `tests/ha.rs` drives it
 //! against a real Azurite.
@@ -20,6 +18,7 @@
 //! in which a stale active even tries to write; it does not replace those
 //! checks.
 
+pub mod agent;
 pub mod elector;
 pub mod lease;
 
@@ -51,7 +50,7 @@ pub enum HaError {
 }
 
 /// A pipeline id is one path segment of blob names: short and plain.
-fn check_id(id: &str) -> Result<(), HaError> {
+pub fn check_id(id: &str) -> Result<(), HaError> {
     let problem = if id.is_empty() {
         "is empty"
     } else if id.len() > 128 {

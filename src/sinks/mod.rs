@@ -56,6 +56,9 @@ pub struct SinkContext {
     /// The component id (`[sinks.<id>]`).
     pub key: String,
     pub globals: GlobalOptions,
+    /// The component's folder of the state store (`None` without a
+    /// `data_dir` or `[state]` store).
+    pub state: Option<crate::state_store::StateHandle>,
     pub tags: ComponentTags,
     /// Fires when the agent starts to stop (the sources stop reading). A
     /// sink still drains its input to the end; this only lets it give up

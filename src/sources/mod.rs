@@ -26,6 +26,9 @@ pub struct SourceContext {
     /// The component id (`[sources.<id>]`).
     pub key: String,
     pub globals: GlobalOptions,
+    /// The component's folder of the state store (`None` without a
+    /// `data_dir` or `[state]` store).
+    pub state: Option<crate::state_store::StateHandle>,
     /// Fires when the source must stop reading; in-flight acknowledgements
     /// may still be awaited afterwards, up to the graceful shutdown limit.
     pub shutdown: ShutdownSignal,

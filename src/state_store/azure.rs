@@ -410,7 +410,9 @@ impl StateStore for AzureStateStore {
         self.held_names().clear();
         let deadline = Instant::now() + self.takeover_wait;
         let mut taken = Vec::new();
-        for name in self.list("").await? {
+        // The leader blob is the election's (`crate::ha`), leased by it
+        // with this same id; releasing it is the election's job too.
+        for name in self.list("").await?.into_iter().filter(|n| n != "leader") {
             if self.take_one(&name, &lease_id, deadline).await? {
                 taken.push(name);
             }

@@ -18,17 +18,19 @@
 //! the next term has taken the blobs over ([`StateStore::take_over`]). The
 //! local store's fence is the `data_dir` lock (`crate::lock`).
 //!
-//! This is the storage building block of issue 12 only: nothing uses it yet.
-//! Next, `checkpoint.rs` and the sink's `state/` move onto it (the snapshot
-//! and checkpoint through `read`/`replace`, the change log through
-//! `create_log`/`append`/`read_log`, compaction through `delete`/`list`);
-//! the topology builds the store from `[state]`, calls `take_over` with the
-//! lease id of [`crate::ha::Leadership::Active`] before any component reads
-//! its state, `renew` on each leader renew and `release` on SIGTERM, and
-//! stops the components on [`StateStoreError::Fenced`]. Public, like
-//! `crate::ha`, so that `tests/state_store.rs` drives it against Azurite.
+//! Components reach the store through a [`StateHandle`] (the store, the
+//! term's fence and the component's folder): the source checkpoint and the
+//! sink's snapshot through [`StateDoc`] (`read`/`replace`), the sink's
+//! change log through `create_log`/`append`/`read_log`, compaction through
+//! `delete`/`list`. With `[state] store = "azure_blob"`, `crate::ha::agent`
+//! calls `take_over` with the term's lease id before any component reads
+//! its state, `renew` after each leader renew and `release` on SIGTERM,
+//! and ends the term when a write comes back [`StateStoreError::Fenced`].
+//! Public, like `crate::ha`, so that `tests/state_store.rs` drives it
+//! against Azurite.
 
 pub mod azure;
+pub mod handle;
 pub mod local;
 
 use std::fmt;
@@ -38,6 +40,7 @@ use bytes::Bytes;
 use snafu::Snafu;
 
 pub use azure::AzureStateStore;
+pub use handle::{StateDoc, StateError, StateHandle};
 pub use local::LocalStateStore;
 
 /// The version of a document as the store reported it: an ETag in Azure,

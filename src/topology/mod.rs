@@ -21,6 +21,7 @@ use crate::{
     shutdown::ShutdownSignal,
     sinks::{Healthcheck, SinkContext, StreamSink},
     sources::{Source, SourceContext},
+    state_store::StateHandle,
 };
 
 #[derive(Debug, Snafu)]
@@ -61,9 +62,11 @@ pub enum Outcome {
 }
 
 impl Topology {
-    /// Builds every component. Buffers are created first so each source
-    /// gets a sender for every sink that reads it.
-    pub async fn build(config: &Config) -> Result<Self, TopologyError> {
+    /// Builds every component, each with its folder of `state` (the
+    /// store of this term; `None` without a `data_dir` or `[state]`
+    /// store). Buffers are created first so each source gets a sender for
+    /// every sink that reads it.
+    pub async fn build(config: &Config, state: Option<StateHandle>) -> Result<Self, TopologyError> {
         let acknowledgements = config.global.acknowledgements.enabled;
         let source_shutdown = ShutdownSignal::new();
 
@@ -78,6 +81,7 @@ impl Topology {
             let cx = SinkContext {
                 key: id.clone(),
                 globals: config.global.clone(),
+                state: state.as_ref().map(|s| s.component(id)),
                 tags: tags.clone(),
                 stopping: source_shutdown.clone(),
                 inputs: entry.outer.inputs.clone(),
@@ -117,6 +121,7 @@ impl Topology {
             let cx = SourceContext {
                 key: id.clone(),
                 globals: config.global.clone(),
+                state: state.as_ref().map(|s| s.component(id)),
                 shutdown: source_shutdown.clone(),
                 out: SourceSender::new(outputs, &tags),
                 sink_states: config
@@ -145,6 +150,28 @@ impl Topology {
             healthchecks,
             source_shutdown,
         })
+    }
+
+    /// Builds the topology and runs its healthchecks. The error is the
+    /// lines to report: a component that could not be built, or, with
+    /// `require_healthy` (or `healthchecks.require_healthy`), the failed
+    /// healthchecks.
+    pub async fn start(
+        config: &Config,
+        state: Option<StateHandle>,
+        require_healthy: bool,
+    ) -> Result<Self, Vec<String>> {
+        let mut topology = Self::build(config, state)
+            .await
+            .map_err(|e| vec![format!("Configuration error: {e}")])?;
+        let failed = topology.healthchecks().await;
+        if !failed.is_empty() && (require_healthy || config.global.healthchecks.require_healthy) {
+            return Err(failed
+                .iter()
+                .map(|f| format!("Healthcheck failed: {f}"))
+                .collect());
+        }
+        Ok(topology)
     }
 
     /// Runs every healthcheck concurrently (10 s each) and returns the
@@ -284,7 +311,7 @@ async fn drain(
             Outcome::Failed
         }
         _ = force => {
-            tracing::warn!("Second signal: exiting without waiting. Unacknowledged events will be replayed on the next start.");
+            tracing::warn!("Stopping without waiting (a second signal, or this agent is no longer the active one). Unacknowledged events will be replayed on the next start.");
             Outcome::Failed
         }
     }

@@ -19,7 +19,6 @@ use super::{
     },
 };
 use crate::{
-    checkpoint::StateFile,
     codecs::json::ExtendedJsonMode,
     config::ComponentConfig,
     config::OptionError,
@@ -392,11 +391,11 @@ impl SinkConfig for AdlsPartitionedJsonlConfig {
             .check()
             .map_err(|e| crate::config::join_option_errors(&e))?;
         let storage = self.storage()?;
-        let dir = cx
-            .globals
-            .component_data_dir(&cx.key)
-            .ok_or("the global `data_dir` must be set")?;
-        let state = SinkState::load(StateFile::new(&dir, "state.json")?)?;
+        let state = cx
+            .state
+            .clone()
+            .ok_or("the global `data_dir` (or a `[state]` store) must be set")?;
+        let state = SinkState::load(state).await?;
         let healthcheck = {
             let storage = Arc::clone(&storage);
             async move { storage.healthcheck(false).await.map(|_| ()) }.boxed()
@@ -456,10 +455,13 @@ impl ComponentConfig for AdlsPartitionedJsonlConfig {
         true
     }
 
-    fn describe_state(&self, dir: &std::path::Path) -> Option<Result<Vec<String>, String>> {
-        let file = StateFile::existing(dir, "state.json");
+    async fn describe_state(
+        &self,
+        state: &crate::state_store::StateHandle,
+    ) -> Option<Result<Vec<String>, String>> {
         Some(
-            SinkState::load(file)
+            SinkState::load(state.clone())
+                .await
                 .map(|state| state.describe())
                 .map_err(|e| e.to_string()),
         )

@@ -30,6 +30,7 @@ pub(super) async fn recover(
     for file in open {
         warn_if_blocks_may_be_gone(&file, now);
         match commit {
+            Commit::OnSeal if file.sealing => complete_seal(state, storage, &file, now).await?,
             Commit::OnSeal => record_seal_if_committed(state, storage, &file, now).await?,
             Commit::EveryBatch if file.committed < file.blocks.len() => {
                 // The version is read from storage: a commit of the last
@@ -50,6 +51,7 @@ pub(super) async fn recover(
     }
     state
         .save(now)
+        .await
         .map_err(|e| StorageError::permanent(e.to_string()))
 }
 
@@ -61,6 +63,32 @@ fn warn_if_blocks_may_be_gone(file: &OpenFile, now: i64) {
             "This file has waited for its seal for days: Azure discards uncommitted blocks after 7 days, so some may be gone."
         );
     }
+}
+
+/// The seal of `file` was recorded as intended (and may have been
+/// committed, by this agent's previous run or by an agent that lost its
+/// lease): commit exactly the recorded blocks (a commit that already
+/// landed counts as done), then record the seal.
+async fn complete_seal(
+    state: &mut SinkState,
+    storage: &RetryingStorage,
+    file: &OpenFile,
+    now: i64,
+) -> Result<(), StorageError> {
+    tracing::info!(
+        object = %file.object,
+        "Completing a seal recorded before the last stop."
+    );
+    let (result, lost) = storage.seal(&file.object, &file.block_ids(), None).await;
+    result?;
+    if !lost.is_empty() {
+        report_lost(file, &lost, &storage.tags);
+    }
+    state
+        .sealed(&file.key, now)
+        .await
+        .map_err(|e| StorageError::permanent(e.to_string()))?;
+    Ok(())
 }
 
 async fn record_seal_if_committed(
@@ -77,6 +105,7 @@ async fn record_seal_if_committed(
         );
         state
             .sealed(&file.key, now)
+            .await
             .map_err(|e| StorageError::permanent(e.to_string()))?;
     }
     Ok(())

@@ -284,7 +284,7 @@ impl RetryingStorage {
     /// Seals `object` with `ids`: on_seal creates it (`If-None-Match: *`),
     /// every_batch commits the final list over version `known`. Returns the
     /// lost blocks.
-    async fn seal(
+    pub(super) async fn seal(
         &self,
         object: &str,
         ids: &[String],

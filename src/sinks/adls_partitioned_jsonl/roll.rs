@@ -170,7 +170,6 @@ pub(super) fn due(policy: &RollPolicy, batcher: &Batcher, state: &SinkState, now
 mod tests {
     use super::*;
     use crate::{
-        checkpoint::StateFile,
         codecs::json::ExtendedJsonMode,
         event::EventFinalizers,
         sinks::adls_partitioned_jsonl::{
@@ -178,6 +177,7 @@ mod tests {
             partition::Windows,
             state::{Block, StagedBlock},
         },
+        state_store::StateHandle,
     };
 
     fn policy() -> RollPolicy {
@@ -233,10 +233,12 @@ mod tests {
         assert!(!p.window_closed(&key(0), None));
     }
 
-    #[test]
-    fn batches_are_due_when_full_partial_or_their_window_closed() {
+    #[tokio::test]
+    async fn batches_are_due_when_full_partial_or_their_window_closed() {
         let dir = tempfile::tempdir().unwrap();
-        let state = SinkState::load(StateFile::new(dir.path(), "state.json").unwrap()).unwrap();
+        let state = SinkState::load(StateHandle::local(dir.path()))
+            .await
+            .unwrap();
         let windows = Windows {
             window_secs: 60,
             tz: chrono_tz::Tz::UTC,
@@ -291,10 +293,12 @@ mod tests {
         assert!(batcher.take(&k).is_none());
     }
 
-    #[test]
-    fn past_the_total_budget_the_largest_batches_go_early() {
+    #[tokio::test]
+    async fn past_the_total_budget_the_largest_batches_go_early() {
         let dir = tempfile::tempdir().unwrap();
-        let state = SinkState::load(StateFile::new(dir.path(), "state.json").unwrap()).unwrap();
+        let state = SinkState::load(StateHandle::local(dir.path()))
+            .await
+            .unwrap();
         let windows = Windows {
             window_secs: 60,
             tz: chrono_tz::Tz::UTC,
@@ -359,10 +363,12 @@ mod tests {
         assert!(!batcher.is_full(), "taking the largest frees room");
     }
 
-    #[test]
-    fn files_of_an_earlier_run_are_sealed_when_closed_or_old() {
+    #[tokio::test]
+    async fn files_of_an_earlier_run_are_sealed_when_closed_or_old() {
         let dir = tempfile::tempdir().unwrap();
-        let mut state = SinkState::load(StateFile::new(dir.path(), "state.json").unwrap()).unwrap();
+        let mut state = SinkState::load(StateHandle::local(dir.path()))
+            .await
+            .unwrap();
         let staged = StagedBlock {
             key: key(0),
             part: 0,
@@ -376,7 +382,7 @@ mod tests {
             high_water: None,
             source: None,
         };
-        state.staged(staged, 100).unwrap();
+        state.staged(staged, 100).await.unwrap();
         let batcher = Batcher::new(
             BatchLimits {
                 max_bytes: 10,

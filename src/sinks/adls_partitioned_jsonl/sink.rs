@@ -98,6 +98,7 @@ impl AdlsSink {
             stopping,
             inputs,
             pipelines,
+            ..
         } = cx;
         let report = state.report(&key, lake_files.first().cloned());
         let taken = if globals.accept_data_gap {
@@ -165,7 +166,7 @@ impl AdlsSink {
 
     /// Stamps the state with the pipeline of each input source, so a later
     /// start can tell it from another pipeline's state.
-    fn adopt_pipelines(&mut self) -> Result<(), ()> {
+    async fn adopt_pipelines(&mut self) -> Result<(), ()> {
         let mut changed = false;
         for source in &self.inputs {
             if let Some(pipeline) = self.pipelines.get(source) {
@@ -173,7 +174,7 @@ impl AdlsSink {
             }
         }
         if changed {
-            if let Err(e) = self.state.save(Utc::now().timestamp()) {
+            if let Err(e) = self.state.save(Utc::now().timestamp()).await {
                 self.error(
                     "state_write_failed",
                     &format!("Could not save the sink state: {e}"),
@@ -199,7 +200,7 @@ impl StreamSink for AdlsSink {
             );
             return Err(());
         }
-        self.adopt_pipelines()?;
+        self.adopt_pipelines().await?;
         // Events are taken in ready chunks so the bookkeeping in `schedule`
         // runs per chunk, not per event.
         let mut input = input.ready_chunks(256).fuse();
@@ -217,7 +218,7 @@ impl StreamSink for AdlsSink {
             tokio::select! {
                 biased;
                 Some(outcome) = inflight.next(), if !inflight.is_empty() => {
-                    self.on_outcome(outcome, &mut inflight)?;
+                    self.on_outcome(outcome, &mut inflight).await?;
                 }
                 events = input.next(), if accept => match events {
                     Some(events) => {
@@ -236,12 +237,12 @@ impl StreamSink for AdlsSink {
             if input_done && inflight.is_empty() && self.held.len() > 0 {
                 self.give_up_held();
             }
-            self.schedule(&mut inflight, input_done);
+            self.schedule(&mut inflight, input_done).await?;
             if input_done && inflight.is_empty() && self.batcher.is_empty() {
                 break;
             }
         }
-        self.stop()
+        self.stop().await
     }
 }
 
@@ -321,8 +322,12 @@ impl AdlsSink {
     }
 
     /// Starts the writes and seals that are due, within the concurrency
-    /// limit.
-    fn schedule(&mut self, inflight: &mut FuturesUnordered<WriteRequest>, input_done: bool) {
+    /// limit. An error is a seal intent the state could not record.
+    async fn schedule(
+        &mut self,
+        inflight: &mut FuturesUnordered<WriteRequest>,
+        input_done: bool,
+    ) -> Result<(), ()> {
         let now = Now {
             instant: Instant::now(),
             wall: Utc::now().timestamp(),
@@ -352,7 +357,12 @@ impl AdlsSink {
             && due.flushes.len() <= self.concurrency.saturating_sub(inflight.len());
         for key in due.flushes {
             if inflight.len() >= self.concurrency {
-                return;
+                return Ok(());
+            }
+            if self.state.open_file(&key).is_some_and(|f| f.sealing) {
+                // Its seal commits exactly the recorded blocks: the batch
+                // waits for the next part.
+                continue;
             }
             if let Some((batch, seq)) = self.batcher.take(&key) {
                 inflight.push(self.stage_request(key, batch, seq));
@@ -363,12 +373,13 @@ impl AdlsSink {
         }
         for key in due.seals {
             if inflight.len() >= self.concurrency {
-                return;
+                return Ok(());
             }
-            if let Some(request) = self.seal_request(key) {
+            if let Some(request) = self.seal_request(key).await? {
                 inflight.push(request);
             }
         }
+        Ok(())
     }
 
     /// The Put Block of a batch, into the window's open file or a new part.
@@ -422,25 +433,33 @@ impl AdlsSink {
         )
     }
 
-    fn seal_request(&mut self, key: FileKey) -> Option<WriteRequest> {
-        let file = self.state.open_file(&key)?;
+    async fn seal_request(&mut self, key: FileKey) -> Result<Option<WriteRequest>, ()> {
+        if self.commit == Commit::OnSeal {
+            if let Err(e) = self.state.sealing(&key, Utc::now().timestamp()).await {
+                self.state_error(&e.to_string());
+                return Err(());
+            }
+        }
+        let Some(file) = self.state.open_file(&key) else {
+            return Ok(None);
+        };
         let (object, ids) = (file.object.clone(), file.block_ids());
         let every_batch = (self.commit == Commit::EveryBatch).then(|| file.version.clone());
         let already_visible = every_batch.is_some() && file.committed == file.blocks.len();
         self.batcher.activity(key.clone()).busy = true;
-        Some(requests::seal_file(
+        Ok(Some(requests::seal_file(
             self.storage.clone(),
             key,
             object,
             ids,
             every_batch,
             already_visible,
-        ))
+        )))
     }
 
     /// Applies a finished request's outcome. An error stops the sink: the
     /// state could not record what storage now holds.
-    fn on_outcome(
+    async fn on_outcome(
         &mut self,
         outcome: WriteOutcome,
         inflight: &mut FuturesUnordered<WriteRequest>,
@@ -451,7 +470,10 @@ impl AdlsSink {
                 finalizers,
                 spare,
                 seq,
-            } => self.on_block_staged(staged, finalizers, spare, seq, inflight)?,
+            } => {
+                self.on_block_staged(staged, finalizers, spare, seq, inflight)
+                    .await?
+            }
             WriteOutcome::BatchCommitted {
                 key,
                 upto,
@@ -467,7 +489,7 @@ impl AdlsSink {
                 self.delivered(finalizers, events, bytes);
             }
             WriteOutcome::FileSealed { key, result, lost } => match result {
-                Ok(()) => self.on_file_sealed(key, &lost)?,
+                Ok(()) => self.on_file_sealed(key, &lost).await?,
                 Err(e) => self.on_seal_failed(key, &e),
             },
             WriteOutcome::WriteFailed { request, error }
@@ -495,7 +517,7 @@ impl AdlsSink {
     /// A Put Block finished: it is recorded once every earlier Put Block of
     /// its file is, so the state lists blocks, and events are acknowledged,
     /// in stream order whatever order storage answered in.
-    fn on_block_staged(
+    async fn on_block_staged(
         &mut self,
         staged: StagedBlock,
         finalizers: Vec<EventFinalizers>,
@@ -518,14 +540,15 @@ impl AdlsSink {
         }
         activity.arrived.insert(seq, Arrived { staged, finalizers });
         while let Some(next) = self.batcher.activity(key.clone()).next_arrived() {
-            self.record_block(next.staged, next.finalizers, inflight)?;
+            self.record_block(next.staged, next.finalizers, inflight)
+                .await?;
         }
         Ok(())
     }
 
     /// Records the block; `on_seal` acknowledges now, `every_batch` after
     /// the commit that makes the batch visible.
-    fn record_block(
+    async fn record_block(
         &mut self,
         staged: StagedBlock,
         finalizers: Vec<EventFinalizers>,
@@ -533,7 +556,11 @@ impl AdlsSink {
     ) -> Result<(), ()> {
         let (events, bytes) = (staged.block.events as usize, staged.block.bytes);
         let key = staged.key.clone();
-        let file = match self.state.staged(staged.clone(), Utc::now().timestamp()) {
+        let file = match self
+            .state
+            .staged(staged.clone(), Utc::now().timestamp())
+            .await
+        {
             Ok(file) => file,
             Err(e) => {
                 self.state_error(&e.to_string());
@@ -572,12 +599,12 @@ impl AdlsSink {
         Ok(())
     }
 
-    fn on_file_sealed(&mut self, key: FileKey, lost: &[String]) -> Result<(), ()> {
+    async fn on_file_sealed(&mut self, key: FileKey, lost: &[String]) -> Result<(), ()> {
         let activity = self.batcher.activity(key.clone());
         activity.busy = false;
         activity.seal_wanted = false;
         activity.seal_retry_at = None;
-        let file = match self.state.sealed(&key, Utc::now().timestamp()) {
+        let file = match self.state.sealed(&key, Utc::now().timestamp()).await {
             Ok(file) => file,
             Err(e) => {
                 self.state_error(&e.to_string());
@@ -678,8 +705,8 @@ impl AdlsSink {
 
     /// After the input ended and every request finished: a snapshot of the
     /// state, so the next start loads no log.
-    fn stop(&mut self) -> Result<(), ()> {
-        if let Err(e) = self.state.save(Utc::now().timestamp()) {
+    async fn stop(&mut self) -> Result<(), ()> {
+        if let Err(e) = self.state.save(Utc::now().timestamp()).await {
             self.state_error(&e.to_string());
             return Err(());
         }

@@ -91,6 +91,7 @@ async fn run_paced(
             data_dir: Some(root.join("data")),
             ..Default::default()
         },
+        state: Some(crate::state_store::StateHandle::local(root.join("data")).component("lake")),
         tags: ComponentTags::new("lake", "sink", "adls_partitioned_jsonl"),
         stopping: crate::shutdown::ShutdownSignal::new(),
         inputs: vec!["src".into()],
@@ -333,13 +334,15 @@ async fn put_blocks_finishing_out_of_order_are_recorded_in_order() {
         finished: Arc::clone(&finished),
     });
     storage.healthcheck(false).await.unwrap();
-    let state = super::state::SinkState::load(
-        crate::checkpoint::StateFile::new(&dir.path().join("data/lake"), "state.json").unwrap(),
-    )
+    let state = super::state::SinkState::load(crate::state_store::StateHandle::local(
+        dir.path().join("data/lake"),
+    ))
+    .await
     .unwrap();
     let cx = SinkContext {
         key: "lake".into(),
         globals: GlobalOptions::default(),
+        state: None,
         tags: ComponentTags::new("lake", "sink", "adls_partitioned_jsonl"),
         stopping: crate::shutdown::ShutdownSignal::new(),
         inputs: vec!["src".into()],

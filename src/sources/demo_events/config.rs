@@ -51,7 +51,7 @@ impl SourceConfig for DemoEventsConfig {
         if !(self.interval_secs >= 0.0 && self.interval_secs.is_finite()) {
             return Err("`interval_secs` must be a finite number of seconds, 0 or more".into());
         }
-        Ok(Box::pin(super::source::run(self.clone(), cx)?))
+        Ok(Box::pin(super::source::run(self.clone(), cx).await?))
     }
 }
 

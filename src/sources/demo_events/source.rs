@@ -6,11 +6,11 @@ use futures::{Future, FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    checkpoint::StateFile,
     event::{BatchStatus, EventMetadata, LogEvent, Position},
     finalizer::OrderedFinalizer,
     internal_events::{ComponentError, ComponentTags, Stage},
     sources::SourceContext,
+    state_store::StateDoc,
     topology::Sent,
 };
 
@@ -28,16 +28,21 @@ pub fn position(seq: u64) -> Position {
     Position(format!("{seq:016X}"))
 }
 
-pub(super) fn run(
+pub(super) async fn run(
     config: DemoEventsConfig,
     cx: SourceContext,
 ) -> crate::Result<impl Future<Output = Result<(), ()>>> {
-    let state = match cx.globals.component_data_dir(&cx.key) {
-        Some(dir) if config.resume => Some(StateFile::new(&dir, "checkpoint.json")?),
+    let state = match &cx.state {
+        Some(state) if config.resume => Some(state.doc("checkpoint.json")),
         _ => None,
     };
     let start = match &state {
-        Some(s) => s.load::<Checkpoint>()?.unwrap_or_default().acknowledged,
+        Some(s) => {
+            s.load::<Checkpoint>()
+                .await?
+                .unwrap_or_default()
+                .acknowledged
+        }
         None => 0,
     };
     if start > 0 {
@@ -62,7 +67,7 @@ pub(super) fn run(
             while let Some(Some((status, acked))) = acks.next().now_or_never() {
                 checkpoint.resolved(status, acked);
             }
-            checkpoint.save_every_second();
+            checkpoint.save_every_second().await;
             if config.count.is_some_and(|n| seq >= n) {
                 break;
             }
@@ -90,7 +95,7 @@ pub(super) fn run(
         while let Some((status, acked)) = acks.next().await {
             checkpoint.resolved(status, acked);
         }
-        checkpoint.save();
+        checkpoint.save().await;
         tracing::info!(source = %key, "Stopped; acknowledged through event {}.", checkpoint.committed);
         Ok(())
     })
@@ -121,7 +126,7 @@ fn demo_event(config: &DemoEventsConfig, source_id: &Arc<str>, filler: &str, seq
 
 /// The acknowledged sequence number and its checkpoint file (`resume`).
 struct DemoCheckpoint {
-    state: Option<StateFile>,
+    state: Option<StateDoc>,
     tags: ComponentTags,
     /// Highest sequence number delivered together with every earlier one.
     committed: u64,
@@ -132,7 +137,7 @@ struct DemoCheckpoint {
 }
 
 impl DemoCheckpoint {
-    fn new(state: Option<StateFile>, tags: ComponentTags, start: u64) -> Self {
+    fn new(state: Option<StateDoc>, tags: ComponentTags, start: u64) -> Self {
         Self {
             state,
             tags,
@@ -161,19 +166,22 @@ impl DemoCheckpoint {
     }
 
     /// Saves at most once a second, and only when the position moved.
-    fn save_every_second(&mut self) {
+    async fn save_every_second(&mut self) {
         if self.committed != self.saved && self.last_save.elapsed() >= Duration::from_secs(1) {
-            self.save();
+            self.save().await;
             self.saved = self.committed;
             self.last_save = tokio::time::Instant::now();
         }
     }
 
-    fn save(&self) {
+    async fn save(&self) {
         let Some(state) = &self.state else { return };
-        if let Err(e) = state.save(&Checkpoint {
-            acknowledged: self.committed,
-        }) {
+        if let Err(e) = state
+            .save(&Checkpoint {
+                acknowledged: self.committed,
+            })
+            .await
+        {
             ComponentError {
                 error_type: "checkpoint_failed",
                 stage: Stage::Processing,

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    checkpoint::{StateFile, StateFileError},
     event::BatchStatus,
+    state_store::{StateDoc, StateError},
 };
 
-/// What `data_dir/<id>/checkpoint.json` holds.
+/// What `<id>/checkpoint.json` in the state store holds.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct Checkpoint {
     /// `_id._data` of the resume token (KeyString hex).
@@ -69,16 +69,15 @@ pub struct SnapshotProgress {
     pub done: bool,
 }
 
-/// `state show`: the checkpoint in `dir`, for people.
-pub fn describe(dir: &std::path::Path) -> Result<Vec<String>, String> {
-    let file = StateFile::existing(dir, "checkpoint.json");
-    let Some(c) = file.load::<Checkpoint>().map_err(|e| e.to_string())? else {
+/// `state show`: the checkpoint in `file`, for people.
+pub async fn describe(file: &StateDoc) -> Result<Vec<String>, String> {
+    let Some(c) = file.load::<Checkpoint>().await.map_err(|e| e.to_string())? else {
         return Ok(vec![format!(
             "no checkpoint ({}): the next start begins at `start_at` (or copies the collections with `snapshot`)",
-            file.path().display()
+            file.location()
         )]);
     };
-    let mut lines = vec![format!("checkpoint {}", file.path().display())];
+    let mut lines = vec![format!("checkpoint {}", file.location())];
     lines.push(format!("  resume token {}", c.resume_token));
     if let Some(t) = token_cluster_time(&c.resume_token) {
         lines.push(format!(
@@ -125,7 +124,7 @@ pub fn token_cluster_time(hex: &str) -> Option<bson::Timestamp> {
 
 /// Tracks emitted and acknowledged events and decides what to commit.
 pub struct Acks {
-    state: StateFile,
+    state: StateDoc,
     pipeline: String,
     /// Events emitted and not yet resolved.
     outstanding: u64,
@@ -140,7 +139,7 @@ pub struct Acks {
 
 impl Acks {
     pub fn new(
-        state: StateFile,
+        state: StateDoc,
         pipeline: &str,
         initial: Option<String>,
         interval: Duration,
@@ -212,7 +211,7 @@ impl Acks {
     }
 
     /// Writes the checkpoint if it changed and the interval passed (or `force`).
-    pub fn flush(&mut self, force: bool) -> Result<bool, StateFileError> {
+    pub async fn flush(&mut self, force: bool) -> Result<bool, StateError> {
         if self.committed == self.written || (!force && self.last_write.elapsed() < self.interval) {
             return Ok(false);
         }
@@ -220,7 +219,8 @@ impl Acks {
             return Ok(false);
         };
         self.state
-            .save(&Checkpoint::of(&self.pipeline, token, None))?;
+            .save(&Checkpoint::of(&self.pipeline, token, None))
+            .await?;
         self.written = self.committed.clone();
         self.last_write = Instant::now();
         Ok(true)
@@ -245,10 +245,10 @@ mod tests {
         assert_eq!(token_cluster_time("01AB"), None);
     }
 
-    #[test]
-    fn commits_in_order_and_stops_at_failure() {
+    #[tokio::test]
+    async fn commits_in_order_and_stops_at_failure() {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateFile::new(dir.path(), "checkpoint.json").unwrap();
+        let state = crate::state_store::StateHandle::local(dir.path()).doc("checkpoint.json");
         let mut acks = Acks::new(state.clone(), "p", None, Duration::ZERO);
         for _ in 0..3 {
             acks.emitted();
@@ -264,9 +264,14 @@ mod tests {
         acks.resolved(BatchStatus::Delivered, "3".into());
         acks.idle(Some("9".into()));
         assert_eq!(acks.committed(), Some("1"));
-        assert!(acks.flush(false).unwrap());
+        assert!(acks.flush(false).await.unwrap());
         assert_eq!(
-            state.load::<Checkpoint>().unwrap().unwrap().resume_token,
+            state
+                .load::<Checkpoint>()
+                .await
+                .unwrap()
+                .unwrap()
+                .resume_token,
             "1"
         );
     }

@@ -414,8 +414,11 @@ impl ComponentConfig for MongoDbChangeStreamConfig {
         true
     }
 
-    fn describe_state(&self, dir: &std::path::Path) -> Option<Result<Vec<String>, String>> {
-        Some(super::checkpoint::describe(dir))
+    async fn describe_state(
+        &self,
+        state: &crate::state_store::StateHandle,
+    ) -> Option<Result<Vec<String>, String>> {
+        Some(super::checkpoint::describe(&state.doc("checkpoint.json")).await)
     }
 
     fn component_type(&self) -> &'static str {

@@ -112,7 +112,7 @@ impl ChangeStreamSource {
                     &format!(
                         "The checkpoint is no longer in the oplog ({}). Resume token: {token}. Changes since then cannot be streamed. To continue from now, set on_history_lost = \"reset_to_now\" or start_at = \"now\" (and re-copy what you need), or move {} away.",
                         errors::describe(e),
-                        self.state.path().display()
+                        self.state.location()
                     ),
                 );
                 None

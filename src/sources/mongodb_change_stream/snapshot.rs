@@ -116,7 +116,7 @@ impl ChangeStreamSource {
             return SnapshotEnd::Failed;
         };
         match self.copy_collections(&mut run).await {
-            ControlFlow::Continue(()) => self.complete_snapshot(run),
+            ControlFlow::Continue(()) => self.complete_snapshot(run).await,
             ControlFlow::Break(end) => end,
         }
     }
@@ -194,7 +194,7 @@ impl ChangeStreamSource {
         let of = run.progress.collections.len();
         let mut progress = self.copy_progress((index, of), &ns).await;
         loop {
-            self.take_record_acks(run)?;
+            self.take_record_acks(run).await?;
             let Some(docs) = self.next_chunk(run, &ns, after.as_ref()).await? else {
                 continue;
             };
@@ -242,12 +242,12 @@ impl ChangeStreamSource {
 
     /// Takes in the acknowledgements that are ready and saves progress
     /// when due.
-    fn take_record_acks(&self, run: &mut SnapshotRun<'_>) -> ControlFlow<SnapshotEnd> {
+    async fn take_record_acks(&self, run: &mut SnapshotRun<'_>) -> ControlFlow<SnapshotEnd> {
         while let Some((status, entry)) = run.acks.ready() {
             self.delivered(run, status, entry)?;
         }
         if run.last_save.elapsed() >= Duration::from_millis(self.config.checkpoint_interval_ms) {
-            self.save_progress(run);
+            self.save_progress(run).await;
             run.last_save = Instant::now();
         }
         ControlFlow::Continue(())
@@ -263,7 +263,7 @@ impl ChangeStreamSource {
     ) -> ControlFlow<SnapshotEnd, Option<Vec<RawDocumentBuf>>> {
         let (db, coll) = split_namespace(ns);
         let chunk = tokio::select! {
-            _ = self.cx.shutdown.cancelled() => return ControlFlow::Break(self.snapshot_stopped(run)),
+            _ = self.cx.shutdown.cancelled() => return ControlFlow::Break(self.snapshot_stopped(run).await),
             c = self.snapshot_chunk(db, coll, after) => c,
         };
         match chunk {
@@ -316,7 +316,7 @@ impl ChangeStreamSource {
         {
             Sent::Registered => run.outstanding += 1,
             Sent::Unacknowledged(entry) => run.latest = Some(entry),
-            Sent::Stopped => return ControlFlow::Break(self.snapshot_stopped(run)),
+            Sent::Stopped => return ControlFlow::Break(self.snapshot_stopped(run).await),
         }
         run.copied.increment();
         ControlFlow::Continue(())
@@ -326,7 +326,7 @@ impl ChangeStreamSource {
     async fn wait_for_delivery(&self, run: &mut SnapshotRun<'_>) -> ControlFlow<SnapshotEnd> {
         while run.outstanding > 0 {
             let next = tokio::select! {
-                _ = self.cx.shutdown.cancelled() => return ControlFlow::Break(self.snapshot_stopped(run)),
+                _ = self.cx.shutdown.cancelled() => return ControlFlow::Break(self.snapshot_stopped(run).await),
                 n = run.acks.next() => n,
             };
             let Some((status, entry)) = next else { break };
@@ -336,11 +336,11 @@ impl ChangeStreamSource {
     }
 
     /// Marks the snapshot done, so the next start streams instead.
-    fn complete_snapshot(&self, mut run: SnapshotRun<'_>) -> SnapshotEnd {
+    async fn complete_snapshot(&self, mut run: SnapshotRun<'_>) -> SnapshotEnd {
         run.progress.done = true;
         run.progress.current = run.progress.collections.len();
         run.progress.last_id = None;
-        if let Err(e) = self.save_snapshot(&run.start_token, &run.progress) {
+        if let Err(e) = self.save_snapshot(&run.start_token, &run.progress).await {
             self.error("checkpoint_failed", &e);
             return SnapshotEnd::Failed;
         }
@@ -367,7 +367,7 @@ impl ChangeStreamSource {
                         collections,
                         ..Default::default()
                     };
-                    if let Err(e) = self.save_snapshot(&token, &progress) {
+                    if let Err(e) = self.save_snapshot(&token, &progress).await {
                         self.error("checkpoint_failed", &e);
                         return None;
                     }
@@ -480,27 +480,29 @@ impl ChangeStreamSource {
         ControlFlow::Continue(())
     }
 
-    fn save_snapshot(&self, token: &str, progress: &SnapshotProgress) -> Result<(), String> {
+    async fn save_snapshot(&self, token: &str, progress: &SnapshotProgress) -> Result<(), String> {
         self.state
             .save(&Checkpoint::of(
                 &self.pipeline_id,
                 token.to_string(),
                 Some(progress.clone()),
             ))
+            .await
+            .map(|_| ())
             .map_err(|e| e.to_string())
     }
 
     /// Saves how far the copy got; a failed save is reported and the copy
     /// goes on (the next save may succeed).
-    fn save_progress(&self, run: &mut SnapshotRun<'_>) {
+    async fn save_progress(&self, run: &mut SnapshotRun<'_>) {
         run.fold_latest();
-        if let Err(e) = self.save_snapshot(&run.start_token, &run.progress) {
+        if let Err(e) = self.save_snapshot(&run.start_token, &run.progress).await {
             self.error("checkpoint_failed", &e);
         }
     }
 
-    fn snapshot_stopped(&self, run: &mut SnapshotRun<'_>) -> SnapshotEnd {
-        self.save_progress(run);
+    async fn snapshot_stopped(&self, run: &mut SnapshotRun<'_>) -> SnapshotEnd {
+        self.save_progress(run).await;
         tracing::info!(source = %self.cx.key, "Snapshot paused; it continues from the last delivered document on the next start.");
         SnapshotEnd::Stopped
     }

@@ -9,7 +9,6 @@
 use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
 use crate::{
-    checkpoint::StateFile,
     event::{Event, EventMetadata, LogEvent, Position, Watermark},
     finalizer::{FinalizerStream, OrderedFinalizer},
     internal_events::ComponentTags,
@@ -20,6 +19,7 @@ use crate::{
     redact,
     shutdown::ShutdownSignal,
     sources::SourceContext,
+    state_store::StateDoc,
     topology::{Sent, SourceSender},
 };
 use bson::{doc, Document, RawDocumentBuf};
@@ -48,7 +48,7 @@ pub struct ChangeStreamSource {
     /// Taken by `run`; dropping it tells the sinks the source is done.
     out: Option<SourceSender>,
     pub(super) client: Client,
-    pub(super) state: StateFile,
+    pub(super) state: StateDoc,
     pub(super) scope: Scope,
     pub(super) pipeline: Vec<Document>,
     start: StartAt,
@@ -109,12 +109,12 @@ impl ChangeStreamSource {
             "Watching MongoDB."
         );
         let client = Client::with_options(options).map_err(|e| redact::error(&e))?;
-        let dir = cx
-            .globals
-            .component_data_dir(&cx.key)
-            .ok_or("the global `data_dir` must be set")?;
-        let state = StateFile::new(&dir, "checkpoint.json")?;
-        let pipeline_id = check_state(&config, &cx, &state)?;
+        let state = cx
+            .state
+            .as_ref()
+            .ok_or("the global `data_dir` (or a `[state]` store) must be set")?
+            .doc("checkpoint.json");
+        let pipeline_id = check_state(&config, &cx, &state).await?;
         cx.pipelines.publish(&cx.key, &pipeline_id);
         let SourceContext {
             key,
@@ -145,10 +145,10 @@ impl ChangeStreamSource {
     /// Where to begin: the checkpoint, an unfinished snapshot, or the
     /// configured start. `None` when an `initial_only` snapshot is done.
     #[allow(clippy::type_complexity)]
-    fn initial_position(
+    async fn initial_position(
         &self,
     ) -> crate::Result<Option<(OpenAt, Option<String>, Option<(String, SnapshotProgress)>)>> {
-        let checkpoint = self.state.load::<Checkpoint>()?;
+        let checkpoint = self.state.load::<Checkpoint>().await?;
         if self.start != StartAt::Now {
             if let Some(c) = checkpoint {
                 match c.snapshot {
@@ -157,7 +157,7 @@ impl ChangeStreamSource {
                         return Ok(Some((OpenAt::Snapshot, None, Some((c.resume_token, p)))));
                     }
                     Some(_) if self.config.snapshot == SnapshotMode::InitialOnly => {
-                        tracing::info!(source = %self.cx.key, "The snapshot is complete (snapshot = \"initial_only\"); nothing to do. Remove {} to copy again.", self.state.path().display());
+                        tracing::info!(source = %self.cx.key, "The snapshot is complete (snapshot = \"initial_only\"); nothing to do. Remove {} to copy again.", self.state.location());
                         return Ok(None);
                     }
                     _ => {}
@@ -223,7 +223,7 @@ impl ChangeStreamSource {
             OplogWindow::register(&self.cx.tags),
             self.cx.shutdown.clone(),
         ));
-        let mut run = match self.start() {
+        let mut run = match self.start().await {
             ControlFlow::Continue(run) => run,
             ControlFlow::Break(stop) => return stop,
         };
@@ -237,8 +237,8 @@ impl ChangeStreamSource {
 
     /// Where to begin, and the bookkeeping to begin with. Breaks when there
     /// is nothing to do or the checkpoint cannot be read.
-    fn start(&mut self) -> ControlFlow<Stop, RunState> {
-        let (at, initial, snapshot_resume) = match self.initial_position() {
+    async fn start(&mut self) -> ControlFlow<Stop, RunState> {
+        let (at, initial, snapshot_resume) = match self.initial_position().await {
             Ok(Some(p)) => p,
             Ok(None) => return ControlFlow::Break(Ok(())),
             Err(e) => {
@@ -343,7 +343,7 @@ impl ChangeStreamSource {
         mut stream: ChangeStream<RawDocumentBuf>,
     ) -> ControlFlow<Stop> {
         loop {
-            self.take_acks(run);
+            self.take_acks(run).await;
             let next = tokio::select! {
                 _ = self.cx.shutdown.cancelled() => return ControlFlow::Break(Ok(())),
                 n = stream.next_if_any() => n,
@@ -366,11 +366,11 @@ impl ChangeStreamSource {
     /// Takes in the acknowledgements that are ready and writes the
     /// checkpoint when due. Never raced against `next_if_any`: dropping an
     /// in-flight getMore could lose its batch.
-    fn take_acks(&self, run: &mut RunState) {
+    async fn take_acks(&self, run: &mut RunState) {
         while let Some((status, token)) = run.ack_stream.ready() {
             run.acks.resolved(status, token);
         }
-        if let Err(e) = run.acks.flush(false) {
+        if let Err(e) = run.acks.flush(false).await {
             self.error("checkpoint_failed", &e.to_string());
         }
         if let Some(t) = run.acks.committed().and_then(token_cluster_time) {
@@ -465,7 +465,7 @@ impl ChangeStreamSource {
         while let Some((status, token)) = ack_stream.next().await {
             acks.resolved(status, token);
         }
-        if let Err(e) = acks.flush(true) {
+        if let Err(e) = acks.flush(true).await {
             self.error("checkpoint_failed", &e.to_string());
             result = Err(());
         }
@@ -619,12 +619,12 @@ pub(super) async fn watch(
 /// The start check ([`state_check`]): the pipeline id to keep, or the
 /// refusal to start. `start_at = "now"` ignores the checkpoint by choice, so
 /// a gap it makes is logged, not refused.
-fn check_state(
+async fn check_state(
     config: &MongoDbChangeStreamConfig,
     cx: &SourceContext,
-    state: &StateFile,
+    state: &StateDoc,
 ) -> crate::Result<String> {
-    let checkpoint = state.load::<Checkpoint>()?;
+    let checkpoint = state.load::<Checkpoint>().await?;
     let start_at = config.start()?;
     let start = Start {
         at: &start_at,
@@ -639,13 +639,7 @@ fn check_state(
         losses.iter().filter(|l| !chosen(l)).cloned().collect()
     };
     if !refused.is_empty() {
-        return Err(refusal(
-            &cx.key,
-            &state.path().display().to_string(),
-            &start,
-            &refused,
-        )
-        .into());
+        return Err(refusal(&cx.key, &state.location(), &start, &refused).into());
     }
     for loss in &losses {
         tracing::error!(source = %cx.key, "{}", data_gap(&cx.key, &start, loss));

@@ -1,18 +1,15 @@
 //! The change log (`state.<generation>.log`): one JSON line per staged
-//! block or sealed file, fsynced per line, replayed over the snapshot on
-//! load. A torn last line is a write cut short by a crash, never
-//! acknowledged, so it is ignored.
+//! block or sealed file, each one append at the length the writer expects
+//! (so a stale writer, or a retry of an append that landed, writes
+//! nothing), replayed over the snapshot on load. In the local store an
+//! append is a write and an fdatasync: a torn last line is a write cut
+//! short by a crash, never acknowledged, so it is ignored.
 
-use std::{
-    fs,
-    io::Write as _,
-    path::{Path, PathBuf},
-};
-
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{FileKey, SinkState, StagedBlock};
-use crate::checkpoint::StateFileError;
+use crate::state_store::StateError;
 
 /// One line of the log.
 #[derive(Debug, Serialize, Deserialize)]
@@ -20,6 +17,11 @@ use crate::checkpoint::StateFileError;
 pub(super) enum Change {
     Staged {
         staged: StagedBlock,
+        at: i64,
+    },
+    /// A file is about to be sealed with its blocks as recorded.
+    Sealing {
+        key: FileKey,
         at: i64,
     },
     /// A file was sealed.
@@ -33,16 +35,29 @@ impl Change {
     /// When the change happened.
     pub(super) fn at(&self) -> i64 {
         match self {
-            Change::Staged { at, .. } | Change::Sealed { at, .. } => *at,
+            Change::Staged { at, .. } | Change::Sealing { at, .. } | Change::Sealed { at, .. } => {
+                *at
+            }
         }
     }
 }
 
 impl SinkState {
-    pub(super) fn log_path(&self, generation: u64) -> PathBuf {
-        self.file
-            .path()
-            .with_file_name(format!("state.{generation}.log"))
+    pub(super) fn log_name(generation: u64) -> String {
+        format!("state.{generation}.log")
+    }
+
+    /// The state logs (`state.<n>.log`) in the sink's folder.
+    pub(super) async fn log_names(&self) -> Result<Vec<String>, StateError> {
+        let names = self.state.list("state.").await?;
+        Ok(names
+            .into_iter()
+            .filter(|name| {
+                name.strip_prefix("state.")
+                    .and_then(|n| n.strip_suffix(".log"))
+                    .is_some_and(|g| g.parse::<u64>().is_ok())
+            })
+            .collect())
     }
 
     /// Applies the current generation's log. Loading only reads (`validate`
@@ -50,76 +65,46 @@ impl SinkState {
     /// by a crash during compaction; the snapshot holds them) and a torn
     /// last line (never acknowledged) are left for the next snapshot to
     /// clear, which comes before the next append.
-    pub(super) fn replay_log(&mut self) -> Result<(), StateFileError> {
-        let path = self.log_path(self.generation);
-        self.stale = log_files(&path).iter().any(|other| *other != path);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => return Err(StateFileError::Read { path, source }),
+    pub(super) async fn replay_log(&mut self) -> Result<(), StateError> {
+        let name = Self::log_name(self.generation);
+        self.stale = self.log_names().await?.iter().any(|other| *other != name);
+        let Some(bytes) = self.state.read_log(&name).await? else {
+            return Ok(());
         };
+        self.log = true;
         let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         for line in bytes[..complete]
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
         {
-            let change =
-                serde_json::from_slice(line).map_err(|source| StateFileError::Corrupt {
-                    path: path.clone(),
-                    source,
-                })?;
+            let change = serde_json::from_slice(line).map_err(|source| StateError::Corrupt {
+                name: self.state.location(&name),
+                source,
+            })?;
             self.apply(change);
         }
         if complete < bytes.len() {
-            tracing::warn!(path = %path.display(), "Ignoring a torn last line of the sink state log (a write interrupted by a crash; it was never acknowledged).");
+            tracing::warn!(log = %self.state.location(&name), "Ignoring a torn last line of the sink state log (a write interrupted by a crash; it was never acknowledged).");
             self.stale = true;
         }
         self.log_bytes = complete as u64;
         Ok(())
     }
 
-    /// Appends `change` to the current generation's log as one fsynced
-    /// line; the log is created (and its directory synced) on first use.
-    pub(super) fn append(&mut self, change: &Change) -> Result<(), StateFileError> {
-        let path = self.log_path(self.generation);
-        let write = |log: &mut Option<fs::File>, line: &[u8]| -> std::io::Result<()> {
-            if log.is_none() {
-                let f = fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)?;
-                // The new file's name must survive a crash too.
-                if let Some(dir) = path.parent() {
-                    fs::File::open(dir)?.sync_all()?;
-                }
-                *log = Some(f);
-            }
-            let f = log.as_mut().expect("opened above");
-            f.write_all(line)?;
-            f.sync_data()
-        };
+    /// Appends `change` to the current generation's log as one durable
+    /// line; the log is created on first use.
+    pub(super) async fn append(&mut self, change: &Change) -> Result<(), StateError> {
+        let name = Self::log_name(self.generation);
+        if !self.log {
+            self.state.create_log(&name).await?;
+            self.log = true;
+        }
         let mut line = serde_json::to_vec(change).expect("state serializes");
         line.push(b'\n');
-        write(&mut self.log, &line).map_err(|source| StateFileError::Write {
-            path: path.clone(),
-            source,
-        })?;
-        self.log_bytes += line.len() as u64;
+        self.log_bytes = self
+            .state
+            .append(&name, Bytes::from(line), self.log_bytes)
+            .await?;
         Ok(())
     }
-}
-
-/// The state logs (`state.<n>.log`) next to `log`.
-pub(super) fn log_files(log: &Path) -> Vec<PathBuf> {
-    let dir = log.parent().map(Path::to_path_buf).unwrap_or_default();
-    fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let generation = name.strip_prefix("state.")?.strip_suffix(".log")?;
-            generation.parse::<u64>().ok().map(|_| entry.path())
-        })
-        .collect()
 }

@@ -1,4 +1,4 @@
-//! The sink's durable state (`data_dir/<id>/`): for every open file its
+//! The sink's durable state (`<id>/` in the state store): for every open file its
 //! object name and staged blocks, and for every namespace window the
 //! highest source position already written and the next part number.
 //!
@@ -9,9 +9,10 @@
 //! reach its files in stream order, so "at or below" means "already
 //! written".
 //!
-//! On disk: a snapshot (`state.json`, replaced atomically) and a log of the
-//! changes since (`state.<generation>.log`, one JSON line per staged block
-//! or sealed file, fsynced per line). A change costs one short append, not
+//! In the store: a snapshot (`state.json`, replaced atomically from the
+//! version read) and a log of the changes since (`state.<generation>.log`,
+//! one JSON line per staged block or sealed file, each one durable append
+//! at the length the writer expects). A change costs one short append, not
 //! a rewrite of every open file and sealed window. When the log outgrows
 //! the snapshot, or at start and stop, a new snapshot with the next
 //! generation folds it in; a crash between the two leaves a log of an old
@@ -22,17 +23,16 @@ mod log;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    fs,
     sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
 
-use self::log::{log_files, Change};
+use self::log::Change;
 use crate::{
-    checkpoint::{StateFile, StateFileError},
     event::Position,
     lineage::{Mark, SinkStateReport},
+    state_store::{StateDoc, StateError, StateHandle},
 };
 
 /// The log is folded into a new snapshot once it is larger than this and
@@ -91,6 +91,14 @@ pub struct OpenFile {
     /// The source of the file's events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Arc<str>>,
+    /// With `commit = "on_seal"`: the intent to seal is recorded, so the
+    /// file takes no more blocks and its seal commits exactly `blocks`.
+    /// Whoever holds the state next completes that commit first: an agent
+    /// that lost its lease after recording the intent can then only
+    /// commit what the next one commits too (DESIGN.md, "State in the lake
+    /// and failover").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sealing: bool,
 }
 
 impl OpenFile {
@@ -139,10 +147,11 @@ pub struct StagedBlock {
 
 /// The state in memory, and where it is saved.
 pub struct SinkState {
-    file: StateFile,
+    state: StateHandle,
+    file: StateDoc,
     generation: u64,
-    /// The log of the current generation, once something was appended.
-    log: Option<fs::File>,
+    /// The log of the current generation exists.
+    log: bool,
     log_bytes: u64,
     snapshot_bytes: u64,
     /// Load found a torn line or logs of other generations: snapshot
@@ -156,14 +165,16 @@ pub struct SinkState {
 }
 
 impl SinkState {
-    pub fn load(file: StateFile) -> Result<Self, StateFileError> {
-        let persisted: Option<Persisted> = file.load()?;
+    /// Reads the state in `state` (the sink's folder of the store).
+    pub async fn load(state: StateHandle) -> Result<Self, StateError> {
+        let file = state.doc("state.json");
+        let persisted: Option<(Persisted, u64)> = file.load_sized().await?;
         let found = persisted.is_some();
-        let persisted = persisted.unwrap_or_default();
-        let snapshot_bytes = fs::metadata(file.path()).map_or(0, |m| m.len());
+        let (persisted, snapshot_bytes) = persisted.unwrap_or_default();
         let mut state = Self {
+            state,
             generation: persisted.generation,
-            log: None,
+            log: false,
             log_bytes: 0,
             snapshot_bytes,
             stale: false,
@@ -181,7 +192,7 @@ impl SinkState {
             found,
             file,
         };
-        state.replay_log()?;
+        state.replay_log().await?;
         state.found |= !state.open.is_empty() || !state.sealed.is_empty();
         Ok(state)
     }
@@ -221,6 +232,7 @@ impl SinkState {
                     high_water: None,
                     opened_at: at,
                     source,
+                    sealing: false,
                 });
                 file.bytes += block.bytes;
                 file.events += block.events;
@@ -231,6 +243,11 @@ impl SinkState {
                     file.high_water = high_water;
                 }
                 file.blocks.push(block);
+            }
+            Change::Sealing { key, .. } => {
+                if let Some(file) = self.open.get_mut(&key) {
+                    file.sealing = true;
+                }
             }
             Change::Sealed { key, at } => {
                 let Some(file) = self.open.remove(&key) else {
@@ -254,41 +271,59 @@ impl SinkState {
     }
 
     /// Makes a change durable (one fsynced line), then applies it.
-    fn record(&mut self, change: Change) -> Result<(), StateFileError> {
+    async fn record(&mut self, change: Change) -> Result<(), StateError> {
         let at = change.at();
         if self.stale {
-            self.save(at)?;
+            self.save(at).await?;
         }
-        self.append(&change)?;
+        self.append(&change).await?;
         self.apply(change);
         if self.log_bytes > COMPACT_AFTER_BYTES.max(self.snapshot_bytes) {
-            self.save(at)?;
+            self.save(at).await?;
         }
         Ok(())
     }
 
     /// Records a staged block (opening its file), and returns the file.
-    pub fn staged(&mut self, staged: StagedBlock, now: i64) -> Result<&OpenFile, StateFileError> {
+    pub async fn staged(&mut self, staged: StagedBlock, now: i64) -> Result<&OpenFile, StateError> {
         let key = staged.key.clone();
-        self.record(Change::Staged { staged, at: now })?;
+        self.record(Change::Staged { staged, at: now }).await?;
         Ok(&self.open[&key])
     }
 
+    /// Records the intent to seal an open file with its blocks as they
+    /// are (`commit = "on_seal"`), before the commit is sent.
+    pub async fn sealing(&mut self, key: &FileKey, now: i64) -> Result<(), StateError> {
+        if self.open.get(key).is_none_or(|f| f.sealing) {
+            return Ok(());
+        }
+        self.record(Change::Sealing {
+            key: key.clone(),
+            at: now,
+        })
+        .await
+    }
+
     /// Records that an open file was sealed, and returns it.
-    pub fn sealed(&mut self, key: &FileKey, now: i64) -> Result<Option<OpenFile>, StateFileError> {
+    pub async fn sealed(
+        &mut self,
+        key: &FileKey,
+        now: i64,
+    ) -> Result<Option<OpenFile>, StateError> {
         let Some(file) = self.open.get(key).cloned() else {
             return Ok(None);
         };
         self.record(Change::Sealed {
             key: key.clone(),
             at: now,
-        })?;
+        })
+        .await?;
         Ok(Some(file))
     }
 
     /// Writes a snapshot of the whole state with the next generation and
     /// starts a new log; sealed windows past their retention are dropped.
-    pub fn save(&mut self, now: i64) -> Result<(), StateFileError> {
+    pub async fn save(&mut self, now: i64) -> Result<(), StateError> {
         let marks = &mut self.marks;
         self.sealed.retain(|_, s| {
             let keep = now - s.sealed_at < SEALED_RETENTION_SECS;
@@ -304,26 +339,23 @@ impl SinkState {
         open.sort_by(|a, b| a.key.cmp(&b.key));
         let mut sealed: Vec<SealedWindow> = self.sealed.values().cloned().collect();
         sealed.sort_by(|a, b| a.key.cmp(&b.key));
-        let old_logs = log_files(&self.log_path(self.generation));
-        self.file.save(&Persisted {
-            generation: self.generation + 1,
-            open,
-            sealed,
-            marks: self.marks.clone(),
-        })?;
+        let old_logs = self.log_names().await?;
+        self.snapshot_bytes = self
+            .file
+            .save(&Persisted {
+                generation: self.generation + 1,
+                open,
+                sealed,
+                marks: self.marks.clone(),
+            })
+            .await?;
         self.generation += 1;
-        self.log = None;
+        self.log = false;
         self.log_bytes = 0;
-        self.snapshot_bytes = fs::metadata(self.file.path()).map_or(0, |m| m.len());
         self.stale = false;
         // Every log so far is in the snapshot.
-        for path in old_logs {
-            match fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(StateFileError::Write { path, source: e });
-                }
-                _ => {}
-            }
+        for name in old_logs {
+            self.state.delete(&name).await?;
         }
         Ok(())
     }
@@ -396,7 +428,7 @@ impl SinkState {
     pub fn report(&self, sink: &str, lake_file: Option<String>) -> SinkStateReport {
         SinkStateReport {
             sink: sink.to_string(),
-            location: self.file.path().display().to_string(),
+            location: self.file.location(),
             found: self.found,
             written: !self.open.is_empty() || !self.sealed.is_empty(),
             marks: self.marks.clone(),
@@ -408,11 +440,11 @@ impl SinkState {
     pub fn describe(&self) -> Vec<String> {
         use crate::internal_events::{age, rfc3339};
         if !self.found {
-            return vec![format!("no state ({})", self.file.path().display())];
+            return vec![format!("no state ({})", self.file.location())];
         }
         let mut lines = vec![format!(
             "state {}: {} open file(s), {} sealed window(s) remembered",
-            self.file.path().display(),
+            self.file.location(),
             self.open.len(),
             self.sealed.len()
         )];
@@ -508,8 +540,8 @@ mod tests {
         Some(Position(p.into()))
     }
 
-    fn load(dir: &Path) -> SinkState {
-        SinkState::load(StateFile::new(dir, "state.json").unwrap()).unwrap()
+    async fn load(dir: &Path) -> SinkState {
+        SinkState::load(StateHandle::local(dir)).await.unwrap()
     }
 
     /// What a reload must reproduce.
@@ -524,22 +556,23 @@ mod tests {
         out
     }
 
-    #[test]
-    fn high_water_spans_open_and_sealed_parts() {
+    #[tokio::test]
+    async fn high_water_spans_open_and_sealed_parts() {
         let dir = tempfile::tempdir().unwrap();
-        let mut state = load(dir.path());
+        let mut state = load(dir.path()).await;
         let k = key("c");
         state
             .staged(sb(&k, 0, "o", block("a"), pos("01"), pos("05")), 0)
+            .await
             .unwrap();
-        state.sealed(&k, 100).unwrap().unwrap();
+        state.sealed(&k, 100).await.unwrap().unwrap();
         assert_eq!(state.next_part(&k), 1);
         assert_eq!(state.high_water(&k), pos("05").as_ref());
-        state.save(100).unwrap();
+        state.save(100).await.unwrap();
 
-        let mut state = load(dir.path());
+        let mut state = load(dir.path()).await;
         assert_eq!(state.high_water(&k), pos("05").as_ref());
-        state.save(100 + SEALED_RETENTION_SECS).unwrap();
+        state.save(100 + SEALED_RETENTION_SECS).await.unwrap();
         assert_eq!(
             state.high_water(&k),
             None,
@@ -550,23 +583,25 @@ mod tests {
     /// Every change is in the log the moment `staged`/`sealed` return: a
     /// reload without any snapshot reproduces the state, and the snapshot
     /// file is not rewritten per change.
-    #[test]
-    fn changes_survive_a_crash_through_the_log() {
+    #[tokio::test]
+    async fn changes_survive_a_crash_through_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let mut state = load(dir.path());
-        state.save(0).unwrap();
+        let mut state = load(dir.path()).await;
+        state.save(0).await.unwrap();
         let snapshot = std::fs::read(dir.path().join("state.json")).unwrap();
         for (i, coll) in ["a", "b", "c"].iter().enumerate() {
             for j in 0..3 {
                 let hw = format!("{i}{j}");
                 state
                     .staged(sb(&key(coll), 0, coll, block(&hw), pos("00"), pos(&hw)), 5)
+                    .await
                     .unwrap();
             }
         }
-        state.sealed(&key("b"), 7).unwrap().unwrap();
+        state.sealed(&key("b"), 7).await.unwrap().unwrap();
         state
             .staged(sb(&key("b"), 1, "b-1", block("x"), pos("13"), pos("13")), 8)
+            .await
             .unwrap();
         assert_eq!(
             std::fs::read(dir.path().join("state.json")).unwrap(),
@@ -574,7 +609,7 @@ mod tests {
         );
         let expected = summary(&state);
         drop(state); // no save: a crash
-        let reloaded = load(dir.path());
+        let reloaded = load(dir.path()).await;
         assert_eq!(summary(&reloaded), expected);
         assert_eq!(reloaded.open[&key("a")].blocks.len(), 3);
         assert_eq!(reloaded.open[&key("b")].part, 1);
@@ -584,40 +619,43 @@ mod tests {
     /// A line cut short by a crash was never acknowledged: it is dropped,
     /// and appends after the reload start on a clean line. Loading writes
     /// nothing (`validate` may load a running agent's state).
-    #[test]
-    fn a_torn_last_line_is_dropped() {
+    #[tokio::test]
+    async fn a_torn_last_line_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let mut state = load(dir.path());
+        let mut state = load(dir.path()).await;
         state
             .staged(sb(&key("a"), 0, "o", block("1"), None, pos("01")), 0)
+            .await
             .unwrap();
         let log = dir.path().join(format!("state.{}.log", state.generation));
         drop(state);
-        let mut f = fs::OpenOptions::new().append(true).open(&log).unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
         f.write_all(br#"{"staged":{"key":{"db":"d","#).unwrap();
         drop(f);
         let torn = std::fs::read(&log).unwrap();
-        let mut state = load(dir.path());
+        let mut state = load(dir.path()).await;
         assert_eq!(std::fs::read(&log).unwrap(), torn, "load only reads");
         assert_eq!(state.open[&key("a")].blocks.len(), 1);
         state
             .staged(sb(&key("a"), 0, "o", block("2"), None, pos("02")), 0)
+            .await
             .unwrap();
         drop(state);
-        let state = load(dir.path());
+        let state = load(dir.path()).await;
         assert_eq!(state.open[&key("a")].block_ids(), vec!["1", "2"]);
         assert_eq!(state.high_water(&key("a")), pos("02").as_ref());
     }
 
     /// A complete line that does not parse is not a torn write: refuse to
     /// guess, naming the file.
-    #[test]
-    fn a_corrupt_line_is_an_error() {
+    #[tokio::test]
+    async fn a_corrupt_line_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let state = load(dir.path());
+        let state = load(dir.path()).await;
         let log = dir.path().join(format!("state.{}.log", state.generation));
         std::fs::write(&log, "garbage\n").unwrap();
-        let err = SinkState::load(StateFile::new(dir.path(), "state.json").unwrap())
+        let err = SinkState::load(StateHandle::local(dir.path()))
+            .await
             .err()
             .unwrap()
             .to_string();
@@ -626,10 +664,10 @@ mod tests {
 
     /// A big log is folded into a new snapshot; a crash after the snapshot
     /// and before the old log was deleted must not apply that log twice.
-    #[test]
-    fn compaction_folds_the_log_once() {
+    #[tokio::test]
+    async fn compaction_folds_the_log_once() {
         let dir = tempfile::tempdir().unwrap();
-        let mut state = load(dir.path());
+        let mut state = load(dir.path()).await;
         let mut n = 0u64;
         while state.generation == 0 {
             n += 1;
@@ -638,6 +676,7 @@ mod tests {
                     sb(&key("a"), 0, "o", block(&format!("{n:040}")), None, None),
                     0,
                 )
+                .await
                 .unwrap();
         }
         assert!(n > 1000, "compacted after {n} blocks");
@@ -655,31 +694,35 @@ mod tests {
         std::fs::write(dir.path().join("state.0.log"), old).unwrap();
         let expected = summary(&state);
         drop(state);
-        let mut state = load(dir.path());
+        let mut state = load(dir.path()).await;
         assert_eq!(summary(&state), expected);
         assert_eq!(state.open[&key("a")].blocks.len() as u64, n);
         assert!(dir.path().join("state.0.log").exists(), "load only reads");
         state
             .staged(sb(&key("a"), 0, "o", block("next"), None, None), 0)
+            .await
             .unwrap();
         assert!(
             !dir.path().join("state.0.log").exists(),
             "stale log deleted"
         );
         drop(state);
-        assert_eq!(load(dir.path()).open[&key("a")].blocks.len() as u64, n + 1);
+        assert_eq!(
+            load(dir.path()).await.open[&key("a")].blocks.len() as u64,
+            n + 1
+        );
     }
 
     /// A `state.json` written before the log existed loads as generation 0.
-    #[test]
-    fn loads_a_snapshot_without_generation() {
+    #[tokio::test]
+    async fn loads_a_snapshot_without_generation() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("state.json"),
             r#"{"open":[],"sealed":[{"key":{"db":"d","coll":"c","window_start":0},"next_part":2,"high_water":"09","sealed_at":0}]}"#,
         )
         .unwrap();
-        let state = load(dir.path());
+        let state = load(dir.path()).await;
         assert_eq!(state.generation, 0);
         assert_eq!(state.next_part(&key("c")), 2);
     }

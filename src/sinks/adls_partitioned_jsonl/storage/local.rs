@@ -316,7 +316,7 @@ impl LocalStorage {
         let inode = fs::metadata(tmp).map_err(|e| io_err("stat", tmp, e))?.ino();
         let manifest = self.manifest_path(name, inode);
         fs::create_dir_all(self.block_dir(name)).map_err(|e| io_err("create", &manifest, e))?;
-        crate::checkpoint::write_atomic(&manifest, block_ids.join("\n").as_bytes())
+        write_atomic(&manifest, block_ids.join("\n").as_bytes())
             .map_err(|e| io_err("write", &manifest, e))?;
         let done = match condition {
             Condition::Absent => match fs::hard_link(tmp, target) {
@@ -514,6 +514,23 @@ fn writable(path: &Path) -> bool {
     };
     // SAFETY: `c` is a valid NUL-terminated path for the call's duration.
     unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// Writes `bytes` to `path` via a fsynced temporary file and a rename, so a
+/// crash leaves the old content or the new, never a mix.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        // Make the rename itself durable.
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,330 @@
+//! One agent of a group (`[state] store = "azure_blob"`): it stands by
+//! until it wins the leader lease, takes the pipeline's state blobs over
+//! with that term's lease id, runs the components on them, and ends the
+//! term in one of three ways:
+//! - a signal (SIGTERM, SIGINT): the components drain as usual, then the
+//!   state leases and the leader lease are released, so a standby takes
+//!   over within its poll interval, and the agent exits;
+//! - the term is lost (a renew refused, or none accepted before the
+//!   deadline): the components are stopped at once, without draining
+//!   (their writes would be refused anyway), and the agent stands by
+//!   again. Unacknowledged events are replayed by whoever is active next;
+//! - a state write is refused by the lease (another term took the state
+//!   over, e.g. after storage forgot this term's leases) before the
+//!   election noticed: the components have stopped on the error; the
+//!   agent gives its leader lease up and stands by again with a new
+//!   election;
+//! - the components end by themselves (a component failed): both leases
+//!   are released and the agent exits non-zero, for its supervisor to
+//!   restart it while a standby takes over.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::{
+    future::{BoxFuture, Shared},
+    FutureExt,
+};
+use tokio::sync::watch;
+
+use super::{ElectionSettings, Elector, LeaderBlob, Leadership};
+use crate::{
+    config::{state::AzureState, Config},
+    state_store::{AzureStateStore, Fence, StateHandle, StateStore, StateStoreError},
+    topology::{Outcome, Topology},
+};
+
+/// A signal future that every stage of the run can wait on.
+pub type Signal = Shared<BoxFuture<'static, ()>>;
+
+/// What [`run`] needs besides the configuration.
+pub struct RunOptions {
+    pub graceful_limit: Duration,
+    pub require_healthy: bool,
+    /// The first SIGTERM/SIGINT, and the one after it.
+    pub first: Signal,
+    pub second: Signal,
+}
+
+/// Exit codes, as the CLI's.
+const EXIT_FAILED: i32 = 1;
+const EXIT_CONFIG: i32 = 78;
+
+/// How a term ended.
+enum TermEnd {
+    /// A signal: drained; exit with this code.
+    Signal(i32),
+    /// The lease was lost: stand by again.
+    Lost,
+    /// A state write was refused by the lease: give the leader lease up
+    /// and stand by again.
+    Fenced,
+    /// The components ended by themselves, or the term could not start:
+    /// exit with this code.
+    Finished(i32),
+}
+
+/// Runs the agent as a member of its group until a signal or a failure;
+/// returns the exit code. `fail` reports a startup error (stderr and log).
+pub async fn run(config: &Config, options: RunOptions, fail: &(dyn Fn(&str) + Sync)) -> i32 {
+    let Some(azure) = config.global.state.azure() else {
+        fail("Error: `[state]` is not an azure_blob store");
+        return EXIT_CONFIG;
+    };
+    let (store, mut elector) = match start(&azure).await {
+        Ok(started) => started,
+        Err(message) => {
+            fail(&format!("Error: {message}"));
+            return EXIT_CONFIG;
+        }
+    };
+    crate::health::set_role("standby");
+    tracing::info!(
+        pipeline = azure.id,
+        "Standing by for pipeline {:?}: state in {}; this agent becomes active when it holds the leader lease.",
+        azure.id,
+        store.location()
+    );
+    let mut leadership = elector.subscribe();
+    loop {
+        let lease_id = tokio::select! {
+            active = leadership.wait_for(|l| matches!(l, Leadership::Active { .. })) => match active {
+                Ok(l) => match &*l {
+                    Leadership::Active { lease_id, .. } => lease_id.clone(),
+                    _ => unreachable!("waited for Active"),
+                },
+                Err(_) => return EXIT_FAILED,
+            },
+            _ = options.first.clone() => {
+                tracing::info!("Stopped while standing by; nothing was running.");
+                if let Err(e) = elector.release().await {
+                    tracing::warn!("Could not release the leader lease: {e}");
+                }
+                return 0;
+            }
+        };
+        crate::health::set_role("active");
+        let fence = Fence::Lease(lease_id.clone());
+        let end = term(config, &options, &store, &elector, &fence, &lease_id).await;
+        match end {
+            TermEnd::Lost => {
+                let reason = match elector.leadership() {
+                    Leadership::Lost { reason } => reason.to_string(),
+                    other => format!("{other:?}"),
+                };
+                tracing::warn!(
+                    pipeline = azure.id,
+                    "Stepped down: {reason}. The components stopped without draining; what they had not made durable is replayed by the next active agent. Standing by again."
+                );
+                crate::health::forget_components();
+                crate::health::set_role("standby");
+                elector.rejoin();
+            }
+            TermEnd::Fenced => {
+                tracing::warn!(
+                    pipeline = azure.id,
+                    "Stepped down: a state write was refused by the lease (another term took the state over, or storage no longer knows this term's lease). Standing by again with a new election."
+                );
+                crate::health::forget_components();
+                crate::health::set_role("standby");
+                // Whatever this term still holds of the leader lease goes
+                // back; a new election stands by for the next term.
+                let _ = elector.release().await;
+                elector = match elect(&azure) {
+                    Ok(elector) => elector,
+                    Err(message) => {
+                        tracing::error!("{message}");
+                        return EXIT_FAILED;
+                    }
+                };
+                leadership = elector.subscribe();
+            }
+            TermEnd::Signal(code) | TermEnd::Finished(code) => {
+                // State leases first: once the leader lease is free a
+                // standby takes over, and finds the state free too.
+                if let Err(e) = store.release(&fence).await {
+                    tracing::warn!("Could not release the state leases (they expire by themselves within `lease_secs`): {e}");
+                }
+                if let Err(e) = elector.release().await {
+                    tracing::warn!("Could not release the leader lease (it expires by itself within `lease_secs`): {e}");
+                }
+                return code;
+            }
+        }
+    }
+}
+
+/// Builds the store and the leader blob (creating the container if asked)
+/// and starts the election.
+async fn start(azure: &AzureState<'_>) -> Result<(Arc<AzureStateStore>, Elector), String> {
+    let store = AzureStateStore::new(
+        azure.account_url,
+        azure.container,
+        azure.auth,
+        azure.id,
+        azure.lease_secs,
+    )
+    .map_err(|e| format!("`[state]`: {e}"))?;
+    let elector = elect(azure)?;
+    if azure.create_container {
+        create_container(azure).await?;
+    }
+    Ok((Arc::new(store), elector))
+}
+
+/// Starts standing by in a new election of the pipeline.
+fn elect(azure: &AzureState<'_>) -> Result<Elector, String> {
+    let leader = LeaderBlob::new(azure.account_url, azure.container, azure.auth, azure.id)
+        .map_err(|e| format!("`[state]`: {e}"))?;
+    let settings = ElectionSettings::new(azure.lease_secs).map_err(|e| e.to_string())?;
+    Ok(Elector::start(azure.id, leader, settings))
+}
+
+async fn create_container(azure: &AzureState<'_>) -> Result<(), String> {
+    use crate::sinks::azure_common::{classify, client::ContainerAccess, AzureFailure};
+    let access = ContainerAccess::new(azure.account_url, azure.container, azure.auth)?;
+    let client = access
+        .container_client()
+        .map_err(|e| crate::redact::text(&e.to_string()))?;
+    match client.create(None).await {
+        Ok(_) => {
+            tracing::info!("Created the state container {}.", access.describe());
+            Ok(())
+        }
+        Err(e) => match classify(&e) {
+            AzureFailure::Answered { code, .. } if code == "ContainerAlreadyExists" => Ok(()),
+            _ => Err(format!(
+                "could not create the state container {} (`state.create_container`): {}",
+                access.describe(),
+                crate::redact::text(&e.to_string())
+            )),
+        },
+    }
+}
+
+/// Resolves once `lease_id`'s term is over (the election says so).
+fn term_over(mut leadership: watch::Receiver<Leadership>, lease_id: String) -> Signal {
+    async move {
+        let _ = leadership
+            .wait_for(|l| !matches!(l, Leadership::Active { lease_id: id, .. } if *id == lease_id))
+            .await;
+    }
+    .boxed()
+    .shared()
+}
+
+/// One term: take the state over, run the components, end.
+async fn term(
+    config: &Config,
+    options: &RunOptions,
+    store: &Arc<AzureStateStore>,
+    elector: &Elector,
+    fence: &Fence,
+    lease_id: &str,
+) -> TermEnd {
+    let lost = term_over(elector.subscribe(), lease_id.to_string());
+    let taken = tokio::select! {
+        taken = take_over(store, fence) => taken,
+        _ = lost.clone() => return TermEnd::Lost,
+        _ = options.first.clone() => return TermEnd::Signal(0),
+    };
+    let names = match taken {
+        Ok(names) => names,
+        Err(e) if e.is_fenced() => return TermEnd::Fenced,
+        Err(e) => {
+            tracing::error!("Could not take over the pipeline's state: {e}");
+            return TermEnd::Finished(EXIT_FAILED);
+        }
+    };
+    tracing::info!(
+        state_objects = names.len(),
+        "Took over the pipeline's state ({} object(s) in {}); starting the components from it.",
+        names.len(),
+        store.location()
+    );
+    let state = StateHandle::new(Arc::clone(store) as Arc<dyn StateStore>, fence.clone())
+        .with_leadership(elector.subscribe());
+    let started = tokio::select! {
+        started = Topology::start(config, Some(state.clone()), options.require_healthy) => started,
+        _ = lost.clone() => return TermEnd::Lost,
+        _ = options.first.clone() => return TermEnd::Signal(0),
+    };
+    let topology = match started {
+        Ok(topology) => topology,
+        Err(_) if state.was_fenced() => return TermEnd::Fenced,
+        Err(lines) => {
+            for line in lines {
+                tracing::error!("{line}");
+            }
+            return TermEnd::Finished(EXIT_CONFIG);
+        }
+    };
+    let renewer = tokio::spawn(renew_state(
+        Arc::clone(store),
+        fence.clone(),
+        elector.subscribe(),
+    ));
+    let shutdown = futures::future::select(options.first.clone(), lost.clone()).map(|_| ());
+    let force = futures::future::select(options.second.clone(), lost.clone()).map(|_| ());
+    let outcome = topology
+        .run(shutdown.boxed(), force.boxed(), options.graceful_limit)
+        .await;
+    renewer.abort();
+    let code = match outcome {
+        Outcome::Clean => 0,
+        Outcome::Failed => EXIT_FAILED,
+    };
+    if lost.peek().is_some() {
+        TermEnd::Lost
+    } else if options.first.peek().is_some() {
+        TermEnd::Signal(code)
+    } else if state.was_fenced() {
+        TermEnd::Fenced
+    } else {
+        TermEnd::Finished(code)
+    }
+}
+
+/// Takes the state over, retrying while storage is unavailable (the term
+/// ends by itself if that lasts past its deadline).
+async fn take_over(store: &AzureStateStore, fence: &Fence) -> Result<Vec<String>, StateStoreError> {
+    loop {
+        match store.take_over(fence).await {
+            Err(e @ StateStoreError::Unavailable { .. }) => {
+                tracing::warn!("Taking over the state: {e}; retrying in 1s.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Renews the state leases after each renew of the leader lease, for as
+/// long as the term lasts.
+async fn renew_state(
+    store: Arc<AzureStateStore>,
+    fence: Fence,
+    mut leadership: watch::Receiver<Leadership>,
+) {
+    let Fence::Lease(ours) = &fence else { return };
+    let mut last = None;
+    loop {
+        let renewed = match &*leadership.borrow_and_update() {
+            Leadership::Active {
+                lease_id,
+                last_renewed,
+                ..
+            } if lease_id == ours => Some(*last_renewed),
+            _ => None,
+        };
+        let Some(renewed) = renewed else { return };
+        if last != Some(renewed) {
+            last = Some(renewed);
+            if let Err(e) = store.renew(&fence).await {
+                tracing::warn!("Could not renew the state leases: {e}");
+            }
+        }
+        if leadership.changed().await.is_err() {
+            return;
+        }
+    }
+}

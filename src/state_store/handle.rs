@@ -1,0 +1,314 @@
+//! What components hold of the state store: the store, the fence of the
+//! current term, and the folder of one component (`<component id>/`).
+//! Components name their objects relative to that folder
+//! (`checkpoint.json`, `state.json`, `state.3.log`), so the local store
+//! keeps today's `data_dir/<component id>/` layout and the Azure store
+//! puts the same names under `<container>/<pipeline id>/<component id>/`.
+
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Serialize};
+use snafu::Snafu;
+use tokio::sync::watch;
+
+use super::{Fence, LocalStateStore, StateStore, StateStoreError, Version};
+use crate::ha::Leadership;
+
+/// A state operation that failed.
+#[derive(Debug, Snafu)]
+pub enum StateError {
+    #[snafu(display("{source}"))]
+    Store { source: StateStoreError },
+    #[snafu(display(
+        "state {name} is corrupt ({source}); restore it from a backup. Without it the start check refuses to start and says what is lost; `--accept-data-gap` then starts anyway and logs the gap"
+    ))]
+    Corrupt {
+        name: String,
+        source: serde_json::Error,
+    },
+}
+
+impl StateError {
+    /// Whether the writer's term is over (the lease refused the write, or
+    /// the term passed its deadline before the write was sent).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, Self::Store { source } if source.is_fenced())
+    }
+}
+
+impl From<StateStoreError> for StateError {
+    fn from(source: StateStoreError) -> Self {
+        Self::Store { source }
+    }
+}
+
+/// The state of one component (or, unscoped, of the whole pipeline).
+#[derive(Clone)]
+pub struct StateHandle {
+    store: Arc<dyn StateStore>,
+    fence: Fence,
+    /// `""` or `"<component id>/"`.
+    prefix: String,
+    /// Under a leader lease: checked before every write, so a term past its
+    /// deadline sends nothing even before the election says it is over.
+    /// The service-side lease check is what fences; this only narrows the
+    /// window in which a stale writer tries.
+    leadership: Option<watch::Receiver<Leadership>>,
+    /// Set, for every clone, once a write was refused as fenced: the term
+    /// is over even if the election has not noticed yet.
+    fenced: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for StateHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StateHandle({})", self.location(""))
+    }
+}
+
+impl StateHandle {
+    pub fn new(store: Arc<dyn StateStore>, fence: Fence) -> Self {
+        Self {
+            store,
+            fence,
+            prefix: String::new(),
+            leadership: None,
+            fenced: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Whether a write through this handle (or a clone) was refused
+    /// because another term holds the state.
+    pub fn was_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Relaxed)
+    }
+
+    /// Passes a store result on, noting a fenced refusal.
+    fn noted<T>(&self, result: Result<T, StateStoreError>) -> Result<T, StateError> {
+        if let Err(e) = &result {
+            if e.is_fenced() {
+                self.fenced.store(true, Ordering::Relaxed);
+            }
+        }
+        Ok(result?)
+    }
+
+    /// Files under `dir` (a `data_dir`), unfenced.
+    pub fn local(dir: impl Into<std::path::PathBuf>) -> Self {
+        Self::new(Arc::new(LocalStateStore::new(dir)), Fence::None)
+    }
+
+    /// The same handle, refusing writes once `leadership` no longer holds
+    /// this handle's lease.
+    pub fn with_leadership(self, leadership: watch::Receiver<Leadership>) -> Self {
+        Self {
+            leadership: Some(leadership),
+            ..self
+        }
+    }
+
+    /// The folder of component `id`.
+    pub fn component(&self, id: &str) -> Self {
+        Self {
+            prefix: format!("{}{id}/", self.prefix),
+            ..self.clone()
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    pub fn fence(&self) -> &Fence {
+        &self.fence
+    }
+
+    /// Where `name` lives, for messages (a path, or a blob URL without SAS).
+    pub fn location(&self, name: &str) -> String {
+        format!(
+            "{}/{}{name}",
+            self.store.location().trim_end_matches('/'),
+            self.prefix
+        )
+    }
+
+    fn full(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// The fence to write with, or `Fenced` when the term is over.
+    fn writing(&self, what: &'static str, name: &str) -> Result<&Fence, StateError> {
+        if let (Some(rx), Fence::Lease(id)) = (&self.leadership, &self.fence) {
+            if rx.borrow().lease_id() != Some(id.as_str()) {
+                return self.noted(Err(StateStoreError::Fenced {
+                    what,
+                    blob: self.location(name),
+                    code: "the term ended (its lease was lost or its renew deadline passed)".into(),
+                }));
+            }
+        }
+        Ok(&self.fence)
+    }
+
+    /// One JSON document of this folder.
+    pub fn doc(&self, name: &str) -> StateDoc {
+        StateDoc {
+            handle: self.clone(),
+            name: name.to_string(),
+            version: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    pub async fn create_log(&self, name: &str) -> Result<(), StateError> {
+        let fence = self.writing("create log", name)?;
+        self.noted(self.store.create_log(&self.full(name), fence).await)
+    }
+
+    pub async fn append(&self, name: &str, bytes: Bytes, at: u64) -> Result<u64, StateError> {
+        let fence = self.writing("append", name)?;
+        self.noted(self.store.append(&self.full(name), bytes, at, fence).await)
+    }
+
+    pub async fn read_log(&self, name: &str) -> Result<Option<Bytes>, StateError> {
+        Ok(self.store.read_log(&self.full(name)).await?)
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), StateError> {
+        let fence = self.writing("delete", name)?;
+        self.noted(self.store.delete(&self.full(name), fence).await)
+    }
+
+    /// The names in this folder that start with `prefix`, relative to the
+    /// folder.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StateError> {
+        let names = self.store.list(&self.full(prefix)).await?;
+        Ok(names
+            .into_iter()
+            .filter_map(|n| n.strip_prefix(&self.prefix).map(str::to_string))
+            .collect())
+    }
+}
+
+/// A JSON document replaced whole. Clones share the version last read or
+/// written, so every writer of the document writes from the newest one; a
+/// write from any other version (another writer's) fails.
+#[derive(Clone, Debug)]
+pub struct StateDoc {
+    handle: StateHandle,
+    name: String,
+    version: Arc<Mutex<Option<Version>>>,
+}
+
+impl StateDoc {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where the document lives, for messages.
+    pub fn location(&self) -> String {
+        self.handle.location(&self.name)
+    }
+
+    /// Reads the document, or `None` when it does not exist yet; later
+    /// saves replace the version read.
+    pub async fn load<T: DeserializeOwned>(&self) -> Result<Option<T>, StateError> {
+        Ok(self.load_sized().await?.map(|(value, _)| value))
+    }
+
+    /// [`Self::load`], with the document's size in bytes.
+    pub async fn load_sized<T: DeserializeOwned>(&self) -> Result<Option<(T, u64)>, StateError> {
+        let read = self
+            .handle
+            .store
+            .read(&self.handle.full(&self.name))
+            .await?;
+        let Some((bytes, version)) = read else {
+            *self.version.lock().expect("not poisoned") = None;
+            return Ok(None);
+        };
+        let value = serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+            name: self.location(),
+            source,
+        })?;
+        *self.version.lock().expect("not poisoned") = Some(version);
+        Ok(Some((value, bytes.len() as u64)))
+    }
+
+    /// Replaces the document atomically and durably, from the version last
+    /// read or written (or only if it does not exist, when none was), and
+    /// returns its size in bytes.
+    pub async fn save<T: Serialize>(&self, value: &T) -> Result<u64, StateError> {
+        let bytes = Bytes::from(serde_json::to_vec_pretty(value).expect("state serializes"));
+        let size = bytes.len() as u64;
+        let fence = self.handle.writing("replace", &self.name)?;
+        let expected = self.version.lock().expect("not poisoned").clone();
+        let replaced = self
+            .handle
+            .store
+            .replace(
+                &self.handle.full(&self.name),
+                bytes,
+                expected.as_ref(),
+                fence,
+            )
+            .await;
+        let version = self.handle.noted(replaced)?;
+        *self.version.lock().expect("not poisoned") = Some(version);
+        Ok(size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn documents_round_trip_and_refuse_other_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateHandle::local(dir.path()).component("src");
+        let doc = state.doc("checkpoint.json");
+        assert_eq!(doc.load::<u32>().await.unwrap(), None);
+        doc.save(&1u32).await.unwrap();
+        assert!(dir.path().join("src/checkpoint.json").exists());
+        // A clone shares the version: it writes from the newest one.
+        doc.clone().save(&2u32).await.unwrap();
+        doc.save(&3u32).await.unwrap();
+        assert_eq!(doc.load::<u32>().await.unwrap(), Some(3));
+
+        // A second handle that read before the last write cannot write.
+        let other = state.doc("checkpoint.json");
+        other.load::<u32>().await.unwrap();
+        doc.save(&4u32).await.unwrap();
+        let err = other.save(&5u32).await.unwrap_err();
+        assert!(err.to_string().contains("did not hold"), "{err}");
+
+        std::fs::write(dir.path().join("src/checkpoint.json"), b"{not json").unwrap();
+        let err = doc.load::<u32>().await.unwrap_err();
+        assert!(err.to_string().contains("corrupt"), "{err}");
+        assert!(err.to_string().contains("src/checkpoint.json"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn lists_relative_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StateHandle::local(dir.path());
+        let a = root.component("a");
+        a.doc("state.json").save(&1u32).await.unwrap();
+        a.create_log("state.1.log").await.unwrap();
+        root.component("ab")
+            .doc("x.json")
+            .save(&1u32)
+            .await
+            .unwrap();
+        assert_eq!(
+            a.list("state.").await.unwrap(),
+            vec!["state.1.log".to_string(), "state.json".to_string()]
+        );
+    }
+}

@@ -1,0 +1,434 @@
+//! Agents of one pipeline with their state in the storage account
+//! (`[state] store = "azure_blob"`, no `data_dir`): one active, the others
+//! standing by; a standby takes over when the active is killed, hands over
+//! at once on SIGTERM, and an active paused past its lease changes nothing
+//! when it wakes and steps down. Real mongod, real Azurite (on disk, so it
+//! can be restarted mid-test); every change must reach the lake exactly
+//! once, in stream order within each file.
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use mongodb::bson::{doc, Document};
+use serde_json::Value;
+use support::{eventually, free_port, http_get, Agent, Azurite, Lake, Mongod, AZURITE_KEY};
+
+const LEASE_SECS: u64 = 15;
+
+/// An agent of pipeline `orders` with its API on `api_port`.
+fn config(
+    dir: &Path,
+    name: &str,
+    mongo: &str,
+    account_url: &str,
+    api_port: u16,
+    commit: &str,
+) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+api.address = "127.0.0.1:{api_port}"
+
+[state]
+store = "azure_blob"
+account_url = "{account_url}"
+container = "state"
+create_container = true
+auth.shared_key = "{AZURITE_KEY}"
+id = "orders"
+lease_secs = {LEASE_SECS}
+
+[sources.mongo]
+type = "mongodb_change_stream"
+uri = "{mongo}"
+database = "shop"
+max_await_time_ms = 200
+checkpoint_interval_ms = 100
+
+[sinks.lake]
+type = "adls_partitioned_jsonl"
+inputs = ["mongo"]
+account_url = "{account_url}"
+filesystem = "lake"
+create_filesystem = true
+auth.shared_key = "{AZURITE_KEY}"
+commit = "{commit}"
+file_name = "events-%Y%m%d-%H%M%S"
+roll.window_secs = 2
+roll.grace_secs = 0
+roll.max_bytes = 40000
+batch.timeout_secs = 0.3
+request.timeout_secs = 2
+request.retry_initial_backoff_secs = 0.05
+request.retry_max_backoff_secs = 1
+request.retry_attempts = 1000
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// One agent under test: its process, API port and log.
+struct Member {
+    agent: Agent,
+    port: u16,
+    log: PathBuf,
+    config: PathBuf,
+}
+
+impl Member {
+    fn start(config: PathBuf, port: u16, log: PathBuf) -> Self {
+        Self {
+            agent: Agent::start_logged(&config, &log),
+            port,
+            log,
+            config,
+        }
+    }
+
+    /// `/health`'s `role`, while the API answers.
+    fn role(&self) -> Option<String> {
+        let response = http_get(self.port, "/health")?;
+        let body = response.split("\r\n\r\n").nth(1)?;
+        let body: Value = serde_json::from_str(body.trim()).ok()?;
+        body["role"].as_str().map(str::to_string)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: i32) {
+        unsafe { libc::kill(self.agent.pid() as i32, signal) };
+    }
+}
+
+/// Waits until exactly one running member says `active` and every other
+/// running one `standby`; its index.
+async fn one_active(members: &[&Member], timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let roles: Vec<Option<String>> = members.iter().map(|m| m.role()).collect();
+        let active: Vec<usize> = (0..roles.len())
+            .filter(|i| roles[*i].as_deref() == Some("active"))
+            .collect();
+        let standby = roles
+            .iter()
+            .filter(|r| r.as_deref() == Some("standby"))
+            .count();
+        if active.len() == 1 && standby == members.len() - 1 {
+            return active[0];
+        }
+        if Instant::now() > deadline {
+            let tails: Vec<String> = members
+                .iter()
+                .map(|m| {
+                    let text = m.log_text();
+                    let lines: Vec<&str> = text.lines().collect();
+                    lines[lines.len().saturating_sub(15)..].join("\n")
+                })
+                .collect();
+            panic!(
+                "not one active and the rest standing by within {timeout:?}: roles {roles:?}; logs:\n{}",
+                tails.join("\n-----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Inserts `batches` x 50 documents with ids from `first`, `pause` apart;
+/// the number of change events.
+async fn write(client: &mongodb::Client, first: i64, batches: i64, pause: Duration) -> usize {
+    let coll = client.database("shop").collection::<Document>("orders");
+    for b in 0..batches {
+        let docs: Vec<Document> = (0..50)
+            .map(|i| doc! { "_id": first + b * 50 + i, "v": "x".repeat(200) })
+            .collect();
+        coll.insert_many(docs).await.unwrap();
+        tokio::time::sleep(pause).await;
+    }
+    (batches * 50) as usize
+}
+
+/// Every line of every file in the lake, by name.
+async fn read_lake(lake: &Lake) -> BTreeMap<String, Vec<Value>> {
+    let mut out = BTreeMap::new();
+    for o in lake.list().await {
+        out.insert(o.name.clone(), lake.lines(&o.name).await);
+    }
+    out
+}
+
+/// Each `_id` in `0..expected` exactly once, each file in stream order.
+fn assert_exactly_once(files: &BTreeMap<String, Vec<Value>>, expected: usize) {
+    let mut seen: HashMap<i64, String> = HashMap::new();
+    for (name, lines) in files {
+        let tokens: Vec<&str> = lines
+            .iter()
+            .map(|l| l["_meta"]["resumeToken"].as_str().unwrap())
+            .collect();
+        let mut sorted = tokens.clone();
+        sorted.sort();
+        assert_eq!(tokens, sorted, "{name}: lines out of stream order");
+        for line in lines {
+            let id = line["documentKey"]["_id"].as_i64().unwrap_or_else(|| {
+                line["documentKey"]["_id"]["$numberLong"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .or_else(|| {
+                        line["documentKey"]["_id"]["$numberInt"]
+                            .as_str()
+                            .and_then(|s| s.parse().ok())
+                    })
+                    .unwrap_or_else(|| panic!("{name}: no _id in {line}"))
+            });
+            if let Some(first) = seen.insert(id, name.clone()) {
+                panic!("_id {id} appears twice: in {first} and {name}");
+            }
+        }
+    }
+    let missing: Vec<i64> = (0..expected as i64)
+        .filter(|i| !seen.contains_key(i))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {expected} changes missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(seen.len(), expected, "only the written changes");
+}
+
+/// Waits until the lake holds `expected` lines.
+async fn lake_holds(lake: &Lake, expected: usize, members: &[&Member]) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n: usize = read_lake(lake).await.values().map(Vec::len).sum();
+        if n >= expected {
+            return;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = members
+                .iter()
+                .map(|m| {
+                    let text = m.log_text();
+                    let lines: Vec<&str> = text.lines().collect();
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                })
+                .collect();
+            panic!(
+                "the lake holds {n} of {expected} changes after 120 s; logs:\n{}",
+                logs.join("\n-----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Two agents (`every_batch`): one active; kill -9 of the active, the standby continues
+/// from the state in the storage account (nothing on local disk); the
+/// killed one comes back as a standby; SIGTERM of the active hands over
+/// at once. Every change exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_from_a_killed_active_and_on_sigterm() {
+    let mongo = Mongod::start().await;
+    let azurite = Azurite::start();
+    let lake = Lake::new(&azurite, "lake");
+    let dir = tempfile::tempdir().unwrap();
+    let url = azurite.account_url();
+    let ports = [free_port(), free_port()];
+    let mut members: Vec<Member> = (0..2)
+        .map(|i| {
+            let name = format!("agent{i}");
+            let cfg = config(
+                dir.path(),
+                &name,
+                &mongo.uri(),
+                &url,
+                ports[i],
+                "every_batch",
+            );
+            Member::start(cfg, ports[i], dir.path().join(format!("{name}.log")))
+        })
+        .collect();
+    let active = one_active(&members.iter().collect::<Vec<_>>(), Duration::from_secs(60)).await;
+    // The stream is open once a checkpoint exists in the state container.
+    eventually(Duration::from_secs(60), async || {
+        members[active]
+            .log_text()
+            .contains("Starting from now")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let client = mongo.client().await;
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move { write(&client, 0, 60, Duration::from_millis(400)).await })
+    };
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    members[active].agent.kill();
+    let killed_at = Instant::now();
+    let standby = 1 - active;
+    eventually(Duration::from_secs(LEASE_SECS * 3 + 15), async || {
+        let ok = members[standby].role().as_deref() == Some("active");
+        if !ok {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        ok.then_some(())
+    })
+    .await;
+    let failover = killed_at.elapsed();
+    eprintln!("failover after kill -9: {failover:?}");
+    assert!(
+        failover < Duration::from_secs(LEASE_SECS + 15),
+        "the standby took {failover:?} to take over from a killed active (lease {LEASE_SECS} s)"
+    );
+    assert!(
+        members[standby]
+            .log_text()
+            .contains("Took over the pipeline's state"),
+        "{}",
+        members[standby].log_text()
+    );
+    // The killed one comes back, as a standby.
+    let cfg = members[active].config.clone();
+    let log = members[active].log.clone();
+    members[active] = Member::start(cfg, ports[active], log);
+    let expected = writer.await.unwrap();
+    lake_holds(&lake, expected, &members.iter().collect::<Vec<_>>()).await;
+    assert_eq!(
+        one_active(&members.iter().collect::<Vec<_>>(), Duration::from_secs(30)).await,
+        standby
+    );
+
+    // SIGTERM: drained, released, taken over within seconds.
+    let old = members.remove(standby);
+    let stopped_at = Instant::now();
+    assert_eq!(old.agent.stop(), Some(0));
+    eventually(Duration::from_secs(20), async || {
+        let ok = members[0].role().as_deref() == Some("active");
+        if !ok {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ok.then_some(())
+    })
+    .await;
+    let handover = stopped_at.elapsed();
+    eprintln!("handover after SIGTERM: {handover:?}");
+    assert!(
+        handover < Duration::from_secs(8),
+        "a released lease was taken over after {handover:?}"
+    );
+    let more = write(&client, expected as i64, 10, Duration::from_millis(100)).await;
+    lake_holds(&lake, expected + more, &members.iter().collect::<Vec<_>>()).await;
+    let files = read_lake(&lake).await;
+    assert_exactly_once(&files, expected + more);
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing is kept on local disk"
+    );
+    let member = members.remove(0);
+    assert_eq!(member.agent.stop(), Some(0));
+}
+
+/// Three agents (`on_seal`, so every visible file is final): the active is
+/// paused (SIGSTOP) for longer than its lease; a standby takes over, and
+/// Azurite restarts under it; then the paused one wakes (SIGCONT) in the
+/// middle of whatever it was doing. Its writes are refused, it changes no
+/// visible file, steps down and stands by; every change exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_active_wakes_fenced_and_steps_down() {
+    let mongo = Mongod::start().await;
+    let mut azurite = Azurite::start_on_disk();
+    let lake = Lake::new(&azurite, "lake");
+    let dir = tempfile::tempdir().unwrap();
+    let url = azurite.account_url();
+    let ports = [free_port(), free_port(), free_port()];
+    let members: Vec<Member> = (0..3)
+        .map(|i| {
+            let name = format!("agent{i}");
+            let cfg = config(dir.path(), &name, &mongo.uri(), &url, ports[i], "on_seal");
+            Member::start(cfg, ports[i], dir.path().join(format!("{name}.log")))
+        })
+        .collect();
+    let all: Vec<&Member> = members.iter().collect();
+    let paused = one_active(&all, Duration::from_secs(60)).await;
+    eventually(Duration::from_secs(60), async || {
+        members[paused]
+            .log_text()
+            .contains("Starting from now")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let client = mongo.client().await;
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move { write(&client, 0, 80, Duration::from_millis(300)).await })
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    members[paused].signal(libc::SIGSTOP);
+    let others: Vec<&Member> = (0..3)
+        .filter(|i| *i != paused)
+        .map(|i| &members[i])
+        .collect();
+    one_active(&others, Duration::from_secs(LEASE_SECS * 3 + 15)).await;
+    // Azurite restarts under the new active.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    azurite.restart();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before: BTreeMap<String, (String, u64)> = lake
+        .list()
+        .await
+        .into_iter()
+        .map(|o| (o.name, (o.etag, o.size)))
+        .collect();
+    members[paused].signal(libc::SIGCONT);
+    eventually(Duration::from_secs(40), async || {
+        let stepped = members[paused].log_text().contains("Stepped down")
+            && members[paused].role().as_deref() == Some("standby");
+        if !stepped {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        stepped.then_some(())
+    })
+    .await;
+    let expected = writer.await.unwrap();
+    lake_holds(&lake, expected, &all).await;
+    // Files visible before the wake-up are unchanged: sealed files are
+    // final, and the woken agent changed none.
+    let after: BTreeMap<String, (String, u64)> = lake
+        .list()
+        .await
+        .into_iter()
+        .map(|o| (o.name, (o.etag, o.size)))
+        .collect();
+    for (name, version) in &before {
+        assert_eq!(
+            after.get(name),
+            Some(version),
+            "{name} changed after it was visible"
+        );
+    }
+    assert_exactly_once(&read_lake(&lake).await, expected);
+    // Who is active now depends on how long Azurite took to come back (a
+    // restart forgets its leases, which real storage does not, so an
+    // active may find its state taken over); that one is, and the others
+    // stand by, none exited.
+    one_active(&all, Duration::from_secs(LEASE_SECS * 3 + 15)).await;
+    for member in members {
+        assert_eq!(member.agent.stop(), Some(0));
+    }
+}
