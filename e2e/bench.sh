@@ -4,6 +4,9 @@
 #   2. blackhole - mongo-adls, mongodb_change_stream -> blackhole sink (source and runtime cost)
 #   3. azurite   - mongo-adls with default sink settings into Azurite (Shared Key)
 #   4. local     - mongo-adls with default sink settings into a file:// lake
+#   4b. azurite_state - as azurite, with the pipeline's state in Azurite too
+#                  (`[state] store = "azure_blob"`, no data_dir): the cost of
+#                  remote state, as a ratio to the azurite run
 #   5. ceiling   - Azurite's own ingest (`bench_tool azurite-ceiling`): BENCH_CEILING_WRITERS
 #                  (default 4) concurrent Put Blocks of BENCH_BLOCK_BYTES (default 4500000, the
 #                  sink's batch.max_bytes) through the sink's SDK and Shared Key policy, committed
@@ -38,7 +41,7 @@ cd "$repo"
 N="${BENCH_EVENTS:-200000}"
 SIZE="${BENCH_DOC_BYTES:-1024}"
 SEED_N="${SEED_EVENTS:-5000}"
-RUNS="${BENCH_RUNS:-blackhole azurite local ceiling latency many seed_rolling seed_per_event}"
+RUNS="${BENCH_RUNS:-blackhole azurite azurite_state local ceiling latency many seed_rolling seed_per_event}"
 WRITERS="${BENCH_CEILING_WRITERS:-4}"
 BLOCK="${BENCH_BLOCK_BYTES:-4500000}"
 LATENCY_MS="${BENCH_LATENCY_MS:-30}"
@@ -90,12 +93,13 @@ end=$(now)
 read -r u s m < "$out/bare.time"
 record bare "$(echo "$end - $start" | bc)" "$(echo "$u + $s" | bc)" "$m"
 
-agent_run() { # name sink-toml [start token]
+agent_run() { # name sink-toml [start token] [globals, default: a data_dir]
   local name="$1" sink="$2" from="${3:-$token}" port
+  local globals="${4:-data_dir = \"$out/$name-data\"}"
   port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
   cat > "$out/$name.toml" <<TOML
-data_dir = "$out/$name-data"
 api.address = "127.0.0.1:$port"
+$globals
 [sources.mongo]
 type = "mongodb_change_stream"
 uri = "$MONGO_URI"
@@ -128,6 +132,13 @@ azure_sink() { # filesystem [account_url]
 
 agent_run blackhole 'type = "blackhole"'
 agent_run azurite "$(azure_sink bench)"
+agent_run azurite_state "$(azure_sink bench-state)" "$token" "[state]
+store = \"azure_blob\"
+account_url = \"$ADLS_ACCOUNT_URL\"
+container = \"bench-state\"
+create_container = true
+auth.shared_key = \"$ADLS_SHARED_KEY\"
+id = \"bench\""
 agent_run local "type = \"adls_partitioned_jsonl\"
 account_url = \"file://$out/lake\"
 filesystem = \"bench\"
@@ -216,6 +227,7 @@ awk -F'\t' 'NR > 1 { ev[$1] = $3; rss[$1] = $7; order[++n] = $1 }
     if (c != "") ratio("ceiling / bare", c, bare)
     ratio("azurite / min(bare, ceiling)", az, limit)
     if (az != "" && c != "") printf "  %-32s (the limit is %s)\n", "", which
+    ratio("azurite_state / azurite", ev["azurite_state"], az)
     ratio("local / bare", ev["local"], bare)
     ratio("latency / azurite", ev["latency"], az)
     ratio("many / azurite", ev["many"], az)

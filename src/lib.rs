@@ -21,6 +21,7 @@ pub mod sinks;
 pub mod snowflake;
 pub mod sources;
 pub mod state_store;
+pub mod testing;
 pub mod topology;
 
 /// The error type of component builders and other fallible setup steps.

@@ -67,7 +67,12 @@ impl Manifest {
 
 /// Makes `batches` rounds of about 960 changes, pausing between rounds so
 /// the run spans many short windows and the disruptions land mid-load.
-async fn generate(client: mongodb::Client, batches: usize, manifest: Arc<Mutex<Manifest>>) {
+async fn generate(
+    client: mongodb::Client,
+    batches: usize,
+    pause: Duration,
+    manifest: Arc<Mutex<Manifest>>,
+) {
     let mut live: Vec<Vec<i64>> = vec![Vec::new(); NAMESPACES.len()];
     for _ in 0..batches {
         for (n, (db, coll)) in NAMESPACES.iter().enumerate() {
@@ -176,7 +181,7 @@ async fn generate(client: mongodb::Client, batches: usize, manifest: Arc<Mutex<M
         if !ok {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -319,23 +324,7 @@ async fn chaos_run(
     let mut azurite = Azurite::start_on_disk();
     let lake = Lake::new(&azurite, "chaos");
     lake.create().await;
-    let proxy = FaultProxy::start(
-        azurite.port,
-        Faults {
-            every: 9,
-            kinds: vec![
-                Fault::Unavailable,
-                Fault::Throttled,
-                Fault::Reset,
-                Fault::LoseResponse,
-                Fault::Stall,
-                Fault::ApplyThenStall,
-                Fault::StallThenApply,
-            ],
-            only: None,
-        },
-    )
-    .await;
+    let proxy = fault_proxy(&azurite).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("chaos.toml");
     // A short server selection, so the driver's own resume gives up during
@@ -360,26 +349,11 @@ max_await_time_ms = 200
 checkpoint_interval_ms = 200
 {snapshot}
 
-[sinks.lake]
-type = "adls_partitioned_jsonl"
-inputs = ["mongo"]
-account_url = "{url}"
-filesystem = "chaos"
-auth.shared_key = "{AZURITE_KEY}"
-file_name = "events-%Y%m%d-%H%M%S"
-roll.window_secs = 4
-roll.grace_secs = 1
-roll.max_bytes = 400000
-batch.timeout_secs = 0.3
-request.timeout_secs = 4
-request.retry_attempts = 1000
-request.retry_initial_backoff_secs = 0.05
-request.retry_max_backoff_secs = 1
-{mode_options}
+{sink}
 "#,
             data = dir.path().join("data").display(),
             uri = mongo_uri,
-            url = proxy.account_url(),
+            sink = sink_config(&proxy.account_url(), mode_options),
             snapshot = if snapshot_docs > 0 {
                 "snapshot = \"initial\"\nsnapshot_chunk_size = 500"
             } else {
@@ -388,16 +362,7 @@ request.retry_max_backoff_secs = 1
         ),
     )
     .unwrap();
-    let lake_args: Vec<String> = vec![
-        "--account-url".into(),
-        azurite.account_url(),
-        "--account-key".into(),
-        AZURITE_KEY.into(),
-        "--container".into(),
-        "chaos".into(),
-        "--pattern".into(),
-        name_pattern.into(),
-    ];
+    let lake_args = lake_args(&azurite, name_pattern);
     let watcher = Watcher::start(dir.path(), &lake_args, immutable);
     let log = dir.path().join("agent.log");
 
@@ -443,6 +408,7 @@ request.retry_max_backoff_secs = 1
     let generator = tokio::spawn(generate(
         mongo.client().await,
         batches,
+        Duration::from_millis(100),
         Arc::clone(&manifest),
     ));
 
@@ -502,8 +468,90 @@ request.retry_max_backoff_secs = 1
     assert_eq!(live_restarts, 2, "Azurite and mongod restarted under load");
     let load_secs = started.elapsed().as_secs_f64();
 
-    // Run until the lake stops changing and holds at least every
-    // acknowledged change.
+    catch_up(&lake, &manifest, &[&log]).await;
+    assert_eq!(agent.stop(), Some(0));
+    assert_no_secret_in_log(&log);
+    let run = Run {
+        mode: mode_options,
+        kills,
+        live_restarts,
+        load_secs,
+        immutable,
+    };
+    verify(
+        &run,
+        dir.path(),
+        lake_args,
+        watcher,
+        &manifest,
+        &mongo,
+        &proxy,
+    );
+}
+
+/// How the checker reaches the lake.
+fn lake_args(azurite: &Azurite, name_pattern: &str) -> Vec<String> {
+    vec![
+        "--account-url".into(),
+        azurite.account_url(),
+        "--account-key".into(),
+        AZURITE_KEY.into(),
+        "--container".into(),
+        "chaos".into(),
+        "--pattern".into(),
+        name_pattern.into(),
+    ]
+}
+
+/// The sink of every chaos run: short windows and size rolls, so a run
+/// makes many files; retries without end, so only kills lose progress.
+fn sink_config(url: &str, mode_options: &str) -> String {
+    format!(
+        r#"
+[sinks.lake]
+type = "adls_partitioned_jsonl"
+inputs = ["mongo"]
+account_url = "{url}"
+filesystem = "chaos"
+auth.shared_key = "{AZURITE_KEY}"
+file_name = "events-%Y%m%d-%H%M%S"
+roll.window_secs = 4
+roll.grace_secs = 1
+roll.max_bytes = 400000
+batch.timeout_secs = 0.3
+request.timeout_secs = 4
+request.retry_attempts = 1000
+request.retry_initial_backoff_secs = 0.05
+request.retry_max_backoff_secs = 1
+{mode_options}
+"#
+    )
+}
+
+/// The proxy of every chaos run: every 9th request gets one of the faults.
+async fn fault_proxy(azurite: &Azurite) -> FaultProxy {
+    FaultProxy::start(
+        azurite.port,
+        Faults {
+            every: 9,
+            kinds: vec![
+                Fault::Unavailable,
+                Fault::Throttled,
+                Fault::Reset,
+                Fault::LoseResponse,
+                Fault::Stall,
+                Fault::ApplyThenStall,
+                Fault::StallThenApply,
+            ],
+            only: None,
+        },
+    )
+    .await
+}
+
+/// Waits until the lake stops changing and holds at least every
+/// acknowledged change (5 minutes at most).
+async fn catch_up(lake: &Lake, manifest: &Mutex<Manifest>, logs: &[&Path]) {
     let acknowledged = manifest
         .lock()
         .unwrap()
@@ -511,18 +559,19 @@ request.retry_max_backoff_secs = 1
         .iter()
         .filter(|c| c.ok)
         .count();
-    let mut last = (listing(&lake).await, Instant::now());
+    let mut last = (listing(lake).await, Instant::now());
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         if Instant::now() > deadline {
+            let tails: Vec<String> = logs.iter().map(|l| log_tail(l, 60)).collect();
             panic!(
-                "the lake did not catch up: {} objects listed, {acknowledged} changes acknowledged; agent log ends:\n{}",
+                "the lake did not catch up: {} objects listed, {acknowledged} changes acknowledged; agent logs end:\n{}",
                 last.0.len(),
-                log_tail(&log, 60)
+                tails.join("\n-----\n")
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = listing(&lake).await;
+        let now = listing(lake).await;
         if now != last.0 {
             last = (now, Instant::now());
         } else if last.1.elapsed() > Duration::from_secs(6) {
@@ -536,11 +585,30 @@ request.retry_max_backoff_secs = 1
             last.1 = Instant::now();
         }
     }
-    assert_eq!(agent.stop(), Some(0));
-    let watch_out = watcher.finish();
-    assert_no_secret_in_log(&log);
+}
 
-    let manifest_path = dir.path().join("manifest.jsonl");
+/// What a chaos run did, for its report.
+struct Run<'a> {
+    mode: &'a str,
+    kills: usize,
+    live_restarts: usize,
+    load_secs: f64,
+    immutable: bool,
+}
+
+/// The independent checker's verdict on the lake against the manifest,
+/// the watcher's listings and MongoDB; and every fault kind injected.
+fn verify(
+    run: &Run<'_>,
+    dir: &Path,
+    lake_args: Vec<String>,
+    watcher: Watcher,
+    manifest: &Mutex<Manifest>,
+    mongo: &Mongod,
+    proxy: &FaultProxy,
+) {
+    let watch_out = watcher.finish();
+    let manifest_path = dir.join("manifest.jsonl");
     {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&manifest_path).unwrap());
         for c in &manifest.lock().unwrap().changes {
@@ -563,15 +631,18 @@ request.retry_max_backoff_secs = 1
         "--window-secs".into(),
         "4".into(),
     ]);
-    if immutable {
+    if run.immutable {
         args.push("--immutable".into());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = checker(&args).stderr(Stdio::inherit()).output().unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     println!(
-        "chaos [{}]: {total} changes in {load_secs:.0} s, {kills} kills, {live_restarts} live restarts, faults {:?}\n{report}",
-        mode_options.replace('\n', " "),
+        "chaos [{}]: {total} changes in {:.0} s, {} kills, {} live restarts, faults {:?}\n{report}",
+        run.mode.replace('\n', " "),
+        run.load_secs,
+        run.kills,
+        run.live_restarts,
         proxy.stats.lock().unwrap()
     );
     assert!(out.status.success(), "checker found problems:\n{report}");
@@ -672,4 +743,184 @@ async fn chaos_per_event_3k() {
         0,
     )
     .await;
+}
+
+/// `/health`'s `role` of the agent whose API is on `port`, while it answers.
+fn role(port: u16) -> Option<String> {
+    let response = support::http_get(port, "/health")?;
+    let body: serde_json::Value =
+        serde_json::from_str(response.split("\r\n\r\n").nth(1)?.trim()).ok()?;
+    body["role"].as_str().map(str::to_string)
+}
+
+/// The index of the one agent whose `/health` says `active` while every
+/// other says `standby`, once that holds (90 s at most).
+async fn one_active(ports: &[u16], logs: &[&Path]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let roles: Vec<Option<String>> = ports.iter().map(|p| role(*p)).collect();
+        let active: Vec<usize> = (0..roles.len())
+            .filter(|i| roles[*i].as_deref() == Some("active"))
+            .collect();
+        let standby = roles
+            .iter()
+            .filter(|r| r.as_deref() == Some("standby"))
+            .count();
+        if active.len() == 1 && standby == ports.len() - 1 {
+            return active[0];
+        }
+        if Instant::now() > deadline {
+            let tails: Vec<String> = logs.iter().map(|l| log_tail(l, 40)).collect();
+            panic!(
+                "no single active agent within 90 s: roles {roles:?}; logs end:\n{}",
+                tails.join("\n-----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Node loss: two agents of one pipeline keep every bit of state in the
+/// storage account (`[state] store = "azure_blob"`, no `data_dir`, state
+/// requests through the fault proxy too). About 60,000 changes while the
+/// active agent is killed with SIGKILL at least 10 times, each time
+/// replaced by a fresh process (a new machine: nothing survives locally),
+/// the standby taking over from the state in the lake; Azurite restarts
+/// once under load. The same checker as the other chaos runs.
+async fn node_loss_run(mode_options: &str, batches: usize, immutable: bool) {
+    let batches = std::env::var("MONGO_ADLS_CHAOS_BATCHES")
+        .map(|b| b.parse().unwrap())
+        .unwrap_or(batches);
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mongo = Mongod::start().await;
+    let mut azurite = Azurite::start_on_disk();
+    let lake = Lake::new(&azurite, "chaos");
+    lake.create().await;
+    let proxy = fault_proxy(&azurite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mongo_uri = format!("{}&serverSelectionTimeoutMS=500", mongo.uri());
+    let ports = [support::free_port(), support::free_port()];
+    let configs: Vec<PathBuf> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let cfg = dir.path().join(format!("agent{i}.toml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    r#"
+healthchecks.enabled = false
+api.address = "127.0.0.1:{port}"
+
+[state]
+store = "azure_blob"
+account_url = "{url}"
+container = "state"
+create_container = true
+auth.shared_key = "{AZURITE_KEY}"
+id = "chaos"
+lease_secs = 15
+
+[sources.mongo]
+type = "mongodb_change_stream"
+uri = "{mongo_uri}"
+max_await_time_ms = 200
+checkpoint_interval_ms = 200
+{sink}
+"#,
+                    url = proxy.account_url(),
+                    sink = sink_config(&proxy.account_url(), mode_options),
+                ),
+            )
+            .unwrap();
+            cfg
+        })
+        .collect();
+    let logs: Vec<PathBuf> = (0..2)
+        .map(|i| dir.path().join(format!("agent{i}.log")))
+        .collect();
+    let log_refs: Vec<&Path> = logs.iter().map(PathBuf::as_path).collect();
+    let lake_args = lake_args(&azurite, ROLLING_NAMES);
+    let watcher = Watcher::start(dir.path(), &lake_args, immutable);
+    let mut agents: Vec<Agent> = (0..2)
+        .map(|i| Agent::start_logged(&configs[i], &logs[i]))
+        .collect();
+    one_active(&ports, &log_refs).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let manifest = Arc::new(Mutex::new(Manifest::default()));
+    let started = Instant::now();
+    // Paced so the load spans the kills (each failover waits out a lease).
+    let generator = tokio::spawn(generate(
+        mongo.client().await,
+        batches,
+        Duration::from_secs(2),
+        Arc::clone(&manifest),
+    ));
+    let (mut kills, mut live_restarts) = (0, 0);
+    let (mut killed_at, mut failovers) = (None::<Instant>, Vec::new());
+    while !generator.is_finished() || kills < 10 {
+        let active = one_active(&ports, &log_refs).await;
+        if let Some(at) = killed_at.take() {
+            failovers.push(format!("{:.1}", at.elapsed().as_secs_f64()));
+        }
+        let pause = rand::rng().random_range(1500..3500);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        if kills == 3 {
+            azurite.restart();
+            live_restarts += 1;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        for (i, agent) in agents.iter_mut().enumerate() {
+            assert!(
+                agent.running(),
+                "agent {i} exited; its log ends:\n{}",
+                log_tail(&logs[i], 60)
+            );
+        }
+        agents[active].kill();
+        kills += 1;
+        killed_at = Some(Instant::now());
+        agents[active] = Agent::start_logged(&configs[active], &logs[active]);
+    }
+    generator.await.unwrap();
+    let load_secs = started.elapsed().as_secs_f64();
+    catch_up(&lake, &manifest, &log_refs).await;
+    for agent in agents {
+        assert_eq!(agent.stop(), Some(0));
+    }
+    println!(
+        "node loss: a standby took over {} s after each kill -9",
+        failovers.join(", ")
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing was kept on local disk"
+    );
+    let run = Run {
+        mode: mode_options,
+        kills,
+        live_restarts,
+        load_secs,
+        immutable,
+    };
+    verify(
+        &run,
+        dir.path(),
+        lake_args,
+        watcher,
+        &manifest,
+        &mongo,
+        &proxy,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_node_loss_on_seal_60k() {
+    node_loss_run("commit = \"on_seal\"", 64, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_node_loss_every_batch_60k() {
+    node_loss_run("commit = \"every_batch\"", 64, false).await;
 }

@@ -1,5 +1,5 @@
 //! `deploy/`: the Kubernetes manifests parse and agree with each other and
-//! with the image (config path, data_dir, probe port, secrets), the config
+//! with the image (config path, state store, probe port, secrets), the config
 //! they mount passes `validate`, the systemd unit has the settings that keep
 //! it safe, and (where `podman` is installed) the Containerfile's final
 //! stage builds on a base image assembled here from the binary's shared
@@ -172,7 +172,7 @@ fn validate_no_environment(
 #[test]
 fn kubernetes_config_validates_with_the_secrets_variables() {
     let m = manifests();
-    for kind in ["ConfigMap", "Secret", "Deployment", "PersistentVolumeClaim"] {
+    for kind in ["ConfigMap", "Secret", "Deployment"] {
         assert!(m.contains_key(kind), "no {kind} under deploy/kubernetes");
     }
     let (name, config) = configmap_config(&m);
@@ -231,16 +231,21 @@ fn kubernetes_config_validates_with_the_secrets_variables() {
 }
 
 #[test]
-fn kubernetes_deployment_runs_one_agent_on_its_volume_with_probes() {
+fn kubernetes_deployment_runs_two_agents_without_volumes_with_probes() {
     let m = manifests();
     let deployment = &m["Deployment"];
     let spec = &deployment["spec"];
-    // State lives in data_dir only: never two pods at once.
-    assert_eq!(spec["replicas"].as_u64(), Some(1), "replicas");
+    // State lives in the storage account: two replicas, one active and
+    // one standby, and a rolling update is safe (the new pod stands by).
+    assert_eq!(spec["replicas"].as_u64(), Some(2), "replicas");
     assert_eq!(
         spec["strategy"]["type"].as_str(),
-        Some("Recreate"),
+        Some("RollingUpdate"),
         "strategy"
+    );
+    assert!(
+        !m.contains_key("PersistentVolumeClaim"),
+        "no volume: nothing needed survives on local disk"
     );
     let labels = &spec["selector"]["matchLabels"];
     for (k, v) in labels.as_mapping().expect("selector") {
@@ -264,9 +269,7 @@ fn kubernetes_deployment_runs_one_agent_on_its_volume_with_probes() {
     };
     let cm_name = str_of(&m["ConfigMap"]["metadata"]["name"], "ConfigMap name");
     let config_volume = volume(&|v| v["configMap"]["name"].as_str() == Some(cm_name));
-    let pvc_name = str_of(&m["PersistentVolumeClaim"]["metadata"]["name"], "PVC name");
-    let data_volume =
-        volume(&|v| v["persistentVolumeClaim"]["claimName"].as_str() == Some(pvc_name));
+    assert_eq!(volumes.len(), 1, "the config is the only volume");
     let mounts = seq_of(&container["volumeMounts"], "volumeMounts");
     let mount_of = |vol: &str| -> String {
         let mount = mounts
@@ -285,19 +288,16 @@ fn kubernetes_deployment_runs_one_agent_on_its_volume_with_probes() {
         image_config_path(),
         "the ConfigMap is mounted where the image's MONGO_ADLS_CONFIG points"
     );
-    // data_dir is the PersistentVolumeClaim.
+    // The state is in the storage account, under the pipeline's id.
+    assert!(config.get("data_dir").is_none(), "no data_dir");
+    let state = config.get("state").expect("[state]");
     assert_eq!(
-        config.get("data_dir").and_then(|v| v.as_str()),
-        Some(mount_of(&data_volume).as_str()),
-        "data_dir is on the PersistentVolumeClaim"
+        state.get("store").and_then(|v| v.as_str()),
+        Some("azure_blob")
     );
-    assert_eq!(
-        seq_of(
-            &m["PersistentVolumeClaim"]["spec"]["accessModes"],
-            "accessModes"
-        )[0]
-        .as_str(),
-        Some("ReadWriteOnce")
+    assert!(
+        state.get("id").and_then(|v| v.as_str()).is_some(),
+        "state.id"
     );
 
     // Probes reach /health on api.address, which listens beyond loopback.
@@ -372,11 +372,10 @@ fn kubernetes_deployment_runs_one_agent_on_its_volume_with_probes() {
     );
     assert!(res["requests"]["cpu"].as_str().is_some(), "cpu request");
 
-    // Non-root, as the image's user; nothing writable but the volume.
+    // Non-root, as the image's user; nothing writable.
     let psc = &pod["securityContext"];
     assert_eq!(psc["runAsNonRoot"].as_bool(), Some(true));
     assert_eq!(psc["runAsUser"].as_u64(), Some(65532), "the image's uid");
-    assert_eq!(psc["fsGroup"].as_u64(), Some(65532));
     let csc = &container["securityContext"];
     assert_eq!(csc["readOnlyRootFilesystem"].as_bool(), Some(true));
     assert_eq!(csc["allowPrivilegeEscalation"].as_bool(), Some(false));

@@ -432,3 +432,318 @@ async fn a_paused_active_wakes_fenced_and_steps_down() {
         assert_eq!(member.agent.stop(), Some(0));
     }
 }
+
+/// What an idle pipeline costs in storage requests: one active agent alone
+/// for 30 s, then with a standby for 30 s, every request counted by a
+/// proxy that injects nothing. Printed for the README; bounded here so a
+/// change that makes the idle agent chatty fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_pipeline_costs_few_requests() {
+    let mongo = Mongod::start().await;
+    let azurite = Azurite::start();
+    let proxy = support::FaultProxy::start(
+        azurite.port,
+        support::Faults {
+            every: u64::MAX,
+            kinds: Vec::new(),
+            only: None,
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = proxy.account_url();
+    let ports = [free_port(), free_port()];
+    // The source's and the lease's defaults: what a user's idle pipeline
+    // costs.
+    let member = |i: usize| {
+        let name = format!("agent{i}");
+        let cfg = config(dir.path(), &name, &mongo.uri(), &url, ports[i], "on_seal");
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace(
+                "max_await_time_ms = 200\ncheckpoint_interval_ms = 100\n",
+                "",
+            )
+            .replace(&format!("lease_secs = {LEASE_SECS}"), "lease_secs = 20");
+        std::fs::write(&cfg, text).unwrap();
+        Member::start(cfg, ports[i], dir.path().join(format!("{name}.log")))
+    };
+    let forwarded = || {
+        proxy
+            .stats
+            .lock()
+            .unwrap()
+            .get("forwarded")
+            .copied()
+            .unwrap_or(0)
+    };
+    let active = member(0);
+    one_active(&[&active], Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let window = Duration::from_secs(30);
+    let per_minute = |n: u64| n as f64 * 60.0 / window.as_secs_f64();
+
+    let before = forwarded();
+    tokio::time::sleep(window).await;
+    let alone = per_minute(forwarded() - before);
+
+    let standby = member(1);
+    one_active(&[&active, &standby], Duration::from_secs(60)).await;
+    let before = forwarded();
+    tokio::time::sleep(window).await;
+    let both = per_minute(forwarded() - before);
+    let standby_cost = both - alone;
+    eprintln!(
+        "idle pipeline (defaults, lease 20 s): active agent {alone:.0} requests/min, standby {standby_cost:.0} requests/min"
+    );
+    assert!(
+        alone < 120.0,
+        "an idle active agent sends {alone:.0} requests a minute"
+    );
+    assert!(
+        standby_cost < 100.0,
+        "a standby sends {standby_cost:.0} requests a minute"
+    );
+    for m in [active, standby] {
+        assert_eq!(m.agent.stop(), Some(0));
+    }
+}
+
+/// Switching a pipeline from `local` to `azure_blob`: the first active
+/// agent finds the remote state empty and imports what `data_dir` holds
+/// (checkpoint and sink state), so the changes made while no agent ran are
+/// written, and none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_state_is_imported_into_an_empty_remote_state() {
+    let mongo = Mongod::start().await;
+    let azurite = Azurite::start();
+    let lake = Lake::new(&azurite, "lake");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let remote = config(
+        dir.path(),
+        "remote",
+        &mongo.uri(),
+        &azurite.account_url(),
+        port,
+        "on_seal",
+    );
+    let text = std::fs::read_to_string(&remote).unwrap();
+    let state_table = &text[text.find("[state]").unwrap()..text.find("[sources.mongo]").unwrap()];
+    let local = dir.path().join("local.toml");
+    std::fs::write(
+        &local,
+        text.replace(state_table, "").replace(
+            "api.address",
+            &format!("data_dir = \"{}\"\napi.address", data.display()),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &remote,
+        text.replace(
+            "api.address",
+            &format!("data_dir = \"{}\"\napi.address", data.display()),
+        ),
+    )
+    .unwrap();
+
+    let client = mongo.client().await;
+    let log = dir.path().join("local.log");
+    let agent = Agent::start_logged(&local, &log);
+    eventually(Duration::from_secs(60), async || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Starting from now")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let first = write(&client, 0, 4, Duration::from_millis(200)).await;
+    let members = [];
+    lake_holds(&lake, first, &members).await;
+    assert_eq!(agent.stop(), Some(0));
+    // Made while no agent runs: only the imported checkpoint finds them.
+    let second = write(&client, first as i64, 4, Duration::from_millis(50)).await;
+
+    let member = Member::start(remote, port, dir.path().join("remote.log"));
+    lake_holds(&lake, first + second, &[&member]).await;
+    let text = member.log_text();
+    assert!(text.contains("Imported "), "{text}");
+    assert!(text.contains("Resuming after checkpoint"), "{text}");
+    assert_exactly_once(&read_lake(&lake).await, first + second);
+    assert_eq!(member.agent.stop(), Some(0));
+}
+
+/// A term that loses its lease at a chosen step of the commit protocol:
+/// the agent is stopped (SIGSTOP) at a test seam, just before a commit
+/// (after its intent, the recorded blocks, is in the state) or just after
+/// it (before the state records it); a standby takes over and completes
+/// what was recorded; the stopped agent is woken and finishes its step.
+/// Its late commit is the same as the new term's, or refused; nothing is
+/// lost or written twice, and it steps down.
+async fn lease_lost_at_a_seam(commit: &str, seam: &str) {
+    let mongo = Mongod::start().await;
+    let azurite = Azurite::start();
+    let lake = Lake::new(&azurite, "lake");
+    let dir = tempfile::tempdir().unwrap();
+    let url = azurite.account_url();
+    let ports = [free_port(), free_port()];
+    let cfg = |i: usize| {
+        config(
+            dir.path(),
+            &format!("agent{i}"),
+            &mongo.uri(),
+            &url,
+            ports[i],
+            commit,
+        )
+    };
+    let logs = [dir.path().join("agent0.log"), dir.path().join("agent1.log")];
+    let first = Member {
+        agent: Agent::start_logged_env(&cfg(0), &logs[0], &[("MONGO_ADLS_TEST_SEAM", seam)]),
+        port: ports[0],
+        log: logs[0].clone(),
+        config: cfg(0),
+    };
+    one_active(&[&first], Duration::from_secs(60)).await;
+    eventually(Duration::from_secs(60), async || {
+        first.log_text().contains("Starting from now").then_some(())
+    })
+    .await;
+    let client = mongo.client().await;
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move { write(&client, 0, 40, Duration::from_millis(300)).await })
+    };
+    let reached = format!("Test seam {seam} reached");
+    eventually(Duration::from_secs(60), async || {
+        let hit = first.log_text().contains(&reached);
+        if !hit {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        hit.then_some(())
+    })
+    .await;
+    first.signal(libc::SIGSTOP);
+    let second = Member::start(cfg(1), ports[1], logs[1].clone());
+    eventually(Duration::from_secs(LEASE_SECS * 3 + 15), async || {
+        let ok = second.role().as_deref() == Some("active");
+        if !ok {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        ok.then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    first.signal(libc::SIGCONT);
+    eventually(Duration::from_secs(40), async || {
+        let stepped =
+            first.log_text().contains("Stepped down") && first.role().as_deref() == Some("standby");
+        if !stepped {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        stepped.then_some(())
+    })
+    .await;
+    let expected = writer.await.unwrap();
+    lake_holds(&lake, expected, &[&first, &second]).await;
+    assert_exactly_once(&read_lake(&lake).await, expected);
+    assert_eq!(
+        one_active(&[&first, &second], Duration::from_secs(10)).await,
+        1
+    );
+    for m in [first, second] {
+        assert_eq!(m.agent.stop(), Some(0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_seal_lease_lost_between_intent_and_commit_and_after_commit() {
+    lease_lost_at_a_seam("on_seal", "before_commit").await;
+    lease_lost_at_a_seam("on_seal", "after_commit").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_batch_lease_lost_between_intent_and_commit_and_after_commit() {
+    lease_lost_at_a_seam("every_batch", "before_commit").await;
+    lease_lost_at_a_seam("every_batch", "after_commit").await;
+}
+
+/// The state in the storage account missing or damaged: never a silent
+/// restart from "now". A deleted checkpoint is refused by the start check
+/// (the lake holds the pipeline's files), a truncated one is an error
+/// naming the blob; either way the agent exits 78 and says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_or_damaged_remote_state_is_refused_naming_the_blob() {
+    let mongo = Mongod::start().await;
+    let azurite = Azurite::start();
+    let lake = Lake::new(&azurite, "lake");
+    let state = Lake::new(&azurite, "state");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = config(
+        dir.path(),
+        "agent",
+        &mongo.uri(),
+        &azurite.account_url(),
+        port,
+        "on_seal",
+    );
+    let log = dir.path().join("agent.log");
+    let member = Member::start(cfg.clone(), port, log.clone());
+    eventually(Duration::from_secs(60), async || {
+        member
+            .log_text()
+            .contains("Starting from now")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let client = mongo.client().await;
+    let n = write(&client, 0, 4, Duration::from_millis(100)).await;
+    lake_holds(&lake, n, &[&member]).await;
+    assert_eq!(member.agent.stop(), Some(0));
+    let checkpoint = "orders/mongo/checkpoint.json";
+    let saved = state.read(checkpoint).await;
+
+    // Truncated: an error naming the blob.
+    state
+        .put(checkpoint, saved[..saved.len() / 2].to_vec())
+        .await;
+    let mut agent = Agent::start_logged(&cfg, &log);
+    assert_eq!(agent.exit_within(Duration::from_secs(60)), Some(78));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let tail = text.rsplit("Starting mongo-adls").next().unwrap();
+    assert!(
+        tail.contains("corrupt") && tail.contains("state/orders/mongo/checkpoint.json"),
+        "{tail}"
+    );
+    eprintln!(
+        "truncated checkpoint: {}",
+        tail.lines()
+            .filter(|l| l.contains("corrupt"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // Missing: the start check refuses, naming what was lost.
+    state.delete(checkpoint).await;
+    let mut agent = Agent::start_logged(&cfg, &log);
+    assert_eq!(agent.exit_within(Duration::from_secs(60)), Some(78));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let tail = text.rsplit("Starting mongo-adls").next().unwrap();
+    assert!(
+        tail.contains("checkpoint") && tail.contains("state/orders/mongo/checkpoint.json"),
+        "{tail}"
+    );
+    assert!(tail.contains("--accept-data-gap"), "{tail}");
+    eprintln!(
+        "missing checkpoint: {}",
+        tail.lines()
+            .filter(|l| l.contains("accept-data-gap"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use super::{ElectionSettings, Elector, LeaderBlob, Leadership};
 use crate::{
     config::{state::AzureState, Config},
-    state_store::{AzureStateStore, Fence, StateHandle, StateStore, StateStoreError},
+    state_store::{AzureStateStore, Fence, StateError, StateHandle, StateStore, StateStoreError},
     topology::{Outcome, Topology},
 };
 
@@ -164,11 +164,10 @@ async fn start(azure: &AzureState<'_>) -> Result<(Arc<AzureStateStore>, Elector)
         azure.lease_secs,
     )
     .map_err(|e| format!("`[state]`: {e}"))?;
-    let elector = elect(azure)?;
     if azure.create_container {
         create_container(azure).await?;
     }
-    Ok((Arc::new(store), elector))
+    Ok((Arc::new(store), elect(azure)?))
 }
 
 /// Starts standing by in a new election of the pipeline.
@@ -179,25 +178,43 @@ fn elect(azure: &AzureState<'_>) -> Result<Elector, String> {
     Ok(Elector::start(azure.id, leader, settings))
 }
 
+/// Creates the state container unless it exists; retried for up to two
+/// minutes while storage is unavailable (an agent started with its storage
+/// should not exit over a blip).
 async fn create_container(azure: &AzureState<'_>) -> Result<(), String> {
     use crate::sinks::azure_common::{classify, client::ContainerAccess, AzureFailure};
     let access = ContainerAccess::new(azure.account_url, azure.container, azure.auth)?;
     let client = access
         .container_client()
         .map_err(|e| crate::redact::text(&e.to_string()))?;
-    match client.create(None).await {
-        Ok(_) => {
-            tracing::info!("Created the state container {}.", access.describe());
-            Ok(())
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let e = match client.create(None).await {
+            Ok(_) => {
+                tracing::info!("Created the state container {}.", access.describe());
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        let message = crate::redact::text(&e.to_string());
+        match classify(&e) {
+            AzureFailure::Answered { code, .. } if code == "ContainerAlreadyExists" => {
+                return Ok(())
+            }
+            AzureFailure::Unavailable(_) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(
+                    "Creating the state container {}: {message}; retrying in 1s.",
+                    access.describe()
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            _ => {
+                return Err(format!(
+                    "could not create the state container {} (`state.create_container`): {message}",
+                    access.describe()
+                ))
+            }
         }
-        Err(e) => match classify(&e) {
-            AzureFailure::Answered { code, .. } if code == "ContainerAlreadyExists" => Ok(()),
-            _ => Err(format!(
-                "could not create the state container {} (`state.create_container`): {}",
-                access.describe(),
-                crate::redact::text(&e.to_string())
-            )),
-        },
     }
 }
 
@@ -243,6 +260,26 @@ async fn term(
     );
     let state = StateHandle::new(Arc::clone(store) as Arc<dyn StateStore>, fence.clone())
         .with_leadership(elector.subscribe());
+    if names.is_empty() {
+        if let Some(dir) = config.data_dir() {
+            match import_local(dir, &state).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    "Imported {n} state file(s) from data_dir {} into {}: the pipeline's remote state was empty. data_dir is not read again; remove it once the pipeline runs.",
+                    dir.display(),
+                    store.location()
+                ),
+                Err(e) if e.is_fenced() => return TermEnd::Fenced,
+                Err(e) => {
+                    tracing::error!(
+                        "Could not import the state in data_dir {} into the empty remote state: {e}",
+                        dir.display()
+                    );
+                    return TermEnd::Finished(EXIT_FAILED);
+                }
+            }
+        }
+    }
     let started = tokio::select! {
         started = Topology::start(config, Some(state.clone()), options.require_healthy) => started,
         _ = lost.clone() => return TermEnd::Lost,
@@ -263,8 +300,16 @@ async fn term(
         fence.clone(),
         elector.subscribe(),
     ));
-    let shutdown = futures::future::select(options.first.clone(), lost.clone()).map(|_| ());
-    let force = futures::future::select(options.second.clone(), lost.clone()).map(|_| ());
+    // A fenced write ends the term too: a component may only log it.
+    let fenced = {
+        let state = state.clone();
+        async move { state.fenced().await }.boxed().shared()
+    };
+    let over = futures::future::select(lost.clone(), fenced)
+        .map(|_| ())
+        .shared();
+    let shutdown = futures::future::select(options.first.clone(), over.clone()).map(|_| ());
+    let force = futures::future::select(options.second.clone(), over).map(|_| ());
     let outcome = topology
         .run(shutdown.boxed(), force.boxed(), options.graceful_limit)
         .await;
@@ -282,6 +327,48 @@ async fn term(
     } else {
         TermEnd::Finished(code)
     }
+}
+
+/// Copies the state a `local` store left in `dir` (`<component>/` folders
+/// of `checkpoint.json`, `state.json` and `state.<n>.log`) into the empty
+/// remote state, so switching a pipeline to `azure_blob` loses nothing;
+/// the number of files copied. Other files (the lock) are left alone.
+async fn import_local(dir: &std::path::Path, state: &StateHandle) -> Result<usize, StateError> {
+    let mut copied = 0;
+    let Ok(components) = std::fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    for component in components.flatten() {
+        let id = component.file_name().to_string_lossy().into_owned();
+        if !component.path().is_dir() || crate::state_store::check_name(&id).is_err() {
+            continue;
+        }
+        let folder = state.component(&id);
+        for file in std::fs::read_dir(component.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = file.file_name().to_string_lossy().into_owned();
+            let is_log = name.starts_with("state.") && name.ends_with(".log");
+            if !(is_log || name == "checkpoint.json" || name == "state.json") {
+                continue;
+            }
+            let bytes = std::fs::read(file.path()).map_err(|e| StateStoreError::Failed {
+                what: "import",
+                blob: file.path().display().to_string(),
+                message: e.to_string(),
+            })?;
+            if is_log {
+                folder.create_log(&name).await?;
+                folder.append(&name, bytes.into(), 0).await?;
+            } else {
+                folder.put_new(&name, bytes.into()).await?;
+            }
+            copied += 1;
+        }
+    }
+    Ok(copied)
 }
 
 /// Takes the state over, retrying while storage is unavailable (the term

@@ -7,10 +7,7 @@
 
 use std::{
     fmt,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
 };
 
 use bytes::Bytes;
@@ -63,7 +60,7 @@ pub struct StateHandle {
     leadership: Option<watch::Receiver<Leadership>>,
     /// Set, for every clone, once a write was refused as fenced: the term
     /// is over even if the election has not noticed yet.
-    fenced: Arc<AtomicBool>,
+    fenced: Arc<watch::Sender<bool>>,
 }
 
 impl fmt::Debug for StateHandle {
@@ -79,21 +76,28 @@ impl StateHandle {
             fence,
             prefix: String::new(),
             leadership: None,
-            fenced: Arc::new(AtomicBool::new(false)),
+            fenced: Arc::new(watch::Sender::new(false)),
         }
     }
 
     /// Whether a write through this handle (or a clone) was refused
     /// because another term holds the state.
     pub fn was_fenced(&self) -> bool {
-        self.fenced.load(Ordering::Relaxed)
+        *self.fenced.borrow()
+    }
+
+    /// Resolves once a write was refused as fenced (see
+    /// [`Self::was_fenced`]): the owner stops the components then, as a
+    /// component may only log the error and go on.
+    pub async fn fenced(&self) {
+        let _ = self.fenced.subscribe().wait_for(|fenced| *fenced).await;
     }
 
     /// Passes a store result on, noting a fenced refusal.
     fn noted<T>(&self, result: Result<T, StateStoreError>) -> Result<T, StateError> {
         if let Err(e) = &result {
             if e.is_fenced() {
-                self.fenced.store(true, Ordering::Relaxed);
+                self.fenced.send_replace(true);
             }
         }
         Ok(result?)
@@ -142,6 +146,14 @@ impl StateHandle {
         format!("{}{name}", self.prefix)
     }
 
+    /// Whether this handle's term is over (never, without a lease).
+    fn term_over(&self) -> bool {
+        match (&self.leadership, &self.fence) {
+            (Some(rx), Fence::Lease(id)) => rx.borrow().lease_id() != Some(id.as_str()),
+            _ => false,
+        }
+    }
+
     /// The fence to write with, or `Fenced` when the term is over.
     fn writing(&self, what: &'static str, name: &str) -> Result<&Fence, StateError> {
         if let (Some(rx), Fence::Lease(id)) = (&self.leadership, &self.fence) {
@@ -165,29 +177,99 @@ impl StateHandle {
         }
     }
 
+    /// Creates an empty log. Retried while storage is unavailable; a log
+    /// that exists empty after an attempt whose answer was lost is ours.
     pub async fn create_log(&self, name: &str) -> Result<(), StateError> {
-        let fence = self.writing("create log", name)?;
-        self.noted(self.store.create_log(&self.full(name), fence).await)
+        let mut retry = Retry::new(self, "create log", name);
+        loop {
+            let fence = self.writing("create log", name)?;
+            match self.store.create_log(&self.full(name), fence).await {
+                Err(e) if retry.again(&e).await => {}
+                Err(e) if e.is_condition_failed() && retry.uncertain => {
+                    let log = self.read_log(name).await?;
+                    if log.is_some_and(|l| l.is_empty()) {
+                        return Ok(());
+                    }
+                    return self.noted(Err(e));
+                }
+                other => return self.noted(other),
+            }
+        }
     }
 
+    /// Appends `bytes` to a log whose length is `at`; the new length.
+    /// Retried while storage is unavailable; after an attempt whose answer
+    /// was lost, a log that ends at `at + bytes` with `bytes` is that
+    /// attempt having landed.
     pub async fn append(&self, name: &str, bytes: Bytes, at: u64) -> Result<u64, StateError> {
-        let fence = self.writing("append", name)?;
-        self.noted(self.store.append(&self.full(name), bytes, at, fence).await)
+        let end = at + bytes.len() as u64;
+        let mut retry = Retry::new(self, "append", name);
+        loop {
+            let fence = self.writing("append", name)?;
+            match self
+                .store
+                .append(&self.full(name), bytes.clone(), at, fence)
+                .await
+            {
+                Err(e) if retry.again(&e).await => {}
+                Err(e) if e.is_condition_failed() && retry.uncertain => {
+                    let log = self.read_log(name).await?.unwrap_or_default();
+                    if log.len() as u64 == end && log[at as usize..] == bytes[..] {
+                        return Ok(end);
+                    }
+                    return self.noted(Err(e));
+                }
+                other => return self.noted(other),
+            }
+        }
     }
 
+    /// Creates a document with `bytes` as they are (an import); fails on
+    /// the condition if it exists.
+    pub async fn put_new(&self, name: &str, bytes: Bytes) -> Result<(), StateError> {
+        let fence = self.writing("replace", name)?;
+        self.noted(
+            self.store
+                .replace(&self.full(name), bytes, None, fence)
+                .await
+                .map(|_| ()),
+        )
+    }
+
+    /// A log's content; reads are retried while storage is unavailable.
     pub async fn read_log(&self, name: &str) -> Result<Option<Bytes>, StateError> {
-        Ok(self.store.read_log(&self.full(name)).await?)
+        let mut retry = Retry::new(self, "read log", name);
+        loop {
+            match self.store.read_log(&self.full(name)).await {
+                Err(e) if retry.again(&e).await => {}
+                other => return Ok(other?),
+            }
+        }
     }
 
+    /// Deletes an object (deleting one that is gone succeeds, so retries
+    /// are safe).
     pub async fn delete(&self, name: &str) -> Result<(), StateError> {
-        let fence = self.writing("delete", name)?;
-        self.noted(self.store.delete(&self.full(name), fence).await)
+        let mut retry = Retry::new(self, "delete", name);
+        loop {
+            let fence = self.writing("delete", name)?;
+            match self.store.delete(&self.full(name), fence).await {
+                Err(e) if retry.again(&e).await => {}
+                other => return self.noted(other),
+            }
+        }
     }
 
     /// The names in this folder that start with `prefix`, relative to the
     /// folder.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StateError> {
-        let names = self.store.list(&self.full(prefix)).await?;
+        let mut retry = Retry::new(self, "list", prefix);
+        let names = loop {
+            match self.store.list(&self.full(prefix)).await {
+                Err(e) if retry.again(&e).await => {}
+                other => break other?,
+            }
+        };
         Ok(names
             .into_iter()
             .filter_map(|n| n.strip_prefix(&self.prefix).map(str::to_string))
@@ -223,11 +305,7 @@ impl StateDoc {
 
     /// [`Self::load`], with the document's size in bytes.
     pub async fn load_sized<T: DeserializeOwned>(&self) -> Result<Option<(T, u64)>, StateError> {
-        let read = self
-            .handle
-            .store
-            .read(&self.handle.full(&self.name))
-            .await?;
+        let read = self.read().await?;
         let Some((bytes, version)) = read else {
             *self.version.lock().expect("not poisoned") = None;
             return Ok(None);
@@ -246,21 +324,97 @@ impl StateDoc {
     pub async fn save<T: Serialize>(&self, value: &T) -> Result<u64, StateError> {
         let bytes = Bytes::from(serde_json::to_vec_pretty(value).expect("state serializes"));
         let size = bytes.len() as u64;
-        let fence = self.handle.writing("replace", &self.name)?;
         let expected = self.version.lock().expect("not poisoned").clone();
-        let replaced = self
-            .handle
-            .store
-            .replace(
-                &self.handle.full(&self.name),
-                bytes,
-                expected.as_ref(),
-                fence,
-            )
-            .await;
-        let version = self.handle.noted(replaced)?;
+        let mut retry = Retry::new(&self.handle, "replace", &self.name);
+        let version = loop {
+            let fence = self.handle.writing("replace", &self.name)?;
+            let replaced = self
+                .handle
+                .store
+                .replace(
+                    &self.handle.full(&self.name),
+                    bytes.clone(),
+                    expected.as_ref(),
+                    fence,
+                )
+                .await;
+            match replaced {
+                Err(e) if retry.again(&e).await => {}
+                Err(e) if e.is_condition_failed() && retry.uncertain => {
+                    // An attempt whose answer was lost may have landed: the
+                    // document then holds exactly these bytes.
+                    match self.read().await? {
+                        Some((now, version)) if now == bytes => break version,
+                        _ => return self.handle.noted(Err(e)),
+                    }
+                }
+                other => break self.handle.noted(other)?,
+            }
+        };
         *self.version.lock().expect("not poisoned") = Some(version);
         Ok(size)
+    }
+
+    /// The document's bytes and version, retried while storage is
+    /// unavailable.
+    async fn read(&self) -> Result<Option<(Bytes, Version)>, StateError> {
+        let mut retry = Retry::new(&self.handle, "read", &self.name);
+        loop {
+            match self.handle.store.read(&self.handle.full(&self.name)).await {
+                Err(e) if retry.again(&e).await => {}
+                other => return Ok(other?),
+            }
+        }
+    }
+}
+
+/// Retries of one state operation while storage is unavailable: without
+/// a limit, since the state must be written before anything is
+/// acknowledged (the sink waits, and so the source), but never past the
+/// term: `writing` refuses once the lease is gone. Reads (which `writing`
+/// does not gate) give up once the term is over too.
+struct Retry<'a> {
+    handle: &'a StateHandle,
+    what: &'static str,
+    name: &'a str,
+    attempt: u32,
+    /// An attempt failed without an answer: a write may have landed.
+    uncertain: bool,
+}
+
+const RETRY: crate::backoff::Backoff = crate::backoff::Backoff::new(
+    std::time::Duration::from_millis(50),
+    std::time::Duration::from_secs(2),
+);
+
+impl<'a> Retry<'a> {
+    fn new(handle: &'a StateHandle, what: &'static str, name: &'a str) -> Self {
+        Self {
+            handle,
+            what,
+            name,
+            attempt: 0,
+            uncertain: false,
+        }
+    }
+
+    /// Whether to try `e`'s operation again (after a pause).
+    async fn again(&mut self, e: &StateStoreError) -> bool {
+        if !matches!(e, StateStoreError::Unavailable { .. }) || self.handle.term_over() {
+            return false;
+        }
+        self.uncertain = true;
+        if self.attempt.is_multiple_of(10) {
+            tracing::warn!(
+                state = %self.handle.location(self.name),
+                attempt = self.attempt + 1,
+                "State {} failed: {e}; retrying until it succeeds or this agent's term ends (nothing is acknowledged meanwhile).",
+                self.what
+            );
+        }
+        tokio::time::sleep(RETRY.delay(self.attempt)).await;
+        self.attempt += 1;
+        true
     }
 }
 

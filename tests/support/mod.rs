@@ -421,6 +421,23 @@ impl Agent {
         None
     }
 
+    /// With its log in `log` and extra environment variables.
+    pub fn start_logged_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = mongo_adls()
+            .arg("--config")
+            .arg(config)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn_tracked();
+        Self(child)
+    }
+
     /// The one way tests launch a long-running agent.
     fn spawn(config: &Path, args: &[&str], stderr: Stdio) -> Self {
         let child = mongo_adls()
@@ -575,6 +592,23 @@ impl Lake {
             .await
             .unwrap()
             .to_vec()
+    }
+
+    fn blob(&self, name: &str) -> azure_storage_blob::BlobClient {
+        let mut url = self.container_url.clone();
+        url.path_segments_mut().unwrap().extend(name.split('/'));
+        azure_storage_blob::BlobClient::new(url, None, Some(self.options.clone())).unwrap()
+    }
+
+    /// Deletes an object (an operator's mistake, for tests of lost state).
+    pub async fn delete(&self, name: &str) {
+        self.blob(name).delete(None).await.unwrap();
+    }
+
+    /// Writes an object whole, replacing it (for tests of corrupt state).
+    pub async fn put(&self, name: &str, bytes: Vec<u8>) {
+        let body: bytes::Bytes = bytes.into();
+        self.blob(name).upload(body.into(), None).await.unwrap();
     }
 
     /// The lines of an object, gunzipped when its name ends in `.gz`.

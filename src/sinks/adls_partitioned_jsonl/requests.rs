@@ -421,9 +421,11 @@ pub(super) fn commit_batch(
     finalizers: Vec<EventFinalizers>,
 ) -> WriteRequest {
     Box::pin(async move {
+        crate::testing::seam("before_commit").await;
         let (result, _) = storage
             .commit_growing(&staged.object, &ids, version.clone(), false)
             .await;
+        crate::testing::seam("after_commit").await;
         match result {
             Ok(version) => WriteOutcome::BatchCommitted {
                 key: staged.key,
@@ -462,7 +464,10 @@ pub(super) fn seal_file(
         let (result, lost) = if already_visible {
             (Ok(()), Vec::new())
         } else {
-            storage.seal(&object, &ids, every_batch).await
+            crate::testing::seam("before_commit").await;
+            let sealed = storage.seal(&object, &ids, every_batch).await;
+            crate::testing::seam("after_commit").await;
+            sealed
         };
         WriteOutcome::FileSealed { key, result, lost }
     })

@@ -113,8 +113,11 @@ pub(super) fn due(policy: &RollPolicy, batcher: &Batcher, state: &SinkState, now
         // A file full by size is sealed as soon as its blocks are recorded;
         // a pending batch then starts the next part (flushing it into this
         // file instead could put off the seal for as long as events keep
-        // coming).
-        if activity.seal_wanted && file.is_some() {
+        // coming). So is a file whose seal intent is recorded (a seal that
+        // failed and is retried): its seal commits exactly the recorded
+        // blocks, so no batch may go into it.
+        let sealing = file.is_some_and(|f| f.sealing);
+        if (activity.seal_wanted || sealing) && file.is_some() {
             if activity.staging == 0 && retry_ok {
                 due.seals.push(key.clone());
             }
@@ -404,5 +407,53 @@ mod tests {
             due(&p, &batcher, &state, &now(30, 700, false)).seals,
             [key(0)]
         );
+    }
+
+    /// A file whose seal intent is recorded (its seal failed and is to be
+    /// retried) takes no more blocks: with a batch pending for its window
+    /// it is sealed, not flushed into. Before this, the batch waited for
+    /// the file and the file for the batch, and the window never sealed.
+    #[tokio::test]
+    async fn a_file_being_sealed_is_sealed_before_its_pending_batch_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = SinkState::load(StateHandle::local(dir.path()))
+            .await
+            .unwrap();
+        let staged = StagedBlock {
+            key: key(0),
+            part: 0,
+            object: "o".into(),
+            block: Block {
+                id: "b".into(),
+                bytes: 10,
+                events: 1,
+            },
+            first: None,
+            high_water: None,
+            source: None,
+        };
+        state.staged(staged, 100).await.unwrap();
+        state.sealing(&key(0), 100).await.unwrap();
+        let windows = Windows {
+            window_secs: 60,
+            tz: chrono_tz::Tz::UTC,
+        };
+        let mut batcher = Batcher::new(
+            BatchLimits {
+                max_bytes: 1 << 20,
+                max_events: 100,
+                max_total_bytes: 64 << 20,
+            },
+            2,
+            ExtendedJsonMode::Relaxed,
+        );
+        let t = DateTime::from_timestamp(30, 0).unwrap();
+        let k = batcher.route(&windows, ("d", "c"), t);
+        assert!(batcher
+            .add(k.clone(), &event(), t, None, EventFinalizers::default())
+            .is_ok());
+        let d = due(&policy(), &batcher, &state, &now(70, 100, true));
+        assert_eq!(d.seals, [key(0)]);
+        assert!(d.flushes.is_empty(), "{:?}", d.flushes);
     }
 }

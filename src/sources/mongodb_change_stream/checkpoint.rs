@@ -218,11 +218,13 @@ impl Acks {
         let Some(token) = self.committed.clone() else {
             return Ok(false);
         };
+        // A failed write waits for the next interval too: a store that
+        // refuses (a lost lease) is not asked again for every event.
+        self.last_write = Instant::now();
         self.state
             .save(&Checkpoint::of(&self.pipeline, token, None))
             .await?;
         self.written = self.committed.clone();
-        self.last_write = Instant::now();
         Ok(true)
     }
 }
