@@ -72,7 +72,7 @@ pub fn schema() -> Value {
     let globals = json!({
         "data_dir": {
             "type": "string",
-            "description": "Directory for component state (checkpoints, sink state), one subdirectory per component id. Needed by components that keep state."
+            "description": "Directory for component state (checkpoints, sink state), one subdirectory per component id. Needed by components that keep state, unless `[state] store = \"azure_blob\"` keeps it in a storage account (then `data_dir`, if set, is only read once, to import its state into an empty remote state)."
         },
         "acknowledgements": generator.subschema_for::<AcknowledgementsConfig>(),
         "api": generator.subschema_for::<ApiConfig>(),
