@@ -1745,13 +1745,7 @@ async fn lost_state_is_refused_unless_accepted() {
     until_ids(100).await;
     assert_eq!(agent.stop(), Some(0));
     // `state show` reads what the start check compares.
-    let out = support::mongo_adls()
-        .args(["state", "show", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{shown}");
+    let shown = support::state_show(&cfg);
     let pipeline = regex::Regex::new(r"pipeline ([0-9a-f-]{36})")
         .unwrap()
         .captures(&shown)

@@ -705,6 +705,17 @@ async fn lost_or_damaged_remote_state_is_refused_naming_the_blob() {
     let n = write(&client, 0, 4, Duration::from_millis(100)).await;
     lake_holds(&lake, n, &[&member]).await;
     assert_eq!(member.agent.stop(), Some(0));
+    // `state show` reads the group's state without taking the lease.
+    let shown = support::state_show(&cfg);
+    for expected in [
+        "pipeline \"orders\": state in",
+        "active agent: none; the lease is available",
+        "state/orders/mongo/checkpoint.json",
+        "resume token",
+        "state/orders/lake/state.json",
+    ] {
+        assert!(shown.contains(expected), "{expected:?} not in:\n{shown}");
+    }
     let checkpoint = "orders/mongo/checkpoint.json";
     let saved = state.read(checkpoint).await;
 

@@ -260,7 +260,10 @@ async fn term(
     );
     let state = StateHandle::new(Arc::clone(store) as Arc<dyn StateStore>, fence.clone())
         .with_leadership(elector.subscribe());
-    if names.is_empty() {
+    // An empty remote state, or an import that did not finish (its marker
+    // says so): copy what data_dir holds. Every step is idempotent.
+    let importing = names.is_empty() || names.iter().any(|n| n == IMPORTING);
+    if importing {
         if let Some(dir) = config.data_dir() {
             match import_local(dir, &state).await {
                 Ok(0) => {}
@@ -288,6 +291,9 @@ async fn term(
     let topology = match started {
         Ok(topology) => topology,
         Err(_) if state.was_fenced() => return TermEnd::Fenced,
+        // The term ended while the components were being built (a read
+        // retried past the deadline, say): not a configuration error.
+        Err(_) if state.term_over() => return TermEnd::Lost,
         Err(lines) => {
             for line in lines {
                 tracing::error!("{line}");
@@ -329,6 +335,10 @@ async fn term(
     }
 }
 
+/// Present while an import of `data_dir` is under way (a term that ends
+/// in the middle leaves it, and the next one finishes the import).
+const IMPORTING: &str = "importing-data-dir";
+
 /// Copies the state a `local` store left in `dir` (`<component>/` folders
 /// of `checkpoint.json`, `state.json` and `state.<n>.log`) into the empty
 /// remote state, so switching a pipeline to `azure_blob` loses nothing;
@@ -338,6 +348,8 @@ async fn import_local(dir: &std::path::Path, state: &StateHandle) -> Result<usiz
     let Ok(components) = std::fs::read_dir(dir) else {
         return Ok(0);
     };
+    let marker = bytes::Bytes::from(format!("{{\"from\":{:?}}}\n", dir.display().to_string()));
+    state.put_new(IMPORTING, marker).await?;
     for component in components.flatten() {
         let id = component.file_name().to_string_lossy().into_owned();
         if !component.path().is_dir() || crate::state_store::check_name(&id).is_err() {
@@ -360,6 +372,11 @@ async fn import_local(dir: &std::path::Path, state: &StateHandle) -> Result<usiz
                 message: e.to_string(),
             })?;
             if is_log {
+                // An empty log (a crash between its creation and the
+                // first line) holds nothing; Azure takes no empty append.
+                if bytes.is_empty() || folder.read_log(&name).await?.is_some_and(|l| l == bytes) {
+                    continue;
+                }
                 folder.create_log(&name).await?;
                 folder.append(&name, bytes.into(), 0).await?;
             } else {
@@ -368,6 +385,7 @@ async fn import_local(dir: &std::path::Path, state: &StateHandle) -> Result<usiz
             copied += 1;
         }
     }
+    state.delete(IMPORTING).await?;
     Ok(copied)
 }
 

@@ -420,6 +420,13 @@ impl StateStore for AzureStateStore {
         Ok(taken)
     }
 
+    async fn hold(&self, name: &str, fence: &Fence) -> Result<(), StateStoreError> {
+        let t = self.target("Acquire Lease", name)?;
+        let lease_id = self.lease_id("Acquire Lease", &t, fence)?.to_string();
+        // Acquiring with the id that already holds it is a renew.
+        self.acquire(&t, &lease_id).await.map(|_| ())
+    }
+
     async fn renew(&self, fence: &Fence) -> Result<(), StateStoreError> {
         let names: Vec<String> = self.held_names().iter().cloned().collect();
         for name in names {

@@ -38,6 +38,11 @@ impl StateError {
     pub fn is_fenced(&self) -> bool {
         matches!(self, Self::Store { source } if source.is_fenced())
     }
+
+    /// Whether a condition (version, length, existence) refused the write.
+    pub fn is_condition_failed(&self) -> bool {
+        matches!(self, Self::Store { source } if source.is_condition_failed())
+    }
 }
 
 impl From<StateStoreError> for StateError {
@@ -147,7 +152,7 @@ impl StateHandle {
     }
 
     /// Whether this handle's term is over (never, without a lease).
-    fn term_over(&self) -> bool {
+    pub fn term_over(&self) -> bool {
         match (&self.leadership, &self.fence) {
             (Some(rx), Fence::Lease(id)) => rx.borrow().lease_id() != Some(id.as_str()),
             _ => false,
@@ -188,7 +193,7 @@ impl StateHandle {
                 Err(e) if e.is_condition_failed() && retry.uncertain => {
                     let log = self.read_log(name).await?;
                     if log.is_some_and(|l| l.is_empty()) {
-                        return Ok(());
+                        return self.hold(name).await;
                     }
                     return self.noted(Err(e));
                 }
@@ -224,16 +229,41 @@ impl StateHandle {
         }
     }
 
-    /// Creates a document with `bytes` as they are (an import); fails on
-    /// the condition if it exists.
+    /// Creates a document with `bytes` as they are (an import). A document
+    /// that exists with exactly `bytes` counts as created (a
+    /// retry, or an import resumed).
     pub async fn put_new(&self, name: &str, bytes: Bytes) -> Result<(), StateError> {
-        let fence = self.writing("replace", name)?;
-        self.noted(
-            self.store
-                .replace(&self.full(name), bytes, None, fence)
+        let mut retry = Retry::new(self, "replace", name);
+        loop {
+            let fence = self.writing("replace", name)?;
+            match self
+                .store
+                .replace(&self.full(name), bytes.clone(), None, fence)
                 .await
-                .map(|_| ()),
-        )
+            {
+                Err(e) if retry.again(&e).await => {}
+                Err(e) if e.is_condition_failed() => {
+                    let now = self.doc(name).read().await?;
+                    if now.is_some_and(|(b, _)| b == bytes) {
+                        return self.hold(name).await;
+                    }
+                    return self.noted(Err(e));
+                }
+                other => return self.noted(other.map(|_| ())),
+            }
+        }
+    }
+
+    /// Takes this term's lease on `name` (see [`StateStore::hold`]).
+    async fn hold(&self, name: &str) -> Result<(), StateError> {
+        let mut retry = Retry::new(self, "hold", name);
+        loop {
+            let fence = self.writing("hold", name)?;
+            match self.store.hold(&self.full(name), fence).await {
+                Err(e) if retry.again(&e).await => {}
+                other => return self.noted(other),
+            }
+        }
     }
 
     /// A log's content; reads are retried while storage is unavailable.
@@ -344,7 +374,10 @@ impl StateDoc {
                     // An attempt whose answer was lost may have landed: the
                     // document then holds exactly these bytes.
                     match self.read().await? {
-                        Some((now, version)) if now == bytes => break version,
+                        Some((now, version)) if now == bytes => {
+                            self.handle.hold(&self.name).await?;
+                            break version;
+                        }
                         _ => return self.handle.noted(Err(e)),
                     }
                 }
@@ -401,6 +434,11 @@ impl<'a> Retry<'a> {
     /// Whether to try `e`'s operation again (after a pause).
     async fn again(&mut self, e: &StateStoreError) -> bool {
         if !matches!(e, StateStoreError::Unavailable { .. }) || self.handle.term_over() {
+            return false;
+        }
+        // Without a term (`state show`, a read-only look) a few tries do:
+        // a person is waiting for an answer, not a pipeline for a write.
+        if self.handle.leadership.is_none() && self.attempt >= 5 {
             return false;
         }
         self.uncertain = true;

@@ -284,8 +284,14 @@ impl StateStore for LocalStateStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StateStoreError> {
+        // From the prefix's own folder: a component lists its folder only,
+        // never the rest of `data_dir` (a `lost+found` it may not read).
+        let start = match prefix.rfind('/') {
+            Some(end) => self.dir.join(&prefix[..end]),
+            None => self.dir.clone(),
+        };
         let mut names = Vec::new();
-        list_dir(&self.dir, &self.dir, &mut names).map_err(|e| failed("list", &self.dir, e))?;
+        list_dir(&self.dir, &start, &mut names).map_err(|e| failed("list", &start, e))?;
         names.retain(|n| n.starts_with(prefix));
         names.sort();
         Ok(names)

@@ -157,6 +157,13 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     /// previous term are dealt with (they are waited out, never broken).
     async fn take_over(&self, fence: &Fence) -> Result<Vec<String>, StateStoreError>;
 
+    /// Makes `fence`'s term hold `name`: after a create whose answer was
+    /// lost and that is recognised as this term's own, the lease that the
+    /// create would have taken. Nothing to do without leases.
+    async fn hold(&self, _name: &str, _fence: &Fence) -> Result<(), StateStoreError> {
+        Ok(())
+    }
+
     /// Keeps the term's hold on its objects (Renew Lease on each), on the
     /// leader's renew schedule.
     async fn renew(&self, fence: &Fence) -> Result<(), StateStoreError>;

@@ -479,6 +479,18 @@ impl Drop for Agent {
     }
 }
 
+/// `mongo-adls state show -c <config>`: its output, which must succeed.
+pub fn state_show(config: &Path) -> String {
+    let out = mongo_adls()
+        .args(["state", "show", "-c"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "state show failed: {shown}");
+    shown
+}
+
 /// Polls `f` until it returns `Some` or `timeout` passes.
 pub async fn eventually<T>(timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

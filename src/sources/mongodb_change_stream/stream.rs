@@ -343,7 +343,7 @@ impl ChangeStreamSource {
         mut stream: ChangeStream<RawDocumentBuf>,
     ) -> ControlFlow<Stop> {
         loop {
-            self.take_acks(run).await;
+            self.take_acks(run).await?;
             let next = tokio::select! {
                 _ = self.cx.shutdown.cancelled() => return ControlFlow::Break(Ok(())),
                 n = stream.next_if_any() => n,
@@ -366,16 +366,27 @@ impl ChangeStreamSource {
     /// Takes in the acknowledgements that are ready and writes the
     /// checkpoint when due. Never raced against `next_if_any`: dropping an
     /// in-flight getMore could lose its batch.
-    async fn take_acks(&self, run: &mut RunState) {
+    async fn take_acks(&self, run: &mut RunState) -> ControlFlow<Stop> {
         while let Some((status, token)) = run.ack_stream.ready() {
             run.acks.resolved(status, token);
         }
         if let Err(e) = run.acks.flush(false).await {
             self.error("checkpoint_failed", &e.to_string());
+            if e.is_condition_failed() {
+                // Someone else wrote the checkpoint: every later write
+                // would fail the same way, so the checkpoint would stand
+                // still while events keep flowing. Stop instead.
+                self.error(
+                    "checkpoint_failed",
+                    "The checkpoint changed since this source read it (another writer, or the file was replaced); stopping. A restart reads it again.",
+                );
+                return ControlFlow::Break(Err(()));
+            }
         }
         if let Some(t) = run.acks.committed().and_then(token_cluster_time) {
             run.progress.committed_at(t.time);
         }
+        ControlFlow::Continue(())
     }
 
     /// Sends one change event on, unless it is skipped as oversized.

@@ -82,6 +82,7 @@ impl SinkState {
                 source,
             })?;
             self.apply(change);
+            self.log_lines += 1;
         }
         if complete < bytes.len() {
             tracing::warn!(log = %self.state.location(&name), "Ignoring a torn last line of the sink state log (a write interrupted by a crash; it was never acknowledged).");
@@ -105,6 +106,7 @@ impl SinkState {
             .state
             .append(&name, Bytes::from(line), self.log_bytes)
             .await?;
+        self.log_lines += 1;
         Ok(())
     }
 }

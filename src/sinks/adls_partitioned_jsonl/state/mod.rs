@@ -39,6 +39,10 @@ use crate::{
 /// than the snapshot.
 const COMPACT_AFTER_BYTES: u64 = 1 << 20;
 
+/// ... or once it holds this many lines: an append blob takes at most
+/// 50,000 appends.
+const COMPACT_AFTER_LINES: u64 = 40_000;
+
 /// How long sealed windows are remembered for replay skipping. Replays only
 /// start from the source's checkpoint, which trails the sink by seconds to
 /// minutes, so a day is ample.
@@ -153,6 +157,8 @@ pub struct SinkState {
     /// The log of the current generation exists.
     log: bool,
     log_bytes: u64,
+    /// Lines in the current log.
+    log_lines: u64,
     snapshot_bytes: u64,
     /// Load found a torn line or logs of other generations: snapshot
     /// before appending.
@@ -176,6 +182,7 @@ impl SinkState {
             generation: persisted.generation,
             log: false,
             log_bytes: 0,
+            log_lines: 0,
             snapshot_bytes,
             stale: false,
             open: persisted
@@ -278,7 +285,9 @@ impl SinkState {
         }
         self.append(&change).await?;
         self.apply(change);
-        if self.log_bytes > COMPACT_AFTER_BYTES.max(self.snapshot_bytes) {
+        if self.log_bytes > COMPACT_AFTER_BYTES.max(self.snapshot_bytes)
+            || self.log_lines >= COMPACT_AFTER_LINES
+        {
             self.save(at).await?;
         }
         Ok(())
@@ -352,6 +361,7 @@ impl SinkState {
         self.generation += 1;
         self.log = false;
         self.log_bytes = 0;
+        self.log_lines = 0;
         self.stale = false;
         // Every log so far is in the snapshot.
         for name in old_logs {
