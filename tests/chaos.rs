@@ -27,7 +27,9 @@ use std::{
 
 use mongodb::bson::{doc, Document};
 use rand::Rng;
-use support::{Agent, Azurite, Fault, FaultProxy, Faults, Lake, Mongod, SpawnTracked, AZURITE_KEY};
+use support::{
+    log_tail, Agent, Azurite, Fault, FaultProxy, Faults, Lake, Mongod, SpawnTracked, AZURITE_KEY,
+};
 
 const NAMESPACES: [(&str, &str); 4] = [
     ("chaos_a", "orders"),
@@ -286,13 +288,6 @@ fn log_count(log: &Path, text: &str) -> usize {
         .unwrap_or_default()
         .matches(text)
         .count()
-}
-
-/// The last `n` lines of the agent's log, for failure messages.
-fn log_tail(log: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let tail: Vec<&str> = text.lines().rev().take(n).collect();
-    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
 async fn wait_log(log: &Path, text: &str, count: usize, agent: &mut Agent) {
@@ -745,41 +740,6 @@ async fn chaos_per_event_3k() {
     .await;
 }
 
-/// `/health`'s `role` of the agent whose API is on `port`, while it answers.
-fn role(port: u16) -> Option<String> {
-    let response = support::http_get(port, "/health")?;
-    let body: serde_json::Value =
-        serde_json::from_str(response.split("\r\n\r\n").nth(1)?.trim()).ok()?;
-    body["role"].as_str().map(str::to_string)
-}
-
-/// The index of the one agent whose `/health` says `active` while every
-/// other says `standby`, once that holds (90 s at most).
-async fn one_active(ports: &[u16], logs: &[&Path]) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let roles: Vec<Option<String>> = ports.iter().map(|p| role(*p)).collect();
-        let active: Vec<usize> = (0..roles.len())
-            .filter(|i| roles[*i].as_deref() == Some("active"))
-            .collect();
-        let standby = roles
-            .iter()
-            .filter(|r| r.as_deref() == Some("standby"))
-            .count();
-        if active.len() == 1 && standby == ports.len() - 1 {
-            return active[0];
-        }
-        if Instant::now() > deadline {
-            let tails: Vec<String> = logs.iter().map(|l| log_tail(l, 40)).collect();
-            panic!(
-                "no single active agent within 90 s: roles {roles:?}; logs end:\n{}",
-                tails.join("\n-----\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Node loss: two agents of one pipeline keep every bit of state in the
 /// storage account (`[state] store = "azure_blob"`, no `data_dir`, state
 /// requests through the fault proxy too). About 60,000 changes while the
@@ -845,7 +805,7 @@ checkpoint_interval_ms = 200
     let mut agents: Vec<Agent> = (0..2)
         .map(|i| Agent::start_logged(&configs[i], &logs[i]))
         .collect();
-    one_active(&ports, &log_refs).await;
+    support::one_active(&ports, &log_refs, Duration::from_secs(90)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let manifest = Arc::new(Mutex::new(Manifest::default()));
@@ -860,7 +820,7 @@ checkpoint_interval_ms = 200
     let (mut kills, mut live_restarts) = (0, 0);
     let (mut killed_at, mut failovers) = (None::<Instant>, Vec::new());
     while !generator.is_finished() || kills < 10 {
-        let active = one_active(&ports, &log_refs).await;
+        let active = support::one_active(&ports, &log_refs, Duration::from_secs(90)).await;
         if let Some(at) = killed_at.take() {
             failovers.push(format!("{:.1}", at.elapsed().as_secs_f64()));
         }

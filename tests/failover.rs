@@ -16,7 +16,7 @@ use std::{
 
 use mongodb::bson::{doc, Document};
 use serde_json::Value;
-use support::{eventually, free_port, http_get, Agent, Azurite, Lake, Mongod, AZURITE_KEY};
+use support::{eventually, free_port, Agent, Azurite, Lake, Mongod, AZURITE_KEY};
 
 const LEASE_SECS: u64 = 15;
 
@@ -96,10 +96,7 @@ impl Member {
 
     /// `/health`'s `role`, while the API answers.
     fn role(&self) -> Option<String> {
-        let response = http_get(self.port, "/health")?;
-        let body = response.split("\r\n\r\n").nth(1)?;
-        let body: Value = serde_json::from_str(body.trim()).ok()?;
-        body["role"].as_str().map(str::to_string)
+        support::role(self.port)
     }
 
     fn log_text(&self) -> String {
@@ -111,38 +108,21 @@ impl Member {
     }
 }
 
-/// Waits until exactly one running member says `active` and every other
-/// running one `standby`; its index.
+/// Waits until exactly one member says `active` and every other
+/// `standby`; its index.
 async fn one_active(members: &[&Member], timeout: Duration) -> usize {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let roles: Vec<Option<String>> = members.iter().map(|m| m.role()).collect();
-        let active: Vec<usize> = (0..roles.len())
-            .filter(|i| roles[*i].as_deref() == Some("active"))
-            .collect();
-        let standby = roles
-            .iter()
-            .filter(|r| r.as_deref() == Some("standby"))
-            .count();
-        if active.len() == 1 && standby == members.len() - 1 {
-            return active[0];
-        }
-        if Instant::now() > deadline {
-            let tails: Vec<String> = members
-                .iter()
-                .map(|m| {
-                    let text = m.log_text();
-                    let lines: Vec<&str> = text.lines().collect();
-                    lines[lines.len().saturating_sub(15)..].join("\n")
-                })
-                .collect();
-            panic!(
-                "not one active and the rest standing by within {timeout:?}: roles {roles:?}; logs:\n{}",
-                tails.join("\n-----\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let ports: Vec<u16> = members.iter().map(|m| m.port).collect();
+    let logs: Vec<&Path> = members.iter().map(|m| m.log.as_path()).collect();
+    support::one_active(&ports, &logs, timeout).await
+}
+
+/// Waits until `member` has stepped down and stands by (40 s at most).
+async fn stepped_down(member: &Member) {
+    eventually(Duration::from_secs(40), async || {
+        (member.log_text().contains("Stepped down") && member.role().as_deref() == Some("standby"))
+            .then_some(())
+    })
+    .await;
 }
 
 /// Inserts `batches` x 50 documents with ids from `first`, `pause` apart;
@@ -219,11 +199,7 @@ async fn lake_holds(lake: &Lake, expected: usize, members: &[&Member]) {
         if Instant::now() > deadline {
             let logs: Vec<String> = members
                 .iter()
-                .map(|m| {
-                    let text = m.log_text();
-                    let lines: Vec<&str> = text.lines().collect();
-                    lines[lines.len().saturating_sub(30)..].join("\n")
-                })
+                .map(|m| support::log_tail(&m.log, 30))
                 .collect();
             panic!(
                 "the lake holds {n} of {expected} changes after 120 s; logs:\n{}",
@@ -281,11 +257,7 @@ async fn a_standby_takes_over_from_a_killed_active_and_on_sigterm() {
     let killed_at = Instant::now();
     let standby = 1 - active;
     eventually(Duration::from_secs(LEASE_SECS * 3 + 15), async || {
-        let ok = members[standby].role().as_deref() == Some("active");
-        if !ok {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        ok.then_some(())
+        (members[standby].role().as_deref() == Some("active")).then_some(())
     })
     .await;
     let failover = killed_at.elapsed();
@@ -317,11 +289,7 @@ async fn a_standby_takes_over_from_a_killed_active_and_on_sigterm() {
     let stopped_at = Instant::now();
     assert_eq!(old.agent.stop(), Some(0));
     eventually(Duration::from_secs(20), async || {
-        let ok = members[0].role().as_deref() == Some("active");
-        if !ok {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        ok.then_some(())
+        (members[0].role().as_deref() == Some("active")).then_some(())
     })
     .await;
     let handover = stopped_at.elapsed();
@@ -396,15 +364,7 @@ async fn a_paused_active_wakes_fenced_and_steps_down() {
         .map(|o| (o.name, (o.etag, o.size)))
         .collect();
     members[paused].signal(libc::SIGCONT);
-    eventually(Duration::from_secs(40), async || {
-        let stepped = members[paused].log_text().contains("Stepped down")
-            && members[paused].role().as_deref() == Some("standby");
-        if !stepped {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        stepped.then_some(())
-    })
-    .await;
+    stepped_down(&members[paused]).await;
     let expected = writer.await.unwrap();
     lake_holds(&lake, expected, &all).await;
     // Files visible before the wake-up are unchanged: sealed files are
@@ -619,34 +579,18 @@ async fn lease_lost_at_a_seam(commit: &str, seam: &str) {
     };
     let reached = format!("Test seam {seam} reached");
     eventually(Duration::from_secs(60), async || {
-        let hit = first.log_text().contains(&reached);
-        if !hit {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        hit.then_some(())
+        (first.log_text().contains(&reached)).then_some(())
     })
     .await;
     first.signal(libc::SIGSTOP);
     let second = Member::start(cfg(1), ports[1], logs[1].clone());
     eventually(Duration::from_secs(LEASE_SECS * 3 + 15), async || {
-        let ok = second.role().as_deref() == Some("active");
-        if !ok {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        ok.then_some(())
+        (second.role().as_deref() == Some("active")).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     first.signal(libc::SIGCONT);
-    eventually(Duration::from_secs(40), async || {
-        let stepped =
-            first.log_text().contains("Stepped down") && first.role().as_deref() == Some("standby");
-        if !stepped {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        stepped.then_some(())
-    })
-    .await;
+    stepped_down(&first).await;
     let expected = writer.await.unwrap();
     lake_holds(&lake, expected, &[&first, &second]).await;
     assert_exactly_once(&read_lake(&lake).await, expected);

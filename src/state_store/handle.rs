@@ -130,14 +130,6 @@ impl StateHandle {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn StateStore> {
-        &self.store
-    }
-
-    pub fn fence(&self) -> &Fence {
-        &self.fence
-    }
-
     /// Where `name` lives, for messages (a path, or a blob URL without SAS).
     pub fn location(&self, name: &str) -> String {
         format!(
@@ -161,14 +153,12 @@ impl StateHandle {
 
     /// The fence to write with, or `Fenced` when the term is over.
     fn writing(&self, what: &'static str, name: &str) -> Result<&Fence, StateError> {
-        if let (Some(rx), Fence::Lease(id)) = (&self.leadership, &self.fence) {
-            if rx.borrow().lease_id() != Some(id.as_str()) {
-                return self.noted(Err(StateStoreError::Fenced {
-                    what,
-                    blob: self.location(name),
-                    code: "the term ended (its lease was lost or its renew deadline passed)".into(),
-                }));
-            }
+        if self.term_over() {
+            return self.noted(Err(StateStoreError::Fenced {
+                what,
+                blob: self.location(name),
+                code: "the term ended (its lease was lost or its renew deadline passed)".into(),
+            }));
         }
         Ok(&self.fence)
     }
@@ -318,10 +308,6 @@ pub struct StateDoc {
 }
 
 impl StateDoc {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Where the document lives, for messages.
     pub fn location(&self) -> String {
         self.handle.location(&self.name)

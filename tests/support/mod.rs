@@ -479,6 +479,50 @@ impl Drop for Agent {
     }
 }
 
+/// The last `n` lines of a log file, for failure messages.
+pub fn log_tail(log: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `/health`'s `role` (`active` or `standby`) of the agent whose API is on
+/// `port`, while it answers.
+pub fn role(port: u16) -> Option<String> {
+    let response = http_get(port, "/health")?;
+    let body: serde_json::Value =
+        serde_json::from_str(response.split("\r\n\r\n").nth(1)?.trim()).ok()?;
+    body["role"].as_str().map(str::to_string)
+}
+
+/// The index of the one agent (by API port) whose `/health` says `active`
+/// while every other says `standby`, once that holds within `timeout`;
+/// else a panic with the roles and the ends of `logs`.
+pub async fn one_active(ports: &[u16], logs: &[&Path], timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let roles: Vec<Option<String>> = ports.iter().map(|p| role(*p)).collect();
+        let active: Vec<usize> = (0..roles.len())
+            .filter(|i| roles[*i].as_deref() == Some("active"))
+            .collect();
+        let standby = roles
+            .iter()
+            .filter(|r| r.as_deref() == Some("standby"))
+            .count();
+        if active.len() == 1 && standby == ports.len() - 1 {
+            return active[0];
+        }
+        if Instant::now() > deadline {
+            let tails: Vec<String> = logs.iter().map(|l| log_tail(l, 40)).collect();
+            panic!(
+                "not one active agent and the rest standing by within {timeout:?}: roles {roles:?}; logs end:\n{}",
+                tails.join("\n-----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `mongo-adls state show -c <config>`: its output, which must succeed.
 pub fn state_show(config: &Path) -> String {
     let out = mongo_adls()

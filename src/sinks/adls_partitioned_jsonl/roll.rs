@@ -228,6 +228,26 @@ mod tests {
         )
     }
 
+    /// A state with one open file, of window 0, opened at 100.
+    async fn one_open_file(dir: &std::path::Path) -> SinkState {
+        let mut state = SinkState::load(StateHandle::local(dir)).await.unwrap();
+        let staged = StagedBlock {
+            key: key(0),
+            part: 0,
+            object: "o".into(),
+            block: Block {
+                id: "b".into(),
+                bytes: 10,
+                events: 1,
+            },
+            first: None,
+            high_water: None,
+            source: None,
+        };
+        state.staged(staged, 100).await.unwrap();
+        state
+    }
+
     #[test]
     fn windows_close_after_the_grace_period() {
         let p = policy();
@@ -369,23 +389,7 @@ mod tests {
     #[tokio::test]
     async fn files_of_an_earlier_run_are_sealed_when_closed_or_old() {
         let dir = tempfile::tempdir().unwrap();
-        let mut state = SinkState::load(StateHandle::local(dir.path()))
-            .await
-            .unwrap();
-        let staged = StagedBlock {
-            key: key(0),
-            part: 0,
-            object: "o".into(),
-            block: Block {
-                id: "b".into(),
-                bytes: 10,
-                events: 1,
-            },
-            first: None,
-            high_water: None,
-            source: None,
-        };
-        state.staged(staged, 100).await.unwrap();
+        let state = one_open_file(dir.path()).await;
         let batcher = Batcher::new(
             BatchLimits {
                 max_bytes: 10,
@@ -416,23 +420,7 @@ mod tests {
     #[tokio::test]
     async fn a_file_being_sealed_is_sealed_before_its_pending_batch_goes() {
         let dir = tempfile::tempdir().unwrap();
-        let mut state = SinkState::load(StateHandle::local(dir.path()))
-            .await
-            .unwrap();
-        let staged = StagedBlock {
-            key: key(0),
-            part: 0,
-            object: "o".into(),
-            block: Block {
-                id: "b".into(),
-                bytes: 10,
-                events: 1,
-            },
-            first: None,
-            high_water: None,
-            source: None,
-        };
-        state.staged(staged, 100).await.unwrap();
+        let mut state = one_open_file(dir.path()).await;
         state.sealing(&key(0), 100).await.unwrap();
         let windows = Windows {
             window_secs: 60,
