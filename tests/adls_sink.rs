@@ -1815,3 +1815,63 @@ async fn lost_state_is_refused_unless_accepted() {
     assert!(text.contains("belongs to pipeline"), "{text}");
     assert_eq!(local_ids(&folder).len(), 160, "nothing written");
 }
+
+/// A burst is written as soon as the change stream has caught up, not
+/// after `max_await_time_ms` (the empty batch that says the stream is idle)
+/// or `batch.timeout_secs`: here both are a minute or more, so the burst's
+/// one partial batch (over a quarter of `batch.max_bytes`) can only reach
+/// the lake within the test's 20 s through the source's caught-up signal
+/// (a batch short of full).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_written_once_the_stream_has_caught_up() {
+    let mongo = Mongod::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake-root");
+    let cfg = agent_config(
+        dir.path(),
+        "burst",
+        &mongo.uri(),
+        &format!("file://{}", root.display()),
+        "commit = \"every_batch\"\nbatch.timeout_secs = 300\nbatch.max_bytes = 1048576\nroll.window_secs = 3600",
+    );
+    let start = chrono::Utc::now() - chrono::Duration::seconds(2);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "max_await_time_ms = 200",
+        &format!(
+            "max_await_time_ms = 60000\nstart_at = \"{}\"",
+            start.to_rfc3339()
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let client = mongo.client().await;
+    let docs: Vec<Document> = (0..600)
+        .map(|i| doc! { "seq": i, "pad": "x".repeat(1000) })
+        .collect();
+    client
+        .database("shop")
+        .collection::<Document>("orders")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    let log = dir.path().join("agent.log");
+    let _agent = Agent::start_logged(&cfg, &log);
+    let lines = || {
+        files_under(&root)
+            .into_iter()
+            .filter(|(p, _)| p.starts_with("burst/shop/orders/") && p.ends_with(".jsonl"))
+            .map(|(p, _)| std::fs::read_to_string(root.join(p)).map_or(0, |t| t.lines().count()))
+            .sum::<usize>()
+    };
+    let waited = std::time::Instant::now();
+    let deadline = waited + Duration::from_secs(20);
+    while lines() < 600 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 600 changes in the lake after 20 s; agent log:\n{}",
+            lines(),
+            support::log_tail(&log, 30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(lines(), 600);
+}

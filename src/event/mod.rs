@@ -98,6 +98,11 @@ impl LogEvent {
 pub struct Watermark {
     pub source_id: Arc<str>,
     pub time: DateTime<Utc>,
+    /// `true`: the source is idle (its last read found nothing new), so
+    /// sinks write what they hold. `false`: it has caught up for now (its
+    /// last read was short of full) while events may still be arriving, so
+    /// sinks write only what is worth a request of its own.
+    pub idle: bool,
 }
 
 /// What flows along the edges of the topology.

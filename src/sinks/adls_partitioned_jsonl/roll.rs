@@ -88,8 +88,9 @@ pub(super) struct Now {
     /// Wall-clock seconds.
     pub wall: i64,
     pub watermark: Option<DateTime<Utc>>,
-    /// Write partial batches (the input ended or a source went idle).
-    pub flush_partial: bool,
+    /// Write partial batches of at least this many bytes: 0 once the input
+    /// ended or a source went idle, more when a source has caught up.
+    pub flush_partial: Option<usize>,
 }
 
 /// Batches to write and files to seal. A file with a seal or commit in
@@ -128,7 +129,7 @@ pub(super) fn due(policy: &RollPolicy, batcher: &Batcher, state: &SinkState, now
             if !activity.can_stage(batcher.stage_limit()) {
                 continue;
             }
-            if now.flush_partial
+            if now.flush_partial.is_some_and(|min| batch.data.len() >= min)
                 || window_closed
                 || batcher.limits().reached(batch)
                 || now.instant.duration_since(batch.since) >= policy.batch_timeout
@@ -212,7 +213,7 @@ mod tests {
             instant: Instant::now(),
             wall,
             watermark: at(watermark),
-            flush_partial,
+            flush_partial: flush_partial.then_some(0),
         }
     }
 
@@ -292,6 +293,16 @@ mod tests {
             due(&p, &batcher, &state, &now(30, 30, true)).flushes,
             [key(0)]
         );
+        // A source that caught up while events may still trickle in has
+        // only batches of at least the given size written.
+        let caught_up = |min| Now {
+            flush_partial: Some(min),
+            ..now(30, 30, false)
+        };
+        assert!(due(&p, &batcher, &state, &caught_up(1 << 18))
+            .flushes
+            .is_empty());
+        assert_eq!(due(&p, &batcher, &state, &caught_up(10)).flushes, [key(0)]);
         assert_eq!(
             due(&p, &batcher, &state, &now(70, 30, false)).flushes,
             [key(0)]

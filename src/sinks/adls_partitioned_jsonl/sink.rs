@@ -66,8 +66,9 @@ pub struct AdlsSink {
     /// Fires when the agent stops: held writes are given up then.
     stopping: ShutdownSignal,
     watermarks: Watermarks,
-    /// Write partial batches at the next opportunity (a source went idle).
-    flush_partial: bool,
+    /// Write partial batches of at least this many bytes at the next
+    /// opportunity (a source went idle or caught up).
+    flush_partial: Option<usize>,
     /// When the open-file gauges were last set.
     gauges_at: Instant,
     /// What the state said at build, for the start check.
@@ -155,7 +156,7 @@ impl AdlsSink {
             health,
             stopping,
             watermarks: Watermarks::default(),
-            flush_partial: false,
+            flush_partial: None,
             gauges_at: Instant::now(),
             report,
             taken,
@@ -250,12 +251,20 @@ impl AdlsSink {
     fn on_event(&mut self, event: Event, inflight: &mut FuturesUnordered<WriteRequest>) {
         let mut log = match event {
             Event::Watermark(w) => {
-                // A watermark comes from a source that has caught up (an
-                // idle change stream): nothing is left to batch with, so
-                // partial batches are written now instead of waiting for
-                // `batch.timeout_secs`.
+                // A watermark comes from a source that has caught up:
+                // nothing is left to batch with for now, so partial batches
+                // are written now instead of waiting for
+                // `batch.timeout_secs`. Only an idle source has every batch
+                // written; one that caught up while events keep trickling
+                // in would otherwise turn each of them into a block of its
+                // own, so only batches of a quarter block or more go then.
                 self.watermarks.advance(&w.source_id, w.time);
-                self.flush_partial = true;
+                let min = if w.idle {
+                    0
+                } else {
+                    self.batcher.limits().max_bytes / 4
+                };
+                self.flush_partial = Some(self.flush_partial.map_or(min, |m| m.min(min)));
                 return;
             }
             Event::Log(log) => log,
@@ -332,7 +341,11 @@ impl AdlsSink {
             instant: Instant::now(),
             wall: Utc::now().timestamp(),
             watermark: self.watermarks.effective(),
-            flush_partial: self.flush_partial || input_done,
+            flush_partial: if input_done {
+                Some(0)
+            } else {
+                self.flush_partial
+            },
         };
         for retry in self
             .held
@@ -369,7 +382,7 @@ impl AdlsSink {
             }
         }
         if all_flushed {
-            self.flush_partial = false;
+            self.flush_partial = None;
         }
         for key in due.seals {
             if inflight.len() >= self.concurrency {

@@ -63,6 +63,7 @@ fn watermark(time: i64) -> Event {
     Event::Watermark(Watermark {
         source_id: Arc::from("src"),
         time: DateTime::<Utc>::from_timestamp(time, 0).unwrap(),
+        idle: true,
     })
 }
 

@@ -128,6 +128,12 @@ pub struct MongoDbChangeStreamConfig {
     /// larger documents still stop at 16 MB.
     #[serde(default = "default_batch_size")]
     pub batch_size: Option<u32>,
+    /// Bytes of change events read ahead of the pipeline, so the server
+    /// prepares the next batch while the agent forwards the last one
+    /// (1 MiB to 1 GiB). The default holds one 5,000-event batch of 1 KB
+    /// documents; raise it with larger documents if memory allows.
+    #[serde(default = "default_read_ahead_bytes")]
+    pub read_ahead_bytes: usize,
     /// How long the server waits for new events before answering an empty
     /// batch; also how often an idle stream advances its checkpoint and
     /// watermark.
@@ -167,6 +173,9 @@ pub struct MongoDbChangeStreamConfig {
 
 fn default_batch_size() -> Option<u32> {
     Some(5_000)
+}
+fn default_read_ahead_bytes() -> usize {
+    8 << 20
 }
 fn default_max_await_time_ms() -> u64 {
     1000
@@ -351,6 +360,12 @@ impl MongoDbChangeStreamConfig {
             if value == 0 {
                 errors.push(OptionError::new(key, "must be at least 1"));
             }
+        }
+        if !(1 << 20..=1 << 30).contains(&self.read_ahead_bytes) {
+            errors.push(OptionError::new(
+                "read_ahead_bytes",
+                "must be between 1048576 (1 MiB) and 1073741824 (1 GiB)",
+            ));
         }
         if errors.is_empty() {
             Ok(())

@@ -20,6 +20,7 @@ mod errors;
 mod healthcheck;
 mod oplog;
 mod oversized;
+mod read_ahead;
 mod recovery;
 mod snapshot;
 mod state_check;

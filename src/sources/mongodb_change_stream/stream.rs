@@ -38,6 +38,7 @@ use super::{
         SnapshotMode, StartAt,
     },
     oversized::oversized_stages,
+    read_ahead::{Read, ReadAhead},
     snapshot::SnapshotEnd,
     state_check::{audit, data_gap, refusal, Loss, Start},
 };
@@ -335,37 +336,43 @@ impl ChangeStreamSource {
         }
     }
 
-    /// Forwards the stream's events. Continues when the stream is to be
-    /// opened again at `run.at`.
+    /// Forwards the stream's events, read ahead by a task of their own
+    /// ([`ReadAhead`]). Continues when the stream is to be opened again at
+    /// `run.at`.
     async fn forward_events(
         &self,
         run: &mut RunState,
-        mut stream: ChangeStream<RawDocumentBuf>,
+        stream: ChangeStream<RawDocumentBuf>,
     ) -> ControlFlow<Stop> {
+        let mut reads =
+            ReadAhead::spawn(stream, self.config.batch_size, self.config.read_ahead_bytes);
         loop {
             self.take_acks(run).await?;
+            // Safe to race: a queued item stays queued.
             let next = tokio::select! {
                 _ = self.cx.shutdown.cancelled() => return ControlFlow::Break(Ok(())),
-                n = stream.next_if_any() => n,
+                n = reads.next() => n,
             };
             match next {
-                Ok(Some(raw)) => self.forward_event(run, raw).await?,
-                Ok(None) if stream.is_alive() => self.on_idle(run, stream.resume_token()).await?,
-                Ok(None) => {
+                Some(Read::Event(raw, _budget)) => self.forward_event(run, raw).await?,
+                Some(Read::Idle(token)) => self.on_idle(run, token, true).await?,
+                Some(Read::CaughtUp(token)) => self.on_idle(run, token, false).await?,
+                // The reading task ended without a word (it panicked).
+                None => return ControlFlow::Continue(()),
+                Some(Read::Invalidated) => {
                     tracing::warn!(
                         source = %self.cx.key,
                         "Change stream was invalidated (collection dropped or renamed, or database dropped); reopening after the invalidate event."
                     );
                     return ControlFlow::Continue(());
                 }
-                Err(e) => return self.recover(&e, run).await,
+                Some(Read::Failed(e)) => return self.recover(&e, run).await,
             }
         }
     }
 
     /// Takes in the acknowledgements that are ready and writes the
-    /// checkpoint when due. Never raced against `next_if_any`: dropping an
-    /// in-flight getMore could lose its batch.
+    /// checkpoint when due.
     async fn take_acks(&self, run: &mut RunState) -> ControlFlow<Stop> {
         while let Some((status, token)) = run.ack_stream.ready() {
             run.acks.resolved(status, token);
@@ -426,13 +433,15 @@ impl ChangeStreamSource {
         ControlFlow::Continue(())
     }
 
-    /// On an idle stream the post-batch token is the server's promise that
-    /// nothing before it is pending: a watermark at its time goes to the
-    /// sinks, and the checkpoint may move to it.
+    /// At the end of an empty (`idle`) or short batch the post-batch token
+    /// is the server's promise that nothing before it is pending: a
+    /// watermark at its time goes to the sinks, and the checkpoint may move
+    /// to it.
     async fn on_idle(
         &self,
         run: &mut RunState,
         post_batch_token: Option<ResumeToken>,
+        idle: bool,
     ) -> ControlFlow<Stop> {
         let pbrt = post_batch_token.and_then(|t| token_hex(&t));
         if let Some(ts) = pbrt.as_deref().and_then(token_cluster_time) {
@@ -441,6 +450,7 @@ impl ChangeStreamSource {
                 let watermark = Event::Watermark(Watermark {
                     source_id: Arc::clone(&run.source_id),
                     time,
+                    idle,
                 });
                 if !run
                     .out

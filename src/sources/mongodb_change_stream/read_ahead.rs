@@ -1,0 +1,180 @@
+//! Reading the change stream ahead of the pipeline.
+//!
+//! The driver sends the next `getMore` only when its current batch is used
+//! up, and the server prepares no batch while none is asked for. Read from
+//! the source's own loop, the server and the agent took turns: mongod idle
+//! while the agent turned a batch into events, the agent idle while mongod
+//! built the next (`e2e/bench.sh`: 66k events/s into Azurite against the
+//! bare driver's 110k). A task of its own drains each batch into a queue
+//! bounded in bytes as soon as it arrives, so the next `getMore` is already
+//! on its way while the source forwards the last one.
+//!
+//! The task also sees where the server's batches end, which the driver does
+//! not tell: a `next_if_any` that does not answer at once has sent a
+//! `getMore`. When the batch before it was short of full, the server had
+//! nothing more when it answered, so the source has caught up for now and
+//! says so (`Read::CaughtUp`) without waiting `max_await_time_ms` for an
+//! empty batch: sinks can write what they hold at the end of a burst. After
+//! a full batch, a getMore slow to answer says the same.
+//!
+//! Order is kept: the queue carries the documents, the idle answers (with
+//! their post-batch token) and the error that ended the stream in the order
+//! the driver gave them. What is queued but not yet forwarded is dropped
+//! with the queue and read again, since the stream always reopens after the
+//! last forwarded token.
+
+use std::{pin::pin, sync::Arc, task::Poll, time::Duration};
+
+use bson::RawDocumentBuf;
+use mongodb::change_stream::{event::ResumeToken, ChangeStream};
+use tokio::{
+    sync::{mpsc, OwnedSemaphorePermit, Semaphore},
+    task::JoinHandle,
+};
+
+/// Most documents queued, whatever their size (the byte budget binds first
+/// above ~100 bytes per document).
+const MAX_QUEUED: usize = 65_536;
+
+/// A reply this large was cut by the server's 16 MB limit, not short for
+/// want of events.
+const FULL_REPLY_BYTES: usize = 12 << 20;
+
+/// Longer than a full batch takes the server to prepare (about 50 ms for
+/// 5,000 events of 1 KB here): a getMore after a full batch that has not
+/// answered by then is waiting for events.
+const SLOW_GET_MORE: Duration = Duration::from_millis(200);
+
+/// What the driver gave, in its order.
+pub(super) enum Read {
+    /// A change event; the permit holds its bytes against the budget until
+    /// it is forwarded.
+    Event(RawDocumentBuf, OwnedSemaphorePermit),
+    /// An empty batch: nothing is pending up to the post-batch token.
+    Idle(Option<ResumeToken>),
+    /// The batch just read was short of full: nothing was pending up to
+    /// its post-batch token when the server answered.
+    CaughtUp(Option<ResumeToken>),
+    /// The stream ended after an `invalidate` event.
+    Invalidated,
+    /// The stream failed; it is not read further.
+    Failed(mongodb::error::Error),
+}
+
+pub(super) struct ReadAhead {
+    queue: mpsc::Receiver<Read>,
+    task: JoinHandle<()>,
+}
+
+impl ReadAhead {
+    /// Starts reading `stream`, opened with `batch_size`, with at most
+    /// `max_bytes` of documents queued (a larger document is still let
+    /// through alone).
+    pub(super) fn spawn(
+        stream: ChangeStream<RawDocumentBuf>,
+        batch_size: Option<u32>,
+        max_bytes: usize,
+    ) -> Self {
+        let (tx, queue) = mpsc::channel(MAX_QUEUED);
+        let reader = Reader {
+            tx,
+            budget: Arc::new(Semaphore::new(max_bytes)),
+            max_bytes,
+            batch_size: batch_size.map_or(usize::MAX, |n| n as usize),
+        };
+        let task = tokio::spawn(reader.read(stream));
+        Self { queue, task }
+    }
+
+    /// The next item; `None` once the stream ended and everything before
+    /// the end was taken.
+    pub(super) async fn next(&mut self) -> Option<Read> {
+        self.queue.recv().await
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        // A getMore in flight is abandoned with its batch; nothing of it was
+        // forwarded, so the next opening reads it again.
+        self.task.abort();
+    }
+}
+
+struct Reader {
+    tx: mpsc::Sender<Read>,
+    budget: Arc<Semaphore>,
+    max_bytes: usize,
+    batch_size: usize,
+}
+
+impl Reader {
+    async fn read(self, mut stream: ChangeStream<RawDocumentBuf>) {
+        // Documents and bytes of the server's batch being read.
+        let (mut docs, mut bytes) = (0usize, 0usize);
+        loop {
+            // Where the stream stands before this read: at a batch's end,
+            // its post-batch token.
+            let before = stream.resume_token();
+            let result = {
+                let mut next = pin!(stream.next_if_any());
+                match futures::poll!(next.as_mut()) {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => {
+                        // A getMore went out: the last batch is over. A
+                        // short one says the server had no more; after a
+                        // full one, a getMore that has not answered in
+                        // `SLOW_GET_MORE` is waiting for events too.
+                        let full = docs >= self.batch_size || bytes >= FULL_REPLY_BYTES;
+                        let read_some = docs > 0;
+                        (docs, bytes) = (0, 0);
+                        if read_some && full {
+                            tokio::select! {
+                                result = next.as_mut() => result,
+                                _ = tokio::time::sleep(SLOW_GET_MORE) => {
+                                    if self.tx.send(Read::CaughtUp(before)).await.is_err() {
+                                        return;
+                                    }
+                                    next.await
+                                }
+                            }
+                        } else {
+                            if read_some && self.tx.send(Read::CaughtUp(before)).await.is_err() {
+                                return;
+                            }
+                            next.await
+                        }
+                    }
+                }
+            };
+            let item = match result {
+                Ok(Some(raw)) => {
+                    docs += 1;
+                    bytes += raw.as_bytes().len();
+                    match self.admit(raw).await {
+                        Some(item) => item,
+                        None => return,
+                    }
+                }
+                Ok(None) if stream.is_alive() => Read::Idle(stream.resume_token()),
+                Ok(None) => Read::Invalidated,
+                Err(e) => Read::Failed(e),
+            };
+            let last = matches!(item, Read::Invalidated | Read::Failed(_));
+            if self.tx.send(item).await.is_err() || last {
+                return;
+            }
+        }
+    }
+
+    /// Waits until the budget has room for `raw`.
+    async fn admit(&self, raw: RawDocumentBuf) -> Option<Read> {
+        // Bounded by the budget so one document over it still passes.
+        let bytes = raw.as_bytes().len().clamp(1, self.max_bytes);
+        let permit = Arc::clone(&self.budget)
+            .acquire_many_owned(u32::try_from(bytes).unwrap_or(u32::MAX))
+            .await
+            .ok()?;
+        Some(Read::Event(raw, permit))
+    }
+}
