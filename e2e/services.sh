@@ -151,7 +151,10 @@ status() {
 down() {
   for svc in mongod azurite; do
     if [ -f "$dir/$svc.pid" ]; then
-      kill "$(cat "$dir/$svc.pid")" 2>/dev/null || true
+      pid="$(cat "$dir/$svc.pid")"
+      kill "$pid" 2>/dev/null || true
+      # Wait for it to exit: an `up` right after would find the port taken.
+      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
       rm -f "$dir/$svc.pid"
     fi
   done
