@@ -23,6 +23,22 @@ use crate::{
 /// The first allocation of a batch buffer that does not come from the pool.
 const INITIAL_BATCH_CAPACITY: usize = 64 * 1024;
 
+/// Makes room for one more line of an event of `bson_bytes`, growing the
+/// buffer by doubling, as `Vec` does, but never far past `max_bytes` plus
+/// that line: left to `Vec`, a 4.5 MB batch ends in an 8 MB buffer, and the
+/// batches pending, in flight and pooled add up to tens of MB of slack
+/// (heaptrack, 16 KB documents into Azurite).
+fn reserve_for_line(data: &mut Vec<u8>, bson_bytes: usize, max_bytes: usize) {
+    // Generous for a JSON line of that BSON; a longer one still fits, by
+    // `Vec`'s own growth.
+    let line = bson_bytes * 2 + 1024;
+    let needed = data.len() + line;
+    if needed > data.capacity() {
+        let target = (data.capacity() * 2).min(max_bytes + line).max(needed);
+        data.reserve_exact(target - data.len());
+    }
+}
+
 /// Events waiting to be written to one file.
 pub(super) struct PendingBatch {
     pub data: Vec<u8>,
@@ -221,6 +237,11 @@ impl Batcher {
             since: Instant::now(),
         });
         let was_full = self.limits.reached(batch);
+        reserve_for_line(
+            &mut batch.data,
+            log.payload.as_bytes().len(),
+            self.limits.max_bytes,
+        );
         let before = batch.data.len();
         if let Err(e) = encode::encode_record(&log.payload, self.json_mode, time, &mut batch.data) {
             return Err(NotAdded::Malformed(finalizers, e.to_string()));
@@ -327,5 +348,27 @@ impl Batcher {
             data.clear();
             self.spare.push(data);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reserve_for_line;
+
+    #[test]
+    fn a_batch_buffer_ends_near_the_batch_size_not_at_the_next_power_of_two() {
+        let (max, bson) = (4_500_000, 16_000);
+        let mut data = Vec::with_capacity(64 * 1024);
+        let mut grew = 0;
+        while data.len() < max {
+            let cap = data.capacity();
+            reserve_for_line(&mut data, bson, max);
+            grew += usize::from(data.capacity() != cap);
+            data.resize(data.len() + bson + 400, b'x');
+        }
+        let line = bson * 2 + 1024;
+        assert!(data.capacity() <= max + line, "{}", data.capacity());
+        // Still amortised: doubling from 64 KB, not a step per line.
+        assert!(grew <= 8, "grew {grew} times");
     }
 }

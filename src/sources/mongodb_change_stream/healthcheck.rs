@@ -44,6 +44,7 @@ pub async fn healthcheck(config: &MongoDbChangeStreamConfig) -> Result<Option<St
         &pipeline,
         &OpenAt::Now,
         Duration::from_millis(1),
+        config.batch_size,
     )
     .await
     .map_err(|e| {

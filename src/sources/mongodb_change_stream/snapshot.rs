@@ -353,7 +353,7 @@ impl ChangeStreamSource {
         let mut attempt = 0;
         loop {
             let result = async {
-                let stream = self.open(&OpenAt::Now).await?;
+                let stream = self.open(&OpenAt::Now, self.config.batch_size).await?;
                 let token = stream
                     .resume_token()
                     .and_then(|t| super::stream::token_hex(&t));

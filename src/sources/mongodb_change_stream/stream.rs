@@ -43,6 +43,13 @@ use super::{
     state_check::{audit, data_gap, refusal, Loss, Start},
 };
 
+/// Events read before their average size picks the batch size.
+const SIZE_SAMPLE: usize = 256;
+/// The server reply a batch is sized for.
+const REPLY_TARGET_BYTES: usize = 4 << 20;
+/// Fewest events per batch however large they are.
+const MIN_BATCH_SIZE: u32 = 16;
+
 pub struct ChangeStreamSource {
     pub(super) config: MongoDbChangeStreamConfig,
     pub(super) cx: Context,
@@ -93,6 +100,9 @@ pub(super) struct RunState {
     progress: StreamProgress,
     source_id: Arc<str>,
     out: SourceSender,
+    /// Events per server batch: `batch_size`, or fewer for large events
+    /// ([`fit_batch_size`]).
+    batch_size: Option<u32>,
     /// Transient failures in a row, for the backoff.
     pub(super) attempt: u32,
     /// History-lost recoveries without an event in between.
@@ -200,9 +210,12 @@ impl ChangeStreamSource {
         }))
     }
 
+    /// Opens the stream at `at`, with server batches of `batch_size`
+    /// events.
     pub(super) async fn open(
         &self,
         at: &OpenAt,
+        batch_size: Option<u32>,
     ) -> mongodb::error::Result<ChangeStream<RawDocumentBuf>> {
         watch(
             &self.client,
@@ -211,6 +224,7 @@ impl ChangeStreamSource {
             &self.pipeline,
             at,
             Duration::from_millis(self.config.max_await_time_ms),
+            batch_size,
         )
         .await
     }
@@ -258,6 +272,7 @@ impl ChangeStreamSource {
             progress: StreamProgress::register(&self.cx.tags),
             source_id: Arc::from(self.cx.key.as_str()),
             out: self.out.take().expect("run is called once"),
+            batch_size: self.config.batch_size,
             attempt: 0,
             recoveries: 0,
         })
@@ -318,7 +333,7 @@ impl ChangeStreamSource {
         let opened = tokio::select! {
             biased;
             _ = self.cx.shutdown.cancelled() => return ControlFlow::Break(Ok(())),
-            r = self.open(&run.at) => r,
+            r = self.open(&run.at, run.batch_size) => r,
         };
         match opened {
             Ok(stream) => {
@@ -344,8 +359,8 @@ impl ChangeStreamSource {
         run: &mut RunState,
         stream: ChangeStream<RawDocumentBuf>,
     ) -> ControlFlow<Stop> {
-        let mut reads =
-            ReadAhead::spawn(stream, self.config.batch_size, self.config.read_ahead_bytes);
+        let mut reads = ReadAhead::spawn(stream, run.batch_size, self.config.read_ahead_bytes);
+        let (mut events, mut bytes) = (0usize, 0usize);
         loop {
             self.take_acks(run).await?;
             // Safe to race: a queued item stays queued.
@@ -354,7 +369,24 @@ impl ChangeStreamSource {
                 n = reads.next() => n,
             };
             match next {
-                Some(Read::Event(raw, _budget)) => self.forward_event(run, raw).await?,
+                Some(Read::Event(raw, _budget)) => {
+                    events += 1;
+                    bytes += raw.as_bytes().len();
+                    self.forward_event(run, raw).await?;
+                    if events == SIZE_SAMPLE {
+                        if let Some(fit) = self.fit_batch_size(run.batch_size, bytes / events) {
+                            tracing::info!(
+                                source = %self.cx.key,
+                                average_event_bytes = bytes / events,
+                                batch_size = fit,
+                                "Reopening the change stream with batches that keep a server reply near {} MiB.",
+                                REPLY_TARGET_BYTES >> 20
+                            );
+                            run.batch_size = Some(fit);
+                            return ControlFlow::Continue(());
+                        }
+                    }
+                }
                 Some(Read::Idle(token)) => self.on_idle(run, token, true).await?,
                 Some(Read::CaughtUp(token)) => self.on_idle(run, token, false).await?,
                 // The reading task ended without a word (it panicked).
@@ -369,6 +401,21 @@ impl ChangeStreamSource {
                 Some(Read::Failed(e)) => return self.recover(&e, run).await,
             }
         }
+    }
+
+    /// A batch size for events of `average` bytes when `current` is off by
+    /// more than half from one that keeps a reply near
+    /// [`REPLY_TARGET_BYTES`]; never more than the configured `batch_size`.
+    /// The driver holds a reply and the batch decoded from it at once, and
+    /// the server fills up to 16 MB: with 16 KB events, 5,000 a batch cost
+    /// 32 MB where 250 cost 8.
+    fn fit_batch_size(&self, current: Option<u32>, average: usize) -> Option<u32> {
+        let configured = self.config.batch_size?;
+        let current = current.unwrap_or(configured);
+        let fit = u32::try_from(REPLY_TARGET_BYTES / average.max(1))
+            .unwrap_or(u32::MAX)
+            .clamp(MIN_BATCH_SIZE.min(configured), configured);
+        (fit < current / 2 || fit >= current.saturating_mul(2)).then_some(fit)
     }
 
     /// Takes in the acknowledgements that are ready and writes the
@@ -581,6 +628,7 @@ pub(super) async fn watch(
     user_pipeline: &[Document],
     at: &OpenAt,
     max_await: Duration,
+    batch_size: Option<u32>,
 ) -> mongodb::error::Result<ChangeStream<RawDocumentBuf>> {
     let mut pipeline = Vec::with_capacity(user_pipeline.len() + 1);
     if let Scope::Collections(_, colls) = scope {
@@ -612,7 +660,7 @@ pub(super) async fn watch(
                     w.full_document_before_change(FullDocumentBeforeChangeType::Required)
                 }
             };
-            if let Some(n) = config.batch_size {
+            if let Some(n) = batch_size {
                 w = w.batch_size(n);
             }
             w = match at {
