@@ -155,6 +155,7 @@ down() {
       kill "$pid" 2>/dev/null || true
       # Wait for it to exit: an `up` right after would find the port taken.
       for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
       rm -f "$dir/$svc.pid"
     fi
   done

@@ -1816,62 +1816,134 @@ async fn lost_state_is_refused_unless_accepted() {
     assert_eq!(local_ids(&folder).len(), 160, "nothing written");
 }
 
-/// A burst is written as soon as the change stream has caught up, not
-/// after `max_await_time_ms` (the empty batch that says the stream is idle)
-/// or `batch.timeout_secs`: here both are a minute or more, so the burst's
-/// one partial batch (over a quarter of `batch.max_bytes`) can only reach
-/// the lake within the test's 20 s through the source's caught-up signal
-/// (a batch short of full).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_is_written_once_the_stream_has_caught_up() {
-    let mongo = Mongod::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("lake-root");
+/// An agent on `burst` changes into a `file://` lake with `max_await_ms`
+/// and a `batch.timeout_secs` of 300, reading from two seconds ago, with
+/// `sink_options` added; its config path.
+fn burst_config(
+    dir: &Path,
+    mongo_uri: &str,
+    root: &Path,
+    max_await_ms: u64,
+    sink_options: &str,
+) -> PathBuf {
     let cfg = agent_config(
-        dir.path(),
+        dir,
         "burst",
-        &mongo.uri(),
+        mongo_uri,
         &format!("file://{}", root.display()),
-        "commit = \"every_batch\"\nbatch.timeout_secs = 300\nbatch.max_bytes = 1048576\nroll.window_secs = 3600",
+        &format!(
+            "commit = \"every_batch\"\nbatch.timeout_secs = 300\nroll.window_secs = 3600\n{sink_options}"
+        ),
     );
     let start = chrono::Utc::now() - chrono::Duration::seconds(2);
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("max_await_time_ms = 200"), "{text}");
+    let text = text.replace(
         "max_await_time_ms = 200",
         &format!(
-            "max_await_time_ms = 60000\nstart_at = \"{}\"",
+            "max_await_time_ms = {max_await_ms}\nstart_at = \"{}\"",
             start.to_rfc3339()
         ),
     );
     std::fs::write(&cfg, text).unwrap();
-    let client = mongo.client().await;
-    let docs: Vec<Document> = (0..600)
-        .map(|i| doc! { "seq": i, "pad": "x".repeat(1000) })
+    cfg
+}
+
+/// Inserts `n` documents with `pad` bytes of padding, `seq` 0 to n - 1,
+/// into `shop.orders` in one `insertMany`.
+async fn insert_padded(mongo: &Mongod, n: i64, pad: usize) {
+    let docs: Vec<Document> = (0..n)
+        .map(|i| doc! { "seq": i, "pad": "x".repeat(pad) })
         .collect();
-    client
+    mongo
+        .client()
+        .await
         .database("shop")
         .collection::<Document>("orders")
         .insert_many(docs)
         .await
         .unwrap();
-    let log = dir.path().join("agent.log");
-    let _agent = Agent::start_logged(&cfg, &log);
-    let lines = || {
-        files_under(&root)
-            .into_iter()
-            .filter(|(p, _)| p.starts_with("burst/shop/orders/") && p.ends_with(".jsonl"))
-            .map(|(p, _)| std::fs::read_to_string(root.join(p)).map_or(0, |t| t.lines().count()))
-            .sum::<usize>()
-    };
-    let waited = std::time::Instant::now();
-    let deadline = waited + Duration::from_secs(20);
-    while lines() < 600 {
+}
+
+/// The `seq` of every line in the lake's `shop.orders` files, sorted.
+fn orders_in_lake(root: &Path) -> Vec<i64> {
+    let mut seqs: Vec<i64> = files_under(root)
+        .into_iter()
+        .filter(|(p, _)| p.starts_with("burst/shop/orders/") && p.ends_with(".jsonl"))
+        .flat_map(|(p, _)| {
+            std::fs::read_to_string(root.join(p))
+                .unwrap_or_default()
+                .lines()
+                .map(|l| {
+                    let v: Value = serde_json::from_str(l).unwrap();
+                    v["fullDocument"]["seq"].as_i64().unwrap()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    seqs.sort_unstable();
+    seqs
+}
+
+/// Waits up to `secs` for `n` changes in the lake; then each `seq` must be
+/// there exactly once.
+async fn wait_for_orders(root: &Path, n: i64, secs: u64, log: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while orders_in_lake(root).len() < n as usize {
         assert!(
             std::time::Instant::now() < deadline,
-            "{} of 600 changes in the lake after 20 s; agent log:\n{}",
-            lines(),
-            support::log_tail(&log, 30)
+            "{} of {n} changes in the lake after {secs} s; agent log:\n{}",
+            orders_in_lake(root).len(),
+            support::log_tail(log, 30)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(lines(), 600);
+    assert_eq!(orders_in_lake(root), (0..n).collect::<Vec<_>>());
+}
+
+/// A burst is written as soon as the change stream has caught up, not
+/// after `max_await_time_ms` (the empty batch that says the stream is idle)
+/// or `batch.timeout_secs`: here both are a minute or more, so the burst's
+/// one partial batch (over a quarter of `batch.max_bytes`) can only reach
+/// the lake within the test's 20 s through the source's caught-up signal
+/// (its getMore waiting for events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_written_once_the_stream_has_caught_up() {
+    let mongo = Mongod::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake-root");
+    let cfg = burst_config(
+        dir.path(),
+        &mongo.uri(),
+        &root,
+        60_000,
+        "batch.max_bytes = 1048576",
+    );
+    insert_padded(&mongo, 600, 1000).await;
+    let log = dir.path().join("agent.log");
+    let _agent = Agent::start_logged(&cfg, &log);
+    wait_for_orders(&root, 600, 20, &log).await;
+}
+
+/// Large events: after 256 of them the source reopens the stream with
+/// batches sized for a 4 MiB reply (it logs so), and every change still
+/// arrives exactly once, in order, across the reopening. (The last partial
+/// batch, under a quarter block, waits for the idle watermark, so
+/// `max_await_time_ms` is short here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_events_reopen_the_stream_with_smaller_batches_exactly_once() {
+    let mongo = Mongod::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake-root");
+    let cfg = burst_config(dir.path(), &mongo.uri(), &root, 200, "");
+    insert_padded(&mongo, 1000, 16_000).await;
+    let log = dir.path().join("agent.log");
+    let _agent = Agent::start_logged(&cfg, &log);
+    wait_for_orders(&root, 1000, 60, &log).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("Reopening the change stream with batches") && text.contains("batch_size=2"),
+        "{}",
+        support::log_tail(&log, 30)
+    );
 }

@@ -99,9 +99,10 @@ pub struct Watermark {
     pub source_id: Arc<str>,
     pub time: DateTime<Utc>,
     /// `true`: the source is idle (its last read found nothing new), so
-    /// sinks write what they hold. `false`: it has caught up for now (its
-    /// last read was short of full) while events may still be arriving, so
-    /// sinks write only what is worth a request of its own.
+    /// sinks write what they hold. `false`: it has caught up for now (it
+    /// has read every event the server had and waits for more) while
+    /// events may still trickle in, so sinks write only what is worth a
+    /// request of its own.
     pub idle: bool,
 }
 

@@ -33,7 +33,14 @@ fn reserve_for_line(data: &mut Vec<u8>, bson_bytes: usize, max_bytes: usize) {
     // `Vec`'s own growth.
     let line = bson_bytes * 2 + 1024;
     let needed = data.len() + line;
-    if needed > data.capacity() {
+    if needed <= data.capacity() {
+        return;
+    }
+    if data.capacity() >= max_bytes + line {
+        // Past the batch size already (the sink checks fullness between
+        // chunks of events): `Vec`'s amortised growth, not a copy per line.
+        data.reserve(line);
+    } else {
         let target = (data.capacity() * 2).min(max_bytes + line).max(needed);
         data.reserve_exact(target - data.len());
     }
@@ -370,5 +377,15 @@ mod tests {
         assert!(data.capacity() <= max + line, "{}", data.capacity());
         // Still amortised: doubling from 64 KB, not a step per line.
         assert!(grew <= 8, "grew {grew} times");
+        // Lines past the batch size (a chunk of events that overshoots)
+        // grow it by doubling again, not by one line each.
+        let mut grew = 0;
+        for _ in 0..256 {
+            let cap = data.capacity();
+            reserve_for_line(&mut data, bson, max);
+            grew += usize::from(data.capacity() != cap);
+            data.resize(data.len() + bson + 400, b'x');
+        }
+        assert!(grew <= 2, "grew {grew} times past the batch size");
     }
 }

@@ -11,17 +11,17 @@
 //!
 //! The task also sees where the server's batches end, which the driver does
 //! not tell: a `next_if_any` that does not answer at once has sent a
-//! `getMore`. When the batch before it was short of full, the server had
-//! nothing more when it answered, so the source has caught up for now and
-//! says so (`Read::CaughtUp`) without waiting `max_await_time_ms` for an
-//! empty batch: sinks can write what they hold at the end of a burst. After
-//! a full batch, a getMore slow to answer says the same.
+//! `getMore`. One that has not answered within [`SLOW_GET_MORE`] is waiting
+//! for events: the source has caught up for now and says so
+//! (`Read::CaughtUp`) without waiting `max_await_time_ms` for an empty
+//! batch, so sinks can write what they hold at the end of a burst. A steady
+//! stream's getMores answer as soon as events arrive, so it is not told
+//! apart from a backlog.
 //!
-//! Order is kept: the queue carries the documents, the idle answers (with
-//! their post-batch token) and the error that ended the stream in the order
-//! the driver gave them. What is queued but not yet forwarded is dropped
-//! with the queue and read again, since the stream always reopens after the
-//! last forwarded token.
+//! Order is kept: the queue carries the documents, the idle answers and the
+//! error that ended the stream in the order the driver gave them. What is
+//! queued but not yet forwarded is dropped with the queue and read again,
+//! since the stream always reopens after the last forwarded token.
 
 use std::{pin::pin, sync::Arc, task::Poll, time::Duration};
 
@@ -36,13 +36,9 @@ use tokio::{
 /// above ~100 bytes per document).
 const MAX_QUEUED: usize = 65_536;
 
-/// A reply this large was cut by the server's 16 MB limit, not short for
-/// want of events.
-const FULL_REPLY_BYTES: usize = 12 << 20;
-
 /// Longer than a full batch takes the server to prepare (about 50 ms for
-/// 5,000 events of 1 KB here): a getMore after a full batch that has not
-/// answered by then is waiting for events.
+/// 5,000 events of 1 KB here): a getMore not answered by then is waiting
+/// for events.
 const SLOW_GET_MORE: Duration = Duration::from_millis(200);
 
 /// What the driver gave, in its order.
@@ -52,8 +48,8 @@ pub(super) enum Read {
     Event(RawDocumentBuf, OwnedSemaphorePermit),
     /// An empty batch: nothing is pending up to the post-batch token.
     Idle(Option<ResumeToken>),
-    /// The batch just read was short of full: nothing was pending up to
-    /// its post-batch token when the server answered.
+    /// Every event the server had was read (the getMore after them waits):
+    /// the token of the last one read.
     CaughtUp(Option<ResumeToken>),
     /// The stream ended after an `invalidate` event.
     Invalidated,
@@ -67,29 +63,30 @@ pub(super) struct ReadAhead {
 }
 
 impl ReadAhead {
-    /// Starts reading `stream`, opened with `batch_size`, with at most
-    /// `max_bytes` of documents queued (a larger document is still let
-    /// through alone).
-    pub(super) fn spawn(
-        stream: ChangeStream<RawDocumentBuf>,
-        batch_size: Option<u32>,
-        max_bytes: usize,
-    ) -> Self {
+    /// Starts reading `stream`, with at most `max_bytes` of documents
+    /// queued (a larger document is still let through alone).
+    pub(super) fn spawn(stream: ChangeStream<RawDocumentBuf>, max_bytes: usize) -> Self {
         let (tx, queue) = mpsc::channel(MAX_QUEUED);
         let reader = Reader {
             tx,
             budget: Arc::new(Semaphore::new(max_bytes)),
             max_bytes,
-            batch_size: batch_size.map_or(usize::MAX, |n| n as usize),
         };
         let task = tokio::spawn(reader.read(stream));
         Self { queue, task }
     }
 
-    /// The next item; `None` once the stream ended and everything before
-    /// the end was taken.
+    /// The next item; `None` once the reading task ended without a last
+    /// word (it panicked).
     pub(super) async fn next(&mut self) -> Option<Read> {
         self.queue.recv().await
+    }
+
+    /// Stops reading and waits until the stream is dropped, so its cursor
+    /// is killed before the client shuts down.
+    pub(super) async fn close(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
     }
 }
 
@@ -105,63 +102,56 @@ struct Reader {
     tx: mpsc::Sender<Read>,
     budget: Arc<Semaphore>,
     max_bytes: usize,
-    batch_size: usize,
 }
 
 impl Reader {
     async fn read(self, mut stream: ChangeStream<RawDocumentBuf>) {
-        // Documents and bytes of the server's batch being read.
-        let (mut docs, mut bytes) = (0usize, 0usize);
+        // Events read since the source last caught up.
+        let mut read_some = false;
         loop {
-            // Where the stream stands before this read: at a batch's end,
-            // its post-batch token.
-            let before = stream.resume_token();
+            // The last event read, for `CaughtUp`: taken before the read,
+            // which borrows the stream.
+            let last = if read_some {
+                stream.resume_token()
+            } else {
+                None
+            };
             let result = {
                 let mut next = pin!(stream.next_if_any());
                 match futures::poll!(next.as_mut()) {
                     Poll::Ready(result) => result,
-                    Poll::Pending => {
-                        // A getMore went out: the last batch is over. A
-                        // short one says the server had no more; after a
-                        // full one, a getMore that has not answered in
-                        // `SLOW_GET_MORE` is waiting for events too.
-                        let full = docs >= self.batch_size || bytes >= FULL_REPLY_BYTES;
-                        let read_some = docs > 0;
-                        (docs, bytes) = (0, 0);
-                        if read_some && full {
-                            tokio::select! {
-                                result = next.as_mut() => result,
-                                _ = tokio::time::sleep(SLOW_GET_MORE) => {
-                                    if self.tx.send(Read::CaughtUp(before)).await.is_err() {
-                                        return;
-                                    }
-                                    next.await
-                                }
-                            }
-                        } else {
-                            if read_some && self.tx.send(Read::CaughtUp(before)).await.is_err() {
+                    // A getMore went out. The future is kept, never
+                    // dropped: dropping it could lose its batch.
+                    Poll::Pending if read_some => tokio::select! {
+                        result = next.as_mut() => result,
+                        _ = tokio::time::sleep(SLOW_GET_MORE) => {
+                            read_some = false;
+                            if self.tx.send(Read::CaughtUp(last)).await.is_err() {
                                 return;
                             }
                             next.await
                         }
-                    }
+                    },
+                    Poll::Pending => next.await,
                 }
             };
             let item = match result {
                 Ok(Some(raw)) => {
-                    docs += 1;
-                    bytes += raw.as_bytes().len();
+                    read_some = true;
                     match self.admit(raw).await {
                         Some(item) => item,
                         None => return,
                     }
                 }
-                Ok(None) if stream.is_alive() => Read::Idle(stream.resume_token()),
+                Ok(None) if stream.is_alive() => {
+                    read_some = false;
+                    Read::Idle(stream.resume_token())
+                }
                 Ok(None) => Read::Invalidated,
                 Err(e) => Read::Failed(e),
             };
-            let last = matches!(item, Read::Invalidated | Read::Failed(_));
-            if self.tx.send(item).await.is_err() || last {
+            let end = matches!(item, Read::Invalidated | Read::Failed(_));
+            if self.tx.send(item).await.is_err() || end {
                 return;
             }
         }

@@ -359,13 +359,16 @@ impl ChangeStreamSource {
         run: &mut RunState,
         stream: ChangeStream<RawDocumentBuf>,
     ) -> ControlFlow<Stop> {
-        let mut reads = ReadAhead::spawn(stream, run.batch_size, self.config.read_ahead_bytes);
+        let mut reads = ReadAhead::spawn(stream, self.config.read_ahead_bytes);
         let (mut events, mut bytes) = (0usize, 0usize);
         loop {
             self.take_acks(run).await?;
             // Safe to race: a queued item stays queued.
             let next = tokio::select! {
-                _ = self.cx.shutdown.cancelled() => return ControlFlow::Break(Ok(())),
+                _ = self.cx.shutdown.cancelled() => {
+                    reads.close().await;
+                    return ControlFlow::Break(Ok(()));
+                }
                 n = reads.next() => n,
             };
             match next {
@@ -387,10 +390,20 @@ impl ChangeStreamSource {
                         }
                     }
                 }
-                Some(Read::Idle(token)) => self.on_idle(run, token, true).await?,
-                Some(Read::CaughtUp(token)) => self.on_idle(run, token, false).await?,
-                // The reading task ended without a word (it panicked).
-                None => return ControlFlow::Continue(()),
+                Some(Read::Idle(token)) => self.on_idle(run, token).await?,
+                Some(Read::CaughtUp(last)) => {
+                    let last = last.and_then(|t| token_hex(&t));
+                    self.watermark(run, last.as_deref(), false).await?;
+                }
+                None => {
+                    // The reading task panicked: a bug, not worth a hot
+                    // loop of reopening.
+                    self.error(
+                        "stream_reader_failed",
+                        "The change stream's reading task stopped unexpectedly; stopping the source. A restart resumes from the checkpoint.",
+                    );
+                    return ControlFlow::Break(Err(()));
+                }
                 Some(Read::Invalidated) => {
                     tracing::warn!(
                         source = %self.cx.key,
@@ -480,34 +493,16 @@ impl ChangeStreamSource {
         ControlFlow::Continue(())
     }
 
-    /// At the end of an empty (`idle`) or short batch the post-batch token
-    /// is the server's promise that nothing before it is pending: a
-    /// watermark at its time goes to the sinks, and the checkpoint may move
-    /// to it.
+    /// On an idle stream the post-batch token is the server's promise that
+    /// nothing before it is pending: a watermark at its time goes to the
+    /// sinks, and the checkpoint may move to it.
     async fn on_idle(
         &self,
         run: &mut RunState,
         post_batch_token: Option<ResumeToken>,
-        idle: bool,
     ) -> ControlFlow<Stop> {
         let pbrt = post_batch_token.and_then(|t| token_hex(&t));
-        if let Some(ts) = pbrt.as_deref().and_then(token_cluster_time) {
-            run.progress.read_up_to(ts.time);
-            if let Some(time) = DateTime::<Utc>::from_timestamp(i64::from(ts.time), 0) {
-                let watermark = Event::Watermark(Watermark {
-                    source_id: Arc::clone(&run.source_id),
-                    time,
-                    idle,
-                });
-                if !run
-                    .out
-                    .send_until_shutdown(watermark, &self.cx.shutdown)
-                    .await
-                {
-                    return ControlFlow::Break(Ok(()));
-                }
-            }
-        }
+        self.watermark(run, pbrt.as_deref(), true).await?;
         run.acks.idle(pbrt.clone());
         if let (Some(t), OpenAt::Now | OpenAt::Time(_)) = (&pbrt, &run.at) {
             // Nothing emitted yet: reopen from here, not from "now" again,
@@ -515,6 +510,38 @@ impl ChangeStreamSource {
             run.at = OpenAt::After(t.clone());
         }
         ControlFlow::Continue(())
+    }
+
+    /// Sends a watermark at the cluster time of `token`: a post-batch
+    /// token (`idle`), or the last event read once the source caught up.
+    /// Either way no later event has an earlier cluster time.
+    async fn watermark(
+        &self,
+        run: &mut RunState,
+        token: Option<&str>,
+        idle: bool,
+    ) -> ControlFlow<Stop> {
+        let Some(ts) = token.and_then(token_cluster_time) else {
+            return ControlFlow::Continue(());
+        };
+        run.progress.read_up_to(ts.time);
+        let Some(time) = DateTime::<Utc>::from_timestamp(i64::from(ts.time), 0) else {
+            return ControlFlow::Continue(());
+        };
+        let watermark = Event::Watermark(Watermark {
+            source_id: Arc::clone(&run.source_id),
+            time,
+            idle,
+        });
+        if run
+            .out
+            .send_until_shutdown(watermark, &self.cx.shutdown)
+            .await
+        {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(Ok(()))
+        }
     }
 
     /// Stops sending so sinks can finish, waits for every outstanding
