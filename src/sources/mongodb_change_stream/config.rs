@@ -121,11 +121,13 @@ pub struct MongoDbChangeStreamConfig {
     /// Also emit DDL events such as `create` and `createIndexes` (6.0+).
     #[serde(default)]
     pub show_expanded_events: bool,
-    /// Events per server batch. The server fills a batch up to 16 MB
+    /// Most events per server batch. The server fills a batch up to 16 MB
     /// otherwise, and the driver holds a reply and the batch decoded from
     /// it at once: 5,000 keeps that near 13 MB with 1 KB documents (peak
-    /// RSS into Azurite 96 → 68 MB at the same rate, `e2e/bench.sh`);
-    /// larger documents still stop at 16 MB.
+    /// RSS into Azurite 96 → 68 MB at the same rate, `e2e/bench.sh`). With
+    /// larger events the source uses fewer: after 256 events it reopens
+    /// the stream once with a batch size that keeps a reply near 4 MiB
+    /// (about 256 for 16 KB events).
     #[serde(default = "default_batch_size")]
     pub batch_size: Option<u32>,
     /// Bytes of change events read ahead of the pipeline, so the server
