@@ -1925,6 +1925,23 @@ async fn a_burst_is_written_once_the_stream_has_caught_up() {
     wait_for_orders(&root, 600, 20, &log).await;
 }
 
+/// The end of a burst (more than a server reply's worth of events) is
+/// written in full once the source caught up, also a remainder under a
+/// quarter block: 3,500 changes of 1.3 KB are one full 4.5 MB block and a
+/// remainder of about 0.5 MB, which a trickle's caught-up watermark would
+/// leave for the idle one a minute later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_of_a_burst_is_written_in_full() {
+    let mongo = Mongod::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake-root");
+    let cfg = burst_config(dir.path(), &mongo.uri(), &root, 60_000, "");
+    insert_padded(&mongo, 3500, 1000).await;
+    let log = dir.path().join("agent.log");
+    let _agent = Agent::start_logged(&cfg, &log);
+    wait_for_orders(&root, 3500, 20, &log).await;
+}
+
 /// Large events: after 256 of them the source reopens the stream with
 /// batches sized for a 4 MiB reply (it logs so), and every change still
 /// arrives exactly once, in order, across the reopening. (The last partial

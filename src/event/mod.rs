@@ -98,11 +98,11 @@ impl LogEvent {
 pub struct Watermark {
     pub source_id: Arc<str>,
     pub time: DateTime<Utc>,
-    /// `true`: the source is idle (its last read found nothing new), so
-    /// sinks write what they hold. `false`: it has caught up for now (it
-    /// has read every event the server had and waits for more) while
-    /// events may still trickle in, so sinks write only what is worth a
-    /// request of its own.
+    /// `true`: the source is idle (its last read found nothing new) or a
+    /// burst of events just ended, so sinks write what they hold. `false`:
+    /// it has caught up for now (it has read every event the server had and
+    /// waits for more) while events trickle in, so sinks write only what is
+    /// worth a request of its own.
     pub idle: bool,
 }
 

@@ -14,9 +14,11 @@
 //! `getMore`. One that has not answered within [`SLOW_GET_MORE`] is waiting
 //! for events: the source has caught up for now and says so
 //! (`Read::CaughtUp`) without waiting `max_await_time_ms` for an empty
-//! batch, so sinks can write what they hold at the end of a burst. A steady
-//! stream's getMores answer as soon as events arrive, so it is not told
-//! apart from a backlog.
+//! batch, so sinks can write what they hold at the end of a burst. It says
+//! too whether a burst ended (at least [`BURST_BYTES`] read since it last
+//! caught up), when everything may be written, or a trickle, when only
+//! what fills a sizeable block is. A steady stream's getMores answer as
+//! soon as events arrive, so it is not told apart from a backlog.
 //!
 //! Order is kept: the queue carries the documents, the idle answers and the
 //! error that ended the stream in the order the driver gave them. What is
@@ -41,6 +43,10 @@ const MAX_QUEUED: usize = 65_536;
 /// for events.
 const SLOW_GET_MORE: Duration = Duration::from_millis(200);
 
+/// Read since the source last caught up, the end of a burst rather than a
+/// trickle: a server reply's worth.
+const BURST_BYTES: usize = 4 << 20;
+
 /// What the driver gave, in its order.
 pub(super) enum Read {
     /// A change event; the permit holds its bytes against the budget until
@@ -49,8 +55,11 @@ pub(super) enum Read {
     /// An empty batch: nothing is pending up to the post-batch token.
     Idle(Option<ResumeToken>),
     /// Every event the server had was read (the getMore after them waits):
-    /// the token of the last one read.
-    CaughtUp(Option<ResumeToken>),
+    /// the token of the last one read, and whether a burst ended.
+    CaughtUp {
+        last: Option<ResumeToken>,
+        burst: bool,
+    },
     /// The stream ended after an `invalidate` event.
     Invalidated,
     /// The stream failed; it is not read further.
@@ -106,9 +115,10 @@ struct Reader {
 
 impl Reader {
     async fn read(self, mut stream: ChangeStream<RawDocumentBuf>) {
-        // Events read since the source last caught up.
-        let mut read_some = false;
+        // Bytes of events read since the source last caught up.
+        let mut read: usize = 0;
         loop {
+            let read_some = read > 0;
             // The last event read, for `CaughtUp`: taken before the read,
             // which borrows the stream.
             let last = if read_some {
@@ -125,8 +135,9 @@ impl Reader {
                     Poll::Pending if read_some => tokio::select! {
                         result = next.as_mut() => result,
                         _ = tokio::time::sleep(SLOW_GET_MORE) => {
-                            read_some = false;
-                            if self.tx.send(Read::CaughtUp(last)).await.is_err() {
+                            let burst = read >= BURST_BYTES;
+                            read = 0;
+                            if self.tx.send(Read::CaughtUp { last, burst }).await.is_err() {
                                 return;
                             }
                             next.await
@@ -137,14 +148,14 @@ impl Reader {
             };
             let item = match result {
                 Ok(Some(raw)) => {
-                    read_some = true;
+                    read += raw.as_bytes().len();
                     match self.admit(raw).await {
                         Some(item) => item,
                         None => return,
                     }
                 }
                 Ok(None) if stream.is_alive() => {
-                    read_some = false;
+                    read = 0;
                     Read::Idle(stream.resume_token())
                 }
                 Ok(None) => Read::Invalidated,

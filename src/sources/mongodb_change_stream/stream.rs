@@ -391,9 +391,11 @@ impl ChangeStreamSource {
                     }
                 }
                 Some(Read::Idle(token)) => self.on_idle(run, token).await?,
-                Some(Read::CaughtUp(last)) => {
+                Some(Read::CaughtUp { last, burst }) => {
+                    // After a burst the sinks write everything they hold;
+                    // during a trickle only sizeable batches.
                     let last = last.and_then(|t| token_hex(&t));
-                    self.watermark(run, last.as_deref(), false).await?;
+                    self.watermark(run, last.as_deref(), burst).await?;
                 }
                 None => {
                     // The reading task panicked: a bug, not worth a hot
@@ -513,8 +515,9 @@ impl ChangeStreamSource {
     }
 
     /// Sends a watermark at the cluster time of `token`: a post-batch
-    /// token (`idle`), or the last event read once the source caught up.
-    /// Either way no later event has an earlier cluster time.
+    /// token, or the last event read once the source caught up. Either way
+    /// no later event has an earlier cluster time. `idle`: sinks may write
+    /// everything they hold (the stream is idle, or a burst ended).
     async fn watermark(
         &self,
         run: &mut RunState,
