@@ -1901,6 +1901,21 @@ async fn wait_for_orders(root: &Path, n: i64, secs: u64, log: &Path) {
     assert_eq!(orders_in_lake(root), (0..n).collect::<Vec<_>>());
 }
 
+/// Inserts `n` changes with `pad` bytes of padding, then runs an agent
+/// (`burst_config`) until all are in the lake, exactly once, within
+/// `secs`; the agent's log.
+async fn burst(n: i64, pad: usize, max_await_ms: u64, sink_options: &str, secs: u64) -> String {
+    let mongo = Mongod::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake-root");
+    let cfg = burst_config(dir.path(), &mongo.uri(), &root, max_await_ms, sink_options);
+    insert_padded(&mongo, n, pad).await;
+    let log = dir.path().join("agent.log");
+    let _agent = Agent::start_logged(&cfg, &log);
+    wait_for_orders(&root, n, secs, &log).await;
+    std::fs::read_to_string(&log).unwrap()
+}
+
 /// A burst is written as soon as the change stream has caught up, not
 /// after `max_await_time_ms` (the empty batch that says the stream is idle)
 /// or `batch.timeout_secs`: here both are a minute or more, so the burst's
@@ -1909,20 +1924,7 @@ async fn wait_for_orders(root: &Path, n: i64, secs: u64, log: &Path) {
 /// (its getMore waiting for events).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_is_written_once_the_stream_has_caught_up() {
-    let mongo = Mongod::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("lake-root");
-    let cfg = burst_config(
-        dir.path(),
-        &mongo.uri(),
-        &root,
-        60_000,
-        "batch.max_bytes = 1048576",
-    );
-    insert_padded(&mongo, 600, 1000).await;
-    let log = dir.path().join("agent.log");
-    let _agent = Agent::start_logged(&cfg, &log);
-    wait_for_orders(&root, 600, 20, &log).await;
+    burst(600, 1000, 60_000, "batch.max_bytes = 1048576", 20).await;
 }
 
 /// The end of a burst (more than a server reply's worth of events) is
@@ -1932,14 +1934,7 @@ async fn a_burst_is_written_once_the_stream_has_caught_up() {
 /// leave for the idle one a minute later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_end_of_a_burst_is_written_in_full() {
-    let mongo = Mongod::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("lake-root");
-    let cfg = burst_config(dir.path(), &mongo.uri(), &root, 60_000, "");
-    insert_padded(&mongo, 3500, 1000).await;
-    let log = dir.path().join("agent.log");
-    let _agent = Agent::start_logged(&cfg, &log);
-    wait_for_orders(&root, 3500, 20, &log).await;
+    burst(3500, 1000, 60_000, "", 20).await;
 }
 
 /// Large events: after 256 of them the source reopens the stream with
@@ -1949,18 +1944,9 @@ async fn the_end_of_a_burst_is_written_in_full() {
 /// `max_await_time_ms` is short here.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_events_reopen_the_stream_with_smaller_batches_exactly_once() {
-    let mongo = Mongod::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("lake-root");
-    let cfg = burst_config(dir.path(), &mongo.uri(), &root, 200, "");
-    insert_padded(&mongo, 1000, 16_000).await;
-    let log = dir.path().join("agent.log");
-    let _agent = Agent::start_logged(&cfg, &log);
-    wait_for_orders(&root, 1000, 60, &log).await;
-    let text = std::fs::read_to_string(&log).unwrap();
+    let log = burst(1000, 16_000, 200, "", 60).await;
     assert!(
-        text.contains("Reopening the change stream with batches") && text.contains("batch_size=2"),
-        "{}",
-        support::log_tail(&log, 30)
+        log.contains("Reopening the change stream with batches") && log.contains("batch_size=2"),
+        "{log}"
     );
 }

@@ -45,7 +45,7 @@ const SLOW_GET_MORE: Duration = Duration::from_millis(200);
 
 /// Read since the source last caught up, the end of a burst rather than a
 /// trickle: a server reply's worth.
-const BURST_BYTES: usize = 4 << 20;
+const BURST_BYTES: usize = super::stream::REPLY_TARGET_BYTES;
 
 /// What the driver gave, in its order.
 pub(super) enum Read {
@@ -54,12 +54,9 @@ pub(super) enum Read {
     Event(RawDocumentBuf, OwnedSemaphorePermit),
     /// An empty batch: nothing is pending up to the post-batch token.
     Idle(Option<ResumeToken>),
-    /// Every event the server had was read (the getMore after them waits):
-    /// the token of the last one read, and whether a burst ended.
-    CaughtUp {
-        last: Option<ResumeToken>,
-        burst: bool,
-    },
+    /// Every event the server had was read (the getMore after them waits),
+    /// at the end of a burst or not. The last of them came just before.
+    CaughtUp { burst: bool },
     /// The stream ended after an `invalidate` event.
     Invalidated,
     /// The stream failed; it is not read further.
@@ -119,13 +116,6 @@ impl Reader {
         let mut read: usize = 0;
         loop {
             let read_some = read > 0;
-            // The last event read, for `CaughtUp`: taken before the read,
-            // which borrows the stream.
-            let last = if read_some {
-                stream.resume_token()
-            } else {
-                None
-            };
             let result = {
                 let mut next = pin!(stream.next_if_any());
                 match futures::poll!(next.as_mut()) {
@@ -137,7 +127,7 @@ impl Reader {
                         _ = tokio::time::sleep(SLOW_GET_MORE) => {
                             let burst = read >= BURST_BYTES;
                             read = 0;
-                            if self.tx.send(Read::CaughtUp { last, burst }).await.is_err() {
+                            if self.tx.send(Read::CaughtUp { burst }).await.is_err() {
                                 return;
                             }
                             next.await

@@ -46,7 +46,7 @@ use super::{
 /// Events read before their average size picks the batch size.
 const SIZE_SAMPLE: usize = 256;
 /// The server reply a batch is sized for.
-const REPLY_TARGET_BYTES: usize = 4 << 20;
+pub(super) const REPLY_TARGET_BYTES: usize = 4 << 20;
 /// Fewest events per batch however large they are.
 const MIN_BATCH_SIZE: u32 = 16;
 
@@ -391,10 +391,14 @@ impl ChangeStreamSource {
                     }
                 }
                 Some(Read::Idle(token)) => self.on_idle(run, token).await?,
-                Some(Read::CaughtUp { last, burst }) => {
+                Some(Read::CaughtUp { burst }) => {
+                    // At the last event read (where the stream would reopen).
                     // After a burst the sinks write everything they hold;
                     // during a trickle only sizeable batches.
-                    let last = last.and_then(|t| token_hex(&t));
+                    let last = match &run.at {
+                        OpenAt::After(token) => Some(token.clone()),
+                        _ => None,
+                    };
                     self.watermark(run, last.as_deref(), burst).await?;
                 }
                 None => {
@@ -423,7 +427,7 @@ impl ChangeStreamSource {
     /// [`REPLY_TARGET_BYTES`]; never more than the configured `batch_size`.
     /// The driver holds a reply and the batch decoded from it at once, and
     /// the server fills up to 16 MB: with 16 KB events, 5,000 a batch cost
-    /// 32 MB where 250 cost 8.
+    /// 32 MB where 256 cost 8.
     fn fit_batch_size(&self, current: Option<u32>, average: usize) -> Option<u32> {
         let configured = self.config.batch_size?;
         let current = current.unwrap_or(configured);
