@@ -4,7 +4,9 @@
 //! its lease exactly there changes nothing. Off unless the environment
 //! variable `MONGO_ADLS_TEST_SEAM` names a seam; then the first time the
 //! write path reaches it, it logs `Test seam <name> reached` and waits
-//! 2 s (time for the test to stop the process), once per process.
+//! 10 s (time for a test on a loaded machine to stop the process; a
+//! stopped process's sleep is over when it is continued), once per
+//! process.
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
@@ -20,6 +22,6 @@ pub async fn seam(name: &str) {
     if CHOSEN.as_deref() != Some(name) || REACHED.swap(true, Ordering::Relaxed) {
         return;
     }
-    tracing::warn!("Test seam {name} reached; pausing 2s.");
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    tracing::warn!("Test seam {name} reached; pausing 10s.");
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
 }

@@ -397,7 +397,8 @@ checkpoint_interval_ms = 200
         }
         wait_log(&log, "Snapshot complete.", 1, &mut agent).await;
     } else {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Changes made before the stream opens are not in it.
+        wait_log(&log, "Change stream open.", 1, &mut agent).await;
     }
     let started = Instant::now();
     let generator = tokio::spawn(generate(
@@ -806,7 +807,20 @@ checkpoint_interval_ms = 200
         .map(|i| Agent::start_logged(&configs[i], &logs[i]))
         .collect();
     support::one_active(&ports, &log_refs, Duration::from_secs(90)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The active's stream is open once its idle stream saved a checkpoint
+    // (the role turns active before the state is taken over and the
+    // stream opened); changes made before that are not in the stream.
+    let state = Lake::new(&azurite, "state");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !state
+        .list()
+        .await
+        .iter()
+        .any(|o| o.name == "chaos/mongo/checkpoint.json")
+    {
+        assert!(Instant::now() < deadline, "no checkpoint saved in 120 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let manifest = Arc::new(Mutex::new(Manifest::default()));
     let started = Instant::now();

@@ -162,38 +162,114 @@ fn sigterm(pid: u32) {
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
 }
 
+/// The agent on `config` with its output read as it comes, so a test acts
+/// once something was printed rather than after a fixed time (which a
+/// loaded machine can overrun).
+struct Watched {
+    child: std::process::Child,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    /// stdout and stderr so far.
+    output: [std::sync::Arc<std::sync::Mutex<Vec<u8>>>; 2],
+}
+
+impl Watched {
+    fn start(config: &Path) -> Self {
+        use std::io::Read as _;
+        let mut child = bin()
+            .arg("-c")
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn_tracked();
+        let output = [Default::default(), Default::default()];
+        let pipes: [Box<dyn std::io::Read + Send>; 2] = [
+            Box::new(child.stdout.take().unwrap()),
+            Box::new(child.stderr.take().unwrap()),
+        ];
+        let readers = pipes
+            .into_iter()
+            .zip(&output)
+            .map(|(mut pipe, sink)| {
+                let sink: std::sync::Arc<std::sync::Mutex<Vec<u8>>> = std::sync::Arc::clone(sink);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 8192];
+                    while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                        sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                })
+            })
+            .collect();
+        Self {
+            child,
+            readers,
+            output,
+        }
+    }
+
+    /// Waits (60 s at most) until `stream` (0: stdout, 1: stderr) holds
+    /// `lines` complete lines.
+    fn wait_lines(&self, stream: usize, lines: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let n = self.output[stream]
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count();
+            if n >= lines {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{n} of {lines} lines in 60 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (60 s at most) until stderr holds `text`.
+    fn wait_stderr(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !String::from_utf8_lossy(&self.output[1].lock().unwrap()).contains(text) {
+            assert!(Instant::now() < deadline, "no {text:?} on stderr in 60 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the exit; its code, stdout and stderr.
+    fn finish(mut self) -> (Option<i32>, Vec<u8>, String) {
+        let status = self.child.wait().unwrap();
+        for reader in self.readers {
+            reader.join().unwrap();
+        }
+        let [out, err] = self.output.map(|o| std::mem::take(&mut *o.lock().unwrap()));
+        (
+            status.code(),
+            out,
+            String::from_utf8_lossy(&err).into_owned(),
+        )
+    }
+}
+
 #[test]
 fn sigterm_drains_and_kill_9_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let config = demo_config(dir.path(), "");
 
     // Run 1: SIGTERM. Every printed event is acknowledged, and only those.
-    let child = bin()
-        .arg("-c")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn_tracked();
-    std::thread::sleep(Duration::from_millis(1500));
-    sigterm(child.id());
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let first = seqs(&out.stdout);
-    assert!(!first.is_empty());
+    let child = Watched::start(&config);
+    child.wait_lines(0, 200);
+    sigterm(child.child.id());
+    let (code, stdout, stderr) = child.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    let first = seqs(&stdout);
     assert_eq!(first, (1..=first.len() as u64).collect::<Vec<_>>());
     assert_eq!(acknowledged(dir.path()), first.len() as u64);
 
     // Run 2: kill -9. It starts right after run 1's last event.
-    let mut child = bin()
-        .arg("-c")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn_tracked();
-    std::thread::sleep(Duration::from_millis(2500));
-    child.kill().unwrap();
-    let out = child.wait_with_output().unwrap();
-    let second = seqs(&out.stdout);
+    let mut child = Watched::start(&config);
+    child.wait_lines(0, 2000);
+    child.child.kill().unwrap();
+    let (_, stdout, _) = child.finish();
+    let second = seqs(&stdout);
     assert_eq!(
         second.first(),
         Some(&(first.len() as u64 + 1)),
@@ -206,17 +282,12 @@ fn sigterm_drains_and_kill_9_loses_nothing() {
     );
 
     // Run 3: resumes after the checkpoint, so nothing unacknowledged is lost.
-    let child = bin()
-        .arg("-c")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn_tracked();
-    std::thread::sleep(Duration::from_millis(1000));
-    sigterm(child.id());
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let third = seqs(&out.stdout);
+    let child = Watched::start(&config);
+    child.wait_lines(0, 1);
+    sigterm(child.child.id());
+    let (code, stdout, stderr) = child.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    let third = seqs(&stdout);
     assert_eq!(third.first(), Some(&(committed + 1)));
 }
 
@@ -452,18 +523,15 @@ fn sigterm_during_start_up_stops_cleanly() {
             support::AZURITE_KEY
         ),
     );
-    let child = bin()
-        .arg("-c")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn_tracked();
-    std::thread::sleep(Duration::from_millis(1500));
-    sigterm(child.id());
+    let child = Watched::start(&config);
+    // Logged once signals are caught; the healthcheck then waits on the
+    // silent listener.
+    child.wait_stderr("Starting mongo-adls.");
+    std::thread::sleep(Duration::from_millis(500));
+    sigterm(child.child.id());
     let started = Instant::now();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (code, _, stderr) = child.finish();
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("Stopped during start-up"), "{stderr}");
     assert!(
         started.elapsed() < Duration::from_secs(5),

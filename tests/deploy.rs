@@ -743,8 +743,20 @@ fn container_image_builds_on_a_local_base_and_runs_the_mounted_config() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while health(port) != Some(200) {
+    // /health answers before the pipeline runs; stopped then, the agent
+    // ends "during start-up" with no checkpoint. Wait for delivered events.
+    let delivered = || {
+        support::http_get(port, "/metrics")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.starts_with("component_sent_events_total") && l.contains("component_id=\"out\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .any(|n| n > 0.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while health(port) != Some(200) || !delivered() {
         if let Some(status) = agent.try_wait().unwrap() {
             let mut err = String::new();
             agent
@@ -755,7 +767,10 @@ fn container_image_builds_on_a_local_base_and_runs_the_mounted_config() {
                 .unwrap();
             panic!("the agent in the container exited ({status}): {err}");
         }
-        assert!(Instant::now() < deadline, "/health never answered 200");
+        assert!(
+            Instant::now() < deadline,
+            "no events delivered with /health 200 in 60 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     run_ok(podman().args(["stop", "-t", "30", &container]));

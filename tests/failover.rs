@@ -116,10 +116,31 @@ async fn one_active(members: &[&Member], timeout: Duration) -> usize {
     support::one_active(&ports, &logs, timeout).await
 }
 
-/// Waits until `member` has stepped down and stands by (40 s at most).
+/// Waits until `member` has stepped down (40 s at most). Not its role: it
+/// stands by only until it wins an election again, which can be at once
+/// (callers check the roles with `one_active`).
 async fn stepped_down(member: &Member) {
     eventually(Duration::from_secs(40), async || {
-        (member.log_text().contains("Stepped down") && member.role().as_deref() == Some("standby"))
+        member.log_text().contains("Stepped down").then_some(())
+    })
+    .await;
+}
+
+/// The source's checkpoint in the state container.
+const CHECKPOINT: &str = "orders/mongo/checkpoint.json";
+
+/// Waits until the active agent's change stream is open: an open, idle
+/// stream saves a checkpoint, so what is written afterwards is read.
+/// ("Starting from now" is logged before the stream opens, and a write
+/// made before that is not in the stream at all.)
+async fn stream_open(azurite: &Azurite) {
+    let state = Lake::new(azurite, "state");
+    eventually(Duration::from_secs(60), async || {
+        state
+            .list()
+            .await
+            .iter()
+            .any(|o| o.name == CHECKPOINT)
             .then_some(())
     })
     .await;
@@ -237,15 +258,7 @@ async fn a_standby_takes_over_from_a_killed_active_and_on_sigterm() {
         })
         .collect();
     let active = one_active(&members.iter().collect::<Vec<_>>(), Duration::from_secs(60)).await;
-    // The stream is open once a checkpoint exists in the state container.
-    eventually(Duration::from_secs(60), async || {
-        members[active]
-            .log_text()
-            .contains("Starting from now")
-            .then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    stream_open(&azurite).await;
 
     let client = mongo.client().await;
     let writer = {
@@ -286,9 +299,11 @@ async fn a_standby_takes_over_from_a_killed_active_and_on_sigterm() {
     );
 
     // SIGTERM: drained, released, taken over within seconds.
+    // Counted from the exit, after the drain: a lease not released would
+    // be free only when it expires, 10 s or more after the last renew.
     let old = members.remove(standby);
-    let stopped_at = Instant::now();
     assert_eq!(old.agent.stop(), Some(0));
+    let stopped_at = Instant::now();
     eventually(Duration::from_secs(20), async || {
         (members[0].role().as_deref() == Some("active")).then_some(())
     })
@@ -333,14 +348,7 @@ async fn a_paused_active_wakes_fenced_and_steps_down() {
         .collect();
     let all: Vec<&Member> = members.iter().collect();
     let paused = one_active(&all, Duration::from_secs(60)).await;
-    eventually(Duration::from_secs(60), async || {
-        members[paused]
-            .log_text()
-            .contains("Starting from now")
-            .then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    stream_open(&azurite).await;
 
     let client = mongo.client().await;
     let writer = {
@@ -440,6 +448,7 @@ async fn an_idle_pipeline_costs_few_requests() {
     };
     let active = member(0);
     one_active(&[&active], Duration::from_secs(60)).await;
+    stream_open(&azurite).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let window = Duration::from_secs(30);
     let per_minute = |n: u64| n as f64 * 60.0 / window.as_secs_f64();
@@ -513,14 +522,11 @@ async fn local_state_is_imported_into_an_empty_remote_state() {
     let client = mongo.client().await;
     let log = dir.path().join("local.log");
     let agent = Agent::start_logged(&local, &log);
+    // The stream is open once the idle stream saved a checkpoint.
     eventually(Duration::from_secs(60), async || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("Starting from now")
-            .then_some(())
+        data.join("mongo/checkpoint.json").exists().then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let first = write(&client, 0, 4, Duration::from_millis(200)).await;
     let members = [];
     lake_holds(&lake, first, &members).await;
@@ -569,10 +575,7 @@ async fn lease_lost_at_a_seam(commit: &str, seam: &str) {
         config: cfg(0),
     };
     one_active(&[&first], Duration::from_secs(60)).await;
-    eventually(Duration::from_secs(60), async || {
-        first.log_text().contains("Starting from now").then_some(())
-    })
-    .await;
+    stream_open(&azurite).await;
     let client = mongo.client().await;
     let writer = {
         let client = client.clone();
@@ -585,11 +588,13 @@ async fn lease_lost_at_a_seam(commit: &str, seam: &str) {
     .await;
     first.signal(libc::SIGSTOP);
     let second = Member::start(cfg(1), ports[1], logs[1].clone());
+    // The second takes the state over while the first is stopped.
     eventually(Duration::from_secs(LEASE_SECS * 3 + 15), async || {
-        (second.role().as_deref() == Some("active")).then_some(())
+        (second.role().as_deref() == Some("active")
+            && second.log_text().contains("Took over the pipeline's state"))
+        .then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
     first.signal(libc::SIGCONT);
     stepped_down(&first).await;
     let expected = writer.await.unwrap();
@@ -661,7 +666,7 @@ async fn lost_or_damaged_remote_state_is_refused_naming_the_blob() {
     ] {
         assert!(shown.contains(expected), "{expected:?} not in:\n{shown}");
     }
-    let checkpoint = "orders/mongo/checkpoint.json";
+    let checkpoint = CHECKPOINT;
     let saved = state.read(checkpoint).await;
 
     // Truncated: an error naming the blob.

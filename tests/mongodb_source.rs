@@ -391,11 +391,13 @@ async fn restarts_replay_only_unacknowledged_events() {
     // stream waits for changes (so the restart breaks a pending getMore).
     let log = dir.path().join("run3.log");
     let agent = ConsoleAgent::start_logged(&cfg, &log);
+    // One change at least, whether or not run 2 left any undelivered.
+    insert_range(&client, 3000, 3001).await;
     let first = agent.wait_for(1).await;
     assert!(token(&first[0]) > committed);
     mongo.restart().await;
     let client = mongo.client().await;
-    insert_range(&client, 3000, 4000).await;
+    insert_range(&client, 3001, 4000).await;
     let seen = agent.wait_for(1).await.len();
     let expected_more = 4000 - seqs(&all).len();
     let _ = seen;
@@ -435,7 +437,6 @@ async fn failing_sink_keeps_the_checkpoint() {
     drop(child.stdout.take());
     let child = KillOnDrop(Some(child));
     wait_started(dir.path()).await;
-    let before = checkpoint(dir.path()).unwrap();
     insert_range(&client, 0, 10).await;
     // Wait until the source has heard of the failed delivery (it says so
     // once), rather than for a fixed time: from then on its checkpoint
@@ -451,10 +452,18 @@ async fn failing_sink_keeps_the_checkpoint() {
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let status = child.into_inner().wait().unwrap();
     assert_eq!(status.code(), Some(0), "{}", logged());
-    assert_eq!(
-        checkpoint(dir.path()).unwrap(),
-        before,
-        "undelivered events are not committed"
+    // Idle checkpoints may have moved it up to the inserts, never to or
+    // past the first undelivered event (whose token the error names).
+    let undelivered = logged()
+        .split("Resume token: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no token in {}", logged()));
+    let committed = checkpoint(dir.path()).unwrap();
+    assert!(
+        committed < undelivered,
+        "undelivered events are not committed: checkpoint {committed}, first undelivered {undelivered}"
     );
 
     // A working sink then gets all of them.
@@ -561,9 +570,13 @@ async fn lost_history_follows_the_policy() {
     // The stream is open once a marker inserted now comes through; the
     // changes after it come through in full.
     let client = mongo.client().await;
-    let mut marker = 60;
+    let mut marker = 1000;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while agent.events().is_empty() {
-        assert!(marker < 90, "no change after the reset came through");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no change after the reset came through in 60 s"
+        );
         insert_range(&client, marker, marker + 1).await;
         marker += 1;
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -573,12 +586,15 @@ async fn lost_history_follows_the_policy() {
     agent.wait_for(markers + 3).await;
     let (code, events) = agent.stop(libc::SIGTERM);
     assert_eq!(code, Some(0));
-    let after: Vec<i64> = seqs(&events).into_iter().filter(|s| *s >= 100).collect();
+    let after: Vec<i64> = seqs(&events)
+        .into_iter()
+        .filter(|s| (100..1000).contains(s))
+        .collect();
     assert_eq!(after, vec![100, 101, 102]);
     assert!(
         seqs(&events)
             .iter()
-            .all(|s| (60..marker).contains(s) || *s >= 100),
+            .all(|s| (1000..marker).contains(s) || (100..103).contains(s)),
         "only changes made after the reset: {:?}",
         seqs(&events)
     );

@@ -240,7 +240,9 @@ async fn an_unreachable_host_fails_validate_within_the_timeout() {
         .unwrap()
         .replace("127.0.0.1:27017", &format!("127.0.0.1:{port}"));
     std::fs::write(&cfg, text).unwrap();
-    let stderr = fails_within(&cfg, Duration::from_secs(12));
+    // The source's 8 s server selection, plus start-up on a loaded
+    // machine; the driver's default would take 30 s.
+    let stderr = fails_within(&cfg, Duration::from_secs(20));
     assert!(
         stderr.contains("127.0.0.1:")
             && stderr.contains("cannot reach MongoDB")
@@ -343,10 +345,11 @@ async fn a_standalone_mongod_stops_the_agent_with_one_message() {
     }
 }
 
-/// An unreachable MongoDB is reported within 10 s (not after the driver's
-/// 30 s default), as a sentence, and retried.
+/// An unreachable MongoDB is reported after the source's 8 s server
+/// selection (not after the driver's 30 s default; 20 s leave room for
+/// start-up on a loaded machine), as a sentence, and retried.
 #[tokio::test]
-async fn an_unreachable_host_is_logged_within_10s() {
+async fn an_unreachable_host_is_logged_within_20s() {
     let dir = tempfile::tempdir().unwrap();
     let port = support::free_port();
     let cfg = config(dir.path(), "", "create_filesystem = true");
@@ -366,8 +369,8 @@ async fn an_unreachable_host_is_logged_within_10s() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "not reported in 10 s: {text}"
+            started.elapsed() < Duration::from_secs(20),
+            "not reported in 20 s: {text}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
