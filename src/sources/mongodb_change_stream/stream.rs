@@ -361,8 +361,32 @@ impl ChangeStreamSource {
     ) -> ControlFlow<Stop> {
         let mut reads = ReadAhead::spawn(stream, self.config.read_ahead_bytes);
         let (mut events, mut bytes) = (0usize, 0usize);
+        // The hand-over being forwarded; its permit frees its bytes of the
+        // read-ahead budget once all are.
+        let mut handed = Vec::<RawDocumentBuf>::new().into_iter();
+        let mut _budget = None;
         loop {
             self.take_acks(run).await?;
+            if let Some(raw) = handed.next() {
+                events += 1;
+                bytes += raw.as_bytes().len();
+                self.forward_event(run, raw).await?;
+                if events == SIZE_SAMPLE {
+                    if let Some(fit) = self.fit_batch_size(run.batch_size, bytes / events) {
+                        tracing::info!(
+                            source = %self.cx.key,
+                            average_event_bytes = bytes / events,
+                            batch_size = fit,
+                            "Reopening the change stream with batches that keep a server reply near {} MiB.",
+                            REPLY_TARGET_BYTES >> 20
+                        );
+                        run.batch_size = Some(fit);
+                        return ControlFlow::Continue(());
+                    }
+                }
+                continue;
+            }
+            _budget = None;
             // Safe to race: a queued item stays queued.
             let next = tokio::select! {
                 _ = self.cx.shutdown.cancelled() => {
@@ -372,23 +396,9 @@ impl ChangeStreamSource {
                 n = reads.next() => n,
             };
             match next {
-                Some(Read::Event(raw, _budget)) => {
-                    events += 1;
-                    bytes += raw.as_bytes().len();
-                    self.forward_event(run, raw).await?;
-                    if events == SIZE_SAMPLE {
-                        if let Some(fit) = self.fit_batch_size(run.batch_size, bytes / events) {
-                            tracing::info!(
-                                source = %self.cx.key,
-                                average_event_bytes = bytes / events,
-                                batch_size = fit,
-                                "Reopening the change stream with batches that keep a server reply near {} MiB.",
-                                REPLY_TARGET_BYTES >> 20
-                            );
-                            run.batch_size = Some(fit);
-                            return ControlFlow::Continue(());
-                        }
-                    }
+                Some(Read::Events(docs, permit)) => {
+                    handed = docs.into_iter();
+                    _budget = Some(permit);
                 }
                 Some(Read::Idle(token)) => self.on_idle(run, token).await?,
                 Some(Read::CaughtUp { burst }) => {
