@@ -166,7 +166,9 @@ fn sigterm(pid: u32) {
 /// once something was printed rather than after a fixed time (which a
 /// loaded machine can overrun).
 struct Watched {
-    child: std::process::Child,
+    /// Taken by `finish`; killed on drop (a failed wait must not leave the
+    /// agent running).
+    child: Option<std::process::Child>,
     readers: Vec<std::thread::JoinHandle<()>>,
     /// stdout and stderr so far.
     output: [std::sync::Arc<std::sync::Mutex<Vec<u8>>>; 2],
@@ -200,10 +202,15 @@ impl Watched {
             })
             .collect();
         Self {
-            child,
+            child: Some(child),
             readers,
             output,
         }
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("running").id();
+        unsafe { libc::kill(pid as i32, signal) };
     }
 
     /// Waits (60 s at most) until `stream` (0: stdout, 1: stderr) holds
@@ -236,16 +243,26 @@ impl Watched {
 
     /// Waits for the exit; its code, stdout and stderr.
     fn finish(mut self) -> (Option<i32>, Vec<u8>, String) {
-        let status = self.child.wait().unwrap();
-        for reader in self.readers {
+        let status = self.child.take().expect("running").wait().unwrap();
+        for reader in std::mem::take(&mut self.readers) {
             reader.join().unwrap();
         }
-        let [out, err] = self.output.map(|o| std::mem::take(&mut *o.lock().unwrap()));
+        let [out, err] =
+            std::mem::take(&mut self.output).map(|o| std::mem::take(&mut *o.lock().unwrap()));
         (
             status.code(),
             out,
             String::from_utf8_lossy(&err).into_owned(),
         )
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -257,7 +274,7 @@ fn sigterm_drains_and_kill_9_loses_nothing() {
     // Run 1: SIGTERM. Every printed event is acknowledged, and only those.
     let child = Watched::start(&config);
     child.wait_lines(0, 200);
-    sigterm(child.child.id());
+    child.signal(libc::SIGTERM);
     let (code, stdout, stderr) = child.finish();
     assert_eq!(code, Some(0), "{stderr}");
     let first = seqs(&stdout);
@@ -265,9 +282,15 @@ fn sigterm_drains_and_kill_9_loses_nothing() {
     assert_eq!(acknowledged(dir.path()), first.len() as u64);
 
     // Run 2: kill -9. It starts right after run 1's last event.
-    let mut child = Watched::start(&config);
-    child.wait_lines(0, 2000);
-    child.child.kill().unwrap();
+    let child = Watched::start(&config);
+    child.wait_lines(0, 1);
+    // Killed once a checkpoint of this run is saved: run 3 resumes from it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acknowledged(dir.path()) <= first.len() as u64 {
+        assert!(Instant::now() < deadline, "no checkpoint saved in 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.signal(libc::SIGKILL);
     let (_, stdout, _) = child.finish();
     let second = seqs(&stdout);
     assert_eq!(
@@ -284,7 +307,7 @@ fn sigterm_drains_and_kill_9_loses_nothing() {
     // Run 3: resumes after the checkpoint, so nothing unacknowledged is lost.
     let child = Watched::start(&config);
     child.wait_lines(0, 1);
-    sigterm(child.child.id());
+    child.signal(libc::SIGTERM);
     let (code, stdout, stderr) = child.finish();
     assert_eq!(code, Some(0), "{stderr}");
     let third = seqs(&stdout);
@@ -528,7 +551,7 @@ fn sigterm_during_start_up_stops_cleanly() {
     // silent listener.
     child.wait_stderr("Starting mongo-adls.");
     std::thread::sleep(Duration::from_millis(500));
-    sigterm(child.child.id());
+    child.signal(libc::SIGTERM);
     let started = Instant::now();
     let (code, _, stderr) = child.finish();
     assert_eq!(code, Some(0), "{stderr}");

@@ -588,13 +588,16 @@ async fn lease_lost_at_a_seam(commit: &str, seam: &str) {
     .await;
     first.signal(libc::SIGSTOP);
     let second = Member::start(cfg(1), ports[1], logs[1].clone());
-    // The second takes the state over while the first is stopped.
+    // The second takes the state over while the first is stopped, and
+    // (most likely, within 3 s; either order must hold) completes what was
+    // recorded before the first wakes.
     eventually(Duration::from_secs(LEASE_SECS * 3 + 15), async || {
         (second.role().as_deref() == Some("active")
             && second.log_text().contains("Took over the pipeline's state"))
         .then_some(())
     })
     .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     first.signal(libc::SIGCONT);
     stepped_down(&first).await;
     let expected = writer.await.unwrap();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use mongo_adls::{
     sinks::adls_partitioned_jsonl::config::AuthConfig,
-    state_store::{AzureStateStore, Fence, StateStore, StateStoreError},
+    state_store::{AzureStateStore, Fence, StateHandle, StateStore, StateStoreError},
 };
 use support::{account_sas, Azurite, Lake, AZURITE_KEY};
 use tokio::time::Instant;
@@ -282,4 +282,30 @@ async fn errors_name_the_blob_and_hide_the_sas() {
         assert!(text.contains(&format!("/{ID}/{DOC}")), "{text}");
         assert!(!text.contains("sig="), "{text}");
     }
+}
+
+/// Under a lease only another term changes the state: a write refused on
+/// its condition (here an append to a log that is gone, as after a new
+/// term compacted it away) marks the term fenced as a lease refusal does,
+/// so an agent steps down and stands by instead of exiting as failed.
+/// The log goes with an in-memory Azurite's restart (which also forgets
+/// the lease that keeps anyone else from deleting it).
+#[tokio::test]
+async fn a_write_refused_on_its_condition_under_a_lease_fences_the_term() {
+    let mut azurite = azurite().await;
+    let a = term();
+    let s = store(&azurite);
+    s.take_over(&a).await.unwrap();
+    let handle = StateHandle::new(std::sync::Arc::new(s), a);
+    handle.create_log(LOG).await.unwrap();
+    let at = handle.append(LOG, "x\n".into(), 0).await.unwrap();
+    assert!(!handle.was_fenced());
+    azurite.restart();
+    Lake::new(&azurite, CONTAINER).create().await;
+    let err = handle.append(LOG, "y\n".into(), at).await.unwrap_err();
+    assert!(err.is_condition_failed(), "{err}");
+    assert!(
+        handle.was_fenced(),
+        "a refused condition under a lease ends the term"
+    );
 }

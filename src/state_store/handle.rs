@@ -98,10 +98,16 @@ impl StateHandle {
         let _ = self.fenced.subscribe().wait_for(|fenced| *fenced).await;
     }
 
-    /// Passes a store result on, noting a fenced refusal.
+    /// Passes a store result on, noting a fenced refusal. Under a lease a
+    /// write refused on its condition (the version, length or existence it
+    /// was read at) is one too: only another term changes the state, e.g.
+    /// a log it compacted away while this term was paused, or after
+    /// storage forgot this term's leases. The owner then steps down
+    /// instead of treating it as a failure.
     fn noted<T>(&self, result: Result<T, StateStoreError>) -> Result<T, StateError> {
         if let Err(e) = &result {
-            if e.is_fenced() {
+            let leased = matches!(self.fence, Fence::Lease(_));
+            if e.is_fenced() || (leased && e.is_condition_failed()) {
                 self.fenced.send_replace(true);
             }
         }

@@ -10,22 +10,25 @@
 //! on its way while the source forwards the last one.
 //!
 //! The task also sees where the server's batches end, which the driver does
-//! not tell: a `next_if_any` that does not answer at once has sent a
-//! `getMore`. One that has not answered within [`SLOW_GET_MORE`] is waiting
-//! for events: the source has caught up for now and says so
-//! (`Read::CaughtUp`) without waiting `max_await_time_ms` for an empty
-//! batch, so sinks can write what they hold at the end of a burst. It says
+//! not tell: a `next_if_any` that does not answer at once goes to the
+//! server. One that has not answered within [`SLOW_GET_MORE`] after the
+//! hand-over is waiting for events: the source has caught up for now and
+//! says so (`Read::CaughtUp`) without waiting `max_await_time_ms` for an
+//! empty batch, so sinks can write what they hold at the end of a burst. It says
 //! too whether a burst ended (at least [`BURST_BYTES`] read since it last
 //! caught up), when everything may be written, or a trickle, when only
 //! what fills a sizeable block is. A steady stream's getMores answer as
 //! soon as events arrive, so it is not told apart from a backlog.
 //!
-//! The documents of a batch are handed over together, once the driver
-//! has sent the `getMore` for the next (its first `next_if_any` that does
-//! not answer at once), not one by one before it: a send and a budget
-//! permit per document (~2 µs each through the queue's wakeups) would
-//! otherwise keep the server idle for ~0.4 s per 200,000 events. A batch
-//! larger than a quarter of the budget is handed over in parts.
+//! The documents of a batch are handed over together, at the first
+//! `next_if_any` that does not answer at once (the driver has started on
+//! the next batch: a connection checkout, then the `getMore`, sent when
+//! the future is polled again right after the hand-over), not one by one
+//! before it: a send and a budget permit per document (~2 µs each with the
+//! queue's wakeups) kept the server idle for ~0.4 s per 200,000 events.
+//! A batch larger than a quarter of the budget is handed over in parts.
+//! While the budget is full the hand-over waits, and the next `getMore`
+//! with it.
 //!
 //! Order is kept: the queue carries the documents, the idle answers and the
 //! error that ended the stream in the order the driver gave them. What is
@@ -129,9 +132,9 @@ impl Reader {
                 let mut next = pin!(stream.next_if_any());
                 match futures::poll!(next.as_mut()) {
                     Poll::Ready(result) => result,
-                    // A getMore went out: hand over the last batch while
-                    // the server prepares the next. The future is kept,
-                    // never dropped: dropping it could lose its batch.
+                    // The driver goes to the server: hand over the last
+                    // batch first. The future is kept, never dropped:
+                    // dropping it could lose its batch.
                     Poll::Pending => {
                         if !self.hand_over(&mut held).await {
                             return;

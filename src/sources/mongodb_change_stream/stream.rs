@@ -360,6 +360,15 @@ impl ChangeStreamSource {
         stream: ChangeStream<RawDocumentBuf>,
     ) -> ControlFlow<Stop> {
         let mut reads = ReadAhead::spawn(stream, self.config.read_ahead_bytes);
+        let flow = self.forward_reads(run, &mut reads).await;
+        // However it ended (shutdown seen while forwarding included), the
+        // reading task is gone, its cursor killed, before the stream is
+        // opened again or the client shut down.
+        reads.close().await;
+        flow
+    }
+
+    async fn forward_reads(&self, run: &mut RunState, reads: &mut ReadAhead) -> ControlFlow<Stop> {
         let (mut events, mut bytes) = (0usize, 0usize);
         // The hand-over being forwarded; its permit frees its bytes of the
         // read-ahead budget once all are.
@@ -389,10 +398,7 @@ impl ChangeStreamSource {
             _budget = None;
             // Safe to race: a queued item stays queued.
             let next = tokio::select! {
-                _ = self.cx.shutdown.cancelled() => {
-                    reads.close().await;
-                    return ControlFlow::Break(Ok(()));
-                }
+                _ = self.cx.shutdown.cancelled() => return ControlFlow::Break(Ok(())),
                 n = reads.next() => n,
             };
             match next {
