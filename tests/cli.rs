@@ -266,18 +266,24 @@ impl Drop for Watched {
     }
 }
 
+/// Runs the agent until it printed `lines` events, stops it with SIGTERM
+/// (it must exit 0) and returns the printed sequence numbers.
+fn sigterm_after(config: &Path, lines: usize) -> Vec<u64> {
+    let child = Watched::start(config);
+    child.wait_lines(0, lines);
+    child.signal(libc::SIGTERM);
+    let (code, stdout, stderr) = child.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    seqs(&stdout)
+}
+
 #[test]
 fn sigterm_drains_and_kill_9_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let config = demo_config(dir.path(), "");
 
     // Run 1: SIGTERM. Every printed event is acknowledged, and only those.
-    let child = Watched::start(&config);
-    child.wait_lines(0, 200);
-    child.signal(libc::SIGTERM);
-    let (code, stdout, stderr) = child.finish();
-    assert_eq!(code, Some(0), "{stderr}");
-    let first = seqs(&stdout);
+    let first = sigterm_after(&config, 200);
     assert_eq!(first, (1..=first.len() as u64).collect::<Vec<_>>());
     assert_eq!(acknowledged(dir.path()), first.len() as u64);
 
@@ -305,12 +311,7 @@ fn sigterm_drains_and_kill_9_loses_nothing() {
     );
 
     // Run 3: resumes after the checkpoint, so nothing unacknowledged is lost.
-    let child = Watched::start(&config);
-    child.wait_lines(0, 1);
-    child.signal(libc::SIGTERM);
-    let (code, stdout, stderr) = child.finish();
-    assert_eq!(code, Some(0), "{stderr}");
-    let third = seqs(&stdout);
+    let third = sigterm_after(&config, 1);
     assert_eq!(third.first(), Some(&(committed + 1)));
 }
 
