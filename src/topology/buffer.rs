@@ -32,44 +32,70 @@ pub struct BufferSender {
 pub struct ClosedError;
 
 impl BufferSender {
-    pub async fn send(&self, event: Event) -> Result<(), ClosedError> {
+    /// Waits for room for one event (`block`; `drop_newest` never waits)
+    /// without taking the event, so a caller racing shutdown still holds an
+    /// event it did not send and can release it as never emitted.
+    pub async fn slot(&self) -> Result<Slot<'_>, ClosedError> {
+        let permit = match self.when_full {
+            WhenFull::Block => Some(self.tx.reserve().await.map_err(|_| ClosedError)?),
+            WhenFull::DropNewest => None,
+        };
+        Ok(Slot {
+            sender: self,
+            permit,
+        })
+    }
+
+    /// `drop_newest`: buffers `event` if there is room, else discards it.
+    /// A closed buffer gives the event back.
+    fn send_or_drop(&self, event: Event) -> Result<(), Event> {
         let size = event.size_of();
-        match self.when_full {
-            WhenFull::Block => {
-                // Count before sending so the gauge never dips below zero when
-                // the receiver pops first.
-                self.metrics.pushed(size);
-                if let Err(mpsc::error::SendError(_event)) = self.tx.send(event).await {
-                    self.metrics.popped(size);
-                    return Err(ClosedError);
+        self.metrics.pushed(size);
+        match self.tx.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                self.metrics.popped(size);
+                // A watermark is not data; dropping it only delays
+                // sealing, so it is not counted as a discarded event.
+                if matches!(event, Event::Log(_)) {
+                    EventsDiscarded {
+                        count: 1,
+                        intentional: true,
+                        reason: "buffer is full (when_full = \"drop_newest\")",
+                    }
+                    .emit(&self.tags);
                 }
+                event.discard();
             }
-            WhenFull::DropNewest => {
-                self.metrics.pushed(size);
-                match self.tx.try_send(event) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(event)) => {
-                        self.metrics.popped(size);
-                        // A watermark is not data; dropping it only delays
-                        // sealing, so it is not counted as a discarded event.
-                        if matches!(event, Event::Log(_)) {
-                            EventsDiscarded {
-                                count: 1,
-                                intentional: true,
-                                reason: "buffer is full (when_full = \"drop_newest\")",
-                            }
-                            .emit(&self.tags);
-                        }
-                        event.discard();
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        self.metrics.popped(size);
-                        return Err(ClosedError);
-                    }
-                }
+            Err(mpsc::error::TrySendError::Closed(event)) => {
+                self.metrics.popped(size);
+                return Err(event);
             }
         }
         Ok(())
+    }
+}
+
+/// Room for one event in a buffer, from [`BufferSender::slot`].
+pub struct Slot<'a> {
+    sender: &'a BufferSender,
+    permit: Option<mpsc::Permit<'a, Event>>,
+}
+
+impl Slot<'_> {
+    /// Buffers `event`; a `drop_newest` buffer closed meanwhile gives it
+    /// back.
+    pub fn send(self, event: Event) -> Result<(), Event> {
+        match self.permit {
+            Some(permit) => {
+                // Count before sending so the gauge never dips below zero
+                // when the receiver pops first.
+                self.sender.metrics.pushed(event.size_of());
+                permit.send(event);
+                Ok(())
+            }
+            None => self.sender.send_or_drop(event),
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! The output of a source: fans every event out to the buffers of the sinks
 //! that list the source in `inputs`, and counts what the source sent.
 
+use std::sync::Arc;
+
 use crate::{
     event::{BatchNotifier, Event, LogEvent},
     finalizer::OrderedFinalizer,
@@ -8,7 +10,7 @@ use crate::{
     shutdown::ShutdownSignal,
 };
 
-use super::buffer::{BufferSender, ClosedError};
+use super::buffer::{BufferSender, Slot};
 
 pub struct SourceSender {
     outputs: Vec<BufferSender>,
@@ -36,32 +38,72 @@ impl SourceSender {
         }
     }
 
+    /// Sends `event` unless `shutdown` comes first (checked first, so a
+    /// stopping source sends nothing more). `false` when the source should
+    /// stop: shutdown, or a sink has gone away.
+    pub async fn send_until_shutdown(&mut self, event: Event, shutdown: &ShutdownSignal) -> bool {
+        self.send_or_keep(event, shutdown).await.is_ok()
+    }
+
     /// Sends one event to every connected sink, waiting for room when a
-    /// blocking buffer is full. Fails only when a sink has gone away, which
-    /// means the topology is stopping.
-    pub async fn send(&mut self, event: Event) -> Result<(), ClosedError> {
+    /// blocking buffer is full, unless `shutdown` comes first or a sink has
+    /// gone away. An event the last sink did not take comes back instead
+    /// of being dropped in the race, so the caller decides what its
+    /// finalizers report.
+    async fn send_or_keep(&mut self, event: Event, shutdown: &ShutdownSignal) -> Result<(), Event> {
         let size = event.size_of();
         let is_log = matches!(event, Event::Log(_));
-        if let Some((last, rest)) = self.outputs.split_last() {
-            for output in rest {
-                output.send(event.clone()).await?;
+        let Some((last, rest)) = self.outputs.split_last() else {
+            return Ok(());
+        };
+        for output in rest {
+            let Some(slot) = Self::slot(output, shutdown).await else {
+                return Err(event);
+            };
+            if slot.send(event.clone()).is_err() {
+                return Err(event);
             }
-            last.send(event).await?;
         }
+        // The last sink takes the event itself.
+        let Some(slot) = Self::slot(last, shutdown).await else {
+            return Err(event);
+        };
+        slot.send(event)?;
         if is_log {
             self.sent.emit(1, size);
         }
         Ok(())
     }
 
-    /// Sends `event` unless `shutdown` comes first (checked first, so a
-    /// stopping source sends nothing more). `false` when the source should
-    /// stop: shutdown, or a sink has gone away.
-    pub async fn send_until_shutdown(&mut self, event: Event, shutdown: &ShutdownSignal) -> bool {
+    /// Room in `output`'s buffer, unless shutdown comes first or the sink
+    /// has gone away. Cancel-safe: the event is handed over only once the
+    /// buffer has a slot for it.
+    async fn slot<'a>(output: &'a BufferSender, shutdown: &ShutdownSignal) -> Option<Slot<'a>> {
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => false,
-            sent = self.send(event) => sent.is_ok(),
+            _ = shutdown.cancelled() => None,
+            slot = output.slot() => slot.ok(),
+        }
+    }
+
+    /// Sends a log event that shares `batch` with other events (one
+    /// acknowledgement for all of them, which the caller registers once the
+    /// last is sent). `false` when the source should stop: the event was
+    /// not sent, and its finalizer is released as never emitted, so it does
+    /// not fail the events of `batch` that were.
+    pub async fn send_log_in(
+        &mut self,
+        event: LogEvent,
+        batch: &Arc<BatchNotifier>,
+        shutdown: &ShutdownSignal,
+    ) -> bool {
+        let event = Event::Log(event.with_batch_notifier(batch));
+        match self.send_or_keep(event, shutdown).await {
+            Ok(()) => true,
+            Err(unsent) => {
+                unsent.discard();
+                false
+            }
         }
     }
 
@@ -94,5 +136,61 @@ impl SourceSender {
             }
             _ => Sent::Unacknowledged(entry),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::{
+        config::BufferConfig,
+        event::{BatchStatus, EventMetadata, EventStatus},
+        topology::buffer,
+    };
+
+    fn log(n: i32) -> LogEvent {
+        LogEvent::new(
+            bson::rawdoc! { "n": n },
+            EventMetadata {
+                source_id: Arc::from("in"),
+                position: None,
+                event_time: None,
+            },
+        )
+    }
+
+    /// Events sharing one notifier: the one that shutdown kept out of a
+    /// full buffer is released as never emitted, so the batch resolves
+    /// with the status of the events that were sent (dropped in the race
+    /// instead, it would fail them all).
+    #[tokio::test]
+    async fn an_event_kept_back_by_shutdown_does_not_fail_its_batch() {
+        let config = BufferConfig {
+            max_events: 1,
+            ..Default::default()
+        };
+        let (tx, mut rx) = buffer::memory(&config, &ComponentTags::new("out", "sink", "test"));
+        let mut out = SourceSender::new(vec![tx], &ComponentTags::new("in", "source", "test"));
+        let shutdown = ShutdownSignal::new();
+        let (batch, receiver) = BatchNotifier::new_with_receiver();
+        assert!(out.send_log_in(log(1), &batch, &shutdown).await);
+        // The buffer is full: the second event waits for room until
+        // shutdown comes.
+        let stopper = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            stopper.cancel();
+        });
+        assert!(!out.send_log_in(log(2), &batch, &shutdown).await);
+        drop(batch);
+        let Some(Event::Log(mut sent)) = rx.next().await else {
+            panic!("the first event is buffered")
+        };
+        sent.take_finalizers().finalize(EventStatus::Delivered);
+        assert_eq!(receiver.await, BatchStatus::Delivered);
     }
 }

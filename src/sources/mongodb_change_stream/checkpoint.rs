@@ -126,7 +126,7 @@ pub fn token_cluster_time(hex: &str) -> Option<bson::Timestamp> {
 pub struct Acks {
     state: StateDoc,
     pipeline: String,
-    /// Events emitted and not yet resolved.
+    /// Entries (a batch of events each) emitted and not yet resolved.
     outstanding: u64,
     /// The position to commit next (if it differs from `written`).
     committed: Option<String>,
@@ -156,7 +156,7 @@ impl Acks {
         }
     }
 
-    /// Events emitted and not yet resolved.
+    /// Entries emitted and not yet resolved.
     pub fn outstanding(&self) -> u64 {
         self.outstanding
     }
@@ -176,7 +176,8 @@ impl Acks {
         self.committed.as_deref()
     }
 
-    /// Records one resolved acknowledgement, in emission order.
+    /// Records one resolved acknowledgement, in emission order: `token`
+    /// is the position after the last event of its entry.
     pub fn resolved(&mut self, status: BatchStatus, token: String) {
         self.outstanding = self.outstanding.saturating_sub(1);
         match status {
@@ -185,7 +186,7 @@ impl Acks {
             other => {
                 if !self.failed {
                     tracing::error!(
-                        "An event was not delivered ({other:?}); the checkpoint stays at its last delivered position and later events will be replayed on restart. Resume token: {token}"
+                        "An event was not delivered ({other:?}); the checkpoint stays before the batch of events it came in, and that batch and later events will be replayed on restart. The batch's last resume token: {token}"
                     );
                 }
                 self.failed = true;
