@@ -19,6 +19,8 @@
 #   7. many      - as azurite, but a second backlog of the same size spread round-robin over
 #                  BENCH_COLLECTIONS (default 1000) collections of the same database, loaded
 #                  just before this run
+#   7b. many_latency - the many backlog again, through the latency proxy: small
+#                  blocks of many files against a cloud round trip
 #   8. seed_rolling   - the design users run today (e2e/seed/seed.js, Node.js):
 #                       one Append Block per event into hourly append blobs
 #   9. seed_per_event - the same port in its one-blob-per-event mode
@@ -41,7 +43,7 @@ cd "$repo"
 N="${BENCH_EVENTS:-200000}"
 SIZE="${BENCH_DOC_BYTES:-1024}"
 SEED_N="${SEED_EVENTS:-5000}"
-RUNS="${BENCH_RUNS:-blackhole azurite azurite_state local ceiling latency many seed_rolling seed_per_event}"
+RUNS="${BENCH_RUNS:-blackhole azurite azurite_state local ceiling latency many many_latency seed_rolling seed_per_event}"
 WRITERS="${BENCH_CEILING_WRITERS:-4}"
 BLOCK="${BENCH_BLOCK_BYTES:-4500000}"
 LATENCY_MS="${BENCH_LATENCY_MS:-30}"
@@ -166,29 +168,45 @@ if wanted ceiling; then
     "$(echo "$bytes / ${line_bytes:-$SIZE}" | bc -l)" "$bytes"
 fi
 
-# mongo-adls into Azurite through a proxy adding BENCH_LATENCY_MS per round trip.
-if wanted latency; then
+# The latency proxy in front of Azurite (BENCH_LATENCY_MS per round trip):
+# `proxy_up` sets pport and proxy_pid, `proxy_down` stops it.
+proxy_up() {
   pport="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-  "$tool" latency-proxy "127.0.0.1:$pport" "127.0.0.1:$AZURITE_PORT" "$LATENCY_MS" 2>"$out/latency-proxy.log" &
+  "$tool" latency-proxy "127.0.0.1:$pport" "127.0.0.1:$AZURITE_PORT" "$LATENCY_MS" 2>>"$out/latency-proxy.log" &
   proxy_pid=$!
   for _ in $(seq 1 50); do
     (exec 3<>"/dev/tcp/127.0.0.1/$pport") 2>/dev/null && break
     sleep 0.1
   done
-  p0="$(pid_cpu "$proxy_pid")"
-  agent_run latency "$(azure_sink bench-latency "http://127.0.0.1:$pport/devstoreaccount1")"
-  proxy_cpu="$(printf %.2f "$(echo "$(pid_cpu "$proxy_pid") - $p0" | bc)")"
+}
+proxy_down() {
   kill "$proxy_pid" 2>/dev/null || true
   wait "$proxy_pid" 2>/dev/null || true
   proxy_pid=""
+}
+
+# mongo-adls into Azurite through a proxy adding BENCH_LATENCY_MS per round trip.
+if wanted latency; then
+  proxy_up
+  p0="$(pid_cpu "$proxy_pid")"
+  agent_run latency "$(azure_sink bench-latency "http://127.0.0.1:$pport/devstoreaccount1")"
+  proxy_cpu="$(printf %.2f "$(echo "$(pid_cpu "$proxy_pid") - $p0" | bc)")"
+  proxy_down
 fi
 
 # A second backlog of the same size spread over BENCH_COLLECTIONS collections.
-if wanted many; then
+if wanted many || wanted many_latency; then
   many_token="$("$tool" token "$MONGO_URI")"
   echo "loading $N documents of $SIZE bytes over $COLLECTIONS collections..." >&2
   "$tool" load "$MONGO_URI" "$N" "$SIZE" "$COLLECTIONS" many
+fi
+if wanted many; then
   agent_run many "$(azure_sink bench-many)" "$many_token"
+fi
+if wanted many_latency; then
+  proxy_up
+  agent_run many_latency "$(azure_sink bench-many-latency "http://127.0.0.1:$pport/devstoreaccount1")" "$many_token"
+  proxy_down
 fi
 
 seed_run() { # name mode
@@ -231,6 +249,7 @@ awk -F'\t' 'NR > 1 { ev[$1] = $3; rss[$1] = $7; order[++n] = $1 }
     ratio("local / bare", ev["local"], bare)
     ratio("latency / azurite", ev["latency"], az)
     ratio("many / azurite", ev["many"], az)
+    ratio("many_latency / latency", ev["many_latency"], ev["latency"])
     for (k in ev) if (k ~ /^seed_/) ratio("azurite / " k, az, ev[k])
     printf "every run / bare:"
     for (i = 2; i <= n; i++) printf "%s %s %.2f", (i > 2 ? "," : ""), order[i], ev[order[i]] / bare

@@ -163,28 +163,38 @@ mod tests {
         )
     }
 
+    /// A buffer of one event into sink `id`.
+    fn one_slot(id: &str) -> (BufferSender, buffer::BufferReceiver) {
+        let config = BufferConfig {
+            max_events: 1,
+            ..Default::default()
+        };
+        buffer::memory(&config, &ComponentTags::new(id, "sink", "test"))
+    }
+
+    /// Cancels `shutdown` after 50 ms.
+    fn shutdown_soon(shutdown: &ShutdownSignal) {
+        let stopper = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            stopper.cancel();
+        });
+    }
+
     /// Events sharing one notifier: the one that shutdown kept out of a
     /// full buffer is released as never emitted, so the batch resolves
     /// with the status of the events that were sent (dropped in the race
     /// instead, it would fail them all).
     #[tokio::test]
     async fn an_event_kept_back_by_shutdown_does_not_fail_its_batch() {
-        let config = BufferConfig {
-            max_events: 1,
-            ..Default::default()
-        };
-        let (tx, mut rx) = buffer::memory(&config, &ComponentTags::new("out", "sink", "test"));
+        let (tx, mut rx) = one_slot("out");
         let mut out = SourceSender::new(vec![tx], &ComponentTags::new("in", "source", "test"));
         let shutdown = ShutdownSignal::new();
         let (batch, receiver) = BatchNotifier::new_with_receiver();
         assert!(out.send_log_in(log(1), &batch, &shutdown).await);
         // The buffer is full: the second event waits for room until
         // shutdown comes.
-        let stopper = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            stopper.cancel();
-        });
+        shutdown_soon(&shutdown);
         assert!(!out.send_log_in(log(2), &batch, &shutdown).await);
         drop(batch);
         let Some(Event::Log(mut sent)) = rx.next().await else {
@@ -192,5 +202,38 @@ mod tests {
         };
         sent.take_finalizers().finalize(EventStatus::Delivered);
         assert_eq!(receiver.await, BatchStatus::Delivered);
+    }
+
+    /// Fan-out: the copy that reached the first sink before shutdown kept
+    /// the second one's slot from coming still counts for the batch (its
+    /// failure fails it), though the source stops without it.
+    #[tokio::test]
+    async fn a_copy_sent_before_shutdown_still_counts() {
+        let ((to_a, mut a), (to_b, mut b)) = (one_slot("a"), one_slot("b"));
+        let mut out = SourceSender::new(
+            vec![to_a, to_b],
+            &ComponentTags::new("in", "source", "test"),
+        );
+        let shutdown = ShutdownSignal::new();
+        let (batch, receiver) = BatchNotifier::new_with_receiver();
+        assert!(out.send_log_in(log(1), &batch, &shutdown).await);
+        // Both buffers are full; sink A takes its event, B does not.
+        let Some(Event::Log(mut first)) = a.next().await else {
+            panic!("the first event reached sink A")
+        };
+        shutdown_soon(&shutdown);
+        assert!(!out.send_log_in(log(2), &batch, &shutdown).await);
+        drop((batch, out));
+        first.take_finalizers().finalize(EventStatus::Delivered);
+        let Some(Event::Log(mut copy)) = a.next().await else {
+            panic!("sink A got the second event's copy")
+        };
+        copy.take_finalizers().finalize(EventStatus::Errored);
+        // Sink B delivers the first event, all it got.
+        let Some(Event::Log(mut at_b)) = b.next().await else {
+            panic!("sink B got the first event")
+        };
+        at_b.take_finalizers().finalize(EventStatus::Delivered);
+        assert_eq!(receiver.await, BatchStatus::Errored);
     }
 }

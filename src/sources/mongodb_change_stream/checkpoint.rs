@@ -1,7 +1,8 @@
 //! The source's position bookkeeping.
 //!
-//! The checkpoint is the resume token of the newest event that, together
-//! with every earlier event, all sinks reported durable; on an idle stream it
+//! The checkpoint is the resume token of the last event of the newest batch
+//! that, together with every earlier batch, all sinks reported durable (a
+//! batch is one server batch, or what was sent of it); on an idle stream it
 //! is the post-batch resume token (the server's "nothing before this is
 //! pending"). It never moves past an event that was not delivered.
 

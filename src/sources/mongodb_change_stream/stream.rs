@@ -118,8 +118,9 @@ pub(super) struct RunState {
 /// one notifier, and one entry, the last sent event's token, goes to the
 /// ordered finalizer. Per event, the notifier, its channel and an entry in
 /// the finalizer's queue cost about a tenth of the agent's CPU (`perf`,
-/// 200,000 × 1 KB into `file://`). The checkpoint moves by whole hand-overs;
-/// a restart replays at most the rest of one, which the sinks recognise.
+/// 200,000 × 1 KB into `file://`). The checkpoint moves by whole hand-overs,
+/// which adds at most one hand-over to what a restart after a crash
+/// replays (the sinks recognise replays).
 struct HandOverAck {
     batch: Arc<BatchNotifier>,
     receiver: BatchStatusReceiver,
