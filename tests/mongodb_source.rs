@@ -101,6 +101,11 @@ impl Drop for ConsoleAgent {
 }
 
 fn config(dir: &Path, uri: &str, scope: &str) -> PathBuf {
+    config_with_sink(dir, uri, scope, "")
+}
+
+/// As [`config`], with more options for the console sink.
+fn config_with_sink(dir: &Path, uri: &str, scope: &str, sink_options: &str) -> PathBuf {
     let path = dir.join("agent.toml");
     std::fs::write(
         &path,
@@ -119,6 +124,7 @@ checkpoint_interval_ms = 100
 type = "console"
 inputs = ["mongo"]
 encoding.extended_json = "canonical"
+{sink_options}
 "#,
             data = dir.join("data").display()
         ),
@@ -342,10 +348,8 @@ async fn sigterm_in_the_middle_of_a_server_batch_commits_what_was_printed() {
     let mongo = Mongod::start().await;
     let client = mongo.client().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &mongo.uri(), "database = \"app\"");
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str("buffer.max_events = 10\n");
-    std::fs::write(&cfg, text).unwrap();
+    let scope = "database = \"app\"";
+    let cfg = config_with_sink(dir.path(), &mongo.uri(), scope, "buffer.max_events = 10");
     // A checkpoint first, then the backlog while no agent runs.
     let agent = ConsoleAgent::start(&cfg);
     wait_started(dir.path()).await;

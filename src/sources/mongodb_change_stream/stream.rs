@@ -688,11 +688,12 @@ pub(super) fn token_hex(token: &ResumeToken) -> Option<String> {
 
 /// `_id._data` of a raw change event.
 pub fn event_token(raw: &RawDocumentBuf) -> Option<String> {
-    raw.get_document("_id")
-        .ok()?
-        .get_str("_data")
-        .ok()
-        .map(str::to_string)
+    resume_token(raw.get_document("_id").ok()?)
+}
+
+/// `_data` of an event's `_id`.
+fn resume_token(id: &bson::RawDocument) -> Option<String> {
+    id.get_str("_data").ok().map(str::to_string)
 }
 
 /// What the source reads of a change event's top-level fields, found in
@@ -715,12 +716,7 @@ impl Stamp {
         for element in raw {
             let Ok((key, value)) = element else { break };
             match key {
-                "_id" => {
-                    stamp.token = value
-                        .as_document()
-                        .and_then(|id| id.get_str("_data").ok())
-                        .map(str::to_string);
-                }
+                "_id" => stamp.token = value.as_document().and_then(resume_token),
                 "clusterTime" => stamp.cluster_time = value.as_timestamp(),
                 "wallTime" => stamp.wall_time = value.as_datetime(),
                 _ => {}
