@@ -17,7 +17,7 @@ use mongo_adls::{
         ElectionSettings, Elector, LeaderBlob, Leadership, LeaseDuration, LeaseError, LeaseState,
         LostReason,
     },
-    sinks::adls_partitioned_jsonl::config::AuthConfig,
+    sinks::azure_common::auth::AuthConfig,
 };
 use support::{Azurite, FaultProxy, Faults, Lake, AZURITE_ACCOUNT, AZURITE_KEY};
 use tokio::time::Instant;

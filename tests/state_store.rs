@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mongo_adls::{
-    sinks::adls_partitioned_jsonl::config::AuthConfig,
+    sinks::azure_common::auth::AuthConfig,
     state_store::{AzureStateStore, Fence, StateHandle, StateStore, StateStoreError},
 };
 use support::{account_sas, Azurite, Lake, AZURITE_KEY};

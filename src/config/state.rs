@@ -5,7 +5,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::sinks::adls_partitioned_jsonl::config::AuthConfig;
+use crate::sinks::azure_common::auth::AuthConfig;
 
 /// Where state lives.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]

@@ -34,7 +34,7 @@ use super::HaError;
 use crate::{
     redact,
     sinks::{
-        adls_partitioned_jsonl::config::AuthConfig,
+        azure_common::auth::AuthConfig,
         azure_common::{classify, client::ContainerAccess, AzureFailure},
     },
 };

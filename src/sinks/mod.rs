@@ -8,6 +8,7 @@ pub mod adls_partitioned_jsonl;
 pub mod azure_common;
 pub mod blackhole;
 pub mod console;
+pub mod util;
 
 use async_trait::async_trait;
 use futures::{future::BoxFuture, stream::BoxStream};

@@ -17,8 +17,8 @@ use crate::{
         config::{AdlsPartitionedJsonlConfig, Commit, Compression, Mode},
         layout::{Layout, PART_SEPARATOR, PER_EVENT_PREFIX},
         partition::{Piece, Template},
-        storage::azure::service_url,
     },
+    sinks::util::storage::azure::service_url,
 };
 pub use file_pattern::{FilePattern, PartitionColumn};
 

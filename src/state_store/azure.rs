@@ -57,7 +57,7 @@ use super::{check_name, Fence, StateStore, StateStoreError, Version};
 use crate::{
     redact,
     sinks::{
-        adls_partitioned_jsonl::config::AuthConfig,
+        azure_common::auth::AuthConfig,
         azure_common::{chain, classify, client::ContainerAccess, AzureFailure},
     },
 };

@@ -8,57 +8,18 @@ use futures::FutureExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    layout::Layout,
-    sink::AdlsSink,
-    state::SinkState,
-    storage::{
-        azure::{service_url, AzureStorage},
-        local::LocalStorage,
-        Storage,
-    },
-};
+use super::{layout::Layout, sink::AdlsSink, state::SinkState};
+pub use crate::sinks::azure_common::auth::AuthConfig;
 use crate::{
     codecs::json::ExtendedJsonMode,
     config::ComponentConfig,
     config::OptionError,
-    sinks::{FileTarget, Healthcheck, SinkConfig, SinkContext, StreamSink},
+    sinks::{
+        util::storage::{LakeOptions, Storage},
+        FileTarget, Healthcheck, SinkConfig, SinkContext, StreamSink,
+    },
     snowflake::file_pattern::FilePattern,
 };
-
-/// Credentials. Exactly one kind must be chosen; secrets are never logged.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    /// A SAS token (with or without the leading `?`), needing read, add,
-    /// create, write and list permissions on the filesystem.
-    #[serde(default)]
-    pub sas_token: Option<String>,
-    /// The storage account key (Shared Key authorization).
-    #[serde(default)]
-    pub shared_key: Option<String>,
-    /// Service principal: application (client) id, with `client_secret` and
-    /// `tenant_id`.
-    #[serde(default)]
-    pub client_id: Option<String>,
-    /// Service principal secret.
-    #[serde(default)]
-    pub client_secret: Option<String>,
-    /// Microsoft Entra tenant id of the service principal.
-    #[serde(default)]
-    pub tenant_id: Option<String>,
-    /// Use the managed identity of the VM, container or App Service. With
-    /// `client_id` set, that user-assigned identity.
-    #[serde(default)]
-    pub managed_identity: bool,
-    /// Use Kubernetes workload identity (AZURE_TENANT_ID, AZURE_CLIENT_ID,
-    /// AZURE_FEDERATED_TOKEN_FILE).
-    #[serde(default)]
-    pub workload_identity: bool,
-    /// Use the signed-in Azure CLI account (`az login`), for development.
-    #[serde(default)]
-    pub azure_cli: bool,
-}
 
 /// `mode`: how events map to files.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
@@ -347,16 +308,24 @@ fn default_timezone() -> String {
 }
 
 impl AdlsPartitionedJsonlConfig {
+    /// Where the lake is.
+    pub fn lake(&self) -> LakeOptions<'_> {
+        LakeOptions {
+            account_url: &self.account_url,
+            filesystem: &self.filesystem,
+            create_filesystem: self.create_filesystem,
+            auth: &self.auth,
+        }
+    }
+
+    /// A `file://` lake on local disk rather than an Azure account.
+    pub fn is_local(&self) -> bool {
+        self.lake().is_local()
+    }
+
     /// The storage backend (no I/O).
     pub fn storage(&self) -> crate::Result<Arc<dyn Storage>> {
-        Ok(if self.is_local() {
-            Arc::new(
-                LocalStorage::new(&self.account_url, &self.filesystem, self.create_filesystem)
-                    .map_err(|e| e.to_string())?,
-            )
-        } else {
-            Arc::new(AzureStorage::new(self)?)
-        })
+        self.lake().open()
     }
 }
 
@@ -415,20 +384,6 @@ impl SinkConfig for AdlsPartitionedJsonlConfig {
     }
 
     fn files_written(&self) -> Option<FileTarget> {
-        let location = if self.is_local() {
-            let root = url::Url::parse(&self.account_url)
-                .ok()?
-                .to_file_path()
-                .ok()?;
-            // Two spellings of one folder are one location.
-            let root = std::fs::canonicalize(&root).unwrap_or(root);
-            format!("{}", root.join(&self.filesystem).display())
-        } else {
-            let (url, account) = service_url(&self.account_url).ok()?;
-            let host = url.host_str().unwrap_or_default();
-            let port = url.port_or_known_default().unwrap_or_default();
-            format!("{host}:{port}/{account}/{}", self.filesystem)
-        };
         // The text before the first template field is in every name.
         let prefix = self
             .path_prefix
@@ -436,7 +391,7 @@ impl SinkConfig for AdlsPartitionedJsonlConfig {
             .next()
             .unwrap_or_default();
         Some(FileTarget {
-            location,
+            location: self.lake().location()?,
             prefix: prefix.to_string(),
         })
     }

@@ -14,7 +14,8 @@ use std::{
 
 use chrono::{DateTime, Utc};
 
-use super::{requests::Retry, state::FileKey, storage::StorageError};
+use super::{requests::Retry, state::FileKey};
+use crate::sinks::util::storage::StorageError;
 use crate::{
     backoff::Backoff,
     health::ComponentHealth,

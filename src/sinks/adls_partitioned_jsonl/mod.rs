@@ -31,7 +31,6 @@ mod requests;
 mod roll;
 mod sink;
 pub mod state;
-pub mod storage;
 mod validate;
 
 pub use config::AdlsPartitionedJsonlConfig;

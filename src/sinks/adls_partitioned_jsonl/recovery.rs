@@ -9,9 +9,9 @@ use super::{
     config::Commit,
     requests::RetryingStorage,
     state::{OpenFile, SinkState},
-    storage::StorageError,
 };
 use crate::internal_events::{adls::DataLost, ComponentTags};
+use crate::sinks::util::storage::StorageError;
 
 /// Open files older than this at start-up get a warning: Azure discards
 /// uncommitted blocks a week after they were staged.

@@ -8,9 +8,9 @@ use std::{collections::HashSet, future::Future, pin::Pin, sync::Arc, time::Insta
 
 use bytes::Bytes;
 
-use super::{
-    state::{FileKey, StagedBlock},
-    storage::{with_retries, BlockList, Committed, Condition, RetryPolicy, Storage, StorageError},
+use super::state::{FileKey, StagedBlock};
+use crate::sinks::util::storage::{
+    with_retries, BlockList, Committed, Condition, RetryPolicy, Storage, StorageError,
 };
 use crate::{
     event::EventFinalizers,
@@ -537,7 +537,7 @@ mod tests {
     fn writer(root: &std::path::Path) -> RetryingStorage {
         use crate::{backoff::Backoff, internal_events::ComponentTags};
         use std::time::Duration;
-        let local = super::super::storage::local::LocalStorage::new(
+        let local = crate::sinks::util::storage::local::LocalStorage::new(
             &format!("file://{}", root.display()),
             "fs",
             true,

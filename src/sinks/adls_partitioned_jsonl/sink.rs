@@ -26,8 +26,8 @@ use super::{
     requests::{self, BlockIds, BlockWrite, Retry, RetryingStorage, WriteOutcome, WriteRequest},
     roll::{self, Now, RollPolicy, Watermarks},
     state::{Block, FileKey, SinkState, StagedBlock},
-    storage::{RetryPolicy, Storage, StorageError},
 };
+use crate::sinks::util::storage::{RetryPolicy, Storage, StorageError};
 use crate::{
     backoff::Backoff,
     codecs::json::ExtendedJsonMode,

@@ -10,9 +10,9 @@ use bson::{doc, RawDocumentBuf, Timestamp};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
-use super::{
-    config::AdlsPartitionedJsonlConfig,
-    storage::{BlockList, Committed, Condition, Created, Storage, StorageError},
+use super::config::AdlsPartitionedJsonlConfig;
+use crate::sinks::util::storage::{
+    BlockList, Committed, Condition, Created, ObjectMeta, Storage, StorageError,
 };
 use crate::{
     config::GlobalOptions,
@@ -304,8 +304,17 @@ impl Storage for FirstBlockSlow {
     async fn put_if_absent(&self, name: &str, data: bytes::Bytes) -> Result<Created, StorageError> {
         self.inner.put_if_absent(name, data).await
     }
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        self.inner.list(prefix).await
+    async fn put(&self, name: &str, data: bytes::Bytes) -> Result<(), StorageError> {
+        self.inner.put(name, data).await
+    }
+    async fn get(&self, name: &str) -> Result<Option<bytes::Bytes>, StorageError> {
+        self.inner.get(name).await
+    }
+    async fn delete(&self, name: &str) -> Result<(), StorageError> {
+        self.inner.delete(name).await
+    }
+    async fn list_details(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        self.inner.list_details(prefix).await
     }
     async fn release(&self, name: &str, ids: &[String]) {
         self.inner.release(name, ids).await

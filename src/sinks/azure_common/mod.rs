@@ -1,5 +1,6 @@
 //! Azure plumbing shared by sinks.
 
+pub mod auth;
 pub mod client;
 pub mod shared_key;
 pub mod token;

@@ -26,7 +26,7 @@ use std::{
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{BlockList, Committed, Condition, Created, Storage, StorageError};
+use super::{BlockList, Committed, Condition, Created, ObjectMeta, Storage, StorageError};
 use crate::config::OptionError;
 
 #[derive(Clone)]
@@ -409,11 +409,11 @@ impl Storage for LocalStorage {
         Ok(ids)
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+    async fn list_details(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
         // From the deepest folder the prefix names; temporary files (dot
         // names) are not objects.
         let folder = prefix.rsplit_once('/').map_or("", |(dir, _)| dir);
-        let mut names = Vec::new();
+        let mut objects = Vec::new();
         let mut pending = vec![self.base.join(folder)];
         while let Some(dir) = pending.pop() {
             let entries = match fs::read_dir(&dir) {
@@ -431,13 +431,58 @@ impl Storage for LocalStorage {
                     pending.push(path);
                 } else if let Ok(rel) = path.strip_prefix(&self.base) {
                     let name = rel.to_string_lossy().into_owned();
-                    if name.starts_with(prefix) {
-                        names.push(name);
+                    if !name.starts_with(prefix) {
+                        continue;
                     }
+                    // Gone between the listing and the stat: not listed.
+                    let Ok(meta) = entry.metadata() else { continue };
+                    objects.push(ObjectMeta {
+                        name,
+                        size: meta.len(),
+                        last_modified_ms: meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000,
+                    });
                 }
             }
         }
-        Ok(names)
+        Ok(objects)
+    }
+
+    async fn put(&self, name: &str, data: Bytes) -> Result<(), StorageError> {
+        let target = self.final_path(name);
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let dir = target
+                .parent()
+                .expect("object names have a parent")
+                .to_path_buf();
+            fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
+            let tmp = this.tmp_path(&target);
+            Self::write_file(&tmp, &[&data]).map_err(|e| io_err("write", &tmp, e))?;
+            fs::rename(&tmp, &target).map_err(|e| io_err("rename", &target, e))?;
+            sync_dir(&dir).map_err(|e| io_err("fsync", &dir, e))
+        })
+        .await
+        .map_err(|e| StorageError::transient(e.to_string()))?
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<Bytes>, StorageError> {
+        let path = self.final_path(name);
+        tokio::task::spawn_blocking(move || match fs::read(&path) {
+            Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &path, e)),
+        })
+        .await
+        .map_err(|e| StorageError::transient(e.to_string()))?
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), StorageError> {
+        let path = self.final_path(name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("delete", &path, e)),
+        }
     }
 
     async fn put_if_absent(&self, name: &str, data: Bytes) -> Result<Created, StorageError> {

@@ -1,23 +1,120 @@
-//! The storage the sink writes to, behind one small interface that has the
-//! semantics of Azure block blobs: staged blocks are durable and invisible,
-//! a commit makes a chosen list of them the object's content, and a commit
-//! or put can be made conditional on the object not existing yet.
+//! The storage the lake sinks write to, behind one small interface that has
+//! the semantics of Azure block blobs: staged blocks are durable and
+//! invisible, a commit makes a chosen list of them the object's content,
+//! and a commit or put can be made conditional on the object not existing
+//! yet. Whole objects can also be read, replaced, listed and deleted (the
+//! Delta sink reads its table logs back and removes files it no longer
+//! needs).
 //!
 //! - `azure.rs`: the Blob endpoint of an ADLS Gen2 (or any) storage account.
 //! - `local.rs`: a `file://` directory with the same guarantees.
 //!
 //! Retries live here too ([`with_retries`]), so both backends and every
-//! operation share one policy.
+//! operation share one policy. [`LakeOptions`] is where a lake is, as
+//! every lake sink spells it (`account_url`, `filesystem`,
+//! `create_filesystem`, `auth`).
 
 pub mod azure;
 pub mod local;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::backoff::Backoff;
+use crate::{
+    backoff::Backoff,
+    config::OptionError,
+    sinks::azure_common::auth::{valid_container_name, AuthConfig},
+};
+
+/// Where a lake is: the options every lake sink shares, borrowed from its
+/// config.
+#[derive(Clone, Copy, Debug)]
+pub struct LakeOptions<'a> {
+    pub account_url: &'a str,
+    pub filesystem: &'a str,
+    pub create_filesystem: bool,
+    pub auth: &'a AuthConfig,
+}
+
+impl LakeOptions<'_> {
+    /// A `file://` lake on local disk rather than an Azure account.
+    pub fn is_local(&self) -> bool {
+        self.account_url.starts_with("file:")
+    }
+
+    /// The destination and credential checks that need no network; each
+    /// error names its option.
+    pub fn check(&self, errors: &mut Vec<OptionError>) {
+        if self.is_local() {
+            if let Err(e) = local::LocalStorage::new(self.account_url, self.filesystem, false) {
+                errors.push(OptionError::new(e.key, e.message));
+            }
+            if !self.auth.chosen().is_empty() {
+                errors.push(OptionError::new(
+                    "auth",
+                    "a `file://` lake takes no credentials; remove the `auth` options",
+                ));
+            }
+            return;
+        }
+        match azure::service_url(self.account_url) {
+            Ok((url, _)) => self.auth.check(url.scheme() == "https", errors),
+            Err(e) => errors.push(OptionError::new("account_url", e)),
+        }
+        if !valid_container_name(self.filesystem) {
+            errors.push(OptionError::new(
+                "filesystem",
+                format!(
+                    "{:?} is not a valid filesystem (container) name: 3 to 63 lowercase letters, digits and single hyphens, starting with a letter or digit",
+                    self.filesystem
+                ),
+            ));
+        }
+    }
+
+    /// The storage backend (no I/O).
+    pub fn open(&self) -> crate::Result<Arc<dyn Storage>> {
+        Ok(if self.is_local() {
+            Arc::new(
+                local::LocalStorage::new(self.account_url, self.filesystem, self.create_filesystem)
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            Arc::new(azure::AzureStorage::new(self)?)
+        })
+    }
+
+    /// The storage location as one string, equal for two spellings of one
+    /// place (for the check that two sinks never write the same files).
+    pub fn location(&self) -> Option<String> {
+        Some(if self.is_local() {
+            let root = url::Url::parse(self.account_url)
+                .ok()?
+                .to_file_path()
+                .ok()?;
+            // Two spellings of one folder are one location.
+            let root = std::fs::canonicalize(&root).unwrap_or(root);
+            format!("{}", root.join(self.filesystem).display())
+        } else {
+            let (url, account) = azure::service_url(self.account_url).ok()?;
+            let host = url.host_str().unwrap_or_default();
+            let port = url.port_or_known_default().unwrap_or_default();
+            format!("{host}:{port}/{account}/{}", self.filesystem)
+        })
+    }
+}
+
+/// An object as a listing shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub name: String,
+    pub size: u64,
+    /// When it was last written, in milliseconds since the epoch (the
+    /// storage's clock).
+    pub last_modified_ms: i64,
+}
 
 /// A failed storage request.
 #[derive(Debug, Clone)]
@@ -128,10 +225,30 @@ pub trait Storage: Send + Sync {
     /// Writes a whole object if it does not exist yet.
     async fn put_if_absent(&self, name: &str, data: Bytes) -> Result<Created, StorageError>;
 
-    /// The names of the objects under `prefix` (a plain string prefix, not
-    /// a folder), in no particular order. Used at start when the sink's
-    /// state is missing, to find files that state would have described.
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+    /// Writes a whole object, replacing any previous content atomically.
+    async fn put(&self, name: &str, data: Bytes) -> Result<(), StorageError>;
+
+    /// A whole object's content, `None` when it does not exist.
+    async fn get(&self, name: &str) -> Result<Option<Bytes>, StorageError>;
+
+    /// Deletes an object; one that does not exist counts as deleted.
+    async fn delete(&self, name: &str) -> Result<(), StorageError>;
+
+    /// The objects under `prefix` (a plain string prefix, not a folder),
+    /// with their sizes and modification times, in no particular order.
+    async fn list_details(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
+
+    /// The names of the objects under `prefix`, in no particular order.
+    /// Used at start when a sink's state is missing, to find files that
+    /// state would have described.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        Ok(self
+            .list_details(prefix)
+            .await?
+            .into_iter()
+            .map(|o| o.name)
+            .collect())
+    }
 
     /// Forgets the blocks of a sealed object (local staging files; a no-op
     /// on Azure, which drops them itself).

@@ -21,20 +21,20 @@ use azure_storage_blob::{
         BlockBlobClientCommitBlockListResultHeaders, BlockBlobClientUploadOptions,
         BlockListHeaders, BlockListType, BlockLookupList,
     },
-    BlobContainerClient, BlockBlobClient, BlockBlobClientOptions,
+    BlobClient, BlobClientOptions, BlobContainerClient, BlockBlobClient, BlockBlobClientOptions,
 };
 use bytes::Bytes;
 
-use super::{retriable_status, BlockList, Committed, Condition, Created, Storage, StorageError};
+use super::{
+    retriable_status, BlockList, Committed, Condition, Created, LakeOptions, ObjectMeta, Storage,
+    StorageError,
+};
 // The account URL forms live with the shared client construction; the
-// sink's other modules keep importing them from here.
+// sinks' other modules keep importing them from here.
 pub(crate) use crate::sinks::azure_common::client::service_url;
 use crate::{
     redact,
-    sinks::{
-        adls_partitioned_jsonl::config::AdlsPartitionedJsonlConfig,
-        azure_common::{chain, client::ContainerAccess},
-    },
+    sinks::azure_common::{chain, client::ContainerAccess},
 };
 
 /// The scratch blob the healthcheck stages a block on.
@@ -51,8 +51,8 @@ pub struct AzureStorage {
 }
 
 impl AzureStorage {
-    pub fn new(config: &AdlsPartitionedJsonlConfig) -> Result<Self, String> {
-        let access = ContainerAccess::new(&config.account_url, &config.filesystem, &config.auth)?;
+    pub fn new(lake: &LakeOptions<'_>) -> Result<Self, String> {
+        let access = ContainerAccess::new(lake.account_url, lake.filesystem, lake.auth)?;
         let container = access.container_client().map_err(|e| redact::error(&e))?;
         Ok(Self {
             describe: access.describe(),
@@ -63,7 +63,7 @@ impl AzureStorage {
                 ..Default::default()
             },
             container,
-            create_filesystem: config.create_filesystem,
+            create_filesystem: lake.create_filesystem,
         })
     }
 
@@ -101,6 +101,20 @@ impl AzureStorage {
             .map_err(|_| StorageError::permanent("invalid container URL"))?
             .extend(name.split('/'));
         BlockBlobClient::new(url, self.credential.clone(), Some(self.options.clone()))
+            .map_err(|e| StorageError::permanent(redact::error(&e)))
+    }
+
+    /// A client for reads and deletes of `name` (any blob type).
+    fn any_blob(&self, name: &str) -> Result<BlobClient, StorageError> {
+        let mut url = self.container_url.clone();
+        url.path_segments_mut()
+            .map_err(|_| StorageError::permanent("invalid container URL"))?
+            .extend(name.split('/'));
+        let options = BlobClientOptions {
+            client_options: self.options.client_options.clone(),
+            ..Default::default()
+        };
+        BlobClient::new(url, self.credential.clone(), Some(options))
             .map_err(|e| StorageError::permanent(redact::error(&e)))
     }
 
@@ -261,7 +275,7 @@ impl Storage for AzureStorage {
             .unwrap_or_default())
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+    async fn list_details(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
         use futures::TryStreamExt;
         let options = BlobContainerClientListBlobsOptions {
             prefix: (!prefix.is_empty()).then(|| prefix.to_string()),
@@ -273,7 +287,7 @@ impl Storage for AzureStorage {
             .list_blobs(Some(options))
             .map_err(|e| map_error(&what, e))?
             .into_pages();
-        let mut names = Vec::new();
+        let mut objects = Vec::new();
         loop {
             let page = match pages.try_next().await {
                 Ok(Some(page)) => page,
@@ -285,9 +299,18 @@ impl Storage for AzureStorage {
                 Err(e) => return Err(map_error(&what, e)),
             };
             let page = page.into_model().map_err(|e| map_error(&what, e))?;
-            names.extend(page.blob_items.into_iter().filter_map(|b| b.name));
+            objects.extend(page.blob_items.into_iter().filter_map(|b| {
+                let properties = b.properties.unwrap_or_default();
+                Some(ObjectMeta {
+                    name: b.name?,
+                    size: properties.content_length.unwrap_or_default(),
+                    last_modified_ms: properties
+                        .last_modified
+                        .map_or(0, |t| (t.unix_timestamp_nanos() / 1_000_000) as i64),
+                })
+            }));
         }
-        Ok(names)
+        Ok(objects)
     }
 
     async fn put_if_absent(&self, name: &str, data: Bytes) -> Result<Created, StorageError> {
@@ -302,6 +325,40 @@ impl Storage for AzureStorage {
             Ok(_) => Ok(Created::Created),
             Err(e) if already_exists(&e) => Ok(Created::AlreadyExists),
             Err(e) => Err(map_error(&format!("Put Blob {name}"), e)),
+        }
+    }
+
+    async fn put(&self, name: &str, data: Bytes) -> Result<(), StorageError> {
+        let blob = self.blob(name)?;
+        let options = BlockBlobClientUploadOptions {
+            partition_size: std::num::NonZero::new(256 * 1024 * 1024),
+            ..Default::default()
+        };
+        blob.upload(data.into(), Some(options))
+            .await
+            .map(|_| ())
+            .map_err(|e| map_error(&format!("Put Blob {name}"), e))
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<Bytes>, StorageError> {
+        let what = || format!("Get Blob {name}");
+        let rsp = match self.any_blob(name)?.download(None).await {
+            Ok(rsp) => rsp,
+            Err(e) if e.http_status().map(u16::from) == Some(404) => return Ok(None),
+            Err(e) => return Err(map_error(&what(), e)),
+        };
+        rsp.body
+            .collect()
+            .await
+            .map(Some)
+            .map_err(|e| map_error(&what(), e))
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), StorageError> {
+        match self.any_blob(name)?.delete(None).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.http_status().map(u16::from) == Some(404) => Ok(()),
+            Err(e) => Err(map_error(&format!("Delete Blob {name}"), e)),
         }
     }
 
