@@ -9,15 +9,8 @@
 //! reach its files in stream order, so "at or below" means "already
 //! written".
 //!
-//! In the store: a snapshot (`state.json`, replaced atomically from the
-//! version read) and a log of the changes since (`state.<generation>.log`,
-//! one JSON line per staged block or sealed file, each one durable append
-//! at the length the writer expects). A change costs one short append, not
-//! a rewrite of every open file and sealed window. When the log outgrows
-//! the snapshot, or at start and stop, a new snapshot with the next
-//! generation folds it in; a crash between the two leaves a log of an old
-//! generation, which the snapshot already contains: load ignores it and the
-//! next snapshot deletes it.
+//! In the store: a snapshot and a log of the changes since, one JSON line
+//! per staged block or sealed file (`crate::sinks::util::state_log`).
 
 mod log;
 
@@ -32,16 +25,9 @@ use self::log::Change;
 use crate::{
     event::Position,
     lineage::{Mark, SinkStateReport},
-    state_store::{StateDoc, StateError, StateHandle},
+    sinks::util::state_log::{LoggedState, Model},
+    state_store::{StateError, StateHandle},
 };
-
-/// The log is folded into a new snapshot once it is larger than this and
-/// than the snapshot.
-const COMPACT_AFTER_BYTES: u64 = 1 << 20;
-
-/// ... or once it holds this many lines: an append blob takes at most
-/// 50,000 appends.
-const COMPACT_AFTER_LINES: u64 = 40_000;
 
 /// How long sealed windows are remembered for replay skipping. Replays only
 /// start from the source's checkpoint, which trails the sink by seconds to
@@ -123,10 +109,7 @@ pub struct SealedWindow {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct Persisted {
-    /// Which log continues this snapshot (absent in files of older versions).
-    #[serde(default)]
-    generation: u64,
+pub(crate) struct Persisted {
     open: Vec<OpenFile>,
     sealed: Vec<SealedWindow>,
     /// Per source id: its pipeline and how far this sink got.
@@ -149,42 +132,20 @@ pub struct StagedBlock {
     pub source: Option<Arc<str>>,
 }
 
-/// The state in memory, and where it is saved.
-pub struct SinkState {
-    state: StateHandle,
-    file: StateDoc,
-    generation: u64,
-    /// The log of the current generation exists.
-    log: bool,
-    log_bytes: u64,
-    /// Lines in the current log.
-    log_lines: u64,
-    snapshot_bytes: u64,
-    /// Load found a torn line or logs of other generations: snapshot
-    /// before appending.
-    stale: bool,
+/// The state in memory.
+#[derive(Default)]
+pub(crate) struct Files {
     open: HashMap<FileKey, OpenFile>,
     sealed: HashMap<FileKey, SealedWindow>,
     marks: BTreeMap<String, Mark>,
-    /// A snapshot or log existed at load.
-    found: bool,
 }
 
-impl SinkState {
-    /// Reads the state in `state` (the sink's folder of the store).
-    pub async fn load(state: StateHandle) -> Result<Self, StateError> {
-        let file = state.doc("state.json");
-        let persisted: Option<(Persisted, u64)> = file.load_sized().await?;
-        let found = persisted.is_some();
-        let (persisted, snapshot_bytes) = persisted.unwrap_or_default();
-        let mut state = Self {
-            state,
-            generation: persisted.generation,
-            log: false,
-            log_bytes: 0,
-            log_lines: 0,
-            snapshot_bytes,
-            stale: false,
+impl Model for Files {
+    type Snapshot = Persisted;
+    type Change = Change;
+
+    fn from_snapshot(persisted: Persisted) -> Self {
+        Self {
             open: persisted
                 .open
                 .into_iter()
@@ -196,12 +157,31 @@ impl SinkState {
                 .map(|s| (s.key.clone(), s))
                 .collect(),
             marks: persisted.marks,
-            found,
-            file,
-        };
-        state.replay_log().await?;
-        state.found |= !state.open.is_empty() || !state.sealed.is_empty();
-        Ok(state)
+        }
+    }
+
+    /// Sealed windows past their retention are dropped first.
+    fn to_snapshot(&mut self, now: i64) -> Persisted {
+        let marks = &mut self.marks;
+        self.sealed.retain(|_, s| {
+            let keep = now - s.sealed_at < SEALED_RETENTION_SECS;
+            if let (false, Some(source), Some(hw)) = (keep, &s.source, &s.high_water) {
+                let mark = marks.entry(source.to_string()).or_default();
+                if mark.replay_floor.as_ref().is_none_or(|f| f < hw) {
+                    mark.replay_floor = Some(hw.clone());
+                }
+            }
+            keep
+        });
+        let mut open: Vec<OpenFile> = self.open.values().cloned().collect();
+        open.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut sealed: Vec<SealedWindow> = self.sealed.values().cloned().collect();
+        sealed.sort_by(|a, b| a.key.cmp(&b.key));
+        Persisted {
+            open,
+            sealed,
+            marks: self.marks.clone(),
+        }
     }
 
     /// Changes the state in memory (live, and when replaying the log).
@@ -276,34 +256,48 @@ impl SinkState {
             }
         }
     }
+}
+
+/// The state in memory, and where it is saved.
+pub struct SinkState {
+    log: LoggedState<Files>,
+    /// A snapshot existed at load, or the log held files.
+    found: bool,
+}
+
+impl SinkState {
+    /// Reads the state in `state` (the sink's folder of the store).
+    pub async fn load(state: StateHandle) -> Result<Self, StateError> {
+        let log = LoggedState::<Files>::load(state).await?;
+        let found = log.found() || !log.model().open.is_empty() || !log.model().sealed.is_empty();
+        Ok(Self { log, found })
+    }
+
+    fn files(&self) -> &Files {
+        self.log.model()
+    }
+
+    fn files_mut(&mut self) -> &mut Files {
+        self.log.model_mut()
+    }
 
     /// Makes a change durable (one fsynced line), then applies it.
     async fn record(&mut self, change: Change) -> Result<(), StateError> {
         let at = change.at();
-        if self.stale {
-            self.save(at).await?;
-        }
-        self.append(&change).await?;
-        self.apply(change);
-        if self.log_bytes > COMPACT_AFTER_BYTES.max(self.snapshot_bytes)
-            || self.log_lines >= COMPACT_AFTER_LINES
-        {
-            self.save(at).await?;
-        }
-        Ok(())
+        self.log.record(change, at).await
     }
 
     /// Records a staged block (opening its file), and returns the file.
     pub async fn staged(&mut self, staged: StagedBlock, now: i64) -> Result<&OpenFile, StateError> {
         let key = staged.key.clone();
         self.record(Change::Staged { staged, at: now }).await?;
-        Ok(&self.open[&key])
+        Ok(&self.files().open[&key])
     }
 
     /// Records the intent to seal an open file with its blocks as they
     /// are (`commit = "on_seal"`), before the commit is sent.
     pub async fn sealing(&mut self, key: &FileKey, now: i64) -> Result<(), StateError> {
-        if self.open.get(key).is_none_or(|f| f.sealing) {
+        if self.files().open.get(key).is_none_or(|f| f.sealing) {
             return Ok(());
         }
         self.record(Change::Sealing {
@@ -319,7 +313,7 @@ impl SinkState {
         key: &FileKey,
         now: i64,
     ) -> Result<Option<OpenFile>, StateError> {
-        let Some(file) = self.open.get(key).cloned() else {
+        let Some(file) = self.files().open.get(key).cloned() else {
             return Ok(None);
         };
         self.record(Change::Sealed {
@@ -333,48 +327,14 @@ impl SinkState {
     /// Writes a snapshot of the whole state with the next generation and
     /// starts a new log; sealed windows past their retention are dropped.
     pub async fn save(&mut self, now: i64) -> Result<(), StateError> {
-        let marks = &mut self.marks;
-        self.sealed.retain(|_, s| {
-            let keep = now - s.sealed_at < SEALED_RETENTION_SECS;
-            if let (false, Some(source), Some(hw)) = (keep, &s.source, &s.high_water) {
-                let mark = marks.entry(source.to_string()).or_default();
-                if mark.replay_floor.as_ref().is_none_or(|f| f < hw) {
-                    mark.replay_floor = Some(hw.clone());
-                }
-            }
-            keep
-        });
-        let mut open: Vec<OpenFile> = self.open.values().cloned().collect();
-        open.sort_by(|a, b| a.key.cmp(&b.key));
-        let mut sealed: Vec<SealedWindow> = self.sealed.values().cloned().collect();
-        sealed.sort_by(|a, b| a.key.cmp(&b.key));
-        let old_logs = self.log_names().await?;
-        self.snapshot_bytes = self
-            .file
-            .save(&Persisted {
-                generation: self.generation + 1,
-                open,
-                sealed,
-                marks: self.marks.clone(),
-            })
-            .await?;
-        self.generation += 1;
-        self.log = false;
-        self.log_bytes = 0;
-        self.log_lines = 0;
-        self.stale = false;
-        // Every log so far is in the snapshot.
-        for name in old_logs {
-            self.state.delete(&name).await?;
-        }
-        Ok(())
+        self.log.save(now).await
     }
 
     /// `every_batch` recovery: the file's blocks, less `lost` ones that
     /// storage no longer had, are all committed. In memory; the snapshot at
     /// the end of recovery saves it.
     pub fn all_committed(&mut self, key: &FileKey, lost: &[String], version: String) {
-        let Some(file) = self.open.get_mut(key) else {
+        let Some(file) = self.files_mut().open.get_mut(key) else {
             return;
         };
         if !lost.is_empty() {
@@ -393,40 +353,52 @@ impl SinkState {
     /// memory only: recovery commits the whole list again at start, which
     /// is idempotent.
     pub fn batch_committed(&mut self, key: &FileKey, upto: usize, version: String) {
-        if let Some(f) = self.open.get_mut(key) {
+        if let Some(f) = self.files_mut().open.get_mut(key) {
             f.committed = f.committed.max(upto);
             f.version = Some(version).filter(|v| !v.is_empty());
         }
     }
 
     pub fn open_file(&self, key: &FileKey) -> Option<&OpenFile> {
-        self.open.get(key)
+        self.files().open.get(key)
     }
 
     pub fn open_files(&self) -> impl Iterator<Item = &OpenFile> {
-        self.open.values()
+        self.files().open.values()
     }
 
     pub fn open_count(&self) -> usize {
-        self.open.len()
+        self.files().open.len()
     }
 
     /// Windows remembered after all their files were sealed.
     pub fn sealed_count(&self) -> usize {
-        self.sealed.len()
+        self.files().sealed.len()
     }
 
     /// The highest position written for a window, open or sealed.
     pub fn high_water(&self, key: &FileKey) -> Option<&Position> {
-        let open = self.open.get(key).and_then(|f| f.high_water.as_ref());
-        let sealed = self.sealed.get(key).and_then(|s| s.high_water.as_ref());
+        let open = self
+            .files()
+            .open
+            .get(key)
+            .and_then(|f| f.high_water.as_ref());
+        let sealed = self
+            .files()
+            .sealed
+            .get(key)
+            .and_then(|s| s.high_water.as_ref());
         open.max(sealed)
     }
 
     /// Records that this sink's events from `source` belong to `pipeline`
     /// (in memory: the caller saves). Whether that changed anything.
     pub fn adopt(&mut self, source: &str, pipeline: &str) -> bool {
-        let mark = self.marks.entry(source.to_string()).or_default();
+        let mark = self
+            .files_mut()
+            .marks
+            .entry(source.to_string())
+            .or_default();
         if mark.pipeline.as_deref() == Some(pipeline) {
             return false;
         }
@@ -438,10 +410,10 @@ impl SinkState {
     pub fn report(&self, sink: &str, lake_file: Option<String>) -> SinkStateReport {
         SinkStateReport {
             sink: sink.to_string(),
-            location: self.file.location(),
+            location: self.log.location(),
             found: self.found,
-            written: !self.open.is_empty() || !self.sealed.is_empty(),
-            marks: self.marks.clone(),
+            written: !self.files().open.is_empty() || !self.files().sealed.is_empty(),
+            marks: self.files().marks.clone(),
             lake_file,
         }
     }
@@ -450,15 +422,15 @@ impl SinkState {
     pub fn describe(&self) -> Vec<String> {
         use crate::internal_events::{age, rfc3339};
         if !self.found {
-            return vec![format!("no state ({})", self.file.location())];
+            return vec![format!("no state ({})", self.log.location())];
         }
         let mut lines = vec![format!(
             "state {}: {} open file(s), {} sealed window(s) remembered",
-            self.file.location(),
-            self.open.len(),
-            self.sealed.len()
+            self.log.location(),
+            self.files().open.len(),
+            self.files().sealed.len()
         )];
-        let mut open: Vec<&OpenFile> = self.open.values().collect();
+        let mut open: Vec<&OpenFile> = self.files().open.values().collect();
         open.sort_by_key(|f| f.opened_at);
         for f in open {
             lines.push(format!(
@@ -476,7 +448,7 @@ impl SinkState {
                 |t| format!("cluster time {}", rfc3339(i64::from(t.time))),
             )
         };
-        for (source, mark) in &self.marks {
+        for (source, mark) in &self.files().marks {
             lines.push(format!(
                 "  source `{source}`: pipeline {}, written up to {}{}",
                 mark.pipeline.as_deref().unwrap_or("(unknown)"),
@@ -501,7 +473,7 @@ impl SinkState {
 
     /// The part number the next file of a window gets.
     pub fn next_part(&self, key: &FileKey) -> u32 {
-        self.sealed.get(key).map_or(0, |s| s.next_part)
+        self.files().sealed.get(key).map_or(0, |s| s.next_part)
     }
 }
 
@@ -557,10 +529,17 @@ mod tests {
     /// What a reload must reproduce.
     fn summary(state: &SinkState) -> Vec<String> {
         let mut out: Vec<String> = state
+            .files()
             .open
             .values()
             .map(|f| format!("open {f:?}"))
-            .chain(state.sealed.values().map(|s| format!("sealed {s:?}")))
+            .chain(
+                state
+                    .files()
+                    .sealed
+                    .values()
+                    .map(|s| format!("sealed {s:?}")),
+            )
             .collect();
         out.sort();
         out
@@ -621,8 +600,8 @@ mod tests {
         drop(state); // no save: a crash
         let reloaded = load(dir.path()).await;
         assert_eq!(summary(&reloaded), expected);
-        assert_eq!(reloaded.open[&key("a")].blocks.len(), 3);
-        assert_eq!(reloaded.open[&key("b")].part, 1);
+        assert_eq!(reloaded.files().open[&key("a")].blocks.len(), 3);
+        assert_eq!(reloaded.files().open[&key("b")].part, 1);
         assert_eq!(reloaded.next_part(&key("b")), 1);
     }
 
@@ -637,7 +616,9 @@ mod tests {
             .staged(sb(&key("a"), 0, "o", block("1"), None, pos("01")), 0)
             .await
             .unwrap();
-        let log = dir.path().join(format!("state.{}.log", state.generation));
+        let log = dir
+            .path()
+            .join(format!("state.{}.log", state.log.generation()));
         drop(state);
         let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
         f.write_all(br#"{"staged":{"key":{"db":"d","#).unwrap();
@@ -645,14 +626,14 @@ mod tests {
         let torn = std::fs::read(&log).unwrap();
         let mut state = load(dir.path()).await;
         assert_eq!(std::fs::read(&log).unwrap(), torn, "load only reads");
-        assert_eq!(state.open[&key("a")].blocks.len(), 1);
+        assert_eq!(state.files().open[&key("a")].blocks.len(), 1);
         state
             .staged(sb(&key("a"), 0, "o", block("2"), None, pos("02")), 0)
             .await
             .unwrap();
         drop(state);
         let state = load(dir.path()).await;
-        assert_eq!(state.open[&key("a")].block_ids(), vec!["1", "2"]);
+        assert_eq!(state.files().open[&key("a")].block_ids(), vec!["1", "2"]);
         assert_eq!(state.high_water(&key("a")), pos("02").as_ref());
     }
 
@@ -662,7 +643,9 @@ mod tests {
     async fn a_corrupt_line_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let state = load(dir.path()).await;
-        let log = dir.path().join(format!("state.{}.log", state.generation));
+        let log = dir
+            .path()
+            .join(format!("state.{}.log", state.log.generation()));
         std::fs::write(&log, "garbage\n").unwrap();
         let err = SinkState::load(StateHandle::local(dir.path()))
             .await
@@ -679,7 +662,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut state = load(dir.path()).await;
         let mut n = 0u64;
-        while state.generation == 0 {
+        while state.log.generation() == 0 {
             n += 1;
             state
                 .staged(
@@ -706,7 +689,7 @@ mod tests {
         drop(state);
         let mut state = load(dir.path()).await;
         assert_eq!(summary(&state), expected);
-        assert_eq!(state.open[&key("a")].blocks.len() as u64, n);
+        assert_eq!(state.files().open[&key("a")].blocks.len() as u64, n);
         assert!(dir.path().join("state.0.log").exists(), "load only reads");
         state
             .staged(sb(&key("a"), 0, "o", block("next"), None, None), 0)
@@ -718,7 +701,7 @@ mod tests {
         );
         drop(state);
         assert_eq!(
-            load(dir.path()).await.open[&key("a")].blocks.len() as u64,
+            load(dir.path()).await.files().open[&key("a")].blocks.len() as u64,
             n + 1
         );
     }
@@ -733,7 +716,7 @@ mod tests {
         )
         .unwrap();
         let state = load(dir.path()).await;
-        assert_eq!(state.generation, 0);
+        assert_eq!(state.log.generation(), 0);
         assert_eq!(state.next_part(&key("c")), 2);
     }
 }
