@@ -32,6 +32,9 @@ struct State {
     /// Errors since; progress clears it.
     failing: Option<Condition>,
     conditions: BTreeMap<String, Condition>,
+    /// What the component reports besides its status, by group and key
+    /// (the Delta sink: `tables` -> table -> its version).
+    details: BTreeMap<String, BTreeMap<String, Value>>,
 }
 
 impl State {
@@ -139,6 +142,17 @@ impl ComponentHealth {
             state.conditions.remove(key);
         });
     }
+
+    /// Sets what `/health` shows under `group`.`key` for this component.
+    pub fn detail(&self, group: &str, key: &str, value: Value) {
+        self.update(|state| {
+            state
+                .details
+                .entry(group.to_string())
+                .or_default()
+                .insert(key.to_string(), value);
+        });
+    }
 }
 
 /// This agent's role in its group (`[state] store = "azure_blob"`):
@@ -165,8 +179,14 @@ pub fn report(unhealthy_after: Duration) -> (bool, Value) {
     let mut body = serde_json::Map::new();
     for (id, cell) in components.iter() {
         let state = cell.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let with_details = |mut entry: Value| {
+            for (group, values) in &state.details {
+                entry[group] = json!(values);
+            }
+            entry
+        };
         if state.is_ok() {
-            body.insert(id.clone(), json!({ "status": "ok" }));
+            body.insert(id.clone(), with_details(json!({ "status": "ok" })));
             continue;
         }
         // The oldest problem speaks for the component.
@@ -189,12 +209,12 @@ pub fn report(unhealthy_after: Duration) -> (bool, Value) {
         healthy &= !unhealthy;
         body.insert(
             id.clone(),
-            json!({
+            with_details(json!({
                 "status": if unhealthy { "unhealthy" } else { "degraded" },
                 "reason": worst.reason,
                 "failing_for_secs": worst.since.elapsed().as_secs(),
                 "problems": state.conditions.len() + usize::from(state.failing.is_some()),
-            }),
+            })),
         );
     }
     let status = if healthy { "ok" } else { "unhealthy" };

@@ -16,8 +16,8 @@ use super::{
 };
 use crate::{
     sinks::{
-        adls_partitioned_jsonl::AdlsPartitionedJsonlConfig, blackhole::BlackholeSinkConfig,
-        console::ConsoleSinkConfig,
+        adls_delta::AdlsDeltaConfig, adls_partitioned_jsonl::AdlsPartitionedJsonlConfig,
+        blackhole::BlackholeSinkConfig, console::ConsoleSinkConfig,
     },
     sources::{demo_events::DemoEventsConfig, mongodb_change_stream::MongoDbChangeStreamConfig},
 };
@@ -36,6 +36,7 @@ pub fn source_types(generator: &mut SchemaGenerator) -> Vec<(&'static str, Schem
 /// Sink types: name and options schema.
 pub fn sink_types(generator: &mut SchemaGenerator) -> Vec<(&'static str, Schema)> {
     vec![
+        ("adls_delta", generator.subschema_for::<AdlsDeltaConfig>()),
         (
             "adls_partitioned_jsonl",
             generator.subschema_for::<AdlsPartitionedJsonlConfig>(),

@@ -175,6 +175,35 @@ impl EventFinalizers {
         self.0.extend(other.0);
     }
 
+    /// Merges another event's finalizers keeping one per batch, for a sink
+    /// that holds many events' finalizers until one write (the Delta
+    /// sink's commit, a minute apart): the events of a source's hand-over
+    /// share a batch, so it holds a few finalizers instead of one per
+    /// event. A finalizer of a batch already kept is released as
+    /// `Dropped`, which never changes the batch's status: the kept one,
+    /// which holds the batch open, decides it.
+    pub fn merge_deduplicated(&mut self, other: EventFinalizers) {
+        for f in other.0 {
+            let kept = self
+                .0
+                .iter()
+                .rev()
+                .take(4)
+                .any(|k| Arc::ptr_eq(&k.batch, &f.batch));
+            if kept {
+                f.status
+                    .store(EventStatus::Dropped as u8, Ordering::Release);
+            } else {
+                self.0.push(f);
+            }
+        }
+    }
+
+    /// How many finalizers are held.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// Records `status` for every finalizer; takes effect when they are dropped.
     pub fn update_status(&self, status: EventStatus) {
         for f in &self.0 {
@@ -216,6 +245,31 @@ mod tests {
         a.finalize(EventStatus::Delivered);
         b.finalize(EventStatus::Rejected);
         assert_eq!(rx.await, BatchStatus::Rejected);
+    }
+
+    /// Merged copies keep one finalizer per batch; the kept one decides
+    /// the batch: it resolves only once that one is finalized, with its
+    /// status.
+    #[tokio::test]
+    async fn deduplicated_merge_keeps_one_per_batch() {
+        let (batch, mut rx) = BatchNotifier::new_with_receiver();
+        let (other, other_rx) = BatchNotifier::new_with_receiver();
+        let one = EventFinalizers::new(EventFinalizer::new(batch));
+        let mut held = EventFinalizers::default();
+        for _ in 0..100 {
+            held.merge_deduplicated(one.clone());
+        }
+        held.merge_deduplicated(EventFinalizers::new(EventFinalizer::new(other)));
+        one.finalize(EventStatus::Delivered);
+        assert_eq!(held.len(), 2);
+        assert!(
+            futures::poll!(&mut rx).is_pending(),
+            "the kept finalizer holds the batch open"
+        );
+        // The 99 released copies did not count as errors.
+        held.finalize(EventStatus::Delivered);
+        assert_eq!(rx.await, BatchStatus::Delivered);
+        assert_eq!(other_rx.await, BatchStatus::Delivered);
     }
 
     #[tokio::test]

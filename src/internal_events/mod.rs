@@ -7,6 +7,7 @@
 //! front, so emitting costs an atomic add, not a label lookup.
 
 pub mod adls;
+pub mod delta;
 pub mod ha;
 pub mod mongodb;
 

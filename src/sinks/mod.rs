@@ -4,6 +4,7 @@
 //! stream of events and must finalize every event it takes: `Delivered`
 //! once the data is durable, `Errored`/`Rejected` otherwise.
 
+pub mod adls_delta;
 pub mod adls_partitioned_jsonl;
 pub mod azure_common;
 pub mod blackhole;

@@ -139,6 +139,8 @@ impl std::fmt::Display for StorageError {
     }
 }
 
+impl std::error::Error for StorageError {}
+
 impl StorageError {
     pub fn permanent(message: impl Into<String>) -> Self {
         Self {
