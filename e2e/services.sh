@@ -40,6 +40,16 @@ install() {
       pymongo==4.20.1 azure-storage-blob==12.31.1 duckdb==2.0.1 jsonschema==4.26.0
     touch "$dir/pylib/.installed-2"
   fi
+  if [ ! -f "$dir/pydelta/.installed-1" ]; then
+    # A reader of Delta tables that shares no code with the agent or
+    # delta-rs: DuckDB's delta extension (delta-kernel) from PyPI, which
+    # needs its own DuckDB version, and pyarrow for the log replay.
+    log "installing the Delta checker's Python packages (duckdb 1.5.5 with its delta extension, pyarrow)"
+    rm -rf "$dir/pydelta"
+    python3 -m pip install --quiet --disable-pip-version-check --target "$dir/pydelta" \
+      duckdb==1.5.5 duckdb-extension-delta==1.5.5 pyarrow==26.0.1 pymongo==4.20.1 azure-storage-blob==12.31.1
+    touch "$dir/pydelta/.installed-1"
+  fi
   if [ ! -x "$AZURITE" ]; then
     log "installing azurite 3.35.0 (npm)"
     mkdir -p "$dir/node"
@@ -50,6 +60,7 @@ install() {
   echo "MONGO_ADLS_MONGOD=$MONGOD"
   echo "MONGO_ADLS_AZURITE=$AZURITE"
   echo "MONGO_ADLS_PYTHONPATH=$dir/pylib"
+  echo "MONGO_ADLS_DELTA_PYTHONPATH=$dir/pydelta"
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

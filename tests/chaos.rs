@@ -10,7 +10,9 @@
 //! (`e2e/checker.py`: pymongo + azure-storage-blob) watches the listings
 //! during the run and verifies the lake against the generator's manifest
 //! (each snapshot `_id` exactly once, like each change) and MongoDB's
-//! final state.
+//! final state. The Delta runs write `adls_delta` tables instead, checked
+//! by `e2e/delta_checker.py` (its own log replay with pyarrow, and
+//! DuckDB's delta extension).
 //!
 //! `MONGO_ADLS_CHAOS_BATCHES` overrides the number of load rounds (a short
 //! run to see a deliberate break caught quickly).
@@ -18,16 +20,15 @@
 mod support;
 
 use std::{
-    io::Write,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use mongodb::bson::{doc, Document};
 use rand::Rng;
 use support::{
+    load::{generate, preload, Manifest},
     log_tail, Agent, Azurite, Fault, FaultProxy, Faults, Lake, Mongod, SpawnTracked, AZURITE_KEY,
 };
 
@@ -38,170 +39,182 @@ const NAMESPACES: [(&str, &str); 4] = [
     ("chaos_b", "users"),
 ];
 
-/// One change the generator made (or may have made, `ok: false`).
-#[derive(serde::Serialize)]
-struct Change {
-    ns: String,
-    op: &'static str,
-    seq: i64,
-    id: String,
-    ok: bool,
+/// What a chaos run writes, and how it is checked.
+#[derive(Clone, Copy)]
+enum Sink {
+    /// `adls_partitioned_jsonl` with these options; its sealed files never
+    /// change (`immutable`) or grow; every name matches `names`.
+    Jsonl {
+        options: &'static str,
+        immutable: bool,
+        names: &'static str,
+    },
+    /// `adls_delta`, with short intervals so a run makes hundreds of
+    /// versions, checkpoints, compactions and vacuums.
+    Delta,
 }
 
-#[derive(Default)]
-struct Manifest {
-    changes: Vec<Change>,
-    next_id: i64,
-    next_seq: i64,
-}
+/// The Delta runs' vacuum retention (`vacuum.retention_hours`), in seconds.
+const DELTA_RETENTION_SECS: f64 = 18.0;
 
-impl Manifest {
-    fn record(&mut self, ns: &str, op: &'static str, seq: i64, id: i64, ok: bool) {
-        self.changes.push(Change {
-            ns: ns.to_string(),
-            op,
-            seq,
-            id: id.to_string(),
-            ok,
-        });
-    }
-}
-
-/// Makes `batches` rounds of about 960 changes, pausing between rounds so
-/// the run spans many short windows and the disruptions land mid-load.
-async fn generate(
-    client: mongodb::Client,
-    batches: usize,
-    pause: Duration,
-    manifest: Arc<Mutex<Manifest>>,
-) {
-    let mut live: Vec<Vec<i64>> = vec![Vec::new(); NAMESPACES.len()];
-    for _ in 0..batches {
-        for (n, (db, coll)) in NAMESPACES.iter().enumerate() {
-            let ns = format!("{db}.{coll}");
-            let c = client.database(db).collection::<Document>(coll);
-            let (docs, ids): (Vec<Document>, Vec<(i64, i64)>) = {
-                let mut m = manifest.lock().unwrap();
-                (0..150)
-                    .map(|_| {
-                        m.next_id += 1;
-                        m.next_seq += 1;
-                        let (id, seq) = (m.next_id, m.next_seq);
-                        (
-                            doc! { "_id": id, "seq": seq, "pad": "p".repeat(200) },
-                            (id, seq),
-                        )
-                    })
-                    .unzip()
-            };
-            let ok = c.insert_many(docs).await.is_ok();
-            {
-                let mut m = manifest.lock().unwrap();
-                for (id, seq) in &ids {
-                    m.record(&ns, "insert", *seq, *id, ok);
-                }
-            }
-            if ok {
-                live[n].extend(ids.iter().map(|(id, _)| *id));
-            }
-            for (op, count) in [("update", 50), ("replace", 25), ("delete", 12)] {
-                for _ in 0..count {
-                    if live[n].is_empty() {
-                        break;
-                    }
-                    let pick = rand::rng().random_range(0..live[n].len());
-                    let id = live[n][pick];
-                    let seq = {
-                        let mut m = manifest.lock().unwrap();
-                        m.next_seq += 1;
-                        m.next_seq
-                    };
-                    let result = match op {
-                        "update" => c
-                            .update_one(doc! { "_id": id }, doc! { "$set": { "seq": seq } })
-                            .await
-                            .map(|r| r.modified_count == 1),
-                        "replace" => c
-                            .replace_one(doc! { "_id": id }, doc! { "seq": seq, "replaced": true })
-                            .await
-                            .map(|r| r.modified_count == 1),
-                        _ => c
-                            .delete_one(doc! { "_id": id })
-                            .await
-                            .map(|r| r.deleted_count == 1),
-                    };
-                    let outcome = match result {
-                        Ok(true) => Some(true),
-                        Ok(false) => None, // no change made
-                        Err(_) => Some(false),
-                    };
-                    if op == "delete" || outcome == Some(false) {
-                        // Never touch a document whose state is uncertain.
-                        live[n].swap_remove(pick);
-                    }
-                    if let Some(ok) = outcome {
-                        manifest.lock().unwrap().record(&ns, op, seq, id, ok);
-                    }
-                }
-            }
+impl Sink {
+    fn describe(&self) -> String {
+        match self {
+            Sink::Jsonl { options, .. } => options.replace('\n', " "),
+            Sink::Delta => "adls_delta".into(),
         }
-        // A multi-document transaction across two databases.
-        let (a, b) = (
-            client.database("chaos_a").collection::<Document>("orders"),
-            client.database("chaos_b").collection::<Document>("users"),
-        );
-        let planned: Vec<(usize, i64, i64)> = {
-            let mut m = manifest.lock().unwrap();
-            (0..10)
-                .map(|i| {
-                    m.next_id += 1;
-                    m.next_seq += 1;
-                    (if i < 5 { 0 } else { 3 }, m.next_id, m.next_seq)
-                })
-                .collect()
+    }
+
+    /// The sink table; retries without end, so only kills lose progress.
+    fn config(&self, url: &str) -> String {
+        let options = match self {
+            // Short windows and size rolls: a run makes many files.
+            Sink::Jsonl { options, .. } => format!(
+                r#"type = "adls_partitioned_jsonl"
+file_name = "events-%Y%m%d-%H%M%S"
+roll.window_secs = 4
+roll.grace_secs = 1
+roll.max_bytes = 400000
+batch.timeout_secs = 0.3
+{options}"#
+            ),
+            Sink::Delta => format!(
+                r#"type = "adls_delta"
+partition_by = "hour"
+commit.interval_secs = 1
+commit.checkpoint_interval = 5
+data_files.target_bytes = 400000
+data_files.row_group_bytes = 65536
+compaction.min_files = 4
+vacuum.retention_hours = {retention}
+vacuum.interval_hours = 0.01"#,
+                retention = DELTA_RETENTION_SECS / 3600.0
+            ),
         };
-        let txn = async {
-            let mut session = client.start_session().await?;
-            session.start_transaction().await?;
-            for (n, id, seq) in &planned {
-                let c = if *n == 0 { &a } else { &b };
-                c.insert_one(doc! { "_id": id, "seq": seq })
-                    .session(&mut session)
-                    .await?;
-            }
-            session.commit_transaction().await
-        }
-        .await;
-        let ok = txn.is_ok();
-        {
-            let mut m = manifest.lock().unwrap();
-            for (n, id, seq) in &planned {
-                let (db, coll) = NAMESPACES[*n];
-                m.record(&format!("{db}.{coll}"), "insert", *seq, *id, ok);
-            }
-        }
-        if !ok {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        tokio::time::sleep(pause).await;
+        format!(
+            r#"
+[sinks.lake]
+inputs = ["mongo"]
+account_url = "{url}"
+filesystem = "chaos"
+auth.shared_key = "{AZURITE_KEY}"
+request.timeout_secs = 4
+request.retry_attempts = 1000
+request.retry_initial_backoff_secs = 0.05
+request.retry_max_backoff_secs = 1
+{options}
+"#
+        )
     }
-}
 
-fn python() -> (PathBuf, String) {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let pylib = std::env::var("MONGO_ADLS_PYTHONPATH").unwrap_or_else(|_| {
+    /// Source options the sink needs: Delta's current-state view reads
+    /// each update's whole document.
+    fn source_options(&self) -> &'static str {
+        match self {
+            Sink::Jsonl { .. } => "",
+            Sink::Delta => "full_document = \"updateLookup\"",
+        }
+    }
+
+    fn checker(&self, args: &[&str]) -> Command {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
         let services = std::env::var("MONGO_ADLS_SERVICES_DIR")
             .unwrap_or_else(|_| repo.join(".services").display().to_string());
-        format!("{services}/pylib")
-    });
-    (repo.join("e2e/checker.py"), pylib)
-}
+        let (script, var, lib) = match self {
+            Sink::Jsonl { .. } => ("checker.py", "MONGO_ADLS_PYTHONPATH", "pylib"),
+            Sink::Delta => ("delta_checker.py", "MONGO_ADLS_DELTA_PYTHONPATH", "pydelta"),
+        };
+        let pythonpath = std::env::var(var).unwrap_or_else(|_| format!("{services}/{lib}"));
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo.join("e2e").join(script))
+            .args(args)
+            .env("PYTHONPATH", pythonpath);
+        cmd
+    }
 
-fn checker(args: &[&str]) -> Command {
-    let (script, pylib) = python();
-    let mut cmd = Command::new("python3");
-    cmd.arg(script).args(args).env("PYTHONPATH", pylib);
-    cmd
+    /// How the checker reaches the lake.
+    fn lake_args(&self, azurite: &Azurite) -> Vec<String> {
+        let mut args = vec![
+            "--account-url".into(),
+            azurite.account_url(),
+            "--account-key".into(),
+            AZURITE_KEY.into(),
+            "--container".into(),
+            "chaos".into(),
+        ];
+        if let Sink::Jsonl { names, .. } = self {
+            args.extend(["--pattern".into(), names.to_string()]);
+        }
+        args
+    }
+
+    fn watch_args(&self) -> Vec<String> {
+        match self {
+            Sink::Jsonl {
+                immutable: true, ..
+            } => vec!["--immutable".into()],
+            _ => Vec::new(),
+        }
+    }
+
+    fn verify_args(&self) -> Vec<String> {
+        match self {
+            // Matches `roll.window_secs` above: each line's file is the
+            // one of its 4-second window.
+            Sink::Jsonl { immutable, .. } => {
+                let mut args = vec!["--window-secs".into(), "4".into()];
+                if *immutable {
+                    args.push("--immutable".into());
+                }
+                args
+            }
+            Sink::Delta => vec!["--retention-secs".into(), DELTA_RETENTION_SECS.to_string()],
+        }
+    }
+
+    /// Rows the lake holds: lines of JSONL files, or rows appended by the
+    /// Delta commits (each commit's `numOutputRows`).
+    async fn rows(&self, lake: &Lake, listed: &[(String, u64)]) -> usize {
+        let mut rows = 0;
+        for (name, _) in listed {
+            match self {
+                Sink::Jsonl { .. } => rows += lake.lines(name).await.len(),
+                Sink::Delta if name.contains("/_delta_log/") && name.ends_with(".json") => {
+                    for action in lake.lines(name).await {
+                        let info = &action["commitInfo"];
+                        if info["operation"] == "STREAMING UPDATE" {
+                            rows += info["operationMetrics"]["numOutputRows"]
+                                .as_str()
+                                .and_then(|n| n.parse::<usize>().ok())
+                                .unwrap_or(0);
+                        }
+                    }
+                }
+                Sink::Delta => {}
+            }
+        }
+        rows
+    }
+
+    /// The pause between load rounds: Delta tables commit once a second, so
+    /// a slower load spans more versions (and checkpoints, compactions and
+    /// vacuums) between the kills.
+    fn pause(&self) -> Duration {
+        match self {
+            Sink::Jsonl { .. } => Duration::from_millis(100),
+            Sink::Delta => Duration::from_millis(800),
+        }
+    }
+
+    /// Whether some events are durable and acknowledged (a sealed file, or
+    /// a committed table version).
+    async fn acknowledged_some(&self, lake: &Lake) -> bool {
+        let listed = lake.list().await;
+        match self {
+            Sink::Jsonl { .. } => !listed.is_empty(),
+            Sink::Delta => listed.iter().any(|o| o.name.contains("/_delta_log/")),
+        }
+    }
 }
 
 struct Watcher {
@@ -211,7 +224,7 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn start(dir: &Path, lake_args: &[String], immutable: bool) -> Self {
+    fn start(sink: Sink, dir: &Path, lake_args: &[String]) -> Self {
         let (stop, out) = (dir.join("watch.stop"), dir.join("watch.json"));
         let mut args: Vec<String> = vec!["watch".into()];
         args.extend(lake_args.iter().cloned());
@@ -221,11 +234,9 @@ impl Watcher {
             "--out".into(),
             out.display().to_string(),
         ]);
-        if immutable {
-            args.push("--immutable".into());
-        }
+        args.extend(sink.watch_args());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let child = checker(&args).spawn_tracked();
+        let child = sink.checker(&args).spawn_tracked();
         Self { child, stop, out }
     }
 
@@ -255,33 +266,6 @@ async fn listing(lake: &Lake) -> Vec<(String, u64)> {
 /// One chaos run at a time: each needs most of a 2-core machine.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Documents that exist before the agent first starts, for `snapshot =
-/// "initial"`: `per_namespace` in each namespace, recorded in the manifest
-/// as `snapshot` changes (one per `_id`). The generator never touches them,
-/// so MongoDB's final state of each is the snapshot record's.
-async fn preload(client: &mongodb::Client, per_namespace: usize, manifest: &Mutex<Manifest>) {
-    for (db, coll) in NAMESPACES {
-        let docs: Vec<Document> = {
-            let mut m = manifest.lock().unwrap();
-            (0..per_namespace)
-                .map(|_| {
-                    m.next_id += 1;
-                    m.next_seq += 1;
-                    let (id, seq) = (m.next_id, m.next_seq);
-                    m.record(&format!("{db}.{coll}"), "snapshot", seq, id, true);
-                    doc! { "_id": id, "seq": seq, "pad": "s".repeat(200) }
-                })
-                .collect()
-        };
-        client
-            .database(db)
-            .collection::<Document>(coll)
-            .insert_many(docs)
-            .await
-            .unwrap();
-    }
-}
-
 /// How many times the agents' log (all of them, appended) holds `text`.
 fn log_count(log: &Path, text: &str) -> usize {
     std::fs::read_to_string(log)
@@ -304,13 +288,7 @@ async fn wait_log(log: &Path, text: &str, count: usize, agent: &mut Agent) {
 
 /// `snapshot_docs`: documents per namespace copied by `snapshot =
 /// "initial"` before the load starts (0: no snapshot).
-async fn chaos_run(
-    mode_options: &str,
-    batches: usize,
-    immutable: bool,
-    name_pattern: &str,
-    snapshot_docs: usize,
-) {
+async fn chaos_run(sink: Sink, batches: usize, snapshot_docs: usize) {
     let batches = std::env::var("MONGO_ADLS_CHAOS_BATCHES")
         .map(|b| b.parse().unwrap())
         .unwrap_or(batches);
@@ -342,13 +320,15 @@ type = "mongodb_change_stream"
 uri = "{uri}"
 max_await_time_ms = 200
 checkpoint_interval_ms = 200
+{source_options}
 {snapshot}
 
 {sink}
 "#,
             data = dir.path().join("data").display(),
             uri = mongo_uri,
-            sink = sink_config(&proxy.account_url(), mode_options),
+            source_options = sink.source_options(),
+            sink = sink.config(&proxy.account_url()),
             snapshot = if snapshot_docs > 0 {
                 "snapshot = \"initial\"\nsnapshot_chunk_size = 500"
             } else {
@@ -357,14 +337,14 @@ checkpoint_interval_ms = 200
         ),
     )
     .unwrap();
-    let lake_args = lake_args(&azurite, name_pattern);
-    let watcher = Watcher::start(dir.path(), &lake_args, immutable);
+    let lake_args = sink.lake_args(&azurite);
+    let watcher = Watcher::start(sink, dir.path(), &lake_args);
     let log = dir.path().join("agent.log");
 
     let manifest = Arc::new(Mutex::new(Manifest::default()));
     let mut kills = 0;
     if snapshot_docs > 0 {
-        preload(&mongo.client().await, snapshot_docs, &manifest).await;
+        preload(&mongo.client().await, &NAMESPACES, snapshot_docs, &manifest).await;
     }
     let mut agent = Agent::start_logged_with(&cfg, &log, &["-vv"]);
     if snapshot_docs > 0 {
@@ -381,8 +361,8 @@ checkpoint_interval_ms = 200
                 // Once some records are sealed (acknowledged): the restarted
                 // copy must continue after them, not write them again.
                 let deadline = Instant::now() + Duration::from_secs(120);
-                while lake.list().await.is_empty() {
-                    assert!(Instant::now() < deadline, "no snapshot file sealed");
+                while !sink.acknowledged_some(&lake).await {
+                    assert!(Instant::now() < deadline, "no snapshot record acknowledged");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -403,8 +383,9 @@ checkpoint_interval_ms = 200
     let started = Instant::now();
     let generator = tokio::spawn(generate(
         mongo.client().await,
+        &NAMESPACES,
         batches,
-        Duration::from_millis(100),
+        sink.pause(),
         Arc::clone(&manifest),
     ));
 
@@ -464,15 +445,14 @@ checkpoint_interval_ms = 200
     assert_eq!(live_restarts, 2, "Azurite and mongod restarted under load");
     let load_secs = started.elapsed().as_secs_f64();
 
-    catch_up(&lake, &manifest, &[&log]).await;
+    catch_up(sink, &lake, &manifest, &[&log]).await;
     assert_eq!(agent.stop(), Some(0));
     assert_no_secret_in_log(&log);
     let run = Run {
-        mode: mode_options,
+        sink,
         kills,
         live_restarts,
         load_secs,
-        immutable,
     };
     verify(
         &run,
@@ -483,45 +463,6 @@ checkpoint_interval_ms = 200
         &mongo,
         &proxy,
     );
-}
-
-/// How the checker reaches the lake.
-fn lake_args(azurite: &Azurite, name_pattern: &str) -> Vec<String> {
-    vec![
-        "--account-url".into(),
-        azurite.account_url(),
-        "--account-key".into(),
-        AZURITE_KEY.into(),
-        "--container".into(),
-        "chaos".into(),
-        "--pattern".into(),
-        name_pattern.into(),
-    ]
-}
-
-/// The sink of every chaos run: short windows and size rolls, so a run
-/// makes many files; retries without end, so only kills lose progress.
-fn sink_config(url: &str, mode_options: &str) -> String {
-    format!(
-        r#"
-[sinks.lake]
-type = "adls_partitioned_jsonl"
-inputs = ["mongo"]
-account_url = "{url}"
-filesystem = "chaos"
-auth.shared_key = "{AZURITE_KEY}"
-file_name = "events-%Y%m%d-%H%M%S"
-roll.window_secs = 4
-roll.grace_secs = 1
-roll.max_bytes = 400000
-batch.timeout_secs = 0.3
-request.timeout_secs = 4
-request.retry_attempts = 1000
-request.retry_initial_backoff_secs = 0.05
-request.retry_max_backoff_secs = 1
-{mode_options}
-"#
-    )
 }
 
 /// The proxy of every chaos run: every 9th request gets one of the faults.
@@ -547,14 +488,8 @@ async fn fault_proxy(azurite: &Azurite) -> FaultProxy {
 
 /// Waits until the lake stops changing and holds at least every
 /// acknowledged change (5 minutes at most).
-async fn catch_up(lake: &Lake, manifest: &Mutex<Manifest>, logs: &[&Path]) {
-    let acknowledged = manifest
-        .lock()
-        .unwrap()
-        .changes
-        .iter()
-        .filter(|c| c.ok)
-        .count();
+async fn catch_up(sink: Sink, lake: &Lake, manifest: &Mutex<Manifest>, logs: &[&Path]) {
+    let acknowledged = manifest.lock().unwrap().acknowledged();
     let mut last = (listing(lake).await, Instant::now());
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -571,11 +506,7 @@ async fn catch_up(lake: &Lake, manifest: &Mutex<Manifest>, logs: &[&Path]) {
         if now != last.0 {
             last = (now, Instant::now());
         } else if last.1.elapsed() > Duration::from_secs(6) {
-            let mut lines = 0;
-            for (name, _) in &last.0 {
-                lines += lake.lines(name).await.len();
-            }
-            if lines >= acknowledged {
+            if sink.rows(lake, &last.0).await >= acknowledged {
                 break;
             }
             last.1 = Instant::now();
@@ -584,18 +515,17 @@ async fn catch_up(lake: &Lake, manifest: &Mutex<Manifest>, logs: &[&Path]) {
 }
 
 /// What a chaos run did, for its report.
-struct Run<'a> {
-    mode: &'a str,
+struct Run {
+    sink: Sink,
     kills: usize,
     live_restarts: usize,
     load_secs: f64,
-    immutable: bool,
 }
 
 /// The independent checker's verdict on the lake against the manifest,
 /// the watcher's listings and MongoDB; and every fault kind injected.
 fn verify(
-    run: &Run<'_>,
+    run: &Run,
     dir: &Path,
     lake_args: Vec<String>,
     watcher: Watcher,
@@ -605,13 +535,7 @@ fn verify(
 ) {
     let watch_out = watcher.finish();
     let manifest_path = dir.join("manifest.jsonl");
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&manifest_path).unwrap());
-        for c in &manifest.lock().unwrap().changes {
-            serde_json::to_writer(&mut f, c).unwrap();
-            f.write_all(b"\n").unwrap();
-        }
-    }
+    manifest.lock().unwrap().write(&manifest_path);
     let total = manifest.lock().unwrap().changes.len();
     let mut args: Vec<String> = vec!["verify".into()];
     args.extend(lake_args);
@@ -622,20 +546,19 @@ fn verify(
         watch_out.display().to_string(),
         "--mongo-uri".into(),
         mongo.uri(),
-        // Matches `roll.window_secs` above: each line's file is the one of
-        // its 4-second window.
-        "--window-secs".into(),
-        "4".into(),
     ]);
-    if run.immutable {
-        args.push("--immutable".into());
-    }
+    args.extend(run.sink.verify_args());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = checker(&args).stderr(Stdio::inherit()).output().unwrap();
+    let out = run
+        .sink
+        .checker(&args)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     println!(
         "chaos [{}]: {total} changes in {:.0} s, {} kills, {} live restarts, faults {:?}\n{report}",
-        run.mode.replace('\n', " "),
+        run.sink.describe(),
         run.load_secs,
         run.kills,
         run.live_restarts,
@@ -693,13 +616,22 @@ fn assert_no_secret_in_log(log: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checker_catches_broken_lakes() {
     let (mongo, azurite) = (Mongod::start().await, Azurite::start());
-    let (script, pylib) = python();
+    let jsonl = Sink::Jsonl {
+        options: "",
+        immutable: true,
+        names: ROLLING_NAMES,
+    };
+    let cmd = jsonl.checker(&[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/checker_selftest.py");
     let out = Command::new("python3")
-        .arg(script.with_file_name("checker_selftest.py"))
+        .arg(script)
         .args(["--account-url", &azurite.account_url()])
         .args(["--account-key", AZURITE_KEY])
         .args(["--mongo-uri", &mongo.uri()])
-        .env("PYTHONPATH", pylib)
+        .envs(
+            cmd.get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        )
         .stderr(Stdio::inherit())
         .output()
         .unwrap();
@@ -711,34 +643,50 @@ async fn checker_catches_broken_lakes() {
 
 const ROLLING_NAMES: &str = r"[^/]+/[^/]+/year=\d{4}/month=\d\d/day=\d\d/hour=\d\d/events-\d{8}-\d{6}(-part-\d{4})?\.jsonl(\.gz)?";
 
+const ON_SEAL: Sink = Sink::Jsonl {
+    options: "commit = \"on_seal\"",
+    immutable: true,
+    names: ROLLING_NAMES,
+};
+
+const EVERY_BATCH: Sink = Sink::Jsonl {
+    options: "commit = \"every_batch\"",
+    immutable: false,
+    names: ROLLING_NAMES,
+};
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_on_seal_100k() {
-    chaos_run("commit = \"on_seal\"", 105, true, ROLLING_NAMES, 6000).await;
+    chaos_run(ON_SEAL, 105, 6000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_every_batch_100k() {
-    chaos_run(
-        "commit = \"every_batch\"\ncompression = \"gzip\"",
-        105,
-        false,
-        ROLLING_NAMES,
-        0,
-    )
-    .await;
+    let gzip = Sink::Jsonl {
+        options: "commit = \"every_batch\"\ncompression = \"gzip\"",
+        immutable: false,
+        names: ROLLING_NAMES,
+    };
+    chaos_run(gzip, 105, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_per_event_3k() {
     // One request per event: a smaller load keeps the run to minutes.
-    chaos_run(
-        "mode = \"per_event\"",
-        3,
-        true,
-        r"[^/]+/[^/]+/year=\d{4}/month=\d\d/day=\d\d/hour=\d\d/event-[^/]+\.jsonl",
-        0,
-    )
-    .await;
+    let per_event = Sink::Jsonl {
+        options: "mode = \"per_event\"",
+        immutable: true,
+        names: r"[^/]+/[^/]+/year=\d{4}/month=\d\d/day=\d\d/hour=\d\d/event-[^/]+\.jsonl",
+    };
+    chaos_run(per_event, 3, 0).await;
+}
+
+/// Delta tables through the same disruptions, with a snapshot copied
+/// first (two kill -9 during the copy): hundreds of versions, checkpoints,
+/// compactions and vacuums.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_delta_60k() {
+    chaos_run(Sink::Delta, 64, 3000).await;
 }
 
 /// Node loss: two agents of one pipeline keep every bit of state in the
@@ -748,7 +696,7 @@ async fn chaos_per_event_3k() {
 /// replaced by a fresh process (a new machine: nothing survives locally),
 /// the standby taking over from the state in the lake; Azurite restarts
 /// once under load. The same checker as the other chaos runs.
-async fn node_loss_run(mode_options: &str, batches: usize, immutable: bool) {
+async fn node_loss_run(sink: Sink, batches: usize) {
     let batches = std::env::var("MONGO_ADLS_CHAOS_BATCHES")
         .map(|b| b.parse().unwrap())
         .unwrap_or(batches);
@@ -787,10 +735,12 @@ type = "mongodb_change_stream"
 uri = "{mongo_uri}"
 max_await_time_ms = 200
 checkpoint_interval_ms = 200
+{source_options}
 {sink}
 "#,
+                    source_options = sink.source_options(),
                     url = proxy.account_url(),
-                    sink = sink_config(&proxy.account_url(), mode_options),
+                    sink = sink.config(&proxy.account_url()),
                 ),
             )
             .unwrap();
@@ -801,8 +751,8 @@ checkpoint_interval_ms = 200
         .map(|i| dir.path().join(format!("agent{i}.log")))
         .collect();
     let log_refs: Vec<&Path> = logs.iter().map(PathBuf::as_path).collect();
-    let lake_args = lake_args(&azurite, ROLLING_NAMES);
-    let watcher = Watcher::start(dir.path(), &lake_args, immutable);
+    let lake_args = sink.lake_args(&azurite);
+    let watcher = Watcher::start(sink, dir.path(), &lake_args);
     let mut agents: Vec<Agent> = (0..2)
         .map(|i| Agent::start_logged(&configs[i], &logs[i]))
         .collect();
@@ -827,6 +777,7 @@ checkpoint_interval_ms = 200
     // Paced so the load spans the kills (each failover waits out a lease).
     let generator = tokio::spawn(generate(
         mongo.client().await,
+        &NAMESPACES,
         batches,
         Duration::from_secs(2),
         Arc::clone(&manifest),
@@ -859,7 +810,7 @@ checkpoint_interval_ms = 200
     }
     generator.await.unwrap();
     let load_secs = started.elapsed().as_secs_f64();
-    catch_up(&lake, &manifest, &log_refs).await;
+    catch_up(sink, &lake, &manifest, &log_refs).await;
     for agent in agents {
         assert_eq!(agent.stop(), Some(0));
     }
@@ -872,11 +823,10 @@ checkpoint_interval_ms = 200
         "nothing was kept on local disk"
     );
     let run = Run {
-        mode: mode_options,
+        sink,
         kills,
         live_restarts,
         load_secs,
-        immutable,
     };
     verify(
         &run,
@@ -891,10 +841,15 @@ checkpoint_interval_ms = 200
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_node_loss_on_seal_60k() {
-    node_loss_run("commit = \"on_seal\"", 64, true).await;
+    node_loss_run(ON_SEAL, 64).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_node_loss_every_batch_60k() {
-    node_loss_run("commit = \"every_batch\"", 64, false).await;
+    node_loss_run(EVERY_BATCH, 64).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_node_loss_delta_60k() {
+    node_loss_run(Sink::Delta, 64).await;
 }

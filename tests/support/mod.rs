@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},

@@ -82,117 +82,116 @@ impl DeltaSink {
                 .entry(root.clone())
                 .or_insert_with(|| Table::new(root.clone()));
             table.committing = true;
-            self.committed(&root, intent.seq, intent.operation, started, result)
+            self.committed(&root, intent.seq, intent.operation, started, result, true)
                 .await?;
         }
         Ok(())
     }
 
-    /// Seals a table's current group: its open files are closed; the
-    /// commit starts once every file is written.
-    pub(super) async fn seal(&mut self, root: &str, inflight: &mut Inflight) -> Result<(), ()> {
+    /// Seals a table's current group: its open files are closed; its
+    /// commit starts once every file is written (`start_commits`).
+    pub(super) fn seal(&mut self, root: &str, inflight: &mut Inflight) {
         let table = self.tables.get_mut(root).expect("known");
         let Some(mut group) = table.current.take() else {
-            return Ok(());
+            return;
         };
         let open: Vec<_> = std::mem::take(&mut group.open).into_values().collect();
         table.sealed = Some(group);
         for id in open {
             self.close_file(id, inflight);
         }
-        self.commit_if_written(root, inflight).await
     }
 
-    /// Starts the sealed group's commit once all its files are written.
-    async fn commit_if_written(&mut self, root: &str, inflight: &mut Inflight) -> Result<(), ()> {
-        let seq = self.next_seq(root);
-        let Some(table) = self.tables.get(root) else {
-            return Ok(());
-        };
-        let Some(group) = table.sealed.as_ref().filter(|g| g.all_written()) else {
-            return Ok(());
-        };
-        if table.committing {
+    /// Starts every commit that can start: a sealed group whose files are
+    /// all written, else a compaction whose files are. Their intents, and
+    /// the commits done since the last write, are recorded in one append
+    /// (fenced) before any commit is sent.
+    pub(super) async fn start_commits(&mut self, inflight: &mut Inflight) -> Result<(), ()> {
+        let mut intents = Vec::new();
+        for table in self.tables.values_mut() {
+            if table.committing || table.failed.is_some() {
+                continue;
+            }
+            let seq = self.state.next_seq(&table.root);
+            let intent = match (&table.sealed, &table.compaction) {
+                (Some(group), _) if group.all_written() => Intent {
+                    seq,
+                    operation: Operation::Append,
+                    adds: group.written.clone(),
+                    removes: Vec::new(),
+                    rows: group.rows,
+                    high_water: group.high_water.clone(),
+                    source: group.source.clone(),
+                    planned_at: None,
+                },
+                (None, Some(_)) => {
+                    let compaction = table.compaction.take().expect("checked");
+                    Intent {
+                        seq,
+                        operation: Operation::Compact,
+                        adds: compaction.adds,
+                        removes: compaction.removes,
+                        rows: 0,
+                        high_water: None,
+                        source: None,
+                        planned_at: Some(compaction.planned_at),
+                    }
+                }
+                _ => continue,
+            };
+            table.committing = true;
+            intents.push((table.root.clone(), intent));
+        }
+        if intents.is_empty() {
             return Ok(());
         }
-        let intent = Intent {
-            seq,
-            operation: Operation::Append,
-            adds: group.written.clone(),
-            removes: Vec::new(),
-            rows: group.rows,
-            high_water: group.high_water.clone(),
-            source: group.source.clone(),
-            planned_at: None,
-        };
-        self.start_commit(root, intent, inflight).await
-    }
-
-    /// Starts a waiting compaction's commit.
-    pub(super) async fn commit_compaction(
-        &mut self,
-        root: &str,
-        inflight: &mut Inflight,
-    ) -> Result<(), ()> {
-        let seq = self.next_seq(root);
-        let Some(compaction) = self.tables.get_mut(root).and_then(|t| t.compaction.take()) else {
-            return Ok(());
-        };
-        let intent = Intent {
-            seq,
-            operation: Operation::Compact,
-            adds: compaction.adds,
-            removes: compaction.removes,
-            rows: 0,
-            high_water: None,
-            source: None,
-            planned_at: Some(compaction.planned_at),
-        };
-        self.start_commit(root, intent, inflight).await
-    }
-
-    fn next_seq(&self, root: &str) -> u64 {
-        self.state.table(root).map_or(0, |t| t.seq) + 1
-    }
-
-    /// Records the intent (fenced), then sends the commit.
-    async fn start_commit(
-        &mut self,
-        root: &str,
-        intent: Intent,
-        inflight: &mut Inflight,
-    ) -> Result<(), ()> {
-        let recorded = self
-            .state
-            .record(Change::Intent {
-                table: root.to_string(),
-                intent: intent.clone(),
-            })
-            .await;
+        let mut changes = std::mem::take(&mut self.unrecorded);
+        changes.extend(intents.iter().map(|(table, intent)| Change::Intent {
+            table: table.clone(),
+            intent: intent.clone(),
+        }));
+        let recorded = self.state.record(Change::Batch(changes)).await;
         self.state_result(recorded)?;
-        let table = self.tables.get_mut(root).expect("known");
-        table.committing = true;
+        for (root, intent) in intents {
+            self.send_commit(root, intent, inflight);
+        }
+        Ok(())
+    }
+
+    /// Writes the commits done since the last state write.
+    pub(super) async fn record_unrecorded(&mut self) -> Result<(), ()> {
+        if self.unrecorded.is_empty() {
+            return Ok(());
+        }
+        let changes = std::mem::take(&mut self.unrecorded);
+        let recorded = self.state.record(Change::Batch(changes)).await;
+        self.state_result(recorded)
+    }
+
+    /// Sends the commit of a recorded intent.
+    fn send_commit(&mut self, root: String, intent: Intent, inflight: &mut Inflight) {
+        let table = self.tables.get(&root).expect("known");
         let after = match intent.operation {
             Operation::Append => table.latest,
             Operation::Compact => intent.planned_at,
         };
-        let (log, app_id) = (self.log(root), self.app_id(root));
+        let (log, app_id) = (self.log(&root), self.app_id(&root));
         let definition = Definition(self.settings.partition_by);
-        let table_name = root.to_string();
         inflight.push(Box::pin(async move {
             let started = Instant::now();
             let prepared = prepared(&app_id, &intent, after);
+            crate::testing::seam("before_commit").await;
             let result =
                 commit::commit(&log, &prepared, &definition, Utc::now().timestamp_millis()).await;
+            crate::testing::seam("after_commit").await;
             Outcome::Committed {
-                table: table_name,
+                table: root,
                 seq: intent.seq,
                 operation: intent.operation,
                 started,
                 result,
             }
         }));
-        Ok(())
     }
 
     pub(super) async fn on_outcome(
@@ -241,7 +240,6 @@ impl DeltaSink {
                 if let Some(group) = group {
                     group.written.push(add);
                 }
-                self.commit_if_written(&writing.table, inflight).await?;
             }
             Outcome::Committed {
                 table,
@@ -250,7 +248,7 @@ impl DeltaSink {
                 started,
                 result,
             } => {
-                self.committed(&table, seq, operation, started, result)
+                self.committed(&table, seq, operation, started, result, false)
                     .await?;
             }
             Outcome::Upkept { table, result } => self.upkept(&table, result),
@@ -266,6 +264,7 @@ impl DeltaSink {
         operation: Operation,
         started: Instant,
         result: Result<CommitOutcome, LogError>,
+        recovering: bool,
     ) -> Result<(), ()> {
         let table = self.tables.get_mut(root).expect("known");
         table.committing = false;
@@ -299,8 +298,12 @@ impl DeltaSink {
                 return Ok(());
             }
         };
-        let recorded = self.state.record(change).await;
-        self.state_result(recorded)?;
+        if recovering {
+            let recorded = self.state.record(change).await;
+            self.state_result(recorded)?;
+        } else {
+            self.unrecorded.push(change);
+        }
         let Ok(CommitOutcome::Committed { version, found }) = result else {
             return Ok(());
         };
@@ -318,7 +321,15 @@ impl DeltaSink {
                 self.sent.emit(rows as usize, event_bytes as usize);
                 finalizers.finalize(EventStatus::Delivered);
             }
-            None if operation == Operation::Compact => self.metrics.compacted(root, version, 0),
+            None if operation == Operation::Compact => {
+                let removed = self
+                    .state
+                    .table(root)
+                    .and_then(|t| t.intent.as_ref())
+                    .filter(|i| i.seq == seq)
+                    .map_or(0, |i| i.removes.len());
+                self.metrics.compacted(root, version, removed)
+            }
             None => {}
         }
         self.upkeep_due(root, version);
@@ -387,13 +398,12 @@ impl DeltaSink {
         let vacuum = self.vacuum_due(&root);
         if vacuum {
             // The fenced write that lets this agent delete anything.
-            let recorded = self
-                .state
-                .record(Change::Vacuuming {
-                    table: root.clone(),
-                    at: Utc::now().timestamp(),
-                })
-                .await;
+            let mut changes = std::mem::take(&mut self.unrecorded);
+            changes.push(Change::Vacuuming {
+                table: root.clone(),
+                at: Utc::now().timestamp(),
+            });
+            let recorded = self.state.record(Change::Batch(changes)).await;
             self.state_result(recorded)?;
         }
         let table = self.tables.get_mut(&root).expect("known");
@@ -409,6 +419,9 @@ impl DeltaSink {
             .map(|i| i.adds.iter().map(|a| a.path.clone()).collect())
             .unwrap_or_default();
         let table = self.tables.get(&root).expect("known");
+        if let Some(compaction) = &table.compaction {
+            keep.extend(compaction.adds.iter().map(|a| a.path.clone()));
+        }
         for group in [table.current.as_ref(), table.sealed.as_ref()]
             .into_iter()
             .flatten()

@@ -121,6 +121,10 @@ pub struct DeltaSink {
     last_table: Option<(String, String, String)>,
     /// `txn` application ids are `mongo-adls:<app>:<table>`.
     pub(super) app: String,
+    /// Commits made and not yet recorded: written with the next intents
+    /// (a commit that is done but not recorded is found done at the next
+    /// start, so recording it can wait).
+    pub(super) unrecorded: Vec<super::state::Change>,
     pub(super) tags: ComponentTags,
     pub(super) sent: EventsSent,
     pub(super) metrics: DeltaMetrics,
@@ -170,6 +174,7 @@ impl DeltaSink {
             upkeep_busy: false,
             last_table: None,
             app: String::new(),
+            unrecorded: Vec::new(),
             sent: EventsSent::register(&tags),
             metrics,
             tags,
@@ -267,6 +272,7 @@ impl StreamSink for DeltaSink {
                 break;
             }
         }
+        self.record_unrecorded().await?;
         let saved = self.state.save().await;
         self.state_result(saved)?;
         tracing::info!(
@@ -444,17 +450,9 @@ impl DeltaSink {
             .map(|t| t.root.clone())
             .collect();
         for root in due {
-            self.seal(&root, inflight).await?;
+            self.seal(&root, inflight);
         }
-        let compactions: Vec<String> = self
-            .tables
-            .values()
-            .filter(|t| t.compaction.is_some() && t.sealed.is_none() && !t.committing)
-            .map(|t| t.root.clone())
-            .collect();
-        for root in compactions {
-            self.commit_compaction(&root, inflight).await?;
-        }
+        self.start_commits(inflight).await?;
         while self.buffered > self.settings.max_total_bytes {
             let largest = self
                 .files

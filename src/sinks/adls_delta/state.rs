@@ -97,6 +97,10 @@ pub enum Change {
     Abandoned { table: String, seq: u64 },
     /// A vacuum of the table starts (the fenced write that lets it).
     Vacuuming { table: String, at: i64 },
+    /// Several changes in one write, applied in order: the sink records
+    /// every intent due in one round, and the commits done since, as one
+    /// append, however many tables commit.
+    Batch(Vec<Change>),
 }
 
 #[derive(Default)]
@@ -179,6 +183,11 @@ impl Model for Tables {
                 }
             }
             Change::Vacuuming { table, at } => self.table(&table).vacuumed_at = at,
+            Change::Batch(changes) => {
+                for change in changes {
+                    self.apply(change);
+                }
+            }
         }
     }
 }
@@ -219,6 +228,15 @@ impl DeltaState {
 
     pub fn table(&self, root: &str) -> Option<&TableState> {
         self.model().tables.get(root)
+    }
+
+    /// The sequence number the table's next commit takes: past the last
+    /// one recorded done and the last intent (its commit may be done
+    /// without being recorded yet).
+    pub fn next_seq(&self, root: &str) -> u64 {
+        self.table(root)
+            .map_or(0, |t| t.seq.max(t.intent.as_ref().map_or(0, |i| i.seq)))
+            + 1
     }
 
     pub fn tables(&self) -> impl Iterator<Item = &TableState> {

@@ -85,23 +85,29 @@ impl TableNames {
         rendered.trim_matches('/').to_string()
     }
 
-    /// With no state: a table this sink's layout would have written,
-    /// found by its first commit, which the lost state would have
-    /// described. A listing that fails is logged and counted as none.
+    /// With no state: a table this sink type created (its first commit
+    /// holds a `txn` of `mongo-adls`), which the lost state would have
+    /// described; tables of other writers do not count. A listing that
+    /// fails is logged and counted as none.
     pub async fn table_in_lake(&self, storage: &dyn Storage, sink: &str) -> Option<String> {
-        match storage.list(&self.literal).await {
-            Ok(names) => names.into_iter().find_map(|n| {
-                n.strip_suffix("/_delta_log/00000000000000000000.json")
-                    .map(str::to_string)
-            }),
+        const FIRST: &str = "/_delta_log/00000000000000000000.json";
+        let names = match storage.list(&self.literal).await {
+            Ok(names) => names,
             Err(e) => {
                 tracing::warn!(
                     sink,
                     "The sink has no state yet and could not list the lake to check that it holds none of its tables: {e}"
                 );
-                None
+                return None;
+            }
+        };
+        for name in names.iter().filter(|n| n.ends_with(FIRST)) {
+            let first = storage.get(name).await.ok().flatten().unwrap_or_default();
+            if String::from_utf8_lossy(&first).contains(r#""appId":"mongo-adls:"#) {
+                return Some(name.trim_end_matches(FIRST).to_string());
             }
         }
+        None
     }
 }
 

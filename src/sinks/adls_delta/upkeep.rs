@@ -74,7 +74,16 @@ pub async fn run(log: &TableLog, job: Job) -> Result<Done, LogError> {
         }
     }
     if let Some(retention) = job.vacuum {
-        done.vacuumed = vacuum(log, &snapshot, retention, &job.keep, now_ms).await?;
+        // The newest version, not the checkpoint's: a file added since is
+        // referenced.
+        let Some(newest) = Snapshot::load(log, None).await? else {
+            return Ok(done);
+        };
+        let mut keep = job.keep;
+        if let Some(compaction) = &done.compaction {
+            keep.extend(compaction.adds.iter().map(|a| a.path.clone()));
+        }
+        done.vacuumed = vacuum(log, &newest, retention, &keep, now_ms).await?;
     }
     Ok(done)
 }
