@@ -99,7 +99,9 @@ enum Command {
     },
     /// Print the Snowflake SQL (integration, file format, stage, table,
     /// COPY INTO, task, pipe) that loads an `adls_partitioned_jsonl` sink's
-    /// files, derived from its options.
+    /// files, derived from its options; for an `adls_delta` sink, the
+    /// external volume, catalog integration, one table per collection
+    /// (Delta Direct) and current-state views.
     SnowflakeSql {
         /// The sink id; needed when the config has several such sinks.
         #[arg(long)]
@@ -126,6 +128,16 @@ enum Command {
         /// (in the sink's time zone; default: placeholders).
         #[arg(long)]
         refresh_hour: Option<String>,
+        /// Delta: external volume name.
+        #[arg(long, default_value = "mongo_adls_volume")]
+        volume: String,
+        /// Delta: catalog integration name.
+        #[arg(long, default_value = "mongo_adls_delta")]
+        catalog: String,
+        /// Delta: a collection (`db.coll`) to make a table for; repeat for
+        /// each (default: the collections the source names).
+        #[arg(long = "collection")]
+        collections: Vec<String>,
     },
 }
 
@@ -177,6 +189,9 @@ pub fn main() -> i32 {
                 schedule,
                 warehouse,
                 refresh_hour,
+                volume,
+                catalog,
+                collections,
             }) => {
                 let options = crate::snowflake::Options {
                     sink: sink.clone(),
@@ -187,6 +202,9 @@ pub fn main() -> i32 {
                     schedule: schedule.clone(),
                     warehouse: warehouse.clone(),
                     refresh_hour: refresh_hour.clone(),
+                    volume: volume.clone(),
+                    catalog: catalog.clone(),
+                    collections: collections.clone(),
                 };
                 snowflake_sql(&opts, &options)
             }

@@ -211,7 +211,7 @@ fn refuses_what_snowflake_cannot_load_safely() {
         (
             "",
             vec!["--sink", "nope"],
-            "no `adls_partitioned_jsonl` sink `nope`",
+            "no `adls_partitioned_jsonl` or `adls_delta` sink `nope`",
         ),
     ] {
         let out = bin(&sink_config(dir.path(), "bad", options), &args);
@@ -295,4 +295,89 @@ fn snapshots_of_the_example_configs() {
         rewritten.is_empty(),
         "rewrote {rewritten:?}: review the diff and run again without UPDATE_SNAPSHOTS"
     );
+}
+
+fn delta_config(dir: &Path, source: &str) -> std::path::PathBuf {
+    let path = dir.join("delta.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+data_dir = "{}"
+[sources.in]
+type = "mongodb_change_stream"
+uri = "mongodb://127.0.0.1:1/?replicaSet=rs0"
+{source}
+[sinks.tables]
+type = "adls_delta"
+inputs = ["in"]
+account_url = "https://acct.dfs.core.windows.net"
+filesystem = "lake"
+path_prefix = "delta/{{{{ ns.db }}}}/{{{{ ns.coll }}}}"
+auth.sas_token = "sv=2024&sig=SECRET-SIG"
+"#,
+            dir.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// For a Delta sink: an external volume and a catalog integration (shapes
+/// as Snowflake documents them; sqlparser has no grammar for them), then a
+/// table per collection the source names (or `--collection`), each with
+/// its current-state view, which parses.
+#[test]
+fn delta_direct_tables_and_views_for_each_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = delta_config(
+        dir.path(),
+        "database = \"shop\"\ncollections = [\"orders\", \"line-items\"]",
+    );
+    let out = bin(&cfg, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sql = String::from_utf8(out.stdout).unwrap();
+    assert!(!sql.contains("SECRET"), "a secret was printed");
+    let shapes = [
+        r"^CREATE EXTERNAL VOLUME IF NOT EXISTS mongo_adls_volume\n  STORAGE_LOCATIONS = \(\(\n    NAME = 'mongo_adls'\n    STORAGE_PROVIDER = 'AZURE'\n    STORAGE_BASE_URL = 'azure://acct\.blob\.core\.windows\.net/lake/'\n    AZURE_TENANT_ID = '<AZURE_TENANT_ID>' -- FILL IN\n  \)\)\n  ALLOW_WRITES = FALSE;\n$",
+        r"^CREATE CATALOG INTEGRATION IF NOT EXISTS mongo_adls_delta\n  CATALOG_SOURCE = OBJECT_STORE\n  TABLE_FORMAT = DELTA\n  ENABLED = TRUE;\n$",
+        r"^CREATE ICEBERG TABLE IF NOT EXISTS (shop_orders|shop_line_items)\n  EXTERNAL_VOLUME = 'mongo_adls_volume'\n  CATALOG = 'mongo_adls_delta'\n  BASE_LOCATION = 'delta/shop/(orders|line-items)/'\n  AUTO_REFRESH = TRUE;\n$",
+    ];
+    let statements = statements(&sql);
+    assert_eq!(statements.len(), 6, "{sql}");
+    for statement in &statements {
+        match shapes
+            .iter()
+            .find(|s| Regex::new(s).unwrap().is_match(statement))
+        {
+            Some(_) => {}
+            None => {
+                assert!(
+                    statement.starts_with("CREATE OR REPLACE VIEW shop_"),
+                    "{statement}"
+                );
+                parse(statement);
+            }
+        }
+    }
+    assert!(sql.contains("VIEW shop_line_items_current AS"), "{sql}");
+
+    // A scope that names no collections: one block of placeholders, or
+    // the collections asked for.
+    let cfg = delta_config(dir.path(), "database = \"shop\"");
+    let sql = String::from_utf8(bin(&cfg, &[]).stdout).unwrap();
+    assert!(
+        sql.contains("BASE_LOCATION = '<DB>/<COLL>/'") && sql.contains("--collection"),
+        "{sql}"
+    );
+    let sql = String::from_utf8(bin(&cfg, &["--collection", "crm.leads"]).stdout).unwrap();
+    assert!(
+        sql.contains("CREATE ICEBERG TABLE IF NOT EXISTS crm_leads"),
+        "{sql}"
+    );
+    assert!(sql.contains("BASE_LOCATION = 'delta/crm/leads/'"), "{sql}");
 }

@@ -1,11 +1,14 @@
 //! `mongo-adls snowflake-sql`: the Snowflake objects that load what one
 //! `adls_partitioned_jsonl` sink writes, generated from that sink's own
 //! options so the stage, file pattern, partition columns and compression
-//! always match the files.
+//! always match the files; or, for an `adls_delta` sink, the objects that
+//! read its tables in place.
 //!
 //! - `file_pattern.rs`: regexes for sealed file names and partition fields.
-//! - this file: the SQL text.
+//! - `delta.rs`: Delta Direct tables and current-state views.
+//! - this file: the SQL text for JSONL files.
 
+pub mod delta;
 pub mod file_pattern;
 
 use std::fmt::Write;
@@ -13,6 +16,7 @@ use std::fmt::Write;
 use crate::{
     codecs::json::ExtendedJsonMode,
     config::Config,
+    sinks::adls_delta::AdlsDeltaConfig,
     sinks::adls_partitioned_jsonl::{
         config::{AdlsPartitionedJsonlConfig, Commit, Compression, Mode},
         layout::{Layout, PART_SEPARATOR, PER_EVENT_PREFIX},
@@ -42,6 +46,13 @@ pub struct Options {
     /// The hour (`YYYY-MM-DDTHH`, in the sink's time zone) that
     /// `ALTER PIPE ... REFRESH PREFIX` re-scans; `None` prints placeholders.
     pub refresh_hour: Option<String>,
+    /// Delta: the external volume.
+    pub volume: String,
+    /// Delta: the catalog integration.
+    pub catalog: String,
+    /// Delta: the collections (`db.coll`) to make tables for; empty: the
+    /// ones the source names.
+    pub collections: Vec<String>,
 }
 
 impl Default for Options {
@@ -55,14 +66,58 @@ impl Default for Options {
             schedule: "*/15 * * * *".into(),
             warehouse: None,
             refresh_hour: None,
+            volume: "mongo_adls_volume".into(),
+            catalog: "mongo_adls_delta".into(),
+            collections: Vec::new(),
         }
     }
 }
 
 /// Finds the sink to generate for and renders the SQL.
 pub fn generate(config: &Config, options: &Options) -> Result<String, String> {
-    let (id, sink) = find_sink(config, options.sink.as_deref())?;
-    render(id, sink, options)
+    let lakes: Vec<(&str, &dyn std::any::Any)> = config
+        .sinks
+        .iter()
+        .map(|(id, entry)| {
+            let any: &dyn std::any::Any = &*entry.outer.inner;
+            (id.as_str(), any)
+        })
+        .filter(|(_, any)| any.is::<AdlsPartitionedJsonlConfig>() || any.is::<AdlsDeltaConfig>())
+        .collect();
+    let ids = || {
+        lakes
+            .iter()
+            .map(|(id, _)| *id)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (id, sink) = match (options.sink.as_deref(), lakes.as_slice()) {
+        (Some(want), _) => *lakes.iter().find(|(id, _)| *id == want).ok_or_else(|| {
+            format!(
+                "no `adls_partitioned_jsonl` or `adls_delta` sink `{want}` in the config (found: {})",
+                ids()
+            )
+        })?,
+        (None, [one]) => *one,
+        (None, []) => {
+            return Err("the config has no `adls_partitioned_jsonl` or `adls_delta` sink".into())
+        }
+        (None, _) => {
+            return Err(format!(
+                "the config has several lake sinks ({}); choose one with --sink",
+                ids()
+            ))
+        }
+    };
+    match sink.downcast_ref::<AdlsDeltaConfig>() {
+        Some(delta) => delta::render(config, id, delta, options),
+        None => render(
+            id,
+            sink.downcast_ref::<AdlsPartitionedJsonlConfig>()
+                .expect("a lake sink"),
+            options,
+        ),
+    }
 }
 
 /// The `adls_partitioned_jsonl` sink `id`, or the only one.

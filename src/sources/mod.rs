@@ -46,7 +46,9 @@ pub struct SourceContext {
 
 #[async_trait]
 #[typetag::serde(tag = "type")]
-pub trait SourceConfig: ComponentConfig + std::fmt::Debug {
+// `Any` lets tools that read a source's options (`snowflake-sql`, for the
+// collections a Delta sink makes tables of) downcast to the concrete type.
+pub trait SourceConfig: ComponentConfig + std::any::Any + std::fmt::Debug {
     /// Creates the running source.
     async fn build(&self, cx: SourceContext) -> crate::Result<Source>;
 }
