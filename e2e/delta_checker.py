@@ -25,11 +25,15 @@ extension (delta-kernel) over a local copy of each table.
       replayed per document (by resume token) equal MongoDB's documents;
       DuckDB's delta_scan returns the same number of rows per table, and
       the current-state view (the latest row per document key, deletes
-      left out) equals MongoDB, in count and document by document.
+      left out; --view-sql F: the query in F, as `snowflake-sql` prints
+      it) equals MongoDB, in count and document by document.
 
   delta_checker.py show [lake options]
       Prints each table's version, rows per operation (DuckDB) and the
       current-state count: what the quick start shows.
+
+  delta_checker.py query --table T --sql S [lake options]
+      Runs S in DuckDB, `{table}` standing for table T, and prints the rows.
 
 Lake options: --lake-dir DIR (a file:// lake's filesystem folder), or
 --account-url, --account-key and --container.
@@ -51,7 +55,7 @@ import pyarrow.parquet as pq
 CURRENT_STATE = """
 SELECT * EXCLUDE (rn) FROM (
   SELECT *, row_number() OVER (PARTITION BY document_key ORDER BY resume_token DESC) AS rn
-  FROM delta_scan('{table}')
+  FROM {table}
   WHERE document_key IS NOT NULL
     AND operation_type IN ('insert', 'update', 'replace', 'delete', 'snapshot')
 ) WHERE rn = 1 AND operation_type <> 'delete'
@@ -267,6 +271,14 @@ def identity(row):
     return (ns, op, row["resume_token"])
 
 
+def view_sql(args):
+    """The current-state view: the one `snowflake-sql` prints when the
+    test passes it (`--view-sql`, `{table}` where the table goes)."""
+    if getattr(args, "view_sql", None):
+        return open(args.view_sql).read()
+    return CURRENT_STATE
+
+
 def local_copy(lake, listing, table, into):
     """The table's log and referenced files under `into` (DuckDB reads
     local paths; its Azure extension would need a download here)."""
@@ -368,7 +380,7 @@ def verify(args):
             problems.append("%s: no table" % ns)
             continue
         path = table_path(args, lake, listing, table, tmp)
-        view = con.execute("SELECT document_key, full_document FROM (%s)" % CURRENT_STATE.format(table=path)).fetchall()
+        view = con.execute("SELECT document_key, full_document FROM (%s)" % view_sql(args).format(table="delta_scan('%s')" % path)).fetchall()
         cols = [d[0] for d in con.description]
         view = [dict(zip(cols, r)) for r in view]
         from_view = {key_of(json.loads(r["document_key"])["_id"]): seq_of(json.loads(r["full_document"])["seq"]) if r["full_document"] else None for r in view}
@@ -398,15 +410,33 @@ def show(args):
         path = table_path(args, lake, listing, table, tmp)
         versions = [n for n in listing if n.startswith(table + "/_delta_log/") and n.endswith(".json")]
         ops = con.execute("SELECT operation_type, count(*) FROM delta_scan('%s') GROUP BY ALL ORDER BY ALL" % path).fetchall()
-        current = con.execute("SELECT count(*) FROM (%s)" % CURRENT_STATE.format(table=path)).fetchone()[0]
+        current = con.execute("SELECT count(*) FROM (%s)" % view_sql(args).format(table="delta_scan('%s')" % path)).fetchone()[0]
         print("  %s: version %d, rows %s, current documents %d" % (table, len(versions) - 1, ", ".join("%s %d" % o for o in ops), current))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def query(args):
+    """Runs --sql (`{table}` where the table goes) over --table in DuckDB
+    and prints the rows."""
+    lake = lake_of(args)
+    listing = {n: e for n, (e, _) in lake.list().items()}
+    con = duckdb_connection()
+    tmp = tempfile.mkdtemp()
+    path = table_path(args, lake, listing, args.table, tmp)
+    sql = args.sql.format(table="delta_scan('%s')" % path)
+    result = con.execute(sql)
+    columns = [d[0] for d in result.description]
+    print("  " + " | ".join(columns))
+    for row in result.fetchall():
+        print("  " + " | ".join("" if v is None else str(v) for v in row))
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("command", choices=["watch", "verify", "show"])
+    p.add_argument("command", choices=["watch", "verify", "show", "query"])
     p.add_argument("--lake-dir")
     p.add_argument("--account-url")
     p.add_argument("--account-key")
@@ -417,12 +447,17 @@ def main():
     p.add_argument("--watch")
     p.add_argument("--mongo-uri")
     p.add_argument("--retention-secs", type=float)
+    p.add_argument("--view-sql", help="a file with the current-state query, {table} where the table goes")
+    p.add_argument("--table", help="query: the table's folder")
+    p.add_argument("--sql", help="query: SQL with {table} where the table goes")
     args = p.parse_args()
     if args.command == "watch":
         watch(args)
         return 0
     if args.command == "show":
         return show(args)
+    if args.command == "query":
+        return query(args)
     return verify(args)
 
 
