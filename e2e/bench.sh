@@ -7,6 +7,11 @@
 #   4b. azurite_state - as azurite, with the pipeline's state in Azurite too
 #                  (`[state] store = "azure_blob"`, no data_dir): the cost of
 #                  remote state, as a ratio to the azurite run
+#   4c. delta    - mongo-adls into Delta tables in Azurite (`adls_delta`, defaults but
+#                  commit.interval_secs = 1, so the drain's end is not held by the
+#                  one-minute default), as a ratio to the azurite run; with the
+#                  bytes each wrote (Parquet against JSON Lines)
+#   4d. delta_local - the same into a file:// lake, as a ratio to the local run
 #   5. ceiling   - Azurite's own ingest (`bench_tool azurite-ceiling`): BENCH_CEILING_WRITERS
 #                  (default 4) concurrent Put Blocks of BENCH_BLOCK_BYTES (default 4500000, the
 #                  sink's batch.max_bytes) through the sink's SDK and Shared Key policy, committed
@@ -37,13 +42,15 @@
 #   BENCH_RUNS="blackhole azurite" e2e/bench.sh   # a subset (bare always runs)
 #   BENCH_SINK_OPTIONS='request.concurrency_per_file = 1' ...   # extra options of the Azurite sinks
 #   BENCH_SOURCE_OPTIONS='batch_size = 1000' ...   # extra options of every agent's source
+#   BENCH_FILLER=text ...   # documents of words and numbers that compress like real ones
+#                             (default: one repeated letter); for the bytes each sink writes
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 N="${BENCH_EVENTS:-200000}"
 SIZE="${BENCH_DOC_BYTES:-1024}"
 SEED_N="${SEED_EVENTS:-5000}"
-RUNS="${BENCH_RUNS:-blackhole azurite azurite_state local ceiling latency many many_latency seed_rolling seed_per_event}"
+RUNS="${BENCH_RUNS:-blackhole azurite azurite_state local delta delta_local ceiling latency many many_latency seed_rolling seed_per_event}"
 WRITERS="${BENCH_CEILING_WRITERS:-4}"
 BLOCK="${BENCH_BLOCK_BYTES:-4500000}"
 LATENCY_MS="${BENCH_LATENCY_MS:-30}"
@@ -145,6 +152,12 @@ agent_run local "type = \"adls_partitioned_jsonl\"
 account_url = \"file://$out/lake\"
 filesystem = \"bench\"
 create_filesystem = true"
+delta_sink() { # filesystem account_url [auth]
+  printf '%s\n' 'type = "adls_delta"' "account_url = \"$2\"" "filesystem = \"$1\"" \
+    'create_filesystem = true' 'commit.interval_secs = 1' "${3:-}" "${BENCH_DELTA_OPTIONS:-}"
+}
+agent_run delta "$(delta_sink bench-delta "$ADLS_ACCOUNT_URL" "auth.shared_key = \"$ADLS_SHARED_KEY\"")"
+agent_run delta_local "$(delta_sink bench-delta "file://$out/lake")"
 
 # Azurite's own ingest ceiling, as events/s of the average line the agent wrote.
 line_bytes=""
@@ -235,7 +248,7 @@ echo
 column -t "$results"
 echo
 echo "ratios of events/s (backlog $N x $SIZE bytes; ceiling: $WRITERS writers of $BLOCK-byte blocks${line_bytes:+, lines of $(printf %.0f "$line_bytes") bytes}; latency: +$LATENCY_MS ms per round trip${proxy_cpu:+, proxy CPU ${proxy_cpu} s}; many: $COLLECTIONS collections):"
-awk -F'\t' 'NR > 1 { ev[$1] = $3; rss[$1] = $7; order[++n] = $1 }
+awk -F'\t' 'NR > 1 { ev[$1] = $3; rss[$1] = $7; out[$1] = ($5 == "-" ? "" : $5 / $3); order[++n] = $1 }
   function ratio(label, a, b) { if (a != "" && b != "" && b > 0) printf "  %-32s %6.2f\n", label, a / b }
   END {
     bare = ev["bare"]; az = ev["azurite"]; c = ev["ceiling"]
@@ -247,6 +260,9 @@ awk -F'\t' 'NR > 1 { ev[$1] = $3; rss[$1] = $7; order[++n] = $1 }
     if (az != "" && c != "") printf "  %-32s (the limit is %s)\n", "", which
     ratio("azurite_state / azurite", ev["azurite_state"], az)
     ratio("local / bare", ev["local"], bare)
+    ratio("delta / azurite", ev["delta"], az)
+    ratio("delta_local / local", ev["delta_local"], ev["local"])
+    if (out["delta"] != "" && out["azurite"] != "" && out["azurite"] > 0) printf "  %-32s %6.2f\n", "delta bytes / azurite bytes", out["delta"] / out["azurite"]
     ratio("latency / azurite", ev["latency"], az)
     ratio("many / azurite", ev["many"], az)
     ratio("many_latency / latency", ev["many_latency"], ev["latency"])

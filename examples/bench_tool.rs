@@ -164,7 +164,55 @@ async fn load(
     prefix: &str,
 ) -> mongodb::error::Result<()> {
     let db = client.database("bench");
+    // `BENCH_FILLER=text`: words, numbers and ids that compress about as
+    // real documents do (for comparing the bytes each sink writes);
+    // otherwise one repeated letter (the cheapest to make and encode).
+    let text = std::env::var("BENCH_FILLER").is_ok_and(|v| v == "text");
     let filler = "x".repeat(size.saturating_sub(60));
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut text_of = |i: usize| -> String {
+        const WORDS: [&str; 24] = [
+            "order",
+            "shipped",
+            "pending",
+            "customer",
+            "invoice",
+            "paid",
+            "refund",
+            "warehouse",
+            "berlin",
+            "paris",
+            "madrid",
+            "express",
+            "standard",
+            "gift",
+            "card",
+            "coupon",
+            "review",
+            "return",
+            "cart",
+            "item",
+            "blue",
+            "large",
+            "small",
+            "green",
+        ];
+        let mut out = String::with_capacity(size);
+        while out.len() + 60 < size {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            match rng % 4 {
+                0 => out.push_str(&format!("{} ", rng % 100_000)),
+                1 => out.push_str(&format!("{:08x} ", (rng >> 8) as u32 ^ i as u32)),
+                _ => {
+                    out.push_str(WORDS[(rng >> 20) as usize % WORDS.len()]);
+                    out.push(' ');
+                }
+            }
+        }
+        out
+    };
     let colls: Vec<_> = if collections == 1 {
         vec![db.collection::<Document>("items")]
     } else {
@@ -182,7 +230,10 @@ async fn load(
             }
             let n = (count - next).min(chunk);
             let docs: Vec<Document> = (next..next + n)
-                .map(|i| doc! { "_id": i as i64, "seq": i as i64, "filler": &filler })
+                .map(|i| {
+                    let filler = if text { text_of(i) } else { filler.clone() };
+                    doc! { "_id": i as i64, "seq": i as i64, "filler": filler }
+                })
                 .collect();
             coll.insert_many(docs).await?;
             next += n;

@@ -315,10 +315,13 @@ impl DeltaSink {
             Some(Group {
                 finalizers,
                 rows,
-                event_bytes,
+                written,
                 ..
             }) => {
-                self.sent.emit(rows as usize, event_bytes as usize);
+                // Bytes sent are the Parquet bytes committed, as the JSONL
+                // sink counts the bytes it writes.
+                let bytes: i64 = written.iter().map(|a| a.size).sum();
+                self.sent.emit(rows as usize, bytes as usize);
                 finalizers.finalize(EventStatus::Delivered);
             }
             None if operation == Operation::Compact => {

@@ -347,7 +347,6 @@ impl DeltaSink {
             return;
         }
         group.rows += 1;
-        group.event_bytes += log.payload.as_bytes().len() as u64;
         if position.is_some() && group.high_water < position {
             group.high_water = position;
         }

@@ -121,8 +121,6 @@ pub struct Group {
     pub written: Vec<Add>,
     pub finalizers: EventFinalizers,
     pub rows: u64,
-    /// BSON bytes of the events, for the sent-bytes metric.
-    pub event_bytes: u64,
     pub high_water: Option<Position>,
     pub source: Option<Arc<str>>,
     pub started: Instant,
@@ -136,7 +134,6 @@ impl Group {
             written: Vec::new(),
             finalizers: EventFinalizers::default(),
             rows: 0,
-            event_bytes: 0,
             high_water: None,
             source: None,
             started: Instant::now(),
