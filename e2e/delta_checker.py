@@ -52,6 +52,9 @@ from collections import Counter, defaultdict
 
 import pyarrow.parquet as pq
 
+# The manifest's identities, as the JSON Lines checker reads them.
+from checker import key_of, seq_of
+
 CURRENT_STATE = """
 SELECT * EXCLUDE (rn) FROM (
   SELECT *, row_number() OVER (PARTITION BY document_key ORDER BY resume_token DESC) AS rn
@@ -245,18 +248,6 @@ def rows_of(lake, table, files, problems):
             problems.append("%s: file %s holds %d rows, its stats say %s" % (table, path, len(rows), stats.get("numRecords")))
         out.extend(rows)
     return out
-
-
-def seq_of(v):
-    if isinstance(v, dict):
-        v = v.get("$numberLong", v.get("$numberInt"))
-    return int(v)
-
-
-def key_of(v):
-    if isinstance(v, dict):
-        v = v.get("$numberLong", v.get("$numberInt", json.dumps(v, sort_keys=True)))
-    return str(v)
 
 
 def identity(row):

@@ -102,43 +102,7 @@ enum Command {
     /// files, derived from its options; for an `adls_delta` sink, the
     /// external volume, catalog integration, one table per collection
     /// (Delta Direct) and current-state views.
-    SnowflakeSql {
-        /// The sink id; needed when the config has several such sinks.
-        #[arg(long)]
-        sink: Option<String>,
-        /// Bronze table (`name` or `db.schema.name`).
-        #[arg(long, default_value = "mongo_events")]
-        table: String,
-        /// External stage name.
-        #[arg(long, default_value = "mongo_adls_stage")]
-        stage: String,
-        /// Storage integration name.
-        #[arg(long, default_value = "mongo_adls_integration")]
-        integration: String,
-        /// File format name.
-        #[arg(long, default_value = "mongo_adls_jsonl")]
-        file_format: String,
-        /// Cron schedule (five fields, UTC) of the load task.
-        #[arg(long, default_value = "*/15 * * * *")]
-        schedule: String,
-        /// Warehouse for the task (default: a serverless task).
-        #[arg(long)]
-        warehouse: Option<String>,
-        /// Hour for `ALTER PIPE ... REFRESH PREFIX`, e.g. 2025-08-10T19
-        /// (in the sink's time zone; default: placeholders).
-        #[arg(long)]
-        refresh_hour: Option<String>,
-        /// Delta: external volume name.
-        #[arg(long, default_value = "mongo_adls_volume")]
-        volume: String,
-        /// Delta: catalog integration name.
-        #[arg(long, default_value = "mongo_adls_delta")]
-        catalog: String,
-        /// Delta: a collection (`db.coll`) to make a table for; repeat for
-        /// each (default: the collections the source names).
-        #[arg(long = "collection")]
-        collections: Vec<String>,
-    },
+    SnowflakeSql(Box<crate::snowflake::Options>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -180,34 +144,7 @@ pub fn main() -> i32 {
                 command: StateCommand::Show,
             }) => state_show(&opts).await,
             Some(Command::GenerateSchema { format }) => generate_schema(*format),
-            Some(Command::SnowflakeSql {
-                sink,
-                table,
-                stage,
-                integration,
-                file_format,
-                schedule,
-                warehouse,
-                refresh_hour,
-                volume,
-                catalog,
-                collections,
-            }) => {
-                let options = crate::snowflake::Options {
-                    sink: sink.clone(),
-                    table: table.clone(),
-                    stage: stage.clone(),
-                    integration: integration.clone(),
-                    file_format: file_format.clone(),
-                    schedule: schedule.clone(),
-                    warehouse: warehouse.clone(),
-                    refresh_hour: refresh_hour.clone(),
-                    volume: volume.clone(),
-                    catalog: catalog.clone(),
-                    collections: collections.clone(),
-                };
-                snowflake_sql(&opts, &options)
-            }
+            Some(Command::SnowflakeSql(options)) => snowflake_sql(&opts, options),
             Some(Command::Validate { no_environment }) => validate(&opts, *no_environment).await,
             None => run(&opts).await,
         }

@@ -32,6 +32,17 @@ pub struct Mark {
     pub replay_floor: Option<Position>,
 }
 
+/// Records in `marks` that a sink's events from `source` belong to
+/// `pipeline`; whether that changed anything.
+pub fn adopt(marks: &mut BTreeMap<String, Mark>, source: &str, pipeline: &str) -> bool {
+    let mark = marks.entry(source.to_string()).or_default();
+    if mark.pipeline.as_deref() == Some(pipeline) {
+        return false;
+    }
+    mark.pipeline = Some(pipeline.to_string());
+    true
+}
+
 /// What a sink found of its state at build, for the start check.
 #[derive(Clone, Debug)]
 pub struct SinkStateReport {

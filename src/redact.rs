@@ -26,7 +26,11 @@ static QUERY_SECRET: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 static AUTH_HEADER: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)(?P<pre>\b(?:authorization|sharedkey)\s*[:=]?\s*(?:bearer|sharedkey)?\s*)(?P<secret>[A-Za-z0-9+/=._:-]{16,})").unwrap()
+    // A header and its value (`Authorization: Bearer <token>`, `SharedKey
+    // <account>:<signature>`): the name must be followed by a separator,
+    // so an Azure error code that starts with the word
+    // (`AuthorizationPermissionMismatch`) stays readable.
+    Regex::new(r"(?i)(?P<pre>\b(?:authorization|sharedkey)(?:\s*[:=]\s*|\s+)(?:(?:bearer|sharedkey)\s+)?)(?P<secret>[A-Za-z0-9+/=._:-]{16,})").unwrap()
 });
 
 /// Masks URI passwords, SAS signatures, account keys and bearer tokens.
@@ -71,5 +75,24 @@ mod tests {
             "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=****;"
         );
         assert!(!text("Authorization: Bearer eyJhbGciOiJSUzI1NiJ9.payload.sig").contains("eyJ"));
+        assert!(
+            !text("authorization=SharedKey devstoreaccount1:c2lnbmF0dXJlc2lnbmF0dXJl")
+                .contains("c2lnbmF0")
+        );
+        assert!(!text("SharedKey devstoreaccount1:c2lnbmF0dXJlc2lnbmF0dXJl").contains("c2lnbmF0"));
+    }
+
+    /// Azure's error codes stay readable: the user needs them to tell a
+    /// missing permission from a wrong key.
+    #[test]
+    fn error_codes_are_not_secrets() {
+        for code in [
+            "HTTP 403 AuthorizationPermissionMismatch",
+            "HTTP 403 AuthorizationFailure",
+            "HTTP 403 AuthenticationFailed",
+            "HTTP 403 AuthorizationResourceTypeMismatch",
+        ] {
+            assert_eq!(text(code), code);
+        }
     }
 }

@@ -1287,68 +1287,104 @@ async fn health_is_503_naming_the_sink_with_a_wrong_key() {
 /// back: the agent heals by itself. Every change arrives exactly once
 /// without a restart, the checkpoint moves again, and `/health` is 503
 /// during the outage and 200 after.
+/// An agent of the `shop` database writing into Azurite through a proxy
+/// that can be taken down, with its API on `api` (`api_options` added to
+/// the API table).
+struct BehindProxy {
+    mongo: Mongod,
+    lake: Lake,
+    proxy: support::FaultProxy,
+    dir: tempfile::TempDir,
+    api: u16,
+    log: PathBuf,
+    _azurite: Azurite,
+}
+
+impl BehindProxy {
+    async fn start(name: &str, sink_options: &str, api_options: &str) -> (Self, Agent) {
+        let mongo = Mongod::start().await;
+        let azurite = Azurite::start();
+        let lake = Lake::new(&azurite, name);
+        lake.create().await;
+        let proxy = support::FaultProxy::start(
+            azurite.port,
+            support::Faults {
+                every: u64::MAX,
+                kinds: vec![],
+                only: None,
+            },
+        )
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let api = support::free_port();
+        let cfg = agent_config(
+            dir.path(),
+            name,
+            &mongo.uri(),
+            &proxy.account_url(),
+            &format!("{}\n{sink_options}", shared_key()),
+        );
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "data_dir =",
+            &format!("api.address = \"127.0.0.1:{api}\"\n{api_options}\ndata_dir ="),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        let log = dir.path().join(format!("{name}.log"));
+        let agent = Agent::start_logged(&cfg, &log);
+        let this = Self {
+            mongo,
+            lake,
+            proxy,
+            dir,
+            api,
+            log,
+            _azurite: azurite,
+        };
+        (this, agent)
+    }
+
+    fn health(&self) -> String {
+        support::http_get(self.api, "/health").unwrap_or_default()
+    }
+
+    async fn insert(&self, range: std::ops::Range<i32>) {
+        let docs: Vec<Document> = range
+            .map(|i| doc! { "_id": i, "v": "x".repeat(100) })
+            .collect();
+        self.mongo
+            .client()
+            .await
+            .database("shop")
+            .collection::<Document>("orders")
+            .insert_many(docs)
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storage_outage_longer_than_the_retries_heals_without_a_restart() {
-    let mongo = Mongod::start().await;
-    let azurite = Azurite::start();
-    let lake = Lake::new(&azurite, "outage");
-    lake.create().await;
-    let proxy = support::FaultProxy::start(
-        azurite.port,
-        support::Faults {
-            every: u64::MAX,
-            kinds: vec![],
-            only: None,
-        },
+    let (t, agent) = BehindProxy::start(
+        "outage",
+        "request.retry_attempts = 2\nrequest.timeout_secs = 2\nrequest.retry_max_backoff_secs = 1",
+        "api.unhealthy_after_secs = 3",
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let api = support::free_port();
-    let cfg = agent_config(
-        dir.path(),
-        "outage",
-        &mongo.uri(),
-        &proxy.account_url(),
-        &format!(
-            "{}\nrequest.retry_attempts = 2\nrequest.timeout_secs = 2\nrequest.retry_max_backoff_secs = 1",
-            shared_key()
-        ),
-    );
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "data_dir =",
-        &format!("api.address = \"127.0.0.1:{api}\"\napi.unhealthy_after_secs = 3\ndata_dir ="),
-    );
-    std::fs::write(&cfg, text).unwrap();
-    let log = dir.path().join("outage.log");
-    let agent = Agent::start_logged(&cfg, &log);
-    let checkpoint = dir.path().join("data-outage/mongo/checkpoint.json");
+    let (lake, proxy, log) = (&t.lake, &t.proxy, &t.log);
+    let checkpoint = t.dir.path().join("data-outage/mongo/checkpoint.json");
     let read_checkpoint = || std::fs::read_to_string(&checkpoint).unwrap_or_default();
-    let health = || support::http_get(api, "/health").unwrap_or_default();
-
-    let orders = mongo
-        .client()
-        .await
-        .database("shop")
-        .collection::<Document>("orders");
-    let insert = |range: std::ops::Range<i32>| {
-        let orders = orders.clone();
-        async move {
-            let docs: Vec<Document> = range
-                .map(|i| doc! { "_id": i, "v": "x".repeat(100) })
-                .collect();
-            orders.insert_many(docs).await.unwrap();
-        }
-    };
+    let health = || t.health();
+    let insert = |range| t.insert(range);
     eventually(Duration::from_secs(30), async || {
         health().starts_with("HTTP/1.1 200").then_some(())
     })
     .await;
     // Healthy answers before the stream is open; inserts made before it
     // opens are not in the stream.
-    stream_open(dir.path(), "outage", None).await;
+    stream_open(t.dir.path(), "outage", None).await;
     insert(0..100).await;
     eventually(Duration::from_secs(60), async || {
-        (total_lines(&read_all(&lake).await) == 100).then_some(())
+        (total_lines(&read_all(lake).await) == 100).then_some(())
     })
     .await;
 
@@ -1360,7 +1396,7 @@ async fn a_storage_outage_longer_than_the_retries_heals_without_a_restart() {
     .await;
     assert!(unhealthy.contains("\"lake\""), "{unhealthy}");
     eventually(Duration::from_secs(60), async || {
-        std::fs::read_to_string(&log)
+        std::fs::read_to_string(log)
             .ok()
             .filter(|l| l.contains("held back, unacknowledged"))
     })
@@ -1369,14 +1405,14 @@ async fn a_storage_outage_longer_than_the_retries_heals_without_a_restart() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let during = read_checkpoint();
     assert_eq!(
-        total_lines(&read_all(&lake).await),
+        total_lines(&read_all(lake).await),
         100,
         "nothing new while storage is down"
     );
 
     proxy.set_down(false);
     let files = eventually(Duration::from_secs(90), async || {
-        let files = read_all(&lake).await;
+        let files = read_all(lake).await;
         (total_lines(&files) >= 300).then_some(files)
     })
     .await;
@@ -1389,7 +1425,7 @@ async fn a_storage_outage_longer_than_the_retries_heals_without_a_restart() {
         health().starts_with("HTTP/1.1 200").then_some(())
     })
     .await;
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = std::fs::read_to_string(log).unwrap();
     assert_eq!(text.matches("Starting mongo-adls").count(), 1, "no restart");
     assert!(text.contains("Storage answers again"), "{text}");
     assert!(
@@ -1970,4 +2006,66 @@ async fn large_events_reopen_the_stream_with_smaller_batches_exactly_once() {
         log.contains("Reopening the change stream with batches") && log.contains("batch_size=2"),
         "{log}"
     );
+}
+
+/// With the default retry settings, a storage outage shows in `/health`
+/// from the first failed attempt (degraded), 503 once it lasted
+/// `api.unhealthy_after_secs` (60 by default) without progress, and `ok`
+/// again after storage answers, with no restart. Before, the sink stayed
+/// "ok" until its 12 retries were spent (minutes, with backoff up to 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_degraded_from_the_first_failed_write() {
+    // The defaults, where `agent_config` sets quick retries.
+    let (t, agent) = BehindProxy::start(
+        "first",
+        "request.retry_initial_backoff_secs = 0.5\nrequest.retry_max_backoff_secs = 30\nbatch.timeout_secs = 5",
+        "",
+    )
+    .await;
+    let (lake, proxy) = (&t.lake, &t.proxy);
+    let health = || t.health();
+    let insert = |range| t.insert(range);
+    stream_open(t.dir.path(), "first", None).await;
+    insert(0..10).await;
+    eventually(Duration::from_secs(60), async || {
+        (total_lines(&read_all(lake).await) == 10).then_some(())
+    })
+    .await;
+    assert!(
+        health().contains(r#""lake":{"status":"ok"}"#),
+        "{}",
+        health()
+    );
+
+    proxy.set_down(true);
+    let down = std::time::Instant::now();
+    insert(10..20).await;
+    let degraded = eventually(Duration::from_secs(20), async || {
+        Some(health()).filter(|h| h.contains(r#""status":"degraded""#))
+    })
+    .await;
+    assert!(
+        degraded.starts_with("HTTP/1.1 200"),
+        "degraded is still ready: {degraded}"
+    );
+    assert!(
+        degraded.contains("failed") && degraded.contains("retrying"),
+        "{degraded}"
+    );
+    eventually(Duration::from_secs(80), async || {
+        health().starts_with("HTTP/1.1 503").then_some(())
+    })
+    .await;
+    assert!(down.elapsed() < Duration::from_secs(80));
+
+    proxy.set_down(false);
+    eventually(Duration::from_secs(120), async || {
+        (total_lines(&read_all(lake).await) == 20).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(30), async || {
+        health().contains(r#""lake":{"status":"ok"}"#).then_some(())
+    })
+    .await;
+    drop(agent);
 }

@@ -179,16 +179,8 @@ request.retry_max_backoff_secs = 1
         for (name, _) in listed {
             match self {
                 Sink::Jsonl { .. } => rows += lake.lines(name).await.len(),
-                Sink::Delta if name.contains("/_delta_log/") && name.ends_with(".json") => {
-                    for action in lake.lines(name).await {
-                        let info = &action["commitInfo"];
-                        if info["operation"] == "STREAMING UPDATE" {
-                            rows += info["operationMetrics"]["numOutputRows"]
-                                .as_str()
-                                .and_then(|n| n.parse::<usize>().ok())
-                                .unwrap_or(0);
-                        }
-                    }
+                Sink::Delta if support::is_delta_commit(name) => {
+                    rows += support::delta_rows_appended(lake.lines(name).await);
                 }
                 Sink::Delta => {}
             }

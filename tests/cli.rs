@@ -106,6 +106,27 @@ fn config_errors_name_key_and_line_and_exit_78() {
     );
     assert_config_error(&[&a, &b], &["b.toml:1", "a.toml:1"]);
 
+    // Messages in the config's words: a duplicate key named, a number's
+    // type as "a whole number", an unknown top-level key named once.
+    let path = write(
+        d,
+        "dup.toml",
+        &format!("[sources.demo]\ntype = \"demo_events\"\n\n{sink}buffer.max_events = 10\nbuffer.max_events = 20\n"),
+    );
+    assert_config_error(&[&path], &["dup.toml:8", "duplicate key `", "max_events`"]);
+    let path = write(
+        d,
+        "int.toml",
+        &format!("[sources.demo]\ntype = \"demo_events\"\n\n{sink}buffer.max_events = -1\n"),
+    );
+    assert_config_error(&[&path], &["int.toml:7", "a whole number (0 or more)"]);
+    let path = write(
+        d,
+        "top.toml",
+        "data_dri = \"/tmp/x\"\n[sources.demo]\ntype = \"demo_events\"\n",
+    );
+    assert_config_error(&[&path], &["top.toml:1: `data_dri`: unknown field"]);
+
     // A required variable that is unset.
     let path = write(
         d,

@@ -42,7 +42,7 @@ type = "adls_partitioned_jsonl"
 inputs = ["in"]
 account_url = "https://acct.dfs.core.windows.net"
 filesystem = "raw"
-auth.sas_token = "sv=2024&sig=SECRET-SIG"
+auth.sas_token = "sv=2024&sp=racwdl&se=2030-01-01&sig=SECRET-SIG"
 {options}
 "#,
             dir.display()
@@ -319,7 +319,7 @@ inputs = ["in"]
 account_url = "https://acct.dfs.core.windows.net"
 filesystem = "lake"
 path_prefix = "delta/{{{{ ns.db }}}}/{{{{ ns.coll }}}}"
-auth.sas_token = "sv=2024&sig=SECRET-SIG"
+auth.sas_token = "sv=2024&sp=racwdl&se=2030-01-01&sig=SECRET-SIG"
 "#,
             dir.display()
         ),

@@ -96,6 +96,8 @@ fn rejects(source: &str, sink: &str, key: &str, at: &str) {
 }
 
 const AZURE: &str = "account_url = \"http://127.0.0.1:1/devstoreaccount1\"";
+/// A SAS with every field a request needs (not a valid signature).
+const SAS: &str = "sv=2024-11-04&sp=racwdl&se=2030-01-01&sig=abc";
 
 macro_rules! rejected {
     ($($name:ident: ($source:expr, $sink:expr) => $key:expr, at $at:expr;)*) => {
@@ -132,8 +134,11 @@ rejected! {
     auth_key_not_base64: ("", &format!("{AZURE}\nauth.shared_key = \"not base64!\"")) => "sinks.lake.auth.shared_key", at "auth.shared_key";
     auth_on_a_file_lake: ("", "auth.sas_token = \"sv=x\"") => "sinks.lake.auth", at "auth.sas_token";
     entra_over_http: ("", &format!("{AZURE}\nauth.azure_cli = true")) => "sinks.lake.account_url", at "account_url";
-    filesystem_name: ("", &format!("{AZURE}\nauth.sas_token = \"sv=x\"\nfilesystem = \"Raw_Data\"")) => "sinks.lake.filesystem", at "Raw_Data";
-    account_url_not_azure: ("", "account_url = \"https://example.com\"\nauth.sas_token = \"sv=x\"") => "sinks.lake.account_url", at "account_url";
+    filesystem_name: ("", &format!("{AZURE}\nauth.sas_token = \"{SAS}\"\nfilesystem = \"Raw_Data\"")) => "sinks.lake.filesystem", at "Raw_Data";
+    account_url_not_azure: ("", &format!("account_url = \"https://example.com\"\nauth.sas_token = \"{SAS}\"")) => "sinks.lake.account_url", at "account_url";
+    account_url_scheme_typo: ("", &format!("account_url = \"htps://acct.blob.core.windows.net\"\nauth.sas_token = \"{SAS}\"")) => "sinks.lake.account_url", at "account_url";
+    sas_without_signature: ("", &format!("{AZURE}\nauth.sas_token = \"sv=2024-11-04&sp=racwdl&se=2030-01-01\"")) => "sinks.lake.auth.sas_token", at "auth.sas_token";
+    sas_without_permissions: ("", &format!("{AZURE}\nauth.sas_token = \"sv=2024-11-04&se=2030-01-01&sig=abc\"")) => "sinks.lake.auth.sas_token", at "auth.sas_token";
     file_lake_relative: ("", "account_url = \"file://lake\"") => "sinks.lake.account_url", at "account_url";
     start_at_unknown: ("start_at = \"yesterday\"", "") => "sources.mongo.start_at", at "start_at";
     collection_and_collections: ("collection = \"a\"\ncollections = [\"b\"]", "") => "sources.mongo.collections", at "collections =";
@@ -419,5 +424,78 @@ async fn a_running_agent_at_trace_never_logs_the_uri_password() {
             !text.contains(secret),
             "the log shows the password ({secret}):\n{text}"
         );
+    }
+}
+
+/// An `adls_delta` sink's options are checked at load like the JSON Lines
+/// sink's, each error naming its key and line.
+#[test]
+fn delta_sink_options_are_checked_at_load() {
+    for (options, key, at) in [
+        (
+            "path_prefix = \"{{ ns.db }}/{{ ns.coll }}/year=%Y\"",
+            "sinks.tables.path_prefix",
+            "path_prefix",
+        ),
+        (
+            "path_prefix = \"{{ ns.coll }}\"",
+            "sinks.tables.path_prefix",
+            "path_prefix",
+        ),
+        (
+            "partition_by = \"week\"",
+            "sinks.tables.partition_by",
+            "partition_by",
+        ),
+        (
+            "compaction.min_files = 1",
+            "sinks.tables.compaction.min_files",
+            "compaction.min_files",
+        ),
+        (
+            "commit.interval_secs = 0",
+            "sinks.tables.commit.interval_secs",
+            "commit.interval_secs",
+        ),
+        (
+            "timezone = \"Mars/Olympus\"",
+            "sinks.tables.timezone",
+            "timezone",
+        ),
+        (
+            "data_files.max_total_bytes = 10",
+            "sinks.tables.data_files.max_total_bytes",
+            "data_files.max_total_bytes",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("cfg.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"data_dir = "{data}"
+[sources.mongo]
+type = "mongodb_change_stream"
+uri = "mongodb://127.0.0.1:27017/?replicaSet=rs0"
+
+[sinks.tables]
+type = "adls_delta"
+inputs = ["mongo"]
+account_url = "file://{lake}"
+filesystem = "tables"
+{options}
+"#,
+                data = dir.path().join("data").display(),
+                lake = dir.path().join("lake").display(),
+            ),
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let line = text.lines().position(|l| l.contains(at)).unwrap() + 1;
+        let out = validate(&["--no-environment"], &cfg);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{options}: {stderr}");
+        let expected = format!("cfg.toml:{line}: `{key}`: ");
+        assert!(stderr.contains(&expected), "want {expected:?} in: {stderr}");
     }
 }

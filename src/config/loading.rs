@@ -151,12 +151,13 @@ fn parse_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
 fn parse_error(path: &Path, text: &str, key: &str, e: &toml::de::Error) -> ConfigError {
     // An unknown key is best shown at the key itself; anything else at the
     // span toml reported, which points at the offending value.
-    let message = e.message().trim_end();
+    let message = &plain_message(e.message().trim_end(), text, e.span());
     let unknown_key = message
         .strip_prefix("unknown field `")
         .and_then(|rest| rest.split('`').next())
         .map(|field| {
-            if key.is_empty() || key == "." {
+            // The path may end at the unknown field already.
+            if key.is_empty() || key == "." || key.rsplit('.').next() == Some(field) {
                 field.to_string()
             } else {
                 format!("{key}.{field}")
@@ -180,6 +181,30 @@ fn parse_error(path: &Path, text: &str, key: &str, e: &toml::de::Error) -> Confi
         key,
         message: message.to_string(),
     }
+}
+
+/// A parser's message in the words of the config: Rust's integer types
+/// as "a whole number", and a duplicate key named (toml says only
+/// "duplicate key"; its span points at the key).
+fn plain_message(message: &str, text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    if message == "duplicate key" {
+        if let Some(key) = span.and_then(|s| text.get(s)).map(str::trim) {
+            return format!("duplicate key `{key}`: it is set twice; keep one");
+        }
+    }
+    let mut out = message.to_string();
+    for (types, words) in [
+        (
+            ["usize", "u64", "u32", "u16", "u8"],
+            "a whole number (0 or more)",
+        ),
+        (["isize", "i64", "i32", "i16", "i8"], "a whole number"),
+    ] {
+        for ty in types {
+            out = out.replace(&format!("expected {ty}"), &format!("expected {words}"));
+        }
+    }
+    out.replace("expected f64", "expected a number")
 }
 
 /// For an error on a component (`sinks.lake`) whose message quotes the bad

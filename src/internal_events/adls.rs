@@ -70,12 +70,18 @@ impl SinkMetrics {
         self.files_sealed.increment(1);
     }
 
+    /// A request failed and is retried: the sink is failing from this
+    /// first failed attempt (`/health` degraded, unhealthy after
+    /// `api.unhealthy_after_secs` without progress), not only once the
+    /// retries are spent.
     pub fn retry(&self, tags: &ComponentTags, what: &str, error: &str, delay: Duration) {
         tracing::warn!(
             component_id = %tags.id,
             "{what} failed ({error}); retrying in {:.1}s.",
             delay.as_secs_f64()
         );
+        tags.health
+            .failing(&format!("{what} failed ({error}); retrying"));
         self.retries.increment(1);
     }
 }

@@ -27,31 +27,42 @@ use crate::{
 pub use file_pattern::{FilePattern, PartitionColumn};
 
 /// Names and schedule chosen on the command line.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct Options {
-    /// The sink to generate for; needed when the config has several.
+    /// The sink id; needed when the config has several lake sinks.
+    #[arg(long)]
     pub sink: Option<String>,
-    /// The bronze table (optionally `db.schema.table`).
+    /// Bronze table (`name` or `db.schema.name`).
+    #[arg(long, default_value = "mongo_events")]
     pub table: String,
-    /// The external stage.
+    /// External stage name.
+    #[arg(long, default_value = "mongo_adls_stage")]
     pub stage: String,
-    /// The storage integration.
+    /// Storage integration name.
+    #[arg(long, default_value = "mongo_adls_integration")]
     pub integration: String,
-    /// The file format.
+    /// File format name.
+    #[arg(long, default_value = "mongo_adls_jsonl")]
     pub file_format: String,
-    /// Five-field cron expression for the load task (UTC).
+    /// Cron schedule (five fields, UTC) of the load task.
+    #[arg(long, default_value = "*/15 * * * *")]
     pub schedule: String,
-    /// Warehouse for the task; `None` makes it a serverless task.
+    /// Warehouse for the task (default: a serverless task).
+    #[arg(long)]
     pub warehouse: Option<String>,
-    /// The hour (`YYYY-MM-DDTHH`, in the sink's time zone) that
-    /// `ALTER PIPE ... REFRESH PREFIX` re-scans; `None` prints placeholders.
+    /// Hour for `ALTER PIPE ... REFRESH PREFIX`, e.g. 2025-08-10T19
+    /// (in the sink's time zone; default: placeholders).
+    #[arg(long)]
     pub refresh_hour: Option<String>,
-    /// Delta: the external volume.
+    /// Delta: external volume name.
+    #[arg(long, default_value = "mongo_adls_volume")]
     pub volume: String,
-    /// Delta: the catalog integration.
+    /// Delta: catalog integration name.
+    #[arg(long, default_value = "mongo_adls_delta")]
     pub catalog: String,
-    /// Delta: the collections (`db.coll`) to make tables for; empty: the
-    /// ones the source names.
+    /// Delta: a collection (`db.coll`) to make a table for; repeat for
+    /// each (default: the collections the source names).
+    #[arg(long = "collection")]
     pub collections: Vec<String>,
 }
 

@@ -961,3 +961,23 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     s.read_to_string(&mut response).ok()?;
     Some(response)
 }
+
+/// Rows a Delta commit's actions appended (its `numOutputRows`;
+/// compactions add none).
+pub fn delta_rows_appended(actions: impl IntoIterator<Item = serde_json::Value>) -> usize {
+    actions
+        .into_iter()
+        .filter(|a| a["commitInfo"]["operation"] == "STREAMING UPDATE")
+        .filter_map(|a| {
+            a["commitInfo"]["operationMetrics"]["numOutputRows"]
+                .as_str()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Whether an object is a commit of a Delta table.
+pub fn is_delta_commit(name: &str) -> bool {
+    name.contains("/_delta_log/") && name.ends_with(".json")
+}

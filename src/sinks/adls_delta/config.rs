@@ -21,7 +21,7 @@ use crate::{
     backoff::Backoff,
     config::{ComponentConfig, OptionError},
     sinks::{
-        adls_partitioned_jsonl::config::EncodingConfig,
+        adls_partitioned_jsonl::{config::EncodingConfig, partition::parse_timezone},
         azure_common::auth::AuthConfig,
         util::storage::{LakeOptions, RetryPolicy},
         FileTarget, Healthcheck, SinkConfig, SinkContext, StreamSink,
@@ -313,18 +313,8 @@ impl AdlsDeltaConfig {
         let names = TableNames::new(&self.path_prefix)
             .map_err(|e| errors.push(OptionError::new("path_prefix", e)))
             .ok();
-        let tz: Option<Tz> = self
-            .timezone
-            .parse()
-            .map_err(|_| {
-                errors.push(OptionError::new(
-                    "timezone",
-                    format!(
-                        "{:?} is not an IANA time zone name (e.g. \"UTC\", \"Europe/Paris\")",
-                        self.timezone
-                    ),
-                ))
-            })
+        let tz: Option<Tz> = parse_timezone(&self.timezone)
+            .map_err(|e| errors.push(e))
             .ok();
         self.check_numbers(&mut errors);
         match (names, tz) {
@@ -471,11 +461,7 @@ impl ComponentConfig for AdlsDeltaConfig {
     }
 
     async fn dry_healthcheck(&self) -> Result<Option<String>, String> {
-        self.lake()
-            .open()
-            .map_err(|e| crate::redact::error(&e))?
-            .healthcheck(true)
-            .await
+        self.lake().dry_healthcheck().await
     }
 
     fn needs_data_dir(&self) -> bool {

@@ -13,23 +13,12 @@ use bson::{raw::RawBsonRef, RawDocument};
 use chrono::{DateTime, Utc};
 
 use super::schema::file_schema;
-use crate::codecs::json::{self, ExtendedJsonMode, MalformedBson};
-
-/// Top-level fields with a column of their own; the rest go, as one JSON
-/// object, into `extra`.
-const PLACED: [&str; 11] = [
-    "_id",
-    "operationType",
-    "ns",
-    "clusterTime",
-    "wallTime",
-    "txnNumber",
-    "lsid",
-    "documentKey",
-    "fullDocument",
-    "updateDescription",
-    "fullDocumentBeforeChange",
-];
+use crate::{
+    codecs::json::{self, ExtendedJsonMode, MalformedBson},
+    // Top-level fields with a column of their own; the rest go, as one
+    // JSON object, into `extra`.
+    sinks::adls_partitioned_jsonl::encode::PLACED,
+};
 
 /// The smallest and largest value of a statistics column in a file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

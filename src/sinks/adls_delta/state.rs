@@ -246,17 +246,7 @@ impl DeltaState {
     /// Records that this sink's events from `source` belong to `pipeline`
     /// (in memory: the caller saves). Whether that changed anything.
     pub fn adopt(&mut self, source: &str, pipeline: &str) -> bool {
-        let mark = self
-            .log
-            .model_mut()
-            .marks
-            .entry(source.to_string())
-            .or_default();
-        if mark.pipeline.as_deref() == Some(pipeline) {
-            return false;
-        }
-        mark.pipeline = Some(pipeline.to_string());
-        true
+        crate::lineage::adopt(&mut self.log.model_mut().marks, source, pipeline)
     }
 
     /// What the start check needs to know of this state.

@@ -404,10 +404,7 @@ impl ComponentConfig for AdlsPartitionedJsonlConfig {
     }
 
     async fn dry_healthcheck(&self) -> Result<Option<String>, String> {
-        self.storage()
-            .map_err(|e| crate::redact::error(&e))?
-            .healthcheck(true)
-            .await
+        self.lake().dry_healthcheck().await
     }
 
     fn needs_data_dir(&self) -> bool {

@@ -21,8 +21,9 @@ use chrono::{DateTime, Utc};
 use super::config::Compression;
 use crate::codecs::json::{self, ExtendedJsonMode, MalformedBson};
 
-/// Fields written in fixed places; everything else is appended.
-const PLACED: [&str; 11] = [
+/// Fields written in fixed places (the Delta sink: columns of their own);
+/// everything else is appended.
+pub const PLACED: [&str; 11] = [
     "_id",
     "operationType",
     "ns",

@@ -45,18 +45,8 @@ impl Layout {
         let file_name = Template::parse(&config.file_name)
             .map_err(|e| errors.push(OptionError::new("file_name", e.to_string())))
             .ok();
-        let tz: Option<Tz> = config
-            .timezone
-            .parse()
-            .map_err(|_| {
-                errors.push(OptionError::new(
-                    "timezone",
-                    format!(
-                        "{:?} is not an IANA time zone name (e.g. \"UTC\", \"Europe/Paris\")",
-                        config.timezone
-                    ),
-                ))
-            })
+        let tz: Option<Tz> = super::partition::parse_timezone(&config.timezone)
+            .map_err(|e| errors.push(e))
             .ok();
         let window_secs = i64::try_from(config.roll.window_secs).unwrap_or(i64::MAX);
         if !(1..=31 * 86_400).contains(&window_secs) {

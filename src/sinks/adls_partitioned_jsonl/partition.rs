@@ -137,6 +137,16 @@ pub fn safe_segment(name: &str) -> String {
     out
 }
 
+/// `timezone`, parsed; the error names the option.
+pub fn parse_timezone(timezone: &str) -> Result<Tz, crate::config::OptionError> {
+    timezone.parse().map_err(|_| {
+        crate::config::OptionError::new(
+            "timezone",
+            format!("{timezone:?} is not an IANA time zone name (e.g. \"UTC\", \"Europe/Paris\")"),
+        )
+    })
+}
+
 /// Fixed-length time windows, aligned in the configured time zone's wall
 /// clock (so hourly windows match local hours even with 30-minute offsets).
 #[derive(Clone, Copy, Debug)]

@@ -73,13 +73,10 @@ impl AuthConfig {
             return;
         }
         match chosen[0] {
-            "sas_token"
-                if self
-                    .sas_token
-                    .as_deref()
-                    .is_some_and(|t| t.trim().trim_start_matches('?').is_empty()) =>
-            {
-                errors.push(OptionError::new("auth.sas_token", "is empty"));
+            "sas_token" => {
+                if let Some(problem) = self.sas_token.as_deref().and_then(sas_problem) {
+                    errors.push(OptionError::new("auth.sas_token", problem));
+                }
             }
             "shared_key" => {
                 let key = self.shared_key.as_deref().unwrap_or_default();
@@ -118,6 +115,36 @@ impl AuthConfig {
             ));
         }
     }
+}
+
+/// What is wrong with a SAS token, if anything: a token without its
+/// signature (`sig`) is refused by every request, and one without
+/// permissions (`sp`) or expiry (`se`) too, unless a stored access policy
+/// (`si`) gives them.
+fn sas_problem(token: &str) -> Option<String> {
+    let token = token.trim().trim_start_matches('?');
+    if token.is_empty() {
+        return Some("is empty".into());
+    }
+    let fields: Vec<&str> = token
+        .split('&')
+        .filter_map(|p| p.split('=').next())
+        .collect();
+    let policy = fields.contains(&"si");
+    let missing: Vec<&str> = ["sig", "sp", "se"]
+        .into_iter()
+        .filter(|f| !fields.contains(f) && (*f == "sig" || !policy))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "is not a whole SAS token: it has no {} (copy the whole query string the portal or `az storage container generate-sas` gives, from `sv=` to the signature)",
+            missing
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
 }
 
 /// Azure container naming rules.

@@ -123,6 +123,12 @@ impl ContainerAccess {
 pub(crate) fn service_url(account_url: &str) -> Result<(Url, String), String> {
     let mut url = Url::parse(account_url.trim_end_matches('/'))
         .map_err(|e| format!("`account_url` {account_url:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return Err(format!(
+            "`account_url` {account_url:?} starts with {:?}: use https:// (http:// for an emulator, file:// for a local lake)",
+            url.scheme()
+        ));
+    }
     let host = url.host_str().unwrap_or_default().to_string();
     if let Some(account) = host
         .strip_suffix(".dfs.core.windows.net")

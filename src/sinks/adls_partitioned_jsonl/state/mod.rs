@@ -394,16 +394,7 @@ impl SinkState {
     /// Records that this sink's events from `source` belong to `pipeline`
     /// (in memory: the caller saves). Whether that changed anything.
     pub fn adopt(&mut self, source: &str, pipeline: &str) -> bool {
-        let mark = self
-            .files_mut()
-            .marks
-            .entry(source.to_string())
-            .or_default();
-        if mark.pipeline.as_deref() == Some(pipeline) {
-            return false;
-        }
-        mark.pipeline = Some(pipeline.to_string());
-        true
+        crate::lineage::adopt(&mut self.files_mut().marks, source, pipeline)
     }
 
     /// What the start check needs to know of this state.

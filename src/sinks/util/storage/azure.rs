@@ -368,18 +368,7 @@ impl Storage for AzureStorage {
             matches!(e.kind(), ErrorKind::HttpResponse { status, error_code, .. }
                 if u16::from(*status) == 404 && error_code.as_deref() == Some("ContainerNotFound"))
         };
-        if dry_run {
-            match self.container.get_properties(None).await {
-                Ok(_) => {}
-                Err(e) if missing(&e) && self.create_filesystem => {
-                    return Ok(Some(format!(
-                        "nothing written; filesystem {} does not exist and is created at start (create_filesystem = true)",
-                        self.describe
-                    )))
-                }
-                Err(e) => return Err(explain(e)),
-            }
-        } else if self.create_filesystem {
+        if !dry_run && self.create_filesystem {
             match self.container.create(None).await {
                 Ok(_) => tracing::info!("Created filesystem {}.", self.describe),
                 Err(e) if matches!(e.kind(), ErrorKind::HttpResponse { status, .. } if u16::from(*status) == 409) =>
@@ -388,11 +377,24 @@ impl Storage for AzureStorage {
             }
         }
         // Stage an uncommitted block on a scratch name: proves write access
-        // without creating anything visible (Azure drops it within 7 days).
+        // without creating anything visible (Azure drops it within 7 days),
+        // with a request the sink itself makes, so a SAS that lets the sink
+        // write always passes (a container's properties need another
+        // permission the sink never uses).
         let blob = self.blob(HEALTHCHECK_BLOB).map_err(|e| e.message)?;
-        blob.stage_block(b"healthcheck", 2, Bytes::from_static(b"ok").into(), None)
+        match blob
+            .stage_block(b"healthcheck", 2, Bytes::from_static(b"ok").into(), None)
             .await
-            .map_err(explain)?;
+        {
+            Ok(_) => {}
+            Err(e) if dry_run && missing(&e) && self.create_filesystem => {
+                return Ok(Some(format!(
+                    "nothing written; filesystem {} does not exist and is created at start (create_filesystem = true)",
+                    self.describe
+                )))
+            }
+            Err(e) => return Err(explain(e)),
+        }
         Ok(Some(format!(
             "staged one uncommitted 2-byte block on {}/{HEALTHCHECK_BLOB} to prove write access (never committed, so never visible; Azure discards it after 7 days)",
             self.describe

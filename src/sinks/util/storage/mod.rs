@@ -86,6 +86,15 @@ impl LakeOptions<'_> {
         })
     }
 
+    /// `validate`'s check of the lake, which creates nothing: what it wrote,
+    /// if anything, or why the lake cannot be used.
+    pub async fn dry_healthcheck(&self) -> Result<Option<String>, String> {
+        self.open()
+            .map_err(|e| crate::redact::error(&e))?
+            .healthcheck(true)
+            .await
+    }
+
     /// The storage location as one string, equal for two spellings of one
     /// place (for the check that two sinks never write the same files).
     pub fn location(&self) -> Option<String> {
