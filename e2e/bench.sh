@@ -24,6 +24,9 @@
 #   7. many      - as azurite, but a second backlog of the same size spread round-robin over
 #                  BENCH_COLLECTIONS (default 1000) collections of the same database, loaded
 #                  just before this run
+#   7a. many_delta - the many backlog into Delta tables in Azurite (one table per
+#                  collection, commit.interval_secs = 5): memory and requests with
+#                  many tables
 #   7b. many_latency - the many backlog again, through the latency proxy: small
 #                  blocks of many files against a cloud round trip
 #   8. seed_rolling   - the design users run today (e2e/seed/seed.js, Node.js):
@@ -152,9 +155,9 @@ agent_run local "type = \"adls_partitioned_jsonl\"
 account_url = \"file://$out/lake\"
 filesystem = \"bench\"
 create_filesystem = true"
-delta_sink() { # filesystem account_url [auth]
+delta_sink() { # filesystem account_url [auth [commit interval, default 1 s]]
   printf '%s\n' 'type = "adls_delta"' "account_url = \"$2\"" "filesystem = \"$1\"" \
-    'create_filesystem = true' 'commit.interval_secs = 1' "${3:-}" "${BENCH_DELTA_OPTIONS:-}"
+    'create_filesystem = true' "commit.interval_secs = ${4:-1}" "${3:-}" "${BENCH_DELTA_OPTIONS:-}"
 }
 agent_run delta "$(delta_sink bench-delta "$ADLS_ACCOUNT_URL" "auth.shared_key = \"$ADLS_SHARED_KEY\"")"
 agent_run delta_local "$(delta_sink bench-delta "file://$out/lake")"
@@ -208,13 +211,16 @@ if wanted latency; then
 fi
 
 # A second backlog of the same size spread over BENCH_COLLECTIONS collections.
-if wanted many || wanted many_latency; then
+if wanted many || wanted many_latency || wanted many_delta; then
   many_token="$("$tool" token "$MONGO_URI")"
   echo "loading $N documents of $SIZE bytes over $COLLECTIONS collections..." >&2
   "$tool" load "$MONGO_URI" "$N" "$SIZE" "$COLLECTIONS" many
 fi
 if wanted many; then
   agent_run many "$(azure_sink bench-many)" "$many_token"
+fi
+if wanted many_delta; then
+  agent_run many_delta "$(delta_sink bench-many-delta "$ADLS_ACCOUNT_URL" "auth.shared_key = \"$ADLS_SHARED_KEY\"" 5)" "$many_token"
 fi
 if wanted many_latency; then
   proxy_up
@@ -265,6 +271,7 @@ awk -F'\t' 'NR > 1 { ev[$1] = $3; rss[$1] = $7; out[$1] = ($5 == "-" ? "" : $5 /
     if (out["delta"] != "" && out["azurite"] != "" && out["azurite"] > 0) printf "  %-32s %6.2f\n", "delta bytes / azurite bytes", out["delta"] / out["azurite"]
     ratio("latency / azurite", ev["latency"], az)
     ratio("many / azurite", ev["many"], az)
+    ratio("many_delta / many", ev["many_delta"], ev["many"])
     ratio("many_latency / latency", ev["many_latency"], ev["latency"])
     for (k in ev) if (k ~ /^seed_/) ratio("azurite / " k, az, ev[k])
     printf "every run / bare:"

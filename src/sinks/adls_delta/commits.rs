@@ -218,7 +218,12 @@ impl DeltaSink {
                     Ok(()) => {}
                 }
             }
-            Outcome::Written { file, result } => {
+            Outcome::Written {
+                file,
+                bytes,
+                result,
+            } => {
+                self.bytes_in_flight -= bytes;
                 let Some(writing) = self.files.remove(&file) else {
                     return Ok(());
                 };
@@ -335,6 +340,14 @@ impl DeltaSink {
             }
             None => {}
         }
+        if self.state.table(root).is_some_and(|t| t.vacuumed_at == 0) {
+            // The vacuum clock of a table starts at its first commit: a
+            // new table has nothing to vacuum for a while.
+            self.unrecorded.push(Change::Vacuuming {
+                table: root.to_string(),
+                at: Utc::now().timestamp(),
+            });
+        }
         self.upkeep_due(root, version);
         Ok(())
     }
@@ -387,7 +400,11 @@ impl DeltaSink {
             return false;
         };
         let last = self.state.table(root).map_or(0, |t| t.vacuumed_at);
-        Utc::now().timestamp() - last >= interval.as_secs() as i64
+        let started = self
+            .unrecorded
+            .iter()
+            .any(|c| matches!(c, Change::Vacuuming { table, .. } if table == root));
+        last > 0 && !started && Utc::now().timestamp() - last >= interval.as_secs() as i64
     }
 
     /// Starts the next queued upkeep, one table at a time.

@@ -38,7 +38,11 @@ pub struct DataFile {
     /// Its path relative to the table, as the `add` action names it.
     pub path: String,
     pub partition: Partition,
-    writer: ArrowWriter<Vec<u8>>,
+    /// Made at the first batch of rows encoded: until then a file holds
+    /// only its rows (a table with a few events a minute, among a thousand
+    /// active ones, keeps no Parquet encoder).
+    writer: Option<ArrowWriter<Vec<u8>>>,
+    compression: Compression,
     rows: Rows,
     pub num_records: u64,
     /// Blocks handed out, in file order.
@@ -66,12 +70,8 @@ impl DataFile {
             object: format!("{table}/{path}"),
             path,
             partition,
-            writer: ArrowWriter::try_new(
-                Vec::new(),
-                file_schema(),
-                Some(writer_properties(compression)),
-            )
-            .expect("the schema is valid"),
+            writer: None,
+            compression,
             rows: Rows::new(mode),
             num_records: 0,
             block_ids: Vec::new(),
@@ -92,16 +92,28 @@ impl DataFile {
     /// Adds rows read from another data file of this schema (compaction).
     pub fn write_batch(&mut self, batch: &RecordBatch) {
         self.encode();
-        self.writer
+        self.writer()
             .write(batch)
             .expect("writing a valid batch to memory cannot fail");
         self.num_records += batch.num_rows() as u64;
     }
 
+    fn writer(&mut self) -> &mut ArrowWriter<Vec<u8>> {
+        let compression = self.compression;
+        self.writer.get_or_insert_with(|| {
+            ArrowWriter::try_new(
+                Vec::new(),
+                file_schema(),
+                Some(writer_properties(compression)),
+            )
+            .expect("the schema is valid")
+        })
+    }
+
     fn encode(&mut self) {
         if !self.rows.is_empty() {
             let batch: RecordBatch = self.rows.finish();
-            self.writer
+            self.writer()
                 .write(&batch)
                 .expect("writing a valid batch to memory cannot fail");
         }
@@ -110,7 +122,10 @@ impl DataFile {
     /// Bytes the row group in progress holds (encoded, and rows not yet
     /// encoded).
     pub fn buffered(&self) -> usize {
-        self.writer.in_progress_size() + self.rows.bytes()
+        self.writer
+            .as_ref()
+            .map_or(0, ArrowWriter::in_progress_size)
+            + self.rows.bytes()
     }
 
     /// About the size of the file if it were closed now.
@@ -122,7 +137,9 @@ impl DataFile {
     /// out, as the next block with its id; `None` when there are none.
     pub fn cut(&mut self) -> Option<(String, Bytes)> {
         self.encode();
-        self.writer.flush().expect("writing to memory cannot fail");
+        self.writer()
+            .flush()
+            .expect("writing to memory cannot fail");
         self.take()
     }
 
@@ -130,13 +147,16 @@ impl DataFile {
     /// block.
     pub fn close(&mut self) -> (String, Bytes) {
         self.encode();
-        self.writer.finish().expect("writing to memory cannot fail");
+        self.writer()
+            .finish()
+            .expect("writing to memory cannot fail");
         self.take().expect("a closed file ends in a footer")
     }
 
     fn take(&mut self) -> Option<(String, Bytes)> {
-        self.writer.sync().expect("writing to memory cannot fail");
-        let bytes = std::mem::take(self.writer.inner_mut());
+        let writer = self.writer();
+        writer.sync().expect("writing to memory cannot fail");
+        let bytes = std::mem::take(writer.inner_mut());
         if bytes.is_empty() {
             return None;
         }

@@ -44,6 +44,10 @@ use crate::{
 /// How often commit deadlines are checked.
 const TICK: Duration = Duration::from_millis(200);
 
+/// Event bytes a table's rows must hold to commit at once when a source's
+/// burst ends (the size of a full row group's worth of events).
+const BURST_BYTES: u64 = 4 << 20;
+
 /// The options, checked and resolved (`config.rs`).
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -84,6 +88,8 @@ pub(super) enum Outcome {
     },
     Written {
         file: FileId,
+        /// Bytes the request held (a file written whole).
+        bytes: usize,
         result: Result<(), StorageError>,
     },
     Committed {
@@ -117,6 +123,8 @@ pub struct DeltaSink {
     /// Tables due for upkeep, and whether one is running.
     pub(super) upkeep_queue: VecDeque<String>,
     pub(super) upkeep_busy: bool,
+    /// A source went idle or ended a burst since the last schedule.
+    burst_ended: bool,
     /// The table of the last namespace seen (most events come in runs).
     last_table: Option<(String, String, String)>,
     /// `txn` application ids are `mongo-adls:<app>:<table>`.
@@ -172,6 +180,7 @@ impl DeltaSink {
             bytes_in_flight: 0,
             upkeep_queue: VecDeque::new(),
             upkeep_busy: false,
+            burst_ended: false,
             last_table: None,
             app: String::new(),
             unrecorded: Vec::new(),
@@ -285,9 +294,16 @@ impl StreamSink for DeltaSink {
 
 impl DeltaSink {
     fn on_event(&mut self, event: Event, inflight: &mut Inflight) {
-        let Event::Log(mut log) = event else {
-            // Tables commit on their interval; watermarks change nothing.
-            return;
+        let mut log = match event {
+            Event::Log(log) => log,
+            // The source is idle, or a burst just ended: a table holding a
+            // burst's worth commits now instead of at its interval's end.
+            // A trickle never holds that much, so it still commits once an
+            // interval.
+            Event::Watermark(w) => {
+                self.burst_ended |= w.idle;
+                return;
+            }
         };
         let time = partition_time(&log.payload, Utc::now());
         let root = self.table_of(&log);
@@ -347,6 +363,7 @@ impl DeltaSink {
             return;
         }
         group.rows += 1;
+        group.event_bytes += log.payload.as_bytes().len() as u64;
         if position.is_some() && group.high_water < position {
             group.high_water = position;
         }
@@ -390,7 +407,9 @@ impl DeltaSink {
     }
 
     /// Closes file `id`: its last block is staged, then its block list
-    /// committed.
+    /// committed; a file of one block is written whole (one Put Blob
+    /// instead of a Put Block and a Put Block List: most files of a table
+    /// that gets a few events a minute).
     pub(super) fn close_file(&mut self, id: FileId, inflight: &mut Inflight) {
         let Some(writing) = self.files.get_mut(&id) else {
             return;
@@ -399,7 +418,23 @@ impl DeltaSink {
         writing.closed = true;
         self.buffered -= writing.buffered;
         writing.buffered = 0;
-        self.stage(id, block_id, bytes, inflight);
+        if writing.file.block_ids.len() > 1 {
+            return self.stage(id, block_id, bytes, inflight);
+        }
+        let len = bytes.len();
+        self.bytes_in_flight += len;
+        let requests = self.requests.clone();
+        let object = writing.file.object.clone();
+        inflight.push(Box::pin(async move {
+            // A name is unique to its attempt: one that exists is this
+            // write, landed before its answer was lost.
+            let result = requests.put_if_absent(&object, bytes).await.map(|_| ());
+            Outcome::Written {
+                file: id,
+                bytes: len,
+                result,
+            }
+        }));
     }
 
     fn stage(
@@ -434,7 +469,11 @@ impl DeltaSink {
         let (object, ids) = (writing.file.object.clone(), writing.file.block_ids.clone());
         inflight.push(Box::pin(async move {
             let result = requests.commit_new(&object, &ids).await;
-            Outcome::Written { file: id, result }
+            Outcome::Written {
+                file: id,
+                bytes: 0,
+                result,
+            }
         }));
     }
 
@@ -442,10 +481,11 @@ impl DeltaSink {
     async fn schedule(&mut self, inflight: &mut Inflight, input_done: bool) -> Result<(), ()> {
         let now = Instant::now();
         let interval = self.settings.commit_interval;
+        let burst = std::mem::take(&mut self.burst_ended).then_some(BURST_BYTES);
         let due: Vec<String> = self
             .tables
             .values()
-            .filter(|t| t.due(interval, now, input_done))
+            .filter(|t| t.due(interval, now, input_done, burst))
             .map(|t| t.root.clone())
             .collect();
         for root in due {

@@ -95,7 +95,8 @@ pub enum Change {
     /// The intent was not committed and never will be (a compaction whose
     /// files another writer removed first).
     Abandoned { table: String, seq: u64 },
-    /// A vacuum of the table starts (the fenced write that lets it).
+    /// A vacuum of the table starts (the fenced write that lets it), or,
+    /// at a table's first commit, its vacuum clock does.
     Vacuuming { table: String, at: i64 },
     /// Several changes in one write, applied in order: the sink records
     /// every intent due in one round, and the commits done since, as one

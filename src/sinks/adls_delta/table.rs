@@ -121,6 +121,8 @@ pub struct Group {
     pub written: Vec<Add>,
     pub finalizers: EventFinalizers,
     pub rows: u64,
+    /// BSON bytes of the events.
+    pub event_bytes: u64,
     pub high_water: Option<Position>,
     pub source: Option<Arc<str>>,
     pub started: Instant,
@@ -134,6 +136,7 @@ impl Group {
             written: Vec::new(),
             finalizers: EventFinalizers::default(),
             rows: 0,
+            event_bytes: 0,
             high_water: None,
             source: None,
             started: Instant::now(),
@@ -191,15 +194,17 @@ impl Table {
         }
     }
 
-    /// Whether the current group is due for its commit.
-    pub fn due(&self, interval: Duration, now: Instant, all: bool) -> bool {
+    /// Whether the current group is due for its commit: its interval has
+    /// passed, or it holds `burst` bytes or more (after a source's burst
+    /// ended), or `all` (the sink is stopping).
+    pub fn due(&self, interval: Duration, now: Instant, all: bool, burst: Option<u64>) -> bool {
         self.sealed.is_none()
             && !self.committing
             && self.failed.is_none()
-            && self
-                .current
-                .as_ref()
-                .is_some_and(|g| all || now.duration_since(g.started) >= interval)
+            && self.current.as_ref().is_some_and(|g| {
+                all || now.duration_since(g.started) >= interval
+                    || burst.is_some_and(|b| g.event_bytes >= b)
+            })
     }
 
     /// Nothing left to commit or waiting on a request.
