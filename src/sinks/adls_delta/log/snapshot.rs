@@ -84,19 +84,28 @@ impl Snapshot {
             .await?
             .filter(|c| up_to.is_none_or(|v| c.version <= v))
             .map(|c| (c.version, c.parts));
-        if start.is_none() && log.read_commit(0).await?.is_none() {
-            // No hint and no first commit: a new table, or one whose early
-            // commits were cleaned up and whose hint is gone. Never take
-            // the second for the first (a new version 0 would be written
-            // into it).
-            start = match newest_checkpoint(log, up_to).await? {
-                Found::Nothing => return Ok(None),
-                Found::Checkpoint(version) => Some((version, None)),
-            };
+        let mut first = None;
+        if start.is_none() {
+            first = log.read_commit(0).await?;
+            if first.is_none() {
+                // No hint and no first commit: a new table, or one whose
+                // early commits were cleaned up and whose hint is gone.
+                // Never take the second for the first (a new version 0
+                // would be written into it).
+                start = match newest_checkpoint(log, up_to).await? {
+                    Found::Nothing => return Ok(None),
+                    Found::Checkpoint(version) => Some((version, None)),
+                };
+            }
         }
-        let mut replay = match start {
-            Some((version, parts)) => Some(checkpoint::read(log, version, parts).await?),
-            None => None,
+        let mut replay = match (start, first) {
+            (Some((version, parts)), _) => Some(checkpoint::read(log, version, parts).await?),
+            (None, Some(actions)) => {
+                let mut replay = Replay::default();
+                replay.apply(0, actions);
+                Some(replay)
+            }
+            (None, None) => None,
         };
         let mut next = replay.as_ref().map_or(0, |r| r.version + 1);
         while up_to.is_none_or(|v| next <= v) {
