@@ -449,12 +449,7 @@ impl SinkConfig for AdlsDeltaConfig {
     }
 
     fn files_written(&self) -> Option<FileTarget> {
-        // The text before the first template field is in every name.
-        let prefix = self.path_prefix.split('{').next().unwrap_or_default();
-        Some(FileTarget {
-            location: self.lake().location()?,
-            prefix: prefix.to_string(),
-        })
+        self.lake().file_target(&self.path_prefix)
     }
 }
 

@@ -17,7 +17,7 @@ use crate::{
     codecs::json::{self, ExtendedJsonMode, MalformedBson},
     // Top-level fields with a column of their own; the rest go, as one
     // JSON object, into `extra`.
-    sinks::adls_partitioned_jsonl::encode::PLACED,
+    sinks::adls_partitioned_jsonl::encode::split_fields,
 };
 
 /// The smallest and largest value of a statistics column in a file.
@@ -140,15 +140,7 @@ impl Rows {
         event: &RawDocument,
         event_time: DateTime<Utc>,
     ) -> Result<(), MalformedBson> {
-        let mut placed: [Option<RawBsonRef<'_>>; PLACED.len()] = [None; PLACED.len()];
-        let mut extra: Vec<(&str, RawBsonRef<'_>)> = Vec::new();
-        for element in event.iter() {
-            let (key, value) = element.map_err(|e| MalformedBson(e.to_string()))?;
-            match PLACED.iter().position(|p| *p == key) {
-                Some(i) => placed[i] = Some(value),
-                None => extra.push((key, value)),
-            }
-        }
+        let (placed, extra) = split_fields(event)?;
         let [id, operation_type, ns, cluster_time, wall_time, txn_number, lsid, document_key, full_document, update_description, before] =
             placed;
 

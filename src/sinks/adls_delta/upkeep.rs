@@ -189,6 +189,9 @@ async fn compact(
     log.requests.commit_new(&out.object, &out.block_ids).await?;
     tracing::debug!(table = %log.root, inputs = bin.len(), blocks = staged + 1, "Compaction file written.");
     let mut add = out.add_action(now_ms);
+    // The inputs' own values: the rewritten rows stay in their partition
+    // whatever the folder name says.
+    add.partition_values = bin[0].partition_values.clone();
     add.data_change = false;
     add.stats = Some(stats_json(records, &stats));
     let removes = bin

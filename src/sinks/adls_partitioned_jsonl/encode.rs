@@ -37,6 +37,30 @@ pub const PLACED: [&str; 11] = [
     "fullDocumentBeforeChange",
 ];
 
+/// An event's fields in one pass: the [`PLACED`] ones in their slots, the
+/// rest in order.
+#[allow(clippy::type_complexity)]
+pub fn split_fields(
+    event: &RawDocument,
+) -> Result<
+    (
+        [Option<RawBsonRef<'_>>; PLACED.len()],
+        Vec<(&str, RawBsonRef<'_>)>,
+    ),
+    MalformedBson,
+> {
+    let mut placed: [Option<RawBsonRef<'_>>; PLACED.len()] = [None; PLACED.len()];
+    let mut extra: Vec<(&str, RawBsonRef<'_>)> = Vec::new();
+    for element in event.iter() {
+        let (key, value) = element.map_err(|e| MalformedBson(e.to_string()))?;
+        match PLACED.iter().position(|p| *p == key) {
+            Some(i) => placed[i] = Some(value),
+            None => extra.push((key, value)),
+        }
+    }
+    Ok((placed, extra))
+}
+
 /// The time that decides an event's partition: clusterTime, then wallTime,
 /// then the creation time of an ObjectId `documentKey._id`, then `now`.
 pub fn partition_time(event: &RawDocument, now: DateTime<Utc>) -> DateTime<Utc> {
@@ -83,17 +107,7 @@ fn write_record(
     partition_time: DateTime<Utc>,
     out: &mut Vec<u8>,
 ) -> Result<(), MalformedBson> {
-    // One pass over the event: placed fields into their slots, the rest
-    // kept (in order) for the end.
-    let mut placed: [Option<RawBsonRef<'_>>; PLACED.len()] = [None; PLACED.len()];
-    let mut extra: Vec<(&str, RawBsonRef<'_>)> = Vec::new();
-    for element in event.iter() {
-        let (key, value) = element.map_err(|e| MalformedBson(e.to_string()))?;
-        match PLACED.iter().position(|p| *p == key) {
-            Some(i) => placed[i] = Some(value),
-            None => extra.push((key, value)),
-        }
-    }
+    let (placed, extra) = split_fields(event)?;
     let [id, operation_type, ns, cluster_time, wall_time, txn_number, lsid, document_key, full_document, update_description, before] =
         placed;
     let field = |out: &mut Vec<u8>, value: Option<RawBsonRef<'_>>| -> Result<(), MalformedBson> {

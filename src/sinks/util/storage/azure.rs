@@ -323,7 +323,9 @@ impl Storage for AzureStorage {
         .if_not_exists();
         match blob.upload(data.into(), Some(options)).await {
             Ok(_) => Ok(Created::Created),
-            Err(e) if already_exists(&e) => Ok(Created::AlreadyExists),
+            // Azurite answers 409 BlobAlreadyExists; the only condition
+            // is "absent", so a 412 means the same.
+            Err(e) if already_exists(&e) || condition_not_met(&e) => Ok(Created::AlreadyExists),
             Err(e) => Err(map_error(&format!("Put Blob {name}"), e)),
         }
     }

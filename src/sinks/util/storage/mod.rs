@@ -95,6 +95,16 @@ impl LakeOptions<'_> {
             .await
     }
 
+    /// The files a sink with this `path_prefix` template writes here: the
+    /// text before the template's first field is in every name.
+    pub fn file_target(&self, path_prefix: &str) -> Option<crate::sinks::FileTarget> {
+        let prefix = path_prefix.split(['{', '%']).next().unwrap_or_default();
+        Some(crate::sinks::FileTarget {
+            location: self.location()?,
+            prefix: prefix.to_string(),
+        })
+    }
+
     /// The storage location as one string, equal for two spellings of one
     /// place (for the check that two sinks never write the same files).
     pub fn location(&self) -> Option<String> {
