@@ -399,46 +399,11 @@ async fn validate(opts: &Opts, no_environment: bool) -> i32 {
         println!("Configuration is valid ({} file(s)).", opts.config.len());
         return 0;
     }
-    // Each component's own check, without building it: nothing is created
-    // (state directories, filesystems); what a check writes is printed.
-    let checks = config
-        .sources
-        .iter()
-        .map(|(id, s)| (format!("source `{id}`"), s.inner.dry_healthcheck()))
-        .chain(
-            config
-                .sinks
-                .iter()
-                .map(|(id, s)| (format!("sink `{id}`"), s.outer.inner.dry_healthcheck())),
-        );
-    let results = futures::future::join_all(checks.map(|(name, check)| async move {
-        let result = tokio::time::timeout(crate::topology::HEALTHCHECK_TIMEOUT, check)
-            .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "timed out after {}s",
-                    crate::topology::HEALTHCHECK_TIMEOUT.as_secs()
-                ))
-            });
-        (name, result)
-    }))
-    .await;
-    let mut failed = false;
-    for (name, result) in results {
-        match result {
-            Ok(None) => println!("Healthcheck passed: {name}."),
-            Ok(Some(wrote)) => println!("Healthcheck passed: {name}; {wrote}."),
-            Err(e) => {
-                failed = true;
-                eprintln!("Healthcheck failed: {name}: {}", crate::redact::text(&e));
-            }
-        }
-    }
-    if failed {
-        EXIT_CONFIG
-    } else {
+    if crate::validate::run(&config).await {
         println!("Configuration is valid and healthchecks passed.");
         0
+    } else {
+        EXIT_CONFIG
     }
 }
 
@@ -558,6 +523,7 @@ async fn run_alone(
     match outcome {
         Outcome::Clean => 0,
         Outcome::Failed => 1,
+        Outcome::Refused => EXIT_CONFIG,
     }
 }
 

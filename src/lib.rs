@@ -23,6 +23,7 @@ pub mod sources;
 pub mod state_store;
 pub mod testing;
 pub mod topology;
+pub mod validate;
 
 /// The error type of component builders and other fallible setup steps.
 pub type Error = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -1229,6 +1229,60 @@ async fn vanished_staged_blocks_are_reported_and_the_rest_is_committed() {
     assert!(!log.contains("retrying in 30s"), "{log}");
 }
 
+/// When data appears is said: the first file of a window is announced at
+/// INFO once (not once per file or block), with the time the window's files
+/// become visible, and `state show` gives each open file's seal time.
+/// (demo_events source into `file://`: no mongod needed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_and_state_show_say_when_files_become_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("visible.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{data}\"\n[sources.demo]\ntype = \"demo_events\"\ninterval_secs = 0.01\n[sinks.lake]\ntype = \"adls_partitioned_jsonl\"\ninputs = [\"demo\"]\naccount_url = \"file://{lake}\"\nfilesystem = \"raw\"\ncreate_filesystem = true\nbatch.timeout_secs = 0.2\n",
+            data = dir.path().join("data").display(),
+            lake = dir.path().join("lake").display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("visible.log");
+    let agent = Agent::start_logged(&cfg, &log);
+    // Several blocks of the one open file.
+    let shown = eventually(Duration::from_secs(30), async || {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let shown = support::state_show(&cfg);
+        regex::Regex::new(r" ([2-9]|\d\d+) block\(s\)")
+            .unwrap()
+            .is_match(&shown)
+            .then_some(shown)
+    })
+    .await;
+    assert_eq!(agent.stop(), Some(0));
+    // Hourly windows, 60 s of grace by default: sealed once the source
+    // passes the next hour plus a minute.
+    let seal = regex::Regex::new(
+        r"sealed once the source passes \d{4}-\d\d-\d\dT\d\d:01:00\+00:00, or at \S+ at the latest",
+    )
+    .unwrap();
+    assert!(seal.is_match(&shown), "{shown}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let announced: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.contains(" INFO ")
+                && l.contains(
+                    "opened. The window's files are sealed and visible once the source passes",
+                )
+        })
+        .collect();
+    // One window, unless the run crossed an hour.
+    assert!(
+        (1..=2).contains(&announced.len()),
+        "once per window: {text}"
+    );
+}
+
 /// `/health` tells the truth: with a wrong account key the sink fails its
 /// healthcheck and every write, so `/health` answers 503 naming the sink,
 /// and the error says a restart with the right key is needed; with the

@@ -134,6 +134,48 @@ fn config_errors_name_key_and_line_and_exit_78() {
         "data_dir = \"${MONGO_ADLS_TEST_UNSET:?set it}\"\n",
     );
     assert_config_error(&[&path], &["env.toml:1", "set it"]);
+
+    // An unset variable is named where its empty value fails, and the
+    // driver's debug dump is not shown.
+    let path = write(
+        d,
+        "unset.toml",
+        "data_dir = \"/tmp/x\"\n[sources.mongo]\ntype = \"mongodb_change_stream\"\nuri = \"${MONGO_ADLS_TEST_UNSET}\"\ndatabase = \"shop\"\n[sinks.out]\ntype = \"console\"\ninputs = [\"mongo\"]\n",
+    );
+    assert_config_error(
+        &[&path],
+        &[
+            "unset.toml:4: `sources.mongo.uri`: is not a MongoDB connection string: connection string contains no scheme (the environment variable `MONGO_ADLS_TEST_UNSET` used on this line is not set",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(
+        &bin()
+            .args(["validate", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap()
+            .stderr,
+    )
+    .into_owned();
+    assert!(
+        !stderr.contains("labels:") && !stderr.contains("server response"),
+        "{stderr}"
+    );
+
+    // A variable inside a default is refused by name, not passed on as a
+    // broken value.
+    let path = write(
+        d,
+        "nested.toml",
+        "data_dir = \"${MONGO_ADLS_TEST_UNSET:-${HOME}}\"\n",
+    );
+    assert_config_error(
+        &[&path],
+        &[
+            "nested.toml:1",
+            "a variable inside a default is not supported",
+        ],
+    );
 }
 
 #[test]
@@ -464,7 +506,14 @@ fn two_sinks_on_one_lake_path_are_refused() {
             sink("b", "lake/", "{{ ns.coll }}/")
         ),
     );
-    assert_config_error(&[&same], &["same.toml:", "sinks `a` and `b` both write to"]);
+    assert_config_error(
+        &[&same],
+        &[
+            "same.toml:",
+            "sinks `a` and `b` both write to",
+            "`a`'s `path_prefix` starts with a template field",
+        ],
+    );
     let nested = write(
         dir.path(),
         "nested.toml",
@@ -474,7 +523,14 @@ fn two_sinks_on_one_lake_path_are_refused() {
             sink("b", "lake", "x/y/{{ ns.db }}/")
         ),
     );
-    assert_config_error(&[&nested], &["sinks `a` and `b`"]);
+    assert_config_error(
+        &[&nested],
+        &[
+            "sinks `a` and `b`",
+            "every name of `a` starts with \"x/\"",
+            "every name of `b` starts with \"x/y/\"",
+        ],
+    );
     let apart = write(
         dir.path(),
         "apart.toml",

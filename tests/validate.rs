@@ -387,12 +387,14 @@ async fn an_unreachable_host_is_logged_within_20s() {
     agent.wait().unwrap();
 }
 
-/// A running agent at `-vv` (trace) whose URI carries a password: the test
-/// mongod has no users, so authentication fails and the agent logs why,
-/// through its retries, and no line may show the password (as written or
-/// percent-encoded).
+/// Bad MongoDB credentials (the test mongod has no users, so
+/// authentication fails): `validate` exits 78 naming the cause, and a
+/// running agent at `-vv` (trace) exits 78 within the healthcheck timeout
+/// (10 s, plus start-up on a loaded machine) instead of 1, which the shipped
+/// systemd unit would restart forever. No line shows the password (as
+/// written or percent-encoded).
 #[tokio::test]
-async fn a_running_agent_at_trace_never_logs_the_uri_password() {
+async fn bad_mongodb_credentials_exit_78_and_never_log_the_password() {
     let mongod = support::Mongod::start().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "", "create_filesystem = true");
@@ -405,26 +407,120 @@ async fn a_running_agent_at_trace_never_logs_the_uri_password() {
         ),
     );
     std::fs::write(&cfg, text).unwrap();
+    let stderr = fails_within(&cfg, Duration::from_secs(20));
+    assert!(
+        stderr.contains("source `mongo`") && stderr.contains("authentication failed"),
+        "{stderr}"
+    );
+
+    let started = Instant::now();
     let (mut agent, log) = run_agent_with(&cfg, &["-vv"]);
-    // Until the failure is logged (or the agent gave up).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let text = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("uthenticat") || agent.try_wait().unwrap().is_some() {
-            break text;
+    let status = loop {
+        if let Some(status) = agent.try_wait().unwrap() {
+            break status;
         }
-        assert!(Instant::now() < deadline, "no authentication error: {text}");
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = agent.kill();
+            let _ = agent.wait();
+            panic!(
+                "still running after 20 s: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let _ = agent.kill();
-    let _ = agent.wait();
-    assert!(text.contains("uthenticat"), "{text}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(78), "{text}");
+    assert!(text.contains("authentication failed"), "{text}");
     for secret in [password, "Pa55%2Fw0rd", "s3cret"] {
         assert!(
-            !text.contains(secret),
-            "the log shows the password ({secret}):\n{text}"
+            !text.contains(secret) && !stderr.contains(secret),
+            "the output shows the password ({secret}):\n{stderr}{text}"
         );
     }
+}
+
+/// `validate` checks that `api.address` can be bound: a port another
+/// process holds fails it with 78, naming the option.
+#[tokio::test]
+async fn a_busy_api_port_fails_validate() {
+    let mongod = support::Mongod::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let cfg = config(dir.path(), "", "create_filesystem = true");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("mongodb://127.0.0.1:27017/?replicaSet=rs0", &mongod.uri())
+        .replacen(
+            "data_dir",
+            &format!("api.address = \"127.0.0.1:{port}\"\ndata_dir"),
+            1,
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let stderr = fails_within(&cfg, Duration::from_secs(20));
+    assert!(
+        stderr.contains("Healthcheck failed: `api.address`")
+            && stderr.contains(&format!("127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    drop(busy);
+    let out = validate(&[], &cfg);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("Healthcheck passed: `api.address`"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `validate` checks the `[state]` store of a group as a standby reads it:
+/// a wrong key fails with 78 naming `[state]` and the refusal; the right
+/// key passes; a missing container fails unless `create_container` is set.
+#[tokio::test]
+async fn validate_checks_the_state_store() {
+    let mongod = support::Mongod::start().await;
+    let azurite = support::Azurite::start();
+    let dir = tempfile::tempdir().unwrap();
+    let state = |key: &str, create: bool| {
+        let cfg = config(dir.path(), "", "create_filesystem = true");
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("mongodb://127.0.0.1:27017/?replicaSet=rs0", &mongod.uri())
+            .replacen(
+                "\n[sources.mongo]",
+                &format!(
+                    "\n[state]\nstore = \"azure_blob\"\naccount_url = \"{}\"\ncontainer = \"state\"\ncreate_container = {create}\nid = \"p\"\nauth.shared_key = \"{key}\"\n\n[sources.mongo]",
+                    azurite.account_url()
+                ),
+                1,
+            );
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    };
+    let wrong = "A".repeat(86) + "==";
+    let stderr = fails_within(&state(&wrong, true), Duration::from_secs(20));
+    assert!(
+        stderr.contains("Healthcheck failed: `[state]`") && stderr.contains("403"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&wrong), "the key is never printed");
+
+    let stderr = fails_within(&state(support::AZURITE_KEY, false), Duration::from_secs(20));
+    assert!(
+        stderr.contains("`[state]`") && stderr.contains("ContainerNotFound"),
+        "{stderr}"
+    );
+
+    let out = validate(&[], &state(support::AZURITE_KEY, true));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout.contains("Healthcheck passed: `[state]`")
+            && stdout.contains("created at start"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// An `adls_delta` sink's options are checked at load like the JSON Lines

@@ -35,12 +35,24 @@ fn check_one_writer_per_file(config: &Config, errors: &mut Vec<ConfigError>) {
                 errors.push(ConfigError::Invalid {
                     location: sink_b.location.clone(),
                     message: format!(
-                        "sinks `{a}` and `{b}` both write to {} under overlapping paths ({:?} and {:?}): two writers on one set of files corrupt each other; give each its own filesystem or a `path_prefix` that starts differently",
-                        ta.location, ta.prefix, tb.prefix
+                        "sinks `{a}` and `{b}` both write to {} and their files' names can clash ({} and {}): two writers on one set of files corrupt each other; give each its own filesystem or a `path_prefix` whose fixed start differs",
+                        ta.location,
+                        fixed_start(a, &ta.prefix),
+                        fixed_start(b, &tb.prefix)
                     ),
                 });
             }
         }
+    }
+}
+
+/// A sink's fixed name start in words: `""` (the template starts with a
+/// field, so names can start with anything) would say nothing.
+fn fixed_start(sink: &str, prefix: &str) -> String {
+    if prefix.is_empty() {
+        format!("`{sink}`'s `path_prefix` starts with a template field, so its names may start with anything")
+    } else {
+        format!("every name of `{sink}` starts with {prefix:?}")
     }
 }
 

@@ -83,6 +83,7 @@ pub fn load_from_paths(paths: &[PathBuf], interpolate_env: bool) -> Result<Confi
     let mut errors = Vec::new();
     let mut config = Config::default();
     let mut global_seen: HashMap<&'static str, PathBuf> = HashMap::new();
+    let mut unset: Vec<(PathBuf, usize, String)> = Vec::new();
 
     if paths.is_empty() {
         errors.push(ConfigError::Global {
@@ -102,7 +103,14 @@ pub fn load_from_paths(paths: &[PathBuf], interpolate_env: bool) -> Result<Confi
             }
         };
         let text = match vars::interpolate(&text, &env) {
-            Ok(t) => t,
+            Ok(t) => {
+                unset.extend(
+                    t.unset
+                        .into_iter()
+                        .map(|(line, name)| (path.clone(), line, name)),
+                );
+                t.text
+            }
             Err(errs) => {
                 errors.extend(errs.into_iter().map(|e| ConfigError::Interpolation {
                     path: path.clone(),
@@ -135,7 +143,52 @@ pub fn load_from_paths(paths: &[PathBuf], interpolate_env: bool) -> Result<Confi
     if errors.is_empty() {
         Ok(config)
     } else {
-        Err(ConfigErrors(errors))
+        Err(ConfigErrors(
+            errors
+                .into_iter()
+                .map(|e| name_unset_variables(e, &unset))
+                .collect(),
+        ))
+    }
+}
+
+/// An error on a line where an unset variable was replaced by nothing says
+/// so: the empty value is the likely cause, not what the error describes.
+fn name_unset_variables(e: ConfigError, unset: &[(PathBuf, usize, String)]) -> ConfigError {
+    let (path, line) = match &e {
+        ConfigError::Parse { path, line, .. } => (path, *line),
+        ConfigError::Invalid { location, .. } => (&location.path, location.line),
+        _ => return e,
+    };
+    let names: Vec<String> = unset
+        .iter()
+        .filter(|(p, l, _)| p == path && *l == line)
+        .map(|(_, _, name)| format!("`{name}`"))
+        .collect();
+    if names.is_empty() {
+        return e;
+    }
+    let note = format!(
+        " (the environment variable {} used on this line is not set, so it was replaced by an empty string)",
+        names.join(", ")
+    );
+    match e {
+        ConfigError::Parse {
+            path,
+            line,
+            key,
+            message,
+        } => ConfigError::Parse {
+            path,
+            line,
+            key,
+            message: message + &note,
+        },
+        ConfigError::Invalid { location, message } => ConfigError::Invalid {
+            location,
+            message: message + &note,
+        },
+        e => e,
     }
 }
 

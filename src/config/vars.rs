@@ -27,12 +27,21 @@ pub struct InterpolationError {
     pub message: String,
 }
 
+/// Interpolated text, and the unset variables it replaced by nothing as
+/// `(line, name)`: an error on such a line names the variable.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Interpolated {
+    pub text: String,
+    pub unset: Vec<(usize, String)>,
+}
+
 /// Replaces variables in `input` with values from `vars`.
 pub fn interpolate(
     input: &str,
     vars: &HashMap<String, String>,
-) -> Result<String, Vec<InterpolationError>> {
+) -> Result<Interpolated, Vec<InterpolationError>> {
     let mut errors = Vec::new();
+    let mut unset = Vec::new();
     let mut out = String::with_capacity(input.len());
     for (index, line) in input.split_inclusive('\n').enumerate() {
         let line_no = index + 1;
@@ -45,6 +54,17 @@ pub fn interpolate(
             let value = vars.get(name);
             let op = caps.get(3).map(|m| m.as_str());
             let arg = caps.get(4).map(|m| m.as_str()).unwrap_or("");
+            // `${A:-${B}}` would match up to the first `}` and leave a
+            // stray one: said plainly instead of yielding a broken value.
+            if arg.contains("${") {
+                errors.push(InterpolationError {
+                    line: line_no,
+                    message: format!(
+                        "`{whole}}}`: a variable inside a default is not supported; set `{name}` to the value, or write the default out"
+                    ),
+                });
+                return String::new();
+            }
             let resolved = match op {
                 Some(":-") => match value {
                     Some(v) if !v.is_empty() => v.clone(),
@@ -72,6 +92,7 @@ pub fn interpolate(
                         tracing::warn!(
                             "Unknown environment variable `{name}` on line {line_no}; it is replaced by an empty string."
                         );
+                        unset.push((line_no, name.to_string()));
                         String::new()
                     }
                 },
@@ -90,7 +111,7 @@ pub fn interpolate(
         out.push_str(&replaced);
     }
     if errors.is_empty() {
-        Ok(out)
+        Ok(Interpolated { text: out, unset })
     } else {
         Err(errors)
     }
@@ -110,6 +131,8 @@ mod tests {
     #[test]
     fn forms() {
         let v = vars();
+        let interpolate =
+            |text: &str, v: &HashMap<String, String>| interpolate(text, v).map(|i| i.text);
         assert_eq!(interpolate("x=$A ${A}", &v).unwrap(), "x=alpha alpha");
         assert_eq!(interpolate("${EMPTY:-d} ${EMPTY-d}", &v).unwrap(), "d ");
         assert_eq!(interpolate("${NOPE:-d} ${NOPE-e}", &v).unwrap(), "d e");
@@ -118,9 +141,30 @@ mod tests {
     }
 
     #[test]
+    fn unset_variables_are_listed_by_line() {
+        let out =
+            interpolate("a = \"${A}\"\nb = \"${NOPE}\"\nc = \"$MISSING\"\n", &vars()).unwrap();
+        assert_eq!(
+            out.unset,
+            vec![(2, "NOPE".to_string()), (3, "MISSING".to_string())]
+        );
+    }
+
+    #[test]
+    fn a_variable_inside_a_default_is_refused_by_name() {
+        let err = interpolate("key = \"${NOPE:-${A}}\"\n", &vars()).unwrap_err();
+        assert_eq!(err.len(), 1);
+        assert!(
+            err[0].message.contains("`${NOPE:-${A}}`")
+                && err[0].message.contains("inside a default"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn mongodb_operators_are_not_variables() {
         let text = r#"pipeline = '[{"$match": {"operationType": {"$in": ["insert"]}}}]'"#;
-        assert_eq!(interpolate(text, &vars()).unwrap(), text);
+        assert_eq!(interpolate(text, &vars()).unwrap().text, text);
     }
 
     #[test]
@@ -135,7 +179,7 @@ mod tests {
             }]
         );
         assert!(interpolate("${EMPTY:?}", &vars()).is_err());
-        assert_eq!(interpolate("${EMPTY?}", &vars()).unwrap(), "");
+        assert_eq!(interpolate("${EMPTY?}", &vars()).unwrap().text, "");
     }
 
     #[test]

@@ -323,6 +323,7 @@ async fn term(
     let code = match outcome {
         Outcome::Clean => 0,
         Outcome::Failed => EXIT_FAILED,
+        Outcome::Refused => EXIT_CONFIG,
     };
     if lost.peek().is_some() {
         TermEnd::Lost

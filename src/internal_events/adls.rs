@@ -50,15 +50,40 @@ impl SinkMetrics {
         self.oldest_open_file_age.set(secs.max(0) as f64);
     }
 
-    /// A file was opened; says when it will be sealed at the latest.
-    pub fn file_opened(&self, object: &str, window_closes_at: i64, max_age_at: i64) {
+    /// A file was opened; says when it will be sealed. The first file of
+    /// each window says it at INFO (once per window, however many
+    /// collections write into it), the others at DEBUG.
+    pub fn file_opened(&self, opened: FileOpened<'_>) {
         let at = super::rfc3339;
-        tracing::debug!(
+        let FileOpened {
             object,
-            sealed_when_watermark_passes = %at(window_closes_at),
-            sealed_at_the_latest = %at(max_age_at),
-            "File opened; it becomes visible when sealed."
-        );
+            window_start,
+            window_closes_at,
+            max_age_at,
+            every_batch,
+            first_of_window,
+        } = opened;
+        if first_of_window {
+            let now = if every_batch {
+                "Each batch is visible as it is written (commit = \"every_batch\"); the"
+            } else {
+                "The"
+            };
+            tracing::info!(
+                object,
+                "Window {} opened. {now} window's files are sealed and visible once the source passes {} (the window's end plus roll.grace_secs), or at {} at the latest (roll.max_age_secs).",
+                at(window_start),
+                at(window_closes_at),
+                at(max_age_at),
+            );
+        } else {
+            tracing::debug!(
+                object,
+                sealed_when_watermark_passes = %at(window_closes_at),
+                sealed_at_the_latest = %at(max_age_at),
+                "File opened; it becomes visible when sealed."
+            );
+        }
     }
 
     pub fn replayed_skipped(&self, n: u64) {
@@ -84,6 +109,18 @@ impl SinkMetrics {
             .failing(&format!("{what} failed ({error}); retrying"));
         self.retries.increment(1);
     }
+}
+
+/// What [`SinkMetrics::file_opened`] reports.
+pub struct FileOpened<'a> {
+    pub object: &'a str,
+    pub window_start: i64,
+    /// When the watermark passing it seals the file.
+    pub window_closes_at: i64,
+    /// When `roll.max_age_secs` seals it whatever the watermark.
+    pub max_age_at: i64,
+    pub every_batch: bool,
+    pub first_of_window: bool,
 }
 
 /// A write storage refused for good (403, 404): its events are reported

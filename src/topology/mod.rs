@@ -59,6 +59,20 @@ pub enum Outcome {
     Clean,
     /// A component failed or the shutdown limit ran out.
     Failed,
+    /// A component stopped on an error only new configuration or
+    /// credentials fix (see [`refused_by_configuration`]): exit 78.
+    Refused,
+}
+
+/// Set when a component stops on an error that only a change of
+/// configuration or credentials can fix (MongoDB authentication or
+/// authorization): the run then ends as [`Outcome::Refused`]. Process-wide,
+/// as one topology runs at a time; cleared when a run starts.
+static REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks the running topology as stopped by its configuration.
+pub fn refused_by_configuration() {
+    REFUSED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl Topology {
@@ -196,14 +210,22 @@ impl Topology {
             source_shutdown,
             ..
         } = self;
+        REFUSED.store(false, std::sync::atomic::Ordering::Relaxed);
         let sources_running = sources.len();
         let mut tasks = spawn_components(sources, sinks);
-        let failed = match run_until_stopping(&mut tasks, sources_running, shutdown).await {
-            ControlFlow::Continue(failed) => failed,
-            ControlFlow::Break(outcome) => return outcome,
+        let outcome = match run_until_stopping(&mut tasks, sources_running, shutdown).await {
+            ControlFlow::Continue(failed) => {
+                source_shutdown.cancel();
+                drain(tasks, failed, force, graceful_limit).await
+            }
+            ControlFlow::Break(outcome) => outcome,
         };
-        source_shutdown.cancel();
-        drain(tasks, failed, force, graceful_limit).await
+        match outcome {
+            Outcome::Failed if REFUSED.load(std::sync::atomic::Ordering::Relaxed) => {
+                Outcome::Refused
+            }
+            outcome => outcome,
+        }
     }
 }
 

@@ -409,7 +409,12 @@ impl ComponentConfig for AdlsPartitionedJsonlConfig {
         Some(
             SinkState::load(state.clone())
                 .await
-                .map(|state| state.describe())
+                .map(|state| {
+                    state.describe(&super::roll::RollPolicy::new(
+                        &self.roll,
+                        self.batch.timeout_secs,
+                    ))
+                })
                 .map_err(|e| e.to_string()),
         )
     }

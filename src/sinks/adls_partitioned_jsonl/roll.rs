@@ -62,12 +62,21 @@ impl RollPolicy {
 
     /// The watermark has passed the window's end plus the grace period.
     pub fn window_closed(&self, key: &FileKey, watermark: Option<DateTime<Utc>>) -> bool {
-        watermark
-            .is_some_and(|w| key.window_start + self.window_secs + self.grace_secs <= w.timestamp())
+        watermark.is_some_and(|w| self.closes_at(key) <= w.timestamp())
+    }
+
+    /// When a watermark at or past it seals the window's files.
+    pub fn closes_at(&self, key: &FileKey) -> i64 {
+        key.window_start + self.window_secs + self.grace_secs
+    }
+
+    /// When `roll.max_age_secs` seals the file whatever the watermark.
+    pub fn max_age_at(&self, file: &OpenFile) -> i64 {
+        file.opened_at + self.max_age_secs
     }
 
     pub fn too_old(&self, file: &OpenFile, wall: i64) -> bool {
-        wall - file.opened_at >= self.max_age_secs
+        wall >= self.max_age_at(file)
     }
 
     /// The file must be sealed before it takes another block.

@@ -34,7 +34,7 @@ use crate::{
     event::{Event, EventFinalizers, EventStatus, LogEvent},
     health::ComponentHealth,
     internal_events::{
-        adls::{EncodeFailed, SinkMetrics, WriteFailed},
+        adls::{EncodeFailed, FileOpened, SinkMetrics, WriteFailed},
         ComponentError, ComponentTags, EventsSent, Stage,
     },
     lineage::{Pipelines, SinkStateReport},
@@ -71,6 +71,8 @@ pub struct AdlsSink {
     flush_partial: Option<usize>,
     /// When the open-file gauges were last set.
     gauges_at: Instant,
+    /// The newest window whose first file was announced at INFO.
+    announced_window: i64,
     /// What the state said at build, for the start check.
     report: SinkStateReport,
     /// Object names already in the lake that this sink's state does not
@@ -158,6 +160,7 @@ impl AdlsSink {
             watermarks: Watermarks::default(),
             flush_partial: None,
             gauges_at: Instant::now(),
+            announced_window: i64::MIN,
             report,
             taken,
             inputs,
@@ -582,11 +585,16 @@ impl AdlsSink {
             }
         };
         if file.blocks.len() == 1 {
-            self.metrics.file_opened(
-                &file.object,
-                file.key.window_start + self.roll.window_secs + self.roll.grace_secs,
-                file.opened_at + self.roll.max_age_secs,
-            );
+            let first_of_window = file.key.window_start > self.announced_window;
+            self.announced_window = self.announced_window.max(file.key.window_start);
+            self.metrics.file_opened(FileOpened {
+                object: &file.object,
+                window_start: file.key.window_start,
+                window_closes_at: self.roll.closes_at(&file.key),
+                max_age_at: self.roll.max_age_at(file),
+                every_batch: self.commit == Commit::EveryBatch,
+                first_of_window,
+            });
         }
         let roll = self.roll.full(file);
         // Only `every_batch` commits now; `on_seal` lists the ids once, at

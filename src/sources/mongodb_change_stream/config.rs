@@ -328,7 +328,7 @@ impl MongoDbChangeStreamConfig {
                 "uri",
                 format!(
                     "is not a MongoDB connection string: {}",
-                    crate::redact::error(&e)
+                    super::errors::describe(&e)
                 ),
             ));
         } else if let Some(e) = self.tls_ca_file_missing() {

@@ -42,6 +42,7 @@ pub fn describe(e: &Error) -> String {
             "authentication failed: {}; check the user, password and `authSource` in `uri`",
             redact::text(message)
         ),
+        ErrorKind::InvalidArgument { message, .. } => redact::text(message),
         // The kind alone: the error's own Display adds labels and the raw
         // server response.
         other => redact::text(&other.to_string()),
@@ -66,6 +67,17 @@ fn hint(code: i32) -> Option<&'static str> {
         10334 => "An event is over MongoDB's 16 MB limit (BSONObjectTooLarge), usually a large document with its pre-image or post-image. Set on_oversized_event = \"skip\" to leave such events out (counted and logged), or drop large fields with `pipeline`.",
         _ => return None,
     })
+}
+
+/// Authentication and authorization failures: only new credentials or
+/// privileges fix them, so the agent exits 78 (the shipped systemd unit
+/// does not restart on it) instead of 1.
+pub fn is_refused(e: &Error) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => matches!(c.code, 18 | 13),
+        ErrorKind::Authentication { .. } => true,
+        _ => false,
+    }
 }
 
 /// Errors that retrying cannot fix: the source stops with one message.

@@ -15,14 +15,13 @@ use super::{
     errors::{describe, SERVER_SELECTION_TIMEOUT},
     stream::{client_options, watch, OpenAt},
 };
-use crate::redact;
 
 pub async fn healthcheck(config: &MongoDbChangeStreamConfig) -> Result<Option<String>, String> {
     let mut options = client_options(config, "mongo-adls validate").await?;
     options.connect_timeout = Some(SERVER_SELECTION_TIMEOUT);
     let hosts: Vec<String> = options.hosts.iter().map(ToString::to_string).collect();
     let hosts = hosts.join(",");
-    let client = Client::with_options(options).map_err(|e| redact::error(&e))?;
+    let client = Client::with_options(options).map_err(|e| describe(&e))?;
     let hello = client
         .database("admin")
         .run_command(doc! { "hello": 1 })

@@ -33,7 +33,7 @@ pub(super) async fn watch(client: Client, window: OplogWindow, shutdown: Shutdow
             Err(e) => {
                 tracing::debug!(
                     "The oplog window is not known (reading local.oplog.rs failed: {}).",
-                    crate::redact::error(&e)
+                    super::errors::describe(&e)
                 );
                 return;
             }

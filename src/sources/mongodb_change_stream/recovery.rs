@@ -29,6 +29,15 @@ pub(super) enum Failure {
     Fatal,
 }
 
+/// Ends the run as refused by configuration (exit 78) when `e` is an
+/// authentication or authorization failure; called where the source stops
+/// on an error.
+pub(super) fn stops_the_agent(e: &mongodb::error::Error) {
+    if errors::is_refused(e) {
+        crate::topology::refused_by_configuration();
+    }
+}
+
 impl ChangeStreamSource {
     /// Decides how to go on after `e`: continues to reopen at `run.at`
     /// (after a pause for transient errors), breaks to stop the source.
@@ -52,6 +61,7 @@ impl ChangeStreamSource {
                 None => ControlFlow::Break(Err(())),
             },
             Failure::Fatal => {
+                stops_the_agent(e);
                 self.error(
                     "stream_failed",
                     &format!(

@@ -29,6 +29,7 @@ use mongodb::options::Hint;
 use super::{
     checkpoint::{token_cluster_time, Checkpoint, SnapshotProgress},
     config::Scope,
+    errors,
     recovery::Failure,
     stream::{event_token, ChangeStreamSource, OpenAt},
 };
@@ -36,7 +37,6 @@ use crate::{
     event::{BatchStatus, EventMetadata, LogEvent, Position},
     finalizer::{FinalizerStream, OrderedFinalizer},
     internal_events::mongodb::SnapshotCopied,
-    redact,
     topology::{Sent, SourceSender},
 };
 
@@ -277,9 +277,10 @@ impl ChangeStreamSource {
                     ControlFlow::Continue(None)
                 }
                 _ => {
+                    super::recovery::stops_the_agent(&e);
                     self.error(
                         "snapshot_failed",
-                        &format!("Snapshot of {ns} failed: {}", redact::error(&e)),
+                        &format!("Snapshot of {ns} failed: {}", errors::describe(&e)),
                     );
                     ControlFlow::Break(SnapshotEnd::Failed)
                 }
@@ -385,9 +386,10 @@ impl ChangeStreamSource {
                         self.pause(&mut attempt, &e).await;
                     }
                     _ => {
+                        super::recovery::stops_the_agent(&e);
                         self.error(
                             "snapshot_failed",
-                            &format!("Snapshot could not start: {}", redact::error(&e)),
+                            &format!("Snapshot could not start: {}", errors::describe(&e)),
                         );
                         return None;
                     }

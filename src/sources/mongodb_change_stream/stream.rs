@@ -18,7 +18,6 @@ use crate::{
         mongodb::{OplogWindow, StreamProgress},
         ComponentError, Stage,
     },
-    redact,
     shutdown::ShutdownSignal,
     sources::SourceContext,
     state_store::StateDoc,
@@ -169,7 +168,7 @@ impl ChangeStreamSource {
             scope = %describe_scope(&config.scope()?),
             "Watching MongoDB."
         );
-        let client = Client::with_options(options).map_err(|e| redact::error(&e))?;
+        let client = Client::with_options(options).map_err(|e| super::errors::describe(&e))?;
         let state = cx
             .state
             .as_ref()
@@ -758,7 +757,7 @@ pub(super) async fn client_options(
     let mut options = ClientOptions::parse(&config.uri).await.map_err(|e| {
         format!(
             "`uri` is not a valid MongoDB connection string: {}",
-            redact::error(&e)
+            super::errors::describe(&e)
         )
     })?;
     options.app_name.get_or_insert_with(|| app_name.to_string());

@@ -409,8 +409,12 @@ impl SinkState {
         }
     }
 
-    /// `state show`: the state for people.
-    pub fn describe(&self) -> Vec<String> {
+    /// `state show`: the state for people, with when each open file is
+    /// sealed under `roll`.
+    pub(in crate::sinks::adls_partitioned_jsonl) fn describe(
+        &self,
+        roll: &super::roll::RollPolicy,
+    ) -> Vec<String> {
         use crate::internal_events::{age, rfc3339};
         if !self.found {
             return vec![format!("no state ({})", self.log.location())];
@@ -425,12 +429,14 @@ impl SinkState {
         open.sort_by_key(|f| f.opened_at);
         for f in open {
             lines.push(format!(
-                "  open {}: {} block(s), {} events, {} bytes, opened {}",
+                "  open {}: {} block(s), {} events, {} bytes, opened {}; sealed once the source passes {}, or at {} at the latest",
                 f.object,
                 f.blocks.len(),
                 f.events,
                 f.bytes,
-                age(f.opened_at)
+                age(f.opened_at),
+                rfc3339(roll.closes_at(&f.key)),
+                rfc3339(roll.max_age_at(f)),
             ));
         }
         let time = |p: &Position| {

@@ -7,10 +7,7 @@ use bson::{doc, rawdoc, Bson, Document, RawBson, RawDocumentBuf};
 use futures::TryStreamExt;
 
 use super::{position::id_key, split_namespace, SnapshotEnd};
-use crate::{
-    redact,
-    sources::mongodb_change_stream::stream::{event_token, ChangeStreamSource},
-};
+use crate::sources::mongodb_change_stream::stream::{event_token, ChangeStreamSource};
 
 /// Bytes of snapshot records per `$documents` request when a `pipeline` is
 /// applied (the command must stay under 16 MB).
@@ -43,7 +40,7 @@ impl ChangeStreamSource {
                     "snapshot_failed",
                     &format!(
                         "`pipeline` on snapshot records of {ns} failed: {}",
-                        redact::error(&e)
+                        super::super::errors::describe(&e)
                     ),
                 );
                 ControlFlow::Break(SnapshotEnd::Failed)
