@@ -2111,6 +2111,30 @@ async fn health_is_degraded_from_the_first_failed_write() {
     })
     .await;
     assert!(down.elapsed() < Duration::from_secs(80));
+    // Every failed attempt counts as a component error; the log has one
+    // WARN for the outage's first failure and then one ERROR line a minute
+    // summing it up, not a line per attempt.
+    let metrics = support::http_get(t.api, "/metrics").unwrap_or_default();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("component_errors_total")
+                && l.contains("error_type=\"request_failed\"")
+                && l.contains("component_id=\"lake\"")),
+        "{metrics}"
+    );
+    let summary = eventually(Duration::from_secs(30), async || {
+        std::fs::read_to_string(&t.log).ok().filter(|l| {
+            l.lines()
+                .any(|l| l.contains(" ERROR ") && l.contains("Storage requests keep failing"))
+        })
+    })
+    .await;
+    let warned = summary
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("failed"))
+        .count();
+    assert_eq!(warned, 1, "one WARN for the outage: {summary}");
 
     proxy.set_down(false);
     eventually(Duration::from_secs(120), async || {
@@ -2121,5 +2145,7 @@ async fn health_is_degraded_from_the_first_failed_write() {
         health().contains(r#""lake":{"status":"ok"}"#).then_some(())
     })
     .await;
+    let log = std::fs::read_to_string(&t.log).unwrap();
+    assert!(log.contains("Storage requests succeed again."), "{log}");
     drop(agent);
 }

@@ -15,7 +15,6 @@ pub struct SinkMetrics {
     open_files: Gauge,
     oldest_open_file_age: Gauge,
     request_seconds: Histogram,
-    retries: Counter,
     skipped: Counter,
 }
 
@@ -27,7 +26,6 @@ impl SinkMetrics {
             open_files: tags.gauge("adls_open_files"),
             oldest_open_file_age: tags.gauge("adls_oldest_open_file_age_seconds"),
             request_seconds: tags.histogram("adls_request_duration_seconds"),
-            retries: tags.counter("adls_request_retries_total"),
             skipped: tags.counter("adls_replayed_events_skipped_total"),
         }
     }
@@ -93,21 +91,6 @@ impl SinkMetrics {
     pub fn file_sealed(&self, object: &str, events: u64, bytes: u64) {
         tracing::info!(object, events, bytes, "File sealed.");
         self.files_sealed.increment(1);
-    }
-
-    /// A request failed and is retried: the sink is failing from this
-    /// first failed attempt (`/health` degraded, unhealthy after
-    /// `api.unhealthy_after_secs` without progress), not only once the
-    /// retries are spent.
-    pub fn retry(&self, tags: &ComponentTags, what: &str, error: &str, delay: Duration) {
-        tracing::warn!(
-            component_id = %tags.id,
-            "{what} failed ({error}); retrying in {:.1}s.",
-            delay.as_secs_f64()
-        );
-        tags.health
-            .failing(&format!("{what} failed ({error}); retrying"));
-        self.retries.increment(1);
     }
 }
 

@@ -15,7 +15,6 @@ pub struct DeltaMetrics {
     files: Counter,
     bytes: Counter,
     request_seconds: Histogram,
-    retries: Counter,
     skipped: Counter,
     compactions: Counter,
     vacuumed: Counter,
@@ -30,7 +29,6 @@ impl DeltaMetrics {
             files: tags.counter("delta_files_written_total"),
             bytes: tags.counter("delta_bytes_written_total"),
             request_seconds: tags.histogram("adls_request_duration_seconds"),
-            retries: tags.counter("adls_request_retries_total"),
             skipped: tags.counter("adls_replayed_events_skipped_total"),
             compactions: tags.counter("delta_compactions_total"),
             vacuumed: tags.counter("delta_vacuumed_files_total"),
@@ -39,15 +37,6 @@ impl DeltaMetrics {
 
     pub fn request(&self, took: Duration) {
         self.request_seconds.record(took.as_secs_f64());
-    }
-
-    pub fn retry(&self, what: &str, error: &str, delay: Duration) {
-        tracing::warn!(
-            component_id = %self.tags.id,
-            "{what} failed ({error}); retrying in {:.1}s.",
-            delay.as_secs_f64()
-        );
-        self.retries.increment(1);
     }
 
     /// A write still failing after every retry of a round; it goes on.

@@ -10,6 +10,7 @@ pub mod adls;
 pub mod delta;
 pub mod ha;
 pub mod mongodb;
+pub mod requests;
 
 use metrics::{counter, gauge, Counter, Gauge, Label};
 

@@ -11,8 +11,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::{
-    health::ComponentHealth,
-    internal_events::delta::DeltaMetrics,
+    internal_events::{delta::DeltaMetrics, requests::RequestFailures, ComponentTags},
     shutdown::ShutdownSignal,
     sinks::util::storage::{
         with_retries, Committed, Condition, Created, ObjectMeta, RetryPolicy, Storage, StorageError,
@@ -25,7 +24,8 @@ pub struct Requests {
     pub storage: Arc<dyn Storage>,
     pub retry: RetryPolicy,
     pub metrics: DeltaMetrics,
-    pub health: ComponentHealth,
+    pub failures: RequestFailures,
+    pub tags: ComponentTags,
     /// Fires when the agent stops: requests retried without end give up.
     pub stopping: ShutdownSignal,
     /// `request.concurrency`: requests in flight at once, across tables.
@@ -44,12 +44,13 @@ impl Requests {
         let _permit = self.permits.acquire().await.expect("never closed");
         let started = Instant::now();
         let result = with_retries(&self.retry, op, |e, delay| {
-            self.health
-                .failing(&format!("{what} failed ({}); retrying", e.message));
-            self.metrics.retry(what, &e.message, delay);
+            self.failures.failed(&self.tags, what, &e.message, delay)
         })
         .await;
         self.metrics.request(started.elapsed());
+        if result.is_ok() {
+            self.failures.succeeded(&self.tags);
+        }
         result
     }
 

@@ -31,7 +31,8 @@ use crate::{
     codecs::json::ExtendedJsonMode,
     event::{Event, EventStatus, LogEvent},
     internal_events::{
-        adls::EncodeFailed, delta::DeltaMetrics, ComponentError, ComponentTags, EventsSent, Stage,
+        adls::EncodeFailed, delta::DeltaMetrics, requests::RequestFailures, ComponentError,
+        ComponentTags, EventsSent, Stage,
     },
     lineage::{Pipelines, SinkStateReport},
     sinks::{
@@ -164,7 +165,8 @@ impl DeltaSink {
             storage,
             retry: settings.retry.clone(),
             metrics: metrics.clone(),
-            health: tags.health.clone(),
+            failures: RequestFailures::register(&tags),
+            tags: tags.clone(),
             stopping,
             permits: Arc::new(tokio::sync::Semaphore::new(settings.concurrency)),
         };

@@ -19,7 +19,9 @@ use crate::sinks::util::storage::StorageError;
 use crate::{
     backoff::Backoff,
     health::ComponentHealth,
-    internal_events::{mongodb::oplog_oldest, rfc3339, ComponentError, ComponentTags, Stage},
+    internal_events::{
+        mongodb::oplog_oldest, requests::oplog_margin, ComponentError, ComponentTags, Stage,
+    },
 };
 
 /// How often a write that keeps failing is reported.
@@ -139,44 +141,6 @@ impl HeldWrites {
     }
 }
 
-/// How long the checkpoint, standing still since `held_since`, stays in
-/// the oplog (the margin left for a restart to replay the held events).
-fn oplog_margin(held_since: i64, oldest: Option<i64>) -> String {
-    let Some(oldest) = oldest else {
-        return String::new();
-    };
-    let margin = held_since - oldest;
-    if margin > 0 {
-        format!(
-            " The oplog reaches back to {}: {:.1} h before the held events fall out of it (after that a restart could not replay them).",
-            rfc3339(oldest),
-            margin as f64 / 3600.0
-        )
-    } else {
-        format!(
-            " The oplog now begins at {}, after the held events: keep the agent running until storage answers, since a restart could not replay them.",
-            rfc3339(oldest)
-        )
-    }
-}
-
 fn held_key(object: &str) -> String {
     format!("held:{object}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::oplog_margin;
-
-    #[test]
-    fn the_oplog_margin_is_stated_when_known() {
-        assert_eq!(oplog_margin(10_000, None), "");
-        let text = oplog_margin(7_200 + 5_400, Some(7_200));
-        assert!(
-            text.contains("1.5 h before the held events fall out"),
-            "{text}"
-        );
-        let text = oplog_margin(7_200, Some(9_000));
-        assert!(text.contains("a restart could not replay them"), "{text}");
-    }
 }

@@ -14,7 +14,7 @@ use crate::sinks::util::storage::{
 };
 use crate::{
     event::EventFinalizers,
-    internal_events::{adls::SinkMetrics, ComponentTags},
+    internal_events::{adls::SinkMetrics, requests::RequestFailures, ComponentTags},
 };
 
 /// How a request ended; the sink's run loop dispatches on it.
@@ -138,6 +138,7 @@ pub(super) struct RetryingStorage {
     pub storage: Arc<dyn Storage>,
     pub retry: RetryPolicy,
     pub metrics: SinkMetrics,
+    pub failures: RequestFailures,
     pub tags: ComponentTags,
 }
 
@@ -150,10 +151,13 @@ impl RetryingStorage {
     {
         let started = Instant::now();
         let result = with_retries(&self.retry, op, |e, d| {
-            self.metrics.retry(&self.tags, what, &e.message, d)
+            self.failures.failed(&self.tags, what, &e.message, d)
         })
         .await;
         self.metrics.request(started.elapsed());
+        if result.is_ok() {
+            self.failures.succeeded(&self.tags);
+        }
         result
     }
 
@@ -552,6 +556,7 @@ mod tests {
                 timeout: Duration::from_secs(10),
             },
             metrics: SinkMetrics::register(&tags),
+            failures: RequestFailures::register(&tags),
             tags,
         }
     }

@@ -35,6 +35,7 @@ use crate::{
     health::ComponentHealth,
     internal_events::{
         adls::{EncodeFailed, FileOpened, SinkMetrics, WriteFailed},
+        requests::RequestFailures,
         ComponentError, ComponentTags, EventsSent, Stage,
     },
     lineage::{Pipelines, SinkStateReport},
@@ -125,6 +126,7 @@ impl AdlsSink {
                 timeout: Duration::from_secs_f64(request.timeout_secs),
             },
             metrics: metrics.clone(),
+            failures: RequestFailures::register(&tags),
             tags: tags.clone(),
         };
         let limits = BatchLimits {
