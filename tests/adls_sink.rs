@@ -724,15 +724,24 @@ async fn auth_sas_and_wrong_key_and_hostile_names() {
         assert!(!stderr.contains(AZURITE_KEY), "the key is never printed");
     }
 
-    // SAS, and namespaces that try to escape their folder.
-    let sas = support::account_sas("racwl");
-    let cfg = agent_config(
-        dir.path(),
-        "sas",
-        &mongo.uri(),
-        &azurite.account_url(),
-        &format!("create_filesystem = false\nauth.sas_token = \"?{sas}\""),
-    );
+    // A container SAS with exactly the permissions the README lists (read,
+    // write, list) passes validate and is all the sink uses; without write
+    // it fails (so Azurite does enforce them). Then namespaces that try to
+    // escape their folder.
+    let sas_config = |permissions: &str| {
+        let sas = support::container_sas("sas", permissions);
+        agent_config(
+            dir.path(),
+            "sas",
+            &mongo.uri(),
+            &azurite.account_url(),
+            &format!("create_filesystem = false\nauth.sas_token = \"?{sas}\""),
+        )
+    };
+    let (code, stderr) = validate(&sas_config("rl"));
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("403"), "{stderr}");
+    let cfg = sas_config("rwl");
     let (code, stderr) = validate(&cfg);
     assert_eq!(code, Some(0), "{stderr}");
     let agent = Agent::start(&cfg);
@@ -1229,9 +1238,66 @@ async fn vanished_staged_blocks_are_reported_and_the_rest_is_committed() {
     assert!(!log.contains("retrying in 30s"), "{log}");
 }
 
+/// A `file://` lake that refuses writes (its staging folder replaced by a
+/// file, so every write fails with "Not a directory"; a read-only folder
+/// would not stop root, who runs the tests): `/health` is degraded from
+/// the first failed attempt, 503 after `api.unhealthy_after_secs`, and ok
+/// again once the folder is back, with no restart. (demo_events source: no
+/// mongod needed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_a_file_lake_that_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let port = support::free_port();
+    let cfg = dir.path().join("refuses.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{data}\"\napi.address = \"127.0.0.1:{port}\"\napi.unhealthy_after_secs = 10\n[sources.demo]\ntype = \"demo_events\"\ninterval_secs = 0.05\n[sinks.lake]\ntype = \"adls_partitioned_jsonl\"\ninputs = [\"demo\"]\naccount_url = \"file://{lake}\"\nfilesystem = \"raw\"\ncreate_filesystem = true\nbatch.timeout_secs = 0.2\n",
+            data = dir.path().join("data").display(),
+            lake = lake.display(),
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start(&cfg);
+    let health = || support::http_get(port, "/health").unwrap_or_default();
+    let staging = lake.join(".mongo-adls-staging").join("raw");
+    eventually(Duration::from_secs(30), async || {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (staging.is_dir() && health().contains(r#""lake":{"status":"ok"}"#)).then_some(())
+    })
+    .await;
+
+    let away = lake.join("staging-away");
+    std::fs::rename(&staging, &away).unwrap();
+    std::fs::write(&staging, b"not a folder").unwrap();
+    let degraded = eventually(Duration::from_secs(20), async || {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some(health()).filter(|h| h.contains(r#""status":"degraded""#))
+    })
+    .await;
+    assert!(degraded.contains("retrying"), "{degraded}");
+    eventually(Duration::from_secs(40), async || {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        health().starts_with("HTTP/1.1 503").then_some(())
+    })
+    .await;
+
+    std::fs::remove_file(&staging).unwrap();
+    std::fs::rename(&away, &staging).unwrap();
+    eventually(Duration::from_secs(60), async || {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        health().contains(r#""lake":{"status":"ok"}"#).then_some(())
+    })
+    .await;
+    assert_eq!(agent.stop(), Some(0));
+}
+
 /// When data appears is said: the first file of a window is announced at
 /// INFO once (not once per file or block), with the time the window's files
-/// become visible, and `state show` gives each open file's seal time.
+/// become visible, and `state show` gives each open file's seal time (run
+/// beside the agent, whose API holds `api.address`: `state show` never
+/// needs it).
 /// (demo_events source into `file://`: no mongod needed.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_and_state_show_say_when_files_become_visible() {
@@ -1240,9 +1306,10 @@ async fn the_log_and_state_show_say_when_files_become_visible() {
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = \"{data}\"\n[sources.demo]\ntype = \"demo_events\"\ninterval_secs = 0.01\n[sinks.lake]\ntype = \"adls_partitioned_jsonl\"\ninputs = [\"demo\"]\naccount_url = \"file://{lake}\"\nfilesystem = \"raw\"\ncreate_filesystem = true\nbatch.timeout_secs = 0.2\n",
+            "data_dir = \"{data}\"\napi.address = \"127.0.0.1:{port}\"\n[sources.demo]\ntype = \"demo_events\"\ninterval_secs = 0.01\n[sinks.lake]\ntype = \"adls_partitioned_jsonl\"\ninputs = [\"demo\"]\naccount_url = \"file://{lake}\"\nfilesystem = \"raw\"\ncreate_filesystem = true\nbatch.timeout_secs = 0.2\n",
             data = dir.path().join("data").display(),
             lake = dir.path().join("lake").display(),
+            port = support::free_port(),
         ),
     )
     .unwrap();

@@ -688,6 +688,27 @@ impl Lake {
     }
 }
 
+/// A container (service) SAS for Azurite on `container` with exactly
+/// `permissions` (service version 2019-12-12 signing rules), as
+/// `az storage container generate-sas` makes.
+pub fn container_sas(container: &str, permissions: &str) -> String {
+    use base64::Engine as _;
+    use hmac::Mac;
+    let (sv, se, spr, sr) = ("2019-12-12", "2099-01-01T00:00:00Z", "https,http", "c");
+    let resource = format!("/blob/{AZURITE_ACCOUNT}/{container}");
+    // sp, st, se, resource, si, sip, spr, sv, sr, snapshot time, and the
+    // five response headers.
+    let to_sign = format!("{permissions}\n\n{se}\n{resource}\n\n\n{spr}\n{sv}\n{sr}\n\n\n\n\n\n");
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(AZURITE_KEY)
+        .unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(to_sign.as_bytes());
+    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    let sig: String = url::form_urlencoded::byte_serialize(sig.as_bytes()).collect();
+    format!("sv={sv}&sr={sr}&sp={permissions}&se={se}&spr={spr}&sig={sig}")
+}
+
 /// An account SAS for Azurite (service version 2019-12-12 signing rules).
 pub fn account_sas(permissions: &str) -> String {
     use base64::Engine as _;

@@ -11,8 +11,11 @@ use crate::config::OptionError;
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// A SAS token (with or without the leading `?`), needing read, add,
-    /// create, write and list permissions on the filesystem.
+    /// A SAS token (with or without the leading `?`). A container SAS
+    /// needs read, write and list (`sp=rwl`) for `adls_partitioned_jsonl`,
+    /// plus delete (`sp=rwdl`) for `adls_delta` (vacuum) and for the
+    /// `[state]` container; `create_filesystem` needs an account SAS that
+    /// may create containers.
     #[serde(default)]
     pub sas_token: Option<String>,
     /// The storage account key (Shared Key authorization).
