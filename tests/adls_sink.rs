@@ -1350,21 +1350,23 @@ async fn the_log_and_state_show_say_when_files_become_visible() {
     );
 }
 
-/// `/health` tells the truth: with a wrong account key the sink fails its
-/// healthcheck and every write, so `/health` answers 503 naming the sink,
-/// and the error says a restart with the right key is needed; with the
-/// right key it answers 200. (demo_events source: no mongod needed.)
+/// Credentials refused at start end the start with exit 78 (the shipped
+/// systemd unit does not restart on it), naming the sink and the reason;
+/// credentials that stop working while the agent runs (a SAS that expires)
+/// make `/health` answer 503 naming the sink, and the error says a restart
+/// with working ones is needed; with the right key it answers 200.
+/// (demo_events source: no mongod needed.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_is_503_naming_the_sink_with_a_wrong_key() {
+async fn refused_credentials_exit_78_at_start_and_are_503_while_running() {
     let azurite = Azurite::start();
     let dir = tempfile::tempdir().unwrap();
-    let config = |name: &str, key: &str| {
+    let config = |name: &str, auth: &str| {
         let port = support::free_port();
         let path = dir.path().join(format!("{name}.toml"));
         std::fs::write(
             &path,
             format!(
-                "data_dir = \"{data}\"\napi.address = \"127.0.0.1:{port}\"\n[sources.demo]\ntype = \"demo_events\"\ninterval_secs = 0.01\n[sinks.lake]\ntype = \"adls_partitioned_jsonl\"\ninputs = [\"demo\"]\naccount_url = \"{url}\"\nfilesystem = \"{name}\"\ncreate_filesystem = true\nauth.shared_key = \"{key}\"\nbatch.timeout_secs = 0.2\nrequest.retry_attempts = 1\n",
+                "data_dir = \"{data}\"\napi.address = \"127.0.0.1:{port}\"\n[sources.demo]\ntype = \"demo_events\"\ninterval_secs = 0.01\n[sinks.lake]\ntype = \"adls_partitioned_jsonl\"\ninputs = [\"demo\"]\naccount_url = \"{url}\"\nfilesystem = \"{name}\"\n{auth}\nbatch.timeout_secs = 0.2\nrequest.retry_attempts = 1\n",
                 data = dir.path().join(format!("data-{name}")).display(),
                 url = azurite.account_url(),
             ),
@@ -1373,21 +1375,50 @@ async fn health_is_503_naming_the_sink_with_a_wrong_key() {
         (path, port)
     };
     let wrong = "A".repeat(86) + "==";
-    let (bad_cfg, bad_port) = config("wrongkey", &wrong);
+    let (bad_cfg, _) = config(
+        "wrongkey",
+        &format!("create_filesystem = true\nauth.shared_key = \"{wrong}\""),
+    );
     let log = dir.path().join("wrongkey.log");
-    let bad = Agent::start_logged(&bad_cfg, &log);
-    let (good_cfg, good_port) = config("rightkey", AZURITE_KEY);
+    let mut bad = Agent::start_logged(&bad_cfg, &log);
+    assert_eq!(bad.exit_within(Duration::from_secs(20)), Some(78));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("Healthcheck failed: lake: credentials were rejected")
+            && text.contains("HTTP 403")
+            && text.contains("only a start with working ones can help"),
+        "{text}"
+    );
+    assert!(!text.contains(&wrong), "the key is never logged");
+
+    // A container SAS valid for 15 s more.
+    Lake::new(&azurite, "expiring").create().await;
+    let expiry = (chrono::Utc::now() + chrono::Duration::seconds(15))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let sas = support::container_sas_until("expiring", "rwl", &expiry);
+    let (expiring_cfg, expiring_port) = config(
+        "expiring",
+        &format!("create_filesystem = false\nauth.sas_token = \"{sas}\""),
+    );
+    let log = dir.path().join("expiring.log");
+    let expiring = Agent::start_logged(&expiring_cfg, &log);
+    let (good_cfg, good_port) = config(
+        "rightkey",
+        &format!("create_filesystem = true\nauth.shared_key = \"{AZURITE_KEY}\""),
+    );
     let good = Agent::start(&good_cfg);
 
     let health = |port: u16| support::http_get(port, "/health");
-    let response = eventually(Duration::from_secs(30), async || {
-        health(bad_port).filter(|r| r.starts_with("HTTP/1.1 503"))
+    eventually(Duration::from_secs(15), async || {
+        health(expiring_port).filter(|r| r.contains(r#""lake":{"status":"ok"}"#))
     })
     .await;
-    assert!(
-        response.contains("\"lake\"") && response.contains("healthcheck failed"),
-        "{response}"
-    );
+    let response = eventually(Duration::from_secs(60), async || {
+        health(expiring_port).filter(|r| r.starts_with("HTTP/1.1 503"))
+    })
+    .await;
+    assert!(response.contains("\"lake\""), "{response}");
     eventually(Duration::from_secs(30), async || {
         std::fs::read_to_string(&log)
             .ok()
@@ -1395,13 +1426,14 @@ async fn health_is_503_naming_the_sink_with_a_wrong_key() {
     })
     .await;
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(!text.contains(&wrong), "the key is never logged");
+    let signature = sas.split("sig=").nth(1).unwrap();
+    assert!(!text.contains(signature), "the SAS is never logged");
     let ok = eventually(Duration::from_secs(30), async || {
         health(good_port).filter(|r| r.starts_with("HTTP/1.1 200"))
     })
     .await;
     assert!(ok.contains("\"status\":\"ok\""), "{ok}");
-    drop((bad, good));
+    drop((expiring, good));
 }
 
 /// Storage down for longer than all retries (`retry_attempts = 2`), then

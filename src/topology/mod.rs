@@ -64,10 +64,13 @@ pub enum Outcome {
     Refused,
 }
 
-/// Set when a component stops on an error that only a change of
-/// configuration or credentials can fix (MongoDB authentication or
-/// authorization): the run then ends as [`Outcome::Refused`]. Process-wide,
-/// as one topology runs at a time; cleared when a run starts.
+/// Set when a component meets an error that only a change of configuration
+/// or credentials can fix (MongoDB authentication or authorization, storage
+/// refusing the credentials at the healthcheck): at start it ends the start
+/// whatever `require_healthy` says; while running, a component that stops
+/// on it makes the run end as [`Outcome::Refused`]. Both exit 78, which the
+/// shipped systemd unit does not restart. Process-wide, as one topology
+/// runs at a time; cleared when a start or run begins.
 static REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Marks the running topology as stopped by its configuration.
@@ -175,15 +178,23 @@ impl Topology {
         state: Option<StateHandle>,
         require_healthy: bool,
     ) -> Result<Self, Vec<String>> {
+        REFUSED.store(false, std::sync::atomic::Ordering::Relaxed);
         let mut topology = Self::build(config, state)
             .await
             .map_err(|e| vec![format!("Configuration error: {e}")])?;
         let failed = topology.healthchecks().await;
-        if !failed.is_empty() && (require_healthy || config.global.healthchecks.require_healthy) {
-            return Err(failed
+        let refused = REFUSED.load(std::sync::atomic::Ordering::Relaxed);
+        if !failed.is_empty()
+            && (refused || require_healthy || config.global.healthchecks.require_healthy)
+        {
+            let mut lines: Vec<String> = failed
                 .iter()
                 .map(|f| format!("Healthcheck failed: {f}"))
-                .collect());
+                .collect();
+            if refused {
+                lines.push("Exiting: credentials are read at start, so only a start with working ones can help (exit 78).".into());
+            }
+            return Err(lines);
         }
         Ok(topology)
     }

@@ -692,9 +692,14 @@ impl Lake {
 /// `permissions` (service version 2019-12-12 signing rules), as
 /// `az storage container generate-sas` makes.
 pub fn container_sas(container: &str, permissions: &str) -> String {
+    container_sas_until(container, permissions, "2099-01-01T00:00:00Z")
+}
+
+/// [`container_sas`] expiring at `se` (`YYYY-MM-DDTHH:MM:SSZ`).
+pub fn container_sas_until(container: &str, permissions: &str, se: &str) -> String {
     use base64::Engine as _;
     use hmac::Mac;
-    let (sv, se, spr, sr) = ("2019-12-12", "2099-01-01T00:00:00Z", "https,http", "c");
+    let (sv, spr, sr) = ("2019-12-12", "https,http", "c");
     let resource = format!("/blob/{AZURITE_ACCOUNT}/{container}");
     // sp, st, se, resource, si, sip, spr, sv, sr, snapshot time, and the
     // five response headers.

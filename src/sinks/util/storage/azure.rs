@@ -365,7 +365,14 @@ impl Storage for AzureStorage {
     }
 
     async fn healthcheck(&self, dry_run: bool) -> Result<Option<String>, String> {
-        let explain = |e: azure_core::Error| self.explain(e);
+        let explain = |e: azure_core::Error| {
+            // Credentials are read once, at start: a refusal now ends the
+            // start with exit 78 (see `refused_by_configuration`).
+            if matches!(e.http_status().map(u16::from), Some(401 | 403)) {
+                crate::topology::refused_by_configuration();
+            }
+            self.explain(e)
+        };
         let missing = |e: &azure_core::Error| {
             matches!(e.kind(), ErrorKind::HttpResponse { status, error_code, .. }
                 if u16::from(*status) == 404 && error_code.as_deref() == Some("ContainerNotFound"))
