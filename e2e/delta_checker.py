@@ -125,7 +125,7 @@ LOG_OBJECT = re.compile(r"(?P<table>.+)/_delta_log/(?P<name>[^/]+)")
 
 def watch(args):
     lake = lake_of(args)
-    first, vanished, violations = {}, {}, []
+    first, vanished, log_vanished, violations = {}, {}, {}, []
     polls, last = 0, {}
     final = None
     stop_seen = None
@@ -152,7 +152,9 @@ def watch(args):
         for name in last:
             if name not in names:
                 if LOG_OBJECT.fullmatch(name):
-                    violations.append("%s (a log object) disappeared" % name)
+                    # Checked against the final log by `verify`: only log
+                    # cleanup may delete, and only before the log's start.
+                    log_vanished.setdefault(name, time.time())
                 else:
                     vanished.setdefault(name, time.time())
         last = names
@@ -161,7 +163,7 @@ def watch(args):
             break
         time.sleep(max(0.2, time.monotonic() - started))
     with open(args.out, "w") as f:
-        json.dump({"polls": polls, "first": first, "final": final, "vanished": vanished, "violations": violations[:100]}, f)
+        json.dump({"polls": polls, "first": first, "final": final, "vanished": vanished, "log_vanished": log_vanished, "violations": violations[:100]}, f)
 
 
 def parse_commit(data):
@@ -169,15 +171,17 @@ def parse_commit(data):
 
 
 def checkpoint_files(data):
-    """The active files a checkpoint holds (by path) and its txn versions."""
+    """The active files a checkpoint holds (their sizes by path), its txn
+    versions, and its add actions by path."""
     table = pq.read_table(io.BytesIO(data)).to_pylist()
-    files, txns = {}, {}
+    files, txns, adds = {}, {}, {}
     for row in table:
         if row.get("add"):
             files[row["add"]["path"]] = row["add"]["size"]
+            adds[row["add"]["path"]] = row["add"]
         if row.get("txn"):
             txns[row["txn"]["appId"]] = row["txn"]["version"]
-    return files, txns
+    return files, txns, adds
 
 
 def replay_table(lake, listing, table, problems):
@@ -186,13 +190,25 @@ def replay_table(lake, listing, table, problems):
     prefix = table + "/_delta_log/"
     versions = sorted(int(n[len(prefix):-5]) for n in listing if n.startswith(prefix) and n.endswith(".json") and n[len(prefix):-5].isdigit())
     checkpoints = sorted(int(n[len(prefix):].split(".")[0]) for n in listing if n.startswith(prefix) and n.endswith(".checkpoint.parquet"))
-    if versions != list(range(len(versions))):
-        problems.append("%s: commit versions are not 0..N: %s" % (table, versions[:20]))
+    # Log cleanup deletes versions before a checkpoint: the log then starts
+    # at that checkpoint, which the replay starts from.
+    start = versions[0] if versions else 0
+    if versions != list(range(start, start + len(versions))):
+        problems.append("%s: commit versions are not a contiguous run: %s" % (table, versions[:20]))
     files, removed, txn = {}, {}, {}
     commits = {}
     all_adds = {}
     rewrites = 0
+    if start > 0:
+        if start not in checkpoints:
+            problems.append("%s: the log starts at version %d, where there is no checkpoint" % (table, start))
+            return files, removed, versions, checkpoints, rewrites, start
+        _, txn, adds = checkpoint_files(lake.get(prefix + "%020d.checkpoint.parquet" % start))
+        files = dict(adds)
+        all_adds = dict(adds)
     for v in versions:
+        if start > 0 and v == start:
+            continue
         actions = parse_commit(lake.get(prefix + "%020d.json" % v))
         commits[v] = actions
         for a in actions:
@@ -221,12 +237,12 @@ def replay_table(lake, listing, table, problems):
         for a in adds:
             all_adds[a["path"]] = a
         if v in checkpoints:
-            cp_files, cp_txn = checkpoint_files(lake.get(prefix + "%020d.checkpoint.parquet" % v))
+            cp_files, cp_txn, _ = checkpoint_files(lake.get(prefix + "%020d.checkpoint.parquet" % v))
             if {p: f["size"] for p, f in files.items()} != cp_files:
                 problems.append("%s: checkpoint %d does not hold the files of version %d" % (table, v, v))
             if cp_txn != txn:
                 problems.append("%s: checkpoint %d txn versions %s differ from %s" % (table, v, cp_txn, txn))
-    return files, removed, versions, checkpoints, rewrites
+    return files, removed, versions, checkpoints, rewrites, start
 
 
 def tables_in(listing):
@@ -320,11 +336,20 @@ def verify(args):
     tmp = tempfile.mkdtemp()
     total_rows = 0
     for table in tables_in(listing):
-        files, removed, versions, checkpoints, rewrites = replay_table(lake, listing, table, problems)
+        files, removed, versions, checkpoints, rewrites, start = replay_table(lake, listing, table, problems)
         rows = rows_of(lake, table, files, problems)
         total_rows += len(rows)
         vanished = len([n for n in (watched or {}).get("vanished", {}) if n.startswith(table + "/")])
-        counts[table] = (len(versions), len(checkpoints), rewrites, vanished, len(files), len(rows))
+        cleaned = 0
+        for name in (watched or {}).get("log_vanished", {}):
+            m = LOG_OBJECT.fullmatch(name)
+            if m is None or m.group("table") != table:
+                continue
+            cleaned += 1
+            digits = m.group("name")[:20]
+            if not digits.isdigit() or int(digits) >= start:
+                problems.append("%s (a log object the log still needs) disappeared" % name)
+        counts[table] = (len(versions), len(checkpoints), rewrites, vanished, cleaned, len(files), len(rows))
         for r in rows:
             key = identity(r)
             seen[key] += 1
@@ -385,7 +410,7 @@ def verify(args):
                 problems.append("%s changed after it was first listed" % name)
     shutil.rmtree(tmp, ignore_errors=True)
     print("delta checker: %d tables (%s), %d rows, %d acknowledged changes, %d unacknowledged, %d problems" % (
-        len(counts), ", ".join("%s: %d versions, %d checkpoints, %d compactions, %d files vacuumed, %d files, %d rows" % (t, *c) for t, c in counts.items()),
+        len(counts), ", ".join("%s: %d versions, %d checkpoints, %d compactions, %d files vacuumed, %d log files cleaned, %d files, %d rows" % (t, *c) for t, c in counts.items()),
         total_rows, sum(expected.values()), sum(maybe.values()), len(problems)))
     for p in problems[:30]:
         print("  " + p)

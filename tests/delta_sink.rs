@@ -9,6 +9,7 @@
 mod support;
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{Arc, Mutex},
@@ -400,7 +401,10 @@ async fn kill_9_loses_and_duplicates_nothing() {
 /// Many small commits: checkpoints every 3 versions, small files of a
 /// partition rewritten (`dataChange = false`, the rows unchanged at every
 /// version), and vacuum deleting only files the table removed longer ago
-/// than the retention (3 s here) or that no commit references.
+/// than the retention (3 s here) or that no commit references; log cleanup
+/// deleting only log files before a checkpoint older than the log
+/// retention (3.6 s here), so the log stays a contiguous run from a
+/// checkpoint that the agent and DuckDB read the table from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_compaction_and_vacuum_keep_every_row() {
     let mongo = Mongod::start().await;
@@ -414,7 +418,8 @@ async fn checkpoints_compaction_and_vacuum_keep_every_row() {
 commit.checkpoint_interval = 3
 compaction.min_files = 3
 vacuum.retention_hours = 0.000834
-vacuum.interval_hours = 0.0005"#,
+vacuum.interval_hours = 0.0005
+vacuum.log_retention_hours = 0.001"#,
     );
     let cfg = config(dir.path(), &mongo, free_port(), &sinks);
     let lake = Where::Dir(local.join("tables"));
@@ -422,12 +427,41 @@ vacuum.interval_hours = 0.0005"#,
     let watcher = Watcher::start(&lake, dir.path());
     let agent = Agent::start_logged(&cfg, &dir.path().join("agent.log"));
     stream_open(dir.path()).await;
+    // Rows of every commit seen, also after log cleanup deleted it: read
+    // every 100 ms from the start, while the load runs.
+    let seen: Arc<Mutex<HashMap<PathBuf, usize>>> = Arc::default();
+    let poller = tokio::spawn({
+        let (seen, local) = (Arc::clone(&seen), local.clone());
+        async move {
+            loop {
+                for p in walk(&local) {
+                    if !support::is_delta_commit(&p.to_string_lossy())
+                        || seen.lock().unwrap().contains_key(&p)
+                    {
+                        continue;
+                    }
+                    let text = std::fs::read_to_string(&p).unwrap_or_default();
+                    let rows = support::delta_rows_appended(
+                        text.lines().filter_map(|l| serde_json::from_str(l).ok()),
+                    );
+                    // A commit read while it is being written may show no
+                    // rows yet: read again at the next poll.
+                    if rows > 0 {
+                        seen.lock().unwrap().insert(p, rows);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
     let manifest = load(&mongo, 40, Duration::from_millis(400)).await;
     let expected = manifest.acknowledged();
     eventually(Duration::from_secs(60), async || {
-        (rows_committed(&local) >= expected).then_some(())
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        (seen.lock().unwrap().values().sum::<usize>() >= expected).then_some(())
     })
     .await;
+    poller.abort();
     // Vacuum waits out the retention of the last files removed.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(agent.stop(), Some(0));
@@ -444,6 +478,9 @@ vacuum.interval_hours = 0.0005"#,
     assert!(count(" checkpoints") >= 3, "{report}");
     assert!(count(" compactions") >= 1, "{report}");
     assert!(count(" files vacuumed") >= 1, "{report}");
+    // The log was cleaned up to a checkpoint, which every later upkeep
+    // (and DuckDB) read the table from.
+    assert!(count(" log files cleaned") >= 1, "{report}");
 }
 
 /// The state in the storage account, and an active that loses its term

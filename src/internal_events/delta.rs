@@ -18,6 +18,7 @@ pub struct DeltaMetrics {
     skipped: Counter,
     compactions: Counter,
     vacuumed: Counter,
+    log_files_deleted: Counter,
 }
 
 impl DeltaMetrics {
@@ -32,6 +33,7 @@ impl DeltaMetrics {
             skipped: tags.counter("adls_replayed_events_skipped_total"),
             compactions: tags.counter("delta_compactions_total"),
             vacuumed: tags.counter("delta_vacuumed_files_total"),
+            log_files_deleted: tags.counter("delta_log_files_deleted_total"),
         }
     }
 
@@ -109,7 +111,8 @@ impl DeltaMetrics {
         self.compactions.increment(1);
     }
 
-    pub fn vacuumed(&self, files: usize) {
+    pub fn vacuumed(&self, files: usize, log_files: usize) {
         self.vacuumed.increment(files as u64);
+        self.log_files_deleted.increment(log_files as u64);
     }
 }

@@ -396,7 +396,7 @@ impl DeltaSink {
     }
 
     fn vacuum_due(&self, root: &str) -> bool {
-        let Some((_, interval)) = self.settings.vacuum else {
+        let Some(super::sink::Vacuum { interval, .. }) = self.settings.vacuum else {
             return false;
         };
         let last = self.state.table(root).map_or(0, |t| t.vacuumed_at);
@@ -458,9 +458,7 @@ impl DeltaSink {
         let job = Job {
             checkpoint,
             compact_min_files: checkpoint.and(self.settings.compaction_min_files),
-            vacuum: vacuum
-                .then_some(self.settings.vacuum.map(|(retention, _)| retention))
-                .flatten(),
+            vacuum: self.settings.vacuum.filter(|_| vacuum),
             keep,
             target_bytes: self.settings.target_bytes,
             row_group_bytes: self.settings.row_group_bytes,
@@ -488,7 +486,7 @@ impl DeltaSink {
                         table.compaction = Some(compaction);
                     }
                 }
-                self.metrics.vacuumed(done.vacuumed);
+                self.metrics.vacuumed(done.vacuumed, done.log_files_deleted);
             }
             // Upkeep waits for the next checkpoint; the table is readable
             // meanwhile.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     schema::{Compression, PartitionBy},
-    sink::{DeltaSink, Settings},
+    sink::{DeltaSink, Settings, Vacuum},
     state::DeltaState,
     table::TableNames,
 };
@@ -175,6 +175,14 @@ pub struct VacuumConfig {
     /// Hours between two vacuums of a table (default 24).
     #[serde(default = "default_vacuum_interval_hours")]
     pub interval_hours: f64,
+    /// How long the table's log (`_delta_log/` commits and checkpoints) is
+    /// kept, in hours (default 720, Delta's `logRetentionDuration` of 30
+    /// days). Each vacuum deletes the log files before the newest
+    /// checkpoint written longer ago than this, so time travel reaches at
+    /// least this far back and the log stops growing (a commit a minute
+    /// is half a million files a year).
+    #[serde(default = "default_log_retention_hours")]
+    pub log_retention_hours: f64,
 }
 
 impl Default for VacuumConfig {
@@ -183,6 +191,7 @@ impl Default for VacuumConfig {
             enabled: true,
             retention_hours: default_retention_hours(),
             interval_hours: default_vacuum_interval_hours(),
+            log_retention_hours: default_log_retention_hours(),
         }
     }
 }
@@ -293,6 +302,10 @@ fn default_min_files() -> usize {
 fn default_retention_hours() -> f64 {
     168.0
 }
+fn default_log_retention_hours() -> f64 {
+    720.0
+}
+
 fn default_vacuum_interval_hours() -> f64 {
     24.0
 }
@@ -336,6 +349,11 @@ impl AdlsDeltaConfig {
         positive("commit.interval_secs", self.commit.interval_secs, errors);
         positive("request.timeout_secs", self.request.timeout_secs, errors);
         positive("vacuum.interval_hours", self.vacuum.interval_hours, errors);
+        positive(
+            "vacuum.log_retention_hours",
+            self.vacuum.log_retention_hours,
+            errors,
+        );
         for (key, value) in [
             (
                 "request.retry_initial_backoff_secs",
@@ -411,11 +429,10 @@ impl AdlsDeltaConfig {
                 timeout: Duration::from_secs_f64(request.timeout_secs),
             },
             compaction_min_files: self.compaction.enabled.then_some(self.compaction.min_files),
-            vacuum: self.vacuum.enabled.then(|| {
-                (
-                    Duration::from_secs_f64(self.vacuum.retention_hours * 3600.0),
-                    Duration::from_secs_f64(self.vacuum.interval_hours * 3600.0),
-                )
+            vacuum: self.vacuum.enabled.then(|| Vacuum {
+                retention: Duration::from_secs_f64(self.vacuum.retention_hours * 3600.0),
+                interval: Duration::from_secs_f64(self.vacuum.interval_hours * 3600.0),
+                log_retention: Duration::from_secs_f64(self.vacuum.log_retention_hours * 3600.0),
             }),
         }
     }

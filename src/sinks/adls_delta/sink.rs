@@ -64,8 +64,18 @@ pub struct Settings {
     pub concurrency: usize,
     pub retry: RetryPolicy,
     pub compaction_min_files: Option<usize>,
-    /// Retention and interval.
-    pub vacuum: Option<(Duration, Duration)>,
+    pub vacuum: Option<Vacuum>,
+}
+
+/// `vacuum.*`, resolved.
+#[derive(Clone, Copy, Debug)]
+pub struct Vacuum {
+    /// How long unreferenced data files are kept.
+    pub retention: Duration,
+    /// Time between two vacuums of a table.
+    pub interval: Duration,
+    /// How long `_delta_log/` files are kept.
+    pub log_retention: Duration,
 }
 
 /// A data file being written.

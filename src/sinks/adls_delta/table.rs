@@ -85,12 +85,13 @@ impl TableNames {
         rendered.trim_matches('/').to_string()
     }
 
-    /// With no state: a table this sink type created (its first commit
-    /// holds a `txn` of `mongo-adls`), which the lost state would have
-    /// described; tables of other writers do not count. A listing that
-    /// fails is logged and counted as none.
+    /// With no state: a table this sink type wrote (its first commit
+    /// still in the log, version 0 unless log cleanup removed earlier
+    /// ones, holds a `txn` of `mongo-adls`), which the lost state would
+    /// have described; tables of other writers do not count. A listing
+    /// that fails is logged and counted as none.
     pub async fn table_in_lake(&self, storage: &dyn Storage, sink: &str) -> Option<String> {
-        const FIRST: &str = "/_delta_log/00000000000000000000.json";
+        const LOG: &str = "/_delta_log/";
         let names = match storage.list(&self.literal).await {
             Ok(names) => names,
             Err(e) => {
@@ -101,10 +102,24 @@ impl TableNames {
                 return None;
             }
         };
-        for name in names.iter().filter(|n| n.ends_with(FIRST)) {
-            let first = storage.get(name).await.ok().flatten().unwrap_or_default();
-            if String::from_utf8_lossy(&first).contains(r#""appId":"mongo-adls:"#) {
-                return Some(name.trim_end_matches(FIRST).to_string());
+        // The first commit in each table's log: names of one table sort
+        // by version.
+        let mut first: BTreeMap<&str, &str> = BTreeMap::new();
+        for name in &names {
+            let Some((table, file)) = name.rsplit_once(LOG) else {
+                continue;
+            };
+            let commit = file.len() == 25
+                && file.ends_with(".json")
+                && file[..20].bytes().all(|b| b.is_ascii_digit());
+            if commit && first.get(table).is_none_or(|f| name.as_str() < *f) {
+                first.insert(table, name);
+            }
+        }
+        for (table, name) in first {
+            let commit = storage.get(name).await.ok().flatten().unwrap_or_default();
+            if String::from_utf8_lossy(&commit).contains(r#""appId":"mongo-adls:"#) {
+                return Some(table.to_string());
             }
         }
         None

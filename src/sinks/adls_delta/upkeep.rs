@@ -9,7 +9,10 @@
 //! - vacuum: files the table no longer references (compacted away, or
 //!   written by an attempt that never committed), once older than the
 //!   retention. The sink records the vacuum in its fenced state before it
-//!   starts, so an agent that lost its lease never deletes anything.
+//!   starts, so an agent that lost its lease never deletes anything;
+//! - log cleanup, with each vacuum and from its listing: `_delta_log/`
+//!   files before the newest checkpoint older than the log retention
+//!   (Delta's metadata cleanup).
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -24,9 +27,10 @@ use super::{
     log::{checkpoint, snapshot::Snapshot, Add, LogError, Remove, TableLog},
     rows::MinMax,
     schema::{file_schema, Compression, Partition},
+    sink::Vacuum,
     table::Compaction,
 };
-use crate::codecs::json::ExtendedJsonMode;
+use crate::{codecs::json::ExtendedJsonMode, sinks::util::storage::ObjectMeta};
 
 /// Input bytes rewritten by one compaction at most; the rest waits for the
 /// next checkpoint.
@@ -38,8 +42,8 @@ pub struct Job {
     pub checkpoint: Option<i64>,
     /// Compact, with this many files of a size class at least.
     pub compact_min_files: Option<usize>,
-    /// Vacuum with this retention.
-    pub vacuum: Option<Duration>,
+    /// Vacuum (and clean the log) with these retentions.
+    pub vacuum: Option<Vacuum>,
     /// Files the state's intent names (never vacuumed).
     pub keep: HashSet<String>,
     pub target_bytes: u64,
@@ -53,6 +57,8 @@ pub struct Done {
     pub checkpointed: Option<i64>,
     pub compaction: Option<Compaction>,
     pub vacuumed: usize,
+    /// `_delta_log/` files deleted.
+    pub log_files_deleted: usize,
 }
 
 pub async fn run(log: &TableLog, job: Job) -> Result<Done, LogError> {
@@ -83,7 +89,10 @@ pub async fn run(log: &TableLog, job: Job) -> Result<Done, LogError> {
         if let Some(compaction) = &done.compaction {
             keep.extend(compaction.adds.iter().map(|a| a.path.clone()));
         }
-        done.vacuumed = vacuum(log, &newest, retention, &keep, now_ms).await?;
+        // One listing of the table's folder for both.
+        let listed = log.requests.list(&format!("{}/", log.root)).await?;
+        done.vacuumed = vacuum(log, &listed, &newest, retention.retention, &keep, now_ms).await?;
+        done.log_files_deleted = clean_log(log, &listed, retention.log_retention, now_ms).await?;
     }
     Ok(done)
 }
@@ -250,6 +259,7 @@ fn partition_of(add: &Add) -> Partition {
 /// outside `_delta_log/` and hidden folders are considered.
 async fn vacuum(
     log: &TableLog,
+    listed: &[ObjectMeta],
     snapshot: &Snapshot,
     retention: Duration,
     keep: &HashSet<String>,
@@ -258,7 +268,7 @@ async fn vacuum(
     let cutoff = now_ms - retention.as_millis() as i64;
     let prefix = format!("{}/", log.root);
     let mut deleted = 0;
-    for object in log.requests.list(&prefix).await? {
+    for object in listed {
         let Some(path) = object.name.strip_prefix(&prefix) else {
             continue;
         };
@@ -287,9 +297,88 @@ async fn vacuum(
     Ok(deleted)
 }
 
+/// Deletes the log files no reader within `retention` needs (Delta's
+/// metadata cleanup): commits, checkpoints and checksums of versions
+/// before the newest checkpoint last written more than `retention` ago.
+/// Every version since that checkpoint stays readable, so time travel
+/// reaches back at least `retention`. Oldest first, so a cleanup cut
+/// short leaves the log a contiguous run from that checkpoint on.
+async fn clean_log(
+    log: &TableLog,
+    listed: &[ObjectMeta],
+    retention: Duration,
+    now_ms: i64,
+) -> Result<usize, LogError> {
+    let cutoff = now_ms - retention.as_millis() as i64;
+    let prefix = format!("{}/_delta_log/", log.root);
+    let files: Vec<(i64, &ObjectMeta, bool)> = listed
+        .iter()
+        .filter_map(|o| {
+            let (version, checkpoint) = log_file_version(o.name.strip_prefix(&prefix)?)?;
+            Some((version, o, checkpoint))
+        })
+        .collect();
+    let Some(keep_from) = files
+        .iter()
+        .filter(|(_, o, checkpoint)| *checkpoint && o.last_modified_ms <= cutoff)
+        .map(|(v, _, _)| *v)
+        .max()
+    else {
+        return Ok(0);
+    };
+    let mut old: Vec<&(i64, &ObjectMeta, bool)> =
+        files.iter().filter(|(v, _, _)| *v < keep_from).collect();
+    old.sort_by_key(|(v, o, _)| (*v, o.name.clone()));
+    for (_, object, _) in &old {
+        log.requests.delete(&object.name).await?;
+    }
+    if !old.is_empty() {
+        tracing::info!(table = %log.root, files = old.len(), from_version = keep_from, "Log files past the log retention deleted; the log now starts at a checkpoint.");
+    }
+    Ok(old.len())
+}
+
+/// The version of a `_delta_log/` file name, and whether it is a
+/// single-file checkpoint: `<20 digits>.json`, `.checkpoint.parquet`,
+/// `.checkpoint.<part>.<parts>.parquet` or `.crc`. Anything else
+/// (`_last_checkpoint`, other writers' folders) is `None` and kept.
+fn log_file_version(name: &str) -> Option<(i64, bool)> {
+    let (digits, rest) = name.split_at_checked(20)?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let version = digits.parse().ok()?;
+    let checkpoint = rest == ".checkpoint.parquet";
+    let multipart = rest.starts_with(".checkpoint.") && rest.ends_with(".parquet");
+    (checkpoint || multipart || rest == ".json" || rest == ".crc").then_some((version, checkpoint))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_files_are_known_by_name() {
+        let v = |n: &str| log_file_version(n);
+        assert_eq!(v("00000000000000000042.json"), Some((42, false)));
+        assert_eq!(
+            v("00000000000000000040.checkpoint.parquet"),
+            Some((40, true))
+        );
+        assert_eq!(
+            v("00000000000000000040.checkpoint.0000000001.0000000002.parquet"),
+            Some((40, false))
+        );
+        assert_eq!(v("00000000000000000041.crc"), Some((41, false)));
+        for kept in [
+            "_last_checkpoint",
+            "00000000000000000041.json.tmp",
+            "0000000000000000004.json",
+            "_commits/00000000000000000041.json",
+        ] {
+            assert_eq!(v(kept), None, "{kept}");
+        }
+    }
     use crate::sinks::adls_delta::log::{Metadata, Protocol};
 
     fn add(path: &str, size: i64, date: &str) -> Add {
