@@ -466,8 +466,11 @@ async fn an_idle_pipeline_costs_few_requests() {
     eprintln!(
         "idle pipeline (defaults, lease 20 s): active agent {alone:.0} requests/min, standby {standby_cost:.0} requests/min"
     );
+    // 30 a minute measured (lease renewals; an idle checkpoint a minute
+    // at most, `checkpoint_idle_interval_secs`); 90 before idle positions
+    // waited for that interval.
     assert!(
-        alone < 120.0,
+        alone < 45.0,
         "an idle active agent sends {alone:.0} requests a minute"
     );
     assert!(

@@ -697,27 +697,17 @@ pub fn container_sas(container: &str, permissions: &str) -> String {
 
 /// [`container_sas`] expiring at `se` (`YYYY-MM-DDTHH:MM:SSZ`).
 pub fn container_sas_until(container: &str, permissions: &str, se: &str) -> String {
-    use base64::Engine as _;
-    use hmac::Mac;
     let (sv, spr, sr) = ("2019-12-12", "https,http", "c");
     let resource = format!("/blob/{AZURITE_ACCOUNT}/{container}");
     // sp, st, se, resource, si, sip, spr, sv, sr, snapshot time, and the
     // five response headers.
     let to_sign = format!("{permissions}\n\n{se}\n{resource}\n\n\n{spr}\n{sv}\n{sr}\n\n\n\n\n\n");
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(AZURITE_KEY)
-        .unwrap();
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
-    mac.update(to_sign.as_bytes());
-    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    let sig: String = url::form_urlencoded::byte_serialize(sig.as_bytes()).collect();
+    let sig = sas_signature(&to_sign);
     format!("sv={sv}&sr={sr}&sp={permissions}&se={se}&spr={spr}&sig={sig}")
 }
 
 /// An account SAS for Azurite (service version 2019-12-12 signing rules).
 pub fn account_sas(permissions: &str) -> String {
-    use base64::Engine as _;
-    use hmac::Mac;
     let (sv, ss, srt, se, spr) = (
         "2019-12-12",
         "b",
@@ -726,14 +716,21 @@ pub fn account_sas(permissions: &str) -> String {
         "https,http",
     );
     let to_sign = format!("{AZURITE_ACCOUNT}\n{permissions}\n{ss}\n{srt}\n\n{se}\n\n{spr}\n{sv}\n");
+    let sig = sas_signature(&to_sign);
+    format!("sv={sv}&ss={ss}&srt={srt}&sp={permissions}&se={se}&spr={spr}&sig={sig}")
+}
+
+/// A SAS signature of `to_sign` with Azurite's key, URL-encoded.
+fn sas_signature(to_sign: &str) -> String {
+    use base64::Engine as _;
+    use hmac::Mac;
     let key = base64::engine::general_purpose::STANDARD
         .decode(AZURITE_KEY)
         .unwrap();
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
     mac.update(to_sign.as_bytes());
     let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    let sig: String = url::form_urlencoded::byte_serialize(sig.as_bytes()).collect();
-    format!("sv={sv}&ss={ss}&srt={srt}&sp={permissions}&se={se}&spr={spr}&sig={sig}")
+    url::form_urlencoded::byte_serialize(sig.as_bytes()).collect()
 }
 
 /// Which failures [`FaultProxy`] injects: every `every`-th request gets the

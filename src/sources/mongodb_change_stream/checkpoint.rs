@@ -134,6 +134,12 @@ pub struct Acks {
     written: Option<String>,
     last_write: Instant,
     interval: Duration,
+    /// The interval when only idle positions moved it since the last write.
+    idle_interval: Duration,
+    /// An event was delivered since the last write (or nothing was written
+    /// yet in this run): the next write waits `interval`, not
+    /// `idle_interval`.
+    moved: bool,
     /// Set after a failed delivery: nothing is committed past it until restart.
     failed: bool,
 }
@@ -143,7 +149,7 @@ impl Acks {
         state: StateDoc,
         pipeline: &str,
         initial: Option<String>,
-        interval: Duration,
+        (interval, idle_interval): (Duration, Duration),
     ) -> Self {
         Self {
             state,
@@ -153,6 +159,8 @@ impl Acks {
             written: initial,
             last_write: Instant::now(),
             interval,
+            idle_interval,
+            moved: true,
             failed: false,
         }
     }
@@ -182,7 +190,10 @@ impl Acks {
     pub fn resolved(&mut self, status: BatchStatus, token: String) {
         self.outstanding = self.outstanding.saturating_sub(1);
         match status {
-            BatchStatus::Delivered if !self.failed => self.committed = Some(token),
+            BatchStatus::Delivered if !self.failed => {
+                self.committed = Some(token);
+                self.moved = true;
+            }
             BatchStatus::Delivered => {}
             other => {
                 if !self.failed {
@@ -210,11 +221,19 @@ impl Acks {
     /// Commits without acknowledgements (`acknowledgements.enabled = false`).
     pub fn sent_unacknowledged(&mut self, token: String) {
         self.committed = Some(token);
+        self.moved = true;
     }
 
-    /// Writes the checkpoint if it changed and the interval passed (or `force`).
+    /// Writes the checkpoint if it changed and the interval passed (or
+    /// `force`): `interval` after delivered events, `idle_interval` when
+    /// only the idle position moved.
     pub async fn flush(&mut self, force: bool) -> Result<bool, StateError> {
-        if self.committed == self.written || (!force && self.last_write.elapsed() < self.interval) {
+        let interval = if self.moved {
+            self.interval
+        } else {
+            self.idle_interval
+        };
+        if self.committed == self.written || (!force && self.last_write.elapsed() < interval) {
             return Ok(false);
         }
         let Some(token) = self.committed.clone() else {
@@ -227,6 +246,7 @@ impl Acks {
             .save(&Checkpoint::of(&self.pipeline, token, None))
             .await?;
         self.written = self.committed.clone();
+        self.moved = false;
         Ok(true)
     }
 }
@@ -249,11 +269,37 @@ mod tests {
         assert_eq!(token_cluster_time("01AB"), None);
     }
 
+    /// An idle stream's position is written at most every idle interval;
+    /// a delivered event is written after the normal interval, and so is
+    /// the first position of a run.
+    #[tokio::test]
+    async fn idle_positions_wait_for_the_idle_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::state_store::StateHandle::local(dir.path()).doc("checkpoint.json");
+        let intervals = (Duration::ZERO, Duration::from_secs(3600));
+        let mut acks = Acks::new(state.clone(), "p", Some("1".into()), intervals);
+        acks.idle(Some("2".into()));
+        assert!(acks.flush(false).await.unwrap(), "the first write of a run");
+        acks.idle(Some("3".into()));
+        assert!(!acks.flush(false).await.unwrap(), "an idle move waits");
+        acks.emitted();
+        acks.resolved(BatchStatus::Delivered, "4".into());
+        assert!(
+            acks.flush(false).await.unwrap(),
+            "a delivered event does not"
+        );
+        acks.idle(Some("5".into()));
+        assert!(!acks.flush(false).await.unwrap());
+        assert!(acks.flush(true).await.unwrap(), "at shutdown it is written");
+        let saved = state.load::<Checkpoint>().await.unwrap().unwrap();
+        assert_eq!(saved.resume_token, "5");
+    }
+
     #[tokio::test]
     async fn commits_in_order_and_stops_at_failure() {
         let dir = tempfile::tempdir().unwrap();
         let state = crate::state_store::StateHandle::local(dir.path()).doc("checkpoint.json");
-        let mut acks = Acks::new(state.clone(), "p", None, Duration::ZERO);
+        let mut acks = Acks::new(state.clone(), "p", None, (Duration::ZERO, Duration::ZERO));
         for _ in 0..3 {
             acks.emitted();
         }

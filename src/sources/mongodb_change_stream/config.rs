@@ -171,6 +171,15 @@ pub struct MongoDbChangeStreamConfig {
     /// shutdown).
     #[serde(default = "default_checkpoint_interval_ms")]
     pub checkpoint_interval_ms: u64,
+    /// On an idle stream (no event delivered since the last write), write
+    /// the checkpoint at most this often, in seconds (default 60): the
+    /// server's idle position moves every second, and writing each one
+    /// costs a storage request apiece with `[state] store = "azure_blob"`.
+    /// A restart then resumes from up to this far back, which replays
+    /// nothing (no event came in between). The first write of a run is
+    /// not held back.
+    #[serde(default = "default_checkpoint_idle_interval_secs")]
+    pub checkpoint_idle_interval_secs: f64,
 }
 
 fn default_batch_size() -> Option<u32> {
@@ -190,6 +199,9 @@ fn default_max_recoveries() -> u32 {
 }
 fn default_checkpoint_interval_ms() -> u64 {
     1000
+}
+fn default_checkpoint_idle_interval_secs() -> f64 {
+    60.0
 }
 fn default_snapshot_chunk_size() -> u32 {
     1000
@@ -347,6 +359,13 @@ impl MongoDbChangeStreamConfig {
         }
         if let Err(e) = self.start() {
             errors.push(OptionError::new("start_at", e.to_string()));
+        }
+        let idle = self.checkpoint_idle_interval_secs;
+        if !(idle.is_finite() && idle >= 0.0) {
+            errors.push(OptionError::new(
+                "checkpoint_idle_interval_secs",
+                "must be a number, 0 or more",
+            ));
         }
         if self.on_history_lost == OnHistoryLost::Resnapshot && self.snapshot == SnapshotMode::Off {
             errors.push(OptionError::new(

@@ -310,12 +310,15 @@ impl ChangeStreamSource {
                 return ControlFlow::Break(Err(()));
             }
         };
-        let interval = Duration::from_millis(self.config.checkpoint_interval_ms);
+        let intervals = (
+            Duration::from_millis(self.config.checkpoint_interval_ms),
+            Duration::from_secs_f64(self.config.checkpoint_idle_interval_secs),
+        );
         let (finalizer, ack_stream) = OrderedFinalizer::new();
         ControlFlow::Continue(RunState {
             at,
             snapshot_resume,
-            acks: Acks::new(self.state.clone(), &self.pipeline_id, initial, interval),
+            acks: Acks::new(self.state.clone(), &self.pipeline_id, initial, intervals),
             finalizer,
             ack_stream,
             hand_over: None,
