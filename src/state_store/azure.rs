@@ -58,9 +58,12 @@ use crate::{
     redact,
     sinks::{
         azure_common::auth::AuthConfig,
-        azure_common::{chain, classify, client::ContainerAccess, AzureFailure},
+        azure_common::{chain, client::ContainerAccess},
     },
 };
+
+mod errors;
+use errors::{map_error, version};
 
 /// Each request gets this long before it counts as unanswered.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -330,60 +333,6 @@ impl AzureStateStore {
             }
         }
     }
-}
-
-/// Sorts a service error by what the caller must do about it.
-fn map_error(
-    what: &'static str,
-    blob: &str,
-    expected: &str,
-    e: &azure_core::Error,
-) -> StateStoreError {
-    let blob = blob.to_string();
-    let (status, code) = match classify(e) {
-        AzureFailure::Answered { status, code } => (status, code),
-        AzureFailure::Unavailable(message) => {
-            return StateStoreError::Unavailable {
-                what,
-                blob,
-                message,
-            }
-        }
-        AzureFailure::Failed(message) => {
-            return StateStoreError::Failed {
-                what,
-                blob,
-                message,
-            }
-        }
-    };
-    match (status, code.as_str()) {
-        // LeaseIdMissing, LeaseIdMismatchWith*, LeaseNotPresentWith*,
-        // LeaseLost, LeaseAlreadyPresent, LeaseIsBreaking...
-        (409 | 412, c) if c.starts_with("Lease") => StateStoreError::Fenced { what, blob, code },
-        (412, _) | (409, "BlobAlreadyExists") | (404, "BlobNotFound") => {
-            StateStoreError::ConditionFailed {
-                what,
-                blob,
-                expected: expected.to_string(),
-                code,
-            }
-        }
-        _ => StateStoreError::Failed {
-            what,
-            blob,
-            message: format!("HTTP {status} {code}"),
-        },
-    }
-}
-
-fn version(etag: Option<Etag>, what: &'static str, t: &Target) -> Result<Version, StateStoreError> {
-    etag.map(|e| Version(e.to_string()))
-        .ok_or_else(|| StateStoreError::Failed {
-            what,
-            blob: t.blob.clone(),
-            message: "the response has no ETag".into(),
-        })
 }
 
 fn content(bytes: Bytes) -> RequestContent<Bytes, azure_core::http::NoFormat> {

@@ -17,7 +17,9 @@
 //! - `storage/`: the Blob endpoint and `file://` backends, and retries.
 //! - `state/`: open files, staged blocks and high-water positions;
 //!   `state/log.rs` is its on-disk change log.
-//! - `sink.rs`: the run loop that wires these together.
+//! - `sink.rs`: the run loop that wires these together; `sink/outcomes.rs`:
+//!   what each finished request changes (state, acknowledgements, held and
+//!   rejected writes).
 
 mod batcher;
 pub mod config;

@@ -13,7 +13,8 @@ use super::{
     // Server selection gives up before the caller's 10 s healthcheck
     // limit, so its error (which names what it saw) is the one reported.
     errors::{describe, SERVER_SELECTION_TIMEOUT},
-    stream::{client_options, watch, OpenAt},
+    stream::OpenAt,
+    watch::{client_options, watch},
 };
 
 pub async fn healthcheck(config: &MongoDbChangeStreamConfig) -> Result<Option<String>, String> {

@@ -3,7 +3,12 @@
 //! resume exactly where delivered data ends.
 //!
 //! - `config.rs`: the user-facing options.
-//! - `stream.rs`: opening the stream, reading and forwarding raw events.
+//! - `stream.rs`: reading the stream and forwarding raw events, with
+//!   acknowledgements and watermarks.
+//! - `watch.rs`: opening the stream (as the source and `validate` do) and
+//!   reading resume tokens.
+//! - `state_check.rs`: the start check of the checkpoint against the sinks'
+//!   state.
 //! - `recovery.rs`: stream errors: retry with backoff, lost history, fatal.
 //! - `errors.rs`: MongoDB errors as sentences; which ones retrying cannot fix.
 //! - `healthcheck.rs`: `validate`'s check of the deployment and scope.
@@ -25,6 +30,7 @@ mod recovery;
 mod snapshot;
 mod state_check;
 mod stream;
+mod watch;
 
 pub use checkpoint::{token_cluster_time, Checkpoint};
 pub use config::MongoDbChangeStreamConfig;

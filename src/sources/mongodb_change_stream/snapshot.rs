@@ -31,7 +31,8 @@ use super::{
     config::Scope,
     errors,
     recovery::Failure,
-    stream::{event_token, ChangeStreamSource, OpenAt},
+    stream::{ChangeStreamSource, OpenAt},
+    watch::event_token,
 };
 use crate::{
     event::{BatchStatus, EventMetadata, LogEvent, Position},
@@ -357,7 +358,7 @@ impl ChangeStreamSource {
                 let stream = self.open(&OpenAt::Now, self.config.batch_size).await?;
                 let token = stream
                     .resume_token()
-                    .and_then(|t| super::stream::token_hex(&t));
+                    .and_then(|t| super::watch::token_hex(&t));
                 let collections = self.snapshot_collections().await?;
                 Ok::<_, mongodb::error::Error>((token, collections))
             }

@@ -7,11 +7,14 @@
 
 use std::fmt;
 
+use super::config::MongoDbChangeStreamConfig;
 use super::{
     checkpoint::{token_cluster_time, Checkpoint},
     config::{SnapshotMode, StartAt},
 };
-use crate::{event::Position, lineage::SinkStateReport};
+use crate::{
+    event::Position, lineage::SinkStateReport, sources::SourceContext, state_store::StateDoc,
+};
 
 /// Something lost, found at start.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -251,6 +254,41 @@ impl fmt::Display for Explain<'_> {
             ),
         }
     }
+}
+
+/// The start check ([`state_check`]): the pipeline id to keep, or the
+/// refusal to start. `start_at = "now"` ignores the checkpoint by choice, so
+/// a gap it makes is logged, not refused.
+pub(super) async fn check_state(
+    config: &MongoDbChangeStreamConfig,
+    cx: &SourceContext,
+    state: &StateDoc,
+) -> crate::Result<String> {
+    let checkpoint = state.load::<Checkpoint>().await?;
+    let start_at = config.start()?;
+    let start = Start {
+        at: &start_at,
+        snapshot: config.snapshot,
+    };
+    let losses = audit(&cx.key, checkpoint.as_ref(), &start, &cx.sink_states);
+    let chosen =
+        |loss: &Loss| start_at == StartAt::Now && matches!(loss, Loss::CheckpointMissing { .. });
+    let refused: Vec<Loss> = if cx.globals.accept_data_gap {
+        Vec::new()
+    } else {
+        losses.iter().filter(|l| !chosen(l)).cloned().collect()
+    };
+    if !refused.is_empty() {
+        return Err(refusal(&cx.key, &state.location(), &start, &refused).into());
+    }
+    for loss in &losses {
+        tracing::error!(source = %cx.key, "{}", data_gap(&cx.key, &start, loss));
+    }
+    // The checkpoint's pipeline, or (first start, an older version's
+    // checkpoint, or a checkpoint lost and accepted) a new one.
+    Ok(checkpoint
+        .and_then(|c| c.pipeline)
+        .unwrap_or_else(crate::lineage::new_pipeline_id))
 }
 
 #[cfg(test)]

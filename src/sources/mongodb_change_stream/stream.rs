@@ -23,31 +23,29 @@ use crate::{
     state_store::StateDoc,
     topology::{Sent, SourceSender},
 };
-use bson::{doc, Document, RawDocumentBuf};
+use bson::{Document, RawDocumentBuf};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use mongodb::{
     change_stream::{event::ResumeToken, ChangeStream},
-    options::{ClientOptions, FullDocumentBeforeChangeType, FullDocumentType},
     Client,
 };
 
 use super::{
-    checkpoint::{token_cluster_time, Acks, Checkpoint, SnapshotProgress},
-    config::{
-        FullDocument, FullDocumentBeforeChange, MongoDbChangeStreamConfig, OnOversizedEvent, Scope,
-        SnapshotMode, StartAt,
-    },
-    oversized::oversized_stages,
+    checkpoint::{token_cluster_time, Acks, SnapshotProgress},
+    config::{MongoDbChangeStreamConfig, Scope, SnapshotMode, StartAt},
     read_ahead::{Read, ReadAhead},
     snapshot::SnapshotEnd,
-    state_check::{audit, data_gap, refusal, Loss, Start},
+    state_check::check_state,
+    watch::{client_options, describe_scope, token_hex, watch, Stamp},
 };
 
 /// Events read before their average size picks the batch size.
 const SIZE_SAMPLE: usize = 256;
 /// The server reply a batch is sized for.
 pub(super) const REPLY_TARGET_BYTES: usize = 4 << 20;
+mod start;
+
 /// Fewest events per batch however large they are.
 const MIN_BATCH_SIZE: u32 = 16;
 
@@ -202,63 +200,6 @@ impl ChangeStreamSource {
         })
     }
 
-    /// Where to begin: the checkpoint, an unfinished snapshot, or the
-    /// configured start. `None` when an `initial_only` snapshot is done.
-    #[allow(clippy::type_complexity)]
-    async fn initial_position(
-        &self,
-    ) -> crate::Result<Option<(OpenAt, Option<String>, Option<(String, SnapshotProgress)>)>> {
-        let checkpoint = self.state.load::<Checkpoint>().await?;
-        if self.start != StartAt::Now {
-            if let Some(c) = checkpoint {
-                match c.snapshot {
-                    Some(p) if !p.done => {
-                        tracing::info!(source = %self.cx.key, "Continuing the snapshot from its checkpoint.");
-                        return Ok(Some((OpenAt::Snapshot, None, Some((c.resume_token, p)))));
-                    }
-                    Some(_) if self.config.snapshot == SnapshotMode::InitialOnly => {
-                        tracing::info!(source = %self.cx.key, "The snapshot is complete (snapshot = \"initial_only\"); nothing to do. Remove {} to copy again.", self.state.location());
-                        return Ok(None);
-                    }
-                    _ => {}
-                }
-                tracing::info!(
-                    source = %self.cx.key,
-                    cluster_time = %cluster_time_of(&c.resume_token),
-                    "Resuming after checkpoint {}.",
-                    c.resume_token
-                );
-                return Ok(Some((
-                    OpenAt::After(c.resume_token.clone()),
-                    Some(c.resume_token),
-                    None,
-                )));
-            }
-        }
-        if self.config.snapshot != SnapshotMode::Off {
-            tracing::info!(source = %self.cx.key, "No checkpoint: copying the watched collections first (snapshot = {:?}).", self.config.snapshot);
-            return Ok(Some((OpenAt::Snapshot, None, None)));
-        }
-        tracing::info!(
-            source = %self.cx.key,
-            start_at = %self.config.start_at,
-            "{}",
-            match &self.start {
-                StartAt::Time(t) => format!("Starting at {} (start_at).", crate::internal_events::rfc3339(i64::from(t.time))),
-                StartAt::Token(t) => format!(
-                    "Starting after resume token {t} (start_at), cluster time {}.",
-                    cluster_time_of(t)
-                ),
-                _ => "Starting from now: changes before this moment are not read.".into(),
-            }
-        );
-        Ok(Some(match &self.start {
-            StartAt::CheckpointOrNow | StartAt::Now => (OpenAt::Now, None, None),
-            StartAt::Time(t) => (OpenAt::Time(*t), None, None),
-            StartAt::Token(t) => (OpenAt::After(t.clone()), Some(t.clone()), None),
-        }))
-    }
-
     /// Opens the stream at `at`, with server batches of `batch_size`
     /// events.
     pub(super) async fn open(
@@ -297,38 +238,6 @@ impl ChangeStreamSource {
             }
         };
         self.stop(run, stop).await
-    }
-
-    /// Where to begin, and the bookkeeping to begin with. Breaks when there
-    /// is nothing to do or the checkpoint cannot be read.
-    async fn start(&mut self) -> ControlFlow<Stop, RunState> {
-        let (at, initial, snapshot_resume) = match self.initial_position().await {
-            Ok(Some(p)) => p,
-            Ok(None) => return ControlFlow::Break(Ok(())),
-            Err(e) => {
-                self.error("checkpoint_failed", &e.to_string());
-                return ControlFlow::Break(Err(()));
-            }
-        };
-        let intervals = (
-            Duration::from_millis(self.config.checkpoint_interval_ms),
-            Duration::from_secs_f64(self.config.checkpoint_idle_interval_secs),
-        );
-        let (finalizer, ack_stream) = OrderedFinalizer::new();
-        ControlFlow::Continue(RunState {
-            at,
-            snapshot_resume,
-            acks: Acks::new(self.state.clone(), &self.pipeline_id, initial, intervals),
-            finalizer,
-            ack_stream,
-            hand_over: None,
-            progress: StreamProgress::register(&self.cx.tags),
-            source_id: Arc::from(self.cx.key.as_str()),
-            out: self.out.take().expect("run is called once"),
-            batch_size: self.config.batch_size,
-            attempt: 0,
-            recoveries: 0,
-        })
     }
 
     /// One opening of the stream: snapshot first if due, open, forward.
@@ -677,202 +586,7 @@ impl ChangeStreamSource {
     }
 }
 
-fn to_resume_token(hex: &str) -> ResumeToken {
-    bson::from_document(doc! { "_data": hex })
-        .expect("a {_data: string} document is a resume token")
-}
-
-pub(super) fn token_hex(token: &ResumeToken) -> Option<String> {
-    bson::to_document(token)
-        .ok()
-        .and_then(|d| d.get_str("_data").ok().map(str::to_string))
-}
-
-/// `_id._data` of a raw change event.
-pub fn event_token(raw: &RawDocumentBuf) -> Option<String> {
-    resume_token(raw.get_document("_id").ok()?)
-}
-
-/// `_data` of an event's `_id`.
-fn resume_token(id: &bson::RawDocument) -> Option<String> {
-    id.get_str("_data").ok().map(str::to_string)
-}
-
-/// What the source reads of a change event's top-level fields, found in
-/// one pass: they come first in an event, and a lookup from the start for
-/// each cost about 5 % of the agent's CPU at 1 KB (`perf`).
-struct Stamp {
-    /// `_id._data`, the resume token.
-    token: Option<String>,
-    cluster_time: Option<bson::Timestamp>,
-    wall_time: Option<bson::DateTime>,
-}
-
-impl Stamp {
-    fn of(raw: &bson::RawDocument) -> Self {
-        let mut stamp = Self {
-            token: None,
-            cluster_time: None,
-            wall_time: None,
-        };
-        for element in raw {
-            let Ok((key, value)) = element else { break };
-            match key {
-                "_id" => stamp.token = value.as_document().and_then(resume_token),
-                "clusterTime" => stamp.cluster_time = value.as_timestamp(),
-                "wallTime" => stamp.wall_time = value.as_datetime(),
-                _ => {}
-            }
-            if stamp.token.is_some() && stamp.cluster_time.is_some() {
-                break;
-            }
-        }
-        stamp
-    }
-
-    /// The event's time: clusterTime, else wallTime.
-    fn event_time(&self) -> Option<DateTime<Utc>> {
-        match self.cluster_time {
-            Some(t) => DateTime::from_timestamp(i64::from(t.time), 0),
-            None => self.wall_time.map(|d| d.to_chrono()),
-        }
-    }
-}
-
-/// What the stream watches, for logs.
-fn describe_scope(scope: &Scope) -> String {
-    match scope {
-        Scope::Deployment => "the whole deployment".into(),
-        Scope::Database(db) => format!("database {db}"),
-        Scope::Collection(db, coll) => format!("collection {db}.{coll}"),
-        Scope::Collections(db, colls) => format!("collections {} of {db}", colls.join(", ")),
-    }
-}
-
 /// A resume token's cluster time as RFC 3339, or `unknown`.
-/// The driver's options from `uri`: `app_name` unless the URI names one,
-/// and a server selection timeout that reports an unreachable deployment
-/// within seconds (unless the URI sets one).
-pub(super) async fn client_options(
-    config: &MongoDbChangeStreamConfig,
-    app_name: &str,
-) -> Result<ClientOptions, String> {
-    let mut options = ClientOptions::parse(&config.uri).await.map_err(|e| {
-        format!(
-            "`uri` is not a valid MongoDB connection string: {}",
-            super::errors::describe(&e)
-        )
-    })?;
-    options.app_name.get_or_insert_with(|| app_name.to_string());
-    options
-        .server_selection_timeout
-        .get_or_insert(super::errors::SERVER_SELECTION_TIMEOUT);
-    Ok(options)
-}
-
-/// Opens the change stream of `scope` as configured (pipeline, pre- and
-/// post-images, expanded events, batch size) at `at`. The source and
-/// `validate`'s healthcheck both open it here, so the check tries exactly
-/// what the source will run.
-pub(super) async fn watch(
-    client: &Client,
-    config: &MongoDbChangeStreamConfig,
-    scope: &Scope,
-    user_pipeline: &[Document],
-    at: &OpenAt,
-    max_await: Duration,
-    batch_size: Option<u32>,
-) -> mongodb::error::Result<ChangeStream<RawDocumentBuf>> {
-    let mut pipeline = Vec::with_capacity(user_pipeline.len() + 1);
-    if let Scope::Collections(_, colls) = scope {
-        pipeline.push(doc! { "$match": { "ns.coll": { "$in": colls.clone() } } });
-    }
-    pipeline.extend(user_pipeline.iter().cloned());
-    if config.on_oversized_event == OnOversizedEvent::Skip {
-        pipeline.extend(oversized_stages());
-    }
-
-    macro_rules! configure {
-        ($watch:expr) => {{
-            let mut w = $watch
-                .pipeline(pipeline)
-                .max_await_time(max_await)
-                .show_expanded_events(config.show_expanded_events);
-            w = match config.full_document {
-                FullDocument::Default => w,
-                FullDocument::UpdateLookup => w.full_document(FullDocumentType::UpdateLookup),
-                FullDocument::WhenAvailable => w.full_document(FullDocumentType::WhenAvailable),
-                FullDocument::Required => w.full_document(FullDocumentType::Required),
-            };
-            w = match config.full_document_before_change {
-                FullDocumentBeforeChange::Off => w,
-                FullDocumentBeforeChange::WhenAvailable => {
-                    w.full_document_before_change(FullDocumentBeforeChangeType::WhenAvailable)
-                }
-                FullDocumentBeforeChange::Required => {
-                    w.full_document_before_change(FullDocumentBeforeChangeType::Required)
-                }
-            };
-            if let Some(n) = batch_size {
-                w = w.batch_size(n);
-            }
-            w = match at {
-                OpenAt::Now | OpenAt::Snapshot => w,
-                OpenAt::Time(t) => w.start_at_operation_time(*t),
-                OpenAt::After(token) => w.start_after(to_resume_token(token)),
-            };
-            w.await.map(|cs| cs.with_type::<RawDocumentBuf>())
-        }};
-    }
-
-    match scope {
-        Scope::Deployment => configure!(client.watch()),
-        Scope::Database(db) | Scope::Collections(db, _) => {
-            let db = client.database(db);
-            configure!(db.watch())
-        }
-        Scope::Collection(db, coll) => {
-            let coll = client.database(db).collection::<Document>(coll);
-            configure!(coll.watch())
-        }
-    }
-}
-
-/// The start check ([`state_check`]): the pipeline id to keep, or the
-/// refusal to start. `start_at = "now"` ignores the checkpoint by choice, so
-/// a gap it makes is logged, not refused.
-async fn check_state(
-    config: &MongoDbChangeStreamConfig,
-    cx: &SourceContext,
-    state: &StateDoc,
-) -> crate::Result<String> {
-    let checkpoint = state.load::<Checkpoint>().await?;
-    let start_at = config.start()?;
-    let start = Start {
-        at: &start_at,
-        snapshot: config.snapshot,
-    };
-    let losses = audit(&cx.key, checkpoint.as_ref(), &start, &cx.sink_states);
-    let chosen =
-        |loss: &Loss| start_at == StartAt::Now && matches!(loss, Loss::CheckpointMissing { .. });
-    let refused: Vec<Loss> = if cx.globals.accept_data_gap {
-        Vec::new()
-    } else {
-        losses.iter().filter(|l| !chosen(l)).cloned().collect()
-    };
-    if !refused.is_empty() {
-        return Err(refusal(&cx.key, &state.location(), &start, &refused).into());
-    }
-    for loss in &losses {
-        tracing::error!(source = %cx.key, "{}", data_gap(&cx.key, &start, loss));
-    }
-    // The checkpoint's pipeline, or (first start, an older version's
-    // checkpoint, or a checkpoint lost and accepted) a new one.
-    Ok(checkpoint
-        .and_then(|c| c.pipeline)
-        .unwrap_or_else(crate::lineage::new_pipeline_id))
-}
-
 fn cluster_time_of(token: &str) -> String {
     super::checkpoint::token_cluster_time(token).map_or_else(
         || "unknown".into(),

@@ -7,7 +7,7 @@ use bson::{doc, rawdoc, Bson, Document, RawBson, RawDocumentBuf};
 use futures::TryStreamExt;
 
 use super::{position::id_key, split_namespace, SnapshotEnd};
-use crate::sources::mongodb_change_stream::stream::{event_token, ChangeStreamSource};
+use crate::sources::mongodb_change_stream::{stream::ChangeStreamSource, watch::event_token};
 
 /// Bytes of snapshot records per `$documents` request when a `pipeline` is
 /// applied (the command must stay under 16 MB).
