@@ -1459,15 +1459,7 @@ impl BehindProxy {
         let azurite = Azurite::start();
         let lake = Lake::new(&azurite, name);
         lake.create().await;
-        let proxy = support::FaultProxy::start(
-            azurite.port,
-            support::Faults {
-                every: u64::MAX,
-                kinds: vec![],
-                only: None,
-            },
-        )
-        .await;
+        let proxy = support::FaultProxy::passthrough(azurite.port).await;
         let dir = tempfile::tempdir().unwrap();
         let api = support::free_port();
         let cfg = agent_config(
@@ -1741,15 +1733,7 @@ async fn storage_down_under_a_large_backlog_stops_reading_and_bounds_memory() {
     // quickly and is then held; held writes are what must close intake
     // (they count against `request.concurrency`), and they last as long as
     // the outage. A stall ends the same way, only after the timeouts.
-    let proxy = support::FaultProxy::start(
-        azurite.port,
-        support::Faults {
-            every: u64::MAX,
-            kinds: vec![],
-            only: None,
-        },
-    )
-    .await;
+    let proxy = support::FaultProxy::passthrough(azurite.port).await;
     let dir = tempfile::tempdir().unwrap();
     let api = support::free_port();
     let cfg = agent_config(

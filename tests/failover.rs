@@ -410,15 +410,7 @@ async fn a_paused_active_wakes_fenced_and_steps_down() {
 async fn an_idle_pipeline_costs_few_requests() {
     let mongo = Mongod::start().await;
     let azurite = Azurite::start();
-    let proxy = support::FaultProxy::start(
-        azurite.port,
-        support::Faults {
-            every: u64::MAX,
-            kinds: Vec::new(),
-            only: None,
-        },
-    )
-    .await;
+    let proxy = support::FaultProxy::passthrough(azurite.port).await;
     let dir = tempfile::tempdir().unwrap();
     let url = proxy.account_url();
     let ports = [free_port(), free_port()];

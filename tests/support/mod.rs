@@ -785,6 +785,20 @@ pub struct FaultProxy {
 use std::collections::HashMap;
 
 impl FaultProxy {
+    /// A proxy that injects nothing: it counts requests, and can be taken
+    /// down ([`FaultProxy::set_down`]).
+    pub async fn passthrough(upstream: u16) -> Self {
+        Self::start(
+            upstream,
+            Faults {
+                every: u64::MAX,
+                kinds: Vec::new(),
+                only: None,
+            },
+        )
+        .await
+    }
+
     pub async fn start(upstream: u16, faults: Faults) -> Self {
         use std::sync::{Arc, Mutex};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
