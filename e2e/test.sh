@@ -14,7 +14,7 @@ trap 'rm -f "$log" "$MONGO_ADLS_TEST_PIDS"' EXIT
 # Output goes to a file (streamed with tail), not a pipe: a process a failed
 # test left behind must not hold the pipe open and stall the run.
 set +e
-cargo test --release --locked --no-fail-fast -- --test-threads 2 "$@" >"$log" 2>&1 &
+cargo test --release --locked --no-fail-fast -- --include-ignored --test-threads 2 "$@" >"$log" 2>&1 &
 tests=$!
 tail -n +1 -f --pid="$tests" "$log"
 wait "$tests"

@@ -262,7 +262,7 @@ async fn ceiling(
         models::BlockLookupList, BlobContainerClient, BlobContainerClientOptions, BlockBlobClient,
         BlockBlobClientOptions,
     };
-    use mongo_adls::sinks::azure_common::shared_key::SharedKeyPolicy;
+    use mongo_adls::azure::shared_key::SharedKeyPolicy;
 
     let service = Url::parse(account_url.trim_end_matches('/'))?;
     let account = service

@@ -165,7 +165,7 @@ pub fn main() -> i32 {
 /// without it, 111 MB with it; over 1,000 collections 417 MB and 189 MB).
 ///
 /// A setting of the user's own in `GLIBC_TUNABLES` wins: `mallopt` would
-/// override it silently. The trade-off it offers is in the README
+/// override it silently. The trade-off it offers is in docs/benchmarks.md
 /// ("Memory or CPU").
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -4,6 +4,7 @@
 //! acknowledgements, internal metrics).
 
 pub mod api;
+pub mod azure;
 pub mod backoff;
 pub mod cli;
 pub mod codecs;
@@ -16,6 +17,7 @@ pub mod internal_events;
 pub mod lineage;
 pub mod lock;
 pub mod redact;
+pub mod retry;
 pub mod shutdown;
 pub mod sinks;
 pub mod snowflake;

@@ -165,7 +165,7 @@ fn rolling_name_ok(name: &str, ext: &str) -> bool {
 fn assert_snowflake_patterns_match<'a>(config: &Path, names: impl Iterator<Item = &'a String>) {
     let config = mongo_adls::config::load_from_paths(&[config.to_path_buf()], true).unwrap();
     let (_, sink) = mongo_adls::snowflake::find_sink(&config, None).unwrap();
-    let pattern = mongo_adls::snowflake::FilePattern::from_config(sink).unwrap();
+    let pattern = sink.file_pattern().unwrap();
     let whole = regex::Regex::new(&format!("^(?:{})$", pattern.copy_pattern())).unwrap();
     let extract = regex::Regex::new(&pattern.extract_regex()).unwrap();
     let folders = regex::Regex::new(r"year=(\d{4})/month=(\d\d)/day=(\d\d)/hour=(\d\d)/").unwrap();
@@ -550,7 +550,7 @@ async fn local_lake_exactly_once_and_in_progress_files_never_match() {
     let mut agent = Agent::start_logged(&cfg, &log);
     let config = mongo_adls::config::load_from_paths(std::slice::from_ref(&cfg), true).unwrap();
     let (_, sink) = mongo_adls::snowflake::find_sink(&config, None).unwrap();
-    let pattern = mongo_adls::snowflake::FilePattern::from_config(sink).unwrap();
+    let pattern = sink.file_pattern().unwrap();
     let whole = regex::Regex::new(&format!("^(?:{})$", pattern.copy_pattern())).unwrap();
     stream_open(dir.path(), "local", None).await;
 
@@ -724,7 +724,7 @@ async fn auth_sas_and_wrong_key_and_hostile_names() {
         assert!(!stderr.contains(AZURITE_KEY), "the key is never printed");
     }
 
-    // A container SAS with exactly the permissions the README lists (read,
+    // A container SAS with exactly the permissions the README (and docs/components.md) lists (read,
     // write, list) passes validate and is all the sink uses; without write
     // it fails (so Azurite does enforce them). Then namespaces that try to
     // escape their folder.
@@ -1717,7 +1717,7 @@ async fn storage_down_under_a_large_backlog_stops_reading_and_bounds_memory() {
     const COLLECTIONS: usize = 3;
     // `buffer.max_events`, the default: the queue in front of the sink.
     const BUFFER_EVENTS: u64 = 500;
-    // README "Bounded memory": `batch.max_total_bytes` +
+    // docs/architecture.md "Bounded memory": `batch.max_total_bytes` +
     // `request.concurrency` × `batch.max_bytes` + the runtime's own (about
     // 50 MB): 4 MB + 8 × 2 MB + 50 MiB = 70,731 KiB, where reading the
     // backlog in would take well over 100 MB (BSON events, then JSON).

@@ -648,11 +648,13 @@ const EVERY_BATCH: Sink = Sink::Jsonl {
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long chaos run (minutes): e2e/test.sh runs it, or cargo test --release --test chaos -- --include-ignored"]
 async fn chaos_on_seal_100k() {
     chaos_run(ON_SEAL, 105, 6000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long chaos run (minutes): e2e/test.sh runs it, or cargo test --release --test chaos -- --include-ignored"]
 async fn chaos_every_batch_100k() {
     let gzip = Sink::Jsonl {
         options: "commit = \"every_batch\"\ncompression = \"gzip\"",
@@ -663,6 +665,7 @@ async fn chaos_every_batch_100k() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long chaos run (minutes): e2e/test.sh runs it, or cargo test --release --test chaos -- --include-ignored"]
 async fn chaos_per_event_3k() {
     // One request per event: a smaller load keeps the run to minutes.
     let per_event = Sink::Jsonl {
@@ -677,6 +680,7 @@ async fn chaos_per_event_3k() {
 /// first (two kill -9 during the copy): hundreds of versions, checkpoints,
 /// compactions and vacuums.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long chaos run (minutes): e2e/test.sh runs it, or cargo test --release --test chaos -- --include-ignored"]
 async fn chaos_delta_60k() {
     chaos_run(Sink::Delta, 64, 3000).await;
 }
@@ -832,16 +836,19 @@ checkpoint_interval_ms = 200
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long chaos run (minutes): e2e/test.sh runs it, or cargo test --release --test chaos -- --include-ignored"]
 async fn chaos_node_loss_on_seal_60k() {
     node_loss_run(ON_SEAL, 64).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long chaos run (minutes): e2e/test.sh runs it, or cargo test --release --test chaos -- --include-ignored"]
 async fn chaos_node_loss_every_batch_60k() {
     node_loss_run(EVERY_BATCH, 64).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long chaos run (minutes): e2e/test.sh runs it, or cargo test --release --test chaos -- --include-ignored"]
 async fn chaos_node_loss_delta_60k() {
     node_loss_run(Sink::Delta, 64).await;
 }

@@ -362,7 +362,7 @@ fn kubernetes_deployment_runs_two_agents_without_volumes_with_probes() {
         "terminationGracePeriodSeconds {grace} must exceed the graceful shutdown limit"
     );
 
-    // Sized from the README's figures: peak RSS up to 150 MB.
+    // Sized from docs/benchmarks.md's figures: peak RSS up to 150 MB.
     let res = &container["resources"];
     let request = mib(str_of(&res["requests"]["memory"], "memory request"));
     let limit = mib(str_of(&res["limits"]["memory"], "memory limit"));

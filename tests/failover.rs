@@ -404,7 +404,7 @@ async fn a_paused_active_wakes_fenced_and_steps_down() {
 
 /// What an idle pipeline costs in storage requests: one active agent alone
 /// for 30 s, then with a standby for 30 s, every request counted by a
-/// proxy that injects nothing. Printed for the README; bounded here so a
+/// proxy that injects nothing. Printed for docs/operations.md; bounded here so a
 /// change that makes the idle agent chatty fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_pipeline_costs_few_requests() {

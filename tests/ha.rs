@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use azure_core::http::StatusCode;
 use mongo_adls::{
+    azure::auth::AuthConfig,
     ha::{
         ElectionSettings, Elector, LeaderBlob, Leadership, LeaseDuration, LeaseError, LeaseState,
         LostReason,
     },
-    sinks::azure_common::auth::AuthConfig,
 };
 use support::{Azurite, FaultProxy, Faults, Lake, AZURITE_ACCOUNT, AZURITE_KEY};
 use tokio::time::Instant;
@@ -215,11 +215,8 @@ async fn the_old_lease_id_cannot_write_the_leader_blob() {
 /// carrying `lease` as `x-ms-lease-id`: the HTTP status of a refusal.
 async fn put(url: &str, lease: Option<String>) -> Result<(), Option<StatusCode>> {
     use azure_storage_blob::{models::BlockBlobClientUploadOptions, BlockBlobClient};
-    let policy = mongo_adls::sinks::azure_common::shared_key::SharedKeyPolicy::new(
-        AZURITE_ACCOUNT,
-        AZURITE_KEY,
-    )
-    .unwrap();
+    let policy =
+        mongo_adls::azure::shared_key::SharedKeyPolicy::new(AZURITE_ACCOUNT, AZURITE_KEY).unwrap();
     let options = azure_storage_blob::BlockBlobClientOptions {
         client_options: azure_core::http::ClientOptions {
             per_try_policies: vec![std::sync::Arc::new(policy)],

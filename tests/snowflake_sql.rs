@@ -235,7 +235,7 @@ fn patterns_select_sealed_names_and_extract_partitions() {
     )
     .unwrap();
     let (_, sink) = snowflake::find_sink(&config, None).unwrap();
-    let p = FilePattern::from_config(sink).unwrap();
+    let p = sink.file_pattern().unwrap();
     let names: Vec<&str> = p.columns.iter().map(|c| c.name).collect();
     assert_eq!(names, ["year", "month", "day", "hour", "minute", "second"]);
     let re = whole_pattern(&p);

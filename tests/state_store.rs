@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mongo_adls::{
-    sinks::azure_common::auth::AuthConfig,
+    azure::auth::AuthConfig,
     state_store::{AzureStateStore, Fence, StateHandle, StateStore, StateStoreError},
 };
 use support::{account_sas, Azurite, Lake, AZURITE_KEY};

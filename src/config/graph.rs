@@ -5,7 +5,7 @@
 //! Cycles cannot occur while only sources can be inputs; the check belongs
 //! here when transforms arrive.
 
-use super::{loading::ConfigError, Config, Location, SinkEntry};
+use super::{Config, ConfigError, Location, SinkEntry};
 use crate::sinks::FileTarget;
 
 /// Runs every check; errors are reported in this order.

@@ -7,6 +7,7 @@
 //! then merge and check the graph ([`graph`]). Every error carries the file
 //! and 1-based line so a person can go straight to it.
 
+mod errors;
 pub mod graph;
 pub mod loading;
 pub mod schema;
@@ -26,7 +27,8 @@ use serde::{
     Deserialize, Deserializer, Serialize,
 };
 
-pub use loading::{load_from_paths, ConfigError, ConfigErrors};
+pub use errors::{ConfigError, ConfigErrors};
+pub use loading::load_from_paths;
 pub use state::{StateConfig, StoreKind};
 
 use crate::{sinks::SinkConfig, sources::SourceConfig};

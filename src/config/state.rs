@@ -5,7 +5,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::sinks::azure_common::auth::AuthConfig;
+use crate::azure::auth::AuthConfig;
 
 /// Where state lives.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
@@ -134,9 +134,7 @@ impl StateConfig {
             }
         }
         if let (Some(url), Some(container)) = (&self.account_url, &self.container) {
-            if let Err(e) =
-                crate::sinks::azure_common::client::ContainerAccess::new(url, container, &self.auth)
-            {
+            if let Err(e) = crate::azure::client::ContainerAccess::new(url, container, &self.auth) {
                 problems.push(("auth", crate::redact::text(&e)));
             }
         }

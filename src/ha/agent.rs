@@ -182,7 +182,7 @@ fn elect(azure: &AzureState<'_>) -> Result<Elector, String> {
 /// minutes while storage is unavailable (an agent started with its storage
 /// should not exit over a blip).
 async fn create_container(azure: &AzureState<'_>) -> Result<(), String> {
-    use crate::sinks::azure_common::{classify, client::ContainerAccess, AzureFailure};
+    use crate::azure::{classify, client::ContainerAccess, AzureFailure};
     let access = ContainerAccess::new(azure.account_url, azure.container, azure.auth)?;
     let client = access
         .container_client()

@@ -32,11 +32,8 @@ use snafu::Snafu;
 
 use super::HaError;
 use crate::{
+    azure::{self, auth::AuthConfig, client::ContainerAccess, AzureFailure},
     redact,
-    sinks::{
-        azure_common::auth::AuthConfig,
-        azure_common::{classify, client::ContainerAccess, AzureFailure},
-    },
 };
 
 /// Each lease request gets this long before it counts as unanswered. The
@@ -278,20 +275,14 @@ impl LeaderBlob {
         what: &'static str,
         request: impl std::future::Future<Output = azure_core::Result<T>>,
     ) -> Result<T, LeaseError> {
-        match tokio::time::timeout(self.timeout, request).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(self.map_error(what, &e)),
-            Err(_) => Err(LeaseError::Unavailable {
-                what,
-                blob: self.name.clone(),
-                message: format!("no answer within {}s", self.timeout.as_secs_f32()),
-            }),
-        }
+        azure::call(self.timeout, request)
+            .await
+            .map_err(|failure| self.map_error(what, failure))
     }
 
-    fn map_error(&self, what: &'static str, e: &azure_core::Error) -> LeaseError {
+    fn map_error(&self, what: &'static str, failure: AzureFailure) -> LeaseError {
         let blob = self.name.clone();
-        match classify(e) {
+        match failure {
             AzureFailure::Answered { status, code }
                 if matches!(
                     (status, code.as_str()),
@@ -479,6 +470,7 @@ impl LeaderBlob {
 }
 
 fn content(holder: &Holder) -> RequestContent<Bytes, azure_core::http::NoFormat> {
-    let json = serde_json::to_vec(holder).expect("a holder serializes");
-    Bytes::from(json).into()
+    azure::content(Bytes::from(
+        serde_json::to_vec(holder).expect("a holder serializes"),
+    ))
 }

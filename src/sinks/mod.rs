@@ -6,7 +6,6 @@
 
 pub mod adls_delta;
 pub mod adls_partitioned_jsonl;
-pub mod azure_common;
 pub mod blackhole;
 pub mod console;
 pub mod util;

@@ -11,8 +11,7 @@
 use chrono::format::{Fixed, Item, Numeric, Pad, StrftimeItems};
 
 use crate::sinks::adls_partitioned_jsonl::{
-    config::{AdlsPartitionedJsonlConfig, Mode},
-    layout::{Layout, PART_DIGITS, PART_SEPARATOR, PER_EVENT_PREFIX},
+    layout::{Layout, Mode, PART_DIGITS, PART_SEPARATOR, PER_EVENT_PREFIX},
     partition::{Piece, Template},
 };
 
@@ -36,12 +35,6 @@ pub struct FilePattern {
 }
 
 impl FilePattern {
-    pub fn from_config(config: &AdlsPartitionedJsonlConfig) -> Result<Self, String> {
-        let layout =
-            Layout::new(config).map_err(|errors| crate::config::join_option_errors(&errors))?;
-        Ok(Self::from_layout(&layout))
-    }
-
     /// The pattern of the names `layout` gives.
     pub fn from_layout(layout: &Layout) -> Self {
         let mut builder = Builder::default();
@@ -190,6 +183,7 @@ fn fixed_regex(fixed: &Fixed) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::adls_partitioned_jsonl::AdlsPartitionedJsonlConfig;
     use regex::Regex;
 
     fn config(extra: &str) -> AdlsPartitionedJsonlConfig {
@@ -205,7 +199,7 @@ mod tests {
 
     #[test]
     fn default_layout() {
-        let p = FilePattern::from_config(&config("")).unwrap();
+        let p = config("").file_pattern().unwrap();
         let re = whole(&p);
         for name in [
             "shop/orders/year=2025/month=08/day=10/hour=19/events-20250810-19.jsonl",
@@ -235,9 +229,9 @@ mod tests {
 
     #[test]
     fn custom_templates_gzip_and_per_event() {
-        let p = FilePattern::from_config(&config(
+        let p = config(
             "path_prefix = \"raw/{{ ns.db }}.{{ ns.coll }}/dt=%F/\"\nfile_name = \"part(%H%M)-%-d\"\ncompression = \"gzip\"",
-        ))
+        ).file_pattern()
         .unwrap();
         let names: Vec<&str> = p.columns.iter().map(|c| c.name).collect();
         assert_eq!(names, ["year", "month", "day", "hour", "minute"]);
@@ -250,7 +244,7 @@ mod tests {
         assert_eq!(values, ["2025", "08", "10", "19", "05"]);
         assert!(!whole(&p).is_match("raw/shop.orders/dt=2025-08-10/partX1905)-10.jsonl.gz"));
 
-        let p = FilePattern::from_config(&config("mode = \"per_event\"")).unwrap();
+        let p = config("mode = \"per_event\"").file_pattern().unwrap();
         assert!(whole(&p).is_match(
             "shop/orders/year=2025/month=08/day=10/hour=19/event-8266B7A2-insert-00ff00ff00ff00ff.jsonl"
         ));

@@ -19,9 +19,10 @@ use crate::{
     config::Config,
     sinks::adls_delta::AdlsDeltaConfig,
     sinks::adls_partitioned_jsonl::{
-        config::{AdlsPartitionedJsonlConfig, Commit, Compression, Mode},
-        layout::{Layout, PART_SEPARATOR, PER_EVENT_PREFIX},
+        config::AdlsPartitionedJsonlConfig,
+        layout::{Compression, Layout, Mode, PART_SEPARATOR, PER_EVENT_PREFIX},
         partition::{Piece, Template},
+        roll::Commit,
     },
     sinks::util::storage::azure::service_url,
 };
@@ -348,8 +349,9 @@ impl Objects {
             .map(|w| identifier("--warehouse", w))
             .transpose()?;
         check_cron(&options.schedule)?;
-        let layout =
-            Layout::new(sink).map_err(|errors| crate::config::join_option_errors(&errors))?;
+        let layout = sink
+            .check()
+            .map_err(|errors| crate::config::join_option_errors(&errors))?;
         let (url, url_note) = stage_url(sink);
         let base = table.rsplit('.').next().unwrap_or(&table).to_string();
         Ok(Self {

@@ -39,7 +39,7 @@
 use std::{collections::BTreeSet, fmt, future::Future, sync::Mutex, time::Duration};
 
 use async_trait::async_trait;
-use azure_core::http::{Etag, RequestContent};
+use azure_core::http::Etag;
 use azure_storage_blob::{
     models::{
         AppendBlobClientAppendBlockOptions, AppendBlobClientCreateOptions,
@@ -55,11 +55,8 @@ use tokio::time::Instant;
 
 use super::{check_name, Fence, StateStore, StateStoreError, Version};
 use crate::{
+    azure::{self, auth::AuthConfig, chain, client::ContainerAccess, content},
     redact,
-    sinks::{
-        azure_common::auth::AuthConfig,
-        azure_common::{chain, client::ContainerAccess},
-    },
 };
 
 mod errors;
@@ -243,15 +240,9 @@ impl AzureStateStore {
         expected: &str,
         request: impl Future<Output = azure_core::Result<T>>,
     ) -> Result<T, StateStoreError> {
-        match tokio::time::timeout(self.timeout, request).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(map_error(what, blob, expected, &e)),
-            Err(_) => Err(StateStoreError::Unavailable {
-                what,
-                blob: blob.to_string(),
-                message: format!("no answer within {}s", self.timeout.as_secs_f32()),
-            }),
-        }
+        azure::call(self.timeout, request)
+            .await
+            .map_err(|failure| map_error(what, blob, expected, failure))
     }
 
     /// Acquire Lease under `lease_id`: this term now holds the blob.
@@ -333,10 +324,6 @@ impl AzureStateStore {
             }
         }
     }
-}
-
-fn content(bytes: Bytes) -> RequestContent<Bytes, azure_core::http::NoFormat> {
-    bytes.into()
 }
 
 #[async_trait]

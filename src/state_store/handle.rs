@@ -7,6 +7,7 @@
 
 use std::{
     fmt,
+    future::Future,
     sync::{Arc, Mutex},
 };
 
@@ -16,7 +17,10 @@ use snafu::Snafu;
 use tokio::sync::watch;
 
 use super::{Fence, LocalStateStore, StateStore, StateStoreError, Version};
-use crate::ha::Leadership;
+use crate::{
+    ha::Leadership,
+    retry::{retry, Retried},
+};
 
 /// A state operation that failed.
 #[derive(Debug, Snafu)]
@@ -157,16 +161,65 @@ impl StateHandle {
         }
     }
 
-    /// The fence to write with, or `Fenced` when the term is over.
-    fn writing(&self, what: &'static str, name: &str) -> Result<&Fence, StateError> {
-        if self.term_over() {
-            return self.noted(Err(StateStoreError::Fenced {
+    /// Runs one state operation, retried while storage is unavailable
+    /// (see [`Self::again`]); a write (`write`) is sent only while the term
+    /// lasts.
+    async fn retried<T, F, Fut>(
+        &self,
+        what: &'static str,
+        name: &str,
+        write: bool,
+        mut op: F,
+    ) -> Retried<T, StateStoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StateStoreError>>,
+    {
+        let attempt = || {
+            let refused = (write && self.term_over()).then(|| StateStoreError::Fenced {
                 what,
                 blob: self.location(name),
                 code: "the term ended (its lease was lost or its renew deadline passed)".into(),
-            }));
+            });
+            let request = op();
+            async move {
+                match refused {
+                    Some(e) => Err(e),
+                    None => request.await,
+                }
+            }
+        };
+        retry(attempt, |e, n| self.again(e, n, what, name)).await
+    }
+
+    /// The pause before retrying a failed state operation, or `None`:
+    /// without a limit while storage is unavailable, since the state must
+    /// be written before anything is acknowledged (the sink waits, and so
+    /// the source), but never past the term: a write is refused once the
+    /// lease is gone, and reads give up then too.
+    fn again(
+        &self,
+        e: &StateStoreError,
+        attempt: u32,
+        what: &'static str,
+        name: &str,
+    ) -> Option<std::time::Duration> {
+        if !matches!(e, StateStoreError::Unavailable { .. }) || self.term_over() {
+            return None;
         }
-        Ok(&self.fence)
+        // Without a term (`state show`, a read-only look) a few tries do:
+        // a person is waiting for an answer, not a pipeline for a write.
+        if self.leadership.is_none() && attempt >= 5 {
+            return None;
+        }
+        if attempt.is_multiple_of(10) {
+            tracing::warn!(
+                state = %self.location(name),
+                attempt = attempt + 1,
+                "State {what} failed: {e}; retrying until it succeeds or this agent's term ends (nothing is acknowledged meanwhile).",
+            );
+        }
+        Some(RETRY.delay(attempt))
     }
 
     /// One JSON document of this folder.
@@ -181,20 +234,21 @@ impl StateHandle {
     /// Creates an empty log. Retried while storage is unavailable; a log
     /// that exists empty after an attempt whose answer was lost is ours.
     pub async fn create_log(&self, name: &str) -> Result<(), StateError> {
-        let mut retry = Retry::new(self, "create log", name);
-        loop {
-            let fence = self.writing("create log", name)?;
-            match self.store.create_log(&self.full(name), fence).await {
-                Err(e) if retry.again(&e).await => {}
-                Err(e) if e.is_condition_failed() && retry.uncertain => {
-                    let log = self.read_log(name).await?;
-                    if log.is_some_and(|l| l.is_empty()) {
-                        return self.hold(name).await;
-                    }
-                    return self.noted(Err(e));
+        let full = self.full(name);
+        let tried = self
+            .retried("create log", name, true, || {
+                self.store.create_log(&full, &self.fence)
+            })
+            .await;
+        match tried.result {
+            Err(e) if e.is_condition_failed() && tried.uncertain => {
+                let log = self.read_log(name).await?;
+                if log.is_some_and(|l| l.is_empty()) {
+                    return self.hold(name).await;
                 }
-                other => return self.noted(other),
+                self.noted(Err(e))
             }
+            other => self.noted(other),
         }
     }
 
@@ -204,24 +258,21 @@ impl StateHandle {
     /// attempt having landed.
     pub async fn append(&self, name: &str, bytes: Bytes, at: u64) -> Result<u64, StateError> {
         let end = at + bytes.len() as u64;
-        let mut retry = Retry::new(self, "append", name);
-        loop {
-            let fence = self.writing("append", name)?;
-            match self
-                .store
-                .append(&self.full(name), bytes.clone(), at, fence)
-                .await
-            {
-                Err(e) if retry.again(&e).await => {}
-                Err(e) if e.is_condition_failed() && retry.uncertain => {
-                    let log = self.read_log(name).await?.unwrap_or_default();
-                    if log.len() as u64 == end && log[at as usize..] == bytes[..] {
-                        return Ok(end);
-                    }
-                    return self.noted(Err(e));
+        let full = self.full(name);
+        let tried = self
+            .retried("append", name, true, || {
+                self.store.append(&full, bytes.clone(), at, &self.fence)
+            })
+            .await;
+        match tried.result {
+            Err(e) if e.is_condition_failed() && tried.uncertain => {
+                let log = self.read_log(name).await?.unwrap_or_default();
+                if log.len() as u64 == end && log[at as usize..] == bytes[..] {
+                    return Ok(end);
                 }
-                other => return self.noted(other),
+                self.noted(Err(e))
             }
+            other => self.noted(other),
         }
     }
 
@@ -229,73 +280,62 @@ impl StateHandle {
     /// that exists with exactly `bytes` counts as created (a
     /// retry, or an import resumed).
     pub async fn put_new(&self, name: &str, bytes: Bytes) -> Result<(), StateError> {
-        let mut retry = Retry::new(self, "replace", name);
-        loop {
-            let fence = self.writing("replace", name)?;
-            match self
-                .store
-                .replace(&self.full(name), bytes.clone(), None, fence)
-                .await
-            {
-                Err(e) if retry.again(&e).await => {}
-                Err(e) if e.is_condition_failed() => {
-                    let now = self.doc(name).read().await?;
-                    if now.is_some_and(|(b, _)| b == bytes) {
-                        return self.hold(name).await;
-                    }
-                    return self.noted(Err(e));
+        let full = self.full(name);
+        let tried = self
+            .retried("replace", name, true, || {
+                self.store.replace(&full, bytes.clone(), None, &self.fence)
+            })
+            .await;
+        match tried.result {
+            Err(e) if e.is_condition_failed() => {
+                let now = self.doc(name).read().await?;
+                if now.is_some_and(|(b, _)| b == bytes) {
+                    return self.hold(name).await;
                 }
-                other => return self.noted(other.map(|_| ())),
+                self.noted(Err(e))
             }
+            other => self.noted(other.map(|_| ())),
         }
     }
 
     /// Takes this term's lease on `name` (see [`StateStore::hold`]).
     async fn hold(&self, name: &str) -> Result<(), StateError> {
-        let mut retry = Retry::new(self, "hold", name);
-        loop {
-            let fence = self.writing("hold", name)?;
-            match self.store.hold(&self.full(name), fence).await {
-                Err(e) if retry.again(&e).await => {}
-                other => return self.noted(other),
-            }
-        }
+        let full = self.full(name);
+        let tried = self
+            .retried("hold", name, true, || self.store.hold(&full, &self.fence))
+            .await;
+        self.noted(tried.result)
     }
 
     /// A log's content; reads are retried while storage is unavailable.
     pub async fn read_log(&self, name: &str) -> Result<Option<Bytes>, StateError> {
-        let mut retry = Retry::new(self, "read log", name);
-        loop {
-            match self.store.read_log(&self.full(name)).await {
-                Err(e) if retry.again(&e).await => {}
-                other => return Ok(other?),
-            }
-        }
+        let full = self.full(name);
+        let tried = self
+            .retried("read log", name, false, || self.store.read_log(&full))
+            .await;
+        Ok(tried.result?)
     }
 
     /// Deletes an object (deleting one that is gone succeeds, so retries
     /// are safe).
     pub async fn delete(&self, name: &str) -> Result<(), StateError> {
-        let mut retry = Retry::new(self, "delete", name);
-        loop {
-            let fence = self.writing("delete", name)?;
-            match self.store.delete(&self.full(name), fence).await {
-                Err(e) if retry.again(&e).await => {}
-                other => return self.noted(other),
-            }
-        }
+        let full = self.full(name);
+        let tried = self
+            .retried("delete", name, true, || {
+                self.store.delete(&full, &self.fence)
+            })
+            .await;
+        self.noted(tried.result)
     }
 
     /// The names in this folder that start with `prefix`, relative to the
     /// folder.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StateError> {
-        let mut retry = Retry::new(self, "list", prefix);
-        let names = loop {
-            match self.store.list(&self.full(prefix)).await {
-                Err(e) if retry.again(&e).await => {}
-                other => break other?,
-            }
-        };
+        let full = self.full(prefix);
+        let names = self
+            .retried("list", prefix, false, || self.store.list(&full))
+            .await
+            .result?;
         Ok(names
             .into_iter()
             .filter_map(|n| n.strip_prefix(&self.prefix).map(str::to_string))
@@ -347,34 +387,27 @@ impl StateDoc {
         let bytes = Bytes::from(serde_json::to_vec_pretty(value).expect("state serializes"));
         let size = bytes.len() as u64;
         let expected = self.version.lock().expect("not poisoned").clone();
-        let mut retry = Retry::new(&self.handle, "replace", &self.name);
-        let version = loop {
-            let fence = self.handle.writing("replace", &self.name)?;
-            let replaced = self
-                .handle
-                .store
-                .replace(
-                    &self.handle.full(&self.name),
-                    bytes.clone(),
-                    expected.as_ref(),
-                    fence,
-                )
-                .await;
-            match replaced {
-                Err(e) if retry.again(&e).await => {}
-                Err(e) if e.is_condition_failed() && retry.uncertain => {
-                    // An attempt whose answer was lost may have landed: the
-                    // document then holds exactly these bytes.
-                    match self.read().await? {
-                        Some((now, version)) if now == bytes => {
-                            self.handle.hold(&self.name).await?;
-                            break version;
-                        }
-                        _ => return self.handle.noted(Err(e)),
+        let (handle, full) = (&self.handle, self.handle.full(&self.name));
+        let tried = handle
+            .retried("replace", &self.name, true, || {
+                handle
+                    .store
+                    .replace(&full, bytes.clone(), expected.as_ref(), &handle.fence)
+            })
+            .await;
+        let version = match tried.result {
+            Err(e) if e.is_condition_failed() && tried.uncertain => {
+                // An attempt whose answer was lost may have landed: the
+                // document then holds exactly these bytes.
+                match self.read().await? {
+                    Some((now, version)) if now == bytes => {
+                        handle.hold(&self.name).await?;
+                        version
                     }
+                    _ => return handle.noted(Err(e)),
                 }
-                other => break self.handle.noted(other)?,
             }
+            other => handle.noted(other)?,
         };
         *self.version.lock().expect("not poisoned") = Some(version);
         Ok(size)
@@ -383,70 +416,19 @@ impl StateDoc {
     /// The document's bytes and version, retried while storage is
     /// unavailable.
     async fn read(&self) -> Result<Option<(Bytes, Version)>, StateError> {
-        let mut retry = Retry::new(&self.handle, "read", &self.name);
-        loop {
-            match self.handle.store.read(&self.handle.full(&self.name)).await {
-                Err(e) if retry.again(&e).await => {}
-                other => return Ok(other?),
-            }
-        }
+        let (handle, full) = (&self.handle, self.handle.full(&self.name));
+        let tried = handle
+            .retried("read", &self.name, false, || handle.store.read(&full))
+            .await;
+        Ok(tried.result?)
     }
 }
 
-/// Retries of one state operation while storage is unavailable: without
-/// a limit, since the state must be written before anything is
-/// acknowledged (the sink waits, and so the source), but never past the
-/// term: `writing` refuses once the lease is gone. Reads (which `writing`
-/// does not gate) give up once the term is over too.
-struct Retry<'a> {
-    handle: &'a StateHandle,
-    what: &'static str,
-    name: &'a str,
-    attempt: u32,
-    /// An attempt failed without an answer: a write may have landed.
-    uncertain: bool,
-}
-
+/// The pause between a state operation's retries.
 const RETRY: crate::backoff::Backoff = crate::backoff::Backoff::new(
     std::time::Duration::from_millis(50),
     std::time::Duration::from_secs(2),
 );
-
-impl<'a> Retry<'a> {
-    fn new(handle: &'a StateHandle, what: &'static str, name: &'a str) -> Self {
-        Self {
-            handle,
-            what,
-            name,
-            attempt: 0,
-            uncertain: false,
-        }
-    }
-
-    /// Whether to try `e`'s operation again (after a pause).
-    async fn again(&mut self, e: &StateStoreError) -> bool {
-        if !matches!(e, StateStoreError::Unavailable { .. }) || self.handle.term_over() {
-            return false;
-        }
-        // Without a term (`state show`, a read-only look) a few tries do:
-        // a person is waiting for an answer, not a pipeline for a write.
-        if self.handle.leadership.is_none() && self.attempt >= 5 {
-            return false;
-        }
-        self.uncertain = true;
-        if self.attempt.is_multiple_of(10) {
-            tracing::warn!(
-                state = %self.handle.location(self.name),
-                attempt = self.attempt + 1,
-                "State {} failed: {e}; retrying until it succeeds or this agent's term ends (nothing is acknowledged meanwhile).",
-                self.what
-            );
-        }
-        tokio::time::sleep(RETRY.delay(self.attempt)).await;
-        self.attempt += 1;
-        true
-    }
-}
 
 #[cfg(test)]
 mod tests {

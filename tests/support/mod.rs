@@ -571,11 +571,9 @@ pub struct Listed {
 impl Lake {
     pub fn new(azurite: &Azurite, filesystem: &str) -> Self {
         use std::sync::Arc;
-        let policy = mongo_adls::sinks::azure_common::shared_key::SharedKeyPolicy::new(
-            AZURITE_ACCOUNT,
-            AZURITE_KEY,
-        )
-        .unwrap();
+        let policy =
+            mongo_adls::azure::shared_key::SharedKeyPolicy::new(AZURITE_ACCOUNT, AZURITE_KEY)
+                .unwrap();
         let client_options = azure_core::http::ClientOptions {
             per_try_policies: vec![Arc::new(policy)],
             ..Default::default()

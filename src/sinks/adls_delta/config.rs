@@ -18,12 +18,13 @@ use super::{
     table::TableNames,
 };
 use crate::{
+    azure::auth::AuthConfig,
     backoff::Backoff,
     config::{ComponentConfig, OptionError},
+    retry::RetryPolicy,
     sinks::{
         adls_partitioned_jsonl::{config::EncodingConfig, partition::parse_timezone},
-        azure_common::auth::AuthConfig,
-        util::storage::{LakeOptions, RetryPolicy},
+        util::storage::LakeOptions,
         FileTarget, Healthcheck, SinkConfig, SinkContext, StreamSink,
     },
 };
@@ -100,7 +101,7 @@ pub struct RequestConfig {
     /// Seconds before one request attempt is abandoned and retried.
     #[serde(default = "default_request_timeout")]
     pub timeout_secs: f64,
-    /// Retries after a retriable failure (408, 429, 5xx, timeouts,
+    /// Retries after a retriable failure (408, 429, 500, 502, 503, 504, timeouts,
     /// connection errors), with exponential backoff and jitter. After the
     /// last one the request is made again every `retry_max_backoff_secs`
     /// until storage answers: its rows stay uncommitted and their events

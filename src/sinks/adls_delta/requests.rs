@@ -12,10 +12,9 @@ use tokio::sync::Semaphore;
 
 use crate::{
     internal_events::{delta::DeltaMetrics, requests::RequestFailures, ComponentTags},
+    retry::{with_retries, RetryPolicy},
     shutdown::ShutdownSignal,
-    sinks::util::storage::{
-        with_retries, Committed, Condition, Created, ObjectMeta, RetryPolicy, Storage, StorageError,
-    },
+    sinks::util::storage::{Committed, Condition, Created, ObjectMeta, Storage, StorageError},
 };
 
 /// Cheap to clone into request futures.

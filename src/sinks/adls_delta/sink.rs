@@ -35,9 +35,10 @@ use crate::{
         ComponentTags, EventsSent, Stage,
     },
     lineage::{Pipelines, SinkStateReport},
+    retry::RetryPolicy,
     sinks::{
         adls_partitioned_jsonl::encode::{namespace, partition_time},
-        util::storage::{RetryPolicy, Storage, StorageError},
+        util::storage::{Storage, StorageError},
         SinkContext, StreamSink,
     },
 };

@@ -1,6 +1,6 @@
 //! Options of the `adls_partitioned_jsonl` sink.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 
@@ -8,56 +8,26 @@ use futures::FutureExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{layout::Layout, sink::AdlsSink, state::SinkState};
-pub use crate::sinks::azure_common::auth::AuthConfig;
+use super::{
+    batcher::BatchLimits,
+    layout::{Compression, Layout, Mode},
+    roll::{Commit, RollConfig, RollPolicy},
+    sink::{AdlsSink, SinkSettings},
+    state::SinkState,
+};
+pub use crate::azure::auth::AuthConfig;
 use crate::{
+    backoff::Backoff,
     codecs::json::ExtendedJsonMode,
     config::ComponentConfig,
     config::OptionError,
+    retry::RetryPolicy,
     sinks::{
         util::storage::{LakeOptions, Storage},
         FileTarget, Healthcheck, SinkConfig, SinkContext, StreamSink,
     },
     snowflake::file_pattern::FilePattern,
 };
-
-/// `mode`: how events map to files.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Rolling files per namespace and time window (default).
-    #[default]
-    Rolling,
-    /// One object per event,
-    /// `<path_prefix>event-<resume token>-<operation>-<key hash>.jsonl`,
-    /// written with `If-None-Match: *`, so a replay is a no-op.
-    PerEvent,
-}
-
-/// `commit`: when rolling files become visible.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Commit {
-    /// A file appears under its final name only when sealed and never
-    /// changes afterwards (default; safe for COPY INTO, Snowpipe, Auto Loader).
-    #[default]
-    OnSeal,
-    /// The file is visible and grows after every batch, for near-real-time
-    /// readers that tolerate changing files.
-    EveryBatch,
-}
-
-/// `compression` of the files.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Compression {
-    /// `.jsonl`, uncompressed.
-    #[default]
-    None,
-    /// `.jsonl.gz`; each batch is one gzip member (concatenated members
-    /// are one valid gzip stream).
-    Gzip,
-}
 
 /// How change events are written as JSON.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
@@ -115,7 +85,7 @@ pub struct RequestConfig {
     /// `batch.max_bytes` in memory. With many active collections against
     /// cloud storage their blocks are small and a drain is bound by round
     /// trips: 32 doubled the rate over 1,000 collections at +30 ms with
-    /// the same peak memory (README, Benchmarks).
+    /// the same peak memory (docs/benchmarks.md).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// Put Blocks of one file in flight at once (`commit = "on_seal"`;
@@ -156,41 +126,6 @@ impl Default for RequestConfig {
             retry_attempts: default_retry_attempts(),
             retry_initial_backoff_secs: default_initial_backoff(),
             retry_max_backoff_secs: default_max_backoff(),
-        }
-    }
-}
-
-/// When a file is sealed.
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RollConfig {
-    /// Length of a file's time window in seconds (3600 = hourly files), by
-    /// event time: clusterTime, then wallTime, then the ObjectId time of
-    /// the document key, then now.
-    #[serde(default = "default_window")]
-    pub window_secs: u64,
-    /// How long after the event-time watermark passes a window's end late
-    /// events may still join its file before it is sealed.
-    #[serde(default = "default_grace")]
-    pub grace_secs: u64,
-    /// Seal a file at this size and continue in `-part-0001`, `-part-0002`...
-    #[serde(default = "default_roll_bytes")]
-    pub max_bytes: u64,
-    /// Seal a file this many wall-clock seconds after it was opened, even if
-    /// its window is still open (a quiet source without watermarks, a
-    /// clock far ahead). Far below Azure's 7-day life of uncommitted
-    /// blocks; files also seal at 49,000 blocks.
-    #[serde(default = "default_max_age")]
-    pub max_age_secs: u64,
-}
-
-impl Default for RollConfig {
-    fn default() -> Self {
-        Self {
-            window_secs: default_window(),
-            grace_secs: default_grace(),
-            max_bytes: default_roll_bytes(),
-            max_age_secs: default_max_age(),
         }
     }
 }
@@ -285,18 +220,6 @@ fn default_initial_backoff() -> f64 {
 fn default_max_backoff() -> f64 {
     30.0
 }
-fn default_window() -> u64 {
-    3600
-}
-fn default_grace() -> u64 {
-    60
-}
-fn default_roll_bytes() -> u64 {
-    134_217_728
-}
-fn default_max_age() -> u64 {
-    7200
-}
 fn default_path_prefix() -> String {
     "{{ ns.db }}/{{ ns.coll }}/year=%Y/month=%m/day=%d/hour=%H/".into()
 }
@@ -321,6 +244,41 @@ impl AdlsPartitionedJsonlConfig {
     /// A `file://` lake on local disk rather than an Azure account.
     pub fn is_local(&self) -> bool {
         self.lake().is_local()
+    }
+
+    /// The sink's runtime settings, from options that passed their checks.
+    pub(super) fn settings(&self) -> SinkSettings {
+        let request = &self.request;
+        SinkSettings {
+            limits: BatchLimits {
+                max_bytes: self.batch.max_bytes,
+                max_events: self.batch.max_events,
+                max_total_bytes: self.batch.max_total_bytes,
+            },
+            commit: self.commit,
+            compression: self.compression,
+            json_mode: self.encoding.extended_json,
+            roll: RollPolicy::new(&self.roll, self.batch.timeout_secs),
+            // One backoff for a request's retries and for held writes.
+            retry: RetryPolicy {
+                attempts: request.retry_attempts,
+                backoff: Backoff::new(
+                    Duration::from_secs_f64(request.retry_initial_backoff_secs),
+                    Duration::from_secs_f64(request.retry_max_backoff_secs),
+                ),
+                timeout: Duration::from_secs_f64(request.timeout_secs),
+            },
+            concurrency: request.concurrency,
+            concurrency_per_file: request.concurrency_per_file,
+        }
+    }
+
+    /// The pattern of the names this sink writes, for loaders.
+    pub fn file_pattern(&self) -> Result<FilePattern, String> {
+        let layout = self
+            .layout()
+            .map_err(|e| crate::config::join_option_errors(&e))?;
+        Ok(FilePattern::from_layout(&layout))
     }
 
     /// The storage backend (no I/O).
@@ -379,7 +337,7 @@ impl SinkConfig for AdlsPartitionedJsonlConfig {
         } else {
             self.files_in_lake(&cx.key, &layout, storage.as_ref()).await
         };
-        let sink = AdlsSink::new(self, layout, storage, state, cx, lake_files);
+        let sink = AdlsSink::new(self.settings(), layout, storage, state, cx, lake_files);
         Ok((Box::new(sink), healthcheck))
     }
 
@@ -409,12 +367,7 @@ impl ComponentConfig for AdlsPartitionedJsonlConfig {
         Some(
             SinkState::load(state.clone())
                 .await
-                .map(|state| {
-                    state.describe(&super::roll::RollPolicy::new(
-                        &self.roll,
-                        self.batch.timeout_secs,
-                    ))
-                })
+                .map(|state| state.describe(&RollPolicy::new(&self.roll, self.batch.timeout_secs)))
                 .map_err(|e| e.to_string()),
         )
     }

@@ -18,7 +18,7 @@ use bson::{raw::RawBsonRef, RawDocument};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use super::config::Compression;
+use super::layout::Compression;
 use crate::codecs::json::{self, ExtendedJsonMode, MalformedBson};
 
 /// Fields written in fixed places (the Delta sink: columns of their own);

@@ -10,8 +10,10 @@
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
 use super::{
-    config::{AdlsPartitionedJsonlConfig, Compression, Mode},
     partition::{Template, Windows},
     state::FileKey,
 };
@@ -23,6 +25,41 @@ pub const PART_SEPARATOR: &str = "-part-";
 pub const PART_DIGITS: usize = 4;
 /// Start of every per-event object's file name.
 pub const PER_EVENT_PREFIX: &str = "event-";
+
+/// `mode`: how events map to files.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Rolling files per namespace and time window (default).
+    #[default]
+    Rolling,
+    /// One object per event,
+    /// `<path_prefix>event-<resume token>-<operation>-<key hash>.jsonl`,
+    /// written with `If-None-Match: *`, so a replay is a no-op.
+    PerEvent,
+}
+
+/// `compression` of the files.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// `.jsonl`, uncompressed.
+    #[default]
+    None,
+    /// `.jsonl.gz`; each batch is one gzip member (concatenated members
+    /// are one valid gzip stream).
+    Gzip,
+}
+
+/// The sink's options a layout is built from, as written.
+pub struct LayoutOptions<'a> {
+    pub path_prefix: &'a str,
+    pub file_name: &'a str,
+    pub timezone: &'a str,
+    pub window_secs: u64,
+    pub mode: Mode,
+    pub compression: Compression,
+}
 
 /// Object names of one sink.
 #[derive(Clone, Debug)]
@@ -37,18 +74,18 @@ pub struct Layout {
 impl Layout {
     /// Parses and checks the templates, time zone and window length. Every
     /// error names its option.
-    pub fn new(config: &AdlsPartitionedJsonlConfig) -> Result<Self, Vec<OptionError>> {
+    pub fn new(config: LayoutOptions<'_>) -> Result<Self, Vec<OptionError>> {
         let mut errors = Vec::new();
-        let prefix = Template::parse(&config.path_prefix)
+        let prefix = Template::parse(config.path_prefix)
             .map_err(|e| errors.push(OptionError::new("path_prefix", e.to_string())))
             .ok();
-        let file_name = Template::parse(&config.file_name)
+        let file_name = Template::parse(config.file_name)
             .map_err(|e| errors.push(OptionError::new("file_name", e.to_string())))
             .ok();
-        let tz: Option<Tz> = super::partition::parse_timezone(&config.timezone)
+        let tz: Option<Tz> = super::partition::parse_timezone(config.timezone)
             .map_err(|e| errors.push(e))
             .ok();
-        let window_secs = i64::try_from(config.roll.window_secs).unwrap_or(i64::MAX);
+        let window_secs = i64::try_from(config.window_secs).unwrap_or(i64::MAX);
         if !(1..=31 * 86_400).contains(&window_secs) {
             errors.push(OptionError::new(
                 "roll.window_secs",
@@ -216,6 +253,7 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::adls_partitioned_jsonl::AdlsPartitionedJsonlConfig;
 
     fn config(extra: &str) -> AdlsPartitionedJsonlConfig {
         toml::from_str(&format!(
@@ -225,7 +263,7 @@ mod tests {
     }
 
     fn errors(extra: &str) -> Vec<String> {
-        match Layout::new(&config(extra)) {
+        match config(extra).layout() {
             Ok(_) => Vec::new(),
             Err(e) => e.iter().map(ToString::to_string).collect(),
         }
@@ -241,13 +279,13 @@ mod tests {
 
     #[test]
     fn default_layout() {
-        let layout = Layout::new(&config("")).unwrap();
+        let layout = config("").layout().unwrap();
         // 2025-08-10T19:00:00Z
         assert_eq!(
             layout.object_name(&key(1_754_852_400), 0),
             "shop/orders/year=2025/month=08/day=10/hour=19/events-20250810-19.jsonl"
         );
-        let gz = Layout::new(&config("compression = \"gzip\"")).unwrap();
+        let gz = config("compression = \"gzip\"").layout().unwrap();
         assert_eq!(
             gz.object_name(&key(1_754_852_400), 2),
             "shop/orders/year=2025/month=08/day=10/hour=19/events-20250810-19-part-0002.jsonl.gz"

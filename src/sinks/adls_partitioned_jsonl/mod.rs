@@ -30,7 +30,7 @@ pub mod partition;
 mod per_event;
 mod recovery;
 mod requests;
-mod roll;
+pub mod roll;
 mod sink;
 pub mod state;
 mod validate;

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use chrono::Utc;
 
 use super::{
-    config::Commit,
     requests::RetryingStorage,
+    roll::Commit,
     state::{OpenFile, SinkState},
 };
 use crate::internal_events::{adls::DataLost, ComponentTags};

@@ -9,12 +9,11 @@ use std::{collections::HashSet, future::Future, pin::Pin, sync::Arc, time::Insta
 use bytes::Bytes;
 
 use super::state::{FileKey, StagedBlock};
-use crate::sinks::util::storage::{
-    with_retries, BlockList, Committed, Condition, RetryPolicy, Storage, StorageError,
-};
+use crate::sinks::util::storage::{BlockList, Committed, Condition, Storage, StorageError};
 use crate::{
     event::EventFinalizers,
     internal_events::{adls::SinkMetrics, requests::RequestFailures, ComponentTags},
+    retry::{with_retries, RetryPolicy},
 };
 
 /// How a request ended; the sink's run loop dispatches on it.

@@ -12,11 +12,74 @@ use std::{
 
 use chrono::{DateTime, Utc};
 
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
 use super::{
     batcher::Batcher,
-    config::RollConfig,
     state::{FileKey, OpenFile, SinkState},
 };
+
+/// `commit`: when rolling files become visible.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Commit {
+    /// A file appears under its final name only when sealed and never
+    /// changes afterwards (default; safe for COPY INTO, Snowpipe, Auto Loader).
+    #[default]
+    OnSeal,
+    /// The file is visible and grows after every batch, for near-real-time
+    /// readers that tolerate changing files.
+    EveryBatch,
+}
+
+/// When a file is sealed.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollConfig {
+    /// Length of a file's time window in seconds (3600 = hourly files), by
+    /// event time: clusterTime, then wallTime, then the ObjectId time of
+    /// the document key, then now.
+    #[serde(default = "default_window")]
+    pub window_secs: u64,
+    /// How long after the event-time watermark passes a window's end late
+    /// events may still join its file before it is sealed.
+    #[serde(default = "default_grace")]
+    pub grace_secs: u64,
+    /// Seal a file at this size and continue in `-part-0001`, `-part-0002`...
+    #[serde(default = "default_roll_bytes")]
+    pub max_bytes: u64,
+    /// Seal a file this many wall-clock seconds after it was opened, even if
+    /// its window is still open (a quiet source without watermarks, a
+    /// clock far ahead). Far below Azure's 7-day life of uncommitted
+    /// blocks; files also seal at 49,000 blocks.
+    #[serde(default = "default_max_age")]
+    pub max_age_secs: u64,
+}
+
+impl Default for RollConfig {
+    fn default() -> Self {
+        Self {
+            window_secs: default_window(),
+            grace_secs: default_grace(),
+            max_bytes: default_roll_bytes(),
+            max_age_secs: default_max_age(),
+        }
+    }
+}
+
+fn default_window() -> u64 {
+    3600
+}
+fn default_grace() -> u64 {
+    60
+}
+fn default_roll_bytes() -> u64 {
+    134_217_728
+}
+fn default_max_age() -> u64 {
+    7200
+}
 
 /// Azure allows 50,000 committed blocks per blob; seal before that.
 pub(super) const MAX_BLOCKS_PER_FILE: usize = 49_000;

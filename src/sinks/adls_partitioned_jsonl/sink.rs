@@ -17,18 +17,15 @@ use futures::{stream::BoxStream, stream::FuturesUnordered, StreamExt};
 
 use super::{
     batcher::{BatchLimits, Batcher, NotAdded, PendingBatch},
-    config::{AdlsPartitionedJsonlConfig, Commit, Compression, Mode},
     encode,
     held::HeldWrites,
-    layout::Layout,
+    layout::{Compression, Layout, Mode},
     per_event, recovery,
     requests::{self, BlockIds, BlockWrite, RetryingStorage, WriteRequest},
-    roll::{self, Now, RollPolicy, Watermarks},
+    roll::{self, Commit, Now, RollPolicy, Watermarks},
     state::{Block, FileKey, SinkState, StagedBlock},
 };
-use crate::sinks::util::storage::{RetryPolicy, Storage};
 use crate::{
-    backoff::Backoff,
     codecs::json::ExtendedJsonMode,
     event::{Event, EventFinalizers, EventStatus, LogEvent},
     health::ComponentHealth,
@@ -38,7 +35,9 @@ use crate::{
         ComponentError, ComponentTags, EventsSent, Stage,
     },
     lineage::{Pipelines, SinkStateReport},
+    retry::RetryPolicy,
     shutdown::ShutdownSignal,
+    sinks::util::storage::Storage,
     sinks::{SinkContext, StreamSink},
 };
 
@@ -48,6 +47,21 @@ const TICK: Duration = Duration::from_millis(200);
 const SEAL_RETRY: Duration = Duration::from_secs(30);
 
 mod outcomes;
+
+/// What the sink runs with, resolved from its options by `config.rs`.
+pub struct SinkSettings {
+    pub limits: BatchLimits,
+    pub commit: Commit,
+    pub compression: Compression,
+    pub json_mode: ExtendedJsonMode,
+    pub roll: RollPolicy,
+    /// A request's retries; its backoff also paces held writes.
+    pub retry: RetryPolicy,
+    /// Requests in flight over all files.
+    pub concurrency: usize,
+    /// Requests in flight per file (`on_seal`; `every_batch` uses 1).
+    pub concurrency_per_file: usize,
+}
 
 pub struct AdlsSink {
     storage: RetryingStorage,
@@ -87,9 +101,8 @@ pub struct AdlsSink {
 
 impl AdlsSink {
     /// The sink over `storage`, with the state loaded from `state`.
-    /// `config` has passed its checks at load.
     pub fn new(
-        config: &AdlsPartitionedJsonlConfig,
+        settings: SinkSettings,
         layout: Layout,
         storage: Arc<dyn Storage>,
         state: SinkState,
@@ -113,46 +126,29 @@ impl AdlsSink {
         };
         let metrics = SinkMetrics::register(&tags);
         let health = tags.health.clone();
-        let request = &config.request;
-        // One backoff for a request's retries and for held writes.
-        let backoff = Backoff::new(
-            Duration::from_secs_f64(request.retry_initial_backoff_secs),
-            Duration::from_secs_f64(request.retry_max_backoff_secs),
-        );
+        let backoff = settings.retry.backoff;
         let storage = RetryingStorage {
             storage,
-            retry: RetryPolicy {
-                attempts: request.retry_attempts,
-                backoff,
-                timeout: Duration::from_secs_f64(request.timeout_secs),
-            },
+            retry: settings.retry,
             metrics: metrics.clone(),
             failures: RequestFailures::register(&tags),
             tags: tags.clone(),
         };
-        let limits = BatchLimits {
-            max_bytes: config.batch.max_bytes,
-            max_events: config.batch.max_events,
-            max_total_bytes: config.batch.max_total_bytes,
+        // Each block's commit lists every earlier one: in order.
+        let per_file = match settings.commit {
+            Commit::EveryBatch => 1,
+            Commit::OnSeal => settings.concurrency_per_file,
         };
         Self {
             storage,
             state,
             layout,
-            batcher: Batcher::new(
-                limits,
-                match config.commit {
-                    // Each block's commit lists every earlier one: in order.
-                    Commit::EveryBatch => 1,
-                    Commit::OnSeal => request.concurrency_per_file,
-                },
-                config.encoding.extended_json,
-            ),
-            roll: RollPolicy::new(&config.roll, config.batch.timeout_secs),
-            commit: config.commit,
-            compression: config.compression,
-            json_mode: config.encoding.extended_json,
-            concurrency: request.concurrency,
+            batcher: Batcher::new(settings.limits, per_file, settings.json_mode),
+            roll: settings.roll,
+            commit: settings.commit,
+            compression: settings.compression,
+            json_mode: settings.json_mode,
+            concurrency: settings.concurrency,
             sent: EventsSent::register(&tags),
             metrics,
             tags,

@@ -336,7 +336,7 @@ async fn put_blocks_finishing_out_of_order_are_recorded_in_order() {
         dir.path(),
         "batch.max_events = 5\nrequest.concurrency_per_file = 4",
     );
-    let layout = super::layout::Layout::new(&config).unwrap();
+    let layout = config.check().unwrap();
     let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
     let storage: Arc<dyn Storage> = Arc::new(FirstBlockSlow {
         inner: config.storage().unwrap(),
@@ -358,7 +358,8 @@ async fn put_blocks_finishing_out_of_order_are_recorded_in_order() {
         inputs: vec!["src".into()],
         pipelines: Default::default(),
     };
-    let sink = super::sink::AdlsSink::new(&config, layout, storage, state, cx, Vec::new());
+    let sink =
+        super::sink::AdlsSink::new(config.settings(), layout, storage, state, cx, Vec::new());
     let mut input = events("orders", 1..=40, HOUR + 10);
     input.push((watermark(HOUR + 3600), None));
     let (events, receivers): (Vec<Event>, Vec<Option<BatchStatusReceiver>>) =

@@ -3,7 +3,10 @@
 //! destination and credentials, numbers in range, and (in `layout.rs`) the
 //! templates, time zone and windows. Each error names its option.
 
-use super::{config::AdlsPartitionedJsonlConfig, layout::Layout};
+use super::{
+    config::AdlsPartitionedJsonlConfig,
+    layout::{Layout, LayoutOptions},
+};
 use crate::config::OptionError;
 
 impl AdlsPartitionedJsonlConfig {
@@ -13,7 +16,7 @@ impl AdlsPartitionedJsonlConfig {
         let mut errors = Vec::new();
         self.lake().check(&mut errors);
         self.check_numbers(&mut errors);
-        match Layout::new(self) {
+        match self.layout() {
             Ok(layout) if errors.is_empty() => Ok(layout),
             Ok(_) => Err(errors),
             Err(more) => {
@@ -21,6 +24,19 @@ impl AdlsPartitionedJsonlConfig {
                 Err(errors)
             }
         }
+    }
+
+    /// The layout of the names this sink writes, from its options (the
+    /// templates, time zone and window length).
+    pub fn layout(&self) -> Result<Layout, Vec<OptionError>> {
+        Layout::new(LayoutOptions {
+            path_prefix: &self.path_prefix,
+            file_name: &self.file_name,
+            timezone: &self.timezone,
+            window_secs: self.roll.window_secs,
+            mode: self.mode,
+            compression: self.compression,
+        })
     }
 
     fn check_numbers(&self, errors: &mut Vec<OptionError>) {

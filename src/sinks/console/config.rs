@@ -8,18 +8,7 @@ use crate::{
     sinks::{Healthcheck, SinkConfig, SinkContext, StreamSink},
 };
 
-use super::sink::ConsoleSink;
-
-/// Where the console sink writes.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Target {
-    /// Standard output.
-    #[default]
-    Stdout,
-    /// Standard error.
-    Stderr,
-}
+use super::sink::{ConsoleSink, Target};
 
 /// How the console sink writes events as JSON.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

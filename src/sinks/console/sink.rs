@@ -1,5 +1,7 @@
 use async_trait::async_trait;
 use futures::{stream::BoxStream, StreamExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::{
@@ -9,7 +11,16 @@ use crate::{
     sinks::StreamSink,
 };
 
-use super::config::Target;
+/// Where the console sink writes.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// Standard output.
+    #[default]
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
 
 pub struct ConsoleSink {
     target: Target,

@@ -208,7 +208,7 @@ fn default_snapshot_chunk_size() -> u32 {
 }
 
 #[derive(Debug, Snafu)]
-pub enum ConfigError {
+pub enum OptionsError {
     #[snafu(display("`collection` needs `database`"))]
     CollectionWithoutDatabase,
     #[snafu(display("`collections` needs `database`"))]
@@ -242,11 +242,11 @@ pub enum Scope {
 }
 
 impl MongoDbChangeStreamConfig {
-    pub fn scope(&self) -> Result<Scope, ConfigError> {
+    pub fn scope(&self) -> Result<Scope, OptionsError> {
         match (&self.database, &self.collection, &self.collections) {
-            (None, Some(_), _) => Err(ConfigError::CollectionWithoutDatabase),
-            (None, _, Some(_)) => Err(ConfigError::CollectionsWithoutDatabase),
-            (Some(_), Some(_), Some(_)) => Err(ConfigError::CollectionAndCollections),
+            (None, Some(_), _) => Err(OptionsError::CollectionWithoutDatabase),
+            (None, _, Some(_)) => Err(OptionsError::CollectionsWithoutDatabase),
+            (Some(_), Some(_), Some(_)) => Err(OptionsError::CollectionAndCollections),
             (None, None, None) => Ok(Scope::Deployment),
             (Some(db), None, None) => Ok(Scope::Database(db.clone())),
             (Some(db), Some(c), None) => Ok(Scope::Collection(db.clone(), c.clone())),
@@ -255,22 +255,22 @@ impl MongoDbChangeStreamConfig {
     }
 
     /// The user's stages as BSON documents.
-    pub fn user_pipeline(&self) -> Result<Vec<Document>, ConfigError> {
-        let json = match &self.pipeline {
-            None => return Ok(Vec::new()),
-            Some(PipelineConfig::Json(s)) => {
-                serde_json::from_str::<serde_json::Value>(s).map_err(|e| ConfigError::Pipeline {
-                    reason: format!("not JSON: {e}"),
-                })?
-            }
-            Some(PipelineConfig::Stages(tables)) => {
-                serde_json::to_value(tables).map_err(|e| ConfigError::Pipeline {
-                    reason: e.to_string(),
-                })?
-            }
-        };
+    pub fn user_pipeline(&self) -> Result<Vec<Document>, OptionsError> {
+        let json =
+            match &self.pipeline {
+                None => return Ok(Vec::new()),
+                Some(PipelineConfig::Json(s)) => serde_json::from_str::<serde_json::Value>(s)
+                    .map_err(|e| OptionsError::Pipeline {
+                        reason: format!("not JSON: {e}"),
+                    })?,
+                Some(PipelineConfig::Stages(tables)) => {
+                    serde_json::to_value(tables).map_err(|e| OptionsError::Pipeline {
+                        reason: e.to_string(),
+                    })?
+                }
+            };
         let serde_json::Value::Array(stages) = json else {
-            return Err(ConfigError::Pipeline {
+            return Err(OptionsError::Pipeline {
                 reason: "expected an array of stages".into(),
             });
         };
@@ -278,24 +278,24 @@ impl MongoDbChangeStreamConfig {
             .into_iter()
             .map(|stage| match bson::Bson::try_from(stage) {
                 Ok(bson::Bson::Document(d)) => Ok(d),
-                Ok(other) => Err(ConfigError::Pipeline {
+                Ok(other) => Err(OptionsError::Pipeline {
                     reason: format!("each stage must be a document, got {other}"),
                 }),
-                Err(e) => Err(ConfigError::Pipeline {
+                Err(e) => Err(OptionsError::Pipeline {
                     reason: e.to_string(),
                 }),
             })
             .collect()
     }
 
-    pub fn start(&self) -> Result<StartAt, ConfigError> {
+    pub fn start(&self) -> Result<StartAt, OptionsError> {
         let v = self.start_at.trim();
         match v {
             "checkpoint_or_now" => Ok(StartAt::CheckpointOrNow),
             "now" => Ok(StartAt::Now),
             _ => {
                 if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
-                    let secs = u32::try_from(t.timestamp()).map_err(|_| ConfigError::StartAt {
+                    let secs = u32::try_from(t.timestamp()).map_err(|_| OptionsError::StartAt {
                         value: v.to_string(),
                     })?;
                     Ok(StartAt::Time(bson::Timestamp {
@@ -308,7 +308,7 @@ impl MongoDbChangeStreamConfig {
                 {
                     Ok(StartAt::Token(v.to_ascii_uppercase()))
                 } else {
-                    Err(ConfigError::StartAt {
+                    Err(OptionsError::StartAt {
                         value: v.to_string(),
                     })
                 }
@@ -348,7 +348,7 @@ impl MongoDbChangeStreamConfig {
         }
         if let Err(e) = self.scope() {
             let key = match e {
-                ConfigError::CollectionWithoutDatabase => "collection",
+                OptionsError::CollectionWithoutDatabase => "collection",
                 _ => "collections",
             };
             errors.push(OptionError::new(key, e.to_string()));

@@ -15,8 +15,8 @@ use crate::{
     internal_events::mongodb::{HistoryLostReset, StreamInterrupted},
 };
 
-/// Waits before reopening after a transient error: 0.5 s to 30 s, as the
-/// README says (the cap was 16 s before the backoff was shared).
+/// Waits before reopening after a transient error: 0.5 s to 30 s, as
+/// docs/components.md says (the cap was 16 s before the backoff was shared).
 const RETRY_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 
 /// How a stream error is handled.

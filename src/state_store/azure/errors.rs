@@ -4,7 +4,7 @@ use azure_core::http::Etag;
 
 use super::Target;
 use crate::{
-    sinks::azure_common::{classify, AzureFailure},
+    azure::AzureFailure,
     state_store::{StateStoreError, Version},
 };
 
@@ -13,10 +13,10 @@ pub(super) fn map_error(
     what: &'static str,
     blob: &str,
     expected: &str,
-    e: &azure_core::Error,
+    failure: AzureFailure,
 ) -> StateStoreError {
     let blob = blob.to_string();
-    let (status, code) = match classify(e) {
+    let (status, code) = match failure {
         AzureFailure::Answered { status, code } => (status, code),
         AzureFailure::Unavailable(message) => {
             return StateStoreError::Unavailable {

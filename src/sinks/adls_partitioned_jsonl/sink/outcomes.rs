@@ -13,9 +13,9 @@ use crate::{
     internal_events::adls::{FileOpened, WriteFailed},
     sinks::adls_partitioned_jsonl::{
         batcher::Arrived,
-        config::Commit,
         recovery::report_lost,
         requests::{self, Retry, WriteOutcome, WriteRequest},
+        roll::Commit,
         state::{FileKey, StagedBlock},
     },
     sinks::util::storage::StorageError,

@@ -3,7 +3,7 @@
 //! accept Put Block / Put Block List on the Blob endpoint (multi-protocol
 //! access), and a `dfs` account URL is mapped to its `blob` twin.
 //!
-//! The SDK's own retries are off: [`super::with_retries`] retries every
+//! The SDK's own retries are off: [`crate::retry::with_retries`] retries every
 //! operation with one policy. Blob URLs are built here with literal `/`
 //! between path segments (the SDK's `blob_client` would send `%2F`).
 
@@ -26,15 +26,14 @@ use azure_storage_blob::{
 use bytes::Bytes;
 
 use super::{
-    retriable_status, BlockList, Committed, Condition, Created, LakeOptions, ObjectMeta, Storage,
-    StorageError,
+    BlockList, Committed, Condition, Created, LakeOptions, ObjectMeta, Storage, StorageError,
 };
 // The account URL forms live with the shared client construction; the
 // sinks' other modules keep importing them from here.
-pub(crate) use crate::sinks::azure_common::client::service_url;
+pub(crate) use crate::azure::client::service_url;
 use crate::{
+    azure::{self, chain, client::ContainerAccess, AzureFailure},
     redact,
-    sinks::azure_common::{chain, client::ContainerAccess},
 };
 
 /// The scratch blob the healthcheck stages a block on.
@@ -149,47 +148,21 @@ impl AzureStorage {
     }
 }
 
-/// Maps an SDK error to a retriable or permanent storage error.
+/// Maps an SDK error to a retriable or permanent storage error, by the
+/// shared classification.
 fn map_error(what: &str, e: azure_core::Error) -> StorageError {
-    match e.kind() {
-        ErrorKind::HttpResponse {
-            status,
-            error_code,
-            raw_response,
-        } => {
-            let code = u16::from(*status);
-            let retry_after = raw_response.as_ref().and_then(|r| {
-                let h = r.headers();
-                h.get_optional_str(&azure_core::http::headers::HeaderName::from_static(
-                    "x-ms-retry-after-ms",
-                ))
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(std::time::Duration::from_millis)
-                .or_else(|| {
-                    h.get_optional_str(&azure_core::http::headers::RETRY_AFTER)
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(std::time::Duration::from_secs)
-                })
-            });
-            StorageError {
-                retriable: retriable_status(code),
-                retry_after,
-                status: Some(code),
-                blocks_missing: code == 400 && error_code.as_deref() == Some("InvalidBlockList"),
-                message: format!(
-                    "{what}: HTTP {code} {}",
-                    error_code.as_deref().unwrap_or("(no error code)")
-                ),
-            }
-        }
-        // A token that could not be had: the login endpoint unreachable
-        // (transient) or a secret refused (fixed by a restart with the
-        // right one); either way the write is held and retried, and the
-        // credential wrapper reports it at ERROR level.
-        ErrorKind::Connection | ErrorKind::Io | ErrorKind::Credential => {
-            StorageError::transient(format!("{what}: {}", redact::text(&chain(&e))))
-        }
-        _ => StorageError::permanent(format!("{what}: {}", redact::text(&chain(&e)))),
+    let status = azure::status(&e);
+    let (retriable, message) = match azure::classify(&e) {
+        AzureFailure::Answered { status, code } => (false, format!("HTTP {status} {code}")),
+        AzureFailure::Unavailable(message) => (true, message),
+        AzureFailure::Failed(message) => (false, message),
+    };
+    StorageError {
+        retriable,
+        retry_after: azure::retry_after(&e),
+        blocks_missing: matches!(&status, Some((400, code)) if code == "InvalidBlockList"),
+        status: status.map(|(s, _)| s),
+        message: format!("{what}: {message}"),
     }
 }
 

@@ -9,8 +9,8 @@
 //! - `azure.rs`: the Blob endpoint of an ADLS Gen2 (or any) storage account.
 //! - `local.rs`: a `file://` directory with the same guarantees.
 //!
-//! Retries live here too ([`with_retries`]), so both backends and every
-//! operation share one policy. [`LakeOptions`] is where a lake is, as
+//! Every operation of both backends is retried by one policy
+//! ([`crate::retry::with_retries`]). [`LakeOptions`] is where a lake is, as
 //! every lake sink spells it (`account_url`, `filesystem`,
 //! `create_filesystem`, `auth`).
 
@@ -23,9 +23,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::{
-    backoff::Backoff,
+    azure::auth::{valid_container_name, AuthConfig},
     config::OptionError,
-    sinks::azure_common::auth::{valid_container_name, AuthConfig},
 };
 
 /// Where a lake is: the options every lake sink shares, borrowed from its
@@ -285,133 +284,19 @@ pub trait Storage: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// Retry settings, from `request.*`.
-#[derive(Clone, Debug)]
-pub struct RetryPolicy {
-    pub attempts: u32,
-    pub backoff: Backoff,
-    pub timeout: Duration,
-}
-
-/// Runs `op` until it succeeds, fails permanently, or runs out of retries.
-/// Each attempt is bounded by the request timeout; `on_retry` is told about
-/// every failure that will be retried (for logs and metrics).
-pub async fn with_retries<T, F, Fut>(
-    policy: &RetryPolicy,
-    mut op: F,
-    mut on_retry: impl FnMut(&StorageError, Duration),
-) -> Result<T, StorageError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StorageError>>,
-{
-    let mut attempt: u32 = 0;
-    loop {
-        let result = match tokio::time::timeout(policy.timeout, op()).await {
-            Ok(r) => r,
-            Err(_) => Err(StorageError::transient(format!(
-                "request timed out after {:.0}s",
-                policy.timeout.as_secs_f64()
-            ))),
-        };
-        match result {
-            Ok(v) => return Ok(v),
-            Err(e) if e.retriable && attempt < policy.attempts => {
-                let backoff = policy.backoff.delay(attempt);
-                // The server's Retry-After wins when it asks for longer.
-                let delay = e.retry_after.map_or(backoff, |ra| ra.max(backoff));
-                on_retry(&e, delay);
-                tokio::time::sleep(delay).await;
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Is this HTTP status worth retrying?
-pub fn retriable_status(status: u16) -> bool {
-    matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    fn policy(attempts: u32) -> RetryPolicy {
-        RetryPolicy {
-            attempts,
-            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(5)),
-            timeout: Duration::from_millis(200),
-        }
+impl crate::retry::Retriable for StorageError {
+    fn retriable(&self) -> bool {
+        self.retriable
     }
 
-    #[tokio::test]
-    async fn retries_transient_then_succeeds() {
-        let calls = AtomicU32::new(0);
-        let mut retries = 0;
-        let r = with_retries(
-            &policy(5),
-            || async {
-                if calls.fetch_add(1, Ordering::SeqCst) < 2 {
-                    Err(StorageError::transient("503"))
-                } else {
-                    Ok(7)
-                }
-            },
-            |_, _| retries += 1,
-        )
-        .await;
-        assert_eq!(r.unwrap(), 7);
-        assert_eq!(retries, 2);
+    fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 
-    #[tokio::test]
-    async fn permanent_and_exhausted_fail() {
-        let r: Result<(), _> = with_retries(
-            &policy(5),
-            || async { Err(StorageError::permanent("403")) },
-            |_, _| {},
-        )
-        .await;
-        assert!(!r.unwrap_err().retriable);
-        let calls = AtomicU32::new(0);
-        let r: Result<(), _> = with_retries(
-            &policy(2),
-            || async {
-                calls.fetch_add(1, Ordering::SeqCst);
-                Err(StorageError::transient("503"))
-            },
-            |_, _| {},
-        )
-        .await;
-        assert!(r.is_err());
-        assert_eq!(calls.load(Ordering::SeqCst), 3);
-    }
-
-    #[tokio::test]
-    async fn timeouts_are_retried() {
-        let calls = AtomicU32::new(0);
-        let mut retried = Vec::new();
-        let started = std::time::Instant::now();
-        let r = with_retries(
-            &policy(3),
-            || async {
-                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    return Ok(0); // only without a timeout
-                }
-                Ok(1)
-            },
-            |e, _| retried.push(e.message.clone()),
-        )
-        .await;
-        // The first attempt was cut off at the 200 ms timeout and retried.
-        assert_eq!(r.unwrap(), 1);
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
-        assert_eq!(retried.len(), 1, "{retried:?}");
-        assert!(retried[0].contains("timed out"), "{retried:?}");
-        assert!(started.elapsed() < Duration::from_secs(4));
+    fn timed_out(after: Duration) -> Self {
+        Self::transient(format!(
+            "request timed out after {:.0}s",
+            after.as_secs_f64()
+        ))
     }
 }

@@ -19,7 +19,7 @@ use azure_identity::{
 };
 
 use super::{shared_key::SharedKeyPolicy, token::ReportedCredential};
-use crate::{redact, sinks::azure_common::auth::AuthConfig};
+use crate::{azure::auth::AuthConfig, redact};
 
 /// What an SDK client for one container (or a blob in it) needs.
 pub struct ContainerAccess {
