@@ -299,13 +299,13 @@ async fn a_write_refused_on_its_condition_under_a_lease_fences_the_term() {
     let handle = StateHandle::new(std::sync::Arc::new(s), a);
     handle.create_log(LOG).await.unwrap();
     let at = handle.append(LOG, "x\n".into(), 0).await.unwrap();
-    assert!(!handle.was_fenced());
+    assert!(!handle.write_was_fenced());
     azurite.restart();
     Lake::new(&azurite, CONTAINER).create().await;
     let err = handle.append(LOG, "y\n".into(), at).await.unwrap_err();
     assert!(err.is_condition_failed(), "{err}");
     assert!(
-        handle.was_fenced(),
+        handle.write_was_fenced(),
         "a refused condition under a lease ends the term"
     );
 }

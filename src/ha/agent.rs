@@ -18,7 +18,7 @@
 //!   are released and the agent exits non-zero, for its supervisor to
 //!   restart it while a standby takes over.
 
-use std::{sync::Arc, time::Duration};
+use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
 use futures::{
     future::{BoxFuture, Shared},
@@ -86,15 +86,10 @@ pub async fn run(config: &Config, options: RunOptions, fail: &(dyn Fn(&str) + Sy
     );
     let mut leadership = elector.subscribe();
     loop {
-        let lease_id = tokio::select! {
-            active = leadership.wait_for(|l| matches!(l, Leadership::Active { .. })) => match active {
-                Ok(l) => match &*l {
-                    Leadership::Active { lease_id, .. } => lease_id.clone(),
-                    _ => unreachable!("waited for Active"),
-                },
-                Err(_) => return EXIT_FAILED,
-            },
-            _ = options.first.clone() => {
+        let lease_id = match await_term(&mut leadership, &options).await {
+            ControlFlow::Continue(lease_id) => lease_id,
+            ControlFlow::Break(Some(code)) => return code,
+            ControlFlow::Break(None) => {
                 tracing::info!("Stopped while standing by; nothing was running.");
                 if let Err(e) = elector.release().await {
                     tracing::warn!("Could not release the leader lease: {e}");
@@ -139,17 +134,41 @@ pub async fn run(config: &Config, options: RunOptions, fail: &(dyn Fn(&str) + Sy
                 leadership = elector.subscribe();
             }
             TermEnd::Signal(code) | TermEnd::Finished(code) => {
-                // State leases first: once the leader lease is free a
-                // standby takes over, and finds the state free too.
-                if let Err(e) = store.release(&fence).await {
-                    tracing::warn!("Could not release the state leases (they expire by themselves within `lease_secs`): {e}");
-                }
-                if let Err(e) = elector.release().await {
-                    tracing::warn!("Could not release the leader lease (it expires by itself within `lease_secs`): {e}");
-                }
+                release(&store, elector, &fence).await;
                 return code;
             }
         }
+    }
+}
+
+/// Stands by until this agent holds the leader lease (its lease id), or
+/// until a signal (`None`) or the election's end (an exit code).
+async fn await_term(
+    leadership: &mut watch::Receiver<Leadership>,
+    options: &RunOptions,
+) -> ControlFlow<Option<i32>, String> {
+    tokio::select! {
+        active = leadership.wait_for(|l| matches!(l, Leadership::Active { .. })) => match active {
+            Ok(l) => match &*l {
+                Leadership::Active { lease_id, .. } => ControlFlow::Continue(lease_id.clone()),
+                _ => unreachable!("waited for Active"),
+            },
+            Err(_) => ControlFlow::Break(Some(EXIT_FAILED)),
+        },
+        _ = options.first.clone() => ControlFlow::Break(None),
+    }
+}
+
+/// Gives both leases back at the end of the agent's last term: the state
+/// leases first, so a standby that takes over finds the state free too.
+async fn release(store: &AzureStateStore, elector: Elector, fence: &Fence) {
+    if let Err(e) = store.release(fence).await {
+        tracing::warn!("Could not release the state leases (they expire by themselves within `lease_secs`): {e}");
+    }
+    if let Err(e) = elector.release().await {
+        tracing::warn!(
+            "Could not release the leader lease (it expires by itself within `lease_secs`): {e}"
+        );
     }
 }
 
@@ -219,7 +238,7 @@ async fn create_container(azure: &AzureState<'_>) -> Result<(), String> {
 }
 
 /// Resolves once `lease_id`'s term is over (the election says so).
-fn term_over(mut leadership: watch::Receiver<Leadership>, lease_id: String) -> Signal {
+fn when_term_ends(mut leadership: watch::Receiver<Leadership>, lease_id: String) -> Signal {
     async move {
         let _ = leadership
             .wait_for(|l| !matches!(l, Leadership::Active { lease_id: id, .. } if *id == lease_id))
@@ -238,7 +257,7 @@ async fn term(
     fence: &Fence,
     lease_id: &str,
 ) -> TermEnd {
-    let lost = term_over(elector.subscribe(), lease_id.to_string());
+    let lost = when_term_ends(elector.subscribe(), lease_id.to_string());
     let taken = tokio::select! {
         taken = take_over(store, fence) => taken,
         _ = lost.clone() => return TermEnd::Lost,
@@ -262,25 +281,9 @@ async fn term(
         .with_leadership(elector.subscribe());
     // An empty remote state, or an import that did not finish (its marker
     // says so): copy what data_dir holds. Every step is idempotent.
-    let importing = names.is_empty() || names.iter().any(|n| n == IMPORTING);
-    if importing {
-        if let Some(dir) = config.data_dir() {
-            match import_local(dir, &state).await {
-                Ok(0) => {}
-                Ok(n) => tracing::warn!(
-                    "Imported {n} state file(s) from data_dir {} into {}: the pipeline's remote state was empty. data_dir is not read again; remove it once the pipeline runs.",
-                    dir.display(),
-                    store.location()
-                ),
-                Err(e) if e.is_fenced() => return TermEnd::Fenced,
-                Err(e) => {
-                    tracing::error!(
-                        "Could not import the state in data_dir {} into the empty remote state: {e}",
-                        dir.display()
-                    );
-                    return TermEnd::Finished(EXIT_FAILED);
-                }
-            }
+    if names.is_empty() || names.iter().any(|n| n == IMPORTING) {
+        if let Err(end) = import_data_dir(config, store, &state).await {
+            return end;
         }
     }
     let started = tokio::select! {
@@ -290,7 +293,7 @@ async fn term(
     };
     let topology = match started {
         Ok(topology) => topology,
-        Err(_) if state.was_fenced() => return TermEnd::Fenced,
+        Err(_) if state.write_was_fenced() => return TermEnd::Fenced,
         // The term ended while the components were being built (a read
         // retried past the deadline, say): not a configuration error.
         Err(_) if state.term_over() => return TermEnd::Lost,
@@ -301,6 +304,51 @@ async fn term(
             return TermEnd::Finished(EXIT_CONFIG);
         }
     };
+    run_term(topology, options, store, elector, fence, &state, lost).await
+}
+
+/// Imports the state a `local` store left in `data_dir`, if any, into the
+/// empty remote state; `Err` ends the term.
+async fn import_data_dir(
+    config: &Config,
+    store: &AzureStateStore,
+    state: &StateHandle,
+) -> Result<(), TermEnd> {
+    let Some(dir) = config.data_dir() else {
+        return Ok(());
+    };
+    match import_local(dir, state).await {
+        Ok(0) => Ok(()),
+        Ok(n) => {
+            tracing::warn!(
+                "Imported {n} state file(s) from data_dir {} into {}: the pipeline's remote state was empty. data_dir is not read again; remove it once the pipeline runs.",
+                dir.display(),
+                store.location()
+            );
+            Ok(())
+        }
+        Err(e) if e.is_fenced() => Err(TermEnd::Fenced),
+        Err(e) => {
+            tracing::error!(
+                "Could not import the state in data_dir {} into the empty remote state: {e}",
+                dir.display()
+            );
+            Err(TermEnd::Finished(EXIT_FAILED))
+        }
+    }
+}
+
+/// Runs the started components, renewing the state leases, until a
+/// signal, the end of the term (lost, or a fenced write) or their end.
+async fn run_term(
+    topology: Topology,
+    options: &RunOptions,
+    store: &Arc<AzureStateStore>,
+    elector: &Elector,
+    fence: &Fence,
+    state: &StateHandle,
+    lost: Signal,
+) -> TermEnd {
     let renewer = tokio::spawn(renew_state(
         Arc::clone(store),
         fence.clone(),
@@ -309,7 +357,9 @@ async fn term(
     // A fenced write ends the term too: a component may only log it.
     let fenced = {
         let state = state.clone();
-        async move { state.fenced().await }.boxed().shared()
+        async move { state.until_write_fenced().await }
+            .boxed()
+            .shared()
     };
     let over = futures::future::select(lost.clone(), fenced)
         .map(|_| ())
@@ -329,7 +379,7 @@ async fn term(
         TermEnd::Lost
     } else if options.first.peek().is_some() {
         TermEnd::Signal(code)
-    } else if state.was_fenced() {
+    } else if state.write_was_fenced() {
         TermEnd::Fenced
     } else {
         TermEnd::Finished(code)

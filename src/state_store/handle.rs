@@ -91,14 +91,14 @@ impl StateHandle {
 
     /// Whether a write through this handle (or a clone) was refused
     /// because another term holds the state.
-    pub fn was_fenced(&self) -> bool {
+    pub fn write_was_fenced(&self) -> bool {
         *self.fenced.borrow()
     }
 
     /// Resolves once a write was refused as fenced (see
-    /// [`Self::was_fenced`]): the owner stops the components then, as a
+    /// [`Self::write_was_fenced`]): the owner stops the components then, as a
     /// component may only log the error and go on.
-    pub async fn fenced(&self) {
+    pub async fn until_write_fenced(&self) {
         let _ = self.fenced.subscribe().wait_for(|fenced| *fenced).await;
     }
 

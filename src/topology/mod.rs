@@ -78,58 +78,78 @@ pub fn refused_by_configuration() {
     REFUSED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// The sinks, built before the sources so each source gets a sender for
+/// every sink that reads it.
+struct BuiltSinks {
+    sinks: Vec<BuiltSink>,
+    healthchecks: Vec<(String, Healthcheck)>,
+    /// Each sink's input buffer.
+    senders: HashMap<String, buffer::BufferSender>,
+    /// What each sink's state said, for its sources' start check.
+    reports: HashMap<String, SinkStateReport>,
+}
+
+async fn build_sinks(
+    config: &Config,
+    state: Option<&StateHandle>,
+    pipelines: &Pipelines,
+    stopping: &ShutdownSignal,
+) -> Result<BuiltSinks, TopologyError> {
+    let mut built = BuiltSinks {
+        sinks: Vec::new(),
+        healthchecks: Vec::new(),
+        senders: HashMap::new(),
+        reports: HashMap::new(),
+    };
+    for (id, entry) in &config.sinks {
+        let tags = ComponentTags::new(id, "sink", entry.outer.inner.component_type());
+        let (tx, rx) = buffer::memory(&entry.outer.buffer, &tags);
+        let cx = SinkContext {
+            key: id.clone(),
+            globals: config.global.clone(),
+            state: state.map(|s| s.component(id)),
+            tags: tags.clone(),
+            stopping: stopping.clone(),
+            inputs: entry.outer.inputs.clone(),
+            pipelines: pipelines.clone(),
+        };
+        let (sink, healthcheck) =
+            entry
+                .outer
+                .inner
+                .build(cx)
+                .await
+                .map_err(|e| TopologyError::Build {
+                    kind: "sink",
+                    id: id.clone(),
+                    message: crate::redact::error(&e),
+                })?;
+        if config.global.healthchecks.enabled && entry.outer.healthcheck.enabled {
+            built.healthchecks.push((id.clone(), healthcheck));
+        }
+        if let Some(report) = sink.state_report() {
+            built.reports.insert(id.clone(), report);
+        }
+        built.senders.insert(id.clone(), tx);
+        built.sinks.push((id.clone(), sink, rx, tags));
+    }
+    Ok(built)
+}
+
 impl Topology {
     /// Builds every component, each with its folder of `state` (the
     /// store of this term; `None` without a `data_dir` or `[state]`
     /// store). Buffers are created first so each source gets a sender for
     /// every sink that reads it.
     pub async fn build(config: &Config, state: Option<StateHandle>) -> Result<Self, TopologyError> {
-        let acknowledgements = config.global.acknowledgements.enabled;
         let source_shutdown = ShutdownSignal::new();
-
         let pipelines = Pipelines::default();
-        let mut reports: HashMap<String, SinkStateReport> = HashMap::new();
-        let mut senders: HashMap<String, buffer::BufferSender> = HashMap::new();
-        let mut sinks = Vec::new();
-        let mut healthchecks = Vec::new();
-        for (id, entry) in &config.sinks {
-            let tags = ComponentTags::new(id, "sink", entry.outer.inner.component_type());
-            let (tx, rx) = buffer::memory(&entry.outer.buffer, &tags);
-            let cx = SinkContext {
-                key: id.clone(),
-                globals: config.global.clone(),
-                state: state.as_ref().map(|s| s.component(id)),
-                tags: tags.clone(),
-                stopping: source_shutdown.clone(),
-                inputs: entry.outer.inputs.clone(),
-                pipelines: pipelines.clone(),
-            };
-            let (sink, healthcheck) =
-                entry
-                    .outer
-                    .inner
-                    .build(cx)
-                    .await
-                    .map_err(|e| TopologyError::Build {
-                        kind: "sink",
-                        id: id.clone(),
-                        message: crate::redact::error(&e),
-                    })?;
-            if config.global.healthchecks.enabled && entry.outer.healthcheck.enabled {
-                healthchecks.push((id.clone(), healthcheck));
-            }
-            if let Some(report) = sink.state_report() {
-                reports.insert(id.clone(), report);
-            }
-            senders.insert(id.clone(), tx);
-            sinks.push((id.clone(), sink, rx, tags));
-        }
-
+        let built = build_sinks(config, state.as_ref(), &pipelines, &source_shutdown).await?;
         let mut sources = Vec::new();
         for (id, source) in &config.sources {
             let outputs: Vec<_> = config
                 .sinks_of(id)
-                .map(|sink| senders[sink].clone())
+                .map(|sink| built.senders[sink].clone())
                 .collect();
             if outputs.is_empty() {
                 continue;
@@ -143,10 +163,10 @@ impl Topology {
                 out: SourceSender::new(outputs, &tags),
                 sink_states: config
                     .sinks_of(id)
-                    .filter_map(|sink| reports.get(sink).cloned())
+                    .filter_map(|sink| built.reports.get(sink).cloned())
                     .collect(),
                 pipelines: pipelines.clone(),
-                acknowledgements,
+                acknowledgements: config.global.acknowledgements.enabled,
                 tags,
             };
             let running = source
@@ -163,8 +183,8 @@ impl Topology {
 
         Ok(Self {
             sources,
-            sinks,
-            healthchecks,
+            sinks: built.sinks,
+            healthchecks: built.healthchecks,
             source_shutdown,
         })
     }

@@ -316,6 +316,22 @@ impl DeltaSink {
         let rows = group.as_ref().map_or(0, |g| g.rows);
         self.metrics
             .committed(root, version, seq, rows, started.elapsed(), found);
+        self.after_commit(root, seq, version, operation, group);
+        self.upkeep_due(root, version);
+        Ok(())
+    }
+
+    /// What follows a committed version: its events acknowledged (an
+    /// append) or its removals counted (a compaction), and a new table's
+    /// vacuum clock started.
+    fn after_commit(
+        &mut self,
+        root: &str,
+        seq: u64,
+        version: i64,
+        operation: Operation,
+        group: Option<Group>,
+    ) {
         match group {
             Some(Group {
                 finalizers,
@@ -348,8 +364,6 @@ impl DeltaSink {
                 at: Utc::now().timestamp(),
             });
         }
-        self.upkeep_due(root, version);
-        Ok(())
     }
 
     /// A table's writes failed for good (or were given up as the agent
@@ -396,7 +410,7 @@ impl DeltaSink {
     }
 
     fn vacuum_due(&self, root: &str) -> bool {
-        let Some(super::sink::Vacuum { interval, .. }) = self.settings.vacuum else {
+        let Some(super::upkeep::Vacuum { interval, .. }) = self.settings.vacuum else {
             return false;
         };
         let last = self.state.table(root).map_or(0, |t| t.vacuumed_at);

@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     schema::{Compression, PartitionBy},
-    sink::{DeltaSink, Settings, Vacuum},
+    sink::{DeltaSink, Settings},
     state::DeltaState,
     table::TableNames,
+    upkeep::Vacuum,
 };
 use crate::{
     azure::auth::AuthConfig,

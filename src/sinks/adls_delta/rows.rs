@@ -146,42 +146,16 @@ impl Rows {
 
         // Every JSON part into the scratch buffer first, so a malformed
         // value leaves no half-added row.
-        self.scratch.clear();
-        let mut parts = [(0usize, 0usize, false); 6];
-        for (i, value) in [
-            lsid,
-            document_key,
-            full_document,
-            update_description,
-            before,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let start = self.scratch.len();
-            let present = match value {
-                Some(RawBsonRef::Null) | None => false,
-                Some(v) => {
-                    json::write_value(v, self.mode, &mut self.scratch)?;
-                    true
-                }
-            };
-            parts[i] = (start, self.scratch.len(), present);
-        }
-        let start = self.scratch.len();
-        if !extra.is_empty() {
-            self.scratch.push(b'{');
-            for (n, (key, value)) in extra.iter().enumerate() {
-                if n > 0 {
-                    self.scratch.push(b',');
-                }
-                json::write_str(key, &mut self.scratch);
-                self.scratch.push(b':');
-                json::write_value(*value, self.mode, &mut self.scratch)?;
-            }
-            self.scratch.push(b'}');
-        }
-        parts[5] = (start, self.scratch.len(), !extra.is_empty());
+        let parts = self.write_parts(
+            [
+                lsid,
+                document_key,
+                full_document,
+                update_description,
+                before,
+            ],
+            &extra,
+        )?;
         // The JSON writer only writes UTF-8 (it escapes what is not).
         let text = std::str::from_utf8(&self.scratch).map_err(|e| MalformedBson(e.to_string()))?;
 
@@ -234,6 +208,43 @@ impl Rows {
         self.len += 1;
         self.bytes += self.scratch.len();
         Ok(())
+    }
+
+    /// Writes the JSON columns' values (`extra` as one object) into the
+    /// scratch buffer: each one's range, and whether it is present.
+    fn write_parts(
+        &mut self,
+        values: [Option<RawBsonRef<'_>>; 5],
+        extra: &[(&str, RawBsonRef<'_>)],
+    ) -> Result<[(usize, usize, bool); 6], MalformedBson> {
+        self.scratch.clear();
+        let mut parts = [(0usize, 0usize, false); 6];
+        for (i, value) in values.into_iter().enumerate() {
+            let start = self.scratch.len();
+            let present = match value {
+                Some(RawBsonRef::Null) | None => false,
+                Some(v) => {
+                    json::write_value(v, self.mode, &mut self.scratch)?;
+                    true
+                }
+            };
+            parts[i] = (start, self.scratch.len(), present);
+        }
+        let start = self.scratch.len();
+        if !extra.is_empty() {
+            self.scratch.push(b'{');
+            for (n, (key, value)) in extra.iter().enumerate() {
+                if n > 0 {
+                    self.scratch.push(b',');
+                }
+                json::write_str(key, &mut self.scratch);
+                self.scratch.push(b':');
+                json::write_value(*value, self.mode, &mut self.scratch)?;
+            }
+            self.scratch.push(b'}');
+        }
+        parts[5] = (start, self.scratch.len(), !extra.is_empty());
+        Ok(parts)
     }
 
     /// The rows since the last call, as one batch.

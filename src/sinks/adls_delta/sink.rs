@@ -22,14 +22,14 @@ use super::{
     data_file::DataFile,
     log::{commit, LogError},
     requests::Requests,
-    schema::{Compression, PartitionBy},
+    schema::{Compression, Partition, PartitionBy},
     state::DeltaState,
     table::{FileId, Group, Table, TableNames},
-    upkeep,
+    upkeep::{self, Vacuum},
 };
 use crate::{
     codecs::json::ExtendedJsonMode,
-    event::{Event, EventStatus, LogEvent},
+    event::{Event, EventStatus, LogEvent, Position},
     internal_events::{
         adls::EncodeFailed, delta::DeltaMetrics, requests::RequestFailures, ComponentError,
         ComponentTags, EventsSent, Stage,
@@ -66,17 +66,6 @@ pub struct Settings {
     pub retry: RetryPolicy,
     pub compaction_min_files: Option<usize>,
     pub vacuum: Option<Vacuum>,
-}
-
-/// `vacuum.*`, resolved.
-#[derive(Clone, Copy, Debug)]
-pub struct Vacuum {
-    /// How long unreferenced data files are kept.
-    pub retention: Duration,
-    /// Time between two vacuums of a table.
-    pub interval: Duration,
-    /// How long `_delta_log/` files are kept.
-    pub log_retention: Duration,
 }
 
 /// A data file being written.
@@ -330,42 +319,17 @@ impl DeltaSink {
             return;
         }
         let position = log.metadata.position.take();
-        let high_water = self.state.table(&root).and_then(|t| t.high_water.as_ref());
-        if let (Some(p), Some(hw)) = (&position, high_water) {
-            if p <= hw {
-                // Replayed after a restart and already committed.
-                self.metrics.replayed_skipped(1);
-                finalizers.finalize(EventStatus::Delivered);
-                return;
-            }
+        if self.committed_before(&root, position.as_ref()) {
+            // Replayed after a restart and already committed.
+            self.metrics.replayed_skipped(1);
+            finalizers.finalize(EventStatus::Delivered);
+            return;
         }
-        let group = table.current.get_or_insert_with(Group::new);
         let partition = self
             .settings
             .partition_by
             .partition_of(time, self.settings.tz);
-        let id = *group.open.entry(partition).or_insert_with(|| {
-            let id = self.next_file;
-            self.next_file += 1;
-            let file = DataFile::new(
-                &root,
-                partition,
-                self.settings.compression,
-                self.settings.json_mode,
-            );
-            self.files.insert(
-                id,
-                Writing {
-                    table: root.clone(),
-                    file,
-                    buffered: 0,
-                    in_flight: 0,
-                    closed: false,
-                },
-            );
-            group.files.push(id);
-            id
-        });
+        let id = self.file_for(&root, partition);
         let writing = self.files.get_mut(&id).expect("open files are known");
         if let Err(e) = writing.file.push(&log.payload, time) {
             EncodeFailed {
@@ -375,6 +339,8 @@ impl DeltaSink {
             finalizers.finalize(EventStatus::Rejected);
             return;
         }
+        let table = self.tables.get_mut(&root).expect("known");
+        let group = table.current.as_mut().expect("the file's group is open");
         group.rows += 1;
         group.event_bytes += log.payload.as_bytes().len() as u64;
         if position.is_some() && group.high_water < position {
@@ -391,6 +357,43 @@ impl DeltaSink {
         } else if now >= self.settings.row_group_bytes {
             self.cut(id, inflight);
         }
+    }
+
+    /// Whether `root` committed `position` already (a replay).
+    fn committed_before(&self, root: &str, position: Option<&Position>) -> bool {
+        let high_water = self.state.table(root).and_then(|t| t.high_water.as_ref());
+        matches!((position, high_water), (Some(p), Some(hw)) if p <= hw)
+    }
+
+    /// The open file of `root`'s current group for `partition`, opened
+    /// (with the group) when there is none.
+    fn file_for(&mut self, root: &str, partition: Partition) -> FileId {
+        let table = self.tables.get_mut(root).expect("known");
+        let group = table.current.get_or_insert_with(Group::new);
+        if let Some(id) = group.open.get(&partition) {
+            return *id;
+        }
+        let id = self.next_file;
+        self.next_file += 1;
+        let file = DataFile::new(
+            root,
+            partition,
+            self.settings.compression,
+            self.settings.json_mode,
+        );
+        self.files.insert(
+            id,
+            Writing {
+                table: root.to_string(),
+                file,
+                buffered: 0,
+                in_flight: 0,
+                closed: false,
+            },
+        );
+        group.open.insert(partition, id);
+        group.files.push(id);
+        id
     }
 
     /// The table folder of an event's namespace.

@@ -27,10 +27,20 @@ use super::{
     log::{checkpoint, snapshot::Snapshot, Add, LogError, Remove, TableLog},
     rows::MinMax,
     schema::{file_schema, Compression, Partition},
-    sink::Vacuum,
     table::Compaction,
 };
 use crate::{codecs::json::ExtendedJsonMode, sinks::util::storage::ObjectMeta};
+
+/// `vacuum.*`, resolved.
+#[derive(Clone, Copy, Debug)]
+pub struct Vacuum {
+    /// How long unreferenced data files are kept.
+    pub retention: Duration,
+    /// Time between two vacuums of a table.
+    pub interval: Duration,
+    /// How long `_delta_log/` files are kept.
+    pub log_retention: Duration,
+}
 
 /// Input bytes rewritten by one compaction at most; the rest waits for the
 /// next checkpoint.

@@ -66,27 +66,28 @@ pub(super) struct Arrived {
 }
 
 /// What the sink is doing with one window's file right now (not persisted).
+/// Changed only through its methods, which keep the counts consistent.
 #[derive(Default)]
 pub(super) struct FileActivity {
-    pub batch: Option<PendingBatch>,
+    batch: Option<PendingBatch>,
     /// A seal or an `every_batch` commit is in flight: nothing else starts
     /// for this file until it ends.
-    pub busy: bool,
+    busy: bool,
     /// Put Blocks taken and not yet recorded: in flight, held after a
     /// failure, or arrived ahead of an earlier one. Several may be in
     /// flight at once; they are recorded, and their events acknowledged,
     /// in the order they were taken (`next_seq`, `next_record`).
-    pub staging: usize,
-    pub next_seq: u64,
-    pub next_record: u64,
-    pub arrived: BTreeMap<u64, Arrived>,
+    staging: usize,
+    next_seq: u64,
+    next_record: u64,
+    arrived: BTreeMap<u64, Arrived>,
     /// Seal as soon as the window is idle (size roll).
-    pub seal_wanted: bool,
+    seal_wanted: bool,
     /// A write failed: hold back every later event of this window so a
     /// replay after restart cannot be skipped past the lost ones.
-    pub poisoned: bool,
+    poisoned: bool,
     /// After a failed seal, when to try again.
-    pub seal_retry_at: Option<Instant>,
+    seal_retry_at: Option<Instant>,
 }
 
 impl FileActivity {
@@ -99,6 +100,85 @@ impl FileActivity {
     /// Nothing in flight or waiting to be recorded.
     pub fn idle(&self) -> bool {
         !self.busy && self.staging == 0
+    }
+
+    pub fn batch(&self) -> Option<&PendingBatch> {
+        self.batch.as_ref()
+    }
+
+    /// A seal or an `every_batch` commit is in flight.
+    pub fn busy(&self) -> bool {
+        self.busy
+    }
+
+    /// Put Blocks taken and not yet recorded.
+    pub fn staging(&self) -> usize {
+        self.staging
+    }
+
+    /// A size roll asked for a seal.
+    pub fn seal_wanted(&self) -> bool {
+        self.seal_wanted
+    }
+
+    /// Whether a failed seal's pause is over at `now` (or none failed).
+    pub fn seal_may_retry(&self, now: Instant) -> bool {
+        self.seal_retry_at.is_none_or(|t| now >= t)
+    }
+
+    /// A seal or an `every_batch` commit starts.
+    pub fn exclusive_started(&mut self) {
+        self.busy = true;
+    }
+
+    /// An `every_batch` commit ended.
+    pub fn exclusive_ended(&mut self) {
+        self.busy = false;
+    }
+
+    /// A size roll (`roll`) asks for a seal once the file is idle.
+    pub fn want_seal(&mut self, roll: bool) {
+        self.seal_wanted |= roll;
+    }
+
+    /// The file was sealed.
+    pub fn sealed(&mut self) {
+        self.busy = false;
+        self.seal_wanted = false;
+        self.seal_retry_at = None;
+    }
+
+    /// The seal failed: tried again from `retry_at`.
+    pub fn seal_failed(&mut self, retry_at: Instant) {
+        self.busy = false;
+        self.seal_retry_at = Some(retry_at);
+    }
+
+    /// Put Block `seq` arrived: kept until the earlier ones are recorded,
+    /// or, once the file is poisoned, dropped (no longer staging) with its
+    /// events' finalizers handed back.
+    pub fn arrive(&mut self, seq: u64, arrived: Arrived) -> Result<(), Vec<EventFinalizers>> {
+        if self.poisoned {
+            self.staging -= 1;
+            return Err(arrived.finalizers);
+        }
+        self.arrived.insert(seq, arrived);
+        Ok(())
+    }
+
+    /// A write of the file (a Put Block when `stage`, else a seal or
+    /// commit) failed for good: later events of the window are held back,
+    /// and the Put Blocks that arrived after it are handed back to fail.
+    pub fn poison(&mut self, stage: bool) -> Vec<Arrived> {
+        if stage {
+            self.staging -= 1;
+        } else {
+            self.busy = false;
+        }
+        self.poisoned = true;
+        let arrived = std::mem::take(&mut self.arrived);
+        self.staging -= arrived.len();
+        arrived.into_values().collect()
     }
 
     /// The next recordable arrival, in the order taken.

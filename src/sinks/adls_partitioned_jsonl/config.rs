@@ -367,7 +367,10 @@ impl ComponentConfig for AdlsPartitionedJsonlConfig {
         Some(
             SinkState::load(state.clone())
                 .await
-                .map(|state| state.describe(&RollPolicy::new(&self.roll, self.batch.timeout_secs)))
+                .map(|state| {
+                    let roll = RollPolicy::new(&self.roll, self.batch.timeout_secs);
+                    state.describe(|f| (roll.closes_at(&f.key), roll.max_age_at(f)))
+                })
                 .map_err(|e| e.to_string()),
         )
     }

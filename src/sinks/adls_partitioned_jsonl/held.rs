@@ -14,7 +14,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 
-use super::{requests::Retry, state::FileKey};
+use super::{requests::HeldWrite, state::FileKey};
 use crate::sinks::util::storage::StorageError;
 use crate::{
     backoff::Backoff,
@@ -36,7 +36,7 @@ struct Failing {
 }
 
 pub(super) struct HeldWrites {
-    held: Vec<(Instant, Retry)>,
+    held: Vec<(Instant, HeldWrite)>,
     failing: HashMap<String, Failing>,
     backoff: Backoff,
     /// Each held object is a health condition until it is written.
@@ -64,7 +64,7 @@ impl HeldWrites {
 
     /// Holds `request` for its next attempt; reports the first failure at
     /// once and then once a minute.
-    pub fn hold(&mut self, request: Retry, error: &StorageError, tags: &ComponentTags) {
+    pub fn hold(&mut self, request: HeldWrite, error: &StorageError, tags: &ComponentTags) {
         let object = request.object().to_string();
         let now = Instant::now();
         let failing = self.failing.entry(object.clone()).or_insert(Failing {
@@ -100,7 +100,7 @@ impl HeldWrites {
     }
 
     /// Held writes due again, at most `room` of them.
-    pub fn due(&mut self, room: usize) -> Vec<Retry> {
+    pub fn due(&mut self, room: usize) -> Vec<HeldWrite> {
         let now = Instant::now();
         let mut due = Vec::new();
         let mut i = 0;
@@ -132,7 +132,7 @@ impl HeldWrites {
 
     /// At stop: every held write, given up (its events are replayed after
     /// the restart).
-    pub fn give_up(&mut self) -> Vec<Retry> {
+    pub fn give_up(&mut self) -> Vec<HeldWrite> {
         for object in self.failing.keys() {
             self.health.clear(&held_key(object));
         }

@@ -48,7 +48,10 @@ pub(super) enum WriteOutcome {
     },
     /// A block, commit or object could not be written after every retry;
     /// `request` can be made again.
-    WriteFailed { request: Retry, error: StorageError },
+    WriteFailed {
+        request: HeldWrite,
+        error: StorageError,
+    },
     /// `per_event`: one event's object exists.
     EventPut {
         finalizers: EventFinalizers,
@@ -61,7 +64,7 @@ pub(super) type WriteRequest = Pin<Box<dyn Future<Output = WriteOutcome> + Send>
 
 /// A failed write, kept whole so it can be made again (its events stay
 /// unacknowledged meanwhile).
-pub(super) enum Retry {
+pub(super) enum HeldWrite {
     Stage(BlockWrite),
     Commit {
         staged: StagedBlock,
@@ -77,51 +80,51 @@ pub(super) enum Retry {
     },
 }
 
-impl Retry {
+impl HeldWrite {
     /// The window whose file it writes (`None` for a per-event object).
     pub fn key(&self) -> Option<&FileKey> {
         match self {
-            Retry::Stage(w) => Some(&w.staged.key),
-            Retry::Commit { staged, .. } => Some(&staged.key),
-            Retry::Put { .. } => None,
+            HeldWrite::Stage(w) => Some(&w.staged.key),
+            HeldWrite::Commit { staged, .. } => Some(&staged.key),
+            HeldWrite::Put { .. } => None,
         }
     }
 
     pub fn object(&self) -> &str {
         match self {
-            Retry::Stage(w) => &w.staged.object,
-            Retry::Commit { staged, .. } => &staged.object,
-            Retry::Put { name, .. } => name,
+            HeldWrite::Stage(w) => &w.staged.object,
+            HeldWrite::Commit { staged, .. } => &staged.object,
+            HeldWrite::Put { name, .. } => name,
         }
     }
 
     pub fn events(&self) -> usize {
         match self {
-            Retry::Stage(w) => w.finalizers.len(),
-            Retry::Commit { finalizers, .. } => finalizers.len(),
-            Retry::Put { .. } => 1,
+            HeldWrite::Stage(w) => w.finalizers.len(),
+            HeldWrite::Commit { finalizers, .. } => finalizers.len(),
+            HeldWrite::Put { .. } => 1,
         }
     }
 
     pub fn into_finalizers(self) -> Vec<EventFinalizers> {
         match self {
-            Retry::Stage(w) => w.finalizers,
-            Retry::Commit { finalizers, .. } => finalizers,
-            Retry::Put { finalizers, .. } => vec![finalizers],
+            HeldWrite::Stage(w) => w.finalizers,
+            HeldWrite::Commit { finalizers, .. } => finalizers,
+            HeldWrite::Put { finalizers, .. } => vec![finalizers],
         }
     }
 
     /// The same request again.
     pub fn into_request(self, storage: RetryingStorage) -> WriteRequest {
         match self {
-            Retry::Stage(write) => stage_block(storage, write),
-            Retry::Commit {
+            HeldWrite::Stage(write) => stage_block(storage, write),
+            HeldWrite::Commit {
                 staged,
                 ids,
                 version,
                 finalizers,
             } => commit_batch(storage, staged, ids, version, finalizers),
-            Retry::Put {
+            HeldWrite::Put {
                 name,
                 body,
                 finalizers,
@@ -407,7 +410,7 @@ pub(super) fn stage_block(storage: RetryingStorage, write: BlockWrite) -> WriteR
                 }
             }
             Err(error) => WriteOutcome::WriteFailed {
-                request: Retry::Stage(write),
+                request: HeldWrite::Stage(write),
                 error,
             },
         }
@@ -440,7 +443,7 @@ pub(super) fn commit_batch(
                 object: staged.object,
             },
             Err(error) => WriteOutcome::WriteFailed {
-                request: Retry::Commit {
+                request: HeldWrite::Commit {
                     staged,
                     ids,
                     version,
@@ -498,7 +501,7 @@ pub(super) fn put_event(
                 object: name,
             },
             Err(error) => WriteOutcome::WriteFailed {
-                request: Retry::Put {
+                request: HeldWrite::Put {
                     name,
                     body,
                     finalizers,

@@ -154,8 +154,9 @@ pub(super) struct Due {
     pub seals: Vec<FileKey>,
 }
 
-/// The moment `due` looks at.
-pub(super) struct Now {
+/// What `due` looks at: the moment, the watermark and which partial
+/// batches to flush.
+pub(super) struct DueCheck {
     pub instant: Instant,
     /// Wall-clock seconds.
     pub wall: i64,
@@ -169,7 +170,12 @@ pub(super) struct Now {
 /// flight waits for it; a batch waits while its file has as many Put
 /// Blocks in flight as allowed; a seal waits for every Put Block of its
 /// file to be recorded.
-pub(super) fn due(policy: &RollPolicy, batcher: &Batcher, state: &SinkState, now: &Now) -> Due {
+pub(super) fn due(
+    policy: &RollPolicy,
+    batcher: &Batcher,
+    state: &SinkState,
+    now: &DueCheck,
+) -> Due {
     let mut due = Due {
         flushes: Vec::new(),
         seals: Vec::new(),
@@ -178,11 +184,11 @@ pub(super) fn due(policy: &RollPolicy, batcher: &Batcher, state: &SinkState, now
     let mut over = batcher.over_budget();
     let mut early: Vec<(&FileKey, usize)> = Vec::new();
     for (key, activity) in batcher.iter() {
-        if activity.busy {
+        if activity.busy() {
             continue;
         }
         let file = state.open_file(key);
-        let retry_ok = activity.seal_retry_at.is_none_or(|t| now.instant >= t);
+        let retry_ok = activity.seal_may_retry(now.instant);
         // A file full by size is sealed as soon as its blocks are recorded;
         // a pending batch then starts the next part (flushing it into this
         // file instead could put off the seal for as long as events keep
@@ -190,14 +196,14 @@ pub(super) fn due(policy: &RollPolicy, batcher: &Batcher, state: &SinkState, now
         // failed and is retried): its seal commits exactly the recorded
         // blocks, so no batch may go into it.
         let sealing = file.is_some_and(|f| f.sealing);
-        if (activity.seal_wanted || sealing) && file.is_some() {
-            if activity.staging == 0 && retry_ok {
+        if (activity.seal_wanted() || sealing) && file.is_some() {
+            if activity.staging() == 0 && retry_ok {
                 due.seals.push(key.clone());
             }
             continue;
         }
         let window_closed = policy.window_closed(key, now.watermark);
-        if let Some(batch) = &activity.batch {
+        if let Some(batch) = activity.batch() {
             if !activity.can_stage(batcher.stage_limit()) {
                 continue;
             }
@@ -216,7 +222,8 @@ pub(super) fn due(policy: &RollPolicy, batcher: &Batcher, state: &SinkState, now
         let Some(file) = file else {
             continue;
         };
-        if activity.staging == 0 && (window_closed || policy.too_old(file, now.wall)) && retry_ok {
+        if activity.staging() == 0 && (window_closed || policy.too_old(file, now.wall)) && retry_ok
+        {
             due.seals.push(key.clone());
         }
     }
@@ -280,8 +287,8 @@ mod tests {
         DateTime::from_timestamp(secs, 0)
     }
 
-    fn now(watermark: i64, wall: i64, flush_partial: bool) -> Now {
-        Now {
+    fn now(watermark: i64, wall: i64, flush_partial: bool) -> DueCheck {
+        DueCheck {
             instant: Instant::now(),
             wall,
             watermark: at(watermark),
@@ -367,7 +374,7 @@ mod tests {
         );
         // A source that caught up while events may still trickle in has
         // only batches of at least the given size written.
-        let caught_up = |min| Now {
+        let caught_up = |min| DueCheck {
             flush_partial: Some(min),
             ..now(30, 30, false)
         };

@@ -22,7 +22,7 @@ use super::{
     layout::{Compression, Layout, Mode},
     per_event, recovery,
     requests::{self, BlockIds, BlockWrite, RetryingStorage, WriteRequest},
-    roll::{self, Commit, Now, RollPolicy, Watermarks},
+    roll::{self, Commit, DueCheck, RollPolicy, Watermarks},
     state::{Block, FileKey, SinkState, StagedBlock},
 };
 use crate::{
@@ -339,7 +339,7 @@ impl AdlsSink {
         inflight: &mut FuturesUnordered<WriteRequest>,
         input_done: bool,
     ) -> Result<(), ()> {
-        let now = Now {
+        let now = DueCheck {
             instant: Instant::now(),
             wall: Utc::now().timestamp(),
             watermark: self.watermarks.effective(),
@@ -367,7 +367,7 @@ impl AdlsSink {
         let busy_with_batch = self
             .batcher
             .iter()
-            .any(|(k, f)| !f.can_stage(limit) && f.batch.is_some() && !self.held.holds(k));
+            .any(|(k, f)| !f.can_stage(limit) && f.batch().is_some() && !self.held.holds(k));
         let all_flushed = !busy_with_batch
             && due.flushes.len() <= self.concurrency.saturating_sub(inflight.len());
         for key in due.flushes {
@@ -461,7 +461,7 @@ impl AdlsSink {
         let (object, ids) = (file.object.clone(), file.block_ids());
         let every_batch = (self.commit == Commit::EveryBatch).then(|| file.version.clone());
         let already_visible = every_batch.is_some() && file.committed == file.blocks.len();
-        self.batcher.activity(key.clone()).busy = true;
+        self.batcher.activity(key.clone()).exclusive_started();
         Ok(Some(requests::seal_file(
             self.storage.clone(),
             key,

@@ -2,6 +2,7 @@ use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::source::Demo;
 use crate::config::ComponentConfig;
 use crate::sources::{Source, SourceConfig, SourceContext};
 
@@ -51,7 +52,15 @@ impl SourceConfig for DemoEventsConfig {
         if !(self.interval_secs >= 0.0 && self.interval_secs.is_finite()) {
             return Err("`interval_secs` must be a finite number of seconds, 0 or more".into());
         }
-        Ok(Box::pin(super::source::run(self.clone(), cx).await?))
+        let demo = Demo {
+            count: self.count,
+            interval: std::time::Duration::from_secs_f64(self.interval_secs),
+            database: self.database.clone(),
+            collection: self.collection.clone(),
+            payload_bytes: self.payload_bytes,
+            resume: self.resume,
+        };
+        Ok(Box::pin(super::source::run(demo, cx).await?))
     }
 }
 

@@ -14,7 +14,19 @@ use crate::{
     topology::Sent,
 };
 
-use super::config::DemoEventsConfig;
+/// What the source runs with, from its options.
+#[derive(Clone, Debug)]
+pub struct Demo {
+    /// Events to generate in all (none: no end).
+    pub count: Option<u64>,
+    pub interval: Duration,
+    pub database: String,
+    pub collection: String,
+    /// Filler bytes per `fullDocument`.
+    pub payload_bytes: usize,
+    /// Continue after the checkpoint.
+    pub resume: bool,
+}
 
 #[derive(Debug, Default, Deserialize, Serialize)]
 struct Checkpoint {
@@ -29,7 +41,7 @@ pub fn position(seq: u64) -> Position {
 }
 
 pub(super) async fn run(
-    config: DemoEventsConfig,
+    config: Demo,
     cx: SourceContext,
 ) -> crate::Result<impl Future<Output = Result<(), ()>>> {
     let state = match &cx.state {
@@ -60,7 +72,7 @@ pub(super) async fn run(
         let source_id: Arc<str> = Arc::from(key.as_str());
         let (finalizer, mut acks) = OrderedFinalizer::<u64>::new();
         let mut checkpoint = DemoCheckpoint::new(state, tags, start);
-        let interval = Duration::from_secs_f64(config.interval_secs);
+        let interval = config.interval;
         let filler = "x".repeat(config.payload_bytes);
         let mut seq = start;
         loop {
@@ -102,7 +114,7 @@ pub(super) async fn run(
 }
 
 /// Event `seq`, shaped like a change stream insert.
-fn demo_event(config: &DemoEventsConfig, source_id: &Arc<str>, filler: &str, seq: u64) -> LogEvent {
+fn demo_event(config: &Demo, source_id: &Arc<str>, filler: &str, seq: u64) -> LogEvent {
     let now = Utc::now();
     let payload = RawDocumentBuf::from_document(&doc! {
         "_id": { "_data": &position(seq).0 },

@@ -1,83 +1,20 @@
+use std::time::Duration;
+
 use async_trait::async_trait;
 use bson::Document;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use snafu::Snafu;
 
+use super::settings::{
+    FullDocument, FullDocumentBeforeChange, OnHistoryLost, OnOversizedEvent, Scope, Settings,
+    SnapshotMode, StartAt,
+};
 use crate::{
     config::ComponentConfig,
     config::OptionError,
     sources::{Source, SourceConfig, SourceContext},
 };
-
-/// `full_document`: what an update event carries in `fullDocument`.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub enum FullDocument {
-    /// Only the delta (`updateDescription`).
-    Default,
-    /// The current majority-committed document, looked up after the update.
-    #[default]
-    UpdateLookup,
-    /// The post-image if `changeStreamPreAndPostImages` is on, else null.
-    WhenAvailable,
-    /// The post-image; fails the stream when it is missing.
-    Required,
-}
-
-/// `full_document_before_change`: the pre-image in `fullDocumentBeforeChange`.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub enum FullDocumentBeforeChange {
-    /// No pre-image.
-    Off,
-    /// The pre-image when the collection has `changeStreamPreAndPostImages`.
-    #[default]
-    WhenAvailable,
-    /// The pre-image; fails the stream when it is missing.
-    Required,
-}
-
-/// What to do when the checkpoint is no longer in the oplog.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum OnHistoryLost {
-    /// Stop with an error that explains how to recover (default).
-    #[default]
-    Fail,
-    /// Continue from now; the gap is logged as an error and counted in
-    /// `mongodb_change_stream_data_gaps_total`.
-    ResetToNow,
-    /// Copy the watched collections again (needs `snapshot` on), then stream
-    /// from the operation time taken before that copy.
-    Resnapshot,
-}
-
-/// `snapshot`: copy the documents that already exist before streaming.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SnapshotMode {
-    /// Stream changes only (default).
-    #[default]
-    Off,
-    /// On the first start (no checkpoint), copy every watched collection,
-    /// then stream from a position taken before the copy began.
-    Initial,
-    /// Copy every watched collection once, then stop.
-    InitialOnly,
-}
-
-/// `on_oversized_event`: events over MongoDB's 16 MB limit.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum OnOversizedEvent {
-    /// Stop with an error naming the cause (BSONObjectTooLarge) (default).
-    #[default]
-    Fail,
-    /// Leave the event out: counted in `mongodb_change_stream_oversized_events_total`
-    /// and logged with its namespace, document key and size.
-    Skip,
-}
 
 /// Extra aggregation stages: a JSON / Extended JSON string, or a TOML array
 /// of tables.
@@ -223,24 +160,6 @@ pub enum OptionsError {
     StartAt { value: String },
 }
 
-/// Where to start when there is no checkpoint.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StartAt {
-    CheckpointOrNow,
-    Now,
-    Time(bson::Timestamp),
-    Token(String),
-}
-
-/// What the stream watches.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scope {
-    Deployment,
-    Database(String),
-    Collection(String, String),
-    Collections(String, Vec<String>),
-}
-
 impl MongoDbChangeStreamConfig {
     pub fn scope(&self) -> Result<Scope, OptionsError> {
         match (&self.database, &self.collection, &self.collections) {
@@ -314,6 +233,33 @@ impl MongoDbChangeStreamConfig {
                 }
             }
         }
+    }
+}
+
+impl MongoDbChangeStreamConfig {
+    /// The options the source runs with, checked and parsed once.
+    pub fn settings(&self) -> Result<Settings, Vec<OptionError>> {
+        self.check()?;
+        let parsed = |e: OptionsError| vec![OptionError::new("", e.to_string())];
+        Ok(Settings {
+            uri: self.uri.clone(),
+            scope: self.scope().map_err(parsed)?,
+            pipeline: self.user_pipeline().map_err(parsed)?,
+            start_at: self.start().map_err(parsed)?,
+            full_document: self.full_document,
+            full_document_before_change: self.full_document_before_change,
+            show_expanded_events: self.show_expanded_events,
+            batch_size: self.batch_size,
+            read_ahead_bytes: self.read_ahead_bytes,
+            max_await_time: Duration::from_millis(self.max_await_time_ms),
+            on_history_lost: self.on_history_lost,
+            snapshot: self.snapshot,
+            snapshot_chunk_size: self.snapshot_chunk_size,
+            on_oversized_event: self.on_oversized_event,
+            max_consecutive_recoveries: self.max_consecutive_recoveries,
+            checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms),
+            checkpoint_idle_interval: Duration::from_secs_f64(self.checkpoint_idle_interval_secs),
+        })
     }
 }
 
@@ -429,9 +375,10 @@ fn refused_stages(stages: &[Document]) -> Vec<OptionError> {
 #[typetag::serde(name = "mongodb_change_stream")]
 impl SourceConfig for MongoDbChangeStreamConfig {
     async fn build(&self, cx: SourceContext) -> crate::Result<Source> {
-        self.check()
+        let settings = self
+            .settings()
             .map_err(|errors| crate::config::join_option_errors(&errors))?;
-        let source = super::stream::ChangeStreamSource::new(self.clone(), cx).await?;
+        let source = super::stream::ChangeStreamSource::new(settings, cx).await?;
         Ok(Box::pin(source.run()))
     }
 }
@@ -443,7 +390,10 @@ impl ComponentConfig for MongoDbChangeStreamConfig {
     }
 
     async fn dry_healthcheck(&self) -> Result<Option<String>, String> {
-        super::healthcheck::healthcheck(self).await
+        let settings = self
+            .settings()
+            .map_err(|errors| crate::config::join_option_errors(&errors))?;
+        super::healthcheck::healthcheck(&settings).await
     }
 
     fn needs_data_dir(&self) -> bool {

@@ -9,16 +9,15 @@ use bson::{doc, Document};
 use mongodb::Client;
 
 use super::{
-    config::MongoDbChangeStreamConfig,
     // Server selection gives up before the caller's 10 s healthcheck
     // limit, so its error (which names what it saw) is the one reported.
     errors::{describe, SERVER_SELECTION_TIMEOUT},
-    stream::OpenAt,
-    watch::{client_options, watch},
+    settings::Settings,
+    watch::{client_options, watch, OpenAt},
 };
 
-pub async fn healthcheck(config: &MongoDbChangeStreamConfig) -> Result<Option<String>, String> {
-    let mut options = client_options(config, "mongo-adls validate").await?;
+pub async fn healthcheck(settings: &Settings) -> Result<Option<String>, String> {
+    let mut options = client_options(&settings.uri, "mongo-adls validate").await?;
     options.connect_timeout = Some(SERVER_SELECTION_TIMEOUT);
     let hosts: Vec<String> = options.hosts.iter().map(ToString::to_string).collect();
     let hosts = hosts.join(",");
@@ -35,24 +34,18 @@ pub async fn healthcheck(config: &MongoDbChangeStreamConfig) -> Result<Option<St
     })?;
     // Opened as the source opens it (pipeline, pre- and post-images,
     // expanded events), from now, and closed at once.
-    let scope = config.scope().map_err(|e| e.to_string())?;
-    let pipeline = config.user_pipeline().map_err(|e| e.to_string())?;
-    watch(
-        &client,
-        config,
-        &scope,
-        &pipeline,
-        &OpenAt::Now,
-        Duration::from_millis(1),
-        config.batch_size,
-    )
-    .await
-    .map_err(|e| {
-        format!(
-            "cannot watch the configured scope on {hosts}: {}",
-            describe(&e)
-        )
-    })?;
+    let settings = Settings {
+        max_await_time: Duration::from_millis(1),
+        ..settings.clone()
+    };
+    watch(&client, &settings, &OpenAt::Now, settings.batch_size)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot watch the configured scope on {hosts}: {}",
+                describe(&e)
+            )
+        })?;
     client.shutdown().await;
     tracing::debug!(hosts, kind, "Source healthcheck passed.");
     Ok(None)

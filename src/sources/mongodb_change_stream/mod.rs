@@ -2,22 +2,23 @@
 //! database, collection or a list of collections) with checkpoints that
 //! resume exactly where delivered data ends.
 //!
-//! - `config.rs`: the user-facing options.
+//! - `config.rs`: the user-facing options, checked and parsed into
+//!   `settings.rs`, what the runtime reads.
 //! - `stream.rs`: reading the stream and forwarding raw events, with
 //!   acknowledgements and watermarks.
 //! - `watch.rs`: opening the stream (as the source and `validate` do) and
 //!   reading resume tokens.
 //! - `state_check.rs`: the start check of the checkpoint against the sinks'
 //!   state.
-//! - `recovery.rs`: stream errors: retry with backoff, lost history, fatal.
+//! - `stream/recovery.rs`: stream errors: retry with backoff, lost history, fatal.
 //! - `errors.rs`: MongoDB errors as sentences; which ones retrying cannot fix.
 //! - `healthcheck.rs`: `validate`'s check of the deployment and scope.
 //! - `oversized.rs`: skipping events over the 16 MB limit.
 //! - `checkpoint.rs`: positions, the checkpoint file, and acknowledgement
 //!   bookkeeping (commit only what every sink made durable).
-//! - `snapshot.rs`: copying existing documents before streaming;
-//!   `snapshot/records.rs` wraps them as records (through `pipeline`),
-//!   `snapshot/position.rs` orders them by `_id`.
+//! - `stream/snapshot.rs`: copying existing documents before streaming;
+//!   `stream/snapshot/records.rs` wraps them as records (through
+//!   `pipeline`), `stream/snapshot/position.rs` orders them by `_id`.
 
 mod checkpoint;
 mod config;
@@ -26,8 +27,7 @@ mod healthcheck;
 mod oplog;
 mod oversized;
 mod read_ahead;
-mod recovery;
-mod snapshot;
+pub mod settings;
 mod state_check;
 mod stream;
 mod watch;

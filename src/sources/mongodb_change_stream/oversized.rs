@@ -4,8 +4,8 @@
 
 use bson::{doc, Bson, Document, RawDocumentBuf};
 
-use super::{config::OnOversizedEvent, stream::ChangeStreamSource};
-use crate::internal_events::mongodb::OversizedEventSkipped;
+use super::settings::OnOversizedEvent;
+use crate::internal_events::{mongodb::OversizedEventSkipped, ComponentTags};
 
 /// Marks an event whose documents exceed the limit (`on_oversized_event =
 /// "skip"`); its large fields are removed on the server so it can be read.
@@ -34,30 +34,33 @@ pub(super) fn oversized_stages() -> Vec<Document> {
     ]
 }
 
-impl ChangeStreamSource {
-    /// Reports an event the server marked as oversized (`on_oversized_event
-    /// = "skip"`); `true` if it is to be skipped.
-    pub(super) fn skip_if_oversized(&self, raw: &RawDocumentBuf, token: &str) -> bool {
-        if self.config.on_oversized_event != OnOversizedEvent::Skip {
-            return false;
-        }
-        let Ok(bytes) = raw.get_i64(OVERSIZED_FIELD) else {
-            return false;
-        };
-        OversizedEventSkipped {
-            namespace: &namespace_of(raw),
-            document_key: &raw
-                .get_document("documentKey")
-                .ok()
-                .and_then(|k| bson::Document::try_from(k).ok())
-                .map(|k| Bson::Document(k).into_relaxed_extjson().to_string())
-                .unwrap_or_else(|| "(none)".into()),
-            bytes,
-            token,
-        }
-        .emit(&self.cx.tags);
-        true
+/// Reports an event the server marked as oversized (under
+/// `on_oversized_event = "skip"`); `true` if it is to be skipped.
+pub(super) fn skip_if_oversized(
+    policy: OnOversizedEvent,
+    raw: &RawDocumentBuf,
+    token: &str,
+    tags: &ComponentTags,
+) -> bool {
+    if policy != OnOversizedEvent::Skip {
+        return false;
     }
+    let Ok(bytes) = raw.get_i64(OVERSIZED_FIELD) else {
+        return false;
+    };
+    OversizedEventSkipped {
+        namespace: &namespace_of(raw),
+        document_key: &raw
+            .get_document("documentKey")
+            .ok()
+            .and_then(|k| bson::Document::try_from(k).ok())
+            .map(|k| Bson::Document(k).into_relaxed_extjson().to_string())
+            .unwrap_or_else(|| "(none)".into()),
+        bytes,
+        token,
+    }
+    .emit(tags);
+    true
 }
 
 fn namespace_of(raw: &RawDocumentBuf) -> String {

@@ -55,7 +55,10 @@ const SLOW_GET_MORE: Duration = Duration::from_millis(200);
 
 /// Read since the source last caught up, the end of a burst rather than a
 /// trickle: a server reply's worth.
-const BURST_BYTES: usize = super::stream::REPLY_TARGET_BYTES;
+/// The server reply a batch is sized for.
+pub(super) const REPLY_TARGET_BYTES: usize = 4 << 20;
+
+const BURST_BYTES: usize = REPLY_TARGET_BYTES;
 
 /// What the driver gave, in its order.
 pub(super) enum Read {

@@ -7,10 +7,10 @@
 
 use std::fmt;
 
-use super::config::MongoDbChangeStreamConfig;
+use super::settings::Settings;
 use super::{
     checkpoint::{token_cluster_time, Checkpoint},
-    config::{SnapshotMode, StartAt},
+    settings::{SnapshotMode, StartAt},
 };
 use crate::{
     event::Position, lineage::SinkStateReport, sources::SourceContext, state_store::StateDoc,
@@ -260,15 +260,15 @@ impl fmt::Display for Explain<'_> {
 /// refusal to start. `start_at = "now"` ignores the checkpoint by choice, so
 /// a gap it makes is logged, not refused.
 pub(super) async fn check_state(
-    config: &MongoDbChangeStreamConfig,
+    settings: &Settings,
     cx: &SourceContext,
     state: &StateDoc,
 ) -> crate::Result<String> {
     let checkpoint = state.load::<Checkpoint>().await?;
-    let start_at = config.start()?;
+    let start_at = settings.start_at.clone();
     let start = Start {
         at: &start_at,
-        snapshot: config.snapshot,
+        snapshot: settings.snapshot,
     };
     let losses = audit(&cx.key, checkpoint.as_ref(), &start, &cx.sink_states);
     let chosen =

@@ -6,7 +6,7 @@
 //! unlike `resumeAfter` it also works after an `invalidate` event, so a
 //! collection that is dropped or renamed does not stop the source.
 
-use std::{ops::ControlFlow, sync::Arc, time::Duration};
+use std::{ops::ControlFlow, sync::Arc};
 
 use crate::{
     event::{
@@ -23,7 +23,7 @@ use crate::{
     state_store::StateDoc,
     topology::{Sent, SourceSender},
 };
-use bson::{Document, RawDocumentBuf};
+use bson::RawDocumentBuf;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use mongodb::{
@@ -33,32 +33,31 @@ use mongodb::{
 
 use super::{
     checkpoint::{token_cluster_time, Acks, SnapshotProgress},
-    config::{MongoDbChangeStreamConfig, Scope, SnapshotMode, StartAt},
-    read_ahead::{Read, ReadAhead},
-    snapshot::SnapshotEnd,
+    oversized::skip_if_oversized,
+    read_ahead::{Read, ReadAhead, REPLY_TARGET_BYTES},
+    settings::{Settings, SnapshotMode},
     state_check::check_state,
-    watch::{client_options, describe_scope, token_hex, watch, Stamp},
+    watch::{client_options, describe_scope, token_hex, watch, OpenAt, Stamp},
 };
 
-/// Events read before their average size picks the batch size.
-const SIZE_SAMPLE: usize = 256;
-/// The server reply a batch is sized for.
-pub(super) const REPLY_TARGET_BYTES: usize = 4 << 20;
+mod recovery;
+mod snapshot;
 mod start;
+
+use snapshot::SnapshotEnd;
 
 /// Fewest events per batch however large they are.
 const MIN_BATCH_SIZE: u32 = 16;
+/// Events read before their average size picks the batch size.
+const SIZE_SAMPLE: usize = 256;
 
 pub struct ChangeStreamSource {
-    pub(super) config: MongoDbChangeStreamConfig,
+    pub(super) settings: Settings,
     pub(super) cx: Context,
     /// Taken by `run`; dropping it tells the sinks the source is done.
     out: Option<SourceSender>,
     pub(super) client: Client,
     pub(super) state: StateDoc,
-    pub(super) scope: Scope,
-    pub(super) pipeline: Vec<Document>,
-    start: StartAt,
     /// This pipeline's id ([`crate::lineage`]), kept in the checkpoint.
     pub(super) pipeline_id: String,
 }
@@ -69,17 +68,6 @@ pub(super) struct Context {
     pub(super) tags: ComponentTags,
     pub(super) shutdown: ShutdownSignal,
     pub(super) acknowledgements: bool,
-}
-
-/// Where to open the stream.
-#[derive(Clone, Debug)]
-pub(super) enum OpenAt {
-    Now,
-    Time(bson::Timestamp),
-    After(String),
-    /// Copy the collections first (`snapshot`), then stream after the
-    /// snapshot's start token.
-    Snapshot,
 }
 
 /// Why the source stops: `Ok` on shutdown or when its work is done, `Err`
@@ -157,13 +145,13 @@ impl RunState {
 }
 
 impl ChangeStreamSource {
-    pub async fn new(config: MongoDbChangeStreamConfig, cx: SourceContext) -> crate::Result<Self> {
-        let options = client_options(&config, "mongo-adls").await?;
+    pub async fn new(settings: Settings, cx: SourceContext) -> crate::Result<Self> {
+        let options = client_options(&settings.uri, "mongo-adls").await?;
         let hosts: Vec<String> = options.hosts.iter().map(ToString::to_string).collect();
         tracing::info!(
             source = %cx.key,
             hosts = %hosts.join(","),
-            scope = %describe_scope(&config.scope()?),
+            scope = %describe_scope(&settings.scope),
             "Watching MongoDB."
         );
         let client = Client::with_options(options).map_err(|e| super::errors::describe(&e))?;
@@ -172,7 +160,7 @@ impl ChangeStreamSource {
             .as_ref()
             .ok_or("the global `data_dir` (or a `[state]` store) must be set")?
             .doc("checkpoint.json");
-        let pipeline_id = check_state(&config, &cx, &state).await?;
+        let pipeline_id = check_state(&settings, &cx, &state).await?;
         cx.pipelines.publish(&cx.key, &pipeline_id);
         let SourceContext {
             key,
@@ -190,10 +178,7 @@ impl ChangeStreamSource {
                 acknowledgements,
             },
             out: Some(out),
-            scope: config.scope()?,
-            pipeline: config.user_pipeline()?,
-            start: config.start()?,
-            config,
+            settings,
             client,
             state,
             pipeline_id,
@@ -207,16 +192,7 @@ impl ChangeStreamSource {
         at: &OpenAt,
         batch_size: Option<u32>,
     ) -> mongodb::error::Result<ChangeStream<RawDocumentBuf>> {
-        watch(
-            &self.client,
-            &self.config,
-            &self.scope,
-            &self.pipeline,
-            at,
-            Duration::from_millis(self.config.max_await_time_ms),
-            batch_size,
-        )
-        .await
+        watch(&self.client, &self.settings, at, batch_size).await
     }
 
     /// Snapshots when due, opens the stream and forwards its events,
@@ -262,7 +238,7 @@ impl ChangeStreamSource {
         match self.snapshot(&mut run.out, &run.source_id, resume).await {
             SnapshotEnd::Complete(token) => {
                 run.acks.reset(token.clone());
-                if self.config.snapshot == SnapshotMode::InitialOnly {
+                if self.settings.snapshot == SnapshotMode::InitialOnly {
                     return ControlFlow::Break(Ok(()));
                 }
                 run.at = OpenAt::After(token);
@@ -321,7 +297,7 @@ impl ChangeStreamSource {
         run: &mut RunState,
         stream: ChangeStream<RawDocumentBuf>,
     ) -> ControlFlow<Stop> {
-        let mut reads = ReadAhead::spawn(stream, self.config.read_ahead_bytes);
+        let mut reads = ReadAhead::spawn(stream, self.settings.read_ahead_bytes);
         let flow = self.forward_reads(run, &mut reads).await;
         // However it ended (shutdown seen while forwarding included), what
         // was sent of the hand-over is registered, and the reading task is
@@ -412,7 +388,7 @@ impl ChangeStreamSource {
     /// the server fills up to 16 MB: with 16 KB events, 5,000 a batch cost
     /// 32 MB where 256 cost 8.
     fn fit_batch_size(&self, current: Option<u32>, average: usize) -> Option<u32> {
-        let configured = self.config.batch_size?;
+        let configured = self.settings.batch_size?;
         let current = current.unwrap_or(configured);
         let fit = u32::try_from(REPLY_TARGET_BYTES / average.max(1))
             .unwrap_or(u32::MAX)
@@ -453,7 +429,12 @@ impl ChangeStreamSource {
             self.error("missing_resume_token", "An event has no `_id._data` resume token; a `pipeline` stage must have removed `_id`. Keep `_id` in every event.");
             return ControlFlow::Break(Err(()));
         };
-        if self.skip_if_oversized(&raw, &token) {
+        if skip_if_oversized(
+            self.settings.on_oversized_event,
+            &raw,
+            &token,
+            &self.cx.tags,
+        ) {
             run.at = OpenAt::After(token);
             return ControlFlow::Continue(());
         }
@@ -501,10 +482,10 @@ impl ChangeStreamSource {
         run: &mut RunState,
         post_batch_token: Option<ResumeToken>,
     ) -> ControlFlow<Stop> {
-        let pbrt = post_batch_token.and_then(|t| token_hex(&t));
-        self.watermark(run, pbrt.as_deref(), true).await?;
-        run.acks.idle(pbrt.clone());
-        if let (Some(t), OpenAt::Now | OpenAt::Time(_)) = (&pbrt, &run.at) {
+        let batch_token = post_batch_token.and_then(|t| token_hex(&t));
+        self.watermark(run, batch_token.as_deref(), true).await?;
+        run.acks.idle(batch_token.clone());
+        if let (Some(t), OpenAt::Now | OpenAt::Time(_)) = (&batch_token, &run.at) {
             // Nothing emitted yet: reopen from here, not from "now" again,
             // if the stream breaks.
             run.at = OpenAt::After(t.clone());

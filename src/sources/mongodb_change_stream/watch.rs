@@ -1,8 +1,6 @@
 //! Opening the change stream, as the source and `validate` both open it,
 //! and reading resume tokens.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 
 use bson::{doc, Document, RawDocumentBuf};
@@ -13,12 +11,20 @@ use mongodb::{
 };
 
 use super::{
-    config::{
-        FullDocument, FullDocumentBeforeChange, MongoDbChangeStreamConfig, OnOversizedEvent, Scope,
-    },
     oversized::oversized_stages,
-    stream::OpenAt,
+    settings::{FullDocument, FullDocumentBeforeChange, OnOversizedEvent, Scope, Settings},
 };
+
+/// Where to open the stream.
+#[derive(Clone, Debug)]
+pub(super) enum OpenAt {
+    Now,
+    Time(bson::Timestamp),
+    After(String),
+    /// Copy the collections first (`snapshot`), then stream after the
+    /// snapshot's start token.
+    Snapshot,
+}
 
 /// What the stream watches, for logs.
 pub(super) fn describe_scope(scope: &Scope) -> String {
@@ -33,11 +39,8 @@ pub(super) fn describe_scope(scope: &Scope) -> String {
 /// The driver's options from `uri`: `app_name` unless the URI names one,
 /// and a server selection timeout that reports an unreachable deployment
 /// within seconds (unless the URI sets one).
-pub(super) async fn client_options(
-    config: &MongoDbChangeStreamConfig,
-    app_name: &str,
-) -> Result<ClientOptions, String> {
-    let mut options = ClientOptions::parse(&config.uri).await.map_err(|e| {
+pub(super) async fn client_options(uri: &str, app_name: &str) -> Result<ClientOptions, String> {
+    let mut options = ClientOptions::parse(uri).await.map_err(|e| {
         format!(
             "`uri` is not a valid MongoDB connection string: {}",
             super::errors::describe(&e)
@@ -56,19 +59,17 @@ pub(super) async fn client_options(
 /// what the source will run.
 pub(super) async fn watch(
     client: &Client,
-    config: &MongoDbChangeStreamConfig,
-    scope: &Scope,
-    user_pipeline: &[Document],
+    settings: &Settings,
     at: &OpenAt,
-    max_await: Duration,
     batch_size: Option<u32>,
 ) -> mongodb::error::Result<ChangeStream<RawDocumentBuf>> {
+    let (scope, user_pipeline) = (&settings.scope, &settings.pipeline);
     let mut pipeline = Vec::with_capacity(user_pipeline.len() + 1);
     if let Scope::Collections(_, colls) = scope {
         pipeline.push(doc! { "$match": { "ns.coll": { "$in": colls.clone() } } });
     }
     pipeline.extend(user_pipeline.iter().cloned());
-    if config.on_oversized_event == OnOversizedEvent::Skip {
+    if settings.on_oversized_event == OnOversizedEvent::Skip {
         pipeline.extend(oversized_stages());
     }
 
@@ -76,15 +77,15 @@ pub(super) async fn watch(
         ($watch:expr) => {{
             let mut w = $watch
                 .pipeline(pipeline)
-                .max_await_time(max_await)
-                .show_expanded_events(config.show_expanded_events);
-            w = match config.full_document {
+                .max_await_time(settings.max_await_time)
+                .show_expanded_events(settings.show_expanded_events);
+            w = match settings.full_document {
                 FullDocument::Default => w,
                 FullDocument::UpdateLookup => w.full_document(FullDocumentType::UpdateLookup),
                 FullDocument::WhenAvailable => w.full_document(FullDocumentType::WhenAvailable),
                 FullDocument::Required => w.full_document(FullDocumentType::Required),
             };
-            w = match config.full_document_before_change {
+            w = match settings.full_document_before_change {
                 FullDocumentBeforeChange::Off => w,
                 FullDocumentBeforeChange::WhenAvailable => {
                     w.full_document_before_change(FullDocumentBeforeChangeType::WhenAvailable)

@@ -27,7 +27,7 @@ use parquet::arrow::{
 };
 
 use super::{
-    actions::Format, snapshot::Replay, snapshot::Snapshot, Action, Add, LastCheckpoint, LogError,
+    actions::Format, replay::Replay, replay::Snapshot, Action, Add, LastCheckpoint, LogError,
     Metadata, Protocol, Remove, TableLog, Txn,
 };
 use crate::sinks::util::storage::Created;
@@ -77,156 +77,13 @@ pub async fn write(log: &TableLog, snapshot: &Snapshot, now_ms: i64) -> Result<(
 /// The checkpoint's rows: protocol, metadata, transactions, files and
 /// unexpired tombstones.
 fn rows(s: &Snapshot, now_ms: i64) -> RecordBatch {
-    let tombstones: Vec<&Remove> = s
-        .tombstones
-        .values()
-        .filter(|r| r.deletion_timestamp.unwrap_or(now_ms) > now_ms - TOMBSTONE_RETENTION_MS)
-        .collect();
-    let adds: Vec<&Add> = s.files.values().collect();
-    let txns: Vec<(&String, &i64)> = s.txns.iter().collect();
-    // Row layout: [protocol][metaData][txns...][adds...][removes...].
-    let n = 2 + txns.len() + adds.len() + tombstones.len();
-    let (t0, a0) = (2, 2 + txns.len());
-    let r0 = a0 + adds.len();
-    let at = |start: usize, len: usize| move |i: usize| (start..start + len).contains(&i);
-    let (is_txn, is_add, is_remove) = (
-        at(t0, txns.len()),
-        at(a0, adds.len()),
-        at(r0, tombstones.len()),
-    );
-    let txn = |i: usize| is_txn(i).then(|| txns[i - t0]);
-    let add = |i: usize| is_add(i).then(|| adds[i - a0]);
-    let remove = |i: usize| is_remove(i).then(|| tombstones[i - r0]);
-    let protocol = |i: usize| (i == 0).then_some(&s.protocol);
-    let metadata = |i: usize| (i == 1).then_some(&s.metadata);
-    let format_options = some_values(&s.metadata.format.options);
-
+    let rows = Rows::new(s, now_ms);
     let columns: Vec<(&str, ArrayRef)> = vec![
-        (
-            "txn",
-            structure(
-                n,
-                &is_txn,
-                vec![
-                    ("appId", strings(n, |i| txn(i).map(|t| t.0.clone()))),
-                    ("version", longs(n, |i| txn(i).map(|t| *t.1))),
-                    ("lastUpdated", longs(n, |_| None)),
-                ],
-            ),
-        ),
-        (
-            "add",
-            structure(
-                n,
-                &is_add,
-                vec![
-                    ("path", strings(n, |i| add(i).map(|a| a.path.clone()))),
-                    (
-                        "partitionValues",
-                        maps(n, |i| add(i).map(|a| &a.partition_values)),
-                    ),
-                    ("size", longs(n, |i| add(i).map(|a| a.size))),
-                    (
-                        "modificationTime",
-                        longs(n, |i| add(i).map(|a| a.modification_time)),
-                    ),
-                    ("dataChange", bools(n, |i| add(i).map(|a| a.data_change))),
-                    (
-                        "stats",
-                        strings(n, |i| add(i).and_then(|a| a.stats.clone())),
-                    ),
-                ],
-            ),
-        ),
-        (
-            "remove",
-            structure(
-                n,
-                &is_remove,
-                vec![
-                    ("path", strings(n, |i| remove(i).map(|r| r.path.clone()))),
-                    (
-                        "deletionTimestamp",
-                        longs(n, |i| remove(i).and_then(|r| r.deletion_timestamp)),
-                    ),
-                    ("dataChange", bools(n, |i| remove(i).map(|r| r.data_change))),
-                    (
-                        "extendedFileMetadata",
-                        bools(n, |i| remove(i).and_then(|r| r.extended_file_metadata)),
-                    ),
-                    (
-                        "partitionValues",
-                        maps(n, |i| remove(i).and_then(|r| r.partition_values.as_ref())),
-                    ),
-                    ("size", longs(n, |i| remove(i).and_then(|r| r.size))),
-                ],
-            ),
-        ),
-        (
-            "metaData",
-            structure(
-                n,
-                &|i| i == 1,
-                vec![
-                    ("id", strings(n, |i| metadata(i).map(|m| m.id.clone()))),
-                    (
-                        "name",
-                        strings(n, |i| metadata(i).and_then(|m| m.name.clone())),
-                    ),
-                    (
-                        "description",
-                        strings(n, |i| metadata(i).and_then(|m| m.description.clone())),
-                    ),
-                    (
-                        "format",
-                        structure(
-                            n,
-                            &|i| i == 1,
-                            vec![
-                                (
-                                    "provider",
-                                    strings(n, |i| metadata(i).map(|m| m.format.provider.clone())),
-                                ),
-                                ("options", maps(n, |i| (i == 1).then_some(&format_options))),
-                            ],
-                        ),
-                    ),
-                    (
-                        "schemaString",
-                        strings(n, |i| metadata(i).map(|m| m.schema_string.clone())),
-                    ),
-                    (
-                        "partitionColumns",
-                        string_lists(n, |i| metadata(i).map(|m| &m.partition_columns)),
-                    ),
-                    (
-                        "configuration",
-                        maps(n, |i| metadata(i).map(|m| &m.configuration)),
-                    ),
-                    (
-                        "createdTime",
-                        longs(n, |i| metadata(i).and_then(|m| m.created_time)),
-                    ),
-                ],
-            ),
-        ),
-        (
-            "protocol",
-            structure(
-                n,
-                &|i| i == 0,
-                vec![
-                    (
-                        "minReaderVersion",
-                        ints(n, |i| protocol(i).map(|p| p.min_reader_version)),
-                    ),
-                    (
-                        "minWriterVersion",
-                        ints(n, |i| protocol(i).map(|p| p.min_writer_version)),
-                    ),
-                ],
-            ),
-        ),
+        ("txn", rows.txn_column()),
+        ("add", rows.add_column()),
+        ("remove", rows.remove_column()),
+        ("metaData", rows.metadata_column()),
+        ("protocol", rows.protocol_column()),
     ];
     let fields: Vec<Field> = columns
         .iter()
@@ -237,6 +94,186 @@ fn rows(s: &Snapshot, now_ms: i64) -> RecordBatch {
         columns.into_iter().map(|(_, a)| a).collect(),
     )
     .expect("the columns match")
+}
+
+/// Row layout: [protocol][metaData][txns...][adds...][removes...]; each
+/// action's column is null outside its own rows.
+struct Rows<'a> {
+    s: &'a Snapshot,
+    txns: Vec<(&'a String, &'a i64)>,
+    adds: Vec<&'a Add>,
+    tombstones: Vec<&'a Remove>,
+    n: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn new(s: &'a Snapshot, now_ms: i64) -> Self {
+        let tombstones: Vec<&Remove> = s
+            .tombstones
+            .values()
+            .filter(|r| r.deletion_timestamp.unwrap_or(now_ms) > now_ms - TOMBSTONE_RETENTION_MS)
+            .collect();
+        let adds: Vec<&Add> = s.files.values().collect();
+        let txns: Vec<(&String, &i64)> = s.txns.iter().collect();
+        let n = 2 + txns.len() + adds.len() + tombstones.len();
+        Self {
+            s,
+            txns,
+            adds,
+            tombstones,
+            n,
+        }
+    }
+
+    fn txn(&self, i: usize) -> Option<(&'a String, &'a i64)> {
+        i.checked_sub(2).and_then(|i| self.txns.get(i)).copied()
+    }
+
+    fn add(&self, i: usize) -> Option<&'a Add> {
+        let start = 2 + self.txns.len();
+        i.checked_sub(start).and_then(|i| self.adds.get(i)).copied()
+    }
+
+    fn remove(&self, i: usize) -> Option<&'a Remove> {
+        let start = 2 + self.txns.len() + self.adds.len();
+        i.checked_sub(start)
+            .and_then(|i| self.tombstones.get(i))
+            .copied()
+    }
+
+    fn metadata(&self, i: usize) -> Option<&'a Metadata> {
+        (i == 1).then_some(&self.s.metadata)
+    }
+
+    fn txn_column(&self) -> ArrayRef {
+        let n = self.n;
+        structure(
+            n,
+            &|i| self.txn(i).is_some(),
+            vec![
+                ("appId", strings(n, |i| self.txn(i).map(|t| t.0.clone()))),
+                ("version", longs(n, |i| self.txn(i).map(|t| *t.1))),
+                ("lastUpdated", longs(n, |_| None)),
+            ],
+        )
+    }
+
+    fn add_column(&self) -> ArrayRef {
+        let (n, add) = (self.n, |i| self.add(i));
+        structure(
+            n,
+            &|i| add(i).is_some(),
+            vec![
+                ("path", strings(n, |i| add(i).map(|a| a.path.clone()))),
+                (
+                    "partitionValues",
+                    maps(n, |i| add(i).map(|a| &a.partition_values)),
+                ),
+                ("size", longs(n, |i| add(i).map(|a| a.size))),
+                (
+                    "modificationTime",
+                    longs(n, |i| add(i).map(|a| a.modification_time)),
+                ),
+                ("dataChange", bools(n, |i| add(i).map(|a| a.data_change))),
+                (
+                    "stats",
+                    strings(n, |i| add(i).and_then(|a| a.stats.clone())),
+                ),
+            ],
+        )
+    }
+
+    fn remove_column(&self) -> ArrayRef {
+        let (n, remove) = (self.n, |i| self.remove(i));
+        structure(
+            n,
+            &|i| remove(i).is_some(),
+            vec![
+                ("path", strings(n, |i| remove(i).map(|r| r.path.clone()))),
+                (
+                    "deletionTimestamp",
+                    longs(n, |i| remove(i).and_then(|r| r.deletion_timestamp)),
+                ),
+                ("dataChange", bools(n, |i| remove(i).map(|r| r.data_change))),
+                (
+                    "extendedFileMetadata",
+                    bools(n, |i| remove(i).and_then(|r| r.extended_file_metadata)),
+                ),
+                (
+                    "partitionValues",
+                    maps(n, |i| remove(i).and_then(|r| r.partition_values.as_ref())),
+                ),
+                ("size", longs(n, |i| remove(i).and_then(|r| r.size))),
+            ],
+        )
+    }
+
+    fn metadata_column(&self) -> ArrayRef {
+        let (n, metadata) = (self.n, |i| self.metadata(i));
+        let format_options = some_values(&self.s.metadata.format.options);
+        let format = structure(
+            n,
+            &|i| i == 1,
+            vec![
+                (
+                    "provider",
+                    strings(n, |i| metadata(i).map(|m| m.format.provider.clone())),
+                ),
+                ("options", maps(n, |i| (i == 1).then_some(&format_options))),
+            ],
+        );
+        structure(
+            n,
+            &|i| i == 1,
+            vec![
+                ("id", strings(n, |i| metadata(i).map(|m| m.id.clone()))),
+                (
+                    "name",
+                    strings(n, |i| metadata(i).and_then(|m| m.name.clone())),
+                ),
+                (
+                    "description",
+                    strings(n, |i| metadata(i).and_then(|m| m.description.clone())),
+                ),
+                ("format", format),
+                (
+                    "schemaString",
+                    strings(n, |i| metadata(i).map(|m| m.schema_string.clone())),
+                ),
+                (
+                    "partitionColumns",
+                    string_lists(n, |i| metadata(i).map(|m| &m.partition_columns)),
+                ),
+                (
+                    "configuration",
+                    maps(n, |i| metadata(i).map(|m| &m.configuration)),
+                ),
+                (
+                    "createdTime",
+                    longs(n, |i| metadata(i).and_then(|m| m.created_time)),
+                ),
+            ],
+        )
+    }
+
+    fn protocol_column(&self) -> ArrayRef {
+        let n = self.n;
+        let protocol = |i: usize| (i == 0).then_some(&self.s.protocol);
+        structure(
+            n,
+            &|i| i == 0,
+            vec![
+                (
+                    "minReaderVersion",
+                    ints(n, |i| protocol(i).map(|p| p.min_reader_version)),
+                ),
+                (
+                    "minWriterVersion",
+                    ints(n, |i| protocol(i).map(|p| p.min_writer_version)),
+                ),
+            ],
+        )
+    }
 }
 
 fn some_values(options: &BTreeMap<String, String>) -> BTreeMap<String, Option<String>> {
@@ -365,69 +402,82 @@ fn decode(bytes: Bytes) -> Result<Vec<Action>, String> {
             fn valid(s: Option<&StructArray>, i: usize) -> Option<&StructArray> {
                 s.filter(|s| s.is_valid(i))
             }
-            let mut action = Action::default();
-            if let Some(s) = valid(add, i) {
-                action.add = Some(Add {
-                    path: text(s, "path", i).ok_or("an add without a path")?,
-                    partition_values: map(s, "partitionValues", i),
-                    size: int(s, "size", i).unwrap_or_default(),
-                    modification_time: int(s, "modificationTime", i).unwrap_or_default(),
-                    data_change: boolean(s, "dataChange", i).unwrap_or(true),
-                    stats: text(s, "stats", i),
-                });
-            }
-            if let Some(s) = valid(remove, i) {
-                action.remove = Some(Remove {
-                    path: text(s, "path", i).ok_or("a remove without a path")?,
-                    deletion_timestamp: int(s, "deletionTimestamp", i),
-                    data_change: boolean(s, "dataChange", i).unwrap_or(true),
-                    extended_file_metadata: boolean(s, "extendedFileMetadata", i),
-                    partition_values: Some(map(s, "partitionValues", i)),
-                    size: int(s, "size", i),
-                });
-            }
-            if let Some(s) = valid(txn, i) {
-                action.txn = Some(Txn {
-                    app_id: text(s, "appId", i).ok_or("a txn without an appId")?,
-                    version: int(s, "version", i).ok_or("a txn without a version")?,
-                    last_updated: int(s, "lastUpdated", i),
-                });
-            }
-            if let Some(s) = valid(protocol, i) {
-                action.protocol = Some(Protocol {
-                    min_reader_version: int(s, "minReaderVersion", i).unwrap_or(1) as i32,
-                    min_writer_version: int(s, "minWriterVersion", i).unwrap_or(2) as i32,
-                    reader_features: list(s, "readerFeatures", i),
-                    writer_features: list(s, "writerFeatures", i),
-                });
-            }
-            if let Some(s) = valid(metadata, i) {
-                let format = s.column_by_name("format").and_then(|c| c.as_struct_opt());
-                action.meta_data = Some(Metadata {
-                    id: text(s, "id", i).unwrap_or_default(),
-                    name: text(s, "name", i),
-                    description: text(s, "description", i),
-                    format: Format {
-                        provider: format
-                            .and_then(|f| text(f, "provider", i))
-                            .unwrap_or_else(|| "parquet".into()),
-                        options: format
-                            .map(|f| map(f, "options", i))
-                            .unwrap_or_default()
-                            .into_iter()
-                            .filter_map(|(k, v)| Some((k, v?)))
-                            .collect(),
-                    },
-                    schema_string: text(s, "schemaString", i).ok_or("metaData without a schema")?,
-                    partition_columns: list(s, "partitionColumns", i).unwrap_or_default(),
-                    configuration: map(s, "configuration", i),
-                    created_time: int(s, "createdTime", i),
-                });
-            }
-            actions.push(action);
+            actions.push(Action {
+                add: valid(add, i).map(|s| decode_add(s, i)).transpose()?,
+                remove: valid(remove, i).map(|s| decode_remove(s, i)).transpose()?,
+                txn: valid(txn, i).map(|s| decode_txn(s, i)).transpose()?,
+                protocol: valid(protocol, i).map(|s| decode_protocol(s, i)),
+                meta_data: valid(metadata, i)
+                    .map(|s| decode_metadata(s, i))
+                    .transpose()?,
+                ..Action::default()
+            });
         }
     }
     Ok(actions)
+}
+
+fn decode_add(s: &StructArray, i: usize) -> Result<Add, String> {
+    Ok(Add {
+        path: text(s, "path", i).ok_or("an add without a path")?,
+        partition_values: map(s, "partitionValues", i),
+        size: int(s, "size", i).unwrap_or_default(),
+        modification_time: int(s, "modificationTime", i).unwrap_or_default(),
+        data_change: boolean(s, "dataChange", i).unwrap_or(true),
+        stats: text(s, "stats", i),
+    })
+}
+
+fn decode_remove(s: &StructArray, i: usize) -> Result<Remove, String> {
+    Ok(Remove {
+        path: text(s, "path", i).ok_or("a remove without a path")?,
+        deletion_timestamp: int(s, "deletionTimestamp", i),
+        data_change: boolean(s, "dataChange", i).unwrap_or(true),
+        extended_file_metadata: boolean(s, "extendedFileMetadata", i),
+        partition_values: Some(map(s, "partitionValues", i)),
+        size: int(s, "size", i),
+    })
+}
+
+fn decode_txn(s: &StructArray, i: usize) -> Result<Txn, String> {
+    Ok(Txn {
+        app_id: text(s, "appId", i).ok_or("a txn without an appId")?,
+        version: int(s, "version", i).ok_or("a txn without a version")?,
+        last_updated: int(s, "lastUpdated", i),
+    })
+}
+
+fn decode_protocol(s: &StructArray, i: usize) -> Protocol {
+    Protocol {
+        min_reader_version: int(s, "minReaderVersion", i).unwrap_or(1) as i32,
+        min_writer_version: int(s, "minWriterVersion", i).unwrap_or(2) as i32,
+        reader_features: list(s, "readerFeatures", i),
+        writer_features: list(s, "writerFeatures", i),
+    }
+}
+
+fn decode_metadata(s: &StructArray, i: usize) -> Result<Metadata, String> {
+    let format = s.column_by_name("format").and_then(|c| c.as_struct_opt());
+    Ok(Metadata {
+        id: text(s, "id", i).unwrap_or_default(),
+        name: text(s, "name", i),
+        description: text(s, "description", i),
+        format: Format {
+            provider: format
+                .and_then(|f| text(f, "provider", i))
+                .unwrap_or_else(|| "parquet".into()),
+            options: format
+                .map(|f| map(f, "options", i))
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, v?)))
+                .collect(),
+        },
+        schema_string: text(s, "schemaString", i).ok_or("metaData without a schema")?,
+        partition_columns: list(s, "partitionColumns", i).unwrap_or_default(),
+        configuration: map(s, "configuration", i),
+        created_time: int(s, "createdTime", i),
+    })
 }
 
 fn child<'a>(s: &'a StructArray, name: &str, i: usize) -> Option<&'a ArrayRef> {

@@ -24,6 +24,7 @@
 pub mod actions;
 pub mod checkpoint;
 pub mod commit;
+mod replay;
 pub mod snapshot;
 
 use bytes::Bytes;

@@ -14,7 +14,7 @@ use crate::{
     sinks::adls_partitioned_jsonl::{
         batcher::Arrived,
         recovery::report_lost,
-        requests::{self, Retry, WriteOutcome, WriteRequest},
+        requests::{self, HeldWrite, WriteOutcome, WriteRequest},
         roll::Commit,
         state::{FileKey, StagedBlock},
     },
@@ -50,7 +50,7 @@ impl AdlsSink {
             } => {
                 self.held.succeeded(&object);
                 self.state.batch_committed(&key, upto, version);
-                self.batcher.activity(key).busy = false;
+                self.batcher.activity(key).exclusive_ended();
                 self.delivered(finalizers, events, bytes);
             }
             WriteOutcome::FileSealed { key, result, lost } => match result {
@@ -96,14 +96,12 @@ impl AdlsSink {
         }
         let key = staged.key.clone();
         let activity = self.batcher.activity(key.clone());
-        if activity.poisoned {
+        if let Err(dropped) = activity.arrive(seq, Arrived { staged, finalizers }) {
             // After a refused write of the window: not recorded, replayed
             // after a restart like every later event of the window.
-            activity.staging -= 1;
-            finalize_all(finalizers, EventStatus::Errored);
+            finalize_all(dropped, EventStatus::Errored);
             return Ok(());
         }
-        activity.arrived.insert(seq, Arrived { staged, finalizers });
         while let Some(next) = self.batcher.activity(key.clone()).next_arrived() {
             self.record_block(next.staged, next.finalizers, inflight)
                 .await?;
@@ -152,11 +150,11 @@ impl AdlsSink {
             (self.commit == Commit::EveryBatch).then(|| (file.block_ids(), file.version.clone()));
         self.metrics.open_files(self.state.open_count());
         let activity = self.batcher.activity(key);
-        activity.seal_wanted |= roll;
+        activity.want_seal(roll);
         match commit {
             None => self.delivered(finalizers, events, bytes),
             Some((ids, version)) => {
-                activity.busy = true;
+                activity.exclusive_started();
                 inflight.push(requests::commit_batch(
                     self.storage.clone(),
                     staged,
@@ -170,10 +168,7 @@ impl AdlsSink {
     }
 
     pub(super) async fn on_file_sealed(&mut self, key: FileKey, lost: &[String]) -> Result<(), ()> {
-        let activity = self.batcher.activity(key.clone());
-        activity.busy = false;
-        activity.seal_wanted = false;
-        activity.seal_retry_at = None;
+        self.batcher.activity(key.clone()).sealed();
         let file = match self.state.sealed(&key, Utc::now().timestamp()).await {
             Ok(file) => file,
             Err(e) => {
@@ -203,9 +198,9 @@ impl AdlsSink {
             .open_file(&key)
             .map(|f| f.object.clone())
             .unwrap_or_default();
-        let activity = self.batcher.activity(key);
-        activity.busy = false;
-        activity.seal_retry_at = Some(Instant::now() + SEAL_RETRY);
+        self.batcher
+            .activity(key)
+            .seal_failed(Instant::now() + SEAL_RETRY);
         let message = format!(
             "Sealing failed, retrying in {}s: {error}",
             SEAL_RETRY.as_secs()
@@ -223,7 +218,7 @@ impl AdlsSink {
     /// Storage refused a write for good (403, 404): its events are not
     /// delivered, and every later event of the window is held back until a
     /// restart, so a replay cannot skip past the lost ones.
-    pub(super) fn on_write_rejected(&mut self, request: Retry, error: &StorageError) {
+    pub(super) fn on_write_rejected(&mut self, request: HeldWrite, error: &StorageError) {
         WriteFailed {
             object: request.object(),
             events: request.events(),
@@ -242,28 +237,22 @@ impl AdlsSink {
         }
     }
 
-    pub(super) fn give_up(&mut self, request: Retry) {
+    pub(super) fn give_up(&mut self, request: HeldWrite) {
         self.poison(&request);
         finalize_all(request.into_finalizers(), EventStatus::Errored);
     }
 
     /// After `failed` (given up or refused): fails the window's pending and
     /// later events, and the Put Blocks that arrived after it.
-    pub(super) fn poison(&mut self, failed: &Retry) {
+    pub(super) fn poison(&mut self, failed: &HeldWrite) {
         let Some(key) = failed.key() else {
             return;
         };
         if let Some(batch) = self.batcher.drop_batch(key) {
             finalize_all(batch.finalizers, EventStatus::Errored);
         }
-        let activity = self.batcher.activity(key.clone());
-        match failed {
-            Retry::Stage(_) => activity.staging -= 1,
-            _ => activity.busy = false,
-        }
-        activity.poisoned = true;
-        for (_, arrived) in std::mem::take(&mut activity.arrived) {
-            activity.staging -= 1;
+        let stage = matches!(failed, HeldWrite::Stage(_));
+        for arrived in self.batcher.activity(key.clone()).poison(stage) {
             finalize_all(arrived.finalizers, EventStatus::Errored);
         }
     }

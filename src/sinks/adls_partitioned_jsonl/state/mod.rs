@@ -410,10 +410,10 @@ impl SinkState {
     }
 
     /// `state show`: the state for people, with when each open file is
-    /// sealed under `roll`.
+    /// sealed (`seal_times`: when its window closes, and its latest time).
     pub(in crate::sinks::adls_partitioned_jsonl) fn describe(
         &self,
-        roll: &super::roll::RollPolicy,
+        seal_times: impl Fn(&OpenFile) -> (i64, i64),
     ) -> Vec<String> {
         use crate::internal_events::{age, rfc3339};
         if !self.found {
@@ -428,6 +428,7 @@ impl SinkState {
         let mut open: Vec<&OpenFile> = self.files().open.values().collect();
         open.sort_by_key(|f| f.opened_at);
         for f in open {
+            let (closes_at, latest) = seal_times(f);
             lines.push(format!(
                 "  open {}: {} block(s), {} events, {} bytes, opened {}; sealed once the source passes {}, or at {} at the latest",
                 f.object,
@@ -435,8 +436,8 @@ impl SinkState {
                 f.events,
                 f.bytes,
                 age(f.opened_at),
-                rfc3339(roll.closes_at(&f.key)),
-                rfc3339(roll.max_age_at(f)),
+                rfc3339(closes_at),
+                rfc3339(latest),
             ));
         }
         let time = |p: &Position| {

@@ -1,7 +1,7 @@
 //! Where a run of the source begins: the checkpoint, an unfinished
 //! snapshot, or the configured start, and the bookkeeping to begin with.
 
-use std::{ops::ControlFlow, sync::Arc, time::Duration};
+use std::{ops::ControlFlow, sync::Arc};
 
 use super::{cluster_time_of, ChangeStreamSource, OpenAt, RunState, Stop};
 use crate::{
@@ -9,7 +9,7 @@ use crate::{
     internal_events::mongodb::StreamProgress,
     sources::mongodb_change_stream::{
         checkpoint::{Acks, Checkpoint, SnapshotProgress},
-        config::{SnapshotMode, StartAt},
+        settings::{SnapshotMode, StartAt},
     },
 };
 
@@ -21,14 +21,14 @@ impl ChangeStreamSource {
         &self,
     ) -> crate::Result<Option<(OpenAt, Option<String>, Option<(String, SnapshotProgress)>)>> {
         let checkpoint = self.state.load::<Checkpoint>().await?;
-        if self.start != StartAt::Now {
+        if self.settings.start_at != StartAt::Now {
             if let Some(c) = checkpoint {
                 match c.snapshot {
                     Some(p) if !p.done => {
                         tracing::info!(source = %self.cx.key, "Continuing the snapshot from its checkpoint.");
                         return Ok(Some((OpenAt::Snapshot, None, Some((c.resume_token, p)))));
                     }
-                    Some(_) if self.config.snapshot == SnapshotMode::InitialOnly => {
+                    Some(_) if self.settings.snapshot == SnapshotMode::InitialOnly => {
                         tracing::info!(source = %self.cx.key, "The snapshot is complete (snapshot = \"initial_only\"); nothing to do. Remove {} to copy again.", self.state.location());
                         return Ok(None);
                     }
@@ -47,15 +47,15 @@ impl ChangeStreamSource {
                 )));
             }
         }
-        if self.config.snapshot != SnapshotMode::Off {
-            tracing::info!(source = %self.cx.key, "No checkpoint: copying the watched collections first (snapshot = {:?}).", self.config.snapshot);
+        if self.settings.snapshot != SnapshotMode::Off {
+            tracing::info!(source = %self.cx.key, "No checkpoint: copying the watched collections first (snapshot = {:?}).", self.settings.snapshot);
             return Ok(Some((OpenAt::Snapshot, None, None)));
         }
         tracing::info!(
             source = %self.cx.key,
-            start_at = %self.config.start_at,
+            start_at = %self.settings.start_at,
             "{}",
-            match &self.start {
+            match &self.settings.start_at {
                 StartAt::Time(t) => format!("Starting at {} (start_at).", crate::internal_events::rfc3339(i64::from(t.time))),
                 StartAt::Token(t) => format!(
                     "Starting after resume token {t} (start_at), cluster time {}.",
@@ -64,7 +64,7 @@ impl ChangeStreamSource {
                 _ => "Starting from now: changes before this moment are not read.".into(),
             }
         );
-        Ok(Some(match &self.start {
+        Ok(Some(match &self.settings.start_at {
             StartAt::CheckpointOrNow | StartAt::Now => (OpenAt::Now, None, None),
             StartAt::Time(t) => (OpenAt::Time(*t), None, None),
             StartAt::Token(t) => (OpenAt::After(t.clone()), Some(t.clone()), None),
@@ -83,8 +83,8 @@ impl ChangeStreamSource {
             }
         };
         let intervals = (
-            Duration::from_millis(self.config.checkpoint_interval_ms),
-            Duration::from_secs_f64(self.config.checkpoint_idle_interval_secs),
+            self.settings.checkpoint_interval,
+            self.settings.checkpoint_idle_interval,
         );
         let (finalizer, ack_stream) = OrderedFinalizer::new();
         ControlFlow::Continue(RunState {
@@ -97,7 +97,7 @@ impl ChangeStreamSource {
             progress: StreamProgress::register(&self.cx.tags),
             source_id: Arc::from(self.cx.key.as_str()),
             out: self.out.take().expect("run is called once"),
-            batch_size: self.config.batch_size,
+            batch_size: self.settings.batch_size,
             attempt: 0,
             recoveries: 0,
         })

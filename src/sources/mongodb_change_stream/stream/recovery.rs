@@ -5,11 +5,8 @@ use std::{ops::ControlFlow, time::Duration};
 
 use mongodb::error::ErrorKind;
 
-use super::{
-    config::OnHistoryLost,
-    errors,
-    stream::{ChangeStreamSource, OpenAt, RunState, Stop},
-};
+use super::{ChangeStreamSource, RunState, Stop};
+use crate::sources::mongodb_change_stream::{errors, settings::OnHistoryLost, watch::OpenAt};
 use crate::{
     backoff::Backoff,
     internal_events::mongodb::{HistoryLostReset, StreamInterrupted},
@@ -115,7 +112,7 @@ impl ChangeStreamSource {
             OpenAt::After(t) => t.as_str(),
             _ => "(start position)",
         };
-        match self.config.on_history_lost {
+        match self.settings.on_history_lost {
             OnHistoryLost::Fail => {
                 self.error(
                     "history_lost",
@@ -127,7 +124,7 @@ impl ChangeStreamSource {
                 );
                 None
             }
-            OnHistoryLost::Resnapshot if *recoveries < self.config.max_consecutive_recoveries => {
+            OnHistoryLost::Resnapshot if *recoveries < self.settings.max_consecutive_recoveries => {
                 *recoveries += 1;
                 HistoryLostReset {
                     token,
@@ -136,7 +133,7 @@ impl ChangeStreamSource {
                 .emit(&self.cx.tags);
                 Some(OpenAt::Snapshot)
             }
-            OnHistoryLost::ResetToNow if *recoveries < self.config.max_consecutive_recoveries => {
+            OnHistoryLost::ResetToNow if *recoveries < self.settings.max_consecutive_recoveries => {
                 *recoveries += 1;
                 HistoryLostReset {
                     token,

@@ -16,23 +16,18 @@
 mod position;
 mod records;
 
-use std::{
-    ops::ControlFlow,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{ops::ControlFlow, sync::Arc, time::Instant};
 
 use bson::{doc, Bson, RawDocumentBuf};
 use futures::{StreamExt, TryStreamExt};
 use mongodb::options::Hint;
 
-use super::{
+use super::{recovery::Failure, ChangeStreamSource};
+use crate::sources::mongodb_change_stream::{
     checkpoint::{token_cluster_time, Checkpoint, SnapshotProgress},
-    config::Scope,
     errors,
-    recovery::Failure,
-    stream::{ChangeStreamSource, OpenAt},
-    watch::event_token,
+    settings::Scope,
+    watch::{event_token, token_hex, OpenAt},
 };
 use crate::{
     event::{BatchStatus, EventMetadata, LogEvent, Position},
@@ -247,7 +242,7 @@ impl ChangeStreamSource {
         while let Some((status, entry)) = run.acks.ready() {
             self.delivered(run, status, entry)?;
         }
-        if run.last_save.elapsed() >= Duration::from_millis(self.config.checkpoint_interval_ms) {
+        if run.last_save.elapsed() >= self.settings.checkpoint_interval {
             self.save_progress(run).await;
             run.last_save = Instant::now();
         }
@@ -355,10 +350,8 @@ impl ChangeStreamSource {
         let mut attempt = 0;
         loop {
             let result = async {
-                let stream = self.open(&OpenAt::Now, self.config.batch_size).await?;
-                let token = stream
-                    .resume_token()
-                    .and_then(|t| super::watch::token_hex(&t));
+                let stream = self.open(&OpenAt::Now, self.settings.batch_size).await?;
+                let token = stream.resume_token().and_then(|t| token_hex(&t));
                 let collections = self.snapshot_collections().await?;
                 Ok::<_, mongodb::error::Error>((token, collections))
             }
@@ -402,7 +395,7 @@ impl ChangeStreamSource {
     /// The watched collections as `db.coll`, sorted (views and `system.*`
     /// collections left out).
     async fn snapshot_collections(&self) -> mongodb::error::Result<Vec<String>> {
-        let databases = match &self.scope {
+        let databases = match &self.settings.scope {
             Scope::Deployment => self
                 .client
                 .list_database_names()
@@ -447,7 +440,7 @@ impl ChangeStreamSource {
         after: Option<&Bson>,
     ) -> mongodb::error::Result<Vec<RawDocumentBuf>> {
         let collection = self.client.database(db).collection::<RawDocumentBuf>(coll);
-        let limit = i64::from(self.config.snapshot_chunk_size) + i64::from(after.is_some());
+        let limit = i64::from(self.settings.snapshot_chunk_size) + i64::from(after.is_some());
         let mut find = collection
             .find(doc! {})
             .sort(doc! { "_id": 1 })

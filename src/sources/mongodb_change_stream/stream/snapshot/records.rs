@@ -7,7 +7,9 @@ use bson::{doc, rawdoc, Bson, Document, RawBson, RawDocumentBuf};
 use futures::TryStreamExt;
 
 use super::{position::id_key, split_namespace, SnapshotEnd};
-use crate::sources::mongodb_change_stream::{stream::ChangeStreamSource, watch::event_token};
+use crate::sources::mongodb_change_stream::{
+    errors, stream::ChangeStreamSource, watch::event_token,
+};
 
 /// Bytes of snapshot records per `$documents` request when a `pipeline` is
 /// applied (the command must stay under 16 MB).
@@ -40,7 +42,7 @@ impl ChangeStreamSource {
                     "snapshot_failed",
                     &format!(
                         "`pipeline` on snapshot records of {ns} failed: {}",
-                        super::super::errors::describe(&e)
+                        errors::describe(&e)
                     ),
                 );
                 ControlFlow::Break(SnapshotEnd::Failed)
@@ -104,7 +106,7 @@ impl ChangeStreamSource {
         db: &str,
         records: Vec<(RawDocumentBuf, Bson)>,
     ) -> mongodb::error::Result<Vec<(RawDocumentBuf, Bson)>> {
-        if self.pipeline.is_empty() {
+        if self.settings.pipeline.is_empty() {
             return Ok(records);
         }
         let mut out = Vec::with_capacity(records.len());
@@ -127,7 +129,7 @@ impl ChangeStreamSource {
                 documents.push(Bson::Document(document));
             }
             let mut pipeline = vec![doc! { "$documents": documents }];
-            pipeline.extend(self.pipeline.iter().cloned());
+            pipeline.extend(self.settings.pipeline.iter().cloned());
             let results: Vec<RawDocumentBuf> = self
                 .client
                 .database(db)

@@ -1,0 +1,135 @@
+//! The source's options as the runtime reads them: checked and parsed
+//! once by `config.rs` ([`super::MongoDbChangeStreamConfig::settings`]),
+//! with the choices the options offer.
+
+use std::{fmt, time::Duration};
+
+use bson::Document;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// What the source runs with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The connection string (with its password: never logged as is).
+    pub uri: String,
+    pub scope: Scope,
+    /// The user's extra stages.
+    pub pipeline: Vec<Document>,
+    /// Where to start without a checkpoint.
+    pub start_at: StartAt,
+    pub full_document: FullDocument,
+    pub full_document_before_change: FullDocumentBeforeChange,
+    pub show_expanded_events: bool,
+    pub batch_size: Option<u32>,
+    pub read_ahead_bytes: usize,
+    pub max_await_time: Duration,
+    pub on_history_lost: OnHistoryLost,
+    pub snapshot: SnapshotMode,
+    pub snapshot_chunk_size: u32,
+    pub on_oversized_event: OnOversizedEvent,
+    pub max_consecutive_recoveries: u32,
+    pub checkpoint_interval: Duration,
+    pub checkpoint_idle_interval: Duration,
+}
+
+/// `full_document`: what an update event carries in `fullDocument`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum FullDocument {
+    /// Only the delta (`updateDescription`).
+    Default,
+    /// The current majority-committed document, looked up after the update.
+    #[default]
+    UpdateLookup,
+    /// The post-image if `changeStreamPreAndPostImages` is on, else null.
+    WhenAvailable,
+    /// The post-image; fails the stream when it is missing.
+    Required,
+}
+
+/// `full_document_before_change`: the pre-image in `fullDocumentBeforeChange`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum FullDocumentBeforeChange {
+    /// No pre-image.
+    Off,
+    /// The pre-image when the collection has `changeStreamPreAndPostImages`.
+    #[default]
+    WhenAvailable,
+    /// The pre-image; fails the stream when it is missing.
+    Required,
+}
+
+/// What to do when the checkpoint is no longer in the oplog.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnHistoryLost {
+    /// Stop with an error that explains how to recover (default).
+    #[default]
+    Fail,
+    /// Continue from now; the gap is logged as an error and counted in
+    /// `mongodb_change_stream_data_gaps_total`.
+    ResetToNow,
+    /// Copy the watched collections again (needs `snapshot` on), then stream
+    /// from the operation time taken before that copy.
+    Resnapshot,
+}
+
+/// `snapshot`: copy the documents that already exist before streaming.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    /// Stream changes only (default).
+    #[default]
+    Off,
+    /// On the first start (no checkpoint), copy every watched collection,
+    /// then stream from a position taken before the copy began.
+    Initial,
+    /// Copy every watched collection once, then stop.
+    InitialOnly,
+}
+
+/// `on_oversized_event`: events over MongoDB's 16 MB limit.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOversizedEvent {
+    /// Stop with an error naming the cause (BSONObjectTooLarge) (default).
+    #[default]
+    Fail,
+    /// Leave the event out: counted in `mongodb_change_stream_oversized_events_total`
+    /// and logged with its namespace, document key and size.
+    Skip,
+}
+
+/// Where to start when there is no checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    CheckpointOrNow,
+    Now,
+    Time(bson::Timestamp),
+    Token(String),
+}
+
+/// What the stream watches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Deployment,
+    Database(String),
+    Collection(String, String),
+    Collections(String, Vec<String>),
+}
+
+impl fmt::Display for StartAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::CheckpointOrNow => f.write_str("checkpoint_or_now"),
+            Self::Now => f.write_str("now"),
+            Self::Time(t) => match chrono::DateTime::from_timestamp(i64::from(t.time), 0) {
+                Some(time) => write!(f, "{}", time.to_rfc3339()),
+                None => write!(f, "{}", t.time),
+            },
+            Self::Token(hex) => f.write_str(hex),
+        }
+    }
+}
