@@ -12,7 +12,9 @@ use std::{
 
 use mongodb::bson::{doc, oid::ObjectId, Decimal128, Document};
 use serde_json::Value;
-use support::{eventually, Agent, Azurite, Lake, Listed, Mongod, AZURITE_KEY};
+use support::{
+    eventually, with_options, Agent, Azurite, Lake, Listed, Mongod, PipelineConfig, AZURITE_KEY,
+};
 
 /// A test agent: the shop database into one sink with short windows and
 /// quick retries; `sink_options` adds options or overrides those defaults.
@@ -32,45 +34,14 @@ fn agent_config(
         "request.retry_initial_backoff_secs = 0.05",
         "request.retry_max_backoff_secs = 1",
     ];
-    let overridden = |line: &&str| {
-        let key = line.split(' ').next().unwrap_or_default();
-        sink_options
-            .lines()
-            .any(|l| l.trim_start().starts_with(&format!("{key} ")))
-    };
-    let defaults: Vec<&str> = defaults
-        .iter()
-        .filter(|l| !overridden(l))
-        .copied()
-        .collect();
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-data_dir = "{data}"
-
-[sources.mongo]
-type = "mongodb_change_stream"
-uri = "{mongo_uri}"
-database = "shop"
-max_await_time_ms = 200
-checkpoint_interval_ms = 100
-
-[sinks.lake]
-type = "adls_partitioned_jsonl"
-inputs = ["mongo"]
-account_url = "{account_url}"
-filesystem = "{name}"
-{defaults}
-{sink_options}
-"#,
-            data = dir.join(format!("data-{name}")).display(),
-            defaults = defaults.join("\n"),
-        ),
-    )
-    .unwrap();
-    path
+    PipelineConfig::mongo(mongo_uri)
+        .data_dir(&dir.join(format!("data-{name}")))
+        .source("database = \"shop\"")
+        .sink(&format!(
+            "[sinks.lake]\ntype = \"adls_partitioned_jsonl\"\ninputs = [\"mongo\"]\naccount_url = \"{account_url}\"\nfilesystem = \"{name}\"\n{}",
+            with_options(&defaults, sink_options)
+        ))
+        .write(&dir.join(format!("{name}.toml")))
 }
 
 /// The source's saved checkpoint of the agent `name` (see `agent_config`).
@@ -929,19 +900,16 @@ async fn duckdb_reads_the_lake_in_each_extended_json_mode() {
     let mongo = Mongod::start().await;
     let dir = tempfile::tempdir().unwrap();
     let modes = ["relaxed", "canonical", "simplified"];
-    let mut text = format!(
-        "data_dir = \"{}\"\n[sources.mongo]\ntype = \"mongodb_change_stream\"\nuri = \"{}\"\ndatabase = \"shop\"\nmax_await_time_ms = 200\n",
-        dir.path().join("data").display(),
-        mongo.uri()
-    );
+    let mut config = PipelineConfig::mongo(&mongo.uri())
+        .data_dir(&dir.path().join("data"))
+        .source("database = \"shop\"");
     for mode in modes {
-        text.push_str(&format!(
+        config = config.sink(&format!(
             "[sinks.{mode}]\ntype = \"adls_partitioned_jsonl\"\ninputs = [\"mongo\"]\naccount_url = \"file://{}\"\nfilesystem = \"raw\"\ncreate_filesystem = true\nfile_name = \"events-%Y%m%d-%H%M%S\"\nroll.window_secs = 2\nroll.grace_secs = 0\nbatch.timeout_secs = 0.3\nencoding.extended_json = \"{mode}\"\n",
             dir.path().join(mode).display()
         ));
     }
-    let cfg = dir.path().join("duckdb.toml");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = config.write(&dir.path().join("duckdb.toml"));
     let agent = Agent::start(&cfg);
     // The stream is open once the idle stream saved a checkpoint.
     let checkpoint = dir.path().join("data/mongo/checkpoint.json");

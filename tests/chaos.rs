@@ -29,7 +29,8 @@ use std::{
 use rand::Rng;
 use support::{
     load::{generate, preload, Manifest},
-    log_tail, Agent, Azurite, Fault, FaultProxy, Faults, Lake, Mongod, SpawnTracked, AZURITE_KEY,
+    log_tail, Agent, Azurite, Fault, FaultProxy, Faults, Lake, Mongod, PipelineConfig,
+    SpawnTracked, AZURITE_KEY,
 };
 
 const NAMESPACES: [(&str, &str); 4] = [
@@ -300,35 +301,20 @@ async fn chaos_run(sink: Sink, batches: usize, snapshot_docs: usize) {
     // (`restarts_replay_only_unacknowledged_events`) checks the path on an
     // idle stream.
     let mongo_uri = format!("{}&serverSelectionTimeoutMS=500", mongo.uri());
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-data_dir = "{data}"
-healthchecks.enabled = false
-
-[sources.mongo]
-type = "mongodb_change_stream"
-uri = "{uri}"
-max_await_time_ms = 200
-checkpoint_interval_ms = 200
-{source_options}
-{snapshot}
-
-{sink}
-"#,
-            data = dir.path().join("data").display(),
-            uri = mongo_uri,
-            source_options = sink.source_options(),
-            sink = sink.config(&proxy.account_url()),
-            snapshot = if snapshot_docs > 0 {
-                "snapshot = \"initial\"\nsnapshot_chunk_size = 500"
-            } else {
-                ""
-            },
-        ),
-    )
-    .unwrap();
+    let snapshot = if snapshot_docs > 0 {
+        "snapshot = \"initial\"\nsnapshot_chunk_size = 500"
+    } else {
+        ""
+    };
+    PipelineConfig::mongo(&mongo_uri)
+        .data_dir(&dir.path().join("data"))
+        .global("healthchecks.enabled = false")
+        .source(&format!(
+            "checkpoint_interval_ms = 200\n{}\n{snapshot}",
+            sink.source_options()
+        ))
+        .sink(&sink.config(&proxy.account_url()))
+        .write(&cfg);
     let lake_args = sink.lake_args(&azurite);
     let watcher = Watcher::start(sink, dir.path(), &lake_args);
     let log = dir.path().join("agent.log");
@@ -709,38 +695,16 @@ async fn node_loss_run(sink: Sink, batches: usize) {
         .iter()
         .enumerate()
         .map(|(i, port)| {
-            let cfg = dir.path().join(format!("agent{i}.toml"));
-            std::fs::write(
-                &cfg,
-                format!(
-                    r#"
-healthchecks.enabled = false
-api.address = "127.0.0.1:{port}"
-
-[state]
-store = "azure_blob"
-account_url = "{url}"
-container = "state"
-create_container = true
-auth.shared_key = "{AZURITE_KEY}"
-id = "chaos"
-lease_secs = 15
-
-[sources.mongo]
-type = "mongodb_change_stream"
-uri = "{mongo_uri}"
-max_await_time_ms = 200
-checkpoint_interval_ms = 200
-{source_options}
-{sink}
-"#,
-                    source_options = sink.source_options(),
-                    url = proxy.account_url(),
-                    sink = sink.config(&proxy.account_url()),
-                ),
-            )
-            .unwrap();
-            cfg
+            PipelineConfig::mongo(&mongo_uri)
+                .global("healthchecks.enabled = false")
+                .global(&format!("api.address = \"127.0.0.1:{port}\""))
+                .azure_state(&proxy.account_url(), "chaos", 15)
+                .source(&format!(
+                    "checkpoint_interval_ms = 200\n{}",
+                    sink.source_options()
+                ))
+                .sink(&sink.config(&proxy.account_url()))
+                .write(&dir.path().join(format!("agent{i}.toml")))
         })
         .collect();
     let logs: Vec<PathBuf> = (0..2)

@@ -20,7 +20,7 @@ use rand::Rng;
 use support::{
     eventually, free_port,
     load::{generate, Manifest},
-    Agent, Azurite, Lake, Mongod, SpawnTracked, AZURITE_KEY,
+    Agent, Azurite, Lake, Mongod, PipelineConfig, SpawnTracked, AZURITE_KEY,
 };
 
 const NAMESPACES: [(&str, &str); 3] = [
@@ -133,28 +133,12 @@ impl Drop for Watcher {
 /// An agent of the whole deployment (the load's transactions cross
 /// databases) with `sinks` (TOML tables); local state under `dir`.
 fn config(dir: &Path, mongo: &Mongod, api_port: u16, sinks: &str) -> PathBuf {
-    let path = dir.join("agent.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-data_dir = "{data}"
-api.address = "127.0.0.1:{api_port}"
-
-[sources.mongo]
-type = "mongodb_change_stream"
-uri = "{uri}"
-full_document = "updateLookup"
-max_await_time_ms = 200
-checkpoint_interval_ms = 100
-{sinks}
-"#,
-            data = dir.join("data").display(),
-            uri = mongo.uri(),
-        ),
-    )
-    .unwrap();
-    path
+    PipelineConfig::mongo(&mongo.uri())
+        .data_dir(&dir.join("data"))
+        .global(&format!("api.address = \"127.0.0.1:{api_port}\""))
+        .source("full_document = \"updateLookup\"")
+        .sink(sinks)
+        .write(&dir.join("agent.toml"))
 }
 
 /// A Delta sink table with quick commits and retries; `options` add
@@ -496,38 +480,15 @@ async fn term_lost_at_a_seam(seam: &str) {
     let url = azurite.account_url();
     let ports = [free_port(), free_port()];
     let config = |i: usize| {
-        let path = dir.path().join(format!("agent{i}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                r#"
-api.address = "127.0.0.1:{port}"
-[state]
-store = "azure_blob"
-account_url = "{url}"
-container = "state"
-create_container = true
-auth.shared_key = "{AZURITE_KEY}"
-id = "orders"
-lease_secs = 15
-
-[sources.mongo]
-type = "mongodb_change_stream"
-uri = "{uri}"
-full_document = "updateLookup"
-max_await_time_ms = 200
-checkpoint_interval_ms = 100
-{sink}
-auth.shared_key = "{AZURITE_KEY}"
-request.retry_attempts = 1000
-"#,
-                port = ports[i],
-                uri = mongo.uri(),
-                sink = delta_sink("lake", &url, "tables", ""),
-            ),
-        )
-        .unwrap();
-        path
+        PipelineConfig::mongo(&mongo.uri())
+            .global(&format!("api.address = \"127.0.0.1:{}\"", ports[i]))
+            .azure_state(&url, "orders", 15)
+            .source("full_document = \"updateLookup\"")
+            .sink(&format!(
+                "{}\nauth.shared_key = \"{AZURITE_KEY}\"\nrequest.retry_attempts = 1000",
+                delta_sink("lake", &url, "tables", "")
+            ))
+            .write(&dir.path().join(format!("agent{i}.toml")))
     };
     let logs = [dir.path().join("agent0.log"), dir.path().join("agent1.log")];
     let first = Agent::start_logged_env(&config(0), &logs[0], &[("MONGO_ADLS_TEST_SEAM", seam)]);

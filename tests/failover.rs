@@ -16,7 +16,7 @@ use std::{
 
 use mongodb::bson::{doc, Document};
 use serde_json::Value;
-use support::{eventually, free_port, Agent, Azurite, Lake, Mongod, AZURITE_KEY};
+use support::{eventually, free_port, Agent, Azurite, Lake, Mongod, PipelineConfig, AZURITE_KEY};
 
 const LEASE_SECS: u64 = 15;
 
@@ -29,30 +29,12 @@ fn config(
     api_port: u16,
     commit: &str,
 ) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-api.address = "127.0.0.1:{api_port}"
-
-[state]
-store = "azure_blob"
-account_url = "{account_url}"
-container = "state"
-create_container = true
-auth.shared_key = "{AZURITE_KEY}"
-id = "orders"
-lease_secs = {LEASE_SECS}
-
-[sources.mongo]
-type = "mongodb_change_stream"
-uri = "{mongo}"
-database = "shop"
-max_await_time_ms = 200
-checkpoint_interval_ms = 100
-
-[sinks.lake]
+    PipelineConfig::mongo(mongo)
+        .global(&format!("api.address = \"127.0.0.1:{api_port}\""))
+        .azure_state(account_url, "orders", LEASE_SECS as u32)
+        .source("database = \"shop\"")
+        .sink(&format!(
+            r#"[sinks.lake]
 type = "adls_partitioned_jsonl"
 inputs = ["mongo"]
 account_url = "{account_url}"
@@ -68,12 +50,9 @@ batch.timeout_secs = 0.3
 request.timeout_secs = 2
 request.retry_initial_backoff_secs = 0.05
 request.retry_max_backoff_secs = 1
-request.retry_attempts = 1000
-"#
-        ),
-    )
-    .unwrap();
-    path
+request.retry_attempts = 1000"#
+        ))
+        .write(&dir.join(format!("{name}.toml")))
 }
 
 /// One agent under test: its process, API port and log.
@@ -465,8 +444,10 @@ async fn an_idle_pipeline_costs_few_requests() {
         alone < 45.0,
         "an idle active agent sends {alone:.0} requests a minute"
     );
+    // 10 a minute measured (one read of the lease state every L/5, or an
+    // Acquire Lease when due); 52-54 when a standby polled every second.
     assert!(
-        standby_cost < 100.0,
+        standby_cost < 25.0,
         "a standby sends {standby_cost:.0} requests a minute"
     );
     for m in [active, standby] {

@@ -16,7 +16,7 @@ use std::{
 
 use mongodb::bson::{doc, Document};
 use serde_json::Value;
-use support::{eventually, Mongod};
+use support::{eventually, Mongod, PipelineConfig};
 
 /// An agent whose `console` sink output is collected line by line.
 struct ConsoleAgent {
@@ -106,31 +106,13 @@ fn config(dir: &Path, uri: &str, scope: &str) -> PathBuf {
 
 /// As [`config`], with more options for the console sink.
 fn config_with_sink(dir: &Path, uri: &str, scope: &str, sink_options: &str) -> PathBuf {
-    let path = dir.join("agent.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-data_dir = "{data}"
-
-[sources.mongo]
-type = "mongodb_change_stream"
-uri = "{uri}"
-{scope}
-max_await_time_ms = 200
-checkpoint_interval_ms = 100
-
-[sinks.out]
-type = "console"
-inputs = ["mongo"]
-encoding.extended_json = "canonical"
-{sink_options}
-"#,
-            data = dir.join("data").display()
-        ),
-    )
-    .unwrap();
-    path
+    PipelineConfig::mongo(uri)
+        .data_dir(&dir.join("data"))
+        .source(scope)
+        .sink(&format!(
+            "[sinks.out]\ntype = \"console\"\ninputs = [\"mongo\"]\nencoding.extended_json = \"canonical\"\n{sink_options}"
+        ))
+        .write(&dir.join("agent.toml"))
 }
 
 fn checkpoint(dir: &Path) -> Option<String> {

@@ -56,8 +56,9 @@ pub struct StateConfig {
     #[serde(default)]
     pub id: Option<String>,
     /// `azure_blob`: the lease length in seconds, 15 to 60. A standby takes
-    /// over about this long after the active dies (at once after a clean
-    /// stop); the active renews every third of it.
+    /// over about this long after the active dies (within a fifth of it
+    /// after a clean stop: a standby reads the lease every fifth); the
+    /// active renews every third of it.
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u32,
 }
@@ -89,6 +90,20 @@ pub struct AzureState<'a> {
     pub id: &'a str,
     pub lease_secs: u32,
     pub create_container: bool,
+}
+
+impl AzureState<'_> {
+    /// The state store of this pipeline (no I/O).
+    pub fn store(&self) -> Result<crate::state_store::AzureStateStore, String> {
+        crate::state_store::AzureStateStore::new(
+            self.account_url,
+            self.container,
+            self.auth,
+            self.id,
+            self.lease_secs,
+        )
+        .map_err(|e| e.to_string())
+    }
 }
 
 impl StateConfig {

@@ -175,14 +175,7 @@ async fn release(store: &AzureStateStore, elector: Elector, fence: &Fence) {
 /// Builds the store and the leader blob (creating the container if asked)
 /// and starts the election.
 async fn start(azure: &AzureState<'_>) -> Result<(Arc<AzureStateStore>, Elector), String> {
-    let store = AzureStateStore::new(
-        azure.account_url,
-        azure.container,
-        azure.auth,
-        azure.id,
-        azure.lease_secs,
-    )
-    .map_err(|e| format!("`[state]`: {e}"))?;
+    let store = azure.store().map_err(|e| format!("`[state]`: {e}"))?;
     if azure.create_container {
         create_container(azure).await?;
     }
@@ -207,33 +200,34 @@ async fn create_container(azure: &AzureState<'_>) -> Result<(), String> {
         .container_client()
         .map_err(|e| crate::redact::text(&e.to_string()))?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let e = match client.create(None).await {
-            Ok(_) => {
-                tracing::info!("Created the state container {}.", access.describe());
-                return Ok(());
-            }
-            Err(e) => e,
-        };
-        let message = crate::redact::text(&e.to_string());
-        match classify(&e) {
-            AzureFailure::Answered { code, .. } if code == "ContainerAlreadyExists" => {
-                return Ok(())
-            }
-            AzureFailure::Unavailable(_) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(
-                    "Creating the state container {}: {message}; retrying in 1s.",
-                    access.describe()
-                );
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            _ => {
-                return Err(format!(
-                    "could not create the state container {} (`state.create_container`): {message}",
-                    access.describe()
-                ))
-            }
+    let again = |e: &azure_core::Error, _| {
+        let unavailable = matches!(classify(e), AzureFailure::Unavailable(_));
+        (unavailable && tokio::time::Instant::now() < deadline).then(|| {
+            tracing::warn!(
+                "Creating the state container {}: {}; retrying in 1s.",
+                access.describe(),
+                crate::redact::text(&e.to_string())
+            );
+            Duration::from_secs(1)
+        })
+    };
+    let e = match crate::retry::retry(|| client.create(None), again)
+        .await
+        .result
+    {
+        Ok(_) => {
+            tracing::info!("Created the state container {}.", access.describe());
+            return Ok(());
         }
+        Err(e) => e,
+    };
+    match classify(&e) {
+        AzureFailure::Answered { code, .. } if code == "ContainerAlreadyExists" => Ok(()),
+        _ => Err(format!(
+            "could not create the state container {} (`state.create_container`): {}",
+            access.describe(),
+            crate::redact::text(&e.to_string())
+        )),
     }
 }
 

@@ -19,12 +19,15 @@
 //! checks.
 
 pub mod agent;
+mod campaign;
 pub mod elector;
+mod leadership;
 pub mod lease;
 
 use snafu::Snafu;
 
-pub use elector::{ElectionSettings, Elector, Leadership, LostReason};
+pub use elector::Elector;
+pub use leadership::{ElectionSettings, Leadership, LostReason};
 pub use lease::{Holder, LeaderBlob, LeaderInfo, LeaseDuration, LeaseError, LeaseState};
 
 /// Settings that cannot work, found before any request is sent.

@@ -57,6 +57,7 @@ use super::{check_name, Fence, StateStore, StateStoreError, Version};
 use crate::{
     azure::{self, auth::AuthConfig, chain, client::ContainerAccess, content},
     redact,
+    retry::retry,
 };
 
 mod errors;
@@ -301,27 +302,27 @@ impl AzureStateStore {
         deadline: Instant,
     ) -> Result<bool, StateStoreError> {
         let t = self.target("Acquire Lease", name)?;
-        loop {
-            match self.acquire(&t, lease_id).await {
-                Ok(_) => return Ok(true),
-                Err(StateStoreError::ConditionFailed { .. }) => return Ok(false),
-                Err(StateStoreError::Fenced { code, .. }) if Instant::now() >= deadline => {
-                    return Err(StateStoreError::Fenced {
-                        what: "take over",
-                        blob: t.blob,
-                        code: format!(
-                            "{code}, still after {}s: the previous active may still be running",
-                            self.takeover_wait.as_secs()
-                        ),
-                    })
-                }
-                Err(StateStoreError::Fenced { .. } | StateStoreError::Unavailable { .. })
-                    if Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_secs(1)).await
-                }
-                Err(e) => return Err(e),
-            }
+        // Another term's lease runs out, or storage comes back, by the
+        // deadline: tried again every second until then.
+        let again = |e: &StateStoreError, _| {
+            let waiting = matches!(
+                e,
+                StateStoreError::Fenced { .. } | StateStoreError::Unavailable { .. }
+            );
+            (waiting && Instant::now() < deadline).then_some(Duration::from_secs(1))
+        };
+        match retry(|| self.acquire(&t, lease_id), again).await.result {
+            Ok(_) => Ok(true),
+            Err(StateStoreError::ConditionFailed { .. }) => Ok(false),
+            Err(StateStoreError::Fenced { code, .. }) => Err(StateStoreError::Fenced {
+                what: "take over",
+                blob: t.blob.clone(),
+                code: format!(
+                    "{code}, still after {}s: the previous active may still be running",
+                    self.takeover_wait.as_secs()
+                ),
+            }),
+            Err(e) => Err(e),
         }
     }
 }

@@ -10,12 +10,14 @@
 pub mod load;
 
 mod agent;
+mod config;
 mod faults;
 mod lake;
 mod process;
 mod services;
 
 pub use agent::*;
+pub use config::*;
 pub use faults::*;
 pub use lake::*;
 pub use process::*;
