@@ -15,8 +15,8 @@
 //!   and tries Acquire Lease at once when it is free (released, expired or
 //!   broken), and every L/3 in any case; each term proposes a fresh UUID as
 //!   the lease id, so writes of an earlier term never pass as this one's.
-//!   A killed active's lease is free L after its last renew, so polling
-//!   faster would only hand a released lease over sooner.
+//!   A killed active's lease is free L after its last renew, so this adds
+//!   at most L/5 to a failover that takes L anyway.
 //!
 //! Requests: the active sends 180/L renews a minute (9 at L = 20); a
 //! standby 300/L (Get Blob Properties, or Acquire Lease when due: 15 at

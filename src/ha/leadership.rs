@@ -22,11 +22,12 @@ impl ElectionSettings {
     pub const MAX_LEASE_SECS: u32 = 60;
 
     /// A lease of `lease_secs` (15..=60), the default margin, L/5, and a
-    /// standby reading the lease state every L/5 too: a killed active's
-    /// lease is free only L after its last renew anyway, so a standby
-    /// polling more often would only take a released lease over sooner
-    /// (within 3 to 12 s instead of 1), at 60 requests a minute instead of
-    /// 300/L (15 at L = 20).
+    /// standby reading the lease state every L/5 too. A killed active's
+    /// lease is free only L after its last renew, so a failover takes L
+    /// plus up to L/5 (L + 1 s when standbys polled every second), and a
+    /// released lease is taken over within L/5 (3 to 12 s instead of 1);
+    /// in exchange a standby sends 300/L requests a minute (15 at L = 20)
+    /// instead of 60.
     pub fn new(lease_secs: u32) -> Result<Self, HaError> {
         if !(Self::MIN_LEASE_SECS..=Self::MAX_LEASE_SECS).contains(&lease_secs) {
             return Err(HaError::LeaseSecs { lease_secs });

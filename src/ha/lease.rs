@@ -55,8 +55,9 @@ pub enum LeaseError {
         status: u16,
         code: String,
     },
-    /// No answer, a connection failure, 5xx, throttling or no token yet:
-    /// trying again may work.
+    /// No answer, a connection failure, a retriable status
+    /// ([`crate::azure::retriable_status`]) or no token yet: trying again
+    /// may work.
     #[snafu(display("{what} {blob}: {message}"))]
     Unavailable {
         what: &'static str,

@@ -111,7 +111,8 @@ pub enum StateStoreError {
         expected: String,
         code: String,
     },
-    /// No answer, a connection failure, 5xx or throttling: try again. After
+    /// No answer, a connection failure, throttling or a retriable 5xx
+    /// ([`crate::azure::retriable_status`]): try again. After
     /// a write the outcome is unknown; a retry with the same condition is
     /// safe (it fails on the condition if the first attempt landed).
     #[snafu(display("{what} {blob}: storage unavailable ({message}); retrying may work"))]
