@@ -20,7 +20,7 @@ use rand::Rng;
 use support::{
     eventually, free_port,
     load::{generate, Manifest},
-    Agent, Azurite, Lake, Mongod, PipelineConfig, SpawnTracked, AZURITE_KEY,
+    with_options, Agent, Azurite, Lake, Mongod, PipelineConfig, SpawnTracked, AZURITE_KEY,
 };
 
 const NAMESPACES: [(&str, &str); 3] = [
@@ -149,13 +149,6 @@ fn delta_sink(id: &str, account_url: &str, filesystem: &str, options: &str) -> S
         "request.retry_initial_backoff_secs = 0.05",
         "request.retry_max_backoff_secs = 1",
     ];
-    let set = |line: &&&str| {
-        let key = line.split(' ').next().unwrap_or_default();
-        !options
-            .lines()
-            .any(|l| l.trim_start().starts_with(&format!("{key} ")))
-    };
-    let defaults: Vec<&str> = defaults.iter().filter(set).copied().collect();
     format!(
         r#"
 [sinks.{id}]
@@ -164,10 +157,9 @@ inputs = ["mongo"]
 account_url = "{account_url}"
 filesystem = "{filesystem}"
 create_filesystem = true
-{defaults}
-{options}
+{}
 "#,
-        defaults = defaults.join("\n")
+        with_options(&defaults, options)
     )
 }
 

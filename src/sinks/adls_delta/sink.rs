@@ -80,6 +80,19 @@ pub(super) struct Writing {
     pub closed: bool,
 }
 
+impl Writing {
+    /// A new file of `root`'s `partition`.
+    fn new(root: &str, partition: Partition, settings: &Settings) -> Self {
+        Self {
+            table: root.to_string(),
+            file: DataFile::new(root, partition, settings.compression, settings.json_mode),
+            buffered: 0,
+            in_flight: 0,
+            closed: false,
+        }
+    }
+}
+
 /// How a request ended; the run loop dispatches on it.
 pub(super) enum Outcome {
     Staged {
@@ -310,6 +323,8 @@ impl DeltaSink {
         let time = partition_time(&log.payload, Utc::now());
         let root = self.table_of(&log);
         let finalizers = log.take_finalizers();
+        let position = log.metadata.position.take();
+        let replayed = self.committed_before(&root, position.as_ref());
         let table = self
             .tables
             .entry(root.clone())
@@ -318,8 +333,7 @@ impl DeltaSink {
             finalizers.finalize(EventStatus::Rejected);
             return;
         }
-        let position = log.metadata.position.take();
-        if self.committed_before(&root, position.as_ref()) {
+        if replayed {
             // Replayed after a restart and already committed.
             self.metrics.replayed_skipped(1);
             finalizers.finalize(EventStatus::Delivered);
@@ -329,7 +343,19 @@ impl DeltaSink {
             .settings
             .partition_by
             .partition_of(time, self.settings.tz);
-        let id = self.file_for(&root, partition);
+        let group = table.current.get_or_insert_with(Group::new);
+        let id = match group.open.get(&partition) {
+            Some(id) => *id,
+            None => {
+                let id = self.next_file;
+                self.next_file += 1;
+                self.files
+                    .insert(id, Writing::new(&root, partition, &self.settings));
+                group.open.insert(partition, id);
+                group.files.push(id);
+                id
+            }
+        };
         let writing = self.files.get_mut(&id).expect("open files are known");
         if let Err(e) = writing.file.push(&log.payload, time) {
             EncodeFailed {
@@ -339,8 +365,6 @@ impl DeltaSink {
             finalizers.finalize(EventStatus::Rejected);
             return;
         }
-        let table = self.tables.get_mut(&root).expect("known");
-        let group = table.current.as_mut().expect("the file's group is open");
         group.rows += 1;
         group.event_bytes += log.payload.as_bytes().len() as u64;
         if position.is_some() && group.high_water < position {
@@ -363,37 +387,6 @@ impl DeltaSink {
     fn committed_before(&self, root: &str, position: Option<&Position>) -> bool {
         let high_water = self.state.table(root).and_then(|t| t.high_water.as_ref());
         matches!((position, high_water), (Some(p), Some(hw)) if p <= hw)
-    }
-
-    /// The open file of `root`'s current group for `partition`, opened
-    /// (with the group) when there is none.
-    fn file_for(&mut self, root: &str, partition: Partition) -> FileId {
-        let table = self.tables.get_mut(root).expect("known");
-        let group = table.current.get_or_insert_with(Group::new);
-        if let Some(id) = group.open.get(&partition) {
-            return *id;
-        }
-        let id = self.next_file;
-        self.next_file += 1;
-        let file = DataFile::new(
-            root,
-            partition,
-            self.settings.compression,
-            self.settings.json_mode,
-        );
-        self.files.insert(
-            id,
-            Writing {
-                table: root.to_string(),
-                file,
-                buffered: 0,
-                in_flight: 0,
-                closed: false,
-            },
-        );
-        group.open.insert(partition, id);
-        group.files.push(id);
-        id
     }
 
     /// The table folder of an event's namespace.

@@ -240,12 +240,13 @@ impl MongoDbChangeStreamConfig {
     /// The options the source runs with, checked and parsed once.
     pub fn settings(&self) -> Result<Settings, Vec<OptionError>> {
         self.check()?;
-        let parsed = |e: OptionsError| vec![OptionError::new("", e.to_string())];
+        // `check` parsed each of these already.
+        let checked = "checked by `check`";
         Ok(Settings {
             uri: self.uri.clone(),
-            scope: self.scope().map_err(parsed)?,
-            pipeline: self.user_pipeline().map_err(parsed)?,
-            start_at: self.start().map_err(parsed)?,
+            scope: self.scope().expect(checked),
+            pipeline: self.user_pipeline().expect(checked),
+            start_at: self.start().expect(checked),
             full_document: self.full_document,
             full_document_before_change: self.full_document_before_change,
             show_expanded_events: self.show_expanded_events,
