@@ -492,6 +492,31 @@ async fn catch_up(sink: Sink, lake: &Lake, manifest: &Mutex<Manifest>, logs: &[&
     }
 }
 
+/// How often each agent stepped down or logged an error, and its distinct
+/// ERROR lines (timestamps cut), for the run's report.
+fn log_summary(logs: &[&Path]) -> String {
+    let mut out = String::new();
+    for (i, log) in logs.iter().enumerate() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let stepped_down = text.matches("Stepped down").count();
+        let mut errors: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("ERROR"))
+            .map(|l| l.split_once("ERROR").map_or(l, |(_, rest)| rest))
+            .collect();
+        errors.sort_unstable();
+        errors.dedup();
+        out.push_str(&format!(
+            "agent {i}: stepped down {stepped_down} time(s), {} distinct ERROR line(s)\n",
+            errors.len()
+        ));
+        for e in errors.iter().take(10) {
+            out.push_str(&format!("  ERROR{}\n", &e[..e.len().min(300)]));
+        }
+    }
+    out
+}
+
 /// What a chaos run did, for its report.
 struct Run {
     sink: Sink,
@@ -771,12 +796,19 @@ async fn node_loss_run(sink: Sink, batches: usize) {
     generator.await.unwrap();
     let load_secs = started.elapsed().as_secs_f64();
     catch_up(sink, &lake, &manifest, &log_refs).await;
-    for agent in agents {
-        assert_eq!(agent.stop(), Some(0));
+    for (i, agent) in agents.into_iter().enumerate() {
+        let code = agent.stop();
+        assert_eq!(
+            code,
+            Some(0),
+            "agent {i} exited {code:?} on SIGTERM; its log ends:\n{}",
+            log_tail(&logs[i], 80)
+        );
     }
     println!(
-        "node loss: a standby took over {} s after each kill -9",
-        failovers.join(", ")
+        "node loss: a standby took over {} s after each kill -9\n{}",
+        failovers.join(", "),
+        log_summary(&log_refs)
     );
     assert!(
         !dir.path().join("data").exists(),

@@ -109,7 +109,7 @@ async fn exactly_one_of_two_becomes_active() {
 }
 
 /// The active releases (shutdown): the standby takes over within about
-/// its one-second poll.
+/// its one-second poll, and its term learns the earlier term's lease id.
 #[tokio::test]
 async fn release_hands_over_at_once() {
     let azurite = store().await;
@@ -121,6 +121,7 @@ async fn release_hands_over_at_once() {
     assert_eq!(b.leadership(), Leadership::Standby);
 
     let a_state = a.subscribe();
+    let a_id = lease_id(&a.leadership());
     let released = Instant::now();
     a.release().await.expect("Release Lease succeeds");
     assert_eq!(
@@ -136,6 +137,16 @@ async fn release_hands_over_at_once() {
     // every renew period (5 s) anyway: started 1.5 s before the release,
     // that try would come 3.5 s after it, so the bound stays below.
     assert!(took < Duration::from_secs(3), "takeover took {took:?}");
+
+    // Each term records its lease id ahead of the earlier ones, and learns
+    // those: the ids its takeover changes state leases from.
+    let b_now = b.leadership();
+    let Leadership::Active { earlier_terms, .. } = &b_now else {
+        panic!("not active: {b_now:?}")
+    };
+    assert_eq!(earlier_terms.to_vec(), vec![a_id.clone()]);
+    let record = leader(&url, "p").read_holder().await.unwrap().unwrap();
+    assert_eq!(record.terms, vec![lease_id(&b_now), a_id]);
 }
 
 /// Break Lease (period 0) stands in for an expiry: the old active's next

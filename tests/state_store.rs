@@ -54,7 +54,7 @@ async fn documents_are_replaced_only_from_the_version_read() {
     let azurite = azurite().await;
     let s = store(&azurite);
     let a = term();
-    assert_eq!(s.take_over(&a).await.unwrap(), Vec::<String>::new());
+    assert_eq!(s.take_over(&a, &[]).await.unwrap(), Vec::<String>::new());
     assert_eq!(s.read(DOC).await.unwrap(), None);
 
     let v1 = s.replace(DOC, "one".into(), None, &a).await.unwrap();
@@ -107,7 +107,7 @@ async fn appends_land_only_at_the_expected_length() {
     // Two writers of one term (say, a request retried after a timeout and
     // the next one), each with its own idea of the log's length.
     let (w1, w2) = (store(&azurite), store(&azurite));
-    w1.take_over(&a).await.unwrap();
+    w1.take_over(&a, &[]).await.unwrap();
     let missing = w1.append(LOG, "x\n".into(), 0, &a).await.unwrap_err();
     assert!(missing.is_condition_failed(), "{missing}");
 
@@ -140,7 +140,7 @@ async fn a_new_term_fences_the_old_one() {
     let (a_store, b_store) = (store(&azurite), store(&azurite));
     let (a, b) = (term(), term());
 
-    a_store.take_over(&a).await.unwrap();
+    a_store.take_over(&a, &[]).await.unwrap();
     let va = a_store.replace(DOC, "a1".into(), None, &a).await.unwrap();
     a_store.create_log(LOG, &a).await.unwrap();
     let a_len = a_store.append(LOG, "a1\n".into(), 0, &a).await.unwrap();
@@ -148,7 +148,7 @@ async fn a_new_term_fences_the_old_one() {
     // While A's term holds its leases, B waits and gives up, breaking
     // nothing: A still writes.
     let started = Instant::now();
-    let early = b_store.take_over(&b).await.unwrap_err();
+    let early = b_store.take_over(&b, &[]).await.unwrap_err();
     assert!(early.is_fenced(), "{early}");
     assert!(early.to_string().contains("previous active"), "{early}");
     assert!(started.elapsed() >= Duration::from_secs(2));
@@ -160,7 +160,7 @@ async fn a_new_term_fences_the_old_one() {
     // A's term ends (its leases run out; simulated by breaking them), B
     // takes over, reads what A left and writes.
     a_store.break_leases().await.unwrap();
-    let mut taken = b_store.take_over(&b).await.unwrap();
+    let mut taken = b_store.take_over(&b, &[]).await.unwrap();
     taken.sort();
     assert_eq!(taken, vec![LOG, DOC]);
     let (bytes, vb) = b_store.read(DOC).await.unwrap().unwrap();
@@ -194,7 +194,7 @@ async fn a_new_term_fences_the_old_one() {
     // It cannot renew, delete, or take the blobs back either.
     assert!(a_store.renew(&a).await.unwrap_err().is_fenced());
     assert!(a_store.delete(DOC, &a).await.unwrap_err().is_fenced());
-    assert!(a_store.take_over(&a).await.unwrap_err().is_fenced());
+    assert!(a_store.take_over(&a, &[]).await.unwrap_err().is_fenced());
 
     // The content is B's, and B's term goes on.
     assert_eq!(b_store.read(DOC).await.unwrap(), Some(("b1".into(), vb)));
@@ -204,18 +204,74 @@ async fn a_new_term_fences_the_old_one() {
     b_store.append(LOG, "b2\n".into(), b_len, &b).await.unwrap();
 }
 
+/// The lease id of a term's fence.
+fn id(fence: &Fence) -> String {
+    match fence {
+        Fence::Lease(id) => id.clone(),
+        Fence::None => unreachable!("terms have leases"),
+    }
+}
+
+/// A term that knows the earlier term's lease id (the leader blob records
+/// it) changes that term's running leases to its own at once, without
+/// waiting them out; the earlier term's writes are refused from then on.
+/// A stale term cannot do the same back: its Change Lease names an id that
+/// no longer holds the blobs.
+#[tokio::test]
+async fn a_new_term_changes_an_earlier_terms_leases_at_once() {
+    let azurite = azurite().await;
+    let (a_store, b_store, stale_store) = (store(&azurite), store(&azurite), store(&azurite));
+    let (a, b, stale) = (term(), term(), term());
+    a_store.take_over(&a, &[]).await.unwrap();
+    let va = a_store.replace(DOC, "a1".into(), None, &a).await.unwrap();
+    a_store.create_log(LOG, &a).await.unwrap();
+    let a_len = a_store.append(LOG, "a1\n".into(), 0, &a).await.unwrap();
+
+    let started = Instant::now();
+    let mut taken = b_store.take_over(&b, &[id(&stale), id(&a)]).await.unwrap();
+    taken.sort();
+    assert_eq!(taken, vec![LOG, DOC]);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "changed at once, not waited out: {:?}",
+        started.elapsed()
+    );
+    let e = a_store
+        .replace(DOC, "a2".into(), Some(&va), &a)
+        .await
+        .unwrap_err();
+    assert!(e.is_fenced(), "{e}");
+    assert!(a_store.renew(&a).await.unwrap_err().is_fenced());
+    // A stale term that saw A's id takes nothing from B (it waits its 2 s
+    // and gives up), and neither does A.
+    let e = stale_store.take_over(&stale, &[id(&a)]).await.unwrap_err();
+    assert!(e.is_fenced(), "{e}");
+    let e = a_store.take_over(&a, &[id(&a)]).await.unwrap_err();
+    assert!(e.is_fenced(), "{e}");
+
+    let (_, vb) = b_store.read(DOC).await.unwrap().unwrap();
+    b_store
+        .replace(DOC, "b1".into(), Some(&vb), &b)
+        .await
+        .unwrap();
+    b_store.append(LOG, "b1\n".into(), a_len, &b).await.unwrap();
+    b_store.renew(&b).await.unwrap();
+    let lake = Lake::new(&azurite, CONTAINER);
+    assert_eq!(lake.read(&format!("{ID}/{LOG}")).await, b"a1\nb1\n");
+}
+
 #[tokio::test]
 async fn release_hands_over_at_once() {
     let azurite = azurite().await;
     let (a_store, b_store) = (store(&azurite), store(&azurite));
     let (a, b) = (term(), term());
-    a_store.take_over(&a).await.unwrap();
+    a_store.take_over(&a, &[]).await.unwrap();
     a_store.replace(DOC, "a".into(), None, &a).await.unwrap();
     a_store.create_log(LOG, &a).await.unwrap();
     a_store.release(&a).await.unwrap();
 
     // Released leases need no waiting (the store gives up after 2 s).
-    assert_eq!(b_store.take_over(&b).await.unwrap().len(), 2);
+    assert_eq!(b_store.take_over(&b, &[]).await.unwrap().len(), 2);
     let (_, v) = b_store.read(DOC).await.unwrap().unwrap();
     b_store
         .replace(DOC, "b".into(), Some(&v), &b)
@@ -234,13 +290,13 @@ async fn a_takeover_waits_for_the_old_term() {
     let a_store = store(&azurite);
     let b_store = store(&azurite).with_takeover_wait(Duration::from_secs(10));
     let (a, b) = (term(), term());
-    a_store.take_over(&a).await.unwrap();
+    a_store.take_over(&a, &[]).await.unwrap();
     a_store.replace(DOC, "a".into(), None, &a).await.unwrap();
     a_store.create_log(LOG, &a).await.unwrap();
 
     let started = Instant::now();
     let taking = tokio::spawn(async move {
-        let taken = b_store.take_over(&b).await;
+        let taken = b_store.take_over(&b, &[]).await;
         (b_store, b, taken)
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -295,7 +351,7 @@ async fn a_write_refused_on_its_condition_under_a_lease_fences_the_term() {
     let mut azurite = azurite().await;
     let a = term();
     let s = store(&azurite);
-    s.take_over(&a).await.unwrap();
+    s.take_over(&a, &[]).await.unwrap();
     let handle = StateHandle::new(std::sync::Arc::new(s), a);
     handle.create_log(LOG).await.unwrap();
     let at = handle.append(LOG, "x\n".into(), 0).await.unwrap();

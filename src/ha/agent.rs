@@ -86,8 +86,8 @@ pub async fn run(config: &Config, options: RunOptions, fail: &(dyn Fn(&str) + Sy
     );
     let mut leadership = elector.subscribe();
     loop {
-        let lease_id = match await_term(&mut leadership, &options).await {
-            ControlFlow::Continue(lease_id) => lease_id,
+        let (lease_id, earlier) = match await_term(&mut leadership, &options).await {
+            ControlFlow::Continue(term) => term,
             ControlFlow::Break(Some(code)) => return code,
             ControlFlow::Break(None) => {
                 tracing::info!("Stopped while standing by; nothing was running.");
@@ -99,7 +99,10 @@ pub async fn run(config: &Config, options: RunOptions, fail: &(dyn Fn(&str) + Sy
         };
         crate::health::set_role("active");
         let fence = Fence::Lease(lease_id.clone());
-        let end = term(config, &options, &store, &elector, &fence, &lease_id).await;
+        let end = term(
+            config, &options, &store, &elector, &fence, &lease_id, &earlier,
+        )
+        .await;
         match end {
             TermEnd::Lost => {
                 let reason = match elector.leadership() {
@@ -141,16 +144,19 @@ pub async fn run(config: &Config, options: RunOptions, fail: &(dyn Fn(&str) + Sy
     }
 }
 
-/// Stands by until this agent holds the leader lease (its lease id), or
-/// until a signal (`None`) or the election's end (an exit code).
+/// Stands by until this agent holds the leader lease (its lease id, and
+/// the earlier terms' ids), or until a signal (`None`) or the election's
+/// end (an exit code).
 async fn await_term(
     leadership: &mut watch::Receiver<Leadership>,
     options: &RunOptions,
-) -> ControlFlow<Option<i32>, String> {
+) -> ControlFlow<Option<i32>, (String, Arc<[String]>)> {
     tokio::select! {
         active = leadership.wait_for(|l| matches!(l, Leadership::Active { .. })) => match active {
             Ok(l) => match &*l {
-                Leadership::Active { lease_id, .. } => ControlFlow::Continue(lease_id.clone()),
+                Leadership::Active { lease_id, earlier_terms, .. } => {
+                    ControlFlow::Continue((lease_id.clone(), Arc::clone(earlier_terms)))
+                }
                 _ => unreachable!("waited for Active"),
             },
             Err(_) => ControlFlow::Break(Some(EXIT_FAILED)),
@@ -242,7 +248,8 @@ fn when_term_ends(mut leadership: watch::Receiver<Leadership>, lease_id: String)
     .shared()
 }
 
-/// One term: take the state over, run the components, end.
+/// One term: take the state over (from the `earlier` terms' leases), run
+/// the components, end.
 async fn term(
     config: &Config,
     options: &RunOptions,
@@ -250,10 +257,11 @@ async fn term(
     elector: &Elector,
     fence: &Fence,
     lease_id: &str,
+    earlier: &[String],
 ) -> TermEnd {
     let lost = when_term_ends(elector.subscribe(), lease_id.to_string());
     let taken = tokio::select! {
-        taken = take_over(store, fence) => taken,
+        taken = take_over(store, fence, earlier) => taken,
         _ = lost.clone() => return TermEnd::Lost,
         _ = options.first.clone() => return TermEnd::Signal(0),
     };
@@ -369,12 +377,15 @@ async fn run_term(
         Outcome::Failed => EXIT_FAILED,
         Outcome::Refused => EXIT_CONFIG,
     };
+    // A term that ended under a signal ends as it would have without one
+    // (the agent then stops as a standby would, exit 0): its components
+    // were stopped without draining, and the next term replays.
     if lost.peek().is_some() {
         TermEnd::Lost
-    } else if options.first.peek().is_some() {
-        TermEnd::Signal(code)
     } else if state.write_was_fenced() {
         TermEnd::Fenced
+    } else if options.first.peek().is_some() {
+        TermEnd::Signal(code)
     } else {
         TermEnd::Finished(code)
     }
@@ -436,9 +447,13 @@ async fn import_local(dir: &std::path::Path, state: &StateHandle) -> Result<usiz
 
 /// Takes the state over, retrying while storage is unavailable (the term
 /// ends by itself if that lasts past its deadline).
-async fn take_over(store: &AzureStateStore, fence: &Fence) -> Result<Vec<String>, StateStoreError> {
+async fn take_over(
+    store: &AzureStateStore,
+    fence: &Fence,
+    earlier: &[String],
+) -> Result<Vec<String>, StateStoreError> {
     loop {
-        match store.take_over(fence).await {
+        match store.take_over(fence, earlier).await {
             Err(e @ StateStoreError::Unavailable { .. }) => {
                 tracing::warn!("Taking over the state: {e}; retrying in 1s.");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -448,8 +463,10 @@ async fn take_over(store: &AzureStateStore, fence: &Fence) -> Result<Vec<String>
     }
 }
 
-/// Renews the state leases after each renew of the leader lease, for as
-/// long as the term lasts.
+/// Renews the state leases once [`AzureStateStore::RENEW_EVERY`] has
+/// passed, checked at each accepted renew of the leader lease (so they are
+/// renewed only while the term's leader lease is), for as long as the
+/// term lasts. A failed renew is tried again at the next leader renew.
 async fn renew_state(
     store: Arc<AzureStateStore>,
     fence: Fence,
@@ -457,6 +474,8 @@ async fn renew_state(
 ) {
     let Fence::Lease(ours) = &fence else { return };
     let mut last = None;
+    // The takeover (or the blob's creation) has just leased them.
+    let mut state_renewed = tokio::time::Instant::now();
     loop {
         let renewed = match &*leadership.borrow_and_update() {
             Leadership::Active {
@@ -469,8 +488,12 @@ async fn renew_state(
         let Some(renewed) = renewed else { return };
         if last != Some(renewed) {
             last = Some(renewed);
-            if let Err(e) = store.renew(&fence).await {
-                tracing::warn!("Could not renew the state leases: {e}");
+            if state_renewed.elapsed() >= AzureStateStore::RENEW_EVERY {
+                let start = tokio::time::Instant::now();
+                match store.renew(&fence).await {
+                    Ok(()) => state_renewed = start,
+                    Err(e) => tracing::warn!("Could not renew the state leases: {e}"),
+                }
             }
         }
         if leadership.changed().await.is_err() {

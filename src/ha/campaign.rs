@@ -2,7 +2,7 @@
 //! acquire the lease as a standby, renew it while active, and publish each
 //! change of [`Leadership`].
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio::{
     sync::{mpsc, oneshot, watch},
@@ -16,6 +16,7 @@ use super::{
 use crate::internal_events::ha::{
     BecameActive, ElectionMetrics, LeaseRequestFailed, Standby, StoppedBeingActive,
 };
+use crate::retry::retry;
 
 /// How soon a failed renew is tried again.
 const RENEW_RETRY: Duration = Duration::from_secs(1);
@@ -32,6 +33,7 @@ struct Term {
     lease_id: String,
     started: Instant,
     last_renewed: Instant,
+    earlier: Arc<[String]>,
 }
 
 impl Term {
@@ -250,16 +252,36 @@ impl Campaign {
         start: Instant,
         waiting_since: Instant,
     ) -> Term {
-        self.holder.active_since = Some(chrono::Utc::now());
-        // Only `describe` reads this; the next renew finds out if the
-        // lease is already gone.
-        if let Err(e) = self.leader.write_holder(&lease_id, &self.holder).await {
-            tracing::debug!(pipeline = %self.pipeline, "Could not name this agent in the leader blob: {e}");
+        // The earlier terms' lease ids, read before this term's record
+        // replaces the last one. Best effort, as the write: a state lease
+        // under an id left out is waited out at takeover instead of
+        // changed, and the next renew finds out if the lease is gone.
+        // Each is tried up to 3 times while storage does not answer, for
+        // at most a renew period, so the first renew is not delayed.
+        let deadline = start + self.settings.renew_every();
+        let again = |e: &LeaseError, attempt: u32| {
+            let pause = Duration::from_millis(200);
+            (matches!(e, LeaseError::Unavailable { .. })
+                && attempt < 2
+                && Instant::now() + pause < deadline)
+                .then_some(pause)
+        };
+        let last = retry(|| self.leader.read_holder(), again).await.result;
+        let earlier: Arc<[String]> = match last {
+            Ok(Some(last)) => last.terms.into(),
+            _ => Arc::new([]),
+        };
+        self.holder.begin_term(&lease_id, &earlier);
+        let (leader, holder) = (&self.leader, &self.holder);
+        let written = retry(|| leader.write_holder(&lease_id, holder), again).await;
+        if let Err(e) = written.result {
+            tracing::warn!(pipeline = %self.pipeline, "Could not record this term in the leader blob: {e}. The term goes on; should it end without a release, the next one waits for its state leases to run out (up to a minute) instead of taking them over at once.");
         }
         let term = Term {
             lease_id,
             started: start,
             last_renewed: start,
+            earlier,
         };
         BecameActive {
             pipeline: &self.pipeline,
@@ -278,6 +300,7 @@ impl Campaign {
             term_started: term.started,
             last_renewed: term.last_renewed,
             stop_by: term.last_renewed + self.settings.stop_after(),
+            earlier_terms: Arc::clone(&term.earlier),
         });
     }
 

@@ -14,11 +14,14 @@
 //! - a standby reads the lease state every L/5 (one Get Blob Properties)
 //!   and tries Acquire Lease at once when it is free (released, expired or
 //!   broken), and every L/3 in any case; each term proposes a fresh UUID as
-//!   the lease id, so writes of an earlier term never pass as this one's.
+//!   the lease id, so writes of an earlier term never pass as this one's,
+//!   and records it in the leader blob ahead of the earlier terms' ids
+//!   (`Holder::terms`), which its takeover of the state changes from.
 //!   A killed active's lease is free L after its last renew, so this adds
 //!   at most L/5 to a failover that takes L anyway.
 //!
-//! Requests: the active sends 180/L renews a minute (9 at L = 20); a
+//! Requests: the active sends 180/L renews a minute (9 at L = 20), and
+//! the agent renews its state leases (60 s) every 15-20 s besides; a
 //! standby 300/L (Get Blob Properties, or Acquire Lease when due: 15 at
 //! L = 20, about 650,000 a month); [`ElectionSettings::with_poll`] trades
 //! requests for a faster handover.

@@ -1,7 +1,7 @@
 //! The election's settings and what it publishes: the lease timing, and
 //! each agent's [`Leadership`].
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
@@ -99,6 +99,10 @@ pub enum Leadership {
         /// `last_renewed + (L - M)`: start no write at or after this
         /// instant, even if the election task has not yet said `Lost`.
         stop_by: Instant,
+        /// The lease ids of the terms before this one, newest first, as
+        /// the leader blob recorded them: the state is taken over from
+        /// them ([`crate::state_store::StateStore::take_over`]).
+        earlier_terms: Arc<[String]>,
     },
     /// The term ended without a release; the owner stops its components
     /// and calls [`Elector::rejoin`] to stand by again.
@@ -191,6 +195,7 @@ mod tests {
             term_started: now,
             last_renewed: now,
             stop_by: now + Duration::from_millis(50),
+            earlier_terms: Arc::new([]),
         };
         assert_eq!(active.lease_id(), Some("id"));
         sleep(Duration::from_millis(60)).await;

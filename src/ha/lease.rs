@@ -98,9 +98,20 @@ pub struct Holder {
     /// only created the blob.
     #[serde(default)]
     pub active_since: Option<DateTime<Utc>>,
+    /// The lease ids of this holder's term and of the terms before it,
+    /// newest first (at most [`Holder::TERMS_KEPT`]): the ids the
+    /// pipeline's state blobs may still be leased under, so the next term
+    /// changes those leases to its own at once instead of waiting for them
+    /// to run out (see `state_store/azure.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub terms: Vec<String>,
 }
 
 impl Holder {
+    /// How many terms' lease ids the record keeps. A term that died before
+    /// it recorded its id is not in it; its state leases are waited out.
+    pub const TERMS_KEPT: usize = 8;
+
     /// This process, starting now.
     pub fn this_process() -> Self {
         Self {
@@ -109,7 +120,24 @@ impl Holder {
             started_at: Utc::now(),
             instance: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
             active_since: None,
+            terms: Vec::new(),
         }
+    }
+
+    /// Starts the term of `lease_id` after the terms `earlier` (newest
+    /// first): the record names it first.
+    pub fn begin_term(&mut self, lease_id: &str, earlier: &[String]) {
+        self.active_since = Some(Utc::now());
+        self.terms = std::iter::once(lease_id)
+            .chain(
+                earlier
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|id| *id != lease_id),
+            )
+            .take(Self::TERMS_KEPT)
+            .map(str::to_string)
+            .collect();
     }
 }
 
@@ -451,13 +479,8 @@ impl LeaderBlob {
         let Some((lease_state, lease_duration)) = self.properties().await? else {
             return Ok(None);
         };
-        let body = self
-            .call("Get Blob", async {
-                self.blob.download(None).await?.body.collect().await
-            })
-            .await;
-        let holder = match body {
-            Ok(bytes) => serde_json::from_slice(&bytes).ok(),
+        let holder = match self.read_holder().await {
+            Ok(holder) => holder,
             Err(LeaseError::Refused { status: 404, .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
@@ -467,6 +490,17 @@ impl LeaderBlob {
             lease_duration,
             holder,
         }))
+    }
+
+    /// The holder the blob names (Get Blob), `None` when its content is
+    /// not a holder record; 404 (`Refused`) when the blob does not exist.
+    pub async fn read_holder(&self) -> Result<Option<Holder>, LeaseError> {
+        let bytes = self
+            .call("Get Blob", async {
+                self.blob.download(None).await?.body.collect().await
+            })
+            .await?;
+        Ok(serde_json::from_slice(&bytes).ok())
     }
 }
 

@@ -4,25 +4,36 @@
 //! ([`ContainerAccess`]).
 //!
 //! Fencing. The active agent leases every state blob with the lease id of
-//! its leader lease (one proposed id can lease many blobs), for the same
-//! `lease_secs`, and renews them on the leader's schedule. Every write
+//! its leader lease (one proposed id can lease many blobs) for 60 s, and
+//! renews them at the first renew of its leader lease at least 15 s after
+//! the last (every 15 to 20 s). Every write
 //! carries that lease id and a condition: Put Blob with `If-Match: <ETag>`
 //! (or `If-None-Match: *`, then Acquire Lease, for a new blob); Append Block
 //! with `x-ms-blob-condition-appendpos`. A write of a term whose lease is
 //! gone gets 412 from the service, whatever the writer believes.
 //!
 //! Takeover. A new term takes over each existing blob with Acquire Lease
-//! under its own id, and waits (polling every second, up to
-//! `takeover_wait`) while the previous term's lease is still running; it
-//! never breaks it. Breaking would not be safe: the service cannot tell a
-//! stale active from the current one at a Break Lease, so an agent paused
-//! inside its own takeover (after checking its leader deadline, before the
-//! Break reached the service) would wake up, break the *new* term's leases
-//! and hold the state again. Waiting costs little: the old term renews its
-//! state leases right after its leader lease, so they run out about when
-//! the leader lease does, which is when the new term could start at all; a
-//! clean handover releases them ([`StateStore::release`]). Tests and
-//! operators simulate a lost term with [`AzureStateStore::break_leases`].
+//! under its own id. A blob still leased by an earlier term (one that died
+//! without releasing) is taken with Change Lease from that term's id, which
+//! the leader blob records (`Holder::terms`, the last 8 terms' ids), and
+//! the lease then runs under the new id at once. The service changes a
+//! lease only from the id that holds it: a stale active's late request
+//! (Change Lease from the id it saw, Acquire Lease under its own) is
+//! refused once the new term holds the blob, so a term can never take the
+//! state back from a newer one. Break Lease could not be used: the service
+//! cannot tell a stale active from the current one at a Break Lease, so an
+//! agent paused inside its own takeover would wake up, break the *new*
+//! term's leases and hold the state again. A lease under an id the record
+//! lacks (its term died before recording itself) is waited out, polling
+//! every second, up to `takeover_wait`. A clean handover releases them
+//! ([`StateStore::release`]). Tests and operators simulate a lost term
+//! with [`AzureStateStore::break_leases`].
+//!
+//! Why 60 s and not the leader's `lease_secs`: a state lease renewed with
+//! every leader renew cost two requests per blob every L/3 (18 a minute
+//! for two blobs at L = 20), most of an idle pipeline's requests; at 60 s
+//! renewed every 15 to 20 s it is 3 or 4 per blob. Taking the state over does not
+//! wait for it, so the failover time stays the leader lease's.
 //!
 //! What leases cannot fence: creating a blob (there is no blob yet to hold
 //! a lease). A stale term can still create a new name. Readers follow only
@@ -65,6 +76,12 @@ use errors::{map_error, version};
 
 /// Each request gets this long before it counts as unanswered.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a state lease lasts: Azure's longest fixed lease, so it is
+/// renewed every [`AzureStateStore::RENEW_EVERY`] instead of with every
+/// renew of the leader lease. A new term does not wait for it: it changes
+/// it to its own id (see the module doc).
+const STATE_LEASE_SECS: u32 = 60;
 
 /// The blobs of one pipeline's state, `<container>/<id>/`.
 pub struct AzureStateStore {
@@ -136,7 +153,7 @@ impl AzureStateStore {
             location,
             lease_secs,
             timeout: REQUEST_TIMEOUT,
-            takeover_wait: Duration::from_secs(2 * u64::from(lease_secs) + 5),
+            takeover_wait: Self::default_takeover_wait(lease_secs),
             held: Mutex::new(BTreeSet::new()),
         })
     }
@@ -146,9 +163,20 @@ impl AzureStateStore {
         Self { timeout, ..self }
     }
 
-    /// The same store waiting this long at takeover for the previous term's
-    /// leases to run out (default: twice the lease, plus 5 s: a paused
-    /// stale active may renew once more before it notices).
+    /// How often the active renews the state leases (a quarter of their
+    /// 60 s): three times before one could run out.
+    pub const RENEW_EVERY: Duration = Duration::from_secs(STATE_LEASE_SECS as u64 / 4);
+
+    /// How long a takeover waits for a state lease it cannot change (its
+    /// term's id was not recorded) to run out: the state lease, plus the
+    /// leader lease and 5 s, since a paused stale active may renew once
+    /// more before it notices.
+    fn default_takeover_wait(lease_secs: u32) -> Duration {
+        Duration::from_secs(u64::from(STATE_LEASE_SECS + lease_secs) + 5)
+    }
+
+    /// The same store waiting this long at takeover for a previous term's
+    /// leases to run out (default: see `default_takeover_wait`).
     pub fn with_takeover_wait(self, takeover_wait: Duration) -> Self {
         Self {
             takeover_wait,
@@ -259,11 +287,49 @@ impl AzureStateStore {
                 &t.blob,
                 "the blob to exist",
                 t.client
-                    .acquire_lease(self.lease_secs as i32, Some(options)),
+                    .acquire_lease(STATE_LEASE_SECS as i32, Some(options)),
             )
             .await?;
         self.held_names().insert(t.name.clone());
         Ok(rsp.etag().ok().flatten())
+    }
+
+    /// Acquire Lease; while an earlier term's lease holds the blob, Change
+    /// Lease from that term's id (tried newest first) to this one's, then
+    /// Acquire Lease again to restart its 60 s. The service changes a
+    /// lease only from the id that holds it, so a stale term's late
+    /// request can never take the blob from a newer term; `Fenced` when
+    /// no id of `earlier` holds it.
+    async fn acquire_or_change(
+        &self,
+        t: &Target,
+        lease_id: &str,
+        earlier: &[String],
+    ) -> Result<(), StateStoreError> {
+        let held = match self.acquire(t, lease_id).await {
+            Ok(_) => return Ok(()),
+            Err(held @ StateStoreError::Fenced { .. }) => held,
+            Err(e) => return Err(e),
+        };
+        for from in earlier.iter().filter(|id| *id != lease_id) {
+            let changed = self
+                .call(
+                    "Change Lease",
+                    &t.blob,
+                    "the blob to exist",
+                    t.client
+                        .change_lease(from.clone(), lease_id.to_string(), None),
+                )
+                .await;
+            match changed {
+                Ok(_) => return self.acquire(t, lease_id).await.map(|_| ()),
+                // Held under another id (or no longer leased at all: the
+                // next Acquire Lease takes it).
+                Err(StateStoreError::Fenced { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(held)
     }
 
     fn held_names(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
@@ -293,12 +359,14 @@ impl AzureStateStore {
         }
     }
 
-    /// Takes one blob over, waiting until `deadline` while another term's
-    /// lease on it runs out. `false` when the blob no longer exists.
+    /// Takes one blob over from the terms `earlier`, waiting until
+    /// `deadline` while a lease under another id runs out. `false` when the
+    /// blob no longer exists.
     async fn take_one(
         &self,
         name: &str,
         lease_id: &str,
+        earlier: &[String],
         deadline: Instant,
     ) -> Result<bool, StateStoreError> {
         let t = self.target("Acquire Lease", name)?;
@@ -311,7 +379,10 @@ impl AzureStateStore {
             );
             (waiting && Instant::now() < deadline).then_some(Duration::from_secs(1))
         };
-        match retry(|| self.acquire(&t, lease_id), again).await.result {
+        match retry(|| self.acquire_or_change(&t, lease_id, earlier), again)
+            .await
+            .result
+        {
             Ok(_) => Ok(true),
             Err(StateStoreError::ConditionFailed { .. }) => Ok(false),
             Err(StateStoreError::Fenced { code, .. }) => Err(StateStoreError::Fenced {
@@ -333,7 +404,11 @@ impl StateStore for AzureStateStore {
         self.location.clone()
     }
 
-    async fn take_over(&self, fence: &Fence) -> Result<Vec<String>, StateStoreError> {
+    async fn take_over(
+        &self,
+        fence: &Fence,
+        earlier: &[String],
+    ) -> Result<Vec<String>, StateStoreError> {
         let lease_id = match fence {
             Fence::Lease(id) => id.clone(),
             Fence::None => {
@@ -350,7 +425,7 @@ impl StateStore for AzureStateStore {
         // The leader blob is the election's (`crate::ha`), leased by it
         // with this same id; releasing it is the election's job too.
         for name in self.list("").await?.into_iter().filter(|n| n != "leader") {
-            if self.take_one(&name, &lease_id, deadline).await? {
+            if self.take_one(&name, &lease_id, earlier, deadline).await? {
                 taken.push(name);
             }
         }

@@ -155,7 +155,11 @@ impl StateStore for LocalStateStore {
         self.dir.display().to_string()
     }
 
-    async fn take_over(&self, _fence: &Fence) -> Result<Vec<String>, StateStoreError> {
+    async fn take_over(
+        &self,
+        _fence: &Fence,
+        _earlier: &[String],
+    ) -> Result<Vec<String>, StateStoreError> {
         self.list("").await
     }
 
@@ -383,7 +387,7 @@ mod tests {
         );
         s.delete("sinks/lake/state.1.log", &F).await.unwrap();
         s.delete("sinks/lake/state.1.log", &F).await.unwrap();
-        assert_eq!(s.take_over(&F).await.unwrap().len(), 3);
+        assert_eq!(s.take_over(&F, &[]).await.unwrap().len(), 3);
         let bad = s.read("../escape").await.unwrap_err();
         assert!(bad.to_string().contains("`..` segment"), "{bad}");
     }

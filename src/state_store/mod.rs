@@ -154,9 +154,15 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     /// and returns their names. Call it once per term, before reading any
     /// state: writes of the previous term that land after it are refused,
     /// so what is read afterwards is final. Objects created later by this
-    /// term are taken on creation. See `azure.rs` for how leases of the
-    /// previous term are dealt with (they are waited out, never broken).
-    async fn take_over(&self, fence: &Fence) -> Result<Vec<String>, StateStoreError>;
+    /// term are taken on creation. `earlier` are the fences (lease ids) of
+    /// the terms before, newest first. See `azure.rs` for how their leases
+    /// are dealt with (changed to this term's, or waited out; never
+    /// broken).
+    async fn take_over(
+        &self,
+        fence: &Fence,
+        earlier: &[String],
+    ) -> Result<Vec<String>, StateStoreError>;
 
     /// Makes `fence`'s term hold `name`: after a create whose answer was
     /// lost and that is recognised as this term's own, the lease that the

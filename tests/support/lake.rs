@@ -55,15 +55,29 @@ impl Lake {
     }
 
     /// Every committed object, sorted by name (an empty list when the
-    /// container does not exist yet). Any other error fails the test: an
-    /// empty answer would pass every "nothing was written" check.
+    /// container does not exist yet). Any other error, three times in a
+    /// row, fails the test: an empty answer would pass every "nothing was
+    /// written" check. (A busy Azurite once let the SDK's own retries run
+    /// out mid-test: the harness, not the agent, failed.)
     pub async fn list(&self) -> Vec<Listed> {
+        let mut attempt = 0;
+        loop {
+            match self.try_list().await {
+                Ok(listed) => return listed,
+                Err(e) if attempt < 2 => {
+                    attempt += 1;
+                    eprintln!("listing {} failed ({e}); listing again", self.container_url);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => panic!("listing {} failed three times: {e}", self.container_url),
+            }
+        }
+    }
+
+    async fn try_list(&self) -> Result<Vec<Listed>, azure_core::Error> {
         use futures::TryStreamExt;
         let mut out = Vec::new();
-        let mut pager = self
-            .container
-            .list_blobs(None)
-            .unwrap_or_else(|e| panic!("listing {}: {e}", self.container_url));
+        let mut pager = self.container.list_blobs(None)?;
         loop {
             match pager.try_next().await {
                 Ok(Some(item)) => {
@@ -76,13 +90,13 @@ impl Lake {
                 }
                 Ok(None) => break,
                 Err(e) if e.http_status().map(u16::from) == Some(404) && out.is_empty() => {
-                    return out;
+                    return Ok(out);
                 }
-                Err(e) => panic!("listing {}: {e}", self.container_url),
+                Err(e) => return Err(e),
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+        Ok(out)
     }
 
     pub async fn read(&self, name: &str) -> Vec<u8> {

@@ -85,9 +85,14 @@ impl SpawnTracked for Command {
     }
 }
 
-/// The `mongo-adls` binary, without any MONGO_ADLS_CONFIG of the caller.
+/// The `mongo-adls` binary (`MONGO_ADLS_TEST_BINARY`, else the one cargo
+/// built), without any MONGO_ADLS_CONFIG of the caller. The override lets a
+/// long run use a copy while the target directory is rebuilt.
 pub fn mongo_adls() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mongo-adls"));
+    let binary = std::env::var_os("MONGO_ADLS_TEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mongo-adls")));
+    let mut cmd = Command::new(binary);
     cmd.env_remove("MONGO_ADLS_CONFIG");
     cmd
 }
