@@ -1677,10 +1677,11 @@ async fn storage_down_under_a_large_backlog_stops_reading_and_bounds_memory() {
     const MAX_BYTES: u64 = 2_000_000;
     // The default. One write per file (`concurrency_per_file = 1`), three
     // collections and 10 s windows (the inserts span two at most): at most
-    // six files, so six writes are held and two slots stay free. What must
-    // stop intake is then the sink's own check (the budget: three batches
-    // reach 4 MB together before one reaches 2 MB), not a full set of
-    // requests, which would hide it.
+    // six files, so six writes of about 1.3 MB are held, half of the
+    // 16 MB that may be in flight. What must stop intake is then the
+    // sink's own check (the budget: three batches reach 4 MB together
+    // before one reaches 2 MB), not a full set of requests, which would
+    // hide it.
     const CONCURRENCY: u64 = 8;
     const COLLECTIONS: usize = 3;
     // `buffer.max_events`, the default: the queue in front of the sink.
@@ -1699,8 +1700,8 @@ async fn storage_down_under_a_large_backlog_stops_reading_and_bounds_memory() {
     // Storage down rather than stalled: `set_down` answers every request
     // 503 (after reading its body), so each write goes through its retries
     // quickly and is then held; held writes are what must close intake
-    // (they count against `request.concurrency`), and they last as long as
-    // the outage. A stall ends the same way, only after the timeouts.
+    // (they count against the bytes in flight, `request.concurrency` ×
+    // `batch.max_bytes`), and they last as long as the outage. A stall ends the same way, only after the timeouts.
     let proxy = support::FaultProxy::passthrough(azurite.port).await;
     let dir = tempfile::tempdir().unwrap();
     let api = support::free_port();

@@ -59,8 +59,8 @@ pub struct BatchConfig {
     pub timeout_secs: f64,
     /// Encoded bytes waiting in batches across all files. Past it the
     /// largest batches are written early, and intake pauses until they
-    /// are taken, so memory is bounded by this budget plus the requests
-    /// in flight (`request.concurrency` × `batch.max_bytes`), however many
+    /// are taken, so memory is bounded by this budget plus the bytes in
+    /// flight (`request.concurrency` × `batch.max_bytes`), however many
     /// collections are active.
     #[serde(default = "default_batch_total_bytes")]
     pub max_total_bytes: usize,
@@ -81,11 +81,12 @@ impl Default for BatchConfig {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestConfig {
-    /// Requests in flight at once, across files. Each holds up to
-    /// `batch.max_bytes` in memory. With many active collections against
-    /// cloud storage their blocks are small and a drain is bound by round
-    /// trips: 32 doubled the rate over 1,000 collections at +30 ms with
-    /// the same peak memory (docs/benchmarks.md).
+    /// Full-size requests in flight at once, across files: the data in
+    /// flight is bounded by `concurrency` × `batch.max_bytes`. Smaller
+    /// blocks (many active collections share the pending budget, so each
+    /// file's blocks are small) go more at a time within those bytes, up
+    /// to 16 × `concurrency` requests, since against cloud storage a drain
+    /// of small blocks is bound by round trips (docs/benchmarks.md).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// Put Blocks of one file in flight at once (`commit = "on_seal"`;

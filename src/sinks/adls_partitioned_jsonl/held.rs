@@ -62,6 +62,11 @@ impl HeldWrites {
         self.held.len()
     }
 
+    /// The data the held writes carry.
+    pub fn bytes(&self) -> usize {
+        self.held.iter().map(|(_, r)| r.bytes()).sum()
+    }
+
     /// Holds `request` for its next attempt; reports the first failure at
     /// once and then once a minute.
     pub fn hold(&mut self, request: HeldWrite, error: &StorageError, tags: &ComponentTags) {

@@ -15,8 +15,8 @@ use crate::{
     event::{EventFinalizers, LogEvent},
 };
 
-/// The request that writes `log`'s object, or the encoding error (the
-/// finalizers come back with it).
+/// The request that writes `log`'s object and the bytes it carries, or
+/// the encoding error (the finalizers come back with it).
 pub(super) fn put_request(
     storage: RetryingStorage,
     layout: &Layout,
@@ -24,7 +24,7 @@ pub(super) fn put_request(
     (log, time): (&LogEvent, DateTime<Utc>),
     finalizers: EventFinalizers,
     compress: impl FnOnce(Vec<u8>) -> Bytes,
-) -> Result<WriteRequest, (EventFinalizers, String)> {
+) -> Result<(usize, WriteRequest), (EventFinalizers, String)> {
     let mut data = Vec::with_capacity(log.payload.as_bytes().len() + 256);
     if let Err(e) = encode::encode_record(&log.payload, json_mode, time, &mut data) {
         return Err((finalizers, e.to_string()));
@@ -47,11 +47,10 @@ pub(super) fn put_request(
         operation,
         key_hash,
     );
-    Ok(requests::put_event(
-        storage,
-        name,
-        compress(data),
-        finalizers,
+    let body = compress(data);
+    Ok((
+        body.len(),
+        requests::put_event(storage, name, body, finalizers),
     ))
 }
 

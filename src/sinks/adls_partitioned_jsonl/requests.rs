@@ -98,6 +98,15 @@ impl HeldWrite {
         }
     }
 
+    /// The data it carries (what the in-flight budget counts).
+    pub fn bytes(&self) -> usize {
+        match self {
+            HeldWrite::Stage(w) => w.body.len(),
+            HeldWrite::Commit { .. } => 0,
+            HeldWrite::Put { body, .. } => body.len(),
+        }
+    }
+
     pub fn events(&self) -> usize {
         match self {
             HeldWrite::Stage(w) => w.finalizers.len(),

@@ -1,9 +1,9 @@
 //! The sink's run loop: events are routed to their files and batched
 //! ([`Batcher`]), due batches and seals ([`roll::due`]) become storage
-//! requests ([`requests`]) with bounded concurrency (one request at a time
-//! per file), and each request's outcome updates the state and
-//! acknowledges its events once a block and the state that lists it are
-//! durable.
+//! requests ([`requests`]) within a budget of bytes in flight
+//! (`sink/inflight.rs`; a few requests at a time per file), and each
+//! request's outcome updates the state and acknowledges its events once a
+//! block and the state that lists it are durable.
 
 use std::{
     collections::HashSet,
@@ -13,7 +13,7 @@ use std::{
 
 use async_trait::async_trait;
 use chrono::Utc;
-use futures::{stream::BoxStream, stream::FuturesUnordered, StreamExt};
+use futures::{stream::BoxStream, StreamExt};
 
 use super::{
     batcher::{BatchLimits, Batcher, NotAdded, PendingBatch},
@@ -46,7 +46,10 @@ const TICK: Duration = Duration::from_millis(200);
 /// How long a failed seal waits before it is tried again.
 const SEAL_RETRY: Duration = Duration::from_secs(30);
 
+mod inflight;
 mod outcomes;
+
+use inflight::{Inflight, RequestLimit};
 
 /// What the sink runs with, resolved from its options by `config.rs`.
 pub struct SinkSettings {
@@ -57,7 +60,8 @@ pub struct SinkSettings {
     pub roll: RollPolicy,
     /// A request's retries; its backoff also paces held writes.
     pub retry: RetryPolicy,
-    /// Requests in flight over all files.
+    /// With `limits.max_bytes`, the bytes in flight over all files
+    /// (`concurrency` × `max_bytes`; see `sink/inflight.rs`).
     pub concurrency: usize,
     /// Requests in flight per file (`on_seal`; `every_batch` uses 1).
     pub concurrency_per_file: usize,
@@ -72,7 +76,10 @@ pub struct AdlsSink {
     commit: Commit,
     compression: Compression,
     json_mode: ExtendedJsonMode,
-    concurrency: usize,
+    /// What may be in flight (see `sink/inflight.rs`).
+    limit: RequestLimit,
+    /// `batch.max_bytes`: the room intake needs to go on.
+    max_batch_bytes: usize,
     tags: ComponentTags,
     sent: EventsSent,
     metrics: SinkMetrics,
@@ -148,7 +155,8 @@ impl AdlsSink {
             commit: settings.commit,
             compression: settings.compression,
             json_mode: settings.json_mode,
-            concurrency: settings.concurrency,
+            limit: RequestLimit::new(settings.concurrency, settings.limits.max_bytes),
+            max_batch_bytes: settings.limits.max_bytes,
             sent: EventsSent::register(&tags),
             metrics,
             tags,
@@ -208,15 +216,17 @@ impl StreamSink for AdlsSink {
         // runs per chunk, not per event.
         let mut input = input.ready_chunks(256).fuse();
         let mut input_done = false;
-        let mut inflight: FuturesUnordered<WriteRequest> = FuturesUnordered::new();
+        let mut inflight = Inflight::default();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stopping = self.stopping.clone();
         loop {
-            // Held writes count against concurrency: while storage is down
-            // intake stops once that many are held.
+            // Held writes count against the limit: while storage is down
+            // intake stops once they fill it.
             let accept = !input_done
-                && inflight.len() + self.held.len() < self.concurrency
+                && self
+                    .limit
+                    .accepts(self.max_batch_bytes, &inflight, &self.held)
                 && !self.batcher.is_full();
             tokio::select! {
                 biased;
@@ -250,7 +260,7 @@ impl StreamSink for AdlsSink {
 }
 
 impl AdlsSink {
-    fn on_event(&mut self, event: Event, inflight: &mut FuturesUnordered<WriteRequest>) {
+    fn on_event(&mut self, event: Event, inflight: &mut Inflight) {
         let mut log = match event {
             Event::Watermark(w) => {
                 // A watermark comes from a source that has caught up:
@@ -312,7 +322,7 @@ impl AdlsSink {
         log: &LogEvent,
         time: chrono::DateTime<Utc>,
         finalizers: EventFinalizers,
-        inflight: &mut FuturesUnordered<WriteRequest>,
+        inflight: &mut Inflight,
     ) {
         let compression = self.compression;
         let request = per_event::put_request(
@@ -324,7 +334,7 @@ impl AdlsSink {
             |data| encode::compress(compression, data).0,
         );
         match request {
-            Ok(request) => inflight.push(request),
+            Ok((bytes, request)) => inflight.push(bytes, request),
             Err((finalizers, error)) => {
                 EncodeFailed { error: &error }.emit(&self.tags);
                 finalizers.finalize(EventStatus::Rejected);
@@ -334,11 +344,7 @@ impl AdlsSink {
 
     /// Starts the writes and seals that are due, within the concurrency
     /// limit. An error is a seal intent the state could not record.
-    async fn schedule(
-        &mut self,
-        inflight: &mut FuturesUnordered<WriteRequest>,
-        input_done: bool,
-    ) -> Result<(), ()> {
+    async fn schedule(&mut self, inflight: &mut Inflight, input_done: bool) -> Result<(), ()> {
         let now = DueCheck {
             instant: Instant::now(),
             wall: Utc::now().timestamp(),
@@ -349,11 +355,8 @@ impl AdlsSink {
                 self.flush_partial
             },
         };
-        for retry in self
-            .held
-            .due(self.concurrency.saturating_sub(inflight.len()))
-        {
-            inflight.push(retry.into_request(self.storage.clone()));
+        for retry in self.held.due(self.limit.room_for_held(inflight)) {
+            inflight.push(retry.bytes(), retry.into_request(self.storage.clone()));
         }
         if self.gauges_at.elapsed() >= Duration::from_secs(1) {
             self.gauges_at = Instant::now();
@@ -368,30 +371,36 @@ impl AdlsSink {
             .batcher
             .iter()
             .any(|(k, f)| !f.can_stage(limit) && f.batch().is_some() && !self.held.holds(k));
-        let all_flushed = !busy_with_batch
-            && due.flushes.len() <= self.concurrency.saturating_sub(inflight.len());
         for key in due.flushes {
-            if inflight.len() >= self.concurrency {
-                return Ok(());
-            }
             if self.state.open_file(&key).is_some_and(|f| f.sealing) {
                 // Its seal commits exactly the recorded blocks: the batch
                 // waits for the next part.
                 continue;
             }
+            let bytes = self
+                .batcher
+                .get(&key)
+                .and_then(|f| f.batch())
+                .map(|b| b.data.len());
+            if !self
+                .limit
+                .room_for(bytes.unwrap_or(0), inflight, &self.held)
+            {
+                return Ok(());
+            }
             if let Some((batch, seq)) = self.batcher.take(&key) {
-                inflight.push(self.stage_request(key, batch, seq));
+                inflight.push(batch.data.len(), self.stage_request(key, batch, seq));
             }
         }
-        if all_flushed {
+        if !busy_with_batch {
             self.flush_partial = None;
         }
         for key in due.seals {
-            if inflight.len() >= self.concurrency {
+            if !self.limit.room_for(0, inflight, &self.held) {
                 return Ok(());
             }
             if let Some(request) = self.seal_request(key).await? {
-                inflight.push(request);
+                inflight.push(0, request);
             }
         }
         Ok(())

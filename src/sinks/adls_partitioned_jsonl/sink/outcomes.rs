@@ -4,22 +4,20 @@
 
 use std::{sync::Arc, time::Instant};
 
-use chrono::Utc;
-use futures::stream::FuturesUnordered;
-
-use super::{finalize_all, AdlsSink, SEAL_RETRY};
+use super::{finalize_all, inflight::Inflight, AdlsSink, SEAL_RETRY};
 use crate::{
     event::{EventFinalizers, EventStatus},
     internal_events::adls::{FileOpened, WriteFailed},
     sinks::adls_partitioned_jsonl::{
         batcher::Arrived,
         recovery::report_lost,
-        requests::{self, HeldWrite, WriteOutcome, WriteRequest},
+        requests::{self, HeldWrite, WriteOutcome},
         roll::Commit,
         state::{FileKey, StagedBlock},
     },
     sinks::util::storage::StorageError,
 };
+use chrono::Utc;
 
 impl AdlsSink {
     /// Applies a finished request's outcome. An error stops the sink: the
@@ -27,7 +25,7 @@ impl AdlsSink {
     pub(super) async fn on_outcome(
         &mut self,
         outcome: WriteOutcome,
-        inflight: &mut FuturesUnordered<WriteRequest>,
+        inflight: &mut Inflight,
     ) -> Result<(), ()> {
         match outcome {
             WriteOutcome::BlockStaged {
@@ -88,7 +86,7 @@ impl AdlsSink {
         finalizers: Vec<EventFinalizers>,
         spare: Option<Vec<u8>>,
         seq: u64,
-        inflight: &mut FuturesUnordered<WriteRequest>,
+        inflight: &mut Inflight,
     ) -> Result<(), ()> {
         self.held.succeeded(&staged.object);
         if let Some(data) = spare {
@@ -115,7 +113,7 @@ impl AdlsSink {
         &mut self,
         staged: StagedBlock,
         finalizers: Vec<EventFinalizers>,
-        inflight: &mut FuturesUnordered<WriteRequest>,
+        inflight: &mut Inflight,
     ) -> Result<(), ()> {
         let (events, bytes) = (staged.block.events as usize, staged.block.bytes);
         let key = staged.key.clone();
@@ -155,13 +153,10 @@ impl AdlsSink {
             None => self.delivered(finalizers, events, bytes),
             Some((ids, version)) => {
                 activity.exclusive_started();
-                inflight.push(requests::commit_batch(
-                    self.storage.clone(),
-                    staged,
-                    ids,
-                    version,
-                    finalizers,
-                ))
+                inflight.push(
+                    0,
+                    requests::commit_batch(self.storage.clone(), staged, ids, version, finalizers),
+                )
             }
         }
         Ok(())
