@@ -102,7 +102,7 @@ pub struct Holder {
     /// newest first (at most [`Holder::TERMS_KEPT`]): the ids the
     /// pipeline's state blobs may still be leased under, so the next term
     /// changes those leases to its own at once instead of waiting for them
-    /// to run out (see `state_store/azure.rs`).
+    /// to run out (see `state_store/azure/leases.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub terms: Vec<String>,
 }
