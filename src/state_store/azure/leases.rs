@@ -79,7 +79,11 @@ impl AzureStateStore {
 
     /// Acquire Lease under `lease_id`: this term now holds the blob.
     /// Returns the blob's ETag as the response reports it.
-    pub(super) async fn acquire(&self, t: &Target, lease_id: &str) -> Result<Option<Etag>, StateStoreError> {
+    pub(super) async fn acquire(
+        &self,
+        t: &Target,
+        lease_id: &str,
+    ) -> Result<Option<Etag>, StateStoreError> {
         let options = BlobClientAcquireLeaseOptions {
             proposed_lease_id: Some(lease_id.to_string()),
             ..Default::default()

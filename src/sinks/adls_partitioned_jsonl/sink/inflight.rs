@@ -77,8 +77,8 @@ impl RequestLimit {
         requests == 0 || (requests < self.requests && carried + bytes <= self.bytes)
     }
 
-    /// How many held writes may be made again now (each counted at the
-    /// budget's share of one request, as they are already counted in).
+    /// How many held writes may be made again now. Their bytes and
+    /// requests are counted in already, so only the request cap applies.
     pub fn room_for_held(&self, inflight: &Inflight) -> usize {
         self.requests.saturating_sub(inflight.len())
     }
@@ -86,7 +86,7 @@ impl RequestLimit {
     /// Whether more events may come in: a write of a full batch could
     /// start (or nothing is in flight).
     pub fn accepts(&self, max_bytes: usize, inflight: &Inflight, held: &HeldWrites) -> bool {
-        self.room_for(max_bytes.min(self.bytes), inflight, held)
+        self.room_for(max_bytes, inflight, held)
     }
 }
 
