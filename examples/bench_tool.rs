@@ -7,6 +7,11 @@
 //!        `<prefix>0000`.. (prefix `many`), a few documents per collection
 //!        and round, so that every collection stays active to the end
 //!   bench_tool drain <uri> <token> <count>         bare driver loop: read <count> events, discard
+//!   bench_tool scan <uri> <parallelism> <chunk_docs>
+//!        bare chunked copy of bench.items, as `snapshot = "incremental"` reads
+//!        it: rounds of <parallelism> `_id` ranges of <chunk_docs> documents
+//!        (bounds by a skip down the `_id` index), one find cursor per range,
+//!        concurrently, documents discarded; prints `<docs> <seconds>`
 //!   bench_tool wait <metrics-url> <component> <count>
 //!        wait until a component sent <count> events; prints the bytes it sent
 //!   bench_tool azurite-ceiling <account_url> <key> <writers> <block_bytes> <total_bytes> [file_bytes]
@@ -86,6 +91,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let secs = started.elapsed().as_secs_f64();
             println!("{n} events, {bytes} bytes in {secs:.2}s");
         }
+        Some("scan") => {
+            let client = mongodb::Client::with_uri_str(&a[1]).await?;
+            let started = Instant::now();
+            let docs = scan(&client, a[2].parse()?, a[3].parse()?).await?;
+            println!("{docs} {:.3}", started.elapsed().as_secs_f64());
+            client.shutdown().await;
+        }
         Some("wait") => {
             let (url, component, count) = (&a[1], &a[2], a[3].parse::<f64>()?);
             let needle = format!("component_sent_events_total{{component_id=\"{component}\"");
@@ -135,6 +147,79 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => return Err("see the usage at the top of examples/bench_tool.rs".into()),
     }
     Ok(())
+}
+
+/// `bench_tool scan`: the bare driver reading bench.items in rounds of
+/// `parallelism` concurrent chunk cursors.
+async fn scan(
+    client: &mongodb::Client,
+    parallelism: usize,
+    chunk: u64,
+) -> mongodb::error::Result<u64> {
+    use mongodb::{bson::Bson, options::Hint};
+    let coll = client.database("bench").collection::<Document>("items");
+    let raw = coll.clone_with_type::<RawDocumentBuf>();
+    let mut from: Option<Bson> = None;
+    let mut docs = 0;
+    loop {
+        let mut bounds: Vec<Bson> = Vec::new();
+        for _ in 0..parallelism {
+            let mut find = coll
+                .find(doc! {})
+                .hint(Hint::Keys(doc! { "_id": 1 }))
+                .sort(doc! { "_id": 1 })
+                .projection(doc! { "_id": 1 })
+                .skip(chunk)
+                .limit(1);
+            if let Some(f) = bounds.last().or(from.as_ref()) {
+                find = find.min(doc! { "_id": f.clone() });
+            }
+            let mut cursor = find.await?;
+            match cursor.next().await.transpose()? {
+                Some(d) => bounds.push(d.get("_id").cloned().expect("an _id")),
+                None => break,
+            }
+        }
+        let done = bounds.len() < parallelism;
+        let mut lows = vec![from.clone()];
+        lows.extend(bounds.iter().cloned().map(Some));
+        let mut highs: Vec<Option<Bson>> = bounds.iter().cloned().map(Some).collect();
+        if done {
+            highs.push(None);
+        } else {
+            lows.pop();
+        }
+        let reads = lows.into_iter().zip(highs).map(|(lo, hi)| {
+            let raw = raw.clone();
+            tokio::spawn(async move {
+                let mut find = raw
+                    .find(doc! {})
+                    .hint(Hint::Keys(doc! { "_id": 1 }))
+                    .sort(doc! { "_id": 1 })
+                    .batch_size(256);
+                if let Some(lo) = lo {
+                    find = find.min(doc! { "_id": lo });
+                }
+                if let Some(hi) = hi {
+                    find = find.max(doc! { "_id": hi });
+                }
+                let mut cursor = find.await?;
+                let mut n = 0u64;
+                while let Some(d) = cursor.next().await.transpose()? {
+                    std::hint::black_box(d.as_bytes().len());
+                    n += 1;
+                }
+                Ok::<_, mongodb::error::Error>(n)
+            })
+        });
+        for r in futures::future::join_all(reads).await {
+            docs += r.expect("a chunk reader panicked")?;
+        }
+        if done {
+            return Ok(docs);
+        }
+        from = bounds.last().cloned();
+    }
 }
 
 /// A plain HTTP GET over TCP (the metrics endpoint is local and tiny).

@@ -128,8 +128,12 @@ impl SnapshotCopied {
     }
 
     pub fn increment(&mut self) {
-        self.counter.increment(1);
-        self.count += 1;
+        self.add(1);
+    }
+
+    pub fn add(&mut self, records: u64) {
+        self.counter.increment(records);
+        self.count += records;
     }
 
     pub fn count(&self) -> u64 {

@@ -10,10 +10,23 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::incremental::{IncrementalProgress, Round};
 use crate::{
     event::BatchStatus,
     state_store::{StateDoc, StateError},
 };
+
+/// What a delivered acknowledgement moves the checkpoint to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mark {
+    /// Every change up to this resume token was delivered.
+    Stream(String),
+    /// The oldest unfinished copy round's records up to this `_id`
+    /// (canonical Extended JSON) were delivered.
+    Records(serde_json::Value),
+    /// The oldest unfinished copy round was wholly delivered.
+    RoundEnd,
+}
 
 /// What `<id>/checkpoint.json` in the state store holds.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -27,6 +40,10 @@ pub struct Checkpoint {
     /// then where streaming starts once the copy is complete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotProgress>,
+    /// Progress of an incremental snapshot (`snapshot = "incremental"`),
+    /// which runs beside the stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<IncrementalProgress>,
     /// The pipeline this checkpoint belongs to ([`crate::lineage`]);
     /// absent in checkpoints of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -41,6 +58,7 @@ impl Checkpoint {
             resume_token,
             cluster_time,
             snapshot,
+            incremental: None,
             pipeline: None,
         }
     }
@@ -93,6 +111,9 @@ pub async fn describe(file: &StateDoc) -> Result<Vec<String>, String> {
             .as_deref()
             .unwrap_or("(none yet: written by an older version)")
     ));
+    if let Some(p) = &c.incremental {
+        lines.extend(p.describe());
+    }
     if let Some(s) = c.snapshot {
         lines.push(match (s.done, s.collections.get(s.current)) {
             (true, _) => "  snapshot complete".into(),
@@ -142,6 +163,11 @@ pub struct Acks {
     moved: bool,
     /// Set after a failed delivery: nothing is committed past it until restart.
     failed: bool,
+    /// An incremental snapshot's progress (`snapshot = "incremental"`):
+    /// planned rounds, moved on by `Mark::Records` and `Mark::RoundEnd`.
+    incremental: Option<IncrementalProgress>,
+    /// `incremental` changed since the last write.
+    progress_moved: bool,
 }
 
 impl Acks {
@@ -162,7 +188,50 @@ impl Acks {
             idle_interval,
             moved: true,
             failed: false,
+            incremental: None,
+            progress_moved: false,
         }
+    }
+
+    /// Keeps `progress` with the checkpoint from now on.
+    pub fn with_incremental(mut self, progress: IncrementalProgress) -> Self {
+        self.incremental = Some(progress);
+        self.progress_moved = true;
+        self
+    }
+
+    pub fn incremental(&self) -> Option<&IncrementalProgress> {
+        self.incremental.as_ref()
+    }
+
+    /// Plans the next copy round at `at` up to `upper` and writes the
+    /// checkpoint with it before anything of the round is sent (a restart
+    /// must send the round at the same `at`). Nothing is planned when the
+    /// write fails.
+    pub async fn plan_round(
+        &mut self,
+        at: &str,
+        upper: Option<serde_json::Value>,
+    ) -> Result<Option<Round>, StateError> {
+        let (Some(token), Some(progress)) = (self.committed.clone(), self.incremental.as_ref())
+        else {
+            return Ok(None);
+        };
+        let mut planned = progress.clone();
+        let Some(round) = planned.plan(at, upper) else {
+            return Ok(None);
+        };
+        self.state
+            .save(&Checkpoint {
+                incremental: Some(planned.clone()),
+                ..Checkpoint::of(&self.pipeline, token, None)
+            })
+            .await?;
+        self.last_write = Instant::now();
+        self.written = self.committed.clone();
+        self.incremental = Some(planned);
+        self.progress_moved = false;
+        Ok(Some(round))
     }
 
     /// Entries emitted and not yet resolved.
@@ -185,20 +254,24 @@ impl Acks {
         self.committed.as_deref()
     }
 
-    /// Records one resolved acknowledgement, in emission order: `token`
-    /// is the position after the last event of its entry.
-    pub fn resolved(&mut self, status: BatchStatus, token: String) {
+    /// Records one resolved acknowledgement, in emission order: `mark`
+    /// is where its entry moves the checkpoint.
+    pub fn resolved(&mut self, status: BatchStatus, mark: Mark) {
         self.outstanding = self.outstanding.saturating_sub(1);
         match status {
-            BatchStatus::Delivered if !self.failed => {
-                self.committed = Some(token);
-                self.moved = true;
-            }
+            BatchStatus::Delivered if !self.failed => self.apply(mark),
             BatchStatus::Delivered => {}
             other => {
                 if !self.failed {
+                    let what = match &mark {
+                        Mark::Stream(token) => format!("The batch's last resume token: {token}"),
+                        Mark::Records(after) => {
+                            format!("The batch held snapshot records up to _id {after}")
+                        }
+                        Mark::RoundEnd => "It ended a snapshot round".into(),
+                    };
                     tracing::error!(
-                        "An event was not delivered ({other:?}); the checkpoint stays before the batch of events it came in, and that batch and later events will be replayed on restart. The batch's last resume token: {token}"
+                        "An event was not delivered ({other:?}); the checkpoint stays before the batch of events it came in, and that batch and later events will be replayed on restart. {what}"
                     );
                 }
                 self.failed = true;
@@ -206,10 +279,41 @@ impl Acks {
         }
     }
 
+    /// Moves the checkpoint to `mark`.
+    fn apply(&mut self, mark: Mark) {
+        self.moved = true;
+        match mark {
+            Mark::Stream(token) => self.committed = Some(token),
+            Mark::Records(after) => {
+                if let Some(p) = self.incremental.as_mut() {
+                    // Every change up to the round's position was sent
+                    // (and so delivered) before its records.
+                    self.committed = p.oldest_at().map(str::to_string).or(self.committed.take());
+                    p.delivered(after);
+                    self.progress_moved = true;
+                }
+            }
+            Mark::RoundEnd => {
+                if let Some(p) = self.incremental.as_mut() {
+                    if let Some(round) = p.round_done() {
+                        self.committed = Some(round.at);
+                    }
+                    self.progress_moved = true;
+                }
+            }
+        }
+    }
+
     /// On an idle stream with nothing outstanding, the post-batch resume
-    /// token may be committed: every event before it was delivered.
+    /// token may be committed: every event before it was delivered. Not
+    /// while a copy round is unfinished: its records follow its own
+    /// position.
     pub fn idle(&mut self, post_batch_token: Option<String>) {
-        if self.outstanding == 0 && !self.failed {
+        let round_open = self
+            .incremental
+            .as_ref()
+            .is_some_and(|p| !p.rounds.is_empty());
+        if self.outstanding == 0 && !self.failed && !round_open {
             if let Some(t) = post_batch_token {
                 if self.committed.as_deref().is_none_or(|c| c < t.as_str()) {
                     self.committed = Some(t);
@@ -219,9 +323,8 @@ impl Acks {
     }
 
     /// Commits without acknowledgements (`acknowledgements.enabled = false`).
-    pub fn sent_unacknowledged(&mut self, token: String) {
-        self.committed = Some(token);
-        self.moved = true;
+    pub fn sent_unacknowledged(&mut self, mark: Mark) {
+        self.apply(mark);
     }
 
     /// Writes the checkpoint if it changed and the interval passed (or
@@ -233,7 +336,8 @@ impl Acks {
         } else {
             self.idle_interval
         };
-        if self.committed == self.written || (!force && self.last_write.elapsed() < interval) {
+        let changed = self.committed != self.written || self.progress_moved;
+        if !changed || (!force && self.last_write.elapsed() < interval) {
             return Ok(false);
         }
         let Some(token) = self.committed.clone() else {
@@ -243,10 +347,14 @@ impl Acks {
         // refuses (a lost lease) is not asked again for every event.
         self.last_write = Instant::now();
         self.state
-            .save(&Checkpoint::of(&self.pipeline, token, None))
+            .save(&Checkpoint {
+                incremental: self.incremental.clone(),
+                ..Checkpoint::of(&self.pipeline, token, None)
+            })
             .await?;
         self.written = self.committed.clone();
         self.moved = false;
+        self.progress_moved = false;
         Ok(true)
     }
 }
@@ -283,7 +391,7 @@ mod tests {
         acks.idle(Some("3".into()));
         assert!(!acks.flush(false).await.unwrap(), "an idle move waits");
         acks.emitted();
-        acks.resolved(BatchStatus::Delivered, "4".into());
+        acks.resolved(BatchStatus::Delivered, Mark::Stream("4".into()));
         assert!(
             acks.flush(false).await.unwrap(),
             "a delivered event does not"
@@ -309,9 +417,9 @@ mod tests {
             None,
             "idle token ignored while events are outstanding"
         );
-        acks.resolved(BatchStatus::Delivered, "1".into());
-        acks.resolved(BatchStatus::Errored, "2".into());
-        acks.resolved(BatchStatus::Delivered, "3".into());
+        acks.resolved(BatchStatus::Delivered, Mark::Stream("1".into()));
+        acks.resolved(BatchStatus::Errored, Mark::Stream("2".into()));
+        acks.resolved(BatchStatus::Delivered, Mark::Stream("3".into()));
         acks.idle(Some("9".into()));
         assert_eq!(acks.committed(), Some("1"));
         assert!(acks.flush(false).await.unwrap());
@@ -324,5 +432,41 @@ mod tests {
                 .resume_token,
             "1"
         );
+    }
+
+    /// A planned round is saved before anything of it is sent; its marks
+    /// move the checkpoint to the round's position, and an idle token is
+    /// not committed past an unfinished round.
+    #[tokio::test]
+    async fn copy_rounds_are_saved_when_planned_and_moved_by_their_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::state_store::StateHandle::local(dir.path()).doc("checkpoint.json");
+        let intervals = (Duration::ZERO, Duration::ZERO);
+        let progress = IncrementalProgress::of(vec!["d.c".into()]);
+        let mut acks =
+            Acks::new(state.clone(), "p", Some("10".into()), intervals).with_incremental(progress);
+        let round = acks.plan_round("20", None).await.unwrap().unwrap();
+        assert_eq!((round.ns.as_str(), round.at.as_str()), ("d.c", "20"));
+        let saved = state.load::<Checkpoint>().await.unwrap().unwrap();
+        assert_eq!(saved.resume_token, "10", "planned, not yet delivered");
+        assert_eq!(saved.incremental.unwrap().rounds, vec![round]);
+        for _ in 0..3 {
+            acks.emitted();
+        }
+        acks.resolved(BatchStatus::Delivered, Mark::Stream("15".into()));
+        acks.resolved(BatchStatus::Delivered, Mark::Records(serde_json::json!(7)));
+        acks.idle(Some("30".into()));
+        assert_eq!(acks.committed(), Some("20"), "no idle move past the round");
+        assert_eq!(
+            acks.incremental().unwrap().rounds[0].after,
+            Some(serde_json::json!(7))
+        );
+        acks.resolved(BatchStatus::Delivered, Mark::RoundEnd);
+        assert!(acks.incremental().unwrap().is_complete());
+        assert_eq!(acks.incremental().unwrap().copied, vec!["d.c".to_string()]);
+        assert!(acks.flush(false).await.unwrap());
+        let saved = state.load::<Checkpoint>().await.unwrap().unwrap();
+        assert_eq!(saved.resume_token, "20");
+        assert!(saved.incremental.unwrap().is_complete());
     }
 }

@@ -94,9 +94,17 @@ pub struct MongoDbChangeStreamConfig {
     #[serde(default)]
     pub snapshot: SnapshotMode,
     /// Documents per snapshot query; progress is saved per acknowledged
-    /// document, so a restart continues where the copy stopped.
+    /// document, so a restart continues where the copy stopped. With
+    /// `snapshot = "incremental"`, the documents one chunk reader copies
+    /// per round (10000 suits large collections: fewer rounds, each with
+    /// one checkpoint write).
     #[serde(default = "default_snapshot_chunk_size")]
     pub snapshot_chunk_size: u32,
+    /// With `snapshot = "incremental"`: chunk readers (cursors) per round,
+    /// 1 to 16. Their records are sent in `_id` order, so memory stays
+    /// bounded by a few server batches per reader whatever the chunk size.
+    #[serde(default = "default_snapshot_parallelism")]
+    pub snapshot_parallelism: u32,
     /// What to do with an event over MongoDB's 16 MB limit (a large
     /// document with its pre-image, say).
     #[serde(default)]
@@ -142,6 +150,9 @@ fn default_checkpoint_idle_interval_secs() -> f64 {
 }
 fn default_snapshot_chunk_size() -> u32 {
     1000
+}
+fn default_snapshot_parallelism() -> u32 {
+    2
 }
 
 #[derive(Debug, Snafu)]
@@ -256,6 +267,7 @@ impl MongoDbChangeStreamConfig {
             on_history_lost: self.on_history_lost,
             snapshot: self.snapshot,
             snapshot_chunk_size: self.snapshot_chunk_size,
+            snapshot_parallelism: self.snapshot_parallelism,
             on_oversized_event: self.on_oversized_event,
             max_consecutive_recoveries: self.max_consecutive_recoveries,
             checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms),
@@ -318,6 +330,20 @@ impl MongoDbChangeStreamConfig {
             errors.push(OptionError::new(
                 "on_history_lost",
                 "\"resnapshot\" needs `snapshot = \"initial\"`",
+            ));
+        }
+        if self.on_history_lost == OnHistoryLost::Resnapshot
+            && self.snapshot == SnapshotMode::Incremental
+        {
+            errors.push(OptionError::new(
+                "on_history_lost",
+                "\"resnapshot\" needs `snapshot = \"initial\"`; an incremental snapshot is not restarted on lost history (use \"fail\" or \"reset_to_now\")",
+            ));
+        }
+        if !(1..=16).contains(&self.snapshot_parallelism) {
+            errors.push(OptionError::new(
+                "snapshot_parallelism",
+                "must be between 1 and 16",
             ));
         }
         for (key, value) in [

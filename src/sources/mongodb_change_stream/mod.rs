@@ -11,6 +11,7 @@
 //! - `state_check.rs`: the start check of the checkpoint against the sinks'
 //!   state.
 //! - `stream/recovery.rs`: stream errors: retry with backoff, lost history, fatal.
+//! - `stream/idle.rs`: idle post-batch tokens and watermarks.
 //! - `errors.rs`: MongoDB errors as sentences; which ones retrying cannot fix.
 //! - `healthcheck.rs`: `validate`'s check of the deployment and scope.
 //! - `oversized.rs`: skipping events over the 16 MB limit.
@@ -19,11 +20,15 @@
 //! - `stream/snapshot.rs`: copying existing documents before streaming;
 //!   `stream/snapshot/records.rs` wraps them as records (through
 //!   `pipeline`), `stream/snapshot/position.rs` orders them by `_id`.
+//! - `incremental.rs`: an incremental snapshot's progress (rounds beside
+//!   the stream) and why its record order is exact; `stream/incremental.rs`
+//!   runs the rounds, `stream/incremental/chunks.rs` splits and reads them.
 
 mod checkpoint;
 mod config;
 mod errors;
 mod healthcheck;
+mod incremental;
 mod oplog;
 mod oversized;
 mod read_ahead;

@@ -101,6 +101,11 @@ impl ReadAhead {
         self.queue.recv().await
     }
 
+    /// The next item if one is queued now.
+    pub(super) fn try_next(&mut self) -> Option<Read> {
+        self.queue.try_recv().ok()
+    }
+
     /// Stops reading and waits until the stream is dropped, so its cursor
     /// is killed before the client shuts down.
     pub(super) async fn close(mut self) {

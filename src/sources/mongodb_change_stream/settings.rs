@@ -27,6 +27,7 @@ pub struct Settings {
     pub on_history_lost: OnHistoryLost,
     pub snapshot: SnapshotMode,
     pub snapshot_chunk_size: u32,
+    pub snapshot_parallelism: u32,
     pub on_oversized_event: OnOversizedEvent,
     pub max_consecutive_recoveries: u32,
     pub checkpoint_interval: Duration,
@@ -88,6 +89,13 @@ pub enum SnapshotMode {
     Initial,
     /// Copy every watched collection once, then stop.
     InitialOnly,
+    /// Copy the watched collections in chunks while streaming: from the
+    /// first start, and for collections that come into scope later
+    /// (added to `collections`, or never copied before). Chunks are read
+    /// `snapshot_parallelism` at a time between change events, and
+    /// progress is saved per chunk, so a restart continues where the copy
+    /// stopped.
+    Incremental,
 }
 
 /// `on_oversized_event`: events over MongoDB's 16 MB limit.

@@ -9,9 +9,7 @@
 use std::{ops::ControlFlow, sync::Arc};
 
 use crate::{
-    event::{
-        BatchNotifier, BatchStatusReceiver, Event, EventMetadata, LogEvent, Position, Watermark,
-    },
+    event::{BatchNotifier, BatchStatusReceiver, EventMetadata, LogEvent, Position},
     finalizer::{FinalizerStream, OrderedFinalizer},
     internal_events::ComponentTags,
     internal_events::{
@@ -24,26 +22,25 @@ use crate::{
     topology::{Sent, SourceSender},
 };
 use bson::RawDocumentBuf;
-use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use mongodb::{
-    change_stream::{event::ResumeToken, ChangeStream},
-    Client,
-};
+use mongodb::{change_stream::ChangeStream, Client};
 
 use super::{
-    checkpoint::{token_cluster_time, Acks, SnapshotProgress},
+    checkpoint::{token_cluster_time, Acks, Mark, SnapshotProgress},
     oversized::skip_if_oversized,
     read_ahead::{Read, ReadAhead, REPLY_TARGET_BYTES},
     settings::{Settings, SnapshotMode},
     state_check::check_state,
-    watch::{client_options, describe_scope, token_hex, watch, OpenAt, Stamp},
+    watch::{client_options, describe_scope, watch, OpenAt, Stamp},
 };
 
+mod idle;
+mod incremental;
 mod recovery;
 mod snapshot;
 mod start;
 
+use incremental::CopyRun;
 use snapshot::SnapshotEnd;
 
 /// Fewest events per batch however large they are.
@@ -82,8 +79,10 @@ pub(super) struct RunState {
     /// snapshot only.
     snapshot_resume: Option<(String, SnapshotProgress)>,
     acks: Acks,
-    finalizer: OrderedFinalizer<String>,
-    ack_stream: FinalizerStream<String>,
+    finalizer: OrderedFinalizer<Mark>,
+    ack_stream: FinalizerStream<Mark>,
+    /// An incremental snapshot's stream side (`snapshot = "incremental"`).
+    copy: Option<CopyRun>,
     /// The acknowledgement of the hand-over being forwarded.
     hand_over: Option<HandOverAck>,
     progress: StreamProgress,
@@ -138,7 +137,7 @@ impl RunState {
         };
         drop(batch);
         if let Some(token) = last {
-            self.finalizer.add(receiver, token);
+            self.finalizer.add(receiver, Mark::Stream(token));
             self.acks.emitted();
         }
     }
@@ -256,8 +255,8 @@ impl ChangeStreamSource {
                 _ = self.cx.shutdown.cancelled() => return ControlFlow::Break(Ok(())),
                 n = run.ack_stream.next() => n,
             };
-            let Some((status, token)) = next else { break };
-            run.acks.resolved(status, token);
+            let Some((status, mark)) = next else { break };
+            run.acks.resolved(status, mark);
         }
         ControlFlow::Continue(())
     }
@@ -339,12 +338,7 @@ impl ChangeStreamSource {
             // Between hand-overs, not per event: each takes the whole
             // acknowledgement stream and may write the checkpoint.
             self.take_acks(run).await?;
-            // Safe to race: a queued item stays queued.
-            let next = tokio::select! {
-                _ = self.cx.shutdown.cancelled() => return ControlFlow::Break(Ok(())),
-                n = reads.next() => n,
-            };
-            match next {
+            match self.next_read(run, reads).await? {
                 Some(Read::Events(docs, permit)) => {
                     handed = docs.into_iter();
                     _budget = Some(permit);
@@ -381,6 +375,27 @@ impl ChangeStreamSource {
         }
     }
 
+    /// The next read of the stream. While nothing is queued and an
+    /// incremental snapshot has a round to run, the round runs first.
+    async fn next_read(
+        &self,
+        run: &mut RunState,
+        reads: &mut ReadAhead,
+    ) -> ControlFlow<Stop, Option<Read>> {
+        while Self::copy_due(run) {
+            if let Some(read) = reads.try_next() {
+                return ControlFlow::Continue(Some(read));
+            }
+            self.copy_round(run).await?;
+            self.take_acks(run).await?;
+        }
+        // Safe to race: a queued item stays queued.
+        tokio::select! {
+            _ = self.cx.shutdown.cancelled() => ControlFlow::Break(Ok(())),
+            n = reads.next() => ControlFlow::Continue(n),
+        }
+    }
+
     /// A batch size for events of `average` bytes when `current` is off by
     /// more than half from one that keeps a reply near
     /// [`REPLY_TARGET_BYTES`]; never more than the configured `batch_size`.
@@ -399,8 +414,8 @@ impl ChangeStreamSource {
     /// Takes in the acknowledgements that are ready and writes the
     /// checkpoint when due.
     async fn take_acks(&self, run: &mut RunState) -> ControlFlow<Stop> {
-        while let Some((status, token)) = run.ack_stream.ready() {
-            run.acks.resolved(status, token);
+        while let Some((status, mark)) = run.ack_stream.ready() {
+            run.acks.resolved(status, mark);
         }
         if let Err(e) = run.acks.flush(false).await {
             self.error("checkpoint_failed", &e.to_string());
@@ -429,6 +444,12 @@ impl ChangeStreamSource {
             self.error("missing_resume_token", "An event has no `_id._data` resume token; a `pipeline` stage must have removed `_id`. Keep `_id` in every event.");
             return ControlFlow::Break(Err(()));
         };
+        if run.copy.as_ref().is_some_and(|c| c.due_before(&token)) {
+            self.copy_before(run, &token).await?;
+        }
+        if let Some(c) = run.copy.as_mut() {
+            c.passed(&token);
+        }
         if skip_if_oversized(
             self.settings.on_oversized_event,
             &raw,
@@ -465,65 +486,13 @@ impl ChangeStreamSource {
                 .send_log(event, token.clone(), None, &self.cx.shutdown)
                 .await
             {
-                Sent::Unacknowledged(token) => run.acks.sent_unacknowledged(token),
+                Sent::Unacknowledged(token) => run.acks.sent_unacknowledged(Mark::Stream(token)),
                 Sent::Registered | Sent::Stopped => return ControlFlow::Break(Ok(())),
             }
         }
         run.recoveries = 0;
         run.at = OpenAt::After(token);
         ControlFlow::Continue(())
-    }
-
-    /// On an idle stream the post-batch token is the server's promise that
-    /// nothing before it is pending: a watermark at its time goes to the
-    /// sinks, and the checkpoint may move to it.
-    async fn on_idle(
-        &self,
-        run: &mut RunState,
-        post_batch_token: Option<ResumeToken>,
-    ) -> ControlFlow<Stop> {
-        let batch_token = post_batch_token.and_then(|t| token_hex(&t));
-        self.watermark(run, batch_token.as_deref(), true).await?;
-        run.acks.idle(batch_token.clone());
-        if let (Some(t), OpenAt::Now | OpenAt::Time(_)) = (&batch_token, &run.at) {
-            // Nothing emitted yet: reopen from here, not from "now" again,
-            // if the stream breaks.
-            run.at = OpenAt::After(t.clone());
-        }
-        ControlFlow::Continue(())
-    }
-
-    /// Sends a watermark at the cluster time of `token`: a post-batch
-    /// token, or the last event read once the source caught up. Either way
-    /// no later event has an earlier cluster time. `idle`: sinks may write
-    /// everything they hold (the stream is idle, or a burst ended).
-    async fn watermark(
-        &self,
-        run: &mut RunState,
-        token: Option<&str>,
-        idle: bool,
-    ) -> ControlFlow<Stop> {
-        let Some(ts) = token.and_then(token_cluster_time) else {
-            return ControlFlow::Continue(());
-        };
-        run.progress.read_up_to(ts.time);
-        let Some(time) = DateTime::<Utc>::from_timestamp(i64::from(ts.time), 0) else {
-            return ControlFlow::Continue(());
-        };
-        let watermark = Event::Watermark(Watermark {
-            source_id: Arc::clone(&run.source_id),
-            time,
-            idle,
-        });
-        if run
-            .out
-            .send_until_shutdown(watermark, &self.cx.shutdown)
-            .await
-        {
-            ControlFlow::Continue(())
-        } else {
-            ControlFlow::Break(Ok(()))
-        }
     }
 
     /// Stops sending so sinks can finish, waits for every outstanding
@@ -539,8 +508,8 @@ impl ChangeStreamSource {
         } = run;
         drop(out);
         drop(finalizer);
-        while let Some((status, token)) = ack_stream.next().await {
-            acks.resolved(status, token);
+        while let Some((status, mark)) = ack_stream.next().await {
+            acks.resolved(status, mark);
         }
         if let Err(e) = acks.flush(true).await {
             self.error("checkpoint_failed", &e.to_string());

@@ -210,7 +210,11 @@ impl ChangeStreamSource {
 
     /// Logs the start of collection `index` with MongoDB's estimate of its
     /// size, so the progress lines have a total to compare against.
-    async fn copy_progress(&self, (index, of): (usize, usize), ns: &str) -> CopyProgress {
+    pub(super) async fn copy_progress(
+        &self,
+        (index, of): (usize, usize),
+        ns: &str,
+    ) -> CopyProgress {
         let (db, coll) = split_namespace(ns);
         let estimate = self
             .client
@@ -233,6 +237,7 @@ impl ChangeStreamSource {
             estimate,
             read: 0,
             logged_at: std::time::Instant::now(),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -394,7 +399,7 @@ impl ChangeStreamSource {
 
     /// The watched collections as `db.coll`, sorted (views and `system.*`
     /// collections left out).
-    async fn snapshot_collections(&self) -> mongodb::error::Result<Vec<String>> {
+    pub(super) async fn snapshot_collections(&self) -> mongodb::error::Result<Vec<String>> {
         let databases = match &self.settings.scope {
             Scope::Deployment => self
                 .client
@@ -505,27 +510,30 @@ impl ChangeStreamSource {
 }
 
 /// Progress of one collection's copy, logged every few seconds.
-struct CopyProgress {
+pub(super) struct CopyProgress {
     source: String,
-    ns: String,
+    pub(super) ns: String,
     estimate: Option<u64>,
     read: u64,
     logged_at: std::time::Instant,
+    started: std::time::Instant,
 }
 
 impl CopyProgress {
     const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-    fn read(&mut self, documents: u64) {
+    pub(super) fn read(&mut self, documents: u64) {
         self.read += documents;
         if self.logged_at.elapsed() >= Self::EVERY {
             self.logged_at = std::time::Instant::now();
+            let rate = self.read as f64 / self.started.elapsed().as_secs_f64().max(0.001);
             let percent = self
                 .estimate
                 .filter(|e| *e > 0)
                 .map(|e| {
+                    let left = e.saturating_sub(self.read) as f64 / rate.max(1.0);
                     format!(
-                        " ({:.0}% of about {e})",
+                        " ({:.0}% of about {e}, {rate:.0} a second, about {left:.0} s to go)",
                         100.0 * self.read as f64 / e as f64
                     )
                 })
@@ -534,7 +542,7 @@ impl CopyProgress {
         }
     }
 
-    fn done(&self) {
+    pub(super) fn done(&self) {
         tracing::info!(source = %self.source, collection = %self.ns, documents = self.read, "Snapshot: collection copied.");
     }
 }

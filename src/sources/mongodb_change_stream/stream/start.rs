@@ -3,12 +3,16 @@
 
 use std::{ops::ControlFlow, sync::Arc};
 
-use super::{cluster_time_of, ChangeStreamSource, OpenAt, RunState, Stop};
+use super::{
+    cluster_time_of, recovery::Failure, ChangeStreamSource, CopyRun, OpenAt, RunState, Stop,
+};
 use crate::{
     finalizer::OrderedFinalizer,
-    internal_events::mongodb::StreamProgress,
+    internal_events::mongodb::{SnapshotCopied, StreamProgress},
     sources::mongodb_change_stream::{
         checkpoint::{Acks, Checkpoint, SnapshotProgress},
+        errors,
+        incremental::IncrementalProgress,
         settings::{SnapshotMode, StartAt},
     },
 };
@@ -47,7 +51,10 @@ impl ChangeStreamSource {
                 )));
             }
         }
-        if self.settings.snapshot != SnapshotMode::Off {
+        if !matches!(
+            self.settings.snapshot,
+            SnapshotMode::Off | SnapshotMode::Incremental
+        ) {
             tracing::info!(source = %self.cx.key, "No checkpoint: copying the watched collections first (snapshot = {:?}).", self.settings.snapshot);
             return Ok(Some((OpenAt::Snapshot, None, None)));
         }
@@ -86,11 +93,28 @@ impl ChangeStreamSource {
             self.settings.checkpoint_interval,
             self.settings.checkpoint_idle_interval,
         );
+        let mut acks = Acks::new(
+            self.state.clone(),
+            &self.pipeline_id,
+            initial.clone(),
+            intervals,
+        );
+        let mut copy = None;
+        if self.settings.snapshot == SnapshotMode::Incremental {
+            let progress = self.incremental_progress().await?;
+            copy = Some(CopyRun::new(
+                initial,
+                &progress,
+                SnapshotCopied::register(&self.cx.tags),
+            ));
+            acks = acks.with_incremental(progress);
+        }
         let (finalizer, ack_stream) = OrderedFinalizer::new();
         ControlFlow::Continue(RunState {
             at,
             snapshot_resume,
-            acks: Acks::new(self.state.clone(), &self.pipeline_id, initial, intervals),
+            acks,
+            copy,
             finalizer,
             ack_stream,
             hand_over: None,
@@ -101,5 +125,72 @@ impl ChangeStreamSource {
             attempt: 0,
             recoveries: 0,
         })
+    }
+
+    /// An incremental snapshot's progress: the checkpoint's, with the
+    /// collections in scope that were never copied added (all of them on
+    /// a first start; those an initial snapshot copied count as copied).
+    async fn incremental_progress(&self) -> ControlFlow<Stop, IncrementalProgress> {
+        let saved = match self.state.load::<Checkpoint>().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.error("checkpoint_failed", &e.to_string());
+                return ControlFlow::Break(Err(()));
+            }
+        };
+        let mut progress = match saved {
+            Some(Checkpoint {
+                incremental: Some(p),
+                ..
+            }) => p,
+            Some(Checkpoint {
+                snapshot: Some(s), ..
+            }) if s.done => IncrementalProgress {
+                copied: s.collections,
+                ..Default::default()
+            },
+            _ => IncrementalProgress::default(),
+        };
+        let mut attempt = 0;
+        let in_scope = loop {
+            match self.snapshot_collections().await {
+                Ok(c) => break c,
+                Err(e) => match self.classify(&e) {
+                    Failure::Retry if !self.cx.shutdown.is_cancelled() => {
+                        self.pause(&mut attempt, &e).await;
+                    }
+                    _ => {
+                        super::recovery::stops_the_agent(&e);
+                        self.error(
+                            "snapshot_failed",
+                            &format!(
+                                "Could not list the collections to snapshot: {}",
+                                errors::describe(&e)
+                            ),
+                        );
+                        return ControlFlow::Break(Err(()));
+                    }
+                },
+            }
+        };
+        let added = progress.reconcile(&in_scope);
+        if !added.is_empty() {
+            tracing::info!(
+                source = %self.cx.key,
+                collections = %added.join(","),
+                "Incremental snapshot: {} collection(s) in scope were never copied; copying them beside the stream.",
+                added.len()
+            );
+        }
+        if !progress.is_complete() {
+            tracing::info!(
+                source = %self.cx.key,
+                pending = progress.pending.len(),
+                unfinished_rounds = progress.rounds.len(),
+                copied = progress.copied.len(),
+                "Incremental snapshot: continuing beside the stream."
+            );
+        }
+        ControlFlow::Continue(progress)
     }
 }

@@ -19,7 +19,7 @@ impl ChangeStreamSource {
     /// A chunk of `ns` as snapshot records, through the user's `pipeline`.
     /// (Not given the `SnapshotRun`: a shared reference to it, held across
     /// an await, would not be `Send`.)
-    pub(super) async fn chunk_records(
+    pub(in crate::sources::mongodb_change_stream::stream) async fn chunk_records(
         &self,
         ns: &str,
         prefix: &str,

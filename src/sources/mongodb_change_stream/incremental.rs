@@ -1,0 +1,225 @@
+//! Progress of an incremental snapshot (`snapshot = "incremental"`), as the
+//! checkpoint keeps it.
+//!
+//! The copy runs beside the stream in *rounds*. A round copies one `_id`
+//! range of one collection, read by up to `snapshot_parallelism` chunk
+//! readers, and its records are sent between two change events: after
+//! every change up to a stream position `at` (the last event sent, or a
+//! newer idle post-batch token) and before any change after it. Each
+//! record's position is `at` followed by an order-preserving key of its
+//! `_id`, so records sort after every change the stream sent before them
+//! and before every change after them, in `_id` order within the round.
+//!
+//! Why replaying the lake per document gives MongoDB's state: a record
+//! holds the document as read after the stream reached `at`, that is the
+//! state at `at` or a newer one, and every change after `at` follows it in
+//! the lake. Change events carry values, not operations (`updateDescription`
+//! sets fields to values and removes fields; inserts, replaces and deletes
+//! carry the whole document or its absence), so applying the changes after
+//! `at` to any state between `at` and now ends at the same document: a field
+//! a later change touched ends with that change's value, one none touched
+//! was the same all along. This is the watermark rule of DBLog without its
+//! dropped rows: instead of dropping a row the stream changed during the
+//! read, the row is placed before the change, which replays over it.
+//!
+//! A round is *planned* (saved in the checkpoint with its `at` and range)
+//! before any of its records is sent. A restart that finds an unfinished
+//! round sends the rest of it at the same `at`, when the stream reaches
+//! `at` again, so its records get the same positions and the sinks skip
+//! those they already hold: no record is written twice.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// What `checkpoint.json` holds of an incremental snapshot.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct IncrementalProgress {
+    /// Collections (`db.coll`) whose copy is complete.
+    #[serde(default)]
+    pub copied: Vec<String>,
+    /// Collections still to copy, in copy order; the next round is of the
+    /// first.
+    #[serde(default)]
+    pub pending: Vec<String>,
+    /// Where the next round of `pending[0]` starts: an `_id` (canonical
+    /// Extended JSON), inclusive; none: at the collection's start.
+    #[serde(default)]
+    pub next_from: Option<Value>,
+    /// Rounds planned and not yet wholly delivered, oldest first.
+    #[serde(default)]
+    pub rounds: Vec<Round>,
+}
+
+/// One planned round: the records of `ns` from `from` (inclusive) up to
+/// `upper` (exclusive), sent right after stream position `at`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Round {
+    pub ns: String,
+    /// The resume token (`_data` hex) the round's records follow.
+    pub at: String,
+    #[serde(default)]
+    pub from: Option<Value>,
+    /// None: to the end of the collection (the collection's last round).
+    #[serde(default)]
+    pub upper: Option<Value>,
+    /// The last `_id` delivered, once some of the round was.
+    #[serde(default)]
+    pub after: Option<Value>,
+}
+
+impl IncrementalProgress {
+    /// A copy of every collection in `collections`.
+    pub fn of(collections: Vec<String>) -> Self {
+        Self {
+            pending: collections,
+            ..Self::default()
+        }
+    }
+
+    /// Adds the collections in scope that were never copied nor planned,
+    /// and leaves out pending ones no longer in scope. Returns the added.
+    pub fn reconcile(&mut self, in_scope: &[String]) -> Vec<String> {
+        self.pending.retain(|ns| in_scope.contains(ns));
+        let known = |ns: &String| {
+            self.copied.contains(ns)
+                || self.pending.contains(ns)
+                || self.rounds.iter().any(|r| &r.ns == ns)
+        };
+        let added: Vec<String> = in_scope.iter().filter(|ns| !known(ns)).cloned().collect();
+        self.pending.extend(added.iter().cloned());
+        added
+    }
+
+    /// Nothing left to plan or deliver.
+    pub fn is_complete(&self) -> bool {
+        self.pending.is_empty() && self.rounds.is_empty()
+    }
+
+    /// The next round of `pending[0]`, at `at`, up to `upper`: recorded as
+    /// planned and returned. `None` when nothing is pending.
+    pub fn plan(&mut self, at: &str, upper: Option<Value>) -> Option<Round> {
+        let ns = self.pending.first()?.clone();
+        let round = Round {
+            ns,
+            at: at.to_string(),
+            from: self.next_from.take(),
+            upper: upper.clone(),
+            after: None,
+        };
+        match upper {
+            Some(u) => self.next_from = Some(u),
+            None => {
+                self.pending.remove(0);
+            }
+        }
+        self.rounds.push(round.clone());
+        Some(round)
+    }
+
+    /// The oldest round's records up to `_id` `after` were delivered.
+    pub fn delivered(&mut self, after: Value) {
+        if let Some(r) = self.rounds.first_mut() {
+            r.after = Some(after);
+        }
+    }
+
+    /// The oldest round was wholly delivered; returns it.
+    pub fn round_done(&mut self) -> Option<Round> {
+        if self.rounds.is_empty() {
+            return None;
+        }
+        let round = self.rounds.remove(0);
+        let last_of_collection = round.upper.is_none()
+            && !self.rounds.iter().any(|r| r.ns == round.ns)
+            && !self.pending.contains(&round.ns);
+        if last_of_collection && !self.copied.contains(&round.ns) {
+            self.copied.push(round.ns.clone());
+        }
+        Some(round)
+    }
+
+    /// The position the oldest unfinished round follows.
+    pub fn oldest_at(&self) -> Option<&str> {
+        self.rounds.first().map(|r| r.at.as_str())
+    }
+
+    /// `state show` lines.
+    pub fn describe(&self) -> Vec<String> {
+        if self.is_complete() {
+            return vec![format!(
+                "  incremental snapshot complete ({} collections copied)",
+                self.copied.len()
+            )];
+        }
+        let mut lines = vec![format!(
+            "  incremental snapshot in progress: {} collections copied, {} to go",
+            self.copied.len(),
+            self.pending.len()
+                + self
+                    .rounds
+                    .iter()
+                    .filter(|r| r.upper.is_none() && !self.pending.contains(&r.ns))
+                    .count()
+        )];
+        for r in &self.rounds {
+            lines.push(format!(
+                "    round of {} after position {}: from _id {} to {}, delivered up to {}",
+                r.ns,
+                r.at,
+                r.from.as_ref().map_or("(start)".into(), Value::to_string),
+                r.upper.as_ref().map_or("(end)".into(), Value::to_string),
+                r.after
+                    .as_ref()
+                    .map_or("(none yet)".into(), Value::to_string),
+            ));
+        }
+        if let Some(ns) = self.pending.first() {
+            lines.push(format!(
+                "    next: {ns} from _id {}",
+                self.next_from
+                    .as_ref()
+                    .map_or("(start)".into(), Value::to_string)
+            ));
+        }
+        lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rounds_advance_through_collections_in_order() {
+        let mut p = IncrementalProgress::of(vec!["d.a".into(), "d.b".into()]);
+        let r1 = p.plan("T1", Some(json!(10))).unwrap();
+        assert_eq!((r1.ns.as_str(), r1.from.clone()), ("d.a", None));
+        let r2 = p.plan("T1", None).unwrap();
+        assert_eq!(r2.from, Some(json!(10)));
+        assert_eq!(p.pending, vec!["d.b".to_string()]);
+        p.delivered(json!(5));
+        assert_eq!(p.rounds[0].after, Some(json!(5)));
+        assert_eq!(p.oldest_at(), Some("T1"));
+        p.round_done();
+        assert!(p.copied.is_empty(), "d.a has a round left");
+        p.round_done();
+        assert_eq!(p.copied, vec!["d.a".to_string()]);
+        let r3 = p.plan("T2", None).unwrap();
+        assert_eq!((r3.ns.as_str(), r3.from), ("d.b", None));
+        p.round_done();
+        assert!(p.is_complete());
+        assert_eq!(p.plan("T3", None), None);
+    }
+
+    #[test]
+    fn reconcile_adds_new_collections_only() {
+        let mut p = IncrementalProgress::of(vec!["d.a".into(), "d.gone".into()]);
+        p.plan("T", None);
+        p.round_done();
+        let added = p.reconcile(&["d.a".into(), "d.new".into()]);
+        assert_eq!(added, vec!["d.new".to_string()]);
+        assert_eq!(p.pending, vec!["d.new".to_string()]);
+        assert_eq!(p.copied, vec!["d.a".to_string()]);
+    }
+}

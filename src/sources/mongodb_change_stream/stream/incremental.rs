@@ -1,0 +1,434 @@
+//! `snapshot = "incremental"`: copy rounds run between change events
+//! (`incremental.rs` in the source says why their records' order is
+//! exact).
+//!
+//! A round runs when the stream has nothing queued (its read-ahead is
+//! waiting on the server): the stream goes first, so its checkpoint keeps
+//! up with the newest change, and the copy fills the time the stream
+//! waits. A round restored from the checkpoint runs as soon as the stream
+//! reaches its position again, before any later change is sent.
+
+mod chunks;
+
+use std::{collections::VecDeque, ops::ControlFlow, sync::Arc};
+
+use bson::{Bson, RawDocumentBuf};
+
+use self::chunks::{bounds, id_of, ranges, ChunkReader};
+use super::{recovery::Failure, ChangeStreamSource, RunState, Stop};
+use crate::{
+    event::{BatchNotifier, BatchStatusReceiver, EventMetadata, LogEvent, Position},
+    internal_events::mongodb::SnapshotCopied,
+    sources::mongodb_change_stream::{
+        checkpoint::{token_cluster_time, Mark},
+        errors,
+        incremental::{IncrementalProgress, Round},
+        watch::event_token,
+    },
+    topology::Sent,
+};
+
+/// What the stream side keeps of an incremental snapshot.
+pub(super) struct CopyRun {
+    /// Where the stream stands: every change up to it was sent, none
+    /// after (the last event sent, or a newer idle post-batch token).
+    boundary: Option<String>,
+    /// Rounds from the checkpoint not yet sent in this run, oldest first.
+    restored: VecDeque<Round>,
+    copied: SnapshotCopied,
+    /// The collection being copied and its progress line.
+    progress: Option<super::snapshot::CopyProgress>,
+    /// Transient failures in a row, for the backoff.
+    attempt: u32,
+    complete_logged: bool,
+    /// Collections begun (or copied before) and all to copy, for the
+    /// progress lines.
+    begun: usize,
+    total: usize,
+}
+
+impl CopyRun {
+    pub(super) fn new(
+        boundary: Option<String>,
+        progress: &IncrementalProgress,
+        copied: SnapshotCopied,
+    ) -> Self {
+        let restored = progress.rounds.clone();
+        let unfinished = restored
+            .iter()
+            .filter(|r| !progress.pending.contains(&r.ns))
+            .map(|r| r.ns.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        let begun = progress.copied.len();
+        Self {
+            begun,
+            total: begun + unfinished + progress.pending.len(),
+            boundary,
+            restored: restored.into(),
+            copied,
+            progress: None,
+            attempt: 0,
+            complete_logged: false,
+        }
+    }
+
+    /// The stream sent (or skipped) the change at `token`.
+    pub(super) fn passed(&mut self, token: &str) {
+        self.boundary = Some(token.to_string());
+    }
+
+    /// The stream is idle up to `token`.
+    pub(super) fn idle_at(&mut self, token: &str) {
+        if self.boundary.as_deref().is_none_or(|b| b < token) {
+            self.boundary = Some(token.to_string());
+        }
+    }
+
+    /// A restored round must be sent before the change at `token`.
+    pub(super) fn due_before(&self, token: &str) -> bool {
+        self.restored.front().is_some_and(|r| r.at.as_str() < token)
+    }
+}
+
+impl ChangeStreamSource {
+    /// A round can run now: a restored one the stream has reached, or a
+    /// new one when collections are pending and the checkpoint has a
+    /// position to keep with it.
+    pub(super) fn copy_due(run: &RunState) -> bool {
+        let Some(copy) = &run.copy else { return false };
+        let Some(boundary) = copy.boundary.as_deref() else {
+            return false;
+        };
+        if let Some(r) = copy.restored.front() {
+            return r.at.as_str() <= boundary;
+        }
+        run.acks.committed().is_some()
+            && run
+                .acks
+                .incremental()
+                .is_some_and(|p| !p.pending.is_empty())
+    }
+
+    /// Sends the restored rounds that come before the change at `token`.
+    pub(super) async fn copy_before(&self, run: &mut RunState, token: &str) -> ControlFlow<Stop> {
+        run.end_hand_over();
+        while let Some(round) = run.copy.as_mut().and_then(|c| {
+            c.due_before(token)
+                .then(|| c.restored.pop_front())
+                .flatten()
+        }) {
+            self.send_round(run, round).await?;
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Runs one round: the oldest restored round, or a new one planned at
+    /// the stream's boundary.
+    pub(super) async fn copy_round(&self, run: &mut RunState) -> ControlFlow<Stop> {
+        run.end_hand_over();
+        let Some(copy) = run.copy.as_mut() else {
+            return ControlFlow::Continue(());
+        };
+        if let Some(round) = copy.restored.pop_front() {
+            return self.send_round(run, round).await;
+        }
+        let Some(round) = self.plan_round(run).await? else {
+            return ControlFlow::Continue(());
+        };
+        self.send_round(run, round).await?;
+        self.log_if_complete(run);
+        ControlFlow::Continue(())
+    }
+
+    /// Finds the next round's chunk bounds and saves it as planned.
+    async fn plan_round(&self, run: &mut RunState) -> ControlFlow<Stop, Option<Round>> {
+        let (Some(progress), Some(at)) = (
+            run.acks.incremental(),
+            run.copy.as_ref().and_then(|c| c.boundary.clone()),
+        ) else {
+            return ControlFlow::Continue(None);
+        };
+        let Some(ns) = progress.pending.first().cloned() else {
+            return ControlFlow::Continue(None);
+        };
+        let from = progress
+            .next_from
+            .clone()
+            .and_then(|v| Bson::try_from(v).ok());
+        let parallelism = self.settings.snapshot_parallelism;
+        let found = bounds(
+            &self.client,
+            &ns,
+            (from.as_ref(), None),
+            self.settings.snapshot_chunk_size,
+            parallelism,
+        )
+        .await;
+        let found = match found {
+            Ok(found) => found,
+            Err(e) => {
+                return self
+                    .round_failed(run, &ns, &e)
+                    .await
+                    .map_continue(|()| None)
+            }
+        };
+        let upper = (found.len() == parallelism as usize)
+            .then(|| found.last().cloned())
+            .flatten()
+            .map(Bson::into_canonical_extjson);
+        match run.acks.plan_round(&at, upper).await {
+            Ok(round) => ControlFlow::Continue(round),
+            Err(e) => {
+                self.error(
+                    "checkpoint_failed",
+                    &format!("Could not save the next snapshot round, so it is not sent yet: {e}"),
+                );
+                if e.is_condition_failed() {
+                    return ControlFlow::Break(Err(()));
+                }
+                self.wait(std::time::Duration::from_secs(1)).await;
+                ControlFlow::Continue(None)
+            }
+        }
+    }
+
+    /// Sends `round`'s records in `_id` order, read by up to
+    /// `snapshot_parallelism` chunk readers, then its end mark. A
+    /// transient error reads again from the last record sent.
+    async fn send_round(&self, run: &mut RunState, round: Round) -> ControlFlow<Stop> {
+        let Some(t0) = token_cluster_time(&round.at) else {
+            self.error(
+                "snapshot_failed",
+                &format!("snapshot round position {} has no cluster time", round.at),
+            );
+            return ControlFlow::Break(Err(()));
+        };
+        self.round_progress(run, &round.ns).await;
+        let json = |v: &Option<serde_json::Value>| v.clone().and_then(|v| Bson::try_from(v).ok());
+        let upper = json(&round.upper);
+        let mut start = match json(&round.after) {
+            Some(after) => (Some(after), true),
+            None => (json(&round.from), false),
+        };
+        let mut last_key = None;
+        loop {
+            match self
+                .read_round(run, &round, t0, &start, upper.as_ref(), &mut last_key)
+                .await?
+            {
+                Ok(()) => break,
+                Err((sent, e)) => {
+                    if let Some(last) = sent {
+                        start = (Some(last), true);
+                    }
+                    self.round_failed(run, &round.ns, &e).await?;
+                }
+            }
+        }
+        self.mark(run, Mark::RoundEnd);
+        ControlFlow::Continue(())
+    }
+
+    /// Reads `[start, upper)` of the round's collection in chunks and sends
+    /// the records. On a read error, gives back the last `_id` sent.
+    #[allow(clippy::type_complexity)]
+    async fn read_round(
+        &self,
+        run: &mut RunState,
+        round: &Round,
+        t0: bson::Timestamp,
+        start: &(Option<Bson>, bool),
+        upper: Option<&Bson>,
+        last_key: &mut Option<String>,
+    ) -> ControlFlow<Stop, Result<(), (Option<Bson>, mongodb::error::Error)>> {
+        let splits = self.settings.snapshot_parallelism - 1;
+        let chunk = self.settings.snapshot_chunk_size;
+        let found = match bounds(
+            &self.client,
+            &round.ns,
+            (start.0.as_ref(), upper),
+            chunk,
+            splits,
+        )
+        .await
+        {
+            Ok(found) => found,
+            Err(e) => return ControlFlow::Continue(Err((None, e))),
+        };
+        let mut readers: Vec<ChunkReader> = ranges(start.0.clone(), start.1, found, upper.cloned())
+            .into_iter()
+            .map(|r| ChunkReader::spawn(&self.client, &round.ns, r))
+            .collect();
+        let mut sent: Option<Bson> = None;
+        for reader in &mut readers {
+            loop {
+                let page = tokio::select! {
+                    _ = self.cx.shutdown.cancelled() => return ControlFlow::Break(Ok(())),
+                    p = reader.next() => p,
+                };
+                let docs = match page {
+                    None => break,
+                    Some(Ok(docs)) => docs,
+                    Some(Err(e)) => return ControlFlow::Continue(Err((sent, e))),
+                };
+                let last = docs.last().and_then(id_of);
+                self.send_page(run, round, t0, docs, last_key).await?;
+                if last.is_some() {
+                    sent = last;
+                }
+            }
+        }
+        ControlFlow::Continue(Ok(()))
+    }
+
+    /// Sends one page of documents as records at the round's position,
+    /// with one acknowledgement for the page.
+    async fn send_page(
+        &self,
+        run: &mut RunState,
+        round: &Round,
+        t0: bson::Timestamp,
+        docs: Vec<RawDocumentBuf>,
+        last_key: &mut Option<String>,
+    ) -> ControlFlow<Stop> {
+        let Some(last_id) = docs.last().and_then(id_of) else {
+            return ControlFlow::Continue(());
+        };
+        let read = docs.len() as u64;
+        let records = match self
+            .chunk_records(&round.ns, &round.at, t0, docs, last_key)
+            .await
+        {
+            ControlFlow::Continue(records) => records,
+            ControlFlow::Break(_) => return ControlFlow::Break(Err(())),
+        };
+        if let Some(p) = run.copy.as_mut().and_then(|c| c.progress.as_mut()) {
+            p.read(read);
+        }
+        if records.is_empty() {
+            // The pipeline left nothing: no mark either (one no event
+            // carries would not resolve); a restart reads these again.
+            return ControlFlow::Continue(());
+        }
+        let event_time = chrono::DateTime::from_timestamp(i64::from(t0.time), 0);
+        let (batch, receiver) = BatchNotifier::new_with_receiver();
+        let count = records.len() as u64;
+        for (record, _) in records {
+            let position = event_token(&record).map(Position);
+            let event = LogEvent::new(
+                record,
+                EventMetadata {
+                    source_id: Arc::clone(&run.source_id),
+                    position,
+                    event_time,
+                },
+            );
+            let sent = if self.cx.acknowledgements {
+                run.out.send_log_in(event, &batch, &self.cx.shutdown).await
+            } else {
+                matches!(
+                    run.out.send_log(event, (), None, &self.cx.shutdown).await,
+                    Sent::Unacknowledged(())
+                )
+            };
+            if !sent {
+                return ControlFlow::Break(Ok(()));
+            }
+        }
+        drop(batch);
+        if let Some(c) = run.copy.as_mut() {
+            c.copied.add(count);
+        }
+        let mark = Mark::Records(last_id.into_canonical_extjson());
+        if self.cx.acknowledgements {
+            run.finalizer.add(receiver, mark);
+            run.acks.emitted();
+        } else {
+            run.acks.sent_unacknowledged(mark);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Registers a mark that no event carries, in its place.
+    fn mark(&self, run: &mut RunState, mark: Mark) {
+        if self.cx.acknowledgements {
+            run.finalizer.add(BatchStatusReceiver::delivered(), mark);
+            run.acks.emitted();
+        } else {
+            run.acks.sent_unacknowledged(mark);
+        }
+    }
+
+    /// A read of a round failed: pauses before reading again when retrying
+    /// can help, else stops the source.
+    async fn round_failed(
+        &self,
+        run: &mut RunState,
+        ns: &str,
+        e: &mongodb::error::Error,
+    ) -> ControlFlow<Stop> {
+        match self.classify(e) {
+            Failure::Retry if !self.cx.shutdown.is_cancelled() => {
+                let attempt = &mut run.copy.as_mut().expect("copying").attempt;
+                self.pause(attempt, e).await;
+                if self.cx.shutdown.is_cancelled() {
+                    return ControlFlow::Break(Ok(()));
+                }
+                ControlFlow::Continue(())
+            }
+            _ if self.cx.shutdown.is_cancelled() => ControlFlow::Break(Ok(())),
+            _ => {
+                super::recovery::stops_the_agent(e);
+                self.error(
+                    "snapshot_failed",
+                    &format!("Snapshot of {ns} failed: {}", errors::describe(e)),
+                );
+                ControlFlow::Break(Err(()))
+            }
+        }
+    }
+
+    /// Starts the progress line of `ns` when a round of a new collection
+    /// begins.
+    async fn round_progress(&self, run: &mut RunState, ns: &str) {
+        let copy = run.copy.as_mut().expect("copying");
+        copy.attempt = 0;
+        if copy.progress.as_ref().is_some_and(|p| p.ns == ns) {
+            return;
+        }
+        if let Some(done) = copy.progress.take() {
+            done.done();
+        }
+        let (index, of) = (copy.begun, copy.total.max(copy.begun + 1));
+        copy.begun += 1;
+        let progress = self.copy_progress((index, of), ns).await;
+        run.copy.as_mut().expect("copying").progress = Some(progress);
+    }
+
+    fn log_if_complete(&self, run: &mut RunState) {
+        let complete = run.acks.incremental().is_some_and(|p| p.pending.is_empty());
+        let Some(copy) = run.copy.as_mut() else {
+            return;
+        };
+        if complete && !copy.complete_logged {
+            copy.complete_logged = true;
+            if let Some(done) = copy.progress.take() {
+                done.done();
+            }
+            tracing::info!(
+                source = %self.cx.key,
+                records = copy.copied.count(),
+                "Incremental snapshot: every collection is read; it is complete once its last records are delivered."
+            );
+        }
+    }
+
+    async fn wait(&self, d: std::time::Duration) {
+        tokio::select! {
+            _ = self.cx.shutdown.cancelled() => {}
+            _ = tokio::time::sleep(d) => {}
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! `snapshot = "incremental"` against a real `mongod` replica set, through
+//! the binary into a `file://` lake: the copy runs beside a steady stream
+//! of changes, survives kill -9, writes each document's snapshot record
+//! once, and the lake replayed per document is MongoDB's state.
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use mongodb::bson::{doc, Bson, Document};
+use serde_json::Value;
+use support::{eventually, Agent, Mongod, PipelineConfig};
+
+fn config(dir: &Path, mongo_uri: &str, source: &str) -> PathBuf {
+    let lake = dir.join("lake");
+    PipelineConfig::mongo(mongo_uri)
+        .data_dir(&dir.join("data"))
+        .global("healthchecks.enabled = false")
+        .source(source)
+        .sink(&format!(
+            "[sinks.lake]\ntype = \"adls_partitioned_jsonl\"\ninputs = [\"mongo\"]\naccount_url = \"file://{}\"\nfilesystem = \"raw\"\ncreate_filesystem = true\nfile_name = \"events-%Y%m%d-%H%M%S\"\nroll.window_secs = 2\nroll.grace_secs = 0\nbatch.timeout_secs = 0.3\nencoding.extended_json = \"canonical\"\n",
+            lake.display()
+        ))
+        .write(&dir.join("agent.toml"))
+}
+
+fn checkpoint(dir: &Path) -> Option<Value> {
+    let text = std::fs::read_to_string(dir.join("data/mongo/checkpoint.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The copy is complete in the saved checkpoint.
+fn copy_complete(c: &Value) -> bool {
+    let p = &c["incremental"];
+    p.is_object()
+        && p["pending"].as_array().is_some_and(Vec::is_empty)
+        && p["rounds"].as_array().is_some_and(Vec::is_empty)
+}
+
+/// Seconds of the cluster time in a resume token's hex.
+fn token_seconds(token: &str) -> Option<i64> {
+    i64::from_str_radix(token.get(2..10)?, 16).ok()
+}
+
+/// Every line of every committed file of the lake, by file name.
+fn read_lake(dir: &Path) -> BTreeMap<String, Vec<Value>> {
+    let root = dir.join("lake/raw");
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if rel.starts_with('.') {
+                continue; // staging
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if rel.ends_with(".jsonl") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let lines = text
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+                out.insert(rel, lines);
+            }
+        }
+    }
+    out
+}
+
+fn position(e: &Value) -> String {
+    e["_meta"]["resumeToken"].as_str().unwrap().to_string()
+}
+
+fn doc_key(e: &Value) -> (String, String) {
+    (
+        e["_meta"]["ns"]["coll"].as_str().unwrap().to_string(),
+        e["documentKey"]["_id"].to_string(),
+    )
+}
+
+/// Replays the lake per document in position order: a snapshot record,
+/// insert or replace sets the document, an update applies its
+/// `updateDescription` (not the looked-up `fullDocument`, so the order of
+/// records and changes is what is tested), a delete removes it.
+fn replay(files: &BTreeMap<String, Vec<Value>>) -> HashMap<(String, String), Value> {
+    let mut events: Vec<&Value> = files.values().flatten().collect();
+    events.sort_by_key(|e| position(e));
+    let mut state: HashMap<(String, String), Value> = HashMap::new();
+    for e in events {
+        let key = doc_key(e);
+        match e["_meta"]["operationType"].as_str().unwrap() {
+            "snapshot" | "insert" | "replace" => {
+                state.insert(key, e["fullDocument"].clone());
+            }
+            "update" => {
+                let desc = &e["updateDescription"];
+                if let Some(doc) = state.get_mut(&key).and_then(Value::as_object_mut) {
+                    for (k, v) in desc["updatedFields"].as_object().unwrap() {
+                        doc.insert(k.clone(), v.clone());
+                    }
+                    for k in desc["removedFields"].as_array().unwrap() {
+                        doc.remove(k.as_str().unwrap());
+                    }
+                }
+            }
+            "delete" => {
+                state.remove(&key);
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    state
+}
+
+/// `n` documents of `coll` with `_id`s of three types and ~1 KB each.
+async fn seed(client: &mongodb::Client, coll: &str, n: i64) -> Vec<Bson> {
+    let c = client.database("shop").collection::<Document>(coll);
+    let ids: Vec<Bson> = (0..n)
+        .map(|i| match i % 3 {
+            0 => Bson::Int64(i),
+            1 => Bson::String(format!("s{i:06}")),
+            _ => Bson::ObjectId(mongodb::bson::oid::ObjectId::new()),
+        })
+        .collect();
+    let docs: Vec<Document> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| doc! { "_id": id.clone(), "seq": i as i64, "pad": "p".repeat(1000) })
+        .collect();
+    for chunk in docs.chunks(1000) {
+        c.insert_many(chunk.to_vec()).await.unwrap();
+    }
+    ids
+}
+
+/// A steady stream of changes (about 100 a second) on the seeded
+/// documents of `orders` and `users` and on new ones, until `stop`.
+/// Returns the seeded `_id`s (canonical JSON, per collection) it deleted.
+async fn steady_changes(
+    client: mongodb::Client,
+    ids: HashMap<&'static str, Vec<Bson>>,
+    stop: Arc<AtomicBool>,
+) -> Vec<(String, String)> {
+    let mut deleted = Vec::new();
+    let mut n: i64 = 0;
+    while !stop.load(Ordering::SeqCst) {
+        for (coll, ids) in &ids {
+            let c = client.database("shop").collection::<Document>(coll);
+            let id = ids[rand::random_range(0..ids.len())].clone();
+            let _ = match n % 7 {
+                0 => c
+                    .insert_one(doc! { "_id": format!("new{n}"), "seq": n })
+                    .await
+                    .map(drop),
+                1 => c
+                    .update_one(doc! { "_id": id.clone() }, doc! { "$unset": { "pad": "" } })
+                    .await
+                    .map(drop),
+                2 if n % 21 == 2 => {
+                    let r = c.delete_one(doc! { "_id": id.clone() }).await;
+                    if r.as_ref().is_ok_and(|r| r.deleted_count == 1) {
+                        let json = Bson::Document(doc! { "_id": id }).into_canonical_extjson();
+                        deleted.push((coll.to_string(), json["_id"].to_string()));
+                    }
+                    r.map(drop)
+                }
+                _ => c
+                    .update_one(
+                        doc! { "_id": id },
+                        doc! { "$set": { "v": n, "w": format!("x{n}") } },
+                    )
+                    .await
+                    .map(drop),
+            };
+            n += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    deleted
+}
+
+/// MongoDB's documents of `coll`, as the lake writes them.
+async fn mongo_state(client: &mongodb::Client, coll: &str) -> HashMap<(String, String), Value> {
+    use futures::TryStreamExt;
+    let docs: Vec<Document> = client
+        .database("shop")
+        .collection::<Document>(coll)
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    docs.into_iter()
+        .map(|d| {
+            let json = Bson::Document(d).into_canonical_extjson();
+            ((coll.to_string(), json["_id"].to_string()), json)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_snapshot_beside_a_steady_stream_through_kill_9() {
+    let mongo = Mongod::start().await;
+    let client = mongo.client().await;
+    let orders = seed(&client, "orders", 200_000).await;
+    let users = seed(&client, "users", 900).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &mongo.uri(),
+        "database = \"shop\"\nsnapshot = \"incremental\"\nsnapshot_chunk_size = 2000\nsnapshot_parallelism = 3",
+    );
+    let log = dir.path().join("agent.log");
+    let mut agent = Agent::start_logged(&cfg, &log);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(steady_changes(
+        client.clone(),
+        HashMap::from([("orders", orders.clone()), ("users", users.clone())]),
+        Arc::clone(&stop),
+    ));
+    // The checkpoint's cluster time, sampled while the copy runs: the
+    // stream must keep up with the changes (the newest is always about
+    // now: the writer changes something every 20 ms).
+    let max_lag = Arc::new(Mutex::new(0_i64));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (dir, max_lag, sampling) = (
+            dir.path().to_path_buf(),
+            Arc::clone(&max_lag),
+            Arc::clone(&sampling),
+        );
+        tokio::spawn(async move {
+            let mut samples = 0;
+            while sampling.load(Ordering::SeqCst) {
+                if let Some(t) = checkpoint(&dir)
+                    .and_then(|c| c["resume_token"].as_str().and_then(token_seconds))
+                {
+                    let lag = chrono::Utc::now().timestamp() - t;
+                    let mut m = max_lag.lock().unwrap();
+                    *m = (*m).max(lag);
+                    samples += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            samples
+        })
+    };
+
+    // kill -9 three times during the copy, each a moment after the agent
+    // (re)started and saved a checkpoint, so rounds are in flight.
+    for _ in 0..3 {
+        let c = eventually(Duration::from_secs(60), async || {
+            let c = checkpoint(dir.path());
+            if c.is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            c
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(rand::random_range(100..300))).await;
+        assert!(
+            !copy_complete(&c) && checkpoint(dir.path()).is_some_and(|c| !copy_complete(&c)),
+            "the copy ended before 3 kills (make it longer): {c}\n{}",
+            support::log_tail(&log, 60)
+        );
+        agent.kill();
+        agent = Agent::start_logged(&cfg, &log);
+    }
+    eventually(Duration::from_secs(240), async || {
+        let done = checkpoint(dir.path()).is_some_and(|c| copy_complete(&c));
+        if !done {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        done.then_some(())
+    })
+    .await;
+    sampling.store(false, Ordering::SeqCst);
+    let samples = sampler.await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let deleted = writer.await.unwrap();
+    let last = client
+        .database("shop")
+        .collection::<Document>("orders")
+        .insert_one(doc! { "_id": "last" })
+        .await
+        .unwrap();
+    drop(last);
+    eventually(Duration::from_secs(60), async || {
+        let found = read_lake(dir.path())
+            .values()
+            .flatten()
+            .any(|e| e["documentKey"]["_id"] == "last");
+        if !found {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        found.then_some(())
+    })
+    .await;
+    assert_eq!(agent.stop(), Some(0), "{}", support::log_tail(&log, 40));
+
+    let max_lag = *max_lag.lock().unwrap();
+    assert!(samples >= 3, "the checkpoint was sampled ({samples})");
+    assert!(
+        max_lag <= 30,
+        "the checkpoint fell {max_lag} s behind the newest change during the copy"
+    );
+
+    let files = read_lake(dir.path());
+    // Every event once, and each file in position order.
+    let mut seen = std::collections::HashSet::new();
+    for (name, lines) in &files {
+        let positions: Vec<String> = lines.iter().map(position).collect();
+        let mut sorted = positions.clone();
+        sorted.sort();
+        assert_eq!(positions, sorted, "{name}: lines out of position order");
+        for p in positions {
+            assert!(seen.insert(p.clone()), "{p} appears twice");
+        }
+    }
+    // One snapshot record per seeded document (none for one deleted
+    // before its chunk was read).
+    let records = snapshot_records(&files);
+    let deleted: std::collections::HashSet<(String, String)> = deleted.into_iter().collect();
+    for (coll, ids) in [("orders", &orders), ("users", &users)] {
+        for id in ids {
+            let json = Bson::Document(doc! { "_id": id.clone() }).into_canonical_extjson();
+            let key = (coll.to_string(), json["_id"].to_string());
+            let n = records.get(&key).copied().unwrap_or(0);
+            assert!(n <= 1, "{key:?} has {n} snapshot records");
+            assert!(
+                n == 1 || deleted.contains(&key),
+                "{key:?} has no snapshot record"
+            );
+        }
+    }
+    assert!(
+        files
+            .values()
+            .flatten()
+            .any(|e| e["_meta"]["operationType"] == "update"),
+        "changes streamed during the copy"
+    );
+    // The lake replayed per document is MongoDB's state.
+    let lake = replay(&files);
+    let mut mongo_docs = mongo_state(&client, "orders").await;
+    mongo_docs.extend(mongo_state(&client, "users").await);
+    for (key, doc) in &mongo_docs {
+        assert_eq!(lake.get(key), Some(doc), "{key:?} differs");
+    }
+    assert_eq!(
+        lake.len(),
+        mongo_docs.len(),
+        "the lake holds documents MongoDB does not"
+    );
+}
+
+/// Snapshot records per document of the lake, by (collection, `_id`).
+fn snapshot_records(files: &BTreeMap<String, Vec<Value>>) -> HashMap<(String, String), usize> {
+    let mut records = HashMap::new();
+    for e in files.values().flatten() {
+        if e["_meta"]["operationType"] == "snapshot" {
+            *records.entry(doc_key(e)).or_default() += 1;
+        }
+    }
+    records
+}
+
+/// Waits until the saved checkpoint's copy is complete with `coll` copied.
+async fn copied(dir: &Path, coll: &str) {
+    eventually(Duration::from_secs(120), async || {
+        let c = checkpoint(dir)?;
+        let done = copy_complete(&c)
+            && c["incremental"]["copied"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|n| n == coll));
+        if !done {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        done.then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_added_to_the_scope_is_backfilled_alone() {
+    let mongo = Mongod::start().await;
+    let client = mongo.client().await;
+    seed(&client, "a", 2_000).await;
+    seed(&client, "b", 1_500).await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = |colls: &str| {
+        format!("database = \"shop\"\ncollections = [{colls}]\nsnapshot = \"incremental\"\nsnapshot_chunk_size = 300")
+    };
+    let log = dir.path().join("agent.log");
+    let cfg = config(dir.path(), &mongo.uri(), &options("\"a\""));
+    let agent = Agent::start_logged(&cfg, &log);
+    copied(dir.path(), "shop.a").await;
+    // A change after the copy moves the checkpoint past the copy's
+    // positions, so a second copy of `a` would not be taken for a replay.
+    let before = checkpoint(dir.path()).unwrap()["resume_token"].clone();
+    client
+        .database("shop")
+        .collection::<Document>("a")
+        .update_one(doc! { "_id": 0_i64 }, doc! { "$set": { "moved": true } })
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(60), async || {
+        let moved = checkpoint(dir.path()).is_some_and(|c| c["resume_token"] != before);
+        if !moved {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        moved.then_some(())
+    })
+    .await;
+    assert_eq!(agent.stop(), Some(0), "{}", support::log_tail(&log, 40));
+
+    let cfg = config(dir.path(), &mongo.uri(), &options("\"a\", \"b\""));
+    let agent = Agent::start_logged(&cfg, &log);
+    copied(dir.path(), "shop.b").await;
+    client
+        .database("shop")
+        .collection::<Document>("b")
+        .insert_one(doc! { "_id": "last" })
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(60), async || {
+        let found = read_lake(dir.path())
+            .values()
+            .flatten()
+            .any(|e| e["documentKey"]["_id"] == "last");
+        if !found {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        found.then_some(())
+    })
+    .await;
+    assert_eq!(agent.stop(), Some(0), "{}", support::log_tail(&log, 40));
+
+    let records = snapshot_records(&read_lake(dir.path()));
+    for (coll, n) in [("a", 2_000), ("b", 1_500)] {
+        let of_coll: Vec<usize> = records
+            .iter()
+            .filter(|((c, _), _)| c == coll)
+            .map(|(_, n)| *n)
+            .collect();
+        assert_eq!(of_coll.len(), n, "every document of {coll} copied");
+        assert!(
+            of_coll.iter().all(|n| *n == 1),
+            "{coll} copied once, not again"
+        );
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("1 collection(s) in scope were never copied")
+            && text.contains("collections=shop.b"),
+        "the second start names the added collection: {}",
+        support::log_tail(&log, 40)
+    );
+}
