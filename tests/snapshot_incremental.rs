@@ -304,17 +304,7 @@ async fn incremental_snapshot_beside_a_steady_stream_through_kill_9() {
         .await
         .unwrap();
     drop(last);
-    eventually(Duration::from_secs(60), async || {
-        let found = read_lake(dir.path())
-            .values()
-            .flatten()
-            .any(|e| e["documentKey"]["_id"] == "last");
-        if !found {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        found.then_some(())
-    })
-    .await;
+    in_lake(dir.path(), "last").await;
     assert_eq!(agent.stop(), Some(0), "{}", support::log_tail(&log, 40));
 
     let max_lag = *max_lag.lock().unwrap();
@@ -371,6 +361,21 @@ async fn incremental_snapshot_beside_a_steady_stream_through_kill_9() {
         mongo_docs.len(),
         "the lake holds documents MongoDB does not"
     );
+}
+
+/// Waits until the document `_id` `id` has an event in the lake.
+async fn in_lake(dir: &Path, id: &str) {
+    eventually(Duration::from_secs(60), async || {
+        let found = read_lake(dir)
+            .values()
+            .flatten()
+            .any(|e| e["documentKey"]["_id"] == id);
+        if !found {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        found.then_some(())
+    })
+    .await;
 }
 
 /// Snapshot records per document of the lake, by (collection, `_id`).
@@ -442,17 +447,7 @@ async fn a_collection_added_to_the_scope_is_backfilled_alone() {
         .insert_one(doc! { "_id": "last" })
         .await
         .unwrap();
-    eventually(Duration::from_secs(60), async || {
-        let found = read_lake(dir.path())
-            .values()
-            .flatten()
-            .any(|e| e["documentKey"]["_id"] == "last");
-        if !found {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        found.then_some(())
-    })
-    .await;
+    in_lake(dir.path(), "last").await;
     assert_eq!(agent.stop(), Some(0), "{}", support::log_tail(&log, 40));
 
     let records = snapshot_records(&read_lake(dir.path()));

@@ -12,16 +12,15 @@ mod chunks;
 
 use std::{collections::VecDeque, ops::ControlFlow, sync::Arc};
 
-use bson::{Bson, RawDocumentBuf};
+use bson::Bson;
 
-use self::chunks::{bounds, id_of, ranges, ChunkReader};
-use super::{recovery::Failure, ChangeStreamSource, RunState, Stop};
+use self::chunks::{bounds, ranges, ChunkReader, Page, ReadError, RecordsAt};
+use super::{ChangeStreamSource, RunState, Stop};
 use crate::{
     event::{BatchNotifier, BatchStatusReceiver, EventMetadata, LogEvent, Position},
     internal_events::mongodb::SnapshotCopied,
     sources::mongodb_change_stream::{
         checkpoint::{token_cluster_time, Mark},
-        errors,
         incremental::{IncrementalProgress, Round},
         watch::event_token,
     },
@@ -212,10 +211,15 @@ impl ChangeStreamSource {
             Some(after) => (Some(after), true),
             None => (json(&round.from), false),
         };
-        let mut last_key = None;
+        let records = RecordsAt {
+            maker: self.record_maker(),
+            ns: round.ns.as_str().into(),
+            at: round.at.as_str().into(),
+            t0,
+        };
         loop {
             match self
-                .read_round(run, &round, t0, &start, upper.as_ref(), &mut last_key)
+                .read_round(run, &records, &start, upper.as_ref())
                 .await?
             {
                 Ok(()) => break,
@@ -237,29 +241,20 @@ impl ChangeStreamSource {
     async fn read_round(
         &self,
         run: &mut RunState,
-        round: &Round,
-        t0: bson::Timestamp,
+        records: &RecordsAt,
         start: &(Option<Bson>, bool),
         upper: Option<&Bson>,
-        last_key: &mut Option<String>,
     ) -> ControlFlow<Stop, Result<(), (Option<Bson>, mongodb::error::Error)>> {
         let splits = self.settings.snapshot_parallelism - 1;
         let chunk = self.settings.snapshot_chunk_size;
-        let found = match bounds(
-            &self.client,
-            &round.ns,
-            (start.0.as_ref(), upper),
-            chunk,
-            splits,
-        )
-        .await
-        {
+        let ns = &records.ns;
+        let found = match bounds(&self.client, ns, (start.0.as_ref(), upper), chunk, splits).await {
             Ok(found) => found,
             Err(e) => return ControlFlow::Continue(Err((None, e))),
         };
         let mut readers: Vec<ChunkReader> = ranges(start.0.clone(), start.1, found, upper.cloned())
             .into_iter()
-            .map(|r| ChunkReader::spawn(&self.client, &round.ns, r))
+            .map(|r| ChunkReader::spawn(&self.client, records.clone(), r))
             .collect();
         let mut sent: Option<Bson> = None;
         for reader in &mut readers {
@@ -268,13 +263,19 @@ impl ChangeStreamSource {
                     _ = self.cx.shutdown.cancelled() => return ControlFlow::Break(Ok(())),
                     p = reader.next() => p,
                 };
-                let docs = match page {
+                let page = match page {
                     None => break,
-                    Some(Ok(docs)) => docs,
-                    Some(Err(e)) => return ControlFlow::Continue(Err((sent, e))),
+                    Some(Ok(page)) => page,
+                    Some(Err(ReadError::Server(e))) => {
+                        return ControlFlow::Continue(Err((sent, e)))
+                    }
+                    Some(Err(ReadError::Records(message))) => {
+                        self.error("snapshot_failed", &message);
+                        return ControlFlow::Break(Err(()));
+                    }
                 };
-                let last = docs.last().and_then(id_of);
-                self.send_page(run, round, t0, docs, last_key).await?;
+                let last = page.last_id.clone();
+                self.send_page(run, records, page).await?;
                 if last.is_some() {
                     sent = last;
                 }
@@ -283,26 +284,16 @@ impl ChangeStreamSource {
         ControlFlow::Continue(Ok(()))
     }
 
-    /// Sends one page of documents as records at the round's position,
-    /// with one acknowledgement for the page.
-    async fn send_page(
-        &self,
-        run: &mut RunState,
-        round: &Round,
-        t0: bson::Timestamp,
-        docs: Vec<RawDocumentBuf>,
-        last_key: &mut Option<String>,
-    ) -> ControlFlow<Stop> {
-        let Some(last_id) = docs.last().and_then(id_of) else {
+    /// Sends one page of records at the round's position, with one
+    /// acknowledgement for the page.
+    async fn send_page(&self, run: &mut RunState, at: &RecordsAt, page: Page) -> ControlFlow<Stop> {
+        let Page {
+            records,
+            read,
+            last_id,
+        } = page;
+        let Some(last_id) = last_id else {
             return ControlFlow::Continue(());
-        };
-        let read = docs.len() as u64;
-        let records = match self
-            .chunk_records(&round.ns, &round.at, t0, docs, last_key)
-            .await
-        {
-            ControlFlow::Continue(records) => records,
-            ControlFlow::Break(_) => return ControlFlow::Break(Err(())),
         };
         if let Some(p) = run.copy.as_mut().and_then(|c| c.progress.as_mut()) {
             p.read(read);
@@ -312,7 +303,7 @@ impl ChangeStreamSource {
             // carries would not resolve); a restart reads these again.
             return ControlFlow::Continue(());
         }
-        let event_time = chrono::DateTime::from_timestamp(i64::from(t0.time), 0);
+        let event_time = chrono::DateTime::from_timestamp(i64::from(at.t0.time), 0);
         let (batch, receiver) = BatchNotifier::new_with_receiver();
         let count = records.len() as u64;
         for (record, _) in records {
@@ -369,24 +360,17 @@ impl ChangeStreamSource {
         ns: &str,
         e: &mongodb::error::Error,
     ) -> ControlFlow<Stop> {
-        match self.classify(e) {
-            Failure::Retry if !self.cx.shutdown.is_cancelled() => {
-                let attempt = &mut run.copy.as_mut().expect("copying").attempt;
-                self.pause(attempt, e).await;
-                if self.cx.shutdown.is_cancelled() {
-                    return ControlFlow::Break(Ok(()));
-                }
-                ControlFlow::Continue(())
-            }
-            _ if self.cx.shutdown.is_cancelled() => ControlFlow::Break(Ok(())),
-            _ => {
-                super::recovery::stops_the_agent(e);
-                self.error(
-                    "snapshot_failed",
-                    &format!("Snapshot of {ns} failed: {}", errors::describe(e)),
-                );
-                ControlFlow::Break(Err(()))
-            }
+        if self.cx.shutdown.is_cancelled() {
+            return ControlFlow::Break(Ok(()));
+        }
+        let attempt = &mut run.copy.as_mut().expect("copying").attempt;
+        let retry = self
+            .retry_after(e, attempt, &format!("Snapshot of {ns} failed"))
+            .await;
+        match (retry, self.cx.shutdown.is_cancelled()) {
+            (_, true) => ControlFlow::Break(Ok(())),
+            (true, false) => ControlFlow::Continue(()),
+            (false, false) => ControlFlow::Break(Err(())),
         }
     }
 

@@ -88,6 +88,28 @@ impl ChangeStreamSource {
 
     /// Waits before retry `*attempt` (counted from 0) and counts it; cut
     /// short by shutdown (the caller's loop then sees it and stops).
+    /// After `e` in a step that is tried again: pauses and answers true
+    /// when retrying can help (and no shutdown came), else reports
+    /// "`what`: cause" (ending the run as refused by configuration on
+    /// refused credentials) and answers false.
+    pub(super) async fn retry_after(
+        &self,
+        e: &mongodb::error::Error,
+        attempt: &mut u32,
+        what: &str,
+    ) -> bool {
+        if matches!(self.classify(e), Failure::Retry) && !self.cx.shutdown.is_cancelled() {
+            self.pause(attempt, e).await;
+            return true;
+        }
+        stops_the_agent(e);
+        self.error(
+            "snapshot_failed",
+            &format!("{what}: {}", errors::describe(e)),
+        );
+        false
+    }
+
     pub(super) async fn pause(&self, attempt: &mut u32, e: &mongodb::error::Error) {
         let delay = RETRY_BACKOFF.delay(*attempt);
         *attempt += 1;

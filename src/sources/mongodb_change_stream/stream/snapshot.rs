@@ -16,6 +16,8 @@
 mod position;
 mod records;
 
+pub(in crate::sources::mongodb_change_stream::stream) use records::RecordMaker;
+
 use std::{ops::ControlFlow, sync::Arc, time::Instant};
 
 use bson::{doc, Bson, RawDocumentBuf};
@@ -380,19 +382,14 @@ impl ChangeStreamSource {
                     );
                     return None;
                 }
-                Err(e) => match self.classify(&e) {
-                    Failure::Retry if !self.cx.shutdown.is_cancelled() => {
-                        self.pause(&mut attempt, &e).await;
-                    }
-                    _ => {
-                        super::recovery::stops_the_agent(&e);
-                        self.error(
-                            "snapshot_failed",
-                            &format!("Snapshot could not start: {}", errors::describe(&e)),
-                        );
+                Err(e) => {
+                    if !self
+                        .retry_after(&e, &mut attempt, "Snapshot could not start")
+                        .await
+                    {
                         return None;
                     }
-                },
+                }
             }
         }
     }

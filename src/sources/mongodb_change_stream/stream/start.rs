@@ -3,15 +3,12 @@
 
 use std::{ops::ControlFlow, sync::Arc};
 
-use super::{
-    cluster_time_of, recovery::Failure, ChangeStreamSource, CopyRun, OpenAt, RunState, Stop,
-};
+use super::{cluster_time_of, ChangeStreamSource, CopyRun, OpenAt, RunState, Stop};
 use crate::{
     finalizer::OrderedFinalizer,
     internal_events::mongodb::{SnapshotCopied, StreamProgress},
     sources::mongodb_change_stream::{
         checkpoint::{Acks, Checkpoint, SnapshotProgress},
-        errors,
         incremental::IncrementalProgress,
         settings::{SnapshotMode, StartAt},
     },
@@ -155,22 +152,12 @@ impl ChangeStreamSource {
         let in_scope = loop {
             match self.snapshot_collections().await {
                 Ok(c) => break c,
-                Err(e) => match self.classify(&e) {
-                    Failure::Retry if !self.cx.shutdown.is_cancelled() => {
-                        self.pause(&mut attempt, &e).await;
-                    }
-                    _ => {
-                        super::recovery::stops_the_agent(&e);
-                        self.error(
-                            "snapshot_failed",
-                            &format!(
-                                "Could not list the collections to snapshot: {}",
-                                errors::describe(&e)
-                            ),
-                        );
+                Err(e) => {
+                    let what = "Could not list the collections to snapshot";
+                    if !self.retry_after(&e, &mut attempt, what).await {
                         return ControlFlow::Break(Err(()));
                     }
-                },
+                }
             }
         };
         let added = progress.reconcile(&in_scope);

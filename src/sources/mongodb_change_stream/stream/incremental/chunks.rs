@@ -8,15 +8,21 @@
 //!
 //! Each chunk reader is a task with its own cursor, bounded by `min`/`max`
 //! on the `_id` index (which, unlike `$gte`/`$lt` filters, cross `_id`
-//! types). It hands pages over through a channel of two, so the round's
+//! types). It turns its documents into records itself (off the task that
+//! sends them, so the work spreads over the runtime's threads) and hands
+//! them over a page at a time through a channel of two, so the round's
 //! records can be sent in `_id` order (chunk by chunk) while later chunks
 //! are read ahead, and memory stays within a few pages per reader however
 //! large a chunk is.
+
+use std::sync::Arc;
 
 use bson::{doc, Bson, Document, RawDocumentBuf};
 use futures::TryStreamExt;
 use mongodb::{options::Hint, Client, Collection};
 use tokio::{sync::mpsc, task::JoinHandle};
+
+use super::super::snapshot::RecordMaker;
 
 /// Documents per page handed from a reader to the round (and per server
 /// batch of its cursor).
@@ -101,21 +107,49 @@ pub(super) fn ranges(
     out
 }
 
-/// A page of documents in `_id` order, or the error that ended the read.
-pub(super) type Page = mongodb::error::Result<Vec<RawDocumentBuf>>;
+/// A page of records in `_id` order.
+pub(super) struct Page {
+    /// Records with their document's `_id` (fewer than were read when the
+    /// `pipeline` filters).
+    pub records: Vec<(RawDocumentBuf, Bson)>,
+    /// Documents read.
+    pub read: u64,
+    /// The last document's `_id`.
+    pub last_id: Option<Bson>,
+}
+
+/// Why a chunk read stopped.
+pub(super) enum ReadError {
+    /// The server's error (retrying may help).
+    Server(mongodb::error::Error),
+    /// Records could not be made (a sentence for the log; retrying does
+    /// not help).
+    Records(String),
+}
+
+/// What a round's chunk readers share: where their records go in the
+/// stream and how they are made.
+#[derive(Clone)]
+pub(super) struct RecordsAt {
+    pub maker: RecordMaker,
+    pub ns: Arc<str>,
+    /// The round's position, the start of every record's position.
+    pub at: Arc<str>,
+    pub t0: bson::Timestamp,
+}
 
 /// A running chunk reader; dropping it stops the read.
 pub(super) struct ChunkReader {
-    pages: mpsc::Receiver<Page>,
+    pages: mpsc::Receiver<Result<Page, ReadError>>,
     task: JoinHandle<()>,
 }
 
 impl ChunkReader {
-    pub(super) fn spawn(client: &Client, ns: &str, range: Range) -> Self {
+    pub(super) fn spawn(client: &Client, records: RecordsAt, range: Range) -> Self {
         let (tx, pages) = mpsc::channel(2);
-        let coll = collection(client, ns);
+        let coll = collection(client, &records.ns);
         let task = tokio::spawn(async move {
-            if let Err(e) = read(coll, range, &tx).await {
+            if let Err(e) = read(coll, range, &records, &tx).await {
                 let _ = tx.send(Err(e)).await;
             }
         });
@@ -123,7 +157,7 @@ impl ChunkReader {
     }
 
     /// The next page; `None` once the chunk is read.
-    pub(super) async fn next(&mut self) -> Option<Page> {
+    pub(super) async fn next(&mut self) -> Option<Result<Page, ReadError>> {
         self.pages.recv().await
     }
 }
@@ -137,8 +171,9 @@ impl Drop for ChunkReader {
 async fn read(
     coll: Collection<RawDocumentBuf>,
     range: Range,
-    tx: &mpsc::Sender<Page>,
-) -> mongodb::error::Result<()> {
+    records: &RecordsAt,
+    tx: &mpsc::Sender<Result<Page, ReadError>>,
+) -> Result<(), ReadError> {
     let mut find = coll
         .find(doc! {})
         .hint(Hint::Keys(doc! { "_id": 1 }))
@@ -150,27 +185,51 @@ async fn read(
     if let Some(hi) = &range.hi {
         find = find.max(doc! { "_id": hi.clone() });
     }
-    let mut cursor = find.await?;
-    let mut page = Vec::new();
+    let mut cursor = find.await.map_err(ReadError::Server)?;
+    let mut docs = Vec::new();
     let mut bytes = 0;
     let mut first = true;
-    while let Some(doc) = cursor.try_next().await? {
-        if std::mem::take(&mut first) && range.lo_exclusive && id_of(&doc) == range.lo {
-            continue;
+    // The order guard of the records' keys, within this chunk.
+    let mut last_key = None;
+    loop {
+        let next = cursor.try_next().await.map_err(ReadError::Server)?;
+        let end = next.is_none();
+        if let Some(doc) = next {
+            if std::mem::take(&mut first) && range.lo_exclusive && id_of(&doc) == range.lo {
+                continue;
+            }
+            bytes += doc.as_bytes().len();
+            docs.push(doc);
         }
-        bytes += doc.as_bytes().len();
-        page.push(doc);
-        if page.len() >= PAGE_DOCS as usize || bytes >= PAGE_BYTES {
+        let full = docs.len() >= PAGE_DOCS as usize || bytes >= PAGE_BYTES;
+        if (full || end) && !docs.is_empty() {
             bytes = 0;
-            if tx.send(Ok(std::mem::take(&mut page))).await.is_err() {
+            let last_id = docs.last().and_then(id_of);
+            let read = docs.len() as u64;
+            let made = records
+                .maker
+                .make(
+                    &records.ns,
+                    &records.at,
+                    records.t0,
+                    std::mem::take(&mut docs),
+                    &mut last_key,
+                )
+                .await
+                .map_err(ReadError::Records)?;
+            let page = Page {
+                records: made,
+                read,
+                last_id,
+            };
+            if tx.send(Ok(page)).await.is_err() {
                 return Ok(());
             }
         }
+        if end {
+            return Ok(());
+        }
     }
-    if !page.is_empty() {
-        let _ = tx.send(Ok(page)).await;
-    }
-    Ok(())
 }
 
 /// A document's `_id`.

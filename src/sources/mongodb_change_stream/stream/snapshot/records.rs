@@ -1,10 +1,11 @@
 //! Snapshot records: documents wrapped as change-event-shaped records with
 //! their positions, then run through the user's `pipeline`.
 
-use std::ops::ControlFlow;
+use std::{ops::ControlFlow, sync::Arc};
 
 use bson::{doc, rawdoc, Bson, Document, RawBson, RawDocumentBuf};
 use futures::TryStreamExt;
+use mongodb::Client;
 
 use super::{position::id_key, split_namespace, SnapshotEnd};
 use crate::sources::mongodb_change_stream::{
@@ -15,7 +16,23 @@ use crate::sources::mongodb_change_stream::{
 /// applied (the command must stay under 16 MB).
 const PIPELINE_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
+/// Turns documents into snapshot records. Cheap to clone, so the chunk
+/// readers of an incremental snapshot build their records on their own
+/// tasks, beside the task that sends them.
+#[derive(Clone)]
+pub(in crate::sources::mongodb_change_stream::stream) struct RecordMaker {
+    client: Client,
+    pipeline: Arc<[Document]>,
+}
+
 impl ChangeStreamSource {
+    pub(in crate::sources::mongodb_change_stream::stream) fn record_maker(&self) -> RecordMaker {
+        RecordMaker {
+            client: self.client.clone(),
+            pipeline: self.settings.pipeline.clone().into(),
+        }
+    }
+
     /// A chunk of `ns` as snapshot records, through the user's `pipeline`.
     /// (Not given the `SnapshotRun`: a shared reference to it, held across
     /// an await, would not be `Send`.)
@@ -27,32 +44,44 @@ impl ChangeStreamSource {
         docs: Vec<RawDocumentBuf>,
         last_key: &mut Option<String>,
     ) -> ControlFlow<SnapshotEnd, Vec<(RawDocumentBuf, Bson)>> {
-        let (db, coll) = split_namespace(ns);
-        let records = match self.snapshot_records(db, coll, prefix, t0, docs, last_key) {
-            Ok(r) => r,
+        match self
+            .record_maker()
+            .make(ns, prefix, t0, docs, last_key)
+            .await
+        {
+            Ok(records) => ControlFlow::Continue(records),
             Err(message) => {
                 self.error("snapshot_failed", &message);
-                return ControlFlow::Break(SnapshotEnd::Failed);
-            }
-        };
-        match self.apply_pipeline(db, records).await {
-            Ok(r) => ControlFlow::Continue(r),
-            Err(e) => {
-                self.error(
-                    "snapshot_failed",
-                    &format!(
-                        "`pipeline` on snapshot records of {ns} failed: {}",
-                        errors::describe(&e)
-                    ),
-                );
                 ControlFlow::Break(SnapshotEnd::Failed)
             }
         }
     }
+}
+
+impl RecordMaker {
+    /// Documents of `ns` as records at positions `prefix`, `00`, the
+    /// `_id`'s key, through the user's `pipeline`; each with its `_id`.
+    /// An error is a sentence for the log: the copy cannot go on.
+    pub(in crate::sources::mongodb_change_stream::stream) async fn make(
+        &self,
+        ns: &str,
+        prefix: &str,
+        t0: bson::Timestamp,
+        docs: Vec<RawDocumentBuf>,
+        last_key: &mut Option<String>,
+    ) -> Result<Vec<(RawDocumentBuf, Bson)>, String> {
+        let (db, coll) = split_namespace(ns);
+        let records = Self::snapshot_records(db, coll, prefix, t0, docs, last_key)?;
+        self.apply_pipeline(db, records).await.map_err(|e| {
+            format!(
+                "`pipeline` on snapshot records of {ns} failed: {}",
+                errors::describe(&e)
+            )
+        })
+    }
 
     /// Wraps documents as change-event-shaped snapshot records.
     fn snapshot_records(
-        &self,
         db: &str,
         coll: &str,
         prefix: &str,
@@ -106,7 +135,7 @@ impl ChangeStreamSource {
         db: &str,
         records: Vec<(RawDocumentBuf, Bson)>,
     ) -> mongodb::error::Result<Vec<(RawDocumentBuf, Bson)>> {
-        if self.settings.pipeline.is_empty() {
+        if self.pipeline.is_empty() {
             return Ok(records);
         }
         let mut out = Vec::with_capacity(records.len());
@@ -129,7 +158,7 @@ impl ChangeStreamSource {
                 documents.push(Bson::Document(document));
             }
             let mut pipeline = vec![doc! { "$documents": documents }];
-            pipeline.extend(self.settings.pipeline.iter().cloned());
+            pipeline.extend(self.pipeline.iter().cloned());
             let results: Vec<RawDocumentBuf> = self
                 .client
                 .database(db)
