@@ -279,6 +279,15 @@ impl Acks {
         }
     }
 
+    /// Leaves `ns` out of the incremental snapshot (its documents cannot
+    /// be copied exactly once).
+    pub fn skip_collection(&mut self, ns: &str) {
+        if let Some(p) = self.incremental.as_mut() {
+            p.skip(ns);
+            self.progress_moved = true;
+        }
+    }
+
     /// Moves the checkpoint to `mark`.
     fn apply(&mut self, mark: Mark) {
         self.moved = true;

@@ -48,6 +48,11 @@ pub struct IncrementalProgress {
     /// Rounds planned and not yet wholly delivered, oldest first.
     #[serde(default)]
     pub rounds: Vec<Round>,
+    /// Collections left out of the copy because their documents cannot be
+    /// copied exactly once (an `_id` that cannot be ordered); their changes
+    /// stream on. Not tried again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 /// One planned round: the records of `ns` from `from` (inclusive) up to
@@ -79,9 +84,15 @@ impl IncrementalProgress {
     /// Adds the collections in scope that were never copied nor planned,
     /// and leaves out pending ones no longer in scope. Returns the added.
     pub fn reconcile(&mut self, in_scope: &[String]) -> Vec<String> {
+        let first = self.pending.first().cloned();
         self.pending.retain(|ns| in_scope.contains(ns));
+        if self.pending.first() != first.as_ref() {
+            // `next_from` was where the collection that left stopped.
+            self.next_from = None;
+        }
         let known = |ns: &String| {
             self.copied.contains(ns)
+                || self.skipped.contains(ns)
                 || self.pending.contains(ns)
                 || self.rounds.iter().any(|r| &r.ns == ns)
         };
@@ -116,6 +127,18 @@ impl IncrementalProgress {
         Some(round)
     }
 
+    /// Leaves `ns` out of the copy: no further round of it is planned, and
+    /// its unfinished rounds do not make it copied.
+    pub fn skip(&mut self, ns: &str) {
+        if self.pending.first().is_some_and(|p| p == ns) {
+            self.next_from = None;
+        }
+        self.pending.retain(|p| p != ns);
+        if !self.skipped.iter().any(|s| s == ns) {
+            self.skipped.push(ns.to_string());
+        }
+    }
+
     /// The oldest round's records up to `_id` `after` were delivered.
     pub fn delivered(&mut self, after: Value) {
         if let Some(r) = self.rounds.first_mut() {
@@ -130,6 +153,7 @@ impl IncrementalProgress {
         }
         let round = self.rounds.remove(0);
         let last_of_collection = round.upper.is_none()
+            && !self.skipped.contains(&round.ns)
             && !self.rounds.iter().any(|r| r.ns == round.ns)
             && !self.pending.contains(&round.ns);
         if last_of_collection && !self.copied.contains(&round.ns) {
@@ -145,13 +169,19 @@ impl IncrementalProgress {
 
     /// `state show` lines.
     pub fn describe(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .skipped
+            .iter()
+            .map(|ns| format!("  left out of the snapshot (its _ids cannot be ordered): {ns}"))
+            .collect();
         if self.is_complete() {
-            return vec![format!(
+            lines.push(format!(
                 "  incremental snapshot complete ({} collections copied)",
                 self.copied.len()
-            )];
+            ));
+            return lines;
         }
-        let mut lines = vec![format!(
+        lines.push(format!(
             "  incremental snapshot in progress: {} collections copied, {} to go",
             self.copied.len(),
             self.pending.len()
@@ -160,7 +190,7 @@ impl IncrementalProgress {
                     .iter()
                     .filter(|r| r.upper.is_none() && !self.pending.contains(&r.ns))
                     .count()
-        )];
+        ));
         for r in &self.rounds {
             lines.push(format!(
                 "    round of {} after position {}: from _id {} to {}, delivered up to {}",
@@ -221,5 +251,41 @@ mod tests {
         assert_eq!(added, vec!["d.new".to_string()]);
         assert_eq!(p.pending, vec!["d.new".to_string()]);
         assert_eq!(p.copied, vec!["d.a".to_string()]);
+    }
+
+    #[test]
+    fn a_skipped_collection_is_not_copied_nor_tried_again() {
+        let mut p = IncrementalProgress::of(vec!["d.bad".into(), "d.b".into()]);
+        p.plan("T", Some(json!(5)));
+        p.skip("d.bad");
+        assert_eq!(
+            (p.pending.clone(), p.next_from.clone()),
+            (vec!["d.b".to_string()], None)
+        );
+        p.round_done();
+        assert!(p.copied.is_empty());
+        assert!(p.reconcile(&["d.bad".into(), "d.b".into()]).is_empty());
+        assert!(p.describe()[0].contains("d.bad"));
+    }
+
+    /// A partly copied collection that leaves the scope does not leave its
+    /// `_id` as the next collection's start.
+    #[test]
+    fn reconcile_restarts_the_next_collection_at_its_start() {
+        let mut p = IncrementalProgress::of(vec!["d.a".into(), "d.b".into()]);
+        p.plan("T", Some(json!("m")));
+        p.round_done();
+        assert_eq!(p.next_from, Some(json!("m")));
+        p.reconcile(&["d.b".into()]);
+        assert_eq!(p.pending, vec!["d.b".to_string()]);
+        assert_eq!(p.next_from, None);
+        let mut kept = IncrementalProgress::of(vec!["d.a".into(), "d.b".into()]);
+        kept.plan("T", Some(json!("m")));
+        kept.reconcile(&["d.a".into(), "d.b".into(), "d.c".into()]);
+        assert_eq!(
+            kept.next_from,
+            Some(json!("m")),
+            "a collection still in scope goes on"
+        );
     }
 }

@@ -27,6 +27,15 @@ use crate::{
     topology::Sent,
 };
 
+/// How reading a round ended.
+enum RoundRead {
+    Done,
+    /// The server failed; the `_id` of the last record sent, if any.
+    Failed(Option<Bson>, mongodb::error::Error),
+    /// The collection cannot be copied exactly once.
+    Unorderable(String),
+}
+
 /// What the stream side keeps of an incremental snapshot.
 pub(super) struct CopyRun {
     /// Where the stream stands: every change up to it was sent, none
@@ -40,6 +49,15 @@ pub(super) struct CopyRun {
     /// Transient failures in a row, for the backoff.
     attempt: u32,
     complete_logged: bool,
+    /// The stream has passed everything an earlier run may have sent (and
+    /// a sink written): new rounds may be planned. A new round placed
+    /// below a change the sinks already hold would have its records
+    /// skipped as replays. Restored rounds need no wait: nothing after
+    /// their position was sent before them.
+    caught_up: bool,
+    /// The newest write's time when this run began (`hello`'s
+    /// `lastWrite`): every change an earlier run sent is at or before it.
+    not_before: Option<bson::Timestamp>,
     /// Collections begun (or copied before) and all to copy, for the
     /// progress lines.
     begun: usize,
@@ -47,10 +65,13 @@ pub(super) struct CopyRun {
 }
 
 impl CopyRun {
+    /// `boundary`: the checkpoint's position, if there is one (an earlier
+    /// run may have sent more than it says).
     pub(super) fn new(
         boundary: Option<String>,
         progress: &IncrementalProgress,
         copied: SnapshotCopied,
+        not_before: Option<bson::Timestamp>,
     ) -> Self {
         let restored = progress.rounds.clone();
         let unfinished = restored
@@ -61,6 +82,8 @@ impl CopyRun {
             .len();
         let begun = progress.copied.len();
         Self {
+            caught_up: boundary.is_none(),
+            not_before,
             begun,
             total: begun + unfinished + progress.pending.len(),
             boundary,
@@ -75,10 +98,16 @@ impl CopyRun {
     /// The stream sent (or skipped) the change at `token`.
     pub(super) fn passed(&mut self, token: &str) {
         self.boundary = Some(token.to_string());
+        if !self.caught_up {
+            let time = token_cluster_time(token);
+            self.caught_up = matches!((time, self.not_before), (Some(t), Some(n)) if t > n);
+        }
     }
 
-    /// The stream is idle up to `token`.
+    /// The stream is idle up to `token`: every change before it was sent
+    /// again in this run, so it is past all an earlier run sent.
     pub(super) fn idle_at(&mut self, token: &str) {
+        self.caught_up = true;
         if self.boundary.as_deref().is_none_or(|b| b < token) {
             self.boundary = Some(token.to_string());
         }
@@ -102,7 +131,8 @@ impl ChangeStreamSource {
         if let Some(r) = copy.restored.front() {
             return r.at.as_str() <= boundary;
         }
-        run.acks.committed().is_some()
+        copy.caught_up
+            && run.acks.committed().is_some()
             && run
                 .acks
                 .incremental()
@@ -222,12 +252,22 @@ impl ChangeStreamSource {
                 .read_round(run, &records, &start, upper.as_ref())
                 .await?
             {
-                Ok(()) => break,
-                Err((sent, e)) => {
+                RoundRead::Done => break,
+                RoundRead::Failed(sent, e) => {
                     if let Some(last) = sent {
                         start = (Some(last), true);
                     }
                     self.round_failed(run, &round.ns, &e).await?;
+                }
+                RoundRead::Unorderable(message) => {
+                    // Counted and logged; the collection's changes keep
+                    // streaming, and the rest of the copy goes on.
+                    self.error(
+                        "snapshot_skipped",
+                        &format!("{message}. {} is left out of the snapshot (its changes still stream); `state show` lists it. Make its _ids orderable and remove it from `skipped` in the checkpoint to copy it.", round.ns),
+                    );
+                    run.acks.skip_collection(&round.ns);
+                    break;
                 }
             }
         }
@@ -237,20 +277,19 @@ impl ChangeStreamSource {
 
     /// Reads `[start, upper)` of the round's collection in chunks and sends
     /// the records. On a read error, gives back the last `_id` sent.
-    #[allow(clippy::type_complexity)]
     async fn read_round(
         &self,
         run: &mut RunState,
         records: &RecordsAt,
         start: &(Option<Bson>, bool),
         upper: Option<&Bson>,
-    ) -> ControlFlow<Stop, Result<(), (Option<Bson>, mongodb::error::Error)>> {
+    ) -> ControlFlow<Stop, RoundRead> {
         let splits = self.settings.snapshot_parallelism - 1;
         let chunk = self.settings.snapshot_chunk_size;
         let ns = &records.ns;
         let found = match bounds(&self.client, ns, (start.0.as_ref(), upper), chunk, splits).await {
             Ok(found) => found,
-            Err(e) => return ControlFlow::Continue(Err((None, e))),
+            Err(e) => return ControlFlow::Continue(RoundRead::Failed(None, e)),
         };
         let mut readers: Vec<ChunkReader> = ranges(start.0.clone(), start.1, found, upper.cloned())
             .into_iter()
@@ -267,11 +306,10 @@ impl ChangeStreamSource {
                     None => break,
                     Some(Ok(page)) => page,
                     Some(Err(ReadError::Server(e))) => {
-                        return ControlFlow::Continue(Err((sent, e)))
+                        return ControlFlow::Continue(RoundRead::Failed(sent, e))
                     }
-                    Some(Err(ReadError::Records(message))) => {
-                        self.error("snapshot_failed", &message);
-                        return ControlFlow::Break(Err(()));
+                    Some(Err(ReadError::Unorderable(message))) => {
+                        return ControlFlow::Continue(RoundRead::Unorderable(message))
                     }
                 };
                 let last = page.last_id.clone();
@@ -281,7 +319,7 @@ impl ChangeStreamSource {
                 }
             }
         }
-        ControlFlow::Continue(Ok(()))
+        ControlFlow::Continue(RoundRead::Done)
     }
 
     /// Sends one page of records at the round's position, with one

@@ -16,7 +16,7 @@
 mod position;
 mod records;
 
-pub(in crate::sources::mongodb_change_stream::stream) use records::RecordMaker;
+pub(in crate::sources::mongodb_change_stream::stream) use records::{MakeError, RecordMaker};
 
 use std::{ops::ControlFlow, sync::Arc, time::Instant};
 

@@ -103,6 +103,7 @@ impl ChangeStreamSource {
                 initial,
                 &progress,
                 SnapshotCopied::register(&self.cx.tags),
+                self.last_write().await,
             ));
             acks = acks.with_incremental(progress);
         }
@@ -179,5 +180,24 @@ impl ChangeStreamSource {
             );
         }
         ControlFlow::Continue(progress)
+    }
+
+    /// The time of the newest write the server knows (`hello`'s
+    /// `lastWrite.opTime.ts`); `None` when it does not say, and new copy
+    /// rounds then wait for the stream to go idle once.
+    async fn last_write(&self) -> Option<bson::Timestamp> {
+        let reply = self
+            .client
+            .database("admin")
+            .run_command(bson::doc! { "hello": 1 })
+            .await
+            .ok()?;
+        reply
+            .get_document("lastWrite")
+            .ok()?
+            .get_document("opTime")
+            .ok()?
+            .get_timestamp("ts")
+            .ok()
     }
 }

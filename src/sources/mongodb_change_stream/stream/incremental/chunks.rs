@@ -19,10 +19,13 @@ use std::sync::Arc;
 
 use bson::{doc, Bson, Document, RawDocumentBuf};
 use futures::TryStreamExt;
-use mongodb::{options::Hint, Client, Collection};
+use mongodb::{
+    options::{CollectionOptions, Hint, ReadConcern, ReadPreference, SelectionCriteria},
+    Client, Collection,
+};
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use super::super::snapshot::RecordMaker;
+use super::super::snapshot::{MakeError, RecordMaker};
 
 /// Documents per page handed from a reader to the round (and per server
 /// batch of its cursor).
@@ -41,9 +44,17 @@ pub(super) struct Range {
     pub hi: Option<Bson>,
 }
 
+/// `ns`, read from the primary with majority read concern whatever the
+/// URI says: a record must hold the document as it is at or after the
+/// stream position it follows (which is majority-committed), never an
+/// older state from a lagging secondary nor a write that may roll back.
 fn collection(client: &Client, ns: &str) -> Collection<RawDocumentBuf> {
     let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
-    client.database(db).collection(coll)
+    let options = CollectionOptions::builder()
+        .read_concern(ReadConcern::majority())
+        .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
+        .build();
+    client.database(db).collection_with_options(coll, options)
 }
 
 /// Up to `count` chunk bounds after `lo` and before `hi`, each
@@ -122,9 +133,9 @@ pub(super) struct Page {
 pub(super) enum ReadError {
     /// The server's error (retrying may help).
     Server(mongodb::error::Error),
-    /// Records could not be made (a sentence for the log; retrying does
-    /// not help).
-    Records(String),
+    /// The collection's documents cannot be copied exactly once (a
+    /// sentence for the log; retrying does not help).
+    Unorderable(String),
 }
 
 /// What a round's chunk readers share: where their records go in the
@@ -216,7 +227,10 @@ async fn read(
                     &mut last_key,
                 )
                 .await
-                .map_err(ReadError::Records)?;
+                .map_err(|e| match e {
+                    MakeError::Unorderable(message) => ReadError::Unorderable(message),
+                    MakeError::Pipeline(e) => ReadError::Server(e),
+                })?;
             let page = Page {
                 records: made,
                 read,

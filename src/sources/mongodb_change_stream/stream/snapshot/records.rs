@@ -44,24 +44,35 @@ impl ChangeStreamSource {
         docs: Vec<RawDocumentBuf>,
         last_key: &mut Option<String>,
     ) -> ControlFlow<SnapshotEnd, Vec<(RawDocumentBuf, Bson)>> {
-        match self
+        let message = match self
             .record_maker()
             .make(ns, prefix, t0, docs, last_key)
             .await
         {
-            Ok(records) => ControlFlow::Continue(records),
-            Err(message) => {
-                self.error("snapshot_failed", &message);
-                ControlFlow::Break(SnapshotEnd::Failed)
-            }
-        }
+            Ok(records) => return ControlFlow::Continue(records),
+            Err(MakeError::Unorderable(message)) => message,
+            Err(MakeError::Pipeline(e)) => format!(
+                "`pipeline` on snapshot records of {ns} failed: {}",
+                errors::describe(&e)
+            ),
+        };
+        self.error("snapshot_failed", &message);
+        ControlFlow::Break(SnapshotEnd::Failed)
     }
+}
+
+/// Why documents could not be made into records.
+pub(in crate::sources::mongodb_change_stream::stream) enum MakeError {
+    /// The documents cannot be copied exactly once (an `_id` that cannot
+    /// be ordered, a document without one): a sentence for the log.
+    Unorderable(String),
+    /// The server failed running the `pipeline` over them.
+    Pipeline(mongodb::error::Error),
 }
 
 impl RecordMaker {
     /// Documents of `ns` as records at positions `prefix`, `00`, the
     /// `_id`'s key, through the user's `pipeline`; each with its `_id`.
-    /// An error is a sentence for the log: the copy cannot go on.
     pub(in crate::sources::mongodb_change_stream::stream) async fn make(
         &self,
         ns: &str,
@@ -69,15 +80,13 @@ impl RecordMaker {
         t0: bson::Timestamp,
         docs: Vec<RawDocumentBuf>,
         last_key: &mut Option<String>,
-    ) -> Result<Vec<(RawDocumentBuf, Bson)>, String> {
+    ) -> Result<Vec<(RawDocumentBuf, Bson)>, MakeError> {
         let (db, coll) = split_namespace(ns);
-        let records = Self::snapshot_records(db, coll, prefix, t0, docs, last_key)?;
-        self.apply_pipeline(db, records).await.map_err(|e| {
-            format!(
-                "`pipeline` on snapshot records of {ns} failed: {}",
-                errors::describe(&e)
-            )
-        })
+        let records = Self::snapshot_records(db, coll, prefix, t0, docs, last_key)
+            .map_err(MakeError::Unorderable)?;
+        self.apply_pipeline(db, records)
+            .await
+            .map_err(MakeError::Pipeline)
     }
 
     /// Wraps documents as change-event-shaped snapshot records.
