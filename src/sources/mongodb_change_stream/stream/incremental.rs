@@ -15,7 +15,7 @@ use std::{collections::VecDeque, ops::ControlFlow, sync::Arc};
 use bson::Bson;
 
 use self::chunks::{bounds, ranges, ChunkReader, Page, ReadError, RecordsAt};
-use super::{ChangeStreamSource, RunState, Stop};
+use super::{ChangeStreamSource, OpenAt, RunState, Stop};
 use crate::{
     event::{BatchNotifier, BatchStatusReceiver, EventMetadata, LogEvent, Position},
     internal_events::mongodb::SnapshotCopied,
@@ -38,9 +38,10 @@ enum RoundRead {
 
 /// What the stream side keeps of an incremental snapshot.
 pub(super) struct CopyRun {
-    /// Where the stream stands: every change up to it was sent, none
-    /// after (the last event sent, or a newer idle post-batch token).
-    boundary: Option<String>,
+    /// The newest idle post-batch token. Where the stream stands (every
+    /// change up to it sent, none after) is the newer of this and the last
+    /// event sent, which `RunState::at` keeps ([`CopyRun::boundary`]).
+    idle: Option<String>,
     /// Rounds from the checkpoint not yet sent in this run, oldest first.
     restored: VecDeque<Round>,
     copied: SnapshotCopied,
@@ -65,10 +66,10 @@ pub(super) struct CopyRun {
 }
 
 impl CopyRun {
-    /// `boundary`: the checkpoint's position, if there is one (an earlier
+    /// `from_checkpoint`: the run resumes from a checkpoint (an earlier
     /// run may have sent more than it says).
     pub(super) fn new(
-        boundary: Option<String>,
+        from_checkpoint: bool,
         progress: &IncrementalProgress,
         copied: SnapshotCopied,
         not_before: Option<bson::Timestamp>,
@@ -82,11 +83,11 @@ impl CopyRun {
             .len();
         let begun = progress.copied.len();
         Self {
-            caught_up: boundary.is_none(),
+            caught_up: !from_checkpoint,
             not_before,
             begun,
             total: begun + unfinished + progress.pending.len(),
-            boundary,
+            idle: None,
             restored: restored.into(),
             copied,
             progress: None,
@@ -95,9 +96,8 @@ impl CopyRun {
         }
     }
 
-    /// The stream sent (or skipped) the change at `token`.
+    /// The stream sends (or skips) the change at `token`.
     pub(super) fn passed(&mut self, token: &str) {
-        self.boundary = Some(token.to_string());
         if !self.caught_up {
             let time = token_cluster_time(token);
             self.caught_up = matches!((time, self.not_before), (Some(t), Some(n)) if t > n);
@@ -108,9 +108,19 @@ impl CopyRun {
     /// again in this run, so it is past all an earlier run sent.
     pub(super) fn idle_at(&mut self, token: &str) {
         self.caught_up = true;
-        if self.boundary.as_deref().is_none_or(|b| b < token) {
-            self.boundary = Some(token.to_string());
+        if self.idle.as_deref().is_none_or(|b| b < token) {
+            self.idle = Some(token.to_string());
         }
+    }
+
+    /// Where the stream stands, given where it would reopen (after the
+    /// last event sent): the newer of that and the idle token.
+    fn boundary<'a>(&'a self, at: &'a OpenAt) -> Option<&'a str> {
+        let sent = match at {
+            OpenAt::After(token) => Some(token.as_str()),
+            _ => None,
+        };
+        sent.max(self.idle.as_deref())
     }
 
     /// A restored round must be sent before the change at `token`.
@@ -125,7 +135,7 @@ impl ChangeStreamSource {
     /// position to keep with it.
     pub(super) fn copy_due(run: &RunState) -> bool {
         let Some(copy) = &run.copy else { return false };
-        let Some(boundary) = copy.boundary.as_deref() else {
+        let Some(boundary) = copy.boundary(&run.at) else {
             return false;
         };
         if let Some(r) = copy.restored.front() {
@@ -174,7 +184,9 @@ impl ChangeStreamSource {
     async fn plan_round(&self, run: &mut RunState) -> ControlFlow<Stop, Option<Round>> {
         let (Some(progress), Some(at)) = (
             run.acks.incremental(),
-            run.copy.as_ref().and_then(|c| c.boundary.clone()),
+            run.copy
+                .as_ref()
+                .and_then(|c| c.boundary(&run.at).map(str::to_string)),
         ) else {
             return ControlFlow::Continue(None);
         };

@@ -100,7 +100,7 @@ impl ChangeStreamSource {
         if self.settings.snapshot == SnapshotMode::Incremental {
             let progress = self.incremental_progress().await?;
             copy = Some(CopyRun::new(
-                initial,
+                initial.is_some(),
                 &progress,
                 SnapshotCopied::register(&self.cx.tags),
                 self.last_write().await,
