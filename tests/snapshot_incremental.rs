@@ -524,3 +524,146 @@ async fn a_collection_with_unorderable_ids_is_left_out_and_still_streams() {
         "{shown}"
     );
 }
+
+/// `mongo-adls snapshot <collection>` against a running agent.
+fn request_snapshot(cfg: &Path, colls: &[&str]) -> String {
+    let out = support::mongo_adls()
+        .args(["snapshot", "-c"])
+        .arg(cfg)
+        .args(colls)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "mongo-adls snapshot failed: {text}");
+    text
+}
+
+/// Waits until `coll`'s documents have `n` snapshot records each in the lake.
+async fn records_each(dir: &Path, coll: &str, docs: usize, n: usize) {
+    eventually(Duration::from_secs(120), async || {
+        let records = snapshot_records(&read_lake(dir));
+        let of_coll: Vec<usize> = records
+            .iter()
+            .filter(|((c, _), _)| c == coll)
+            .map(|(_, n)| *n)
+            .collect();
+        let done = of_coll.len() == docs && of_coll.iter().all(|m| *m >= n);
+        if !done {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        done.then_some(())
+    })
+    .await;
+}
+
+/// A pipeline that streams only (`snapshot = "off"`) is asked, while it
+/// runs, to copy one collection: through a kill -9 in the middle of that
+/// copy, each of its documents gets exactly one record; a second request
+/// copies it once more; the other collection is never copied; the signal
+/// collection's events stay out of the lake; and the lake replayed equals
+/// MongoDB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_request_copies_one_collection_of_a_running_pipeline() {
+    let mongo = Mongod::start().await;
+    let client = mongo.client().await;
+    seed(&client, "a", 500).await;
+    seed(&client, "b", 20_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("agent.log");
+    let cfg = config(
+        dir.path(),
+        &mongo.uri(),
+        "database = \"shop\"\ncollections = [\"a\", \"b\"]\nsnapshot = \"off\"\nsignal_collection = \"signals\"\nsnapshot_chunk_size = 500\nsnapshot_parallelism = 2\ncheckpoint_interval_ms = 100",
+    );
+    let mut agent = Agent::start_logged(&cfg, &log);
+    // The stream is open (from now) once the first checkpoint is written.
+    eventually(Duration::from_secs(60), async || {
+        let open = checkpoint(dir.path()).is_some();
+        if !open {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        open.then_some(())
+    })
+    .await;
+    let b = client.database("shop").collection::<Document>("b");
+    b.insert_one(doc! { "_id": "first" }).await.unwrap();
+    in_lake(dir.path(), "first").await;
+    assert!(
+        snapshot_records(&read_lake(dir.path())).is_empty(),
+        "snapshot = \"off\" copies nothing unasked"
+    );
+
+    let said = request_snapshot(&cfg, &["b"]);
+    assert!(said.contains("shop.b"), "{said}");
+    // Killed once the copy of b is under way, then restarted.
+    eventually(Duration::from_secs(60), async || {
+        let started = checkpoint(dir.path()).is_some_and(|c| {
+            c["incremental"]["rounds"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+        });
+        if !started {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        started.then_some(())
+    })
+    .await;
+    agent.kill();
+    let agent = Agent::start_logged(&cfg, &log);
+    b.update_one(doc! { "_id": 0_i64 }, doc! { "$set": { "after": 1 } })
+        .await
+        .unwrap();
+    records_each(dir.path(), "b", 20_001, 1).await;
+    copied(dir.path(), "shop.b").await;
+
+    // Asked again: b is copied once more, a still never.
+    request_snapshot(&cfg, &["shop.b"]);
+    records_each(dir.path(), "b", 20_001, 2).await;
+    b.update_one(doc! { "_id": 3_i64 }, doc! { "$unset": { "pad": "" } })
+        .await
+        .unwrap();
+    b.insert_one(doc! { "_id": "last" }).await.unwrap();
+    in_lake(dir.path(), "last").await;
+    assert_eq!(agent.stop(), Some(0), "{}", support::log_tail(&log, 40));
+
+    let files = read_lake(dir.path());
+    let records = snapshot_records(&files);
+    let of = |coll: &str| -> Vec<usize> {
+        records
+            .iter()
+            .filter(|((c, _), _)| c == coll)
+            .map(|(_, n)| *n)
+            .collect()
+    };
+    assert!(of("a").is_empty(), "a was not asked for");
+    let b_records = of("b");
+    assert_eq!(b_records.len(), 20_001);
+    assert!(
+        b_records.iter().all(|n| *n == 2),
+        "each document of b has one record per request: {:?}",
+        b_records
+            .iter()
+            .filter(|n| **n != 2)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        files
+            .values()
+            .flatten()
+            .all(|e| e["_meta"]["ns"]["coll"] != "signals"),
+        "signal events are not written to the lake"
+    );
+    let replayed = replay(&files);
+    let mongo_docs = mongo_state(&client, "b").await;
+    for (key, doc) in &mongo_docs {
+        assert_eq!(replayed.get(key), Some(doc), "document {key:?}");
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("Snapshot request: copying 1 collection(s)"),
+        "{}",
+        support::log_tail(&log, 40)
+    );
+}

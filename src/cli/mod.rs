@@ -1,10 +1,12 @@
 //! The command line: `mongo-adls --config FILE...` runs a pipeline,
 //! `validate` checks configuration (and, unless `--no-environment`, builds
 //! components and runs healthchecks), `list` prints component types,
-//! `snowflake-sql` prints the SQL that loads a sink's lake into Snowflake.
+//! `snowflake-sql` prints the SQL that loads a sink's lake into Snowflake,
+//! `snapshot` asks a running pipeline to copy collections.
 //!
 //! Argument parsing and process setup live here; each command has its own
-//! file (`run.rs`, `validate.rs`, `state.rs`, `list.rs`, `snowflake.rs`).
+//! file (`run.rs`, `validate.rs`, `state.rs`, `snapshot.rs`, `list.rs`,
+//! `snowflake.rs`).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -14,6 +16,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 mod list;
 mod run;
+mod snapshot;
 mod snowflake;
 mod state;
 mod validate;
@@ -98,6 +101,20 @@ enum Command {
         #[command(subcommand)]
         command: StateCommand,
     },
+    /// Ask a running pipeline to copy collections (again) beside its
+    /// stream: writes a snapshot request into the source's
+    /// `signal_collection`, which the agent acts on in stream order. Also
+    /// taken up at the next start when no agent runs.
+    Snapshot {
+        /// The `mongodb_change_stream` source to ask (needed when the
+        /// configuration has several with a `signal_collection`).
+        #[arg(long)]
+        source: Option<String>,
+        /// Collections to copy: names in the source's `database`, or
+        /// `db.coll`.
+        #[arg(required = true)]
+        collections: Vec<String>,
+    },
     /// List the available component types.
     List,
     /// Print the configuration's JSON Schema (for editors: taplo, Even
@@ -152,6 +169,10 @@ pub fn main() -> i32 {
             Some(Command::State {
                 command: StateCommand::Show,
             }) => state::state_show(&opts).await,
+            Some(Command::Snapshot {
+                source,
+                collections,
+            }) => snapshot::snapshot(&opts, source.as_deref(), collections).await,
             Some(Command::GenerateSchema { format }) => list::generate_schema(*format),
             Some(Command::SnowflakeSql(options)) => snowflake::snowflake_sql(&opts, options),
             Some(Command::Validate { no_environment }) => {

@@ -279,6 +279,14 @@ impl Acks {
         }
     }
 
+    /// Queues `ns` for a copy (a snapshot request); false when it already
+    /// is queued or being copied.
+    pub fn request_copy(&mut self, ns: &str) -> bool {
+        let queued = self.incremental.as_mut().is_some_and(|p| p.request(ns));
+        self.progress_moved |= queued;
+        queued
+    }
+
     /// Leaves `ns` out of the incremental snapshot (its documents cannot
     /// be copied exactly once).
     pub fn skip_collection(&mut self, ns: &str) {

@@ -105,6 +105,17 @@ pub struct MongoDbChangeStreamConfig {
     /// bounded by a few server batches per reader whatever the chunk size.
     #[serde(default = "default_snapshot_parallelism")]
     pub snapshot_parallelism: u32,
+    /// A collection the source reads snapshot requests from while it runs
+    /// (Debezium's signal collection): insert
+    /// `{type: "snapshot", collections: ["orders"]}`, or run
+    /// `mongo-adls snapshot orders`, and the named collections are copied
+    /// (again) beside the stream, as `snapshot = "incremental"` copies.
+    /// A collection of `database` (with a deployment scope, `db.coll`);
+    /// the stream watches it too, its events are not written to the
+    /// sinks, and it is never copied itself. Needs `snapshot =
+    /// "incremental"` or `"off"` (then only requested collections are
+    /// copied). A `pipeline` must let its inserts through.
+    pub signal_collection: Option<String>,
     /// What to do with an event over MongoDB's 16 MB limit (a large
     /// document with its pre-image, say).
     #[serde(default)]
@@ -218,6 +229,39 @@ impl MongoDbChangeStreamConfig {
             .collect()
     }
 
+    /// `signal_collection` as `(db, coll)`.
+    pub fn signal(&self) -> Result<Option<(String, String)>, String> {
+        let Some(name) = self.signal_collection.as_deref() else {
+            return Ok(None);
+        };
+        if !matches!(self.snapshot, SnapshotMode::Incremental | SnapshotMode::Off) {
+            return Err(format!(
+                "needs `snapshot = \"incremental\"` (or \"off\"): requested collections are copied beside the stream, which `snapshot = {:?}` does not do",
+                self.snapshot
+            ));
+        }
+        let (db, coll) = match &self.database {
+            Some(db) => (db.as_str(), name),
+            None => name.split_once('.').ok_or_else(|| {
+                format!("{name:?}: the source watches the whole deployment, so name the collection as `db.coll`")
+            })?,
+        };
+        if db.is_empty() || coll.is_empty() || coll.starts_with("system.") {
+            return Err(format!("{name:?} is not a collection name"));
+        }
+        let watched = match (&self.collection, &self.collections) {
+            (Some(c), _) => c == coll,
+            (None, Some(cs)) => cs.iter().any(|c| c == coll),
+            (None, None) => false,
+        };
+        if watched {
+            return Err(format!(
+                "{name:?} is a watched collection; use a collection of its own"
+            ));
+        }
+        Ok(Some((db.to_string(), coll.to_string())))
+    }
+
     pub fn start(&self) -> Result<StartAt, OptionsError> {
         let v = self.start_at.trim();
         match v {
@@ -268,6 +312,7 @@ impl MongoDbChangeStreamConfig {
             snapshot: self.snapshot,
             snapshot_chunk_size: self.snapshot_chunk_size,
             snapshot_parallelism: self.snapshot_parallelism,
+            signal: self.signal().expect(checked),
             on_oversized_event: self.on_oversized_event,
             max_consecutive_recoveries: self.max_consecutive_recoveries,
             checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms),
@@ -339,6 +384,9 @@ impl MongoDbChangeStreamConfig {
                 "on_history_lost",
                 "\"resnapshot\" needs `snapshot = \"initial\"`; an incremental snapshot is not restarted on lost history (use \"fail\" or \"reset_to_now\")",
             ));
+        }
+        if let Err(e) = self.signal() {
+            errors.push(OptionError::new("signal_collection", e));
         }
         if !(1..=16).contains(&self.snapshot_parallelism) {
             errors.push(OptionError::new(

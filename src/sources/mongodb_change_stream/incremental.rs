@@ -101,6 +101,19 @@ impl IncrementalProgress {
         added
     }
 
+    /// Queues `ns` for a copy (a snapshot request), again if it was copied
+    /// or left out before. False when it is already queued or being
+    /// copied: a request read again after a restart changes nothing.
+    pub fn request(&mut self, ns: &str) -> bool {
+        if self.pending.iter().any(|p| p == ns) || self.rounds.iter().any(|r| r.ns == ns) {
+            return false;
+        }
+        self.copied.retain(|c| c != ns);
+        self.skipped.retain(|s| s != ns);
+        self.pending.push(ns.to_string());
+        true
+    }
+
     /// Nothing left to plan or deliver.
     pub fn is_complete(&self) -> bool {
         self.pending.is_empty() && self.rounds.is_empty()
@@ -266,6 +279,20 @@ mod tests {
         assert!(p.copied.is_empty());
         assert!(p.reconcile(&["d.bad".into(), "d.b".into()]).is_empty());
         assert!(p.describe()[0].contains("d.bad"));
+    }
+
+    #[test]
+    fn a_request_queues_a_collection_once() {
+        let mut p = IncrementalProgress::of(vec!["d.a".into()]);
+        p.plan("T", None);
+        assert!(!p.request("d.a"), "being copied");
+        p.round_done();
+        assert!(p.request("d.a"), "copied: again");
+        assert_eq!(
+            (p.copied.len(), p.pending.clone()),
+            (0, vec!["d.a".to_string()])
+        );
+        assert!(!p.request("d.a"), "queued already");
     }
 
     /// A partly copied collection that leaves the scope does not leave its

@@ -23,6 +23,9 @@
 //! - `incremental.rs`: an incremental snapshot's progress (rounds beside
 //!   the stream) and why its record order is exact; `stream/incremental.rs`
 //!   runs the rounds, `stream/incremental/chunks.rs` splits and reads them.
+//! - `signal.rs`: snapshot requests through the signal collection (read
+//!   from the stream, written by `mongo-adls snapshot`);
+//!   `stream/signal.rs` acts on them.
 
 mod checkpoint;
 mod config;
@@ -33,9 +36,11 @@ mod oplog;
 mod oversized;
 mod read_ahead;
 pub mod settings;
+mod signal;
 mod state_check;
 mod stream;
 mod watch;
 
 pub use checkpoint::{token_cluster_time, Checkpoint};
 pub use config::MongoDbChangeStreamConfig;
+pub use signal::request_snapshot;

@@ -8,6 +8,9 @@ use bson::Document;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Databases a deployment-wide stream and snapshot leave out.
+pub const SYSTEM_DATABASES: [&str; 3] = ["admin", "config", "local"];
+
 /// What the source runs with.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -28,6 +31,8 @@ pub struct Settings {
     pub snapshot: SnapshotMode,
     pub snapshot_chunk_size: u32,
     pub snapshot_parallelism: u32,
+    /// `signal_collection`, as `(db, coll)`.
+    pub signal: Option<(String, String)>,
     pub on_oversized_event: OnOversizedEvent,
     pub max_consecutive_recoveries: u32,
     pub checkpoint_interval: Duration,
@@ -126,6 +131,55 @@ pub enum Scope {
     Database(String),
     Collection(String, String),
     Collections(String, Vec<String>),
+}
+
+impl Settings {
+    /// What the change stream opens on: the scope, with the signal
+    /// collection added to a collection scope (a database-level stream
+    /// filtered to both).
+    pub fn stream_scope(&self) -> Scope {
+        let Some((_, signal)) = &self.signal else {
+            return self.scope.clone();
+        };
+        match &self.scope {
+            Scope::Collection(db, coll) => {
+                Scope::Collections(db.clone(), vec![coll.clone(), signal.clone()])
+            }
+            Scope::Collections(db, colls) => {
+                let mut colls = colls.clone();
+                colls.push(signal.clone());
+                Scope::Collections(db.clone(), colls)
+            }
+            other => other.clone(),
+        }
+    }
+
+    /// Whether `ns` (`db.coll`) is the signal collection.
+    pub fn is_signal(&self, db: &str, coll: &str) -> bool {
+        self.signal
+            .as_ref()
+            .is_some_and(|(d, c)| d == db && c == coll)
+    }
+
+    /// Whether the source watches `ns` (`db.coll`).
+    pub fn watches(&self, ns: &str) -> bool {
+        ns.split_once('.')
+            .is_some_and(|(db, coll)| self.in_scope(db, coll))
+    }
+
+    /// Whether the source watches collection `coll` of `db` (the signal
+    /// collection aside).
+    pub fn in_scope(&self, db: &str, coll: &str) -> bool {
+        if self.is_signal(db, coll) || coll.starts_with("system.") {
+            return false;
+        }
+        match &self.scope {
+            Scope::Deployment => !SYSTEM_DATABASES.contains(&db),
+            Scope::Database(d) => d == db,
+            Scope::Collection(d, c) => d == db && c == coll,
+            Scope::Collections(d, cs) => d == db && cs.iter().any(|c| c == coll),
+        }
+    }
 }
 
 impl fmt::Display for StartAt {

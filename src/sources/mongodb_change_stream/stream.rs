@@ -30,6 +30,7 @@ use super::{
     oversized::skip_if_oversized,
     read_ahead::{Read, ReadAhead, REPLY_TARGET_BYTES},
     settings::{Settings, SnapshotMode},
+    signal::read as read_signal,
     state_check::check_state,
     watch::{client_options, describe_scope, watch, OpenAt, Stamp},
 };
@@ -37,6 +38,7 @@ use super::{
 mod idle;
 mod incremental;
 mod recovery;
+mod signal;
 mod snapshot;
 mod start;
 
@@ -449,6 +451,11 @@ impl ChangeStreamSource {
         }
         if let Some(c) = run.copy.as_mut() {
             c.passed(&token);
+        }
+        if let Some(signal) = read_signal(&self.settings, &raw) {
+            self.on_signal(run, signal);
+            run.at = OpenAt::After(token);
+            return ControlFlow::Continue(());
         }
         if skip_if_oversized(
             self.settings.on_oversized_event,

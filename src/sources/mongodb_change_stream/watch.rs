@@ -63,7 +63,8 @@ pub(super) async fn watch(
     at: &OpenAt,
     batch_size: Option<u32>,
 ) -> mongodb::error::Result<ChangeStream<RawDocumentBuf>> {
-    let (scope, user_pipeline) = (&settings.scope, &settings.pipeline);
+    let scope = &settings.stream_scope();
+    let user_pipeline = &settings.pipeline;
     let mut pipeline = Vec::with_capacity(user_pipeline.len() + 1);
     if let Scope::Collections(_, colls) = scope {
         pipeline.push(doc! { "$match": { "ns.coll": { "$in": colls.clone() } } });

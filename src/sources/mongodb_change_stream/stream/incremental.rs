@@ -123,6 +123,14 @@ impl CopyRun {
         sent.max(self.idle.as_deref())
     }
 
+    /// `n` collections were queued by a snapshot request.
+    pub(super) fn requested(&mut self, n: usize) {
+        if n > 0 {
+            self.total += n;
+            self.complete_logged = false;
+        }
+    }
+
     /// A restored round must be sent before the change at `token`.
     pub(super) fn due_before(&self, token: &str) -> bool {
         self.restored.front().is_some_and(|r| r.at.as_str() < token)

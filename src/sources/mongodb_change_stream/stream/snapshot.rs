@@ -28,7 +28,7 @@ use super::{recovery::Failure, ChangeStreamSource};
 use crate::sources::mongodb_change_stream::{
     checkpoint::{token_cluster_time, Checkpoint, SnapshotProgress},
     errors,
-    settings::Scope,
+    settings::{Scope, SYSTEM_DATABASES},
     watch::{event_token, token_hex, OpenAt},
 };
 use crate::{
@@ -37,9 +37,6 @@ use crate::{
     internal_events::mongodb::SnapshotCopied,
     topology::{Sent, SourceSender},
 };
-
-/// Databases a deployment-wide snapshot leaves out.
-const SYSTEM_DATABASES: [&str; 3] = ["admin", "config", "local"];
 
 /// How a snapshot ended.
 pub(super) enum SnapshotEnd {
@@ -424,7 +421,7 @@ impl ChangeStreamSource {
             out.extend(
                 names
                     .into_iter()
-                    .filter(|c| !c.starts_with("system."))
+                    .filter(|c| self.settings.in_scope(&db, c))
                     .map(|c| format!("{db}.{c}")),
             );
         }

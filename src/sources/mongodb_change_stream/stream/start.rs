@@ -97,7 +97,9 @@ impl ChangeStreamSource {
             intervals,
         );
         let mut copy = None;
-        if self.settings.snapshot == SnapshotMode::Incremental {
+        // A signal collection copies requested collections as an
+        // incremental snapshot does, with `snapshot = "off"` too.
+        if self.settings.snapshot == SnapshotMode::Incremental || self.settings.signal.is_some() {
             let progress = self.incremental_progress().await?;
             copy = Some(CopyRun::new(
                 initial.is_some(),
@@ -128,6 +130,7 @@ impl ChangeStreamSource {
     /// An incremental snapshot's progress: the checkpoint's, with the
     /// collections in scope that were never copied added (all of them on
     /// a first start; those an initial snapshot copied count as copied).
+    /// With `snapshot = "off"` (copies on request only), the checkpoint's.
     async fn incremental_progress(&self) -> ControlFlow<Stop, IncrementalProgress> {
         let saved = match self.state.load::<Checkpoint>().await {
             Ok(c) => c,
@@ -149,6 +152,17 @@ impl ChangeStreamSource {
             },
             _ => IncrementalProgress::default(),
         };
+        if self.settings.snapshot != SnapshotMode::Incremental {
+            // Only requested collections are copied, while still watched.
+            let watched: Vec<String> = progress
+                .pending
+                .iter()
+                .filter(|ns| self.settings.watches(ns))
+                .cloned()
+                .collect();
+            progress.reconcile(&watched);
+            return ControlFlow::Continue(progress);
+        }
         let mut attempt = 0;
         let in_scope = loop {
             match self.snapshot_collections().await {
