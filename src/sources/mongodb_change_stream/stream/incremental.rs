@@ -22,7 +22,6 @@ use crate::{
     sources::mongodb_change_stream::{
         checkpoint::{token_cluster_time, Mark},
         incremental::{IncrementalProgress, Round},
-        watch::event_token,
     },
     topology::Sent,
 };
@@ -364,13 +363,12 @@ impl ChangeStreamSource {
         let event_time = chrono::DateTime::from_timestamp(i64::from(at.t0.time), 0);
         let (batch, receiver) = BatchNotifier::new_with_receiver();
         let count = records.len() as u64;
-        for (record, _) in records {
-            let position = event_token(&record).map(Position);
+        for record in records {
             let event = LogEvent::new(
-                record,
+                record.raw,
                 EventMetadata {
                     source_id: Arc::clone(&run.source_id),
-                    position,
+                    position: Some(Position(record.position)),
                     event_time,
                 },
             );

@@ -16,7 +16,9 @@
 mod position;
 mod records;
 
-pub(in crate::sources::mongodb_change_stream::stream) use records::{MakeError, RecordMaker};
+pub(in crate::sources::mongodb_change_stream::stream) use records::{
+    MakeError, Record, RecordMaker,
+};
 
 use std::{ops::ControlFlow, sync::Arc, time::Instant};
 
@@ -29,7 +31,7 @@ use crate::sources::mongodb_change_stream::{
     checkpoint::{token_cluster_time, Checkpoint, SnapshotProgress},
     errors,
     settings::{Scope, SYSTEM_DATABASES},
-    watch::{event_token, token_hex, OpenAt},
+    watch::{token_hex, OpenAt},
 };
 use crate::{
     event::{BatchStatus, EventMetadata, LogEvent, Position},
@@ -199,8 +201,8 @@ impl ChangeStreamSource {
             let records = self
                 .chunk_records(&ns, run.prefix(), run.t0, docs, &mut last_key)
                 .await?;
-            for (record, id) in records {
-                self.send_record(run, index, record, id).await?;
+            for record in records {
+                self.send_record(run, index, record).await?;
             }
         }
         progress.done();
@@ -294,15 +296,10 @@ impl ChangeStreamSource {
         &self,
         run: &mut SnapshotRun<'_>,
         index: usize,
-        record: RawDocumentBuf,
-        id: Bson,
+        Record { raw, id, position }: Record,
     ) -> ControlFlow<SnapshotEnd> {
-        let Some(position) = event_token(&record) else {
-            self.error("missing_resume_token", "A `pipeline` stage removed `_id` from a snapshot record; keep `_id` in every event.");
-            return ControlFlow::Break(SnapshotEnd::Failed);
-        };
         let event = LogEvent::new(
-            record,
+            raw,
             EventMetadata {
                 source_id: Arc::clone(run.source_id),
                 position: Some(Position(position)),

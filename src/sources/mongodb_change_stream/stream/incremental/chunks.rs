@@ -25,7 +25,7 @@ use mongodb::{
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use super::super::snapshot::{MakeError, RecordMaker};
+use super::super::snapshot::{MakeError, Record, RecordMaker};
 
 /// Documents per page handed from a reader to the round (and per server
 /// batch of its cursor).
@@ -122,7 +122,7 @@ pub(super) fn ranges(
 pub(super) struct Page {
     /// Records with their document's `_id` (fewer than were read when the
     /// `pipeline` filters).
-    pub records: Vec<(RawDocumentBuf, Bson)>,
+    pub records: Vec<Record>,
     /// Documents read.
     pub read: u64,
     /// The last document's `_id`.
