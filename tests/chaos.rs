@@ -703,7 +703,13 @@ async fn chaos_delta_60k() {
 /// replaced by a fresh process (a new machine: nothing survives locally),
 /// the standby taking over from the state in the lake; Azurite restarts
 /// once under load. The same checker as the other chaos runs.
-async fn node_loss_run(sink: Sink, batches: usize) {
+///
+/// `snapshot_docs` > 0: that many documents per namespace exist before the
+/// start and are copied by `snapshot = "incremental"` beside the load, and
+/// the first kill lands while a copy round is saved in the state, so the
+/// standby takes over in the middle of the copy (each snapshot `_id`
+/// exactly once, checked like each change).
+async fn node_loss_run(sink: Sink, batches: usize, snapshot_docs: usize) {
     let batches = std::env::var("MONGO_ADLS_CHAOS_BATCHES")
         .map(|b| b.parse().unwrap())
         .unwrap_or(batches);
@@ -725,8 +731,13 @@ async fn node_loss_run(sink: Sink, batches: usize) {
                 .global(&format!("api.address = \"127.0.0.1:{port}\""))
                 .azure_state(&proxy.account_url(), "chaos", 15)
                 .source(&format!(
-                    "checkpoint_interval_ms = 200\n{}",
-                    sink.source_options()
+                    "checkpoint_interval_ms = 200\n{}\n{}",
+                    sink.source_options(),
+                    if snapshot_docs > 0 {
+                        "snapshot = \"incremental\"\nsnapshot_chunk_size = 500"
+                    } else {
+                        ""
+                    }
                 ))
                 .sink(&sink.config(&proxy.account_url()))
                 .write(&dir.path().join(format!("agent{i}.toml")))
@@ -738,6 +749,10 @@ async fn node_loss_run(sink: Sink, batches: usize) {
     let log_refs: Vec<&Path> = logs.iter().map(PathBuf::as_path).collect();
     let lake_args = sink.lake_args(&azurite);
     let watcher = Watcher::start(sink, dir.path(), &lake_args);
+    let manifest = Arc::new(Mutex::new(Manifest::default()));
+    if snapshot_docs > 0 {
+        preload(&mongo.client().await, &NAMESPACES, snapshot_docs, &manifest).await;
+    }
     let mut agents: Vec<Agent> = (0..2)
         .map(|i| Agent::start_logged(&configs[i], &logs[i]))
         .collect();
@@ -757,7 +772,30 @@ async fn node_loss_run(sink: Sink, batches: usize) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let manifest = Arc::new(Mutex::new(Manifest::default()));
+    let (mut kills, mut live_restarts) = (0, 0);
+    let (mut killed_at, mut failovers) = (None::<Instant>, Vec::new());
+    if snapshot_docs > 0 {
+        // A takeover in the middle of the copy: kill -9 the active once a
+        // copy round is saved in the state.
+        let active = support::one_active(&ports, &log_refs, Duration::from_secs(90)).await;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let saved = state.read("chaos/mongo/checkpoint.json").await;
+            let round_open = serde_json::from_slice::<serde_json::Value>(&saved)
+                .ok()
+                .and_then(|c| c["incremental"]["rounds"].as_array().map(|r| !r.is_empty()))
+                .unwrap_or(false);
+            if round_open {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no copy round saved in 120 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        agents[active].kill();
+        kills += 1;
+        killed_at = Some(Instant::now());
+        agents[active] = Agent::start_logged(&configs[active], &logs[active]);
+    }
     let started = Instant::now();
     // Paced so the load spans the kills (each failover waits out a lease).
     let generator = tokio::spawn(generate(
@@ -767,8 +805,6 @@ async fn node_loss_run(sink: Sink, batches: usize) {
         Duration::from_secs(2),
         Arc::clone(&manifest),
     ));
-    let (mut kills, mut live_restarts) = (0, 0);
-    let (mut killed_at, mut failovers) = (None::<Instant>, Vec::new());
     while !generator.is_finished() || kills < 10 {
         let active = support::one_active(&ports, &log_refs, Duration::from_secs(90)).await;
         if let Some(at) = killed_at.take() {
@@ -814,6 +850,17 @@ async fn node_loss_run(sink: Sink, batches: usize) {
         !dir.path().join("data").exists(),
         "nothing was kept on local disk"
     );
+    if snapshot_docs > 0 {
+        manifest.lock().unwrap().allow_snapshots_of_inserted();
+        let resumed: usize = log_refs
+            .iter()
+            .map(|l| log_count(l, "Incremental snapshot: continuing beside the stream."))
+            .sum();
+        assert!(
+            resumed >= 2,
+            "a later term continued the copy from the state ({resumed} starts with copying to do)"
+        );
+    }
     let run = Run {
         sink,
         kills,
@@ -834,17 +881,17 @@ async fn node_loss_run(sink: Sink, batches: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long chaos run (minutes): e2e/test.sh runs it, or cargo test --release --test chaos -- --include-ignored"]
 async fn chaos_node_loss_on_seal_60k() {
-    node_loss_run(ON_SEAL, 64).await;
+    node_loss_run(ON_SEAL, 64, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long chaos run (minutes): e2e/test.sh runs it, or cargo test --release --test chaos -- --include-ignored"]
 async fn chaos_node_loss_every_batch_60k() {
-    node_loss_run(EVERY_BATCH, 64).await;
+    node_loss_run(EVERY_BATCH, 64, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long chaos run (minutes): e2e/test.sh runs it, or cargo test --release --test chaos -- --include-ignored"]
 async fn chaos_node_loss_delta_60k() {
-    node_loss_run(Sink::Delta, 64).await;
+    node_loss_run(Sink::Delta, 64, 5_000).await;
 }

@@ -40,6 +40,25 @@ impl Manifest {
             ok,
         });
     }
+
+    /// An incremental snapshot running beside the load reads collections
+    /// as they are, so it may copy a document the load inserted: such a
+    /// record is allowed, at most once per `_id`.
+    pub fn allow_snapshots_of_inserted(&mut self) {
+        let inserted: Vec<Change> = self
+            .changes
+            .iter()
+            .filter(|c| c.op == "insert")
+            .map(|c| Change {
+                ns: c.ns.clone(),
+                op: "snapshot",
+                seq: c.seq,
+                id: c.id.clone(),
+                ok: false,
+            })
+            .collect();
+        self.changes.extend(inserted);
+    }
 }
 
 /// Makes `batches` rounds of about 960 changes, pausing between rounds so
