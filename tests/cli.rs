@@ -639,3 +639,38 @@ fn sigterm_during_start_up_stops_cleanly() {
         "stopped at once"
     );
 }
+
+/// `mongo-adls snapshot` without a signal collection exits 78 and says
+/// what to set; a `signal_collection` with `snapshot = "initial"` is a
+/// configuration error naming the option and its line. (Needs no MongoDB:
+/// both are refused before any connection.)
+#[test]
+fn snapshot_requests_need_a_signal_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let source = "[sources.mongo]\ntype = \"mongodb_change_stream\"\nuri = \"mongodb://127.0.0.1:1/?replicaSet=rs0\"\ndatabase = \"shop\"\n";
+    let sink = "[sinks.out]\ntype = \"blackhole\"\ninputs = [\"mongo\"]\n";
+    let path = write(
+        d,
+        "plain.toml",
+        &format!("data_dir = \"/tmp/x\"\n{source}{sink}"),
+    );
+    let out = bin()
+        .args(["snapshot", "orders", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("`signal_collection`"), "{stderr}");
+
+    let path = write(
+        d,
+        "initial.toml",
+        &format!("data_dir = \"/tmp/x\"\n{source}snapshot = \"initial\"\nsignal_collection = \"signals\"\n{sink}"),
+    );
+    assert_config_error(
+        &[&path],
+        &["initial.toml:", "signal_collection", "incremental"],
+    );
+}
