@@ -667,3 +667,60 @@ async fn a_snapshot_request_copies_one_collection_of_a_running_pipeline() {
         support::log_tail(&log, 40)
     );
 }
+
+/// Under a sustained backlog (a sink slower than the stream, so events
+/// are always queued) the copy still goes on: rounds run between
+/// hand-overs, not only once the backlog is drained. Checked by where the
+/// records land: many before the backlog's last change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_copy_goes_on_under_a_sustained_backlog() {
+    let mongo = Mongod::start().await;
+    let client = mongo.client().await;
+    seed(&client, "b", 5_000).await;
+    let start_at = chrono::Utc::now() - chrono::Duration::seconds(1);
+    // The backlog: 100,000 small changes, read from `start_at` at a sink
+    // rate of 20,000 a second (five seconds of queued events).
+    let z = client.database("shop").collection::<Document>("z");
+    for chunk in 0..20 {
+        let docs: Vec<Document> = (0..5_000)
+            .map(|i| doc! { "_id": chunk * 5_000 + i })
+            .collect();
+        z.insert_many(docs).await.unwrap();
+    }
+    z.insert_one(doc! { "_id": "last" }).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("agent.log");
+    let lake = dir.path().join("lake");
+    let cfg = PipelineConfig::mongo(&mongo.uri())
+        .data_dir(&dir.path().join("data"))
+        .global("healthchecks.enabled = false")
+        .source(&format!(
+            "database = \"shop\"\ncollections = [\"b\", \"z\"]\nsnapshot = \"incremental\"\nsnapshot_chunk_size = 500\nsnapshot_parallelism = 1\nstart_at = \"{}\"",
+            start_at.to_rfc3339()
+        ))
+        .sink(&format!(
+            "[sinks.lake]\ntype = \"adls_partitioned_jsonl\"\ninputs = [\"mongo\"]\naccount_url = \"file://{}\"\nfilesystem = \"raw\"\ncreate_filesystem = true\nfile_name = \"events-%Y%m%d-%H%M%S\"\nroll.window_secs = 2\nroll.grace_secs = 0\nbatch.timeout_secs = 0.3\nencoding.extended_json = \"canonical\"\n\n[sinks.slow]\ntype = \"blackhole\"\ninputs = [\"mongo\"]\nrate = 20000\n",
+            lake.display()
+        ))
+        .write(&dir.path().join("agent.toml"));
+    let agent = Agent::start_logged(&cfg, &log);
+    in_lake(dir.path(), "last").await;
+    records_each(dir.path(), "b", 5_000, 1).await;
+    assert_eq!(agent.stop(), Some(0), "{}", support::log_tail(&log, 40));
+
+    let files = read_lake(dir.path());
+    let events = files.values().flatten();
+    let last = events
+        .clone()
+        .find(|e| e["documentKey"]["_id"] == "last")
+        .map(position)
+        .unwrap();
+    let before = events
+        .filter(|e| e["_meta"]["operationType"] == "snapshot" && e["_meta"]["ns"]["coll"] == "b")
+        .filter(|e| position(e) < last)
+        .count();
+    assert!(
+        before >= 1_000,
+        "only {before} records of b were placed before the backlog's last change: the copy waited for the backlog"
+    );
+}

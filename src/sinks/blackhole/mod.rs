@@ -14,21 +14,31 @@ use crate::{
     sinks::{Healthcheck, SinkConfig, SinkContext, StreamSink},
 };
 
-/// Options of the `blackhole` sink (none besides the common ones).
+/// Options of the `blackhole` sink.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BlackholeSinkConfig {}
+pub struct BlackholeSinkConfig {
+    /// Most events a second it takes (as Vector's `rate`); unset: as fast
+    /// as they come. A slow sink holds the source back, as a slow storage
+    /// account would: for tests and for trying backpressure.
+    pub rate: Option<u32>,
+}
 
 struct BlackholeSink {
     sent: EventsSent,
+    rate: Option<u32>,
 }
 
 #[async_trait]
 #[typetag::serde(name = "blackhole")]
 impl SinkConfig for BlackholeSinkConfig {
     async fn build(&self, cx: SinkContext) -> crate::Result<(Box<dyn StreamSink>, Healthcheck)> {
+        if self.rate == Some(0) {
+            return Err("`rate` must be at least 1 (unset it for no limit)".into());
+        }
         let sink = BlackholeSink {
             sent: EventsSent::register(&cx.tags),
+            rate: self.rate,
         };
         Ok((Box::new(sink), Box::pin(async { Ok(()) })))
     }
@@ -45,7 +55,15 @@ impl ComponentConfig for BlackholeSinkConfig {
 impl StreamSink for BlackholeSink {
     async fn run(self: Box<Self>, input: BoxStream<'static, Event>) -> Result<(), ()> {
         let mut chunks = input.ready_chunks(1024);
+        // When the events taken so far are due at `rate` (no credit is
+        // saved up while idle).
+        let mut due = tokio::time::Instant::now();
         while let Some(chunk) = chunks.next().await {
+            if let Some(rate) = self.rate {
+                due = due.max(tokio::time::Instant::now())
+                    + std::time::Duration::from_secs_f64(chunk.len() as f64 / f64::from(rate));
+                tokio::time::sleep_until(due).await;
+            }
             let (mut count, mut bytes) = (0, 0);
             for event in chunk {
                 if let Event::Log(mut log) = event {

@@ -377,16 +377,19 @@ impl ChangeStreamSource {
         }
     }
 
-    /// The next read of the stream. While nothing is queued and an
-    /// incremental snapshot has a round to run, the round runs first.
+    /// The next read of the stream. While nothing is queued (or the copy
+    /// has waited long enough, [`CopyRun::starved`]) and an incremental
+    /// snapshot has a round to run, the round runs first.
     async fn next_read(
         &self,
         run: &mut RunState,
         reads: &mut ReadAhead,
     ) -> ControlFlow<Stop, Option<Read>> {
         while Self::copy_due(run) {
-            if let Some(read) = reads.try_next() {
-                return ControlFlow::Continue(Some(read));
+            if !run.copy.as_ref().is_some_and(CopyRun::starved) {
+                if let Some(read) = reads.try_next() {
+                    return ControlFlow::Continue(Some(read));
+                }
             }
             self.copy_round(run).await?;
             self.take_acks(run).await?;

@@ -5,16 +5,24 @@
 //! A round runs when the stream has nothing queued (its read-ahead is
 //! waiting on the server): the stream goes first, so its checkpoint keeps
 //! up with the newest change, and the copy fills the time the stream
-//! waits. A round restored from the checkpoint runs as soon as the stream
-//! reaches its position again, before any later change is sent.
+//! waits. Under a sustained backlog a round also runs between two
+//! hand-overs once the copy has waited four times its last round (at
+//! least a second), so the copy goes on at a fifth of the time or more. A
+//! round restored from the checkpoint runs as soon as the stream reaches
+//! its position again, before any later change is sent.
 
 mod chunks;
 
-use std::{collections::VecDeque, ops::ControlFlow, sync::Arc};
+use std::{
+    collections::VecDeque,
+    ops::ControlFlow,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bson::Bson;
 
-use self::chunks::{bounds, ranges, ChunkReader, Page, ReadError, RecordsAt};
+use self::chunks::{bounds, ranges, server_batch, ChunkReader, Page, ReadError, RecordsAt};
 use super::{ChangeStreamSource, OpenAt, RunState, Stop};
 use crate::{
     event::{BatchNotifier, BatchStatusReceiver, EventMetadata, LogEvent, Position},
@@ -25,6 +33,9 @@ use crate::{
     },
     topology::Sent,
 };
+
+/// The shortest wait for a round while the stream has events queued.
+const STARVED_AFTER: Duration = Duration::from_secs(1);
 
 /// How reading a round ended.
 enum RoundRead {
@@ -49,6 +60,11 @@ pub(super) struct CopyRun {
     /// Transient failures in a row, for the backoff.
     attempt: u32,
     complete_logged: bool,
+    /// Documents and their bytes read in this run, for the server batch
+    /// size.
+    read: (u64, u64),
+    /// When the last round ended and how long it took ([`CopyRun::starved`]).
+    last_round: Option<(Instant, Duration)>,
     /// The stream has passed everything an earlier run may have sent (and
     /// a sink written): new rounds may be planned. A new round placed
     /// below a change the sinks already hold would have its records
@@ -92,6 +108,8 @@ impl CopyRun {
             progress: None,
             attempt: 0,
             complete_logged: false,
+            read: (0, 0),
+            last_round: None,
         }
     }
 
@@ -128,6 +146,22 @@ impl CopyRun {
             self.total += n;
             self.complete_logged = false;
         }
+    }
+
+    /// The copy has waited long enough for a stream that always has
+    /// events queued: a round runs between two hand-overs then, so a
+    /// sustained backlog does not hold the copy back for its whole length.
+    /// The stream keeps at least four fifths of the time (the wait is four
+    /// times the last round, and at least [`STARVED_AFTER`]).
+    pub(super) fn starved(&self) -> bool {
+        self.last_round
+            .is_none_or(|(ended, took)| ended.elapsed() >= STARVED_AFTER.max(took * 4))
+    }
+
+    /// The average size of the documents read so far.
+    fn average_bytes(&self) -> Option<u64> {
+        let (docs, bytes) = self.read;
+        (docs > 0).then(|| bytes / docs)
     }
 
     /// A restored round must be sent before the change at `token`.
@@ -176,14 +210,16 @@ impl ChangeStreamSource {
         let Some(copy) = run.copy.as_mut() else {
             return ControlFlow::Continue(());
         };
+        let began = Instant::now();
         if let Some(round) = copy.restored.pop_front() {
-            return self.send_round(run, round).await;
+            self.send_round(run, round).await?;
+        } else if let Some(round) = self.plan_round(run).await? {
+            self.send_round(run, round).await?;
+            self.log_if_complete(run);
         }
-        let Some(round) = self.plan_round(run).await? else {
-            return ControlFlow::Continue(());
-        };
-        self.send_round(run, round).await?;
-        self.log_if_complete(run);
+        if let Some(copy) = run.copy.as_mut() {
+            copy.last_round = Some((Instant::now(), began.elapsed()));
+        }
         ControlFlow::Continue(())
     }
 
@@ -265,6 +301,7 @@ impl ChangeStreamSource {
             ns: round.ns.as_str().into(),
             at: round.at.as_str().into(),
             t0,
+            server_batch: server_batch(run.copy.as_ref().and_then(CopyRun::average_bytes)),
         };
         loop {
             match self
@@ -347,13 +384,17 @@ impl ChangeStreamSource {
         let Page {
             records,
             read,
+            bytes,
             last_id,
         } = page;
         let Some(last_id) = last_id else {
             return ControlFlow::Continue(());
         };
-        if let Some(p) = run.copy.as_mut().and_then(|c| c.progress.as_mut()) {
-            p.read(read);
+        if let Some(c) = run.copy.as_mut() {
+            if let Some(p) = c.progress.as_mut() {
+                p.read(read);
+            }
+            c.read = (c.read.0 + read, c.read.1 + bytes);
         }
         if records.is_empty() {
             // The pipeline left nothing: no mark either (one no event
