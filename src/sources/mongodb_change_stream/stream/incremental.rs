@@ -198,7 +198,7 @@ impl ChangeStreamSource {
                 .then(|| c.restored.pop_front())
                 .flatten()
         }) {
-            self.send_round(run, round).await?;
+            self.send_round(run, round, None).await?;
         }
         ControlFlow::Continue(())
     }
@@ -212,9 +212,9 @@ impl ChangeStreamSource {
         };
         let began = Instant::now();
         if let Some(round) = copy.restored.pop_front() {
-            self.send_round(run, round).await?;
-        } else if let Some(round) = self.plan_round(run).await? {
-            self.send_round(run, round).await?;
+            self.send_round(run, round, None).await?;
+        } else if let Some((round, splits)) = self.plan_round(run).await? {
+            self.send_round(run, round, Some(splits)).await?;
             self.log_if_complete(run);
         }
         if let Some(copy) = run.copy.as_mut() {
@@ -223,8 +223,12 @@ impl ChangeStreamSource {
         ControlFlow::Continue(())
     }
 
-    /// Finds the next round's chunk bounds and saves it as planned.
-    async fn plan_round(&self, run: &mut RunState) -> ControlFlow<Stop, Option<Round>> {
+    /// Finds the next round's chunk bounds and saves it as planned; with
+    /// the bounds inside it, where its chunks split.
+    async fn plan_round(
+        &self,
+        run: &mut RunState,
+    ) -> ControlFlow<Stop, Option<(Round, Vec<Bson>)>> {
         let (Some(progress), Some(at)) = (
             run.acks.incremental(),
             run.copy
@@ -249,7 +253,7 @@ impl ChangeStreamSource {
             parallelism,
         )
         .await;
-        let found = match found {
+        let mut found = match found {
             Ok(found) => found,
             Err(e) => {
                 return self
@@ -258,12 +262,13 @@ impl ChangeStreamSource {
                     .map_continue(|()| None)
             }
         };
-        let upper = (found.len() == parallelism as usize)
-            .then(|| found.last().cloned())
-            .flatten()
-            .map(Bson::into_canonical_extjson);
+        let upper = if found.len() == parallelism as usize {
+            found.pop().map(Bson::into_canonical_extjson)
+        } else {
+            None
+        };
         match run.acks.plan_round(&at, upper).await {
-            Ok(round) => ControlFlow::Continue(round),
+            Ok(round) => ControlFlow::Continue(round.map(|r| (r, found))),
             Err(e) => {
                 self.error(
                     "checkpoint_failed",
@@ -279,9 +284,15 @@ impl ChangeStreamSource {
     }
 
     /// Sends `round`'s records in `_id` order, read by up to
-    /// `snapshot_parallelism` chunk readers, then its end mark. A
-    /// transient error reads again from the last record sent.
-    async fn send_round(&self, run: &mut RunState, round: Round) -> ControlFlow<Stop> {
+    /// `snapshot_parallelism` chunk readers (split at `splits` when the
+    /// planning found them), then its end mark. A transient error reads
+    /// again from the last record sent.
+    async fn send_round(
+        &self,
+        run: &mut RunState,
+        round: Round,
+        mut splits: Option<Vec<Bson>>,
+    ) -> ControlFlow<Stop> {
         let Some(t0) = token_cluster_time(&round.at) else {
             self.error(
                 "snapshot_failed",
@@ -305,7 +316,7 @@ impl ChangeStreamSource {
         };
         loop {
             match self
-                .read_round(run, &records, &start, upper.as_ref())
+                .read_round(run, &records, (&start, splits.take()), upper.as_ref())
                 .await?
             {
                 RoundRead::Done => break,
@@ -331,21 +342,25 @@ impl ChangeStreamSource {
         ControlFlow::Continue(())
     }
 
-    /// Reads `[start, upper)` of the round's collection in chunks and sends
-    /// the records. On a read error, gives back the last `_id` sent.
+    /// Reads `[start, upper)` of the round's collection in chunks (split
+    /// at `splits`, else at bounds found now) and sends the records. On a
+    /// read error, gives back the last `_id` sent.
     async fn read_round(
         &self,
         run: &mut RunState,
         records: &RecordsAt,
-        start: &(Option<Bson>, bool),
+        (start, splits): (&(Option<Bson>, bool), Option<Vec<Bson>>),
         upper: Option<&Bson>,
     ) -> ControlFlow<Stop, RoundRead> {
-        let splits = self.settings.snapshot_parallelism - 1;
+        let count = self.settings.snapshot_parallelism - 1;
         let chunk = self.settings.snapshot_chunk_size;
         let ns = &records.ns;
-        let found = match bounds(&self.client, ns, (start.0.as_ref(), upper), chunk, splits).await {
-            Ok(found) => found,
-            Err(e) => return ControlFlow::Continue(RoundRead::Failed(None, e)),
+        let found = match splits {
+            Some(found) => found,
+            None => match bounds(&self.client, ns, (start.0.as_ref(), upper), chunk, count).await {
+                Ok(found) => found,
+                Err(e) => return ControlFlow::Continue(RoundRead::Failed(None, e)),
+            },
         };
         let mut readers: Vec<ChunkReader> = ranges(start.0.clone(), start.1, found, upper.cloned())
             .into_iter()
