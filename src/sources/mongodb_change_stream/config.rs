@@ -111,7 +111,9 @@ pub struct MongoDbChangeStreamConfig {
     /// `mongo-adls snapshot orders`, and the named collections are copied
     /// (again) beside the stream, as `snapshot = "incremental"` copies.
     /// A collection of `database` (with a deployment scope, `db.coll`);
-    /// the stream watches it too, its events are not written to the
+    /// the stream watches it too (with `collection`, the stream becomes a
+    /// database stream filtered to both, which needs the `changeStream`
+    /// privilege on the database), its events are not written to the
     /// sinks, and it is never copied itself. Needs `snapshot =
     /// "incremental"` or `"off"` (then only requested collections are
     /// copied). A `pipeline` must let its inserts through.
