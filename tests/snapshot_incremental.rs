@@ -594,6 +594,15 @@ async fn a_snapshot_request_copies_one_collection_of_a_running_pipeline() {
         "snapshot = \"off\" copies nothing unasked"
     );
 
+    // A typo is refused, not "copied" empty.
+    let typo = support::mongo_adls()
+        .args(["snapshot", "-c"])
+        .arg(&cfg)
+        .arg("bb")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&typo.stderr);
+    assert!(!typo.status.success() && stderr.contains("bb"), "{stderr}");
     let said = request_snapshot(&cfg, &["b"]);
     assert!(said.contains("shop.b"), "{said}");
     // Killed once the copy of b is under way, then restarted.

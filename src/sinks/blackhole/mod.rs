@@ -54,7 +54,10 @@ impl ComponentConfig for BlackholeSinkConfig {
 #[async_trait]
 impl StreamSink for BlackholeSink {
     async fn run(self: Box<Self>, input: BoxStream<'static, Event>) -> Result<(), ()> {
-        let mut chunks = input.ready_chunks(1024);
+        // With a `rate`, chunks of at most a second's events, so a small
+        // rate does not sleep long at once.
+        let chunk = self.rate.map_or(1024, |r| (r as usize).clamp(1, 1024));
+        let mut chunks = input.ready_chunks(chunk);
         // When the events taken so far are due at `rate` (no credit is
         // saved up while idle).
         let mut due = tokio::time::Instant::now();

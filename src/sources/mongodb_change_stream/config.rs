@@ -8,7 +8,7 @@ use snafu::Snafu;
 
 use super::settings::{
     FullDocument, FullDocumentBeforeChange, OnHistoryLost, OnOversizedEvent, Scope, Settings,
-    SnapshotMode, StartAt,
+    SnapshotMode, StartAt, SYSTEM_DATABASES,
 };
 use crate::{
     config::ComponentConfig,
@@ -250,6 +250,11 @@ impl MongoDbChangeStreamConfig {
         };
         if db.is_empty() || coll.is_empty() || coll.starts_with("system.") {
             return Err(format!("{name:?} is not a collection name"));
+        }
+        if SYSTEM_DATABASES.contains(&db) {
+            return Err(format!(
+                "{name:?} is in database {db}, whose changes no change stream reports"
+            ));
         }
         let watched = match (&self.collection, &self.collections) {
             (Some(c), _) => c == coll,

@@ -53,6 +53,10 @@ pub struct IncrementalProgress {
     /// stream on. Not tried again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
+    /// Only requested collections are queued (`snapshot = "off"` with a
+    /// signal collection), not an incremental snapshot's own copy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requested_only: bool,
 }
 
 /// One planned round: the records of `ns` from `from` (inclusive) up to
@@ -112,6 +116,24 @@ impl IncrementalProgress {
         self.skipped.retain(|s| s != ns);
         self.pending.push(ns.to_string());
         true
+    }
+
+    /// Keeps only requested copies (`snapshot = "off"`): an incremental
+    /// snapshot's own unfinished copy, saved before the switch, is
+    /// dropped. Returns the collections dropped.
+    pub fn requested_only(&mut self) -> Vec<String> {
+        if self.requested_only {
+            return Vec::new();
+        }
+        self.requested_only = true;
+        self.next_from = None;
+        let mut dropped: Vec<String> = self.pending.drain(..).collect();
+        for r in self.rounds.drain(..) {
+            if !dropped.contains(&r.ns) {
+                dropped.push(r.ns);
+            }
+        }
+        dropped
     }
 
     /// Nothing left to plan or deliver.
@@ -279,6 +301,20 @@ mod tests {
         assert!(p.copied.is_empty());
         assert!(p.reconcile(&["d.bad".into(), "d.b".into()]).is_empty());
         assert!(p.describe()[0].contains("d.bad"));
+    }
+
+    #[test]
+    fn switching_to_requests_only_drops_the_automatic_copy() {
+        let mut p = IncrementalProgress::of(vec!["d.a".into(), "d.b".into()]);
+        p.plan("T", Some(json!(5)));
+        assert_eq!(
+            p.requested_only(),
+            vec!["d.a".to_string(), "d.b".to_string()]
+        );
+        assert!(p.is_complete() && p.next_from.is_none());
+        assert!(p.request("d.a"));
+        assert!(p.requested_only().is_empty(), "requests are kept");
+        assert_eq!(p.pending, vec!["d.a".to_string()]);
     }
 
     #[test]

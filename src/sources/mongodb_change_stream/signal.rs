@@ -92,14 +92,14 @@ pub(super) fn read(settings: &Settings, raw: &RawDocument) -> Option<Signal> {
     })
 }
 
-/// `name` as `db.coll` when the source watches it: a collection of `db`
-/// (the signal's database), or `db.coll` itself.
+/// `name` as `db.coll` when the source watches it: `db.coll` itself, or
+/// a collection of `db` (the signal's database).
 fn resolve(settings: &Settings, db: &str, name: &str) -> Result<String, String> {
+    if name.contains('.') && settings.watches(name) {
+        return Ok(name.to_string());
+    }
     if settings.in_scope(db, name) {
         return Ok(format!("{db}.{name}"));
-    }
-    if settings.watches(name) {
-        return Ok(name.to_string());
     }
     Err(format!("{name:?} is not a collection this source watches"))
 }
@@ -123,6 +123,20 @@ pub async fn request_snapshot(
         .collect::<Result<Vec<_>, _>>()?;
     let options = client_options(&settings.uri, "mongo-adls snapshot").await?;
     let client = mongodb::Client::with_options(options).map_err(|e| super::errors::describe(&e))?;
+    // A name that does not exist would be "copied" at once, empty: most
+    // likely a typo, so it is refused here.
+    for ns in &resolved {
+        let (d, c) = ns.split_once('.').unwrap_or((ns, ""));
+        let found = client
+            .database(d)
+            .list_collection_names()
+            .filter(doc! { "name": c })
+            .await
+            .map_err(|e| super::errors::describe(&e))?;
+        if found.is_empty() {
+            return Err(format!("there is no collection {ns}"));
+        }
+    }
     let signals = client.database(&db).collection::<bson::Document>(&coll);
     let inserted = signals
         .insert_one(doc! {
@@ -174,6 +188,29 @@ mod tests {
         let s = settings(
             "database = \"shop\"\ncollections = [\"a\", \"b\"]\nsignal_collection = \"signals\"",
         );
+        let database = settings("database = \"shop\"\nsignal_collection = \"signals\"");
+        assert_eq!(
+            resolve(&database, "shop", "shop.orders"),
+            Ok("shop.orders".into())
+        );
+        assert_eq!(
+            resolve(&database, "shop", "orders"),
+            Ok("shop.orders".into())
+        );
+        assert_eq!(
+            resolve(&database, "shop", "other.orders"),
+            Ok("shop.other.orders".into())
+        );
+        let deployment = settings("signal_collection = \"ops.signals\"");
+        assert_eq!(
+            resolve(&deployment, "ops", "shop.orders"),
+            Ok("shop.orders".into())
+        );
+        assert_eq!(
+            resolve(&deployment, "ops", "orders"),
+            Ok("ops.orders".into())
+        );
+
         let raw = event(
             "insert",
             "signals",
@@ -215,6 +252,10 @@ mod tests {
         assert!(
             c("signal_collection = \"s\"").is_err(),
             "deployment: db.coll"
+        );
+        assert!(
+            c("signal_collection = \"admin.s\"").is_err(),
+            "not seen by streams"
         );
         assert_eq!(
             c("signal_collection = \"d.s\"").unwrap(),

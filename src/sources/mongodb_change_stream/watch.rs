@@ -69,6 +69,14 @@ pub(super) async fn watch(
     if let Scope::Collections(_, colls) = scope {
         pipeline.push(doc! { "$match": { "ns.coll": { "$in": colls.clone() } } });
     }
+    if let Some((db, coll)) = &settings.signal {
+        // Only requests (inserts) of the signal collection: an update or
+        // delete of one (a clean-up) needs no pre- or post-image lookup,
+        // which `required` would fail on.
+        pipeline.push(doc! { "$match": { "$nor": [{
+            "ns.db": db, "ns.coll": coll, "operationType": { "$ne": "insert" }
+        }] } });
+    }
     pipeline.extend(user_pipeline.iter().cloned());
     if settings.on_oversized_event == OnOversizedEvent::Skip {
         pipeline.extend(oversized_stages());

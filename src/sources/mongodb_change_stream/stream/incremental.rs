@@ -60,8 +60,8 @@ pub(super) struct CopyRun {
     /// Transient failures in a row, for the backoff.
     attempt: u32,
     complete_logged: bool,
-    /// Documents and their bytes read in this run, for the server batch
-    /// size.
+    /// Documents and their bytes read of the collection being copied, for
+    /// the server batch size.
     read: (u64, u64),
     /// When the last round ended and how long it took ([`CopyRun::starved`]).
     last_round: Option<(Instant, Duration)>,
@@ -497,6 +497,8 @@ impl ChangeStreamSource {
         if let Some(done) = copy.progress.take() {
             done.done();
         }
+        // Server batches follow this collection's document size.
+        copy.read = (0, 0);
         let (index, of) = (copy.begun, copy.total.max(copy.begun + 1));
         copy.begun += 1;
         let progress = self.copy_progress((index, of), ns).await;

@@ -154,6 +154,15 @@ impl ChangeStreamSource {
         };
         if self.settings.snapshot != SnapshotMode::Incremental {
             // Only requested collections are copied, while still watched.
+            let dropped = progress.requested_only();
+            if !dropped.is_empty() {
+                tracing::warn!(
+                    source = %self.cx.key,
+                    collections = %dropped.join(","),
+                    "snapshot = \"off\": the unfinished incremental snapshot of {} collection(s) is not continued (request them through the signal collection to copy them).",
+                    dropped.len()
+                );
+            }
             let watched: Vec<String> = progress
                 .pending
                 .iter()
@@ -163,6 +172,7 @@ impl ChangeStreamSource {
             progress.reconcile(&watched);
             return ControlFlow::Continue(progress);
         }
+        progress.requested_only = false;
         let mut attempt = 0;
         let in_scope = loop {
             match self.snapshot_collections().await {
