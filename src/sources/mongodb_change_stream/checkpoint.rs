@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::incremental::{IncrementalProgress, Round};
+use super::incremental::{IncrementalProgress, Plan, Round};
 use crate::{
     event::BatchStatus,
     state_store::{StateDoc, StateError},
@@ -22,8 +22,8 @@ pub enum Mark {
     /// Every change up to this resume token was delivered.
     Stream(String),
     /// The oldest unfinished copy round's records up to this `_id`
-    /// (canonical Extended JSON) were delivered.
-    Records(serde_json::Value),
+    /// (canonical Extended JSON) were delivered; so many of them.
+    Records(serde_json::Value, u64),
     /// The oldest unfinished copy round was wholly delivered.
     RoundEnd,
 }
@@ -204,21 +204,17 @@ impl Acks {
         self.incremental.as_ref()
     }
 
-    /// Plans the next copy round at `at` up to `upper` and writes the
-    /// checkpoint with it before anything of the round is sent (a restart
-    /// must send the round at the same `at`). Nothing is planned when the
-    /// write fails.
-    pub async fn plan_round(
-        &mut self,
-        at: &str,
-        upper: Option<serde_json::Value>,
-    ) -> Result<Option<Round>, StateError> {
+    /// Plans the next copy round at `at` as `plan` found it and writes
+    /// the checkpoint with it before anything of the round is sent (a
+    /// restart must send the round at the same `at`). Nothing is planned
+    /// when the write fails.
+    pub async fn plan_round(&mut self, at: &str, plan: Plan) -> Result<Option<Round>, StateError> {
         let (Some(token), Some(progress)) = (self.committed.clone(), self.incremental.as_ref())
         else {
             return Ok(None);
         };
         let mut planned = progress.clone();
-        let Some(round) = planned.plan(at, upper) else {
+        let Some(round) = planned.plan(at, plan) else {
             return Ok(None);
         };
         self.state
@@ -265,7 +261,7 @@ impl Acks {
                 if !self.failed {
                     let what = match &mark {
                         Mark::Stream(token) => format!("The batch's last resume token: {token}"),
-                        Mark::Records(after) => {
+                        Mark::Records(after, _) => {
                             format!("The batch held snapshot records up to _id {after}")
                         }
                         Mark::RoundEnd => "It ended a snapshot round".into(),
@@ -301,12 +297,12 @@ impl Acks {
         self.moved = true;
         match mark {
             Mark::Stream(token) => self.committed = Some(token),
-            Mark::Records(after) => {
+            Mark::Records(after, records) => {
                 if let Some(p) = self.incremental.as_mut() {
                     // Every change up to the round's position was sent
                     // (and so delivered) before its records.
                     self.committed = p.oldest_at().map(str::to_string).or(self.committed.take());
-                    p.delivered(after);
+                    p.delivered(after, records);
                     self.progress_moved = true;
                 }
             }
@@ -462,7 +458,11 @@ mod tests {
         let progress = IncrementalProgress::of(vec!["d.c".into()]);
         let mut acks =
             Acks::new(state.clone(), "p", Some("10".into()), intervals).with_incremental(progress);
-        let round = acks.plan_round("20", None).await.unwrap().unwrap();
+        let round = acks
+            .plan_round("20", Plan::to(None))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((round.ns.as_str(), round.at.as_str()), ("d.c", "20"));
         let saved = state.load::<Checkpoint>().await.unwrap().unwrap();
         assert_eq!(saved.resume_token, "10", "planned, not yet delivered");
@@ -471,7 +471,10 @@ mod tests {
             acks.emitted();
         }
         acks.resolved(BatchStatus::Delivered, Mark::Stream("15".into()));
-        acks.resolved(BatchStatus::Delivered, Mark::Records(serde_json::json!(7)));
+        acks.resolved(
+            BatchStatus::Delivered,
+            Mark::Records(serde_json::json!(7), 1),
+        );
         acks.idle(Some("30".into()));
         assert_eq!(acks.committed(), Some("20"), "no idle move past the round");
         assert_eq!(

@@ -37,6 +37,7 @@ use super::{
 
 mod idle;
 mod incremental;
+mod progress;
 mod recovery;
 mod signal;
 mod snapshot;

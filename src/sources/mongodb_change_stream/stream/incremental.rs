@@ -23,13 +23,13 @@ use std::{
 use bson::Bson;
 
 use self::chunks::{bounds, ranges, server_batch, ChunkReader, Page, ReadError, RecordsAt};
-use super::{ChangeStreamSource, OpenAt, RunState, Stop};
+use super::{progress::Counted, ChangeStreamSource, OpenAt, RunState, Stop};
 use crate::{
     event::{BatchNotifier, BatchStatusReceiver, EventMetadata, LogEvent, Position},
     internal_events::mongodb::SnapshotCopied,
     sources::mongodb_change_stream::{
         checkpoint::{token_cluster_time, Mark},
-        incremental::{IncrementalProgress, Round},
+        incremental::{IncrementalProgress, Plan, Round},
     },
     topology::Sent,
 };
@@ -56,7 +56,7 @@ pub(super) struct CopyRun {
     restored: VecDeque<Round>,
     copied: SnapshotCopied,
     /// The collection being copied and its progress line.
-    progress: Option<super::snapshot::CopyProgress>,
+    progress: Option<super::progress::CopyProgress>,
     /// Transient failures in a row, for the backoff.
     attempt: u32,
     complete_logged: bool,
@@ -267,7 +267,18 @@ impl ChangeStreamSource {
         } else {
             None
         };
-        match run.acks.plan_round(&at, upper).await {
+        let estimated = if progress.begins_collection() {
+            self.estimate(&ns).await
+        } else {
+            None
+        };
+        let plan = Plan {
+            upper,
+            chunks: found.len() as u32 + 1,
+            estimated,
+            chunk_size: u64::from(self.settings.snapshot_chunk_size),
+        };
+        match run.acks.plan_round(&at, plan).await {
             Ok(round) => ControlFlow::Continue(round.map(|r| (r, found))),
             Err(e) => {
                 self.error(
@@ -300,7 +311,7 @@ impl ChangeStreamSource {
             );
             return ControlFlow::Break(Err(()));
         };
-        self.round_progress(run, &round.ns).await;
+        self.round_progress(run, &round.ns);
         let json = |v: &Option<serde_json::Value>| v.clone().and_then(|v| Bson::try_from(v).ok());
         let upper = json(&round.upper);
         let mut start = match json(&round.after) {
@@ -374,7 +385,12 @@ impl ChangeStreamSource {
                     p = reader.next() => p,
                 };
                 let page = match page {
-                    None => break,
+                    None => {
+                        if let Some(p) = run.copy.as_mut().and_then(|c| c.progress.as_mut()) {
+                            p.chunk_done();
+                        }
+                        break;
+                    }
                     Some(Ok(page)) => page,
                     Some(Err(ReadError::Server(e))) => {
                         return ControlFlow::Continue(RoundRead::Failed(sent, e))
@@ -444,7 +460,7 @@ impl ChangeStreamSource {
         if let Some(c) = run.copy.as_mut() {
             c.copied.add(count);
         }
-        let mark = Mark::Records(last_id.into_canonical_extjson());
+        let mark = Mark::Records(last_id.into_canonical_extjson(), count);
         if self.cx.acknowledgements {
             run.finalizer.add(receiver, mark);
             run.acks.emitted();
@@ -488,7 +504,7 @@ impl ChangeStreamSource {
 
     /// Starts the progress line of `ns` when a round of a new collection
     /// begins.
-    async fn round_progress(&self, run: &mut RunState, ns: &str) {
+    fn round_progress(&self, run: &mut RunState, ns: &str) {
         let copy = run.copy.as_mut().expect("copying");
         copy.attempt = 0;
         if copy.progress.as_ref().is_some_and(|p| p.ns == ns) {
@@ -501,7 +517,13 @@ impl ChangeStreamSource {
         copy.read = (0, 0);
         let (index, of) = (copy.begun, copy.total.max(copy.begun + 1));
         copy.begun += 1;
-        let progress = self.copy_progress((index, of), ns).await;
+        let copying = run.acks.incremental().and_then(|p| p.copying.get(ns));
+        let counted = copying.map_or_else(Counted::default, |c| Counted {
+            documents: c.documents,
+            chunks: c.chunks,
+        });
+        let estimate = copying.and_then(|c| c.estimated);
+        let progress = self.copy_progress((index, of), ns, estimate, counted);
         run.copy.as_mut().expect("copying").progress = Some(progress);
     }
 
@@ -515,6 +537,7 @@ impl ChangeStreamSource {
             if let Some(done) = copy.progress.take() {
                 done.done();
             }
+            self.copy_complete();
             tracing::info!(
                 source = %self.cx.key,
                 records = copy.copied.count(),

@@ -26,7 +26,7 @@ use bson::{doc, Bson, RawDocumentBuf};
 use futures::{StreamExt, TryStreamExt};
 use mongodb::options::Hint;
 
-use super::{recovery::Failure, ChangeStreamSource};
+use super::{progress::Counted, recovery::Failure, ChangeStreamSource};
 use crate::sources::mongodb_change_stream::{
     checkpoint::{token_cluster_time, Checkpoint, SnapshotProgress},
     errors,
@@ -88,7 +88,7 @@ impl SnapshotRun<'_> {
 }
 
 /// `db.coll` as `(db, coll)`.
-fn split_namespace(ns: &str) -> (&str, &str) {
+pub(super) fn split_namespace(ns: &str) -> (&str, &str) {
     ns.split_once('.').unwrap_or((ns, ""))
 }
 
@@ -189,7 +189,8 @@ impl ChangeStreamSource {
         };
         let mut last_key: Option<String> = None;
         let of = run.progress.collections.len();
-        let mut progress = self.copy_progress((index, of), &ns).await;
+        let estimate = self.estimate(&ns).await;
+        let mut progress = self.copy_progress((index, of), &ns, estimate, Counted::default());
         loop {
             self.take_record_acks(run).await?;
             let Some(docs) = self.next_chunk(run, &ns, after.as_ref()).await? else {
@@ -198,6 +199,7 @@ impl ChangeStreamSource {
             let Some(last_doc) = docs.last() else { break };
             after = document_id(last_doc);
             progress.read(docs.len() as u64);
+            progress.chunk_done();
             let records = self
                 .chunk_records(&ns, run.prefix(), run.t0, docs, &mut last_key)
                 .await?;
@@ -207,39 +209,6 @@ impl ChangeStreamSource {
         }
         progress.done();
         ControlFlow::Continue(())
-    }
-
-    /// Logs the start of collection `index` with MongoDB's estimate of its
-    /// size, so the progress lines have a total to compare against.
-    pub(super) async fn copy_progress(
-        &self,
-        (index, of): (usize, usize),
-        ns: &str,
-    ) -> CopyProgress {
-        let (db, coll) = split_namespace(ns);
-        let estimate = self
-            .client
-            .database(db)
-            .collection::<bson::Document>(coll)
-            .estimated_document_count()
-            .await
-            .ok();
-        tracing::info!(
-            source = %self.cx.key,
-            collection = ns,
-            estimated_documents = estimate,
-            "Snapshot: copying collection {} of {}.",
-            index + 1,
-            of
-        );
-        CopyProgress {
-            source: self.cx.key.clone(),
-            ns: ns.to_string(),
-            estimate,
-            read: 0,
-            logged_at: std::time::Instant::now(),
-            started: std::time::Instant::now(),
-        }
     }
 
     /// Takes in the acknowledgements that are ready and saves progress
@@ -342,6 +311,7 @@ impl ChangeStreamSource {
             self.error("checkpoint_failed", &e);
             return SnapshotEnd::Failed;
         }
+        self.copy_complete();
         tracing::info!(source = %self.cx.key, records = run.copied.count(), "Snapshot complete.");
         SnapshotEnd::Complete(run.start_token)
     }
@@ -497,43 +467,5 @@ impl ChangeStreamSource {
         self.save_progress(run).await;
         tracing::info!(source = %self.cx.key, "Snapshot paused; it continues from the last delivered document on the next start.");
         SnapshotEnd::Stopped
-    }
-}
-
-/// Progress of one collection's copy, logged every few seconds.
-pub(super) struct CopyProgress {
-    source: String,
-    pub(super) ns: String,
-    estimate: Option<u64>,
-    read: u64,
-    logged_at: std::time::Instant,
-    started: std::time::Instant,
-}
-
-impl CopyProgress {
-    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
-    pub(super) fn read(&mut self, documents: u64) {
-        self.read += documents;
-        if self.logged_at.elapsed() >= Self::EVERY {
-            self.logged_at = std::time::Instant::now();
-            let rate = self.read as f64 / self.started.elapsed().as_secs_f64().max(0.001);
-            let percent = self
-                .estimate
-                .filter(|e| *e > 0)
-                .map(|e| {
-                    let left = e.saturating_sub(self.read) as f64 / rate.max(1.0);
-                    format!(
-                        " ({:.0}% of about {e}, {rate:.0} a second, about {left:.0} s to go)",
-                        100.0 * self.read as f64 / e as f64
-                    )
-                })
-                .unwrap_or_default();
-            tracing::info!(source = %self.source, collection = %self.ns, "Snapshot: {} documents read{percent}.", self.read);
-        }
-    }
-
-    pub(super) fn done(&self) {
-        tracing::info!(source = %self.source, collection = %self.ns, documents = self.read, "Snapshot: collection copied.");
     }
 }
