@@ -128,7 +128,7 @@ TOML
   start=$(now)
   /usr/bin/time -f "%U %S %M" -o "$out/$name.time" "$bin/mongo-adls" -q --config "$out/$name.toml" 2>"$out/$name.log" &
   pid=$!
-  sent="$("$tool" wait "http://127.0.0.1:$port/metrics" out "$N")"
+  read -r sent _ < <("$tool" wait "http://127.0.0.1:$port/metrics" out "$N")
   end=$(now)
   pkill -TERM -P "$pid" mongo-adls || true
   wait "$pid" || true

@@ -101,6 +101,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("wait") => {
             let (url, component, count) = (&a[1], &a[2], a[3].parse::<f64>()?);
             let needle = format!("component_sent_events_total{{component_id=\"{component}\"");
+            // When the first event was seen sent: the copy's own duration
+            // leaves out the agent's start (printed second).
+            let mut first: Option<std::time::Instant> = None;
             loop {
                 if let Ok(body) = get(url).await {
                     let sent: f64 = body
@@ -108,6 +111,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         .filter(|l| l.starts_with(&needle))
                         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                         .sum();
+                    if sent > 0.0 && first.is_none() {
+                        first = Some(std::time::Instant::now());
+                    }
                     if sent >= count {
                         let bytes_needle = format!(
                             "component_sent_event_bytes_total{{component_id=\"{component}\""
@@ -117,11 +123,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             .filter(|l| l.starts_with(&bytes_needle))
                             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                             .sum();
-                        println!("{bytes:.0}");
+                        let since_first = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+                        println!("{bytes:.0} {since_first:.3}");
                         break;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         Some("azurite-ceiling") => {

@@ -423,7 +423,11 @@ async fn restarts_replay_only_unacknowledged_events() {
     insert_range(&client, 3000, 3001).await;
     let first = agent.wait_for(1).await;
     assert!(token(&first[0]) > committed);
-    mongo.restart().await;
+    // Down for longer than the agent's 500 ms server selection timeout,
+    // so the driver's own resume attempt fails and the source's retry
+    // path must ride the restart out (a quick restart was sometimes
+    // ridden out by the driver alone).
+    mongo.restart_after(Duration::from_secs(2)).await;
     let client = mongo.client().await;
     insert_range(&client, 3001, 4000).await;
     let seen = agent.wait_for(1).await.len();

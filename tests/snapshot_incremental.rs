@@ -523,7 +523,7 @@ async fn a_collection_added_to_the_scope_is_backfilled_alone() {
     seed(&client, "b", 1_500).await;
     let dir = tempfile::tempdir().unwrap();
     let options = |colls: &str| {
-        format!("database = \"shop\"\ncollections = [{colls}]\nsnapshot = \"incremental\"\nsnapshot_chunk_size = 300")
+        format!("database = \"shop\"\ncollections = [{colls}]\nsnapshot = \"incremental\"\nsnapshot_chunk_size = 300\npipeline = '[{{\"$unset\": \"fullDocument.pad\"}}]'")
     };
     let log = dir.path().join("agent.log");
     let cfg = config(dir.path(), &mongo.uri(), &options("\"a\""));
@@ -560,7 +560,13 @@ async fn a_collection_added_to_the_scope_is_backfilled_alone() {
     in_lake(dir.path(), "last").await;
     assert_eq!(agent.stop(), Some(0), "{}", support::log_tail(&log, 40));
 
-    let records = snapshot_records(&read_lake(dir.path()));
+    let files = read_lake(dir.path());
+    // The user's `pipeline` applies to snapshot records as to changes.
+    assert!(
+        files.values().flatten().all(|e| e["fullDocument"].get("pad").is_none()),
+        "`pipeline` redacted every record"
+    );
+    let records = snapshot_records(&files);
     for (coll, n) in [("a", 2_000), ("b", 1_500)] {
         let of_coll: Vec<usize> = records
             .iter()

@@ -46,6 +46,23 @@ impl BufferSender {
         })
     }
 
+    /// Room for one event if there is some now (a `drop_newest` buffer
+    /// always has); `None` when a `block` buffer is full.
+    pub fn try_slot(&self) -> Option<Result<Slot<'_>, ClosedError>> {
+        let permit = match self.when_full {
+            WhenFull::Block => match self.tx.try_reserve() {
+                Ok(permit) => Some(permit),
+                Err(mpsc::error::TrySendError::Full(())) => return None,
+                Err(mpsc::error::TrySendError::Closed(())) => return Some(Err(ClosedError)),
+            },
+            WhenFull::DropNewest => None,
+        };
+        Some(Ok(Slot {
+            sender: self,
+            permit,
+        }))
+    }
+
     /// `drop_newest`: buffers `event` if there is room, else discards it.
     /// A closed buffer gives the event back.
     fn send_or_drop(&self, event: Event) -> Result<(), Event> {

@@ -143,7 +143,15 @@ impl Mongod {
 
     /// Kills mongod (SIGKILL) and starts it again on the same port and data.
     pub async fn restart(&mut self) {
+        self.restart_after(Duration::ZERO).await;
+    }
+
+    /// Restarts after `down` without a server: longer than a client's
+    /// server selection timeout, the driver's own one resume attempt fails
+    /// too and the error reaches the client.
+    pub async fn restart_after(&mut self, down: Duration) {
         self.kill();
+        tokio::time::sleep(down).await;
         self.spawn();
         self.wait_primary().await;
     }

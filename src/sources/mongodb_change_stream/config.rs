@@ -70,7 +70,9 @@ pub struct MongoDbChangeStreamConfig {
     /// Bytes of change events read ahead of the pipeline, so the server
     /// prepares the next batch while the agent forwards the last one
     /// (1 MiB to 1 GiB). The default holds one 5,000-event batch of 1 KB
-    /// documents; raise it with larger documents if memory allows.
+    /// documents; raise it with larger documents if memory allows. In an
+    /// incremental snapshot, each chunk reader reads up to this many bytes
+    /// of records ahead of the one being sent.
     #[serde(default = "default_read_ahead_bytes")]
     pub read_ahead_bytes: usize,
     /// How long the server waits for new events before answering an empty
@@ -101,8 +103,10 @@ pub struct MongoDbChangeStreamConfig {
     #[serde(default = "default_snapshot_chunk_size")]
     pub snapshot_chunk_size: u32,
     /// With `snapshot = "incremental"`: chunk readers (cursors) per round,
-    /// 1 to 16. Their records are sent in `_id` order, so memory stays
-    /// bounded by a few server batches per reader whatever the chunk size.
+    /// 1 to 16. Their records are sent in `_id` order while later chunks
+    /// are read ahead, each reader holding at most `read_ahead_bytes`, so
+    /// memory stays within `snapshot_parallelism` × `read_ahead_bytes`
+    /// whatever the chunk size.
     #[serde(default = "default_snapshot_parallelism")]
     pub snapshot_parallelism: u32,
     /// A collection the source reads snapshot requests from while it runs

@@ -373,9 +373,10 @@ impl ChangeStreamSource {
                 Err(e) => return ControlFlow::Continue(RoundRead::Failed(None, e)),
             },
         };
+        let budget = self.settings.read_ahead_bytes as u64;
         let mut readers: Vec<ChunkReader> = ranges(start.0.clone(), start.1, found, upper.cloned())
             .into_iter()
-            .map(|r| ChunkReader::spawn(&self.client, records.clone(), r))
+            .map(|r| ChunkReader::spawn(&self.client, records.clone(), r, budget))
             .collect();
         let mut sent: Option<Bson> = None;
         for reader in &mut readers {
@@ -417,6 +418,7 @@ impl ChangeStreamSource {
             read,
             bytes,
             last_id,
+            ..
         } = page;
         let Some(last_id) = last_id else {
             return ControlFlow::Continue(());

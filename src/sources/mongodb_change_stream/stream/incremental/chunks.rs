@@ -10,10 +10,15 @@
 //! on the `_id` index (which, unlike `$gte`/`$lt` filters, cross `_id`
 //! types). It turns its documents into records itself (off the task that
 //! sends them, so the work spreads over the runtime's threads) and hands
-//! them over a page at a time through a channel of two, so the round's
-//! records can be sent in `_id` order (chunk by chunk) while later chunks
-//! are read ahead, and memory stays within a few pages per reader however
-//! large a chunk is.
+//! them over a page at a time, so the round's records can be sent in `_id`
+//! order (chunk by chunk) while later chunks are read ahead. How far each
+//! reader reads ahead is a byte budget (the source's `read_ahead_bytes`),
+//! so memory is bounded however large a chunk is. The budget is what lets
+//! readers overlap: with the first design's two pages per reader, a later
+//! reader stopped after two pages until the chunks before it were sent,
+//! and P = 2 copied at about half the rate of P bare cursors (500,000 ×
+//! 1 KB, chunks of 10,000: 0.51-0.53 of bare at P = 2 with two pages,
+//! 0.73-0.81 with 8 MiB).
 
 use std::sync::Arc;
 
@@ -23,9 +28,12 @@ use mongodb::{
     options::{CollectionOptions, Hint, ReadConcern, ReadPreference, SelectionCriteria},
     Client, Collection,
 };
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::{
+    sync::{mpsc, Semaphore},
+    task::JoinHandle,
+};
 
-use super::super::snapshot::{MakeError, Record, RecordMaker};
+use super::super::snapshot::{split_namespace, MakeError, Record, RecordMaker};
 
 /// Documents per page handed from a reader to the round.
 const PAGE_DOCS: u32 = 256;
@@ -144,6 +152,8 @@ pub(super) struct Page {
     pub bytes: u64,
     /// The last document's `_id`.
     pub last_id: Option<Bson>,
+    /// KiB of the reader's budget the page holds.
+    held: u32,
 }
 
 /// Why a chunk read stopped.
@@ -170,25 +180,41 @@ pub(super) struct RecordsAt {
 
 /// A running chunk reader; dropping it stops the read.
 pub(super) struct ChunkReader {
-    pages: mpsc::Receiver<Result<Page, ReadError>>,
+    pages: mpsc::UnboundedReceiver<Result<Page, ReadError>>,
+    /// The reader's read-ahead budget in KiB: taken for a page before it
+    /// is handed over, given back when the page is taken.
+    budget: Arc<Semaphore>,
     task: JoinHandle<()>,
 }
 
 impl ChunkReader {
-    pub(super) fn spawn(client: &Client, records: RecordsAt, range: Range) -> Self {
-        let (tx, pages) = mpsc::channel(2);
+    /// Starts reading `range`, holding at most `budget` bytes of pages
+    /// (and one page more, however large) ahead of the sender.
+    pub(super) fn spawn(client: &Client, records: RecordsAt, range: Range, budget: u64) -> Self {
+        let (tx, pages) = mpsc::unbounded_channel();
+        let total = kib(budget);
+        let budget = Arc::new(Semaphore::new(total as usize));
         let coll = collection(client, &records.ns);
+        let ahead = Arc::clone(&budget);
         let task = tokio::spawn(async move {
-            if let Err(e) = read(coll, range, &records, &tx).await {
-                let _ = tx.send(Err(e)).await;
+            if let Err(e) = read(coll, range, &records, (&tx, &ahead, total)).await {
+                let _ = tx.send(Err(e));
             }
         });
-        Self { pages, task }
+        Self {
+            pages,
+            budget,
+            task,
+        }
     }
 
     /// The next page; `None` once the chunk is read.
     pub(super) async fn next(&mut self) -> Option<Result<Page, ReadError>> {
-        self.pages.recv().await
+        let page = self.pages.recv().await;
+        if let Some(Ok(p)) = &page {
+            self.budget.add_permits(p.held as usize);
+        }
+        page
     }
 }
 
@@ -202,7 +228,11 @@ async fn read(
     coll: Collection<RawDocumentBuf>,
     range: Range,
     records: &RecordsAt,
-    tx: &mpsc::Sender<Result<Page, ReadError>>,
+    (tx, budget, total): (
+        &mpsc::UnboundedSender<Result<Page, ReadError>>,
+        &Semaphore,
+        u32,
+    ),
 ) -> Result<(), ReadError> {
     let mut find = coll
         .find(doc! {})
@@ -216,47 +246,56 @@ async fn read(
         find = find.max(doc! { "_id": hi.clone() });
     }
     let mut cursor = find.await.map_err(ReadError::Server)?;
-    let mut docs = Vec::new();
+    let ns = split_namespace(&records.ns);
+    let mut made: Vec<Record> = Vec::new();
     let mut bytes = 0;
     let mut first = true;
     // The order guard of the records' keys, within this chunk.
     let mut last_key = None;
+    let mut now = bson::DateTime::now();
     loop {
-        let next = cursor.try_next().await.map_err(ReadError::Server)?;
-        let end = next.is_none();
-        if let Some(doc) = next {
-            if std::mem::take(&mut first) && range.lo_exclusive && id_of(&doc) == range.lo {
+        // Each document is read where the reply holds it and copied once,
+        // into its record (`try_next` would copy it out first).
+        let end = !cursor.advance().await.map_err(ReadError::Server)?;
+        if !end {
+            let doc = cursor.current();
+            if std::mem::take(&mut first) && range.lo_exclusive && id_of(doc) == range.lo {
                 continue;
             }
             bytes += doc.as_bytes().len();
-            docs.push(doc);
+            let at = (&*records.at, records.t0, now);
+            let record =
+                RecordMaker::record(ns, at, doc, &mut last_key).map_err(ReadError::Unorderable)?;
+            made.push(record);
         }
-        let full = docs.len() >= PAGE_DOCS as usize || bytes >= PAGE_BYTES;
-        if (full || end) && !docs.is_empty() {
+        let full = made.len() >= PAGE_DOCS as usize || bytes >= PAGE_BYTES;
+        if (full || end) && !made.is_empty() {
             let page_bytes = std::mem::take(&mut bytes) as u64;
-            let last_id = docs.last().and_then(id_of);
-            let read = docs.len() as u64;
+            let last_id = made.last().map(|r| r.id.clone());
+            let read = made.len() as u64;
             let made = records
                 .maker
-                .make(
-                    &records.ns,
-                    &records.at,
-                    records.t0,
-                    std::mem::take(&mut docs),
-                    &mut last_key,
-                )
+                .finish(&records.ns, std::mem::take(&mut made))
                 .await
                 .map_err(|e| match e {
                     MakeError::Unorderable(message) => ReadError::Unorderable(message),
                     MakeError::Pipeline(e) => ReadError::Server(e),
                 })?;
+            now = bson::DateTime::now();
+            // A page larger than the whole budget waits for all of it.
+            let held = kib(page_bytes).min(total);
+            match budget.acquire_many(held).await {
+                Ok(permits) => permits.forget(),
+                Err(_) => return Ok(()),
+            }
             let page = Page {
                 records: made,
                 read,
                 bytes: page_bytes,
                 last_id,
+                held,
             };
-            if tx.send(Ok(page)).await.is_err() {
+            if tx.send(Ok(page)).is_err() {
                 return Ok(());
             }
         }
@@ -266,8 +305,13 @@ async fn read(
     }
 }
 
+/// `bytes` in KiB, rounded up (a semaphore's permits).
+fn kib(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
+}
+
 /// A document's `_id`.
-pub(super) fn id_of(doc: &RawDocumentBuf) -> Option<Bson> {
+pub(super) fn id_of(doc: &bson::RawDocument) -> Option<Bson> {
     doc.get("_id")
         .ok()
         .flatten()

@@ -3,7 +3,7 @@
 
 use std::{ops::ControlFlow, sync::Arc};
 
-use bson::{doc, Bson, Document, RawDocumentBuf};
+use bson::{doc, Bson, Document, RawDocument, RawDocumentBuf};
 use futures::TryStreamExt;
 use mongodb::Client;
 
@@ -108,34 +108,55 @@ impl RecordMaker {
         last_key: &mut Option<String>,
     ) -> Result<Vec<Record>, String> {
         let now = bson::DateTime::now();
-        let mut records = Vec::with_capacity(docs.len());
-        for doc in docs {
-            let id = doc
-                .get("_id")
-                .ok()
-                .flatten()
-                .ok_or_else(|| format!("a document in {db}.{coll} has no _id"))?;
-            let key = id_key(id).ok_or_else(|| {
-                format!(
-                    "snapshot of {db}.{coll}: an _id of type {:?} cannot be ordered for exactly-once delivery; snapshot supports ObjectId, string, number, date, binary, boolean and timestamp _ids",
-                    id.element_type()
-                )
-            })?;
-            // Guard the order the sink relies on: the key must grow with `_id`.
-            if last_key.as_deref().is_some_and(|k| k >= key.as_str()) {
-                return Err(format!(
-                    "snapshot of {db}.{coll}: _id order and position order disagree at {key}; stopping rather than risk a lost record"
-                ));
-            }
-            let position = format!("{prefix}00{key}");
-            let mut key_doc = RawDocumentBuf::new();
-            key_doc.append("_id", id.to_raw_bson());
-            let id = Bson::try_from(id.to_raw_bson()).map_err(|e| e.to_string())?;
-            let raw = write_record(&position, (db, coll), (t0, now), &key_doc, &doc)?;
-            *last_key = Some(key);
-            records.push(Record { raw, id, position });
+        docs.iter()
+            .map(|doc| Self::record((db, coll), (prefix, t0, now), doc, last_key))
+            .collect()
+    }
+
+    /// One document as a snapshot record (before the `pipeline`, which
+    /// [`RecordMaker::finish`] applies): made straight from a cursor's
+    /// reply, so the document is copied once, into the record.
+    pub(in crate::sources::mongodb_change_stream::stream) fn record(
+        (db, coll): (&str, &str),
+        (prefix, t0, now): (&str, bson::Timestamp, bson::DateTime),
+        doc: &RawDocument,
+        last_key: &mut Option<String>,
+    ) -> Result<Record, String> {
+        let id = doc
+            .get("_id")
+            .ok()
+            .flatten()
+            .ok_or_else(|| format!("a document in {db}.{coll} has no _id"))?;
+        let key = id_key(id).ok_or_else(|| {
+            format!(
+                "snapshot of {db}.{coll}: an _id of type {:?} cannot be ordered for exactly-once delivery; snapshot supports ObjectId, string, number, date, binary, boolean and timestamp _ids",
+                id.element_type()
+            )
+        })?;
+        // Guard the order the sink relies on: the key must grow with `_id`.
+        if last_key.as_deref().is_some_and(|k| k >= key.as_str()) {
+            return Err(format!(
+                "snapshot of {db}.{coll}: _id order and position order disagree at {key}; stopping rather than risk a lost record"
+            ));
         }
-        Ok(records)
+        let position = format!("{prefix}00{key}");
+        let mut key_doc = RawDocumentBuf::new();
+        key_doc.append("_id", id.to_raw_bson());
+        let id = Bson::try_from(id.to_raw_bson()).map_err(|e| e.to_string())?;
+        let raw = write_record(&position, (db, coll), (t0, now), &key_doc, doc)?;
+        *last_key = Some(key);
+        Ok(Record { raw, id, position })
+    }
+
+    /// Records of `ns` through the user's `pipeline` (none: as they are).
+    pub(in crate::sources::mongodb_change_stream::stream) async fn finish(
+        &self,
+        ns: &str,
+        records: Vec<Record>,
+    ) -> Result<Vec<Record>, MakeError> {
+        self.apply_pipeline(split_namespace(ns).0, records)
+            .await
+            .map_err(MakeError::Pipeline)
     }
 
     /// Runs the user's `pipeline` over snapshot records (`$documents`), so
@@ -203,7 +224,7 @@ fn write_record(
     (db, coll): (&str, &str),
     (t0, now): (bson::Timestamp, bson::DateTime),
     key_doc: &RawDocumentBuf,
-    doc: &RawDocumentBuf,
+    doc: &RawDocument,
 ) -> Result<RawDocumentBuf, String> {
     let size = 160
         + position.len()
