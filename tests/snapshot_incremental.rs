@@ -563,7 +563,10 @@ async fn a_collection_added_to_the_scope_is_backfilled_alone() {
     let files = read_lake(dir.path());
     // The user's `pipeline` applies to snapshot records as to changes.
     assert!(
-        files.values().flatten().all(|e| e["fullDocument"].get("pad").is_none()),
+        files
+            .values()
+            .flatten()
+            .all(|e| e["fullDocument"].get("pad").is_none()),
         "`pipeline` redacted every record"
     );
     let records = snapshot_records(&files);

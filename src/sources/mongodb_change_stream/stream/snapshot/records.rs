@@ -7,7 +7,7 @@ use bson::{doc, Bson, Document, RawDocument, RawDocumentBuf};
 use futures::TryStreamExt;
 use mongodb::Client;
 
-use super::{position::id_key, split_namespace, SnapshotEnd};
+use super::{position::push_id_key, split_namespace, SnapshotEnd};
 use crate::sources::mongodb_change_stream::{
     errors, stream::ChangeStreamSource, watch::event_token,
 };
@@ -127,24 +127,41 @@ impl RecordMaker {
             .ok()
             .flatten()
             .ok_or_else(|| format!("a document in {db}.{coll} has no _id"))?;
-        let key = id_key(id).ok_or_else(|| {
-            format!(
+        // The position is the round's, `00`, then the `_id`'s key.
+        let mut position = String::with_capacity(prefix.len() + 2 + 64);
+        position.push_str(prefix);
+        position.push_str("00");
+        if !push_id_key(&mut position, id) {
+            return Err(format!(
                 "snapshot of {db}.{coll}: an _id of type {:?} cannot be ordered for exactly-once delivery; snapshot supports ObjectId, string, number, date, binary, boolean and timestamp _ids",
                 id.element_type()
-            )
-        })?;
+            ));
+        }
+        let key = &position[prefix.len() + 2..];
         // Guard the order the sink relies on: the key must grow with `_id`.
-        if last_key.as_deref().is_some_and(|k| k >= key.as_str()) {
+        if last_key.as_deref().is_some_and(|k| k >= key) {
             return Err(format!(
                 "snapshot of {db}.{coll}: _id order and position order disagree at {key}; stopping rather than risk a lost record"
             ));
         }
-        let position = format!("{prefix}00{key}");
-        let mut key_doc = RawDocumentBuf::new();
-        key_doc.append("_id", id.to_raw_bson());
+        match last_key {
+            Some(last) => {
+                last.clear();
+                last.push_str(key);
+            }
+            None => *last_key = Some(key.to_string()),
+        }
+        let raw = match id_element(doc) {
+            Some(element) => write_record(&position, (db, coll), (t0, now), element, doc)?,
+            None => {
+                let mut key_doc = RawDocumentBuf::new();
+                key_doc.append("_id", id.to_raw_bson());
+                let bytes = key_doc.as_bytes();
+                let element = &bytes[4..bytes.len() - 1];
+                write_record(&position, (db, coll), (t0, now), element, doc)?
+            }
+        };
         let id = Bson::try_from(id.to_raw_bson()).map_err(|e| e.to_string())?;
-        let raw = write_record(&position, (db, coll), (t0, now), &key_doc, doc)?;
-        *last_key = Some(key);
         Ok(Record { raw, id, position })
     }
 
@@ -223,15 +240,11 @@ fn write_record(
     position: &str,
     (db, coll): (&str, &str),
     (t0, now): (bson::Timestamp, bson::DateTime),
-    key_doc: &RawDocumentBuf,
+    id_element: &[u8],
     doc: &RawDocument,
 ) -> Result<RawDocumentBuf, String> {
-    let size = 160
-        + position.len()
-        + db.len()
-        + coll.len()
-        + key_doc.as_bytes().len()
-        + doc.as_bytes().len();
+    let size =
+        160 + position.len() + db.len() + coll.len() + id_element.len() + doc.as_bytes().len();
     let mut w = BsonWriter(Vec::with_capacity(size));
     let record = w.open();
     let id = w.document("_id");
@@ -247,12 +260,21 @@ fn write_record(
     w.string("db", db);
     w.string("coll", coll);
     w.close(ns);
-    w.element(0x03, "documentKey");
-    w.0.extend_from_slice(key_doc.as_bytes());
+    let key = w.document("documentKey");
+    w.0.extend_from_slice(id_element);
+    w.close(key);
     w.element(0x03, "fullDocument");
     w.0.extend_from_slice(doc.as_bytes());
     w.close(record);
     RawDocumentBuf::from_bytes(w.0).map_err(|e| format!("snapshot record: {e}"))
+}
+
+/// The bytes of `doc`'s `_id` element (type, key, value) when it is the
+/// first, as MongoDB stores it; the record's `documentKey` is then those
+/// bytes in a document of their own, with no value decoded or copied twice.
+fn id_element(doc: &RawDocument) -> Option<&[u8]> {
+    let first = doc.iter_elements().next()?.ok()?;
+    (first.key() == "_id").then(|| &doc.as_bytes()[4..4 + 1 + 3 + 1 + first.len()])
 }
 
 /// Appends BSON to a buffer (see [`write_record`]).
@@ -298,6 +320,43 @@ mod tests {
     use super::*;
     use bson::rawdoc;
 
+    /// `documentKey` is made of the document's own `_id` bytes when `_id`
+    /// comes first, and built when it does not: the same either way.
+    #[test]
+    fn document_keys_are_the_documents_own_id() {
+        let ids = [
+            Bson::String("k".into()),
+            Bson::Int64(-7),
+            Bson::ObjectId(bson::oid::ObjectId::new()),
+            Bson::Binary(bson::Binary {
+                subtype: bson::spec::BinarySubtype::Uuid,
+                bytes: vec![1; 16],
+            }),
+        ];
+        let now = bson::DateTime::from_millis(5);
+        let t0 = bson::Timestamp {
+            time: 1,
+            increment: 1,
+        };
+        for id in ids {
+            let mut key_doc = RawDocumentBuf::new();
+            key_doc.append("_id", bson::RawBson::try_from(id.clone()).unwrap());
+            let bytes = key_doc.as_bytes();
+            let first = RawDocumentBuf::from_document(&doc! { "_id": id.clone(), "x": 1 }).unwrap();
+            assert_eq!(id_element(&first), Some(&bytes[4..bytes.len() - 1]));
+            let second =
+                RawDocumentBuf::from_document(&doc! { "x": 1, "_id": id.clone() }).unwrap();
+            assert_eq!(id_element(&second), None);
+            let record = |d: &RawDocumentBuf| {
+                RecordMaker::record(("d", "c"), ("82", t0, now), d, &mut None).unwrap()
+            };
+            let (a, b) = (record(&first), record(&second));
+            assert_eq!(a.raw.get_document("documentKey").unwrap(), key_doc.as_ref());
+            assert_eq!(b.raw.get_document("documentKey").unwrap(), key_doc.as_ref());
+            assert_eq!((a.id, &a.position), (id, &b.position));
+        }
+    }
+
     /// The hand-written record is the document `rawdoc!` builds.
     #[test]
     fn a_record_is_written_as_bson() {
@@ -309,7 +368,9 @@ mod tests {
         let now = bson::DateTime::from_millis(1_234);
         let mut key_doc = RawDocumentBuf::new();
         key_doc.append("_id", "k");
-        let written = write_record("8200", ("d", "c"), (t0, now), &key_doc, &doc).unwrap();
+        let bytes = key_doc.as_bytes();
+        let element = &bytes[4..bytes.len() - 1];
+        let written = write_record("8200", ("d", "c"), (t0, now), element, &doc).unwrap();
         let expected = rawdoc! {
             "_id": { "_data": "8200" },
             "operationType": "snapshot",
