@@ -11,7 +11,7 @@ mod support;
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -28,21 +28,6 @@ const NAMESPACES: [(&str, &str); 3] = [
     ("delta_a", "users"),
     ("delta_b", "orders"),
 ];
-
-/// The Delta checker with the Python packages `e2e/services.sh` installs.
-fn checker(args: &[String]) -> Command {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let pythonpath = std::env::var("MONGO_ADLS_DELTA_PYTHONPATH").unwrap_or_else(|_| {
-        let services = std::env::var("MONGO_ADLS_SERVICES_DIR")
-            .unwrap_or_else(|_| repo.join(".services").display().to_string());
-        format!("{services}/pydelta")
-    });
-    let mut cmd = Command::new("python3");
-    cmd.arg(repo.join("e2e/delta_checker.py"))
-        .args(args)
-        .env("PYTHONPATH", pythonpath);
-    cmd
-}
 
 /// How the checker reaches a lake.
 enum Where<'a> {
@@ -85,7 +70,10 @@ fn verify(
         mongo.uri(),
     ]);
     args.extend(extra.iter().cloned());
-    let out = checker(&args).stderr(Stdio::inherit()).output().unwrap();
+    let out = support::delta_checker(&args)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
     println!("{report}");
     assert!(
@@ -113,7 +101,7 @@ impl Watcher {
             "--out".into(),
             out.display().to_string(),
         ]);
-        let child = checker(&args).spawn_tracked();
+        let child = support::delta_checker(&args).spawn_tracked();
         Self { child, stop, out }
     }
 

@@ -19,13 +19,46 @@ use mongodb::bson::{doc, Bson, Document};
 use serde_json::Value;
 use support::{eventually, Agent, Mongod, PipelineConfig};
 
+/// The sink under test, writing to the `file://` lake `<dir>/lake`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Sink {
+    /// `adls_partitioned_jsonl`, two-second files.
+    Jsonl,
+    /// `adls_delta`, a table per collection under `raw/shop/`, committed
+    /// every second.
+    Delta,
+}
+
+impl Sink {
+    fn table(self, lake: &Path) -> String {
+        let common = format!(
+            "[sinks.lake]\ninputs = [\"mongo\"]\naccount_url = \"file://{}\"\nfilesystem = \"raw\"\ncreate_filesystem = true\nencoding.extended_json = \"canonical\"\n",
+            lake.display()
+        );
+        match self {
+            Sink::Jsonl => format!("{common}type = \"adls_partitioned_jsonl\"\nfile_name = \"events-%Y%m%d-%H%M%S\"\nroll.window_secs = 2\nroll.grace_secs = 0\nbatch.timeout_secs = 0.3\n"),
+            Sink::Delta => format!("{common}type = \"adls_delta\"\ncommit.interval_secs = 1\n"),
+        }
+    }
+}
+
 fn config(dir: &Path, mongo_uri: &str, source: &str) -> PathBuf {
     config_with_api(dir, mongo_uri, source, None)
 }
 
 /// [`config`], with the API (and `/metrics`) on `api_port`.
 fn config_with_api(dir: &Path, mongo_uri: &str, source: &str, api_port: Option<u16>) -> PathBuf {
-    let lake = dir.join("lake");
+    config_into(Sink::Jsonl, dir, mongo_uri, source, api_port)
+}
+
+/// [`config_with_api`], into `sink`.
+fn config_into(
+    sink: Sink,
+    dir: &Path,
+    mongo_uri: &str,
+    source: &str,
+    api_port: Option<u16>,
+) -> PathBuf {
     let mut config = PipelineConfig::mongo(mongo_uri)
         .data_dir(&dir.join("data"))
         .global("healthchecks.enabled = false");
@@ -34,10 +67,7 @@ fn config_with_api(dir: &Path, mongo_uri: &str, source: &str, api_port: Option<u
     }
     config
         .source(source)
-        .sink(&format!(
-            "[sinks.lake]\ntype = \"adls_partitioned_jsonl\"\ninputs = [\"mongo\"]\naccount_url = \"file://{}\"\nfilesystem = \"raw\"\ncreate_filesystem = true\nfile_name = \"events-%Y%m%d-%H%M%S\"\nroll.window_secs = 2\nroll.grace_secs = 0\nbatch.timeout_secs = 0.3\nencoding.extended_json = \"canonical\"\n",
-            lake.display()
-        ))
+        .sink(&sink.table(&dir.join("lake")))
         .write(&dir.join("agent.toml"))
 }
 
@@ -61,14 +91,44 @@ fn token_seconds(token: &str) -> Option<i64> {
 
 /// Calls `f` with each committed file of the lake (its name and its lines,
 /// parsed one at a time), so that a large lake is never held whole.
-fn for_each_file(dir: &Path, mut f: impl FnMut(&str, &mut dyn Iterator<Item = Value>)) {
+fn for_each_file(dir: &Path, f: impl FnMut(&str, &mut dyn Iterator<Item = Value>)) {
+    for_each_file_of(Sink::Jsonl, dir, f)
+}
+
+/// [`for_each_file`] for `sink`: a Delta table's rows come from the data
+/// files of its newest version, as `e2e/delta_checker.py` replays its log.
+fn for_each_file_of(
+    sink: Sink,
+    dir: &Path,
+    mut f: impl FnMut(&str, &mut dyn Iterator<Item = Value>),
+) {
     use std::io::BufRead;
-    for (name, path) in lake_files(dir) {
-        let file = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
-        let mut lines = file
-            .lines()
-            .map(|l| serde_json::from_str(&l.unwrap()).unwrap());
-        f(&name, &mut lines);
+    match sink {
+        Sink::Jsonl => {
+            for (name, path) in lake_files(dir) {
+                let file = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+                let mut lines = file
+                    .lines()
+                    .map(|l| serde_json::from_str(&l.unwrap()).unwrap());
+                f(&name, &mut lines);
+            }
+        }
+        Sink::Delta => {
+            let lake = dir.join("lake/raw");
+            let mut tables: Vec<String> = std::fs::read_dir(lake.join("shop"))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.path().join("_delta_log").is_dir())
+                .map(|e| format!("shop/{}", e.file_name().to_string_lossy()))
+                .collect();
+            tables.sort();
+            for table in tables {
+                for path in support::delta_files(&lake, &table) {
+                    let name = path.strip_prefix(&lake).unwrap().display().to_string();
+                    f(&name, &mut support::delta_events(&path));
+                }
+            }
+        }
     }
 }
 
@@ -248,6 +308,18 @@ async fn mongo_state(client: &mongodb::Client, coll: &str) -> HashMap<(String, S
 /// record, and the lake replayed equals MongoDB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_snapshot_beside_a_steady_stream_through_kill_9() {
+    beside_a_steady_stream(Sink::Jsonl).await;
+}
+
+/// The same run into Delta tables: every document one snapshot row, and
+/// the tables (read through `e2e/delta_checker.py`'s own log replay)
+/// replayed per document equal MongoDB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_snapshot_into_delta_beside_a_steady_stream_through_kill_9() {
+    beside_a_steady_stream(Sink::Delta).await;
+}
+
+async fn beside_a_steady_stream(sink: Sink) {
     let mongo = Mongod::start().await;
     let client = mongo.client().await;
     let docs =
@@ -256,11 +328,13 @@ async fn incremental_snapshot_beside_a_steady_stream_through_kill_9() {
     let orders = seed(&client, "orders", docs).await;
     eprintln!("seeded {docs} documents in {:?}", started.elapsed());
     let users = seed(&client, "users", 900).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
+    let dir = support::TestDir::new();
+    let cfg = config_into(
+        sink,
         dir.path(),
         &mongo.uri(),
         "database = \"shop\"\nsnapshot = \"incremental\"\nsnapshot_chunk_size = 2000\nsnapshot_parallelism = 3",
+        None,
     );
     let log = dir.path().join("agent.log");
     let copy_started = std::time::Instant::now();
@@ -337,14 +411,19 @@ async fn incremental_snapshot_beside_a_steady_stream_through_kill_9() {
     let samples = sampler.await.unwrap();
     stop.store(true, Ordering::SeqCst);
     let deleted = writer.await.unwrap();
-    let last = client
-        .database("shop")
-        .collection::<Document>("orders")
+    // The last change, acknowledged: every change before it is in the lake.
+    let orders_coll = client.database("shop").collection::<Document>("orders");
+    let mut changes = orders_coll.watch().await.unwrap();
+    orders_coll
         .insert_one(doc! { "_id": "last" })
         .await
         .unwrap();
-    drop(last);
-    in_lake(dir.path(), "last").await;
+    let last = {
+        use futures::StreamExt;
+        let event = changes.next().await.unwrap().unwrap();
+        mongodb::bson::to_document(&event.id).unwrap()
+    };
+    acknowledged_past(dir.path(), last.get_str("_data").unwrap()).await;
     assert_eq!(agent.stop(), Some(0), "{}", support::log_tail(&log, 40));
 
     let max_lag = *max_lag.lock().unwrap();
@@ -358,6 +437,7 @@ async fn incremental_snapshot_beside_a_steady_stream_through_kill_9() {
     );
 
     check_lake(
+        sink,
         dir.path(),
         &client,
         &[("orders", &orders), ("users", &users)],
@@ -374,6 +454,7 @@ async fn incremental_snapshot_beside_a_steady_stream_through_kill_9() {
 /// stream changed are replayed from their events; the others, which have
 /// only their snapshot record, are compared by a hash of it.
 async fn check_lake(
+    sink: Sink,
     dir: &Path,
     client: &mongodb::Client,
     seeded: &[(&str, &Vec<Bson>)],
@@ -390,7 +471,7 @@ async fn check_lake(
     let mut records: HashMap<(String, String), usize> = HashMap::new();
     let mut changed = std::collections::HashSet::new();
     let mut updates = 0_u64;
-    for_each_file(dir, |name, lines| {
+    for_each_file_of(sink, dir, |name, lines| {
         let mut last: Option<String> = None;
         for e in lines {
             let p = position(&e);
@@ -428,7 +509,7 @@ async fn check_lake(
     // Pass 2: the events of changed documents, and a hash of the others.
     let mut events: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     let mut unchanged: HashMap<(String, String), u64> = HashMap::new();
-    for_each_file(dir, |name, lines| {
+    for_each_file_of(sink, dir, |name, lines| {
         for e in lines {
             let key = doc_key(&e);
             if changed.contains(&key) {
@@ -464,6 +545,21 @@ async fn check_lake(
         "the lake holds {} documents MongoDB does not (of {in_mongo})",
         lake.len() + unchanged.len()
     );
+}
+
+/// Waits until the saved checkpoint is at or past the change at `token`
+/// (a resume token's `_data`): the sink acknowledged it and what came
+/// before.
+async fn acknowledged_past(dir: &Path, token: &str) {
+    eventually(Duration::from_secs(120), async || {
+        let saved = checkpoint(dir)?["resume_token"].as_str()?.to_string();
+        let past = saved.as_str() >= token;
+        if !past {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        past.then_some(())
+    })
+    .await;
 }
 
 /// Waits until the document `_id` `id` has an event in the lake.
@@ -854,8 +950,8 @@ async fn the_copy_goes_on_under_a_sustained_backlog() {
             start_at.to_rfc3339()
         ))
         .sink(&format!(
-            "[sinks.lake]\ntype = \"adls_partitioned_jsonl\"\ninputs = [\"mongo\"]\naccount_url = \"file://{}\"\nfilesystem = \"raw\"\ncreate_filesystem = true\nfile_name = \"events-%Y%m%d-%H%M%S\"\nroll.window_secs = 2\nroll.grace_secs = 0\nbatch.timeout_secs = 0.3\nencoding.extended_json = \"canonical\"\n\n[sinks.slow]\ntype = \"blackhole\"\ninputs = [\"mongo\"]\nrate = 20000\n",
-            lake.display()
+            "{}\n[sinks.slow]\ntype = \"blackhole\"\ninputs = [\"mongo\"]\nrate = 20000\n",
+            Sink::Jsonl.table(&lake)
         ))
         .write(&dir.path().join("agent.toml"));
     let agent = Agent::start_logged(&cfg, &log);

@@ -194,23 +194,3 @@ pub(super) fn sas_signature(to_sign: &str) -> String {
     let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
     url::form_urlencoded::byte_serialize(sig.as_bytes()).collect()
 }
-
-/// Rows a Delta commit's actions appended (its `numOutputRows`;
-/// compactions add none).
-pub fn delta_rows_appended(actions: impl IntoIterator<Item = serde_json::Value>) -> usize {
-    actions
-        .into_iter()
-        .filter(|a| a["commitInfo"]["operation"] == "STREAMING UPDATE")
-        .filter_map(|a| {
-            a["commitInfo"]["operationMetrics"]["numOutputRows"]
-                .as_str()?
-                .parse::<usize>()
-                .ok()
-        })
-        .sum()
-}
-
-/// Whether an object is a commit of a Delta table.
-pub fn is_delta_commit(name: &str) -> bool {
-    name.contains("/_delta_log/") && name.ends_with(".json")
-}

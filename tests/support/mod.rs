@@ -11,6 +11,7 @@ pub mod load;
 
 mod agent;
 mod config;
+mod delta;
 mod faults;
 mod lake;
 mod process;
@@ -18,6 +19,7 @@ mod services;
 
 pub use agent::*;
 pub use config::*;
+pub use delta::*;
 pub use faults::*;
 pub use lake::*;
 pub use process::*;

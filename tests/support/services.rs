@@ -273,5 +273,33 @@ impl Drop for Azurite {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        keep_if_failing(&mut self._dir, "azurite's data");
+    }
+}
+
+/// A test's temporary directory, kept (and its path printed) when the test
+/// fails, so its logs and the storage it wrote can be read afterwards.
+pub struct TestDir(tempfile::TempDir);
+
+impl TestDir {
+    pub fn new() -> Self {
+        Self(tempfile::tempdir().unwrap())
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        keep_if_failing(&mut self.0, "the test's directory");
+    }
+}
+
+fn keep_if_failing(dir: &mut tempfile::TempDir, what: &str) {
+    if std::thread::panicking() {
+        dir.disable_cleanup(true);
+        eprintln!("kept {what} for diagnosis: {}", dir.path().display());
     }
 }

@@ -130,8 +130,7 @@ impl Copying {
 
     /// Chunks in all: those delivered and those the estimate leaves.
     pub fn chunks_total(&self) -> Option<u64> {
-        let left = self.estimated?.saturating_sub(self.documents);
-        Some(self.chunks + left.div_ceil(self.chunk_size.max(1)))
+        chunks_total(self.documents, self.chunks, self.estimated, self.chunk_size)
     }
 
     /// Seconds to go at the average rate since the copy began, at `now`.
@@ -140,6 +139,19 @@ impl Copying {
         let took = u64::try_from(now - self.began).ok()?.max(1);
         (self.documents > 0).then(|| left * took / self.documents)
     }
+}
+
+/// Chunks in all, from `documents` and `chunks` done and the collection's
+/// `estimated` size: those done and those the estimate leaves at
+/// `chunk_size` each (the checkpoint's count and the live one alike).
+pub fn chunks_total(
+    documents: u64,
+    chunks: u64,
+    estimated: Option<u64>,
+    chunk_size: u64,
+) -> Option<u64> {
+    let left = estimated?.saturating_sub(documents);
+    Some(chunks + left.div_ceil(chunk_size.max(1)))
 }
 
 /// One planned round: the records of `ns` from `from` (inclusive) up to

@@ -141,8 +141,12 @@ impl CopyProgress {
 
     /// Chunks done and those the estimate leaves.
     fn chunks_total(&self) -> Option<u64> {
-        let left = self.estimate?.saturating_sub(self.counted.documents);
-        Some(self.counted.chunks + left.div_ceil(self.chunk_size.max(1)))
+        crate::sources::mongodb_change_stream::incremental::chunks_total(
+            self.counted.documents,
+            self.counted.chunks,
+            self.estimate,
+            self.chunk_size,
+        )
     }
 }
 

@@ -180,37 +180,79 @@ pub(super) struct RecordsAt {
 
 /// A running chunk reader; dropping it stops the read.
 pub(super) struct ChunkReader {
-    pages: mpsc::UnboundedReceiver<Result<Page, ReadError>>,
-    /// The reader's read-ahead budget in KiB: taken for a page before it
-    /// is handed over, given back when the page is taken.
-    budget: Arc<Semaphore>,
+    pages: PageReceiver,
     task: JoinHandle<()>,
 }
 
 impl ChunkReader {
     /// Starts reading `range`, holding at most `budget` bytes of pages
-    /// (and one page more, however large) ahead of the sender.
+    /// ahead of the sender (a page larger than that waits for all of it).
     pub(super) fn spawn(client: &Client, records: RecordsAt, range: Range, budget: u64) -> Self {
-        let (tx, pages) = mpsc::unbounded_channel();
-        let total = kib(budget);
-        let budget = Arc::new(Semaphore::new(total as usize));
+        let (tx, pages) = budgeted(budget);
         let coll = collection(client, &records.ns);
-        let ahead = Arc::clone(&budget);
         let task = tokio::spawn(async move {
-            if let Err(e) = read(coll, range, &records, (&tx, &ahead, total)).await {
-                let _ = tx.send(Err(e));
+            if let Err(e) = read(coll, range, &records, &tx).await {
+                tx.fail(e);
             }
         });
-        Self {
-            pages,
-            budget,
-            task,
-        }
+        Self { pages, task }
     }
 
     /// The next page; `None` once the chunk is read.
     pub(super) async fn next(&mut self) -> Option<Result<Page, ReadError>> {
-        let page = self.pages.recv().await;
+        self.pages.next().await
+    }
+}
+
+/// A reader's pages on their way to the sender, within a byte budget.
+fn budgeted(budget: u64) -> (PageSender, PageReceiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let total = kib(budget);
+    let budget = Arc::new(Semaphore::new(total as usize));
+    let sender = PageSender {
+        tx,
+        budget: Arc::clone(&budget),
+        total,
+    };
+    (sender, PageReceiver { rx, budget })
+}
+
+/// The reader's end: a page waits for its bytes of the budget (in KiB,
+/// permits of a semaphore) before it is handed over.
+struct PageSender {
+    tx: mpsc::UnboundedSender<Result<Page, ReadError>>,
+    budget: Arc<Semaphore>,
+    total: u32,
+}
+
+impl PageSender {
+    /// Hands `page` over once the budget holds its bytes; false when the
+    /// receiver is gone.
+    async fn hand_over(&self, mut page: Page) -> bool {
+        // A page larger than the whole budget waits for all of it.
+        let held = kib(page.bytes).min(self.total);
+        match self.budget.acquire_many(held).await {
+            Ok(permits) => permits.forget(),
+            Err(_) => return false,
+        }
+        page.held = held;
+        self.tx.send(Ok(page)).is_ok()
+    }
+
+    fn fail(&self, e: ReadError) {
+        let _ = self.tx.send(Err(e));
+    }
+}
+
+/// The sender's end: taking a page gives its bytes back to the budget.
+struct PageReceiver {
+    rx: mpsc::UnboundedReceiver<Result<Page, ReadError>>,
+    budget: Arc<Semaphore>,
+}
+
+impl PageReceiver {
+    async fn next(&mut self) -> Option<Result<Page, ReadError>> {
+        let page = self.rx.recv().await;
         if let Some(Ok(p)) = &page {
             self.budget.add_permits(p.held as usize);
         }
@@ -228,11 +270,7 @@ async fn read(
     coll: Collection<RawDocumentBuf>,
     range: Range,
     records: &RecordsAt,
-    (tx, budget, total): (
-        &mpsc::UnboundedSender<Result<Page, ReadError>>,
-        &Semaphore,
-        u32,
-    ),
+    pages: &PageSender,
 ) -> Result<(), ReadError> {
     let mut find = coll
         .find(doc! {})
@@ -282,20 +320,14 @@ async fn read(
                     MakeError::Pipeline(e) => ReadError::Server(e),
                 })?;
             now = bson::DateTime::now();
-            // A page larger than the whole budget waits for all of it.
-            let held = kib(page_bytes).min(total);
-            match budget.acquire_many(held).await {
-                Ok(permits) => permits.forget(),
-                Err(_) => return Ok(()),
-            }
             let page = Page {
                 records: made,
                 read,
                 bytes: page_bytes,
                 last_id,
-                held,
+                held: 0,
             };
-            if tx.send(Ok(page)).is_err() {
+            if !pages.hand_over(page).await {
                 return Ok(());
             }
         }
@@ -321,6 +353,69 @@ pub(super) fn id_of(doc: &bson::RawDocument) -> Option<Bson> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn page(bytes: u64) -> Page {
+        Page {
+            records: Vec::new(),
+            read: 1,
+            bytes,
+            last_id: None,
+            held: 0,
+        }
+    }
+
+    /// Pages handed over so far by a task sending `sizes` into `tx`.
+    fn send_all(tx: PageSender, sizes: Vec<u64>) -> Arc<std::sync::atomic::AtomicUsize> {
+        let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&sent);
+        tokio::spawn(async move {
+            for bytes in sizes {
+                if !tx.hand_over(page(bytes)).await {
+                    return;
+                }
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        sent
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_holds_at_most_its_budget_ahead() {
+        let (tx, mut rx) = budgeted(64 << 10);
+        let sent = send_all(tx, vec![16 << 10; 10]);
+        let sent = || sent.load(std::sync::atomic::Ordering::SeqCst);
+        settle().await;
+        assert_eq!(sent(), 4, "64 KiB ahead: four pages of 16 KiB");
+        assert!(rx.next().await.is_some());
+        settle().await;
+        assert_eq!(sent(), 5, "each page taken lets one more through");
+        for _ in 0..9 {
+            assert!(rx.next().await.is_some());
+        }
+        settle().await;
+        assert_eq!(sent(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_page_larger_than_the_budget_waits_for_all_of_it() {
+        let (tx, mut rx) = budgeted(64 << 10);
+        let sent = send_all(tx, vec![16 << 10, 1 << 20, 16 << 10]);
+        let sent = || sent.load(std::sync::atomic::Ordering::SeqCst);
+        settle().await;
+        assert_eq!(sent(), 1, "the large page waits while any budget is held");
+        assert_eq!(rx.next().await.unwrap().ok().unwrap().bytes, 16 << 10);
+        settle().await;
+        assert_eq!(sent(), 2, "then goes alone, holding the whole budget");
+        assert_eq!(rx.next().await.unwrap().ok().unwrap().bytes, 1 << 20);
+        assert_eq!(rx.next().await.unwrap().ok().unwrap().bytes, 16 << 10);
+        assert!(rx.next().await.is_none(), "the sender is done");
+    }
 
     #[test]
     fn server_batches_aim_at_half_a_megabyte() {
