@@ -30,7 +30,7 @@ use rand::Rng;
 use support::{
     load::{generate, preload, Manifest},
     log_tail, Agent, Azurite, Fault, FaultProxy, Faults, Lake, Mongod, PipelineConfig,
-    SpawnTracked, AZURITE_KEY,
+    SpawnTracked, TestDir, AZURITE_KEY,
 };
 
 const NAMESPACES: [(&str, &str); 4] = [
@@ -291,7 +291,7 @@ async fn chaos_run(sink: Sink, batches: usize, snapshot_docs: usize) {
     let lake = Lake::new(&azurite, "chaos");
     lake.create().await;
     let proxy = fault_proxy(&azurite).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let cfg = dir.path().join("chaos.toml");
     // A short server selection, so the driver's own resume gives up during
     // the live mongod restart and the source's retry path (pause, reopen
@@ -423,7 +423,15 @@ async fn chaos_run(sink: Sink, batches: usize, snapshot_docs: usize) {
     assert_eq!(live_restarts, 2, "Azurite and mongod restarted under load");
     let load_secs = started.elapsed().as_secs_f64();
 
-    catch_up(sink, &lake, &manifest, &[&log]).await;
+    catch_up(
+        sink,
+        &lake,
+        Saved::Local(dir.path()),
+        &mongo,
+        &manifest,
+        &[&log],
+    )
+    .await;
     assert_eq!(agent.stop(), Some(0));
     assert_no_secret_in_log(&log);
     let run = Run {
@@ -464,31 +472,77 @@ async fn fault_proxy(azurite: &Azurite) -> FaultProxy {
     .await
 }
 
-/// Waits until the lake stops changing and holds at least every
-/// acknowledged change (5 minutes at most).
-async fn catch_up(sink: Sink, lake: &Lake, manifest: &Mutex<Manifest>, logs: &[&Path]) {
+/// Where a run's source checkpoint is saved.
+enum Saved<'a> {
+    /// The agent's data directory.
+    Local(&'a Path),
+    /// The `[state]` container (`chaos/mongo/checkpoint.json`).
+    State(&'a Lake),
+}
+
+impl Saved<'_> {
+    /// The saved checkpoint's cluster time (seconds, increment).
+    async fn cluster_time(&self) -> Option<(u32, u32)> {
+        let bytes = match self {
+            Saved::Local(dir) => std::fs::read(dir.join("data/mongo/checkpoint.json")).ok()?,
+            Saved::State(lake) => lake.read("chaos/mongo/checkpoint.json").await,
+        };
+        let saved: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        // A resume token's `_data` starts with its cluster time in hex.
+        let token = saved["resume_token"].as_str()?;
+        let hex = |range| u32::from_str_radix(token.get(range)?, 16).ok();
+        Some((hex(2..10)?, hex(10..18)?))
+    }
+}
+
+/// Waits (5 minutes at most) until the pipeline acknowledged every change:
+/// the saved checkpoint passed MongoDB's last write. An active agent saves
+/// it only once the sink made everything before it durable; the lake
+/// holding as many rows as acknowledged changes is not enough (a
+/// snapshot's records of documents the load inserted add rows, so a table
+/// may still wait for its commit), nor is a lake that stopped changing (a
+/// takeover takes longer than any pause).
+async fn catch_up(
+    sink: Sink,
+    lake: &Lake,
+    saved: Saved<'_>,
+    mongo: &Mongod,
+    manifest: &Mutex<Manifest>,
+    logs: &[&Path],
+) {
     let acknowledged = manifest.lock().unwrap().acknowledged();
-    let mut last = (listing(lake).await, Instant::now());
+    let hello = mongo
+        .client()
+        .await
+        .database("admin")
+        .run_command(mongodb::bson::doc! { "hello": 1 })
+        .await
+        .unwrap();
+    let last_write = hello
+        .get_document("lastWrite")
+        .and_then(|w| w.get_document("opTime"))
+        .and_then(|o| o.get_timestamp("ts"))
+        .unwrap();
+    let last_write = (last_write.time, last_write.increment);
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
+        let at = saved.cluster_time().await;
+        if at.is_some_and(|at| at >= last_write) {
+            let rows = sink.rows(lake, &listing(lake).await).await;
+            assert!(
+                rows >= acknowledged,
+                "the checkpoint passed the last change, the lake holds {rows} rows of {acknowledged} acknowledged changes"
+            );
+            return;
+        }
         if Instant::now() > deadline {
             let tails: Vec<String> = logs.iter().map(|l| log_tail(l, 60)).collect();
             panic!(
-                "the lake did not catch up: {} objects listed, {acknowledged} changes acknowledged; agent logs end:\n{}",
-                last.0.len(),
+                "the pipeline did not catch up: the checkpoint is at {at:?}, MongoDB's last write at {last_write:?}; agent logs end:\n{}",
                 tails.join("\n-----\n")
             );
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = listing(lake).await;
-        if now != last.0 {
-            last = (now, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(6) {
-            if sink.rows(lake, &last.0).await >= acknowledged {
-                break;
-            }
-            last.1 = Instant::now();
-        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -719,7 +773,7 @@ async fn node_loss_run(sink: Sink, batches: usize, snapshot_docs: usize) {
     let lake = Lake::new(&azurite, "chaos");
     lake.create().await;
     let proxy = fault_proxy(&azurite).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let mongo_uri = format!("{}&serverSelectionTimeoutMS=500", mongo.uri());
     let ports = [support::free_port(), support::free_port()];
     let configs: Vec<PathBuf> = ports
@@ -831,7 +885,15 @@ async fn node_loss_run(sink: Sink, batches: usize, snapshot_docs: usize) {
     }
     generator.await.unwrap();
     let load_secs = started.elapsed().as_secs_f64();
-    catch_up(sink, &lake, &manifest, &log_refs).await;
+    catch_up(
+        sink,
+        &lake,
+        Saved::State(&state),
+        &mongo,
+        &manifest,
+        &log_refs,
+    )
+    .await;
     for (i, agent) in agents.into_iter().enumerate() {
         let code = agent.stop();
         assert_eq!(
