@@ -495,13 +495,15 @@ impl Saved<'_> {
     }
 }
 
-/// Waits (5 minutes at most) until the pipeline acknowledged every change:
-/// the saved checkpoint passed MongoDB's last write. An active agent saves
-/// it only once the sink made everything before it durable; the lake
-/// holding as many rows as acknowledged changes is not enough (a
-/// snapshot's records of documents the load inserted add rows, so a table
-/// may still wait for its commit), nor is a lake that stopped changing (a
-/// takeover takes longer than any pause).
+/// Waits (5 minutes at most) until the pipeline acknowledged every change
+/// and the lake shows them: the saved checkpoint passed MongoDB's last
+/// write (an active agent saves it only once the sink made everything
+/// before it durable), then the lake stopped changing for 6 s (JSON Lines
+/// files become visible when sealed, a few seconds after) and holds at
+/// least as many rows as acknowledged changes. The row count alone is not
+/// enough: a snapshot's records of documents the load inserted add rows,
+/// and a takeover outlasts 6 s of quiet, so a table could still wait for
+/// its last commit.
 async fn catch_up(
     sink: Sink,
     lake: &Lake,
@@ -525,24 +527,27 @@ async fn catch_up(
         .unwrap();
     let last_write = (last_write.time, last_write.increment);
     let deadline = Instant::now() + Duration::from_secs(300);
+    let mut last = (listing(lake).await, Instant::now());
     loop {
         let at = saved.cluster_time().await;
-        if at.is_some_and(|at| at >= last_write) {
-            let rows = sink.rows(lake, &listing(lake).await).await;
-            assert!(
-                rows >= acknowledged,
-                "the checkpoint passed the last change, the lake holds {rows} rows of {acknowledged} acknowledged changes"
-            );
-            return;
-        }
         if Instant::now() > deadline {
             let tails: Vec<String> = logs.iter().map(|l| log_tail(l, 60)).collect();
             panic!(
-                "the pipeline did not catch up: the checkpoint is at {at:?}, MongoDB's last write at {last_write:?}; agent logs end:\n{}",
+                "the pipeline did not catch up: the checkpoint is at {at:?}, MongoDB's last write at {last_write:?}, {} objects listed, {acknowledged} changes acknowledged; agent logs end:\n{}",
+                last.0.len(),
                 tails.join("\n-----\n")
             );
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = listing(lake).await;
+        if now != last.0 || at.is_none_or(|at| at < last_write) {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(6) {
+            if sink.rows(lake, &last.0).await >= acknowledged {
+                return;
+            }
+            last.1 = Instant::now();
+        }
     }
 }
 

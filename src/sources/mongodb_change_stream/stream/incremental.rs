@@ -78,6 +78,25 @@ pub(super) struct CopyRun {
     /// progress lines.
     begun: usize,
     total: usize,
+    /// The next round's chunk bounds, looked up while this round is sent.
+    next_bounds: Option<NextBounds>,
+}
+
+/// Chunk bounds from `from` on in `ns`, being looked up. Bounds are `_id`s
+/// of the index, not documents: finding them before the round's position
+/// is taken changes no record, and takes the lookups (a `skip` of
+/// `snapshot_chunk_size` index entries each, about a twentieth of a round
+/// at P = 4) off the copy's path.
+struct NextBounds {
+    ns: String,
+    from: serde_json::Value,
+    task: tokio::task::JoinHandle<mongodb::error::Result<Vec<Bson>>>,
+}
+
+impl Drop for NextBounds {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl CopyRun {
@@ -110,6 +129,7 @@ impl CopyRun {
             complete_logged: false,
             read: (0, 0),
             last_round: None,
+            next_bounds: None,
         }
     }
 
@@ -214,7 +234,17 @@ impl ChangeStreamSource {
         if let Some(round) = copy.restored.pop_front() {
             self.send_round(run, round, None).await?;
         } else if let Some((round, splits)) = self.plan_round(run).await? {
+            let planned = began.elapsed();
+            let (ns, chunks) = (round.ns.clone(), splits.len() + 1);
             self.send_round(run, round, Some(splits)).await?;
+            tracing::debug!(
+                source = %self.cx.key,
+                collection = %ns,
+                chunks,
+                plan_ms = planned.as_millis() as u64,
+                send_ms = (began.elapsed() - planned).as_millis() as u64,
+                "Snapshot round sent."
+            );
             self.log_if_complete(run);
         }
         if let Some(copy) = run.copy.as_mut() {
@@ -245,14 +275,18 @@ impl ChangeStreamSource {
             .clone()
             .and_then(|v| Bson::try_from(v).ok());
         let parallelism = self.settings.snapshot_parallelism;
-        let found = bounds(
-            &self.client,
-            &ns,
-            (from.as_ref(), None),
-            self.settings.snapshot_chunk_size,
-            parallelism,
-        )
-        .await;
+        let prefetched = run
+            .copy
+            .as_mut()
+            .and_then(|c| c.next_bounds.take())
+            .filter(|n| n.ns == ns && progress.next_from.as_ref() == Some(&n.from));
+        let found = match prefetched {
+            Some(mut next) => match (&mut next.task).await {
+                Ok(found) => found,
+                Err(_) => self.bounds_from(&ns, from.as_ref()).await,
+            },
+            None => self.bounds_from(&ns, from.as_ref()).await,
+        };
         let mut found = match found {
             Ok(found) => found,
             Err(e) => {
@@ -279,7 +313,12 @@ impl ChangeStreamSource {
             chunk_size: u64::from(self.settings.snapshot_chunk_size),
         };
         match run.acks.plan_round(&at, plan).await {
-            Ok(round) => ControlFlow::Continue(round.map(|r| (r, found))),
+            Ok(round) => {
+                if let (Some(r), Some(copy)) = (&round, run.copy.as_mut()) {
+                    copy.next_bounds = r.upper.clone().map(|from| self.look_up_bounds(&r.ns, from));
+                }
+                ControlFlow::Continue(round.map(|r| (r, found)))
+            }
             Err(e) => {
                 self.error(
                     "checkpoint_failed",
@@ -291,6 +330,46 @@ impl ChangeStreamSource {
                 self.wait(std::time::Duration::from_secs(1)).await;
                 ControlFlow::Continue(None)
             }
+        }
+    }
+
+    /// A round's chunk bounds from `from` on (none: the collection's
+    /// start): `snapshot_parallelism` of them, fewer at its end.
+    async fn bounds_from(
+        &self,
+        ns: &str,
+        from: Option<&Bson>,
+    ) -> mongodb::error::Result<Vec<Bson>> {
+        let (chunk, parallelism) = (
+            self.settings.snapshot_chunk_size,
+            self.settings.snapshot_parallelism,
+        );
+        bounds(&self.client, ns, (from, None), chunk, parallelism).await
+    }
+
+    /// Starts looking up the bounds of the round after one that ends at
+    /// `from` ([`NextBounds`]).
+    fn look_up_bounds(&self, ns: &str, from: serde_json::Value) -> NextBounds {
+        let (client, ns_owned) = (self.client.clone(), ns.to_string());
+        let (chunk, parallelism) = (
+            self.settings.snapshot_chunk_size,
+            self.settings.snapshot_parallelism,
+        );
+        let start = Bson::try_from(from.clone()).ok();
+        let task = tokio::spawn(async move {
+            bounds(
+                &client,
+                &ns_owned,
+                (start.as_ref(), None),
+                chunk,
+                parallelism,
+            )
+            .await
+        });
+        NextBounds {
+            ns: ns.to_string(),
+            from,
+            task,
         }
     }
 
