@@ -385,7 +385,10 @@ impl DeltaSink {
             group.finalizers.finalize(status);
         }
         table.compaction = None;
-        if table.failed.is_none() && status == EventStatus::Rejected {
+        // Errored while the agent runs (not given up as it stops) holds the
+        // source's checkpoint until a restart too: say so as loudly.
+        let stopping = self.requests.stopping.is_cancelled();
+        if table.failed.is_none() && (status == EventStatus::Rejected || !stopping) {
             self.error(
                 "write_failed",
                 &format!("Table {root}: {reason}. Its events are not acknowledged until a restart, which replays them."),

@@ -99,7 +99,12 @@ impl Requests {
                 self.storage.release(name, ids).await;
                 Ok(())
             }
-            Committed::ConditionFailed => match self.storage.committed_blocks(name).await? {
+            // Retried like the commit: a failed look here (one 503) would
+            // otherwise fail the table until a restart.
+            Committed::ConditionFailed => match self
+                .run_until_done("Get Block List", || self.storage.committed_blocks(name))
+                .await?
+            {
                 Some(list) if list.ids == ids => Ok(()),
                 _ => Err(StorageError::permanent(format!(
                     "Put Block List {name}: the object exists with other content; two writers used one name"
@@ -132,5 +137,112 @@ impl Requests {
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
         self.run("List Blobs", || self.storage.list_details(prefix))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::atomic::{AtomicUsize, Ordering},
+        time::Duration,
+    };
+
+    use super::*;
+    use crate::{
+        backoff::Backoff,
+        sinks::util::storage::{local::LocalStorage, BlockList},
+    };
+
+    /// The real `file://` storage, but the first Put Block List's answer is
+    /// lost after it is applied and the first Get Block List fails with a
+    /// 503: a fake, since no real store fails on cue.
+    struct LostAnswers {
+        inner: Arc<dyn Storage>,
+        commits: AtomicUsize,
+        lists: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for LostAnswers {
+        async fn stage_block(&self, name: &str, id: &str, data: Bytes) -> Result<(), StorageError> {
+            self.inner.stage_block(name, id, data).await
+        }
+        async fn commit_blocks(
+            &self,
+            name: &str,
+            ids: &[String],
+            condition: &Condition,
+        ) -> Result<Committed, StorageError> {
+            let result = self.inner.commit_blocks(name, ids, condition).await;
+            if self.commits.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(StorageError::transient("answer lost"));
+            }
+            result
+        }
+        async fn committed_blocks(&self, name: &str) -> Result<Option<BlockList>, StorageError> {
+            if self.lists.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(StorageError::transient("HTTP 503 ServerBusy"));
+            }
+            self.inner.committed_blocks(name).await
+        }
+        async fn uncommitted_blocks(&self, name: &str) -> Result<Vec<String>, StorageError> {
+            self.inner.uncommitted_blocks(name).await
+        }
+        async fn put_if_absent(&self, name: &str, data: Bytes) -> Result<Created, StorageError> {
+            self.inner.put_if_absent(name, data).await
+        }
+        async fn put(&self, name: &str, data: Bytes) -> Result<(), StorageError> {
+            self.inner.put(name, data).await
+        }
+        async fn get(&self, name: &str) -> Result<Option<Bytes>, StorageError> {
+            self.inner.get(name).await
+        }
+        async fn delete(&self, name: &str) -> Result<(), StorageError> {
+            self.inner.delete(name).await
+        }
+        async fn list_details(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+            self.inner.list_details(prefix).await
+        }
+        async fn release(&self, name: &str, ids: &[String]) {
+            self.inner.release(name, ids).await
+        }
+        async fn healthcheck(&self, dry_run: bool) -> Result<Option<String>, String> {
+            self.inner.healthcheck(dry_run).await
+        }
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_data_file_whose_commit_answer_was_lost_is_found_through_a_failing_look() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let inner: Arc<dyn Storage> = Arc::new(LocalStorage::new(&url, "fs", true).unwrap());
+        let tags = ComponentTags::new("lake", "sink", "adls_delta");
+        let requests = Requests {
+            storage: Arc::new(LostAnswers {
+                inner,
+                commits: AtomicUsize::new(0),
+                lists: AtomicUsize::new(0),
+            }),
+            retry: RetryPolicy {
+                attempts: 3,
+                backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(5)),
+                timeout: Duration::from_secs(5),
+            },
+            metrics: DeltaMetrics::register(&tags),
+            failures: RequestFailures::register(&tags),
+            tags,
+            stopping: ShutdownSignal::new(),
+            permits: Arc::new(Semaphore::new(4)),
+        };
+        let name = "t/part-0.parquet";
+        let ids = vec!["00000000".to_string()];
+        requests
+            .stage_block(name, &ids[0], Bytes::from_static(b"rows"))
+            .await
+            .unwrap();
+        requests.commit_new(name, &ids).await.unwrap();
     }
 }
