@@ -150,67 +150,45 @@ mod tests {
     use super::*;
     use crate::{
         backoff::Backoff,
-        sinks::util::storage::{local::LocalStorage, BlockList},
+        sinks::util::storage::{
+            hooked::{Hooked, Hooks},
+            local::LocalStorage,
+            BlockList,
+        },
     };
 
-    /// The real `file://` storage, but the first Put Block List's answer is
-    /// lost after it is applied and the first Get Block List fails with a
-    /// 503: a fake, since no real store fails on cue.
+    /// The first Put Block List's answer is lost after it is applied and
+    /// the first Get Block List fails with a 503.
+    #[derive(Default)]
     struct LostAnswers {
-        inner: Arc<dyn Storage>,
         commits: AtomicUsize,
         lists: AtomicUsize,
     }
 
     #[async_trait::async_trait]
-    impl Storage for LostAnswers {
-        async fn stage_block(&self, name: &str, id: &str, data: Bytes) -> Result<(), StorageError> {
-            self.inner.stage_block(name, id, data).await
-        }
+    impl Hooks for LostAnswers {
         async fn commit_blocks(
             &self,
+            inner: &dyn Storage,
             name: &str,
             ids: &[String],
             condition: &Condition,
         ) -> Result<Committed, StorageError> {
-            let result = self.inner.commit_blocks(name, ids, condition).await;
+            let result = inner.commit_blocks(name, ids, condition).await;
             if self.commits.fetch_add(1, Ordering::SeqCst) == 0 {
                 return Err(StorageError::transient("answer lost"));
             }
             result
         }
-        async fn committed_blocks(&self, name: &str) -> Result<Option<BlockList>, StorageError> {
+        async fn committed_blocks(
+            &self,
+            inner: &dyn Storage,
+            name: &str,
+        ) -> Result<Option<BlockList>, StorageError> {
             if self.lists.fetch_add(1, Ordering::SeqCst) == 0 {
                 return Err(StorageError::transient("HTTP 503 ServerBusy"));
             }
-            self.inner.committed_blocks(name).await
-        }
-        async fn uncommitted_blocks(&self, name: &str) -> Result<Vec<String>, StorageError> {
-            self.inner.uncommitted_blocks(name).await
-        }
-        async fn put_if_absent(&self, name: &str, data: Bytes) -> Result<Created, StorageError> {
-            self.inner.put_if_absent(name, data).await
-        }
-        async fn put(&self, name: &str, data: Bytes) -> Result<(), StorageError> {
-            self.inner.put(name, data).await
-        }
-        async fn get(&self, name: &str) -> Result<Option<Bytes>, StorageError> {
-            self.inner.get(name).await
-        }
-        async fn delete(&self, name: &str) -> Result<(), StorageError> {
-            self.inner.delete(name).await
-        }
-        async fn list_details(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
-            self.inner.list_details(prefix).await
-        }
-        async fn release(&self, name: &str, ids: &[String]) {
-            self.inner.release(name, ids).await
-        }
-        async fn healthcheck(&self, dry_run: bool) -> Result<Option<String>, String> {
-            self.inner.healthcheck(dry_run).await
-        }
-        fn describe(&self) -> String {
-            self.inner.describe()
+            inner.committed_blocks(name).await
         }
     }
 
@@ -221,10 +199,9 @@ mod tests {
         let inner: Arc<dyn Storage> = Arc::new(LocalStorage::new(&url, "fs", true).unwrap());
         let tags = ComponentTags::new("lake", "sink", "adls_delta");
         let requests = Requests {
-            storage: Arc::new(LostAnswers {
+            storage: Arc::new(Hooked {
                 inner,
-                commits: AtomicUsize::new(0),
-                lists: AtomicUsize::new(0),
+                hooks: LostAnswers::default(),
             }),
             retry: RetryPolicy {
                 attempts: 3,

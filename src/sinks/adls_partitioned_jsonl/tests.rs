@@ -12,7 +12,8 @@ use futures::StreamExt;
 
 use super::config::AdlsPartitionedJsonlConfig;
 use crate::sinks::util::storage::{
-    BlockList, Committed, Condition, Created, ObjectMeta, Storage, StorageError,
+    hooked::{Hooked, Hooks},
+    Storage, StorageError,
 };
 use crate::{
     config::GlobalOptions,
@@ -262,19 +263,19 @@ async fn every_batch_makes_the_file_visible_as_it_grows() {
 }
 
 /// Delays the first Put Block of every object, so later blocks of the same
-/// file finish first. A fake wrapper around the real `file://` storage: no
-/// real store can be told to answer requests out of order on cue.
+/// file finish first, in front of the real `file://` storage: no real
+/// store can be told to answer requests out of order on cue.
 struct FirstBlockSlow {
-    inner: Arc<dyn Storage>,
     seen: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Block ids in the order their Put Block finished.
     finished: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 #[async_trait::async_trait]
-impl Storage for FirstBlockSlow {
+impl Hooks for FirstBlockSlow {
     async fn stage_block(
         &self,
+        inner: &dyn Storage,
         name: &str,
         id: &str,
         data: bytes::Bytes,
@@ -283,47 +284,9 @@ impl Storage for FirstBlockSlow {
         if first {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
-        let result = self.inner.stage_block(name, id, data).await;
+        let result = inner.stage_block(name, id, data).await;
         self.finished.lock().unwrap().push(id.to_string());
         result
-    }
-    async fn commit_blocks(
-        &self,
-        name: &str,
-        ids: &[String],
-        condition: &Condition,
-    ) -> Result<Committed, StorageError> {
-        self.inner.commit_blocks(name, ids, condition).await
-    }
-    async fn committed_blocks(&self, name: &str) -> Result<Option<BlockList>, StorageError> {
-        self.inner.committed_blocks(name).await
-    }
-    async fn uncommitted_blocks(&self, name: &str) -> Result<Vec<String>, StorageError> {
-        self.inner.uncommitted_blocks(name).await
-    }
-    async fn put_if_absent(&self, name: &str, data: bytes::Bytes) -> Result<Created, StorageError> {
-        self.inner.put_if_absent(name, data).await
-    }
-    async fn put(&self, name: &str, data: bytes::Bytes) -> Result<(), StorageError> {
-        self.inner.put(name, data).await
-    }
-    async fn get(&self, name: &str) -> Result<Option<bytes::Bytes>, StorageError> {
-        self.inner.get(name).await
-    }
-    async fn delete(&self, name: &str) -> Result<(), StorageError> {
-        self.inner.delete(name).await
-    }
-    async fn list_details(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
-        self.inner.list_details(prefix).await
-    }
-    async fn release(&self, name: &str, ids: &[String]) {
-        self.inner.release(name, ids).await
-    }
-    async fn healthcheck(&self, dry_run: bool) -> Result<Option<String>, String> {
-        self.inner.healthcheck(dry_run).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
     }
 }
 
@@ -338,10 +301,12 @@ async fn put_blocks_finishing_out_of_order_are_recorded_in_order() {
     );
     let layout = config.check().unwrap();
     let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let storage: Arc<dyn Storage> = Arc::new(FirstBlockSlow {
+    let storage: Arc<dyn Storage> = Arc::new(Hooked {
         inner: config.storage().unwrap(),
-        seen: Default::default(),
-        finished: Arc::clone(&finished),
+        hooks: FirstBlockSlow {
+            seen: Default::default(),
+            finished: Arc::clone(&finished),
+        },
     });
     storage.healthcheck(false).await.unwrap();
     let state = super::state::SinkState::load(crate::state_store::StateHandle::local(

@@ -15,6 +15,8 @@
 //! `create_filesystem`, `auth`).
 
 pub mod azure;
+#[cfg(test)]
+pub mod hooked;
 pub mod local;
 
 use std::{sync::Arc, time::Duration};
