@@ -81,18 +81,18 @@ echo "loading $N documents of $SIZE bytes..." >&2
 
 now() { date +%s.%N; }
 results="$out/results.tsv"
-printf 'run\tseconds\tevents_per_s\tmb_per_s\tout_mb_per_s\tcpu_s\tpeak_rss_mb\tmongod_cpu_s\tazurite_cpu_s\n' > "$results"
+printf 'run\tseconds\tevents_per_s\tmb_per_s\tout_mb_per_s\tcpu_s\tpeak_rss_mb\tmongod_cpu_s\tazurite_cpu_s\trequests\n' > "$results"
 # CPU seconds (user + system) a process has used so far, from /proc.
 pid_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 svc_cpu() { pid_cpu "$(cat "$MONGO_ADLS_SERVICES_DIR/$1.pid")"; }
 svc_mark() { m0="$(svc_cpu mongod)"; a0="$(svc_cpu azurite)"; }
-record() { # name seconds cpu rss_kb [events [bytes written to storage]]
+record() { # name seconds cpu rss_kb [events [bytes written to storage [Azure requests]]]
   local m1 a1
   m1="$(svc_cpu mongod)"; a1="$(svc_cpu azurite)"
   awk -v n="$1" -v s="$2" -v c="$3" -v r="$4" -v N="${5:-$N}" -v B="$SIZE" -v o="${6:-}" \
-    -v m="$(echo "$m1 - $m0" | bc)" -v a="$(echo "$a1 - $a0" | bc)" \
+    -v q="${7:-0}" -v m="$(echo "$m1 - $m0" | bc)" -v a="$(echo "$a1 - $a0" | bc)" \
     'BEGIN { out = (o == "" || o == 0) ? "-" : sprintf("%.1f", o/s/1e6)
-             printf "%s\t%.2f\t%.0f\t%.1f\t%s\t%.2f\t%.0f\t%.2f\t%.2f\n", n, s, N/s, N*B/s/1e6, out, c, r/1024, m, a }' >> "$results"
+             printf "%s\t%.2f\t%.0f\t%.1f\t%s\t%.2f\t%.0f\t%.2f\t%.2f\t%s\n", n, s, N/s, N*B/s/1e6, out, c, r/1024, m, a, (q == 0 ? "-" : q) }' >> "$results"
 }
 # Bytes each agent run wrote (the sink's component_sent_event_bytes_total).
 declare -A out_bytes
@@ -128,13 +128,13 @@ TOML
   start=$(now)
   /usr/bin/time -f "%U %S %M" -o "$out/$name.time" "$bin/mongo-adls" -q --config "$out/$name.toml" 2>"$out/$name.log" &
   pid=$!
-  read -r sent _ < <("$tool" wait "http://127.0.0.1:$port/metrics" out "$N")
+  read -r sent _ requests < <("$tool" wait "http://127.0.0.1:$port/metrics" out "$N")
   end=$(now)
   pkill -TERM -P "$pid" mongo-adls || true
   wait "$pid" || true
   read -r u s m < "$out/$name.time"
   out_bytes[$name]="$sent"
-  record "$name" "$(echo "$end - $start" | bc)" "$(echo "$u + $s" | bc)" "$m" "$N" "$sent"
+  record "$name" "$(echo "$end - $start" | bc)" "$(echo "$u + $s" | bc)" "$m" "$N" "$sent" "$requests"
 }
 azure_sink() { # filesystem [account_url]
   printf '%s\n' 'type = "adls_partitioned_jsonl"' "account_url = \"${2:-$ADLS_ACCOUNT_URL}\"" \
@@ -254,7 +254,8 @@ echo
 column -t "$results"
 echo
 echo "ratios of events/s (backlog $N x $SIZE bytes; ceiling: $WRITERS writers of $BLOCK-byte blocks${line_bytes:+, lines of $(printf %.0f "$line_bytes") bytes}; latency: +$LATENCY_MS ms per round trip${proxy_cpu:+, proxy CPU ${proxy_cpu} s}; many: $COLLECTIONS collections):"
-awk -F'\t' 'NR > 1 { ev[$1] = $3; rss[$1] = $7; out[$1] = ($5 == "-" ? "" : $5 / $3); order[++n] = $1 }
+awk -F'\t' 'NR > 1 { ev[$1] = $3; rss[$1] = $7; out[$1] = ($5 == "-" ? "" : $5 / $3); order[++n] = $1
+    secs[$1] = $2; cpu[$1] = $6; cpusum[$1] = $6 + $8 + $9; req[$1] = $10; az_run[$1] = ($9 > 0.5) }
   function ratio(label, a, b) { if (a != "" && b != "" && b > 0) printf "  %-32s %6.2f\n", label, a / b }
   END {
     bare = ev["bare"]; az = ev["azurite"]; c = ev["ceiling"]
@@ -274,6 +275,15 @@ awk -F'\t' 'NR > 1 { ev[$1] = $3; rss[$1] = $7; out[$1] = ($5 == "-" ? "" : $5 /
     ratio("many_delta / many", ev["many_delta"], ev["many"])
     ratio("many_latency / latency", ev["many_latency"], ev["latency"])
     for (k in ev) if (k ~ /^seed_/) ratio("azurite / " k, az, ev[k])
+    # The co-located bound: the rate the CPU seconds of the run allow on 2
+    # cores, (agent + mongod + Azurite CPU s) / 2 against the wall time.
+    printf "co-located bound (CPU sum / 2 / seconds):"
+    for (i = 2; i <= n; i++) if (az_run[order[i]]) printf " %s %.2f", order[i], cpusum[order[i]] / 2 / secs[order[i]]
+    printf "\nagent CPU per event / that of bare:"
+    for (i = 2; i <= n; i++) if (order[i] != "ceiling" && cpu["bare"] > 0) printf " %s %.2f", order[i], (cpu[order[i]] / (ev[order[i]] * secs[order[i]])) / (cpu["bare"] / (ev["bare"] * secs["bare"]))
+    printf "\nAzure requests:"
+    for (i = 2; i <= n; i++) if (req[order[i]] != "-" && req[order[i]] != "") printf " %s %s", order[i], req[order[i]]
+    printf "\n"
     printf "every run / bare:"
     for (i = 2; i <= n; i++) printf "%s %s %.2f", (i > 2 ? "," : ""), order[i], ev[order[i]] / bare
     printf "\npeak RSS (MB):"

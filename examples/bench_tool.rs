@@ -13,7 +13,9 @@
 //!        (bounds by a skip down the `_id` index), one find cursor per range,
 //!        concurrently, documents discarded; prints `<docs> <seconds>`
 //!   bench_tool wait <metrics-url> <component> <count>
-//!        wait until a component sent <count> events; prints the bytes it sent
+//!        wait until a component sent <count> events; prints the bytes it
+//!        sent, the seconds since its first event, and the Azure storage
+//!        requests the agent made (`azure_storage_requests_total`)
 //!   bench_tool azurite-ceiling <account_url> <key> <writers> <block_bytes> <total_bytes> [file_bytes]
 //!        storage's own ingest: <writers> concurrent Put Blocks of <block_bytes>
 //!        (Shared Key) until <total_bytes> are staged, each writer into its own
@@ -124,7 +126,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                             .sum();
                         let since_first = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
-                        println!("{bytes:.0} {since_first:.3}");
+                        // Every Azure request the agent sent, lake and state.
+                        let requests: f64 = body
+                            .lines()
+                            .filter(|l| l.starts_with("azure_storage_requests_total{"))
+                            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                            .fold(0.0, |a, b| a + b);
+                        println!("{bytes:.0} {since_first:.3} {requests:.0}");
                         break;
                     }
                 }

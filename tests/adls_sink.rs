@@ -2201,3 +2201,96 @@ async fn health_is_degraded_from_the_first_failed_write() {
     assert!(log.contains("Storage requests succeed again."), "{log}");
     drop(agent);
 }
+
+/// Many collections at once into a real Azurite: past
+/// `batch.max_total_bytes` the pending batches wait in the local spill, so
+/// each file is still written as one block (a storage account bills per
+/// request), every change exactly once and in order. With the spill off,
+/// the same backlog takes many small blocks (the test fails if the spill
+/// does nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_active_collections_are_written_in_one_block_a_file_through_the_spill() {
+    const COLLECTIONS: usize = 20;
+    const PER_COLLECTION: usize = 60;
+    let mongo = Mongod::start().await;
+    let azurite = Azurite::start();
+    let dir = tempfile::tempdir().unwrap();
+    let start = chrono::Utc::now() - chrono::Duration::seconds(2);
+    // Round-robin over the collections, about 1.7 MB as JSON Lines.
+    let client = mongo.client().await;
+    for i in 0..PER_COLLECTION {
+        for c in 0..COLLECTIONS {
+            client
+                .database("shop")
+                .collection::<Document>(&format!("c{c:02}"))
+                .insert_one(doc! { "i": i as i64, "pad": "x".repeat(1000) })
+                .await
+                .unwrap();
+        }
+    }
+    // Each file's ~85 KB stays under `batch.max_bytes`; the 20 files
+    // together pass the 256 KB budget many times over.
+    let run = async |name: &str, spill: &str| {
+        let api = support::free_port();
+        let cfg = agent_config(
+            dir.path(),
+            name,
+            &mongo.uri(),
+            &azurite.account_url(),
+            &format!(
+                "{}\ncommit = \"every_batch\"\nroll.window_secs = 3600\nbatch.timeout_secs = 300\nbatch.max_bytes = 131072\nbatch.max_total_bytes = 262144\n{spill}",
+                shared_key()
+            ),
+        );
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "data_dir =",
+            &format!("api.address = \"127.0.0.1:{api}\"\ndata_dir ="),
+        );
+        let text = text.replace(
+            "max_await_time_ms = 200",
+            &format!(
+                "max_await_time_ms = 200\nstart_at = \"{}\"",
+                start.to_rfc3339()
+            ),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        let log = dir.path().join(format!("{name}.log"));
+        let agent = Agent::start_logged(&cfg, &log);
+        let lake = Lake::new(&azurite, name);
+        let files = eventually(Duration::from_secs(60), async || {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let files = read_all(&lake).await;
+            (total_lines(&files) >= COLLECTIONS * PER_COLLECTION).then_some(files)
+        })
+        .await;
+        let puts = metric(
+            api,
+            &format!("azure_storage_requests_total{{container=\"{name}\",method=\"PUT\"}}"),
+        )
+        .unwrap_or(0.0) as usize;
+        let spilled = metric(api, "adls_spilled_bytes_total{").unwrap_or(0.0);
+        assert_eq!(agent.stop(), Some(0), "{}", support::log_tail(&log, 30));
+        assert_exactly_once_in_order(&files, COLLECTIONS * PER_COLLECTION);
+        assert_eq!(files.len(), COLLECTIONS, "one file a collection");
+        (puts, spilled)
+    };
+    let spill_dir = dir.path().join("spill");
+    std::fs::create_dir(&spill_dir).unwrap();
+    let (puts, spilled) = run(
+        "spilled",
+        &format!("batch.spill_dir = \"{}\"", spill_dir.display()),
+    )
+    .await;
+    // A Put Block and a Put Block List a file, and the container.
+    assert!(spilled > 0.0, "the spill was used");
+    assert!(puts <= 2 * COLLECTIONS + 3, "{puts} PUTs with the spill");
+    // Unlinked files: nothing is left in the folder.
+    assert_eq!(std::fs::read_dir(&spill_dir).unwrap().count(), 0);
+    let (puts_off, spilled) = run("unspilled", "batch.spill_max_bytes = 0").await;
+    assert_eq!(spilled, 0.0);
+    eprintln!("PUTs: {puts} with the spill, {puts_off} without");
+    assert!(
+        puts_off >= 3 * puts,
+        "{puts_off} PUTs without the spill, {puts} with it"
+    );
+}

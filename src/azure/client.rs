@@ -18,7 +18,7 @@ use azure_identity::{
     ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
 };
 
-use super::{shared_key::SharedKeyPolicy, token::ReportedCredential};
+use super::{count::CountRequests, shared_key::SharedKeyPolicy, token::ReportedCredential};
 use crate::{azure::auth::AuthConfig, redact};
 
 /// What an SDK client for one container (or a blob in it) needs.
@@ -51,6 +51,7 @@ impl ContainerAccess {
         let mut client_options = ClientOptions {
             retry: RetryOptions::none(),
             transport: Some(Transport::new(azure_core::http::new_http_client(None))),
+            per_try_policies: vec![Arc::new(CountRequests::new(container))],
             ..Default::default()
         };
         let chosen = [

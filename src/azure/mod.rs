@@ -10,6 +10,7 @@ use azure_core::{error::ErrorKind, http::headers::HeaderName};
 
 pub mod auth;
 pub mod client;
+pub mod count;
 pub mod shared_key;
 pub mod token;
 

@@ -16,6 +16,8 @@ pub struct SinkMetrics {
     oldest_open_file_age: Gauge,
     request_seconds: Histogram,
     skipped: Counter,
+    spilled: Counter,
+    spill_bytes: Gauge,
 }
 
 impl SinkMetrics {
@@ -27,7 +29,19 @@ impl SinkMetrics {
             oldest_open_file_age: tags.gauge("adls_oldest_open_file_age_seconds"),
             request_seconds: tags.histogram("adls_request_duration_seconds"),
             skipped: tags.counter("adls_replayed_events_skipped_total"),
+            spilled: tags.counter("adls_spilled_bytes_total"),
+            spill_bytes: tags.gauge("adls_spill_bytes"),
         }
+    }
+
+    /// Pending bytes moved to the local spill.
+    pub fn spilled(&self, bytes: usize) {
+        self.spilled.increment(bytes as u64);
+    }
+
+    /// Bytes the spill holds on disk now.
+    pub fn spill_bytes(&self, bytes: u64) {
+        self.spill_bytes.set(bytes as f64);
     }
 
     pub fn block_written(&self, bytes: usize) {

@@ -1,6 +1,8 @@
 //! Routing and batching: each event goes to its file (namespace and time
 //! window) and is encoded into that file's pending batch; a batch is taken
-//! out when it is due. Batch buffers are pooled.
+//! out when it is due. Batch buffers are pooled. Past the memory budget,
+//! the largest batches move to the local spill (`spill.rs`) and are read
+//! back when taken.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -13,6 +15,7 @@ use chrono::{DateTime, Utc};
 use super::{
     encode,
     partition::Windows,
+    spill::{Spill, Spilled},
     state::{FileKey, StagedBlock},
 };
 use crate::{
@@ -46,9 +49,11 @@ fn reserve_for_line(data: &mut Vec<u8>, bson_bytes: usize, max_bytes: usize) {
     }
 }
 
-/// Events waiting to be written to one file.
+/// Events waiting to be written to one file: the bytes in `spilled` (on
+/// local disk), then those in `data`.
 pub(super) struct PendingBatch {
     pub data: Vec<u8>,
+    pub spilled: Spilled,
     pub events: usize,
     pub finalizers: Vec<EventFinalizers>,
     pub first: Option<Position>,
@@ -56,6 +61,13 @@ pub(super) struct PendingBatch {
     /// The source of the positions.
     pub source: Option<Arc<str>>,
     pub since: Instant,
+}
+
+impl PendingBatch {
+    /// Encoded bytes of the batch, spilled or in memory.
+    pub fn len(&self) -> usize {
+        self.spilled.bytes() + self.data.len()
+    }
 }
 
 /// A Put Block that finished before an earlier one of its file: kept
@@ -201,8 +213,14 @@ pub(super) struct BatchLimits {
 
 impl BatchLimits {
     pub fn reached(&self, batch: &PendingBatch) -> bool {
-        batch.data.len() >= self.max_bytes || batch.events >= self.max_events
+        batch.len() >= self.max_bytes || batch.events >= self.max_events
     }
+}
+
+/// A batch whose spilled bytes could not be read back.
+pub(super) struct SpillLost {
+    pub batch: PendingBatch,
+    pub error: std::io::Error,
 }
 
 /// Why an event was not added to a batch.
@@ -226,8 +244,11 @@ pub(super) struct Batcher {
     last_window: (i64, i64),
     /// The file key of the last event.
     last_key: Option<FileKey>,
-    /// Encoded bytes in all pending batches.
+    /// Encoded bytes in all pending batches, in memory.
     pending_bytes: usize,
+    /// Where batches go past the budget; `None` when off or after a disk
+    /// error.
+    spill: Option<Spill>,
     /// Pending batches that reached a limit (each stops intake until taken).
     full_batches: usize,
 }
@@ -244,7 +265,15 @@ impl Batcher {
             last_key: None,
             pending_bytes: 0,
             full_batches: 0,
+            spill: None,
         }
+    }
+
+    /// Moves batches to `spill` past the memory budget, instead of
+    /// writing them early as small blocks.
+    pub fn with_spill(mut self, spill: Option<Spill>) -> Self {
+        self.spill = spill;
+        self
     }
 
     pub fn limits(&self) -> BatchLimits {
@@ -316,6 +345,7 @@ impl Batcher {
             data: spare
                 .pop()
                 .unwrap_or_else(|| Vec::with_capacity(INITIAL_BATCH_CAPACITY)),
+            spilled: Spilled::default(),
             events: 0,
             finalizers: Vec::new(),
             first: None,
@@ -380,9 +410,68 @@ impl Batcher {
 
     /// Drops the pending batch of `key` (its window failed).
     pub fn drop_batch(&mut self, key: &FileKey) -> Option<PendingBatch> {
-        let batch = self.files.get_mut(key)?.batch.take()?;
+        let mut batch = self.files.get_mut(key)?.batch.take()?;
         self.detach(&batch);
+        if let Some(spill) = &mut self.spill {
+            spill.discard(std::mem::take(&mut batch.spilled));
+        }
         Some(batch)
+    }
+
+    /// Past the memory budget, moves the largest batches to the spill
+    /// until half the budget is left in memory (so spilling comes in
+    /// rounds, not after every event). Batches due anyway stay. A disk
+    /// error turns the spill off (returned, to be logged): batches are
+    /// then written early, as without a spill. The bytes moved.
+    pub fn spill_over_budget(&mut self) -> std::io::Result<usize> {
+        let Some(spill) = self.spill.as_ref().filter(|_| self.over_budget() > 0) else {
+            return Ok(0);
+        };
+        let keep = self.limits.max_total_bytes / 2;
+        let mut largest: Vec<(usize, &FileKey)> = self
+            .files
+            .iter()
+            .filter(|(_, f)| !f.poisoned)
+            .filter_map(|(k, f)| Some((f.batch.as_ref()?, k)))
+            .filter(|(b, _)| !self.limits.reached(b) && !b.data.is_empty())
+            .map(|(b, k)| (b.data.len(), k))
+            .collect();
+        largest.sort_unstable_by_key(|(len, _)| std::cmp::Reverse(*len));
+        let mut moving = 0;
+        let mut chosen = Vec::new();
+        for (len, key) in largest {
+            if self.pending_bytes - moving <= keep || !spill.has_room(moving + len) {
+                break;
+            }
+            moving += len;
+            chosen.push(key.clone());
+        }
+        let spill = self.spill.as_mut().expect("checked above");
+        let mut moved = 0;
+        for key in chosen {
+            let batch = self
+                .files
+                .get_mut(&key)
+                .and_then(|f| f.batch.as_mut())
+                .expect("chosen from pending batches");
+            if let Err(e) = spill.write(&mut batch.spilled, &batch.data) {
+                // Batches stay in memory from now on; those spilled are
+                // still read back when taken.
+                spill.stop_spilling();
+                return Err(e);
+            }
+            moved += batch.data.len();
+            self.pending_bytes -= batch.data.len();
+            // The buffer goes too: a thousand spilled batches each keeping
+            // its capacity would hold the memory the spill is for.
+            batch.data = Vec::new();
+        }
+        Ok(moved)
+    }
+
+    /// The spill's folder and bytes on disk, if it is on.
+    pub fn spill_usage(&self) -> Option<(&std::path::Path, u64)> {
+        self.spill.as_ref().map(|s| (s.dir(), s.on_disk()))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -390,18 +479,46 @@ impl Batcher {
     }
 
     /// The pending batch of `key` and its sequence number in the file, if
-    /// another Put Block of the file may start.
-    pub fn take(&mut self, key: &FileKey) -> Option<(PendingBatch, u64)> {
+    /// another Put Block of the file may start; its spilled bytes are read
+    /// back in front of those in memory. If they cannot be read, the batch
+    /// is dropped and the window held back, as after a failed write: the
+    /// batch is returned as the error, for its events to fail.
+    pub fn take(&mut self, key: &FileKey) -> Option<Result<(PendingBatch, u64), SpillLost>> {
         let activity = self.files.get_mut(key)?;
         if !activity.can_stage(self.stage_limit) {
             return None;
         }
-        let batch = activity.batch.take()?;
+        let mut batch = activity.batch.take()?;
+        if batch.spilled.bytes() > 0 {
+            let spilled = std::mem::take(&mut batch.spilled);
+            let spill = self.spill.as_mut().expect("spilled batches keep the spill");
+            let mut data = Vec::with_capacity(spilled.bytes() + batch.data.len());
+            let read = spill.read(spilled, &mut data);
+            data.extend_from_slice(&batch.data);
+            let memory = std::mem::replace(&mut batch.data, data);
+            if let Err(error) = read {
+                spill.stop_spilling();
+                activity.poisoned = true;
+                self.detach_without(&batch, memory.len());
+                return Some(Err(SpillLost { batch, error }));
+            }
+            self.detach_without(&batch, memory.len());
+            self.recycle(memory);
+        } else {
+            self.detach(&batch);
+        }
+        let activity = self.files.get_mut(key).expect("taken above");
         activity.staging += 1;
         activity.next_seq += 1;
-        let seq = activity.next_seq - 1;
-        self.detach(&batch);
-        Some((batch, seq))
+        Some(Ok((batch, activity.next_seq - 1)))
+    }
+
+    /// `detach` of a batch whose bytes in memory were `memory`.
+    fn detach_without(&mut self, batch: &PendingBatch, memory: usize) {
+        self.pending_bytes -= memory;
+        if self.limits.reached(batch) {
+            self.full_batches -= 1;
+        }
     }
 
     pub fn get(&self, key: &FileKey) -> Option<&FileActivity> {

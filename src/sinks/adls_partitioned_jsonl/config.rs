@@ -1,6 +1,6 @@
 //! Options of the `adls_partitioned_jsonl` sink.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 
@@ -13,6 +13,7 @@ use super::{
     layout::{Compression, Layout, Mode},
     roll::{Commit, RollConfig, RollPolicy},
     sink::{AdlsSink, SinkSettings},
+    spill::Spill,
     state::SinkState,
 };
 pub use crate::azure::auth::AuthConfig;
@@ -57,13 +58,31 @@ pub struct BatchConfig {
     /// Seconds after a batch's first event that trigger a write.
     #[serde(default = "default_batch_timeout")]
     pub timeout_secs: f64,
-    /// Encoded bytes waiting in batches across all files. Past it the
-    /// largest batches are written early, and intake pauses until they
-    /// are taken, so memory is bounded by this budget plus the bytes in
-    /// flight (`request.concurrency` × `batch.max_bytes`), however many
+    /// Encoded bytes waiting in batches in memory across all files. Past
+    /// it the largest batches move to the local spill (`spill_max_bytes`),
+    /// or, once that is full, are written early, and intake pauses until
+    /// they are taken. So memory is bounded by this budget plus the bytes
+    /// in flight (`request.concurrency` × `batch.max_bytes`), however many
     /// collections are active.
     #[serde(default = "default_batch_total_bytes")]
     pub max_total_bytes: usize,
+    /// Bytes of pending batches that may wait on local disk when many
+    /// files are active at once and `max_total_bytes` is reached, so that
+    /// each file is still written in few large blocks rather than many
+    /// small ones (a storage account bills per request). Spilled batches
+    /// are still written when due (`timeout_secs`, `max_bytes`, the source
+    /// caught up), so the lake lags no more than without. It is a cache:
+    /// events are acknowledged only once storage holds them, so losing it
+    /// costs a replay, not data. The files are unlinked temporary files,
+    /// freed by the system when the agent exits, however it exits. `0`
+    /// turns the spill off.
+    #[serde(default = "default_spill_bytes")]
+    pub spill_max_bytes: u64,
+    /// The folder of the spill. Default: the system's temporary folder
+    /// (`TMPDIR`, else `/tmp`). Use a disk, not a `tmpfs`, which would
+    /// hold the spill in memory.
+    #[serde(default)]
+    pub spill_dir: Option<PathBuf>,
 }
 
 impl Default for BatchConfig {
@@ -73,6 +92,8 @@ impl Default for BatchConfig {
             max_events: default_batch_events(),
             timeout_secs: default_batch_timeout(),
             max_total_bytes: default_batch_total_bytes(),
+            spill_max_bytes: default_spill_bytes(),
+            spill_dir: None,
         }
     }
 }
@@ -83,8 +104,9 @@ impl Default for BatchConfig {
 pub struct RequestConfig {
     /// Full-size requests in flight at once, across files: the data in
     /// flight is bounded by `concurrency` × `batch.max_bytes`. Smaller
-    /// blocks (many active collections share the pending budget, so each
-    /// file's blocks are small) go more at a time within those bytes, up
+    /// blocks (many active collections share the pending budget and the
+    /// spill is off or full, so each file's blocks are small) go more at a
+    /// time within those bytes, up
     /// to 16 × `concurrency` requests, since against cloud storage a drain
     /// of small blocks is bound by round trips (docs/benchmarks.md).
     #[serde(default = "default_concurrency")]
@@ -200,6 +222,9 @@ fn default_batch_events() -> usize {
 fn default_batch_total_bytes() -> usize {
     32_000_000
 }
+fn default_spill_bytes() -> u64 {
+    512 << 20
+}
 fn default_batch_timeout() -> f64 {
     5.0
 }
@@ -271,6 +296,37 @@ impl AdlsPartitionedJsonlConfig {
             },
             concurrency: request.concurrency,
             concurrency_per_file: request.concurrency_per_file,
+            spill: None,
+        }
+    }
+
+    /// The local spill (`batch.spill_*`), checked by creating a file in
+    /// its folder. A folder the user chose must work; the system's
+    /// temporary folder failing only turns the spill off, with a warning.
+    fn open_spill(&self, key: &str) -> crate::Result<Option<Spill>> {
+        if self.batch.spill_max_bytes == 0 {
+            return Ok(None);
+        }
+        let dir = self
+            .batch
+            .spill_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        match Spill::new(&dir, self.batch.spill_max_bytes) {
+            Ok(spill) => Ok(Some(spill)),
+            Err(e) if self.batch.spill_dir.is_some() => Err(format!(
+                "`batch.spill_dir` {}: cannot create a file there: {e}",
+                dir.display()
+            )
+            .into()),
+            Err(e) => {
+                tracing::warn!(
+                    sink = %key,
+                    "The spill is off: cannot create a file in the temporary folder {} ({e}). With many active collections, batches are then written early as small blocks; set `batch.spill_dir` to a writable folder.",
+                    dir.display()
+                );
+                Ok(None)
+            }
         }
     }
 
@@ -338,7 +394,9 @@ impl SinkConfig for AdlsPartitionedJsonlConfig {
         } else {
             self.files_in_lake(&cx.key, &layout, storage.as_ref()).await
         };
-        let sink = AdlsSink::new(self.settings(), layout, storage, state, cx, lake_files);
+        let mut settings = self.settings();
+        settings.spill = self.open_spill(&cx.key)?;
+        let sink = AdlsSink::new(settings, layout, storage, state, cx, lake_files);
         Ok((Box::new(sink), healthcheck))
     }
 

@@ -32,6 +32,7 @@ mod recovery;
 mod requests;
 pub mod roll;
 mod sink;
+mod spill;
 pub mod state;
 mod validate;
 

@@ -207,7 +207,7 @@ pub(super) fn due(
             if !activity.can_stage(batcher.stage_limit()) {
                 continue;
             }
-            if now.flush_partial.is_some_and(|min| batch.data.len() >= min)
+            if now.flush_partial.is_some_and(|min| batch.len() >= min)
                 || window_closed
                 || batcher.limits().reached(batch)
                 || now.instant.duration_since(batch.since) >= policy.batch_timeout
@@ -258,6 +258,7 @@ mod tests {
         sinks::adls_partitioned_jsonl::{
             batcher::BatchLimits,
             partition::Windows,
+            spill::Spill,
             state::{Block, StagedBlock},
         },
         state_store::StateHandle,
@@ -399,7 +400,10 @@ mod tests {
             due(&p, &batcher, &state, &now(30, 30, true)).flushes,
             [key(0)]
         );
-        assert_eq!(batcher.take(&k).map(|(_, seq)| seq), Some(1));
+        assert_eq!(
+            batcher.take(&k).and_then(Result::ok).map(|(_, seq)| seq),
+            Some(1)
+        );
         add(&mut batcher);
         let d = due(&p, &batcher, &state, &now(99, 30, true));
         assert!(d.flushes.is_empty() && d.seals.is_empty());
@@ -474,6 +478,96 @@ mod tests {
         assert!(batcher.is_full(), "intake stops past the budget");
         assert!(batcher.take(&large).is_some());
         assert!(!batcher.is_full(), "taking the largest frees room");
+    }
+
+    #[tokio::test]
+    async fn past_the_total_budget_batches_wait_in_the_spill_and_go_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = SinkState::load(StateHandle::local(dir.path()))
+            .await
+            .unwrap();
+        let windows = Windows {
+            window_secs: 60,
+            tz: chrono_tz::Tz::UTC,
+        };
+        let t = DateTime::from_timestamp(30, 0).unwrap();
+        let numbered = |i: i32| {
+            let mut e = event();
+            e.payload.append("i", i);
+            e
+        };
+        let fill = |batcher: &mut Batcher, coll: &str, from: i32, n: i32| {
+            let k = batcher.route(&windows, ("d", coll), t);
+            for i in from..from + n {
+                assert!(batcher
+                    .add(k.clone(), &numbered(i), t, None, EventFinalizers::default())
+                    .is_ok());
+            }
+            k
+        };
+        let limits = |e: usize| BatchLimits {
+            max_bytes: 50 * e,
+            max_events: 1000,
+            max_total_bytes: 120 * e,
+        };
+        let new_batcher = |e: usize, spill: Option<Spill>| {
+            Batcher::new(limits(e), 1, ExtendedJsonMode::Relaxed).with_spill(spill)
+        };
+        // What 60 events of "a" are without a spill, and one event's size.
+        let mut plain = new_batcher(usize::MAX / 200, None);
+        let a = fill(&mut plain, "a", 0, 60);
+        let e = plain.pending_bytes() / 60 + 1;
+        let whole = plain.take(&a).unwrap().ok().unwrap().0.data;
+
+        let spill_dir = tempfile::tempdir().unwrap();
+        let mut batcher = new_batcher(e, Some(Spill::new(spill_dir.path(), 1 << 20).unwrap()));
+        fill(&mut batcher, "a", 0, 40);
+        fill(&mut batcher, "b", 0, 40);
+        fill(&mut batcher, "c", 0, 40);
+        assert!(batcher.over_budget() > 0);
+        assert!(batcher.spill_over_budget().unwrap() > 0);
+        assert!(
+            batcher.pending_bytes() <= 60 * e,
+            "spilled down to half the budget"
+        );
+        let p = policy();
+        assert!(
+            due(&p, &batcher, &state, &now(30, 30, false))
+                .flushes
+                .is_empty(),
+            "nothing written early"
+        );
+        fill(&mut batcher, "a", 40, 20);
+        let d = due(&p, &batcher, &state, &now(30, 30, false));
+        assert_eq!(
+            d.flushes,
+            std::slice::from_ref(&a),
+            "a is full, spilled bytes included"
+        );
+        let (taken, _) = batcher.take(&a).unwrap().ok().unwrap();
+        assert_eq!(taken.events, 60);
+        assert!(
+            taken.data == whole,
+            "spilled bytes, then those in memory, in order"
+        );
+        for coll in ["b", "c"] {
+            let k = batcher.route(&windows, ("d", coll), t);
+            assert_eq!(batcher.take(&k).unwrap().ok().unwrap().0.events, 40);
+        }
+        assert_eq!(
+            batcher.spill_usage().unwrap().1,
+            0,
+            "every spilled byte freed"
+        );
+
+        // A spill with no room: the largest batches go early, as without.
+        let mut batcher = new_batcher(e, Some(Spill::new(spill_dir.path(), 10).unwrap()));
+        fill(&mut batcher, "a", 0, 30);
+        let b = fill(&mut batcher, "b", 0, 45);
+        fill(&mut batcher, "c", 0, 30);
+        assert!(batcher.spill_over_budget().is_ok());
+        let d = due(&p, &batcher, &state, &now(30, 30, false));
+        assert_eq!(d.flushes, [b], "the largest goes early");
     }
 
     #[tokio::test]

@@ -23,6 +23,7 @@ use super::{
     per_event, recovery,
     requests::{self, BlockIds, BlockWrite, RetryingStorage, WriteRequest},
     roll::{self, Commit, DueCheck, RollPolicy, Watermarks},
+    spill::Spill,
     state::{Block, FileKey, SinkState, StagedBlock},
 };
 use crate::{
@@ -65,6 +66,8 @@ pub struct SinkSettings {
     pub concurrency: usize,
     /// Requests in flight per file (`on_seal`; `every_batch` uses 1).
     pub concurrency_per_file: usize,
+    /// Where batches wait past `limits.max_total_bytes`, if anywhere.
+    pub spill: Option<Spill>,
 }
 
 pub struct AdlsSink {
@@ -150,7 +153,8 @@ impl AdlsSink {
             storage,
             state,
             layout,
-            batcher: Batcher::new(settings.limits, per_file, settings.json_mode),
+            batcher: Batcher::new(settings.limits, per_file, settings.json_mode)
+                .with_spill(settings.spill),
             roll: settings.roll,
             commit: settings.commit,
             compression: settings.compression,
@@ -363,6 +367,14 @@ impl AdlsSink {
             let oldest = self.state.open_files().map(|f| f.opened_at).min();
             self.metrics
                 .oldest_open_file_age(oldest.map_or(0, |opened| now.wall - opened));
+            if let Some((_, bytes)) = self.batcher.spill_usage() {
+                self.metrics.spill_bytes(bytes);
+            }
+        }
+        match self.batcher.spill_over_budget() {
+            Ok(0) => {}
+            Ok(moved) => self.metrics.spilled(moved),
+            Err(e) => self.spill_failed("write to", &e),
         }
         let due = roll::due(&self.roll, &self.batcher, &self.state, &now);
         // A window whose write is held does not keep partial flushing on.
@@ -381,15 +393,22 @@ impl AdlsSink {
                 .batcher
                 .get(&key)
                 .and_then(|f| f.batch())
-                .map(|b| b.data.len());
+                .map(|b| b.len());
             if !self
                 .limit
                 .room_for(bytes.unwrap_or(0), inflight, &self.held)
             {
                 return Ok(());
             }
-            if let Some((batch, seq)) = self.batcher.take(&key) {
-                inflight.push(batch.data.len(), self.stage_request(key, batch, seq));
+            match self.batcher.take(&key) {
+                Some(Ok((batch, seq))) => {
+                    inflight.push(batch.data.len(), self.stage_request(key, batch, seq))
+                }
+                Some(Err(lost)) => {
+                    self.spill_failed("read back from", &lost.error);
+                    finalize_all(lost.batch.finalizers, EventStatus::Errored);
+                }
+                None => {}
             }
         }
         if !busy_with_batch {
@@ -507,6 +526,21 @@ impl AdlsSink {
             message,
         }
         .emit(&self.tags);
+    }
+
+    /// The spill failed: it is off from now on. A batch that could not be
+    /// read back fails like a write given up (its window is held back
+    /// until a restart replays it).
+    fn spill_failed(&self, what: &str, error: &std::io::Error) {
+        let dir = self
+            .batcher
+            .spill_usage()
+            .map(|(dir, _)| dir.display().to_string())
+            .unwrap_or_default();
+        self.error(
+            "spill_failed",
+            &format!("Could not {what} the spill in {dir} ({error}); the spill is off until a restart, and batches past `batch.max_total_bytes` are written early as small blocks."),
+        );
     }
 
     fn state_error(&self, message: &str) {
