@@ -134,8 +134,18 @@ impl Requests {
         self.run("Delete Blob", || self.storage.delete(name)).await
     }
 
+    /// A listing for upkeep (vacuum), which tries again at its next turn.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
         self.run("List Blobs", || self.storage.list_details(prefix))
+            .await
+    }
+
+    /// A listing on the commit path (reading a log that has no
+    /// `_last_checkpoint`), retried until done like every other request
+    /// there: a bounded one failing a commit would hold the source's
+    /// checkpoint until a restart.
+    pub async fn list_until_done(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        self.run_until_done("List Blobs", || self.storage.list_details(prefix))
             .await
     }
 }

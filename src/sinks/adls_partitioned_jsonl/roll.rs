@@ -410,26 +410,31 @@ mod tests {
         assert!(batcher.take(&k).is_none());
     }
 
+    /// Adds events numbered `from..from + n` to collection `coll`, at 30 s
+    /// (window 0); the file's key.
+    fn fill(batcher: &mut Batcher, coll: &str, from: i32, n: i32) -> FileKey {
+        let windows = Windows {
+            window_secs: 60,
+            tz: chrono_tz::Tz::UTC,
+        };
+        let t = DateTime::from_timestamp(30, 0).unwrap();
+        let k = batcher.route(&windows, ("d", coll), t);
+        for i in from..from + n {
+            let mut e = event();
+            e.payload.append("i", i);
+            assert!(batcher
+                .add(k.clone(), &e, t, None, EventFinalizers::default())
+                .is_ok());
+        }
+        k
+    }
+
     #[tokio::test]
     async fn past_the_total_budget_the_largest_batches_go_early() {
         let dir = tempfile::tempdir().unwrap();
         let state = SinkState::load(StateHandle::local(dir.path()))
             .await
             .unwrap();
-        let windows = Windows {
-            window_secs: 60,
-            tz: chrono_tz::Tz::UTC,
-        };
-        let t = DateTime::from_timestamp(30, 0).unwrap();
-        let fill = |batcher: &mut Batcher, coll: &str, n: usize| {
-            let k = batcher.route(&windows, ("d", coll), t);
-            for _ in 0..n {
-                assert!(batcher
-                    .add(k.clone(), &event(), t, None, EventFinalizers::default())
-                    .is_ok());
-            }
-            k
-        };
         let batcher = |max_total_bytes| {
             Batcher::new(
                 BatchLimits {
@@ -443,7 +448,7 @@ mod tests {
         };
         // The encoded size of one event.
         let mut probe = batcher(usize::MAX);
-        fill(&mut probe, "p", 1);
+        fill(&mut probe, "p", 0, 1);
         let e = probe.pending_bytes();
         // Intake stops at 120 events' worth; early writes start 50 below.
         let mut batcher = Batcher::new(
@@ -455,8 +460,8 @@ mod tests {
             1,
             ExtendedJsonMode::Relaxed,
         );
-        fill(&mut batcher, "small", 10);
-        let large = fill(&mut batcher, "large", 40);
+        fill(&mut batcher, "small", 0, 10);
+        let large = fill(&mut batcher, "large", 0, 40);
         let p = policy();
         assert!(
             due(&p, &batcher, &state, &now(30, 30, false))
@@ -464,7 +469,7 @@ mod tests {
                 .is_empty(),
             "within budget"
         );
-        fill(&mut batcher, "medium", 25);
+        fill(&mut batcher, "medium", 0, 25);
         assert!(batcher.over_budget() > 0);
         let d = due(&p, &batcher, &state, &now(30, 30, false));
         assert_eq!(
@@ -472,9 +477,9 @@ mod tests {
             std::slice::from_ref(&large),
             "the largest, and only as many as needed"
         );
-        fill(&mut batcher, "m2", 25);
+        fill(&mut batcher, "m2", 0, 25);
         assert!(!batcher.is_full());
-        fill(&mut batcher, "m3", 25);
+        fill(&mut batcher, "m3", 0, 25);
         assert!(batcher.is_full(), "intake stops past the budget");
         assert!(batcher.take(&large).is_some());
         assert!(!batcher.is_full(), "taking the largest frees room");
@@ -486,25 +491,6 @@ mod tests {
         let state = SinkState::load(StateHandle::local(dir.path()))
             .await
             .unwrap();
-        let windows = Windows {
-            window_secs: 60,
-            tz: chrono_tz::Tz::UTC,
-        };
-        let t = DateTime::from_timestamp(30, 0).unwrap();
-        let numbered = |i: i32| {
-            let mut e = event();
-            e.payload.append("i", i);
-            e
-        };
-        let fill = |batcher: &mut Batcher, coll: &str, from: i32, n: i32| {
-            let k = batcher.route(&windows, ("d", coll), t);
-            for i in from..from + n {
-                assert!(batcher
-                    .add(k.clone(), &numbered(i), t, None, EventFinalizers::default())
-                    .is_ok());
-            }
-            k
-        };
         let limits = |e: usize| BatchLimits {
             max_bytes: 50 * e,
             max_events: 1000,
@@ -551,7 +537,7 @@ mod tests {
             "spilled bytes, then those in memory, in order"
         );
         for coll in ["b", "c"] {
-            let k = batcher.route(&windows, ("d", coll), t);
+            let k = fill(&mut batcher, coll, 0, 0);
             assert_eq!(batcher.take(&k).unwrap().ok().unwrap().0.events, 40);
         }
         assert_eq!(

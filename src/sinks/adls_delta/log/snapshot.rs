@@ -70,7 +70,7 @@ enum Found {
 /// when the log holds objects but no checkpoint to start from.
 async fn newest_checkpoint(log: &TableLog, up_to: Option<i64>) -> Result<Found, LogError> {
     let prefix = format!("{}/_delta_log/", log.root);
-    let listed = log.requests.list(&prefix).await?;
+    let listed = log.requests.list_until_done(&prefix).await?;
     if listed.is_empty() {
         return Ok(Found::Nothing);
     }
