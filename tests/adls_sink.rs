@@ -2207,7 +2207,9 @@ async fn health_is_degraded_from_the_first_failed_write() {
 /// each file is still written as one block (a storage account bills per
 /// request), every change exactly once and in order. With the spill off,
 /// the same backlog takes many small blocks (the test fails if the spill
-/// does nothing).
+/// does nothing). A `kill -9` while batches are in the spill loses
+/// nothing: the spill is a cache, and the restarted agent replays from
+/// the checkpoint, exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_active_collections_are_written_in_one_block_a_file_through_the_spill() {
     const COLLECTIONS: usize = 20;
@@ -2230,7 +2232,7 @@ async fn many_active_collections_are_written_in_one_block_a_file_through_the_spi
     }
     // Each file's ~85 KB stays under `batch.max_bytes`; the 20 files
     // together pass the 256 KB budget many times over.
-    let run = async |name: &str, spill: &str| {
+    let run = async |name: &str, spill: &str, kill_9: bool| {
         let api = support::free_port();
         let cfg = agent_config(
             dir.path(),
@@ -2254,9 +2256,22 @@ async fn many_active_collections_are_written_in_one_block_a_file_through_the_spi
             ),
         );
         std::fs::write(&cfg, text).unwrap();
-        let log = dir.path().join(format!("{name}.log"));
-        let agent = Agent::start_logged(&cfg, &log);
+        let mut log = dir.path().join(format!("{name}.log"));
+        let mut agent = Agent::start_logged(&cfg, &log);
         let lake = Lake::new(&azurite, name);
+        if kill_9 {
+            // Once the first block is in the lake, the rest are in the
+            // spill or on their way.
+            eventually(Duration::from_secs(60), async || {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                (total_lines(&read_all(&lake).await) > 0).then_some(())
+            })
+            .await;
+            assert!(metric(api, "adls_spilled_bytes_total{").unwrap_or(0.0) > 0.0);
+            agent.kill();
+            log = dir.path().join(format!("{name}-again.log"));
+            agent = Agent::start_logged(&cfg, &log);
+        }
         let files = eventually(Duration::from_secs(60), async || {
             tokio::time::sleep(Duration::from_millis(300)).await;
             let files = read_all(&lake).await;
@@ -2276,21 +2291,19 @@ async fn many_active_collections_are_written_in_one_block_a_file_through_the_spi
     };
     let spill_dir = dir.path().join("spill");
     std::fs::create_dir(&spill_dir).unwrap();
-    let (puts, spilled) = run(
-        "spilled",
-        &format!("batch.spill_dir = \"{}\"", spill_dir.display()),
-    )
-    .await;
+    let spill_option = format!("batch.spill_dir = \"{}\"", spill_dir.display());
+    let (puts, spilled) = run("spilled", &spill_option, false).await;
     // A Put Block and a Put Block List a file, and the container.
     assert!(spilled > 0.0, "the spill was used");
     assert!(puts <= 2 * COLLECTIONS + 3, "{puts} PUTs with the spill");
     // Unlinked files: nothing is left in the folder.
     assert_eq!(std::fs::read_dir(&spill_dir).unwrap().count(), 0);
-    let (puts_off, spilled) = run("unspilled", "batch.spill_max_bytes = 0").await;
+    let (puts_off, spilled) = run("unspilled", "batch.spill_max_bytes = 0", false).await;
     assert_eq!(spilled, 0.0);
     eprintln!("PUTs: {puts} with the spill, {puts_off} without");
     assert!(
         puts_off >= 3 * puts,
         "{puts_off} PUTs without the spill, {puts} with it"
     );
+    run("killed", &spill_option, true).await;
 }
