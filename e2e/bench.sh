@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Drains a pre-loaded backlog of change events and compares, in one run:
-#   1. bare      - the Rust `mongodb` driver reading the same change stream and discarding it (the limit)
+#   1. bare      - the Rust `mongodb` driver reading the same change stream and discarding it (the limit;
+#                  run twice, the faster counts)
 #   2. blackhole - mongo-adls, mongodb_change_stream -> blackhole sink (source and runtime cost)
 #   3. azurite   - mongo-adls with default sink settings into Azurite (Shared Key)
 #   4. local     - mongo-adls with default sink settings into a file:// lake
@@ -97,13 +98,25 @@ record() { # name seconds cpu rss_kb [events [bytes written to storage [Azure re
 # Bytes each agent run wrote (the sink's component_sent_event_bytes_total).
 declare -A out_bytes
 
-# 1. The bare driver loop.
-svc_mark
-start=$(now)
-/usr/bin/time -f "%U %S %M" -o "$out/bare.time" "$tool" drain "$MONGO_URI" "$token" "$N" >&2
-end=$(now)
+# 1. The bare driver loop, twice: right after the load mongod is still
+# busy (its first drain was up to 30 % slower and costlier here), so the
+# faster of the two is the limit every ratio is taken against.
+best=""
+for try in 1 2; do
+  m0="$(svc_cpu mongod)"; a0="$(svc_cpu azurite)"
+  start=$(now)
+  /usr/bin/time -f "%U %S %M" -o "$out/bare-$try.time" "$tool" drain "$MONGO_URI" "$token" "$N" >&2
+  end=$(now)
+  secs="$(echo "$end - $start" | bc)"
+  if [ -z "$best" ] || [ "$(echo "$secs < $best" | bc)" = 1 ]; then
+    best="$secs"; bm0="$m0"; ba0="$a0"; bm1="$(svc_cpu mongod)"; ba1="$(svc_cpu azurite)"
+    cp "$out/bare-$try.time" "$out/bare.time"
+  fi
+done
 read -r u s m < "$out/bare.time"
-record bare "$(echo "$end - $start" | bc)" "$(echo "$u + $s" | bc)" "$m"
+# record() takes the services' CPU since the mark: that of the best try.
+m0="$(echo "$(svc_cpu mongod) - ($bm1 - $bm0)" | bc)"; a0="$(echo "$(svc_cpu azurite) - ($ba1 - $ba0)" | bc)"
+record bare "$best" "$(echo "$u + $s" | bc)" "$m"
 
 agent_run() { # name sink-toml [start token] [globals, default: a data_dir]
   local name="$1" sink="$2" from="${3:-$token}" port

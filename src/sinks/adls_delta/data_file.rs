@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 
 use arrow_array::RecordBatch;
-use bson::RawDocument;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use parquet::arrow::ArrowWriter;
@@ -24,7 +23,10 @@ use super::{
     rows::{MinMax, Rows},
     schema::{file_schema, writer_properties, Compression, Partition, STATS_COLUMNS},
 };
-use crate::codecs::json::{ExtendedJsonMode, MalformedBson};
+use crate::{
+    codecs::json::{ExtendedJsonMode, MalformedBson},
+    sinks::adls_partitioned_jsonl::encode::EventFields,
+};
 
 /// Rows encoded into the row group at a time: bounds the Arrow arrays held
 /// before encoding.
@@ -80,8 +82,12 @@ impl DataFile {
     }
 
     /// Adds an event's row. On error nothing is added.
-    pub fn push(&mut self, event: &RawDocument, time: DateTime<Utc>) -> Result<(), MalformedBson> {
-        self.rows.push(event, time)?;
+    pub fn push(
+        &mut self,
+        fields: &EventFields<'_>,
+        time: DateTime<Utc>,
+    ) -> Result<(), MalformedBson> {
+        self.rows.push(fields, time)?;
         self.num_records += 1;
         if self.rows.len() >= ROWS_PER_BATCH || self.rows.bytes() >= BYTES_PER_BATCH {
             self.encode();
@@ -252,7 +258,7 @@ mod tests {
             })
             .unwrap();
             file.push(
-                &event,
+                &EventFields::read(&event).unwrap(),
                 DateTime::from_timestamp(1_700_000_000 + i, 0).unwrap(),
             )
             .unwrap();

@@ -9,7 +9,7 @@ use arrow_array::{
     builder::{Int64Builder, StringBuilder, TimestampMicrosecondBuilder},
     ArrayRef, RecordBatch,
 };
-use bson::{raw::RawBsonRef, RawDocument};
+use bson::raw::RawBsonRef;
 use chrono::{DateTime, Utc};
 
 use super::schema::file_schema;
@@ -17,7 +17,7 @@ use crate::{
     codecs::json::{self, ExtendedJsonMode, MalformedBson},
     // Top-level fields with a column of their own; the rest go, as one
     // JSON object, into `extra`.
-    sinks::adls_partitioned_jsonl::encode::split_fields,
+    sinks::adls_partitioned_jsonl::encode::EventFields,
 };
 
 /// The smallest and largest value of a statistics column in a file.
@@ -133,16 +133,16 @@ impl Rows {
         self.bytes + self.len * 64
     }
 
-    /// Adds the row of `event`, whose partition time is `event_time`. On
-    /// error nothing is added.
+    /// Adds the row of an event (its fields, read once by the sink),
+    /// whose partition time is `event_time`. On error nothing is added.
     pub fn push(
         &mut self,
-        event: &RawDocument,
+        fields: &EventFields<'_>,
         event_time: DateTime<Utc>,
     ) -> Result<(), MalformedBson> {
-        let (placed, extra) = split_fields(event)?;
+        let EventFields { placed, extra } = fields;
         let [id, operation_type, ns, cluster_time, wall_time, txn_number, lsid, document_key, full_document, update_description, before] =
-            placed;
+            *placed;
 
         // Every JSON part into the scratch buffer first, so a malformed
         // value leaves no half-added row.
@@ -154,7 +154,7 @@ impl Rows {
                 update_description,
                 before,
             ],
-            &extra,
+            extra,
         )?;
         // The JSON writer only writes UTF-8 (it escapes what is not).
         let text = std::str::from_utf8(&self.scratch).map_err(|e| MalformedBson(e.to_string()))?;
@@ -295,10 +295,9 @@ mod tests {
         .unwrap();
         let mut rows = Rows::new(ExtendedJsonMode::Relaxed);
         let t = DateTime::from_timestamp(1_723_316_400, 0).unwrap();
-        rows.push(&event, t).unwrap();
-        assert!(rows
-            .push(RawDocument::from_bytes(&[5, 0, 0, 0, 0]).unwrap(), t)
-            .is_ok());
+        rows.push(&EventFields::read(&event).unwrap(), t).unwrap();
+        let empty = bson::RawDocument::from_bytes(&[5, 0, 0, 0, 0]).unwrap();
+        assert!(rows.push(&EventFields::read(empty).unwrap(), t).is_ok());
         let batch = rows.finish();
         assert_eq!(batch.num_rows(), 2);
         let s = |name: &str| {

@@ -29,7 +29,7 @@ use super::{
 };
 use crate::{
     codecs::json::ExtendedJsonMode,
-    event::{Event, EventStatus, LogEvent, Position},
+    event::{Event, EventStatus, Position},
     internal_events::{
         adls::EncodeFailed, delta::DeltaMetrics, requests::RequestFailures, ComponentError,
         ComponentTags, EventsSent, Stage,
@@ -37,7 +37,7 @@ use crate::{
     lineage::{Pipelines, SinkStateReport},
     retry::RetryPolicy,
     sinks::{
-        adls_partitioned_jsonl::encode::{namespace, partition_time},
+        adls_partitioned_jsonl::encode::EventFields,
         util::storage::{Storage, StorageError},
         SinkContext, StreamSink,
     },
@@ -320,10 +320,22 @@ impl DeltaSink {
                 return;
             }
         };
-        let time = partition_time(&log.payload, Utc::now());
-        let root = self.table_of(&log);
         let finalizers = log.take_finalizers();
         let position = log.metadata.position.take();
+        // The top-level fields once: time, table and row from them.
+        let fields = match EventFields::read(&log.payload) {
+            Ok(fields) => fields,
+            Err(e) => {
+                EncodeFailed {
+                    error: &e.to_string(),
+                }
+                .emit(&self.tags);
+                finalizers.finalize(EventStatus::Rejected);
+                return;
+            }
+        };
+        let time = fields.partition_time(Utc::now());
+        let root = self.table_of(fields.namespace());
         let replayed = self.committed_before(&root, position.as_ref());
         let table = self
             .tables
@@ -357,7 +369,7 @@ impl DeltaSink {
             }
         };
         let writing = self.files.get_mut(&id).expect("open files are known");
-        if let Err(e) = writing.file.push(&log.payload, time) {
+        if let Err(e) = writing.file.push(&fields, time) {
             EncodeFailed {
                 error: &e.to_string(),
             }
@@ -390,8 +402,7 @@ impl DeltaSink {
     }
 
     /// The table folder of an event's namespace.
-    fn table_of(&mut self, log: &LogEvent) -> String {
-        let (db, coll) = namespace(&log.payload);
+    fn table_of(&mut self, (db, coll): (&str, &str)) -> String {
         match &self.last_table {
             Some((d, c, root)) if d == db && c == coll => root.clone(),
             _ => {

@@ -13,7 +13,7 @@ use std::{
 use chrono::{DateTime, Utc};
 
 use super::{
-    encode,
+    encode::EventFields,
     partition::Windows,
     spill::{Spill, Spilled},
     state::{FileKey, StagedBlock},
@@ -41,8 +41,9 @@ fn reserve_for_line(data: &mut Vec<u8>, bson_bytes: usize, max_bytes: usize) {
     }
     if data.capacity() >= max_bytes + line {
         // Past the batch size already (the sink checks fullness between
-        // chunks of events): `Vec`'s amortised growth, not a copy per line.
-        data.reserve(line);
+        // chunks of events): steps of an eighth of a batch, not a copy per
+        // line, and not `Vec`'s doubling to twice the batch size.
+        data.reserve_exact(line.max(max_bytes / 8));
     } else {
         let target = (data.capacity() * 2).min(max_bytes + line).max(needed);
         data.reserve_exact(target - data.len());
@@ -328,6 +329,7 @@ impl Batcher {
         &mut self,
         key: FileKey,
         log: &LogEvent,
+        fields: &EventFields<'_>,
         time: DateTime<Utc>,
         position: Option<Position>,
         finalizers: EventFinalizers,
@@ -360,7 +362,7 @@ impl Batcher {
             self.limits.max_bytes,
         );
         let before = batch.data.len();
-        if let Err(e) = encode::encode_record(&log.payload, self.json_mode, time, &mut batch.data) {
+        if let Err(e) = fields.encode(self.json_mode, time, &mut batch.data) {
             return Err(NotAdded::Malformed(finalizers, e.to_string()));
         }
         self.pending_bytes += batch.data.len() - before;
@@ -402,10 +404,7 @@ impl Batcher {
 
     /// Removes a pending batch, keeping the totals.
     fn detach(&mut self, batch: &PendingBatch) {
-        self.pending_bytes -= batch.data.len();
-        if self.limits.reached(batch) {
-            self.full_batches -= 1;
-        }
+        self.detach_without(batch, batch.data.len());
     }
 
     /// Drops the pending batch of `key` (its window failed).
@@ -575,7 +574,8 @@ mod tests {
         // Still amortised: doubling from 64 KB, not a step per line.
         assert!(grew <= 8, "grew {grew} times");
         // Lines past the batch size (a chunk of events that overshoots)
-        // grow it by doubling again, not by one line each.
+        // grow it by an eighth of a batch at a time: neither one line
+        // each nor doubling to twice the batch.
         let mut grew = 0;
         for _ in 0..256 {
             let cap = data.capacity();
@@ -583,6 +583,15 @@ mod tests {
             grew += usize::from(data.capacity() != cap);
             data.resize(data.len() + bson + 400, b'x');
         }
-        assert!(grew <= 2, "grew {grew} times past the batch size");
+        let overshoot = 256 * (bson + 400);
+        assert!(
+            grew <= overshoot / (max / 8) + 1,
+            "grew {grew} times past the batch size"
+        );
+        assert!(
+            data.capacity() <= data.len() + max / 8 + line,
+            "{}",
+            data.capacity()
+        );
     }
 }

@@ -6,13 +6,13 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use super::{
-    encode,
+    encode::EventFields,
     layout::Layout,
     requests::{self, RetryingStorage, WriteRequest},
 };
 use crate::{
     codecs::json::ExtendedJsonMode,
-    event::{EventFinalizers, LogEvent},
+    event::{EventFinalizers, LogEvent, Position},
 };
 
 /// The request that writes `log`'s object and the bytes it carries, or
@@ -21,12 +21,17 @@ pub(super) fn put_request(
     storage: RetryingStorage,
     layout: &Layout,
     json_mode: ExtendedJsonMode,
-    (log, time): (&LogEvent, DateTime<Utc>),
+    (log, fields, time, position): (
+        &LogEvent,
+        &EventFields<'_>,
+        DateTime<Utc>,
+        Option<&Position>,
+    ),
     finalizers: EventFinalizers,
     compress: impl FnOnce(Vec<u8>) -> Bytes,
 ) -> Result<(usize, WriteRequest), (EventFinalizers, String)> {
     let mut data = Vec::with_capacity(log.payload.as_bytes().len() + 256);
-    if let Err(e) = encode::encode_record(&log.payload, json_mode, time, &mut data) {
+    if let Err(e) = fields.encode(json_mode, time, &mut data) {
         return Err((finalizers, e.to_string()));
     }
     let operation = log.payload.get_str("operationType").unwrap_or("unknown");
@@ -35,18 +40,9 @@ pub(super) fn put_request(
         .get_document("documentKey")
         .map(|d| fnv1a(d.as_bytes()))
         .unwrap_or(0);
-    let position = log
-        .metadata
-        .position
-        .as_ref()
-        .map_or_else(|| format!("t{}", time.timestamp_millis()), |p| p.0.clone());
-    let name = layout.per_event_name(
-        encode::namespace(&log.payload),
-        time,
-        &position,
-        operation,
-        key_hash,
-    );
+    let position =
+        position.map_or_else(|| format!("t{}", time.timestamp_millis()), |p| p.0.clone());
+    let name = layout.per_event_name(fields.namespace(), time, &position, operation, key_hash);
     let body = compress(data);
     Ok((
         body.len(),

@@ -257,6 +257,7 @@ mod tests {
         event::EventFinalizers,
         sinks::adls_partitioned_jsonl::{
             batcher::BatchLimits,
+            encode::EventFields,
             partition::Windows,
             spill::Spill,
             state::{Block, StagedBlock},
@@ -360,8 +361,10 @@ mod tests {
         let k = batcher.route(&windows, ("d", "c"), t);
         assert_eq!(k, key(0));
         let add = |b: &mut Batcher| {
+            let e = event();
+            let fields = EventFields::read(&e.payload).unwrap();
             assert!(b
-                .add(k.clone(), &event(), t, None, EventFinalizers::default())
+                .add(k.clone(), &e, &fields, t, None, EventFinalizers::default())
                 .is_ok())
         };
         add(&mut batcher);
@@ -422,8 +425,9 @@ mod tests {
         for i in from..from + n {
             let mut e = event();
             e.payload.append("i", i);
+            let fields = EventFields::read(&e.payload).unwrap();
             assert!(batcher
-                .add(k.clone(), &e, t, None, EventFinalizers::default())
+                .add(k.clone(), &e, &fields, t, None, EventFinalizers::default())
                 .is_ok());
         }
         k
@@ -607,8 +611,10 @@ mod tests {
         );
         let t = DateTime::from_timestamp(30, 0).unwrap();
         let k = batcher.route(&windows, ("d", "c"), t);
+        let e = event();
+        let fields = EventFields::read(&e.payload).unwrap();
         assert!(batcher
-            .add(k.clone(), &event(), t, None, EventFinalizers::default())
+            .add(k.clone(), &e, &fields, t, None, EventFinalizers::default())
             .is_ok());
         let d = due(&policy(), &batcher, &state, &now(70, 100, true));
         assert_eq!(d.seals, [key(0)]);

@@ -17,7 +17,7 @@ use futures::{stream::BoxStream, StreamExt};
 
 use super::{
     batcher::{BatchLimits, Batcher, NotAdded, PendingBatch},
-    encode,
+    encode::{self, EventFields},
     held::HeldWrites,
     layout::{Compression, Layout, Mode},
     per_event, recovery,
@@ -28,7 +28,7 @@ use super::{
 };
 use crate::{
     codecs::json::ExtendedJsonMode,
-    event::{Event, EventFinalizers, EventStatus, LogEvent},
+    event::{Event, EventFinalizers, EventStatus, LogEvent, Position},
     health::ComponentHealth,
     internal_events::{
         adls::{EncodeFailed, SinkMetrics},
@@ -285,24 +285,45 @@ impl AdlsSink {
             }
             Event::Log(log) => log,
         };
-        let time = encode::partition_time(&log.payload, Utc::now());
-        self.watermarks.advance(&log.metadata.source_id, time);
         let finalizers = log.take_finalizers();
+        let position = log.metadata.position.take();
+        // The top-level fields once; time, namespace and record from them.
+        let fields = match EventFields::read(&log.payload) {
+            Ok(fields) => fields,
+            Err(error) => {
+                // What can be read still moves the watermark, as a
+                // well-formed event of that time would.
+                let time = encode::partition_time(&log.payload, Utc::now());
+                self.watermarks.advance(&log.metadata.source_id, time);
+                EncodeFailed {
+                    error: &error.to_string(),
+                }
+                .emit(&self.tags);
+                finalizers.finalize(EventStatus::Rejected);
+                return;
+            }
+        };
+        let time = fields.partition_time(Utc::now());
+        self.watermarks.advance(&log.metadata.source_id, time);
         match self.layout.mode() {
-            Mode::PerEvent => self.put_event(&log, time, finalizers, inflight),
-            Mode::Rolling => self.add_to_batch(log, time, finalizers),
+            Mode::PerEvent => {
+                self.put_event(&log, &fields, time, position.as_ref(), finalizers, inflight)
+            }
+            Mode::Rolling => self.add_to_batch(&log, &fields, time, position, finalizers),
         }
     }
 
     fn add_to_batch(
         &mut self,
-        mut log: LogEvent,
+        log: &LogEvent,
+        fields: &EventFields<'_>,
         time: chrono::DateTime<Utc>,
+        position: Option<Position>,
         finalizers: EventFinalizers,
     ) {
-        let namespace = encode::namespace(&log.payload);
-        let key = self.batcher.route(self.layout.windows(), namespace, time);
-        let position = log.metadata.position.take();
+        let key = self
+            .batcher
+            .route(self.layout.windows(), fields.namespace(), time);
         if let (Some(p), Some(hw)) = (&position, self.state.high_water(&key)) {
             if p <= hw {
                 // Replayed after a restart and already in a file.
@@ -311,7 +332,10 @@ impl AdlsSink {
                 return;
             }
         }
-        match self.batcher.add(key, &log, time, position, finalizers) {
+        match self
+            .batcher
+            .add(key, log, fields, time, position, finalizers)
+        {
             Ok(()) => {}
             Err(NotAdded::HeldBack(finalizers)) => finalizers.finalize(EventStatus::Errored),
             Err(NotAdded::Malformed(finalizers, error)) => {
@@ -324,7 +348,9 @@ impl AdlsSink {
     fn put_event(
         &mut self,
         log: &LogEvent,
+        fields: &EventFields<'_>,
         time: chrono::DateTime<Utc>,
+        position: Option<&Position>,
         finalizers: EventFinalizers,
         inflight: &mut Inflight,
     ) {
@@ -333,7 +359,7 @@ impl AdlsSink {
             self.storage.clone(),
             &self.layout,
             self.json_mode,
-            (log, time),
+            (log, fields, time, position),
             finalizers,
             |data| encode::compress(compression, data).0,
         );
