@@ -303,8 +303,9 @@ impl AdlsPartitionedJsonlConfig {
     /// The local spill (`batch.spill_*`), checked by creating a file in
     /// its folder. A folder the user chose must work; the system's
     /// temporary folder failing only turns the spill off, with a warning.
-    fn open_spill(&self, key: &str) -> crate::Result<Option<Spill>> {
-        if self.batch.spill_max_bytes == 0 {
+    pub(super) fn open_spill(&self, key: &str) -> crate::Result<Option<Spill>> {
+        // `per_event` writes each event as it comes: nothing to spill.
+        if self.batch.spill_max_bytes == 0 || self.mode == Mode::PerEvent {
             return Ok(None);
         }
         let dir = self

@@ -352,3 +352,19 @@ async fn put_blocks_finishing_out_of_order_are_recorded_in_order() {
         "a later block finished first: {finished:?}"
     );
 }
+
+/// Only batched files can spill: `per_event` writes each event as it
+/// comes, and `batch.spill_max_bytes = 0` turns the spill off.
+#[test]
+fn only_rolling_files_open_a_spill() {
+    let dir = tempfile::tempdir().unwrap();
+    let opens = |extra: &str| {
+        config(dir.path(), extra)
+            .open_spill("out")
+            .unwrap()
+            .is_some()
+    };
+    assert!(opens(""));
+    assert!(!opens("mode = \"per_event\""));
+    assert!(!opens("batch.spill_max_bytes = 0"));
+}
