@@ -56,7 +56,7 @@ pub(super) struct PendingBatch {
     pub data: Vec<u8>,
     pub spilled: Spilled,
     pub events: usize,
-    pub finalizers: Vec<EventFinalizers>,
+    pub finalizers: EventFinalizers,
     pub first: Option<Position>,
     pub high_water: Option<Position>,
     /// The source of the positions.
@@ -75,7 +75,7 @@ impl PendingBatch {
 /// until those are recorded.
 pub(super) struct Arrived {
     pub staged: StagedBlock,
-    pub finalizers: Vec<EventFinalizers>,
+    pub finalizers: EventFinalizers,
 }
 
 /// What the sink is doing with one window's file right now (not persisted).
@@ -170,7 +170,7 @@ impl FileActivity {
     /// Put Block `seq` arrived: kept until the earlier ones are recorded,
     /// or, once the file is poisoned, dropped (no longer staging) with its
     /// events' finalizers handed back.
-    pub fn arrive(&mut self, seq: u64, arrived: Arrived) -> Result<(), Vec<EventFinalizers>> {
+    pub fn arrive(&mut self, seq: u64, arrived: Arrived) -> Result<(), EventFinalizers> {
         if self.poisoned {
             self.staging -= 1;
             return Err(arrived.finalizers);
@@ -349,7 +349,7 @@ impl Batcher {
                 .unwrap_or_else(|| Vec::with_capacity(INITIAL_BATCH_CAPACITY)),
             spilled: Spilled::default(),
             events: 0,
-            finalizers: Vec::new(),
+            finalizers: EventFinalizers::default(),
             first: None,
             high_water: None,
             source: None,
@@ -370,7 +370,7 @@ impl Batcher {
         if !was_full && self.limits.reached(batch) {
             self.full_batches += 1;
         }
-        batch.finalizers.push(finalizers);
+        batch.finalizers.merge_deduplicated(finalizers);
         if position.is_some() {
             if batch.first.is_none() {
                 batch.first.clone_from(&position);
@@ -556,7 +556,71 @@ impl Batcher {
 
 #[cfg(test)]
 mod tests {
-    use super::reserve_for_line;
+    use std::sync::Arc;
+
+    use chrono::DateTime;
+
+    use super::{reserve_for_line, BatchLimits, Batcher};
+    use crate::{
+        codecs::json::ExtendedJsonMode,
+        event::{BatchNotifier, BatchStatus, EventMetadata, EventStatus, LogEvent},
+        sinks::adls_partitioned_jsonl::{encode::EventFields, partition::Windows},
+    };
+
+    /// A batch keeps one finalizer per source batch (the events of one
+    /// read of the source share a notifier), not one per event: 300 events
+    /// from 3 reads hold 3. Each read is acknowledged only when the block's
+    /// finalizers are, with their status.
+    #[tokio::test]
+    async fn a_batch_holds_one_finalizer_per_source_read() {
+        let mut batcher = Batcher::new(
+            BatchLimits {
+                max_bytes: 1 << 20,
+                max_events: 10_000,
+                max_total_bytes: 64 << 20,
+            },
+            1,
+            ExtendedJsonMode::Relaxed,
+        );
+        let windows = Windows {
+            window_secs: 60,
+            tz: chrono_tz::Tz::UTC,
+        };
+        let t = DateTime::from_timestamp(30, 0).unwrap();
+        let key = batcher.route(&windows, ("d", "c"), t);
+        let mut reads = Vec::new();
+        for _ in 0..3 {
+            let (notifier, receiver) = BatchNotifier::new_with_receiver();
+            for _ in 0..100 {
+                let payload =
+                    bson::rawdoc! { "operationType": "insert", "ns": { "db": "d", "coll": "c" } };
+                let metadata = EventMetadata {
+                    source_id: Arc::from("src"),
+                    position: None,
+                    event_time: None,
+                };
+                let mut log = LogEvent::new(payload, metadata).with_batch_notifier(&notifier);
+                let finalizers = log.take_finalizers();
+                let fields = EventFields::read(&log.payload).unwrap();
+                assert!(batcher
+                    .add(key.clone(), &log, &fields, t, None, finalizers)
+                    .is_ok());
+            }
+            reads.push(receiver);
+        }
+        let Some(Ok((batch, _))) = batcher.take(&key) else {
+            panic!("the batch is taken");
+        };
+        assert_eq!(batch.events, 300);
+        assert_eq!(batch.finalizers.len(), 3);
+        for read in &mut reads {
+            assert!(futures::poll!(read).is_pending(), "held until written");
+        }
+        batch.finalizers.finalize(EventStatus::Delivered);
+        for read in reads {
+            assert_eq!(read.await, BatchStatus::Delivered);
+        }
+    }
 
     #[test]
     fn a_batch_buffer_ends_near_the_batch_size_not_at_the_next_power_of_two() {

@@ -49,6 +49,7 @@ pub struct EventFields<'a> {
 
 /// Slots of [`PLACED`] read by name here.
 const ID: usize = 0;
+const OPERATION_TYPE: usize = 1;
 const NS: usize = 2;
 const CLUSTER_TIME: usize = 3;
 const WALL_TIME: usize = 4;
@@ -81,8 +82,7 @@ impl<'a> EventFields<'a> {
                 .and_then(|wall| DateTime::from_timestamp_millis(wall.timestamp_millis()))
         };
         let key_id = || {
-            self.placed[DOCUMENT_KEY]
-                .and_then(|v| v.as_document())
+            self.document_key()
                 .and_then(|k| k.get_object_id("_id").ok())
                 .and_then(|oid| DateTime::from_timestamp_millis(oid.timestamp().timestamp_millis()))
         };
@@ -95,6 +95,16 @@ impl<'a> EventFields<'a> {
         let ns = self.placed[NS].and_then(|v| v.as_document());
         let part = |k: &str| ns.and_then(|n| n.get_str(k).ok()).unwrap_or("_none");
         (part("db"), part("coll"))
+    }
+
+    /// `operationType`, if it is a string.
+    pub fn operation_type(&self) -> Option<&'a str> {
+        self.placed[OPERATION_TYPE].and_then(|v| v.as_str())
+    }
+
+    /// `documentKey`, if it is a document.
+    pub fn document_key(&self) -> Option<&'a RawDocument> {
+        self.placed[DOCUMENT_KEY].and_then(|v| v.as_document())
     }
 
     /// The resume token's `_data`, as the record's `resumeToken`.

@@ -21,7 +21,7 @@ pub(super) enum WriteOutcome {
     /// A batch is durable as an uncommitted block of its file.
     BlockStaged {
         staged: StagedBlock,
-        finalizers: Vec<EventFinalizers>,
+        finalizers: EventFinalizers,
         /// The batch buffer, for reuse.
         spare: Option<Vec<u8>>,
         /// Its place among the file's Put Blocks.
@@ -34,7 +34,7 @@ pub(super) enum WriteOutcome {
         /// The file's version after the commit, for the next one's
         /// condition.
         version: String,
-        finalizers: Vec<EventFinalizers>,
+        finalizers: EventFinalizers,
         events: usize,
         bytes: u64,
         object: String,
@@ -71,7 +71,7 @@ pub(super) enum HeldWrite {
         ids: Vec<String>,
         /// The version the commit replaces, when known.
         version: Option<String>,
-        finalizers: Vec<EventFinalizers>,
+        finalizers: EventFinalizers,
     },
     Put {
         name: String,
@@ -109,17 +109,17 @@ impl HeldWrite {
 
     pub fn events(&self) -> usize {
         match self {
-            HeldWrite::Stage(w) => w.finalizers.len(),
-            HeldWrite::Commit { finalizers, .. } => finalizers.len(),
+            HeldWrite::Stage(w) => w.staged.block.events as usize,
+            HeldWrite::Commit { staged, .. } => staged.block.events as usize,
             HeldWrite::Put { .. } => 1,
         }
     }
 
-    pub fn into_finalizers(self) -> Vec<EventFinalizers> {
+    pub fn into_finalizers(self) -> EventFinalizers {
         match self {
             HeldWrite::Stage(w) => w.finalizers,
             HeldWrite::Commit { finalizers, .. } => finalizers,
-            HeldWrite::Put { finalizers, .. } => vec![finalizers],
+            HeldWrite::Put { finalizers, .. } => finalizers,
         }
     }
 
@@ -384,7 +384,7 @@ impl BlockIds {
 pub(super) struct BlockWrite {
     pub staged: StagedBlock,
     pub body: Bytes,
-    pub finalizers: Vec<EventFinalizers>,
+    pub finalizers: EventFinalizers,
     /// Its place among the file's Put Blocks (recording follows it).
     pub seq: u64,
 }
@@ -433,7 +433,7 @@ pub(super) fn commit_batch(
     staged: StagedBlock,
     ids: Vec<String>,
     version: Option<String>,
-    finalizers: Vec<EventFinalizers>,
+    finalizers: EventFinalizers,
 ) -> WriteRequest {
     Box::pin(async move {
         crate::testing::seam("before_commit").await;

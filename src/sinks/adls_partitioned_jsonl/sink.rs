@@ -432,7 +432,7 @@ impl AdlsSink {
                 }
                 Some(Err(lost)) => {
                     self.spill_failed("read back from", &lost.error);
-                    finalize_all(lost.batch.finalizers, EventStatus::Errored);
+                    lost.batch.finalizers.finalize(EventStatus::Errored);
                 }
                 None => {}
             }
@@ -526,9 +526,9 @@ impl AdlsSink {
         )))
     }
 
-    fn delivered(&self, finalizers: Vec<EventFinalizers>, events: usize, bytes: u64) {
+    fn delivered(&self, finalizers: EventFinalizers, events: usize, bytes: u64) {
         self.sent.emit(events, bytes as usize);
-        finalize_all(finalizers, EventStatus::Delivered);
+        finalizers.finalize(EventStatus::Delivered);
     }
 
     /// After the input ended and every request finished: a snapshot of the
@@ -574,11 +574,5 @@ impl AdlsSink {
             "state_write_failed",
             &format!("Could not save sink state ({message}); stopping so nothing is acknowledged that is not recorded."),
         );
-    }
-}
-
-fn finalize_all(finalizers: Vec<EventFinalizers>, status: EventStatus) {
-    for f in finalizers {
-        f.finalize(status);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use super::{finalize_all, inflight::Inflight, AdlsSink, SEAL_RETRY};
+use super::{inflight::Inflight, AdlsSink, SEAL_RETRY};
 use crate::{
     event::{EventFinalizers, EventStatus},
     internal_events::adls::{FileOpened, WriteFailed},
@@ -71,7 +71,7 @@ impl AdlsSink {
             } => {
                 self.held.succeeded(&object);
                 self.metrics.block_written(bytes);
-                self.delivered(vec![finalizers], 1, bytes as u64);
+                self.delivered(finalizers, 1, bytes as u64);
             }
         }
         Ok(())
@@ -83,7 +83,7 @@ impl AdlsSink {
     pub(super) async fn on_block_staged(
         &mut self,
         staged: StagedBlock,
-        finalizers: Vec<EventFinalizers>,
+        finalizers: EventFinalizers,
         spare: Option<Vec<u8>>,
         seq: u64,
         inflight: &mut Inflight,
@@ -97,7 +97,7 @@ impl AdlsSink {
         if let Err(dropped) = activity.arrive(seq, Arrived { staged, finalizers }) {
             // After a refused write of the window: not recorded, replayed
             // after a restart like every later event of the window.
-            finalize_all(dropped, EventStatus::Errored);
+            dropped.finalize(EventStatus::Errored);
             return Ok(());
         }
         while let Some(next) = self.batcher.activity(key.clone()).next_arrived() {
@@ -112,7 +112,7 @@ impl AdlsSink {
     pub(super) async fn record_block(
         &mut self,
         staged: StagedBlock,
-        finalizers: Vec<EventFinalizers>,
+        finalizers: EventFinalizers,
         inflight: &mut Inflight,
     ) -> Result<(), ()> {
         let (events, bytes) = (staged.block.events as usize, staged.block.bytes);
@@ -125,7 +125,7 @@ impl AdlsSink {
             Ok(file) => file,
             Err(e) => {
                 self.state_error(&e.to_string());
-                finalize_all(finalizers, EventStatus::Errored);
+                finalizers.finalize(EventStatus::Errored);
                 return Err(());
             }
         };
@@ -221,7 +221,7 @@ impl AdlsSink {
         }
         .emit(&self.tags);
         self.poison(&request);
-        finalize_all(request.into_finalizers(), EventStatus::Rejected);
+        request.into_finalizers().finalize(EventStatus::Rejected);
     }
 
     /// At stop with storage still down: held writes are given up, their
@@ -234,7 +234,7 @@ impl AdlsSink {
 
     pub(super) fn give_up(&mut self, request: HeldWrite) {
         self.poison(&request);
-        finalize_all(request.into_finalizers(), EventStatus::Errored);
+        request.into_finalizers().finalize(EventStatus::Errored);
     }
 
     /// After `failed` (given up or refused): fails the window's pending and
@@ -244,11 +244,11 @@ impl AdlsSink {
             return;
         };
         if let Some(batch) = self.batcher.drop_batch(key) {
-            finalize_all(batch.finalizers, EventStatus::Errored);
+            batch.finalizers.finalize(EventStatus::Errored);
         }
         let stage = matches!(failed, HeldWrite::Stage(_));
         for arrived in self.batcher.activity(key.clone()).poison(stage) {
-            finalize_all(arrived.finalizers, EventStatus::Errored);
+            arrived.finalizers.finalize(EventStatus::Errored);
         }
     }
 }
