@@ -388,6 +388,12 @@ impl Batcher {
         self.full_batches > 0 || self.pending_bytes >= self.limits.max_total_bytes
     }
 
+    /// Batches that reached their size (`batch.max_bytes` or
+    /// `max_events`) and are not yet taken.
+    pub fn full_batches(&self) -> usize {
+        self.full_batches
+    }
+
     #[cfg(test)]
     pub fn pending_bytes(&self) -> usize {
         self.pending_bytes

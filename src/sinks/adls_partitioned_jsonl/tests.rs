@@ -353,6 +353,82 @@ async fn put_blocks_finishing_out_of_order_are_recorded_in_order() {
     );
 }
 
+/// Records the size of every Put Block, in front of the real `file://`
+/// storage (which keeps no block boundaries once a file is sealed).
+struct BlockSizes(Arc<std::sync::Mutex<Vec<usize>>>);
+
+#[async_trait::async_trait]
+impl Hooks for BlockSizes {
+    async fn stage_block(
+        &self,
+        inner: &dyn Storage,
+        name: &str,
+        id: &str,
+        data: bytes::Bytes,
+    ) -> Result<(), StorageError> {
+        self.0.lock().unwrap().push(data.len());
+        inner.stage_block(name, id, data).await
+    }
+}
+
+/// Events that reach the sink together (one ready chunk of up to 256) still
+/// make blocks of `batch.max_bytes`: a batch is written as soon as it fills,
+/// not after the chunk (256 events of 16 KB would make it 4 MB larger).
+#[tokio::test]
+async fn a_chunk_of_events_makes_blocks_of_the_batch_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "batch.max_bytes = 8192");
+    let layout = config.check().unwrap();
+    let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let storage: Arc<dyn Storage> = Arc::new(Hooked {
+        inner: config.storage().unwrap(),
+        hooks: BlockSizes(Arc::clone(&sizes)),
+    });
+    storage.healthcheck(false).await.unwrap();
+    let state = super::state::SinkState::load(crate::state_store::StateHandle::local(
+        dir.path().join("data/lake"),
+    ))
+    .await
+    .unwrap();
+    let cx = SinkContext {
+        key: "lake".into(),
+        globals: GlobalOptions::default(),
+        state: None,
+        tags: ComponentTags::new("lake", "sink", "adls_partitioned_jsonl"),
+        stopping: crate::shutdown::ShutdownSignal::new(),
+        inputs: vec!["src".into()],
+        pipelines: Default::default(),
+    };
+    let sink =
+        super::sink::AdlsSink::new(config.settings(), layout, storage, state, cx, Vec::new());
+    let mut input = events("orders", 1..=200, HOUR + 10);
+    input.push((watermark(HOUR + 3600), None));
+    let (events, receivers): (Vec<Event>, Vec<Option<BatchStatusReceiver>>) =
+        input.into_iter().unzip();
+    // All ready at once: the sink takes them in chunks of 256.
+    crate::sinks::StreamSink::run(Box::new(sink), futures::stream::iter(events).boxed())
+        .await
+        .unwrap();
+    for r in receivers.into_iter().flatten() {
+        assert_eq!(r.await, BatchStatus::Delivered);
+    }
+    let path = hour_file(dir.path(), "orders", "");
+    assert_eq!(seqs(&path), (1..=200).collect::<Vec<_>>());
+    let line = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::len)
+        .max()
+        .unwrap()
+        + 1;
+    let sizes = sizes.lock().unwrap().clone();
+    assert!(sizes.len() > 1, "{sizes:?}");
+    assert!(
+        sizes.iter().all(|&s| s < 8192 + line),
+        "blocks of at most a line past 8192 bytes: {sizes:?}"
+    );
+}
+
 /// Only batched files can spill: `per_event` writes each event as it
 /// comes, and `batch.spill_max_bytes = 0` turns the spill off.
 #[test]
