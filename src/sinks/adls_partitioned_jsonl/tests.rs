@@ -262,6 +262,56 @@ async fn every_batch_makes_the_file_visible_as_it_grows() {
     );
 }
 
+/// `run_paced` with the sink's storage behind `hooks`: a test's own
+/// observer or delay in front of the real `file://` storage.
+async fn run_hooked(
+    root: &Path,
+    extra: &str,
+    hooks: impl Hooks + 'static,
+    events: Vec<(Event, Option<BatchStatusReceiver>)>,
+    pause: std::time::Duration,
+) -> Vec<BatchStatus> {
+    let config = config(root, extra);
+    let layout = config.check().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(Hooked {
+        inner: config.storage().unwrap(),
+        hooks,
+    });
+    storage.healthcheck(false).await.unwrap();
+    let state = super::state::SinkState::load(crate::state_store::StateHandle::local(
+        root.join("data/lake"),
+    ))
+    .await
+    .unwrap();
+    let cx = SinkContext {
+        key: "lake".into(),
+        globals: GlobalOptions::default(),
+        state: None,
+        tags: ComponentTags::new("lake", "sink", "adls_partitioned_jsonl"),
+        stopping: crate::shutdown::ShutdownSignal::new(),
+        inputs: vec!["src".into()],
+        pipelines: Default::default(),
+    };
+    let sink =
+        super::sink::AdlsSink::new(config.settings(), layout, storage, state, cx, Vec::new());
+    let (events, receivers): (Vec<Event>, Vec<Option<BatchStatusReceiver>>) =
+        events.into_iter().unzip();
+    let input = futures::stream::iter(events).then(move |e| async move {
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        e
+    });
+    crate::sinks::StreamSink::run(Box::new(sink), input.boxed())
+        .await
+        .unwrap();
+    let mut statuses = Vec::new();
+    for r in receivers.into_iter().flatten() {
+        statuses.push(r.await);
+    }
+    statuses
+}
+
 /// Delays the first Put Block of every object, so later blocks of the same
 /// file finish first, in front of the real `file://` storage: no real
 /// store can be told to answer requests out of order on cue.
@@ -295,51 +345,23 @@ impl Hooks for FirstBlockSlow {
 #[tokio::test]
 async fn put_blocks_finishing_out_of_order_are_recorded_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(
-        dir.path(),
-        "batch.max_events = 5\nrequest.concurrency_per_file = 4",
-    );
-    let layout = config.check().unwrap();
     let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let storage: Arc<dyn Storage> = Arc::new(Hooked {
-        inner: config.storage().unwrap(),
-        hooks: FirstBlockSlow {
-            seen: Default::default(),
-            finished: Arc::clone(&finished),
-        },
-    });
-    storage.healthcheck(false).await.unwrap();
-    let state = super::state::SinkState::load(crate::state_store::StateHandle::local(
-        dir.path().join("data/lake"),
-    ))
-    .await
-    .unwrap();
-    let cx = SinkContext {
-        key: "lake".into(),
-        globals: GlobalOptions::default(),
-        state: None,
-        tags: ComponentTags::new("lake", "sink", "adls_partitioned_jsonl"),
-        stopping: crate::shutdown::ShutdownSignal::new(),
-        inputs: vec!["src".into()],
-        pipelines: Default::default(),
+    let hooks = FirstBlockSlow {
+        seen: Default::default(),
+        finished: Arc::clone(&finished),
     };
-    let sink =
-        super::sink::AdlsSink::new(config.settings(), layout, storage, state, cx, Vec::new());
     let mut input = events("orders", 1..=40, HOUR + 10);
     input.push((watermark(HOUR + 3600), None));
-    let (events, receivers): (Vec<Event>, Vec<Option<BatchStatusReceiver>>) =
-        input.into_iter().unzip();
     // Paced so batches of 5 form one after another while the first waits.
-    let input = futures::stream::iter(events).then(|e| async move {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        e
-    });
-    crate::sinks::StreamSink::run(Box::new(sink), input.boxed())
-        .await
-        .unwrap();
-    for r in receivers.into_iter().flatten() {
-        assert_eq!(r.await, BatchStatus::Delivered);
-    }
+    let statuses = run_hooked(
+        dir.path(),
+        "batch.max_events = 5\nrequest.concurrency_per_file = 4",
+        hooks,
+        input,
+        std::time::Duration::from_millis(5),
+    )
+    .await;
+    assert!(statuses.iter().all(|s| *s == BatchStatus::Delivered));
     assert_eq!(
         seqs(&hour_file(dir.path(), "orders", "")),
         (1..=40).collect::<Vec<_>>()
@@ -377,41 +399,19 @@ impl Hooks for BlockSizes {
 #[tokio::test]
 async fn a_chunk_of_events_makes_blocks_of_the_batch_size() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), "batch.max_bytes = 8192");
-    let layout = config.check().unwrap();
     let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let storage: Arc<dyn Storage> = Arc::new(Hooked {
-        inner: config.storage().unwrap(),
-        hooks: BlockSizes(Arc::clone(&sizes)),
-    });
-    storage.healthcheck(false).await.unwrap();
-    let state = super::state::SinkState::load(crate::state_store::StateHandle::local(
-        dir.path().join("data/lake"),
-    ))
-    .await
-    .unwrap();
-    let cx = SinkContext {
-        key: "lake".into(),
-        globals: GlobalOptions::default(),
-        state: None,
-        tags: ComponentTags::new("lake", "sink", "adls_partitioned_jsonl"),
-        stopping: crate::shutdown::ShutdownSignal::new(),
-        inputs: vec!["src".into()],
-        pipelines: Default::default(),
-    };
-    let sink =
-        super::sink::AdlsSink::new(config.settings(), layout, storage, state, cx, Vec::new());
     let mut input = events("orders", 1..=200, HOUR + 10);
     input.push((watermark(HOUR + 3600), None));
-    let (events, receivers): (Vec<Event>, Vec<Option<BatchStatusReceiver>>) =
-        input.into_iter().unzip();
     // All ready at once: the sink takes them in chunks of 256.
-    crate::sinks::StreamSink::run(Box::new(sink), futures::stream::iter(events).boxed())
-        .await
-        .unwrap();
-    for r in receivers.into_iter().flatten() {
-        assert_eq!(r.await, BatchStatus::Delivered);
-    }
+    let statuses = run_hooked(
+        dir.path(),
+        "batch.max_bytes = 8192",
+        BlockSizes(Arc::clone(&sizes)),
+        input,
+        std::time::Duration::ZERO,
+    )
+    .await;
+    assert!(statuses.iter().all(|s| *s == BatchStatus::Delivered));
     let path = hour_file(dir.path(), "orders", "");
     assert_eq!(seqs(&path), (1..=200).collect::<Vec<_>>());
     let line = std::fs::read_to_string(&path)
