@@ -189,9 +189,10 @@ impl EventFinalizers {
     /// Merges another event's finalizers keeping one per batch, for a sink
     /// that holds many events' finalizers until one write (a JSON Lines
     /// block, a Delta commit): the events of a source's hand-over share a
-    /// batch, so it holds a few finalizers instead of one per event. A finalizer of a batch already kept is released as
-    /// `Dropped`, which never changes the batch's status: the kept one,
-    /// which holds the batch open, decides it.
+    /// batch, so it holds a few finalizers instead of one per event. A
+    /// finalizer of a batch already kept is released as `Dropped`, which
+    /// never changes the batch's status: the kept one, which holds the
+    /// batch open, decides it.
     pub fn merge_deduplicated(&mut self, other: EventFinalizers) {
         for f in other.0 {
             let kept = self

@@ -241,7 +241,7 @@ impl StreamSink for AdlsSink {
                 Some(outcome) = inflight.next(), if !inflight.is_empty() => {
                     self.on_outcome(outcome, &mut inflight).await?;
                 }
-                () = std::future::ready(()), if accept && chunk.len() > 0 => {
+                () = std::future::ready(()), if accept && !chunk.as_slice().is_empty() => {
                     self.on_events(&mut chunk, &mut inflight);
                 }
                 events = input.next(), if accept && chunk.as_slice().is_empty() => match events {
